@@ -1,0 +1,3 @@
+from ihecli.cli import main
+
+main()

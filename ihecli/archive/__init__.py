@@ -1,0 +1,263 @@
+"""The local archive (Image Manager / Image Archive core): index database plus file store.
+
+``Archive.open(settings)`` gives one object every actor uses: ``store`` (durable, idempotent),
+``finder`` (C-FIND / QIDO matching), ``instances`` (what a retrieve selects), ``ls``, ``remove``,
+``check``. A store returns only when the file is fsynced and the index row committed.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from sqlalchemy import delete, func, inspect, select, update
+
+from ihecli.archive import schema as s
+from ihecli.archive.index import StoreOutcome, Writer, make_engine
+from ihecli.archive.ingest import ensure_part10, parse
+from ihecli.archive.query import Finder, InstanceRef, QueryError
+from ihecli.archive.store import BlobStore
+from ihecli.errors import ArchiveError, UsageError
+
+__all__ = ["Archive", "StoreOutcome", "InstanceRef", "QueryError", "ImportReport", "CheckReport"]
+
+
+@dataclass
+class ImportReport:
+    stored: int = 0
+    duplicates: int = 0
+    overwritten: int = 0
+    skipped: int = 0  # not DICOM
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    bytes: int = 0
+
+
+@dataclass
+class CheckReport:
+    instances: int = 0
+    missing_files: list[str] = field(default_factory=list)  # SOP Instance UIDs whose file is gone
+    corrupt: list[str] = field(default_factory=list)  # checksum differs (with --verify)
+    orphan_files: list[str] = field(default_factory=list)  # files with no index row
+    temp_files: int = 0
+    repaired: bool = False
+
+
+class Archive:
+    def __init__(self, db_url: str, storage: str | os.PathLike, *, duplicates: str = "keep",
+                 fuzzy_names: bool = False, aet: str = "IHE_ARCHIVE"):
+        if duplicates not in ("keep", "overwrite"):
+            raise UsageError("duplicates policy must be 'keep' or 'overwrite'")
+        self.db_url = db_url
+        self.blobs = BlobStore(storage)
+        self.fuzzy_names = fuzzy_names
+        self.aet = aet
+        try:
+            self.engine = make_engine(db_url)
+            s.metadata.create_all(self.engine)
+        except Exception as e:
+            raise UsageError(f"cannot open the archive database {db_url.split('@')[-1]}: {e}") from None
+        self.blobs.ensure()
+        self.blobs.clean_tmp()
+        self.writer = Writer(self.engine, self.blobs, duplicates)
+
+    @classmethod
+    def open(cls, settings, *, db: str | None = None, storage: str | None = None) -> "Archive":
+        """The archive a profile (and any --db / --storage override) names."""
+        a = settings.archive
+        return cls(db or a.db_url(), storage or a.storage_dir(), duplicates=a.duplicates,
+                   fuzzy_names=a.fuzzy_names, aet=a.aet)
+
+    def close(self) -> None:
+        self.writer.stop()
+        self.engine.dispose()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- writing -----------------------------------------------------------------------------
+    def store(self, data: bytes, *, expect_sop_uid: str | None = None,
+              expect_sop_class: str | None = None) -> StoreOutcome:
+        """Store one Part-10 encoded object. Returns after fsync and commit; raises ArchiveError."""
+        parsed = parse(data, expect_sop_uid=expect_sop_uid, expect_sop_class=expect_sop_class)
+        rel = self.blobs.rel_path(parsed.study_uid, parsed.series_uid, parsed.sop_uid)
+        try:
+            tmp = self.blobs.write_tmp(data)
+        except OSError as e:
+            raise ArchiveError(f"cannot write to the storage folder: {e}", 0xA700) from None
+        return self.writer.submit(parsed, tmp, rel)
+
+    def import_paths(self, paths: Iterable[str | os.PathLike],
+                     progress: Callable[[str, str], None] | None = None) -> ImportReport:
+        """Store every DICOM file under the given files and folders (non-DICOM files skipped)."""
+        report = ImportReport()
+        for f in iter_files(paths):
+            try:
+                with open(f, "rb") as fh:
+                    data = fh.read()
+            except OSError as e:
+                report.failed.append((str(f), e.strerror or str(e)))
+                if progress:
+                    progress(str(f), "failed")
+                continue
+            if not looks_like_dicom(data):
+                report.skipped += 1
+                if progress:
+                    progress(str(f), "skipped")
+                continue
+            try:
+                out = self.store(ensure_part10(data))
+            except ArchiveError as e:
+                report.failed.append((str(f), str(e)))
+                if progress:
+                    progress(str(f), "failed")
+                continue
+            report.bytes += len(data)
+            if out.outcome == "stored":
+                report.stored += 1
+            elif out.outcome == "overwritten":
+                report.overwritten += 1
+            else:
+                report.duplicates += 1
+            if progress:
+                progress(str(f), out.outcome)
+        return report
+
+    # -- reading -----------------------------------------------------------------------------
+    @contextmanager
+    def connect(self):
+        with self.engine.connect() as conn:
+            yield conn
+
+    def find(self, ident, root: str = "study", limit: int | None = None) -> list:
+        with self.connect() as conn:
+            return list(Finder(conn, fuzzy=self.fuzzy_names, aet=self.aet).find(ident, root, limit))
+
+    def instances(self, ident, root: str = "study") -> list[InstanceRef]:
+        with self.connect() as conn:
+            return Finder(conn, fuzzy=self.fuzzy_names, aet=self.aet).instances(ident, root)
+
+    def file_path(self, ref: InstanceRef | str) -> Path:
+        return self.blobs.path(ref.path if isinstance(ref, InstanceRef) else ref)
+
+    def counts(self) -> dict[str, int]:
+        with self.connect() as conn:
+            return {name: conn.execute(select(func.count()).select_from(t)).scalar_one()
+                    for name, t in (("patients", s.patients), ("studies", s.studies),
+                                    ("series", s.series), ("instances", s.instances))}
+
+    def studies_since(self, since) -> list[str]:
+        with self.connect() as conn:
+            q = select(s.studies.c.study_uid).order_by(s.studies.c.id)
+            if since is not None:
+                q = q.where(s.studies.c.updated >= since)
+            return list(conn.execute(q).scalars())
+
+    # -- removing ----------------------------------------------------------------------------
+    def remove(self, refs: list[InstanceRef]) -> int:
+        """Delete instances from the index, then their files; empty series/studies/patients go too."""
+        if not refs:
+            return 0
+        uids = [r.sop_uid for r in refs]
+        with self.engine.begin() as conn:
+            for chunk in _chunks(uids, 500):
+                conn.execute(delete(s.instances).where(s.instances.c.sop_uid.in_(chunk)))
+            _recount(conn)
+        for r in refs:
+            self.blobs.remove(r.path)
+        return len(refs)
+
+    # -- checking ----------------------------------------------------------------------------
+    def check(self, *, repair: bool = False, verify: bool = False,
+              progress: Callable[[int], None] | None = None) -> CheckReport:
+        """Compare index and files: missing files, orphan files, leftovers; optionally repair."""
+        rep = CheckReport()
+        rep.temp_files = self.blobs.clean_tmp() if repair else sum(1 for _ in self.blobs.tmp.iterdir())
+        known: set[str] = set()
+        missing_refs: list[InstanceRef] = []
+        with self.connect() as conn:
+            for sop, rel, sha in conn.execute(select(s.instances.c.sop_uid, s.instances.c.path,
+                                                     s.instances.c.sha256)):
+                rep.instances += 1
+                known.add(rel)
+                p = self.blobs.path(rel)
+                if not p.is_file():
+                    rep.missing_files.append(sop)
+                    missing_refs.append(InstanceRef(sop, "", "", rel, "", ""))
+                elif verify:
+                    import hashlib
+
+                    h = hashlib.sha256()
+                    with open(p, "rb") as fh:
+                        for block in iter(lambda: fh.read(1 << 20), b""):
+                            h.update(block)
+                    if h.hexdigest() != sha:
+                        rep.corrupt.append(sop)
+                if progress:
+                    progress(rep.instances)
+        rep.orphan_files = [rel for rel in self.blobs.walk() if rel not in known]
+        if repair:
+            if missing_refs:
+                self.remove(missing_refs)
+            for rel in rep.orphan_files:  # a file placed but never committed: re-index it
+                p = self.blobs.path(rel)
+                try:
+                    data = p.read_bytes()
+                    out = self.store(ensure_part10(data))
+                    if self.blobs.path(self._rel_of(out.sop_uid)) != p:
+                        p.unlink(missing_ok=True)
+                except (ArchiveError, OSError):
+                    p.unlink(missing_ok=True)
+            rep.repaired = True
+        return rep
+
+    def _rel_of(self, sop_uid: str) -> str:
+        with self.connect() as conn:
+            return conn.execute(select(s.instances.c.path).where(s.instances.c.sop_uid == sop_uid)).scalar_one()
+
+    def table_names(self) -> list[str]:
+        return inspect(self.engine).get_table_names()
+
+
+def _recount(conn) -> None:
+    """Drop empty series, studies and patients and refresh the counters after a delete."""
+    i, se, st, p = s.instances, s.series, s.studies, s.patients
+    conn.execute(update(se).values(num_instances=select(func.count()).where(i.c.series_fk == se.c.id)
+                                   .scalar_subquery()))
+    conn.execute(delete(se).where(se.c.num_instances == 0))
+    conn.execute(update(st).values(
+        num_series=select(func.count()).where(se.c.study_fk == st.c.id).scalar_subquery(),
+        num_instances=select(func.coalesce(func.sum(se.c.num_instances), 0)).where(se.c.study_fk == st.c.id)
+        .scalar_subquery()))
+    conn.execute(delete(st).where(st.c.num_series == 0))
+    conn.execute(delete(p).where(~select(st.c.id).where(st.c.patient_fk == p.c.id).exists()))
+
+
+def _chunks(seq, n):
+    for k in range(0, len(seq), n):
+        yield seq[k:k + n]
+
+
+def looks_like_dicom(data: bytes) -> bool:
+    """Part-10 files, and bare datasets starting with a group 0002/0008 element."""
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        return True
+    return len(data) >= 8 and data[0:2] in (b"\x02\x00", b"\x08\x00") and data[1] == 0
+
+
+def iter_files(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            for dirpath, dirnames, filenames in os.walk(p):
+                dirnames.sort()
+                for f in sorted(filenames):
+                    yield Path(dirpath) / f
+        elif p.exists():
+            yield p
+        else:
+            raise UsageError(f"{p}: no such file or folder")

@@ -1,0 +1,182 @@
+"""C-FIND attribute matching (DICOM PS3.4 C.2.2.2): one parser, two evaluators.
+
+A key's value is parsed once into a ``Match``; ``to_sql`` turns it into a condition on an
+indexed column, ``matches`` evaluates it on a value read from a stored header (keys that have
+no column, and sequence matching).
+
+Kinds: universal (empty value), empty-value matching (``""``), single value, wildcard
+(``*`` and ``?``), list (values separated by ``\\``, UID list matching and its equivalent for
+other VRs), range (DA, TM, DT: ``a-b``, ``-b``, ``a-``).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from sqlalchemy import and_, false, or_
+from sqlalchemy.sql import ColumnElement
+
+from ihecli.archive.ingest import fold, normalize_time
+
+WILDCARD_VRS = {"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"}
+RANGE_VRS = {"DA", "TM", "DT"}
+
+
+@dataclass(frozen=True)
+class Match:
+    kind: str  # universal | empty | single | wild | list | range
+    values: tuple = ()  # single/wild/list: the value(s); range: (low or None, high or None)
+    vr: str = ""
+
+    @property
+    def is_universal(self) -> bool:
+        return self.kind == "universal"
+
+
+def parse(value, vr: str) -> Match:
+    """A query key's value (str, number, list or None) as a Match."""
+    if value is None:
+        return Match("universal", vr=vr)
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        vals = [str(v) for v in value]
+        raw = "\\".join(vals)
+    else:
+        raw = str(value)
+    if raw.strip() == "":
+        return Match("universal", vr=vr)
+    if raw == '""':
+        return Match("empty", vr=vr)
+    parts = raw.split("\\")
+    if len(parts) > 1:
+        subs = tuple(parse(p, vr) for p in parts if p.strip() != "")
+        subs = tuple(m for m in subs if not m.is_universal)
+        if not subs:
+            return Match("universal", vr=vr)
+        return Match("list", subs, vr)
+    raw = raw.strip() if vr not in ("LT", "ST", "UT") else raw
+    if vr in RANGE_VRS and "-" in raw and not (vr == "DT" and re.search(r"[+-]\d{4}$", raw) and raw.count("-") == 1 and not raw.startswith("-")):
+        low, _, high = raw.partition("-")
+        return Match("range", (_norm(low, vr, False), _norm(high, vr, True)), vr)
+    if vr in WILDCARD_VRS and ("*" in raw or "?" in raw):
+        if raw.strip("*") == "":
+            return Match("universal", vr=vr)  # '*' alone matches everything, empty values too
+        return Match("wild", (raw,), vr)
+    if vr in RANGE_VRS:
+        return Match("single", (_norm(raw, vr, False),), vr)
+    return Match("single", (raw,), vr)
+
+
+def _norm(v: str, vr: str, upper: bool) -> str | None:
+    v = v.strip()
+    if not v:
+        return None
+    if vr == "DA":
+        return v.replace(".", "")
+    if vr == "TM":
+        n = normalize_time(v)
+        if n is None:
+            return v
+        if upper:  # 1230 as an upper bound means up to 12:30:59.999999: missing parts maximised
+            digits = len(v.split(".")[0].replace(":", ""))
+            hh, mm, ss = n[0:2], n[2:4], n[4:6]
+            if digits <= 2:
+                mm, ss = "59", "59"
+            elif digits <= 4:
+                ss = "59"
+            frac = n[7:] if "." in v else "999999"
+            return f"{hh}{mm}{ss}.{frac}"
+        return n
+    return v
+
+
+def _like(pattern: str) -> str:
+    out = []
+    for ch in pattern:
+        if ch in "%_!":
+            out.append("!" + ch)
+        elif ch == "*":
+            out.append("%")
+        elif ch == "?":
+            out.append("_")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _transform(v: str, mode: str) -> str:
+    if mode == "ci":
+        return v.upper()
+    if mode == "fold":
+        return fold(v) or ""
+    return v
+
+
+def to_sql(m: Match, col: ColumnElement, mode: str = "exact") -> ColumnElement | None:
+    """A SQL condition for ``m`` on ``col``; None when it matches everything.
+
+    ``mode``: exact, ci (column holds upper case), fold (column holds upper case without accents).
+    """
+    if m.kind == "universal":
+        return None
+    if m.kind == "empty":
+        return or_(col.is_(None), col == "")
+    if m.kind == "list":
+        conds = [to_sql(sub, col, mode) for sub in m.values]
+        if any(c is None for c in conds):
+            return None
+        return or_(*conds)
+    if m.kind == "range":
+        low, high = m.values
+        conds = []
+        if low is not None:
+            conds.append(col >= low)
+        if high is not None:
+            conds.append(col <= high)
+        return and_(*conds) if conds else None
+    if m.kind == "wild":
+        return col.like(_like(_transform(m.values[0], mode)), escape="!")
+    v = m.values[0]
+    if isinstance(col.type.python_type, type) and col.type.python_type is int:
+        try:
+            return col == int(v)
+        except ValueError:
+            return false()
+    return col == _transform(v, mode)
+
+
+def _wild_re(pattern: str) -> re.Pattern:
+    return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern), re.S)
+
+
+def matches(m: Match, value, mode: str = "exact") -> bool:
+    """Evaluate ``m`` on a stored value (str, number, multi-valued or None)."""
+    if m.kind == "universal":
+        return True
+    if value is None:
+        values = []
+    elif isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        values = [str(v) for v in value]
+    else:
+        values = [str(value)]
+    values = [v.strip() for v in values]
+    if m.kind == "empty":
+        return not any(values)
+    if m.kind == "list":
+        return any(matches(sub, value, mode) for sub in m.values)
+    if not values:
+        return False
+    for v in values:
+        if m.vr == "DA":
+            v = v.replace(".", "")
+        elif m.vr == "TM":
+            v = normalize_time(v) or v
+        if m.kind == "range":
+            low, high = m.values
+            if (low is None or v >= low) and (high is None or v <= high):
+                return True
+        elif m.kind == "wild":
+            if _wild_re(_transform(m.values[0], mode)).fullmatch(_transform(v, mode)):
+                return True
+        elif _transform(v, mode) == _transform(m.values[0], mode):
+            return True
+    return False

@@ -1,0 +1,111 @@
+"""The archive's index: typed, indexed columns for every key C-FIND and QIDO match on.
+
+One row per patient, study, series and instance. Each instance row also keeps the encoded
+header (everything before Pixel Data), so any other requested key is answered from the index
+without opening the file.
+"""
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+)
+
+SCHEMA_VERSION = 1
+
+metadata = MetaData()
+
+meta = Table(
+    "ihe_meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", String(256), nullable=False),
+)
+
+patients = Table(
+    "patients",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("pid", String(64), nullable=False, default=""),
+    Column("issuer", String(64), nullable=False, default=""),
+    Column("name", String(324)),
+    Column("name_ci", String(324)),  # upper case: default PN matching is case-insensitive
+    Column("name_fold", String(324)),  # upper case, accents removed: --fuzzy-names
+    Column("birth_date", String(8)),
+    Column("sex", String(16)),
+    Column("charset", String(128)),
+    UniqueConstraint("pid", "issuer", name="uq_patient"),
+)
+Index("ix_patients_name_ci", patients.c.name_ci)
+
+studies = Table(
+    "studies",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("study_uid", String(64), nullable=False, unique=True),
+    Column("patient_fk", Integer, ForeignKey("patients.id"), nullable=False),
+    Column("study_date", String(8)),
+    Column("study_time", String(16)),
+    Column("accession", String(64)),
+    Column("study_id", String(16)),
+    Column("ref_physician", String(324)),
+    Column("ref_physician_ci", String(324)),
+    Column("ref_physician_fold", String(324)),
+    Column("description", String(64)),
+    Column("charset", String(128)),
+    Column("num_series", Integer, nullable=False, default=0),
+    Column("num_instances", Integer, nullable=False, default=0),
+    Column("received", DateTime, nullable=False),  # first instance received (UTC)
+    Column("updated", DateTime, nullable=False),  # last instance received (UTC)
+)
+Index("ix_studies_patient", studies.c.patient_fk)
+Index("ix_studies_date", studies.c.study_date)
+Index("ix_studies_accession", studies.c.accession)
+Index("ix_studies_updated", studies.c.updated)
+
+series = Table(
+    "series",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("series_uid", String(64), nullable=False, unique=True),
+    Column("study_fk", Integer, ForeignKey("studies.id"), nullable=False),
+    Column("modality", String(16)),
+    Column("series_number", Integer),
+    Column("description", String(64)),
+    Column("body_part", String(16)),
+    Column("series_date", String(8)),
+    Column("series_time", String(16)),
+    Column("charset", String(128)),
+    Column("num_instances", Integer, nullable=False, default=0),
+)
+Index("ix_series_study", series.c.study_fk)
+Index("ix_series_modality", series.c.modality)
+
+instances = Table(
+    "instances",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("sop_uid", String(64), nullable=False, unique=True),
+    Column("series_fk", Integer, ForeignKey("series.id"), nullable=False),
+    Column("sop_class", String(64), nullable=False),
+    Column("instance_number", Integer),
+    Column("content_date", String(8)),
+    Column("content_time", String(16)),
+    Column("transfer_syntax", String(64), nullable=False),
+    Column("path", String(512), nullable=False),  # relative to the storage folder
+    Column("size", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("charset", String(128)),
+    Column("received", DateTime, nullable=False),
+    Column("header", LargeBinary),  # Part-10 bytes up to Pixel Data; None: read the file
+)
+Index("ix_instances_series", instances.c.series_fk)

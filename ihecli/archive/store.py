@@ -1,0 +1,111 @@
+"""The blob store: one file per instance under STORAGE/<study>/<series>/<instance>.dcm.
+
+Files are written to STORAGE/.tmp, fsynced, and renamed into place by the index writer just
+before the index row is committed, so an index row never points to a missing file.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from pathlib import Path
+
+from ihecli.archive.ingest import valid_uid
+
+TMP = ".tmp"
+
+
+def _safe(uid: str) -> str:
+    return uid if valid_uid(uid) else "x" + hashlib.sha1(uid.encode("utf-8", "replace")).hexdigest()[:32]
+
+
+class BlobStore:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).expanduser().resolve()
+        self.tmp = self.root / TMP
+
+    def ensure(self) -> None:
+        self.tmp.mkdir(parents=True, exist_ok=True)
+
+    def rel_path(self, study_uid: str, series_uid: str, sop_uid: str) -> str:
+        return f"{_safe(study_uid)}/{_safe(series_uid)}/{_safe(sop_uid)}.dcm"
+
+    def path(self, rel: str) -> Path:
+        p = (self.root / rel).resolve()
+        if self.root not in p.parents:
+            raise ValueError(f"path outside the storage folder: {rel}")
+        return p
+
+    def write_tmp(self, data: bytes | memoryview) -> Path:
+        """Write and fsync a new temporary file; the caller hands it to ``place``."""
+        p = self.tmp / f"{os.getpid()}-{uuid.uuid4().hex}.part"
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            p.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        return p
+
+    def place(self, tmp: Path, rel: str) -> Path:
+        """Rename a temporary file to its place; returns the folder to fsync."""
+        final = self.path(rel)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, final)
+        return final.parent
+
+    @staticmethod
+    def fsync_dirs(dirs) -> None:
+        for d in set(dirs):
+            fd = os.open(d, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def remove(self, rel: str) -> None:
+        p = self.path(rel)
+        p.unlink(missing_ok=True)
+        for parent in (p.parent, p.parent.parent):
+            try:
+                parent.rmdir()  # only when empty
+            except OSError:
+                break
+
+    def clean_tmp(self) -> int:
+        """Remove temporary files of dead processes (never acknowledged). Returns how many."""
+        n = 0
+        if self.tmp.is_dir():
+            for p in self.tmp.iterdir():
+                pid = p.name.split("-", 1)[0]
+                if pid.isdigit() and _alive(int(pid)):
+                    continue
+                p.unlink(missing_ok=True)
+                n += 1
+        return n
+
+    def walk(self):
+        """Relative paths of every stored file."""
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            if Path(dirpath) == self.root and TMP in dirnames:
+                dirnames.remove(TMP)
+            for f in filenames:
+                yield os.path.relpath(os.path.join(dirpath, f), self.root).replace(os.sep, "/")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,302 @@
+"""The profile file: one TOML file, named profiles, remote nodes.
+
+The top-level tables are the default profile; ``[profiles.NAME]`` tables overlay it when
+``--profile NAME`` (or ``IHE_PROFILE``) is given. The file lives in the user config dir unless
+``--config FILE`` / ``IHE_CONFIG`` say otherwise. Data (database, storage) lives in the user data
+dir unless ``IHE_DATA_DIR``, the profile or ``--db`` / ``--storage`` say otherwise.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import platformdirs
+
+from ihecli.errors import ConfigError, UsageError
+
+APP = "ihe"
+AET_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # default repertoire, no backslash
+
+
+def config_path(explicit: str | os.PathLike | None = None) -> Path:
+    """Where the profile file is read from: --config, IHE_CONFIG, then the user config dir."""
+    if explicit:
+        return Path(explicit).expanduser()
+    env = os.environ.get("IHE_CONFIG")
+    if env:
+        return Path(env).expanduser()
+    return Path(platformdirs.user_config_dir(APP)) / "config.toml"
+
+
+def data_dir() -> Path:
+    """Where the embedded archive keeps its database and files by default."""
+    env = os.environ.get("IHE_DATA_DIR")
+    if env:
+        return Path(env).expanduser()
+    return Path(platformdirs.user_data_dir(APP))
+
+
+@dataclass(frozen=True)
+class Node:
+    """A remote DICOM application entity."""
+
+    aet: str
+    host: str
+    port: int
+    name: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.aet}@{self.host}:{self.port}"
+
+
+@dataclass
+class ArchiveSettings:
+    aet: str = "IHE_ARCHIVE"
+    bind: str = "127.0.0.1"
+    port: int = 11112
+    db: str = ""  # SQLAlchemy URL; empty: SQLite in the data dir
+    storage: str = ""  # folder; empty: storage/ in the data dir
+    duplicates: str = "keep"  # keep | overwrite
+    allow: list[str] = field(default_factory=list)  # calling AE titles allowed; empty: any
+    fuzzy_names: bool = False
+    max_pdu: int = 0  # 0: unlimited (what we advertise)
+    dest: list[str] = field(default_factory=list)  # extra C-MOVE destinations (AET@host:port)
+
+    def db_url(self) -> str:
+        if self.db:
+            return self.db
+        return "sqlite:///" + str(data_dir() / "archive.db")
+
+    def storage_dir(self) -> Path:
+        if self.storage:
+            return Path(self.storage).expanduser()
+        return data_dir() / "storage"
+
+
+@dataclass
+class Settings:
+    """The effective settings of one profile."""
+
+    path: Path
+    profile: str
+    exists: bool
+    archive: ArchiveSettings = field(default_factory=ArchiveSettings)
+    nodes: dict[str, Node] = field(default_factory=dict)
+    calling_aet: str = "IHE"  # the AE title our client commands use
+
+    def node(self, spec: str) -> Node:
+        """Resolve a node given by name, as ``AET@host:port`` or as ``host:port``."""
+        return resolve_node(spec, self.nodes, default_aet="ANY-SCP")
+
+    def as_dict(self, *, mask: bool = True) -> dict[str, Any]:
+        arch = {f.name: getattr(self.archive, f.name) for f in fields(ArchiveSettings)}
+        arch["db"] = self.archive.db_url()
+        arch["storage"] = str(self.archive.storage_dir())
+        if mask:
+            arch["db"] = mask_url(arch["db"])
+        return {
+            "config": str(self.path),
+            "config_exists": self.exists,
+            "profile": self.profile,
+            "calling_aet": self.calling_aet,
+            "archive": arch,
+            "nodes": {k: {"aet": n.aet, "host": n.host, "port": n.port} for k, n in self.nodes.items()},
+        }
+
+
+def mask_url(url: str) -> str:
+    """Hide the password of a database URL."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
+        return url.replace(parts.netloc, netloc, 1)
+    return url
+
+
+NODE_RE = re.compile(r"^(?:(?P<aet>[^@]{1,16})@)?(?P<host>\[[^\]]+\]|[^:@]+):(?P<port>\d{1,5})$")
+
+
+def resolve_node(spec: str, nodes: dict[str, Node], default_aet: str = "ANY-SCP") -> Node:
+    """A node from its profile name, ``AET@host:port`` or ``host:port``."""
+    if spec in nodes:
+        return nodes[spec]
+    low = {k.lower(): v for k, v in nodes.items()}
+    if spec.lower() in low:
+        return low[spec.lower()]
+    m = NODE_RE.match(spec.strip())
+    if not m:
+        known = ", ".join(sorted(nodes)) or "none in the profile"
+        raise UsageError(f"unknown node {spec!r}: give a profile node name ({known}) or AET@host:port")
+    aet = m.group("aet") or default_aet
+    port = int(m.group("port"))
+    if not 0 < port < 65536:
+        raise UsageError(f"bad port in node {spec!r}")
+    if not AET_RE.match(aet) or aet.strip() == "":
+        raise UsageError(f"bad AE title in node {spec!r} (1-16 characters, no backslash)")
+    host = m.group("host").strip("[]")
+    return Node(aet=aet, host=host, port=port)
+
+
+def _line_of(text: str, key: str) -> int | None:
+    """The line where ``key =`` first appears (for messages about values, which tomllib lacks)."""
+    pat = re.compile(r"^\s*(?:\"%s\"|%s)\s*=" % (re.escape(key), re.escape(key)))
+    for i, line in enumerate(text.splitlines(), 1):
+        if pat.match(line):
+            return i
+    return None
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load(path: str | os.PathLike | None = None, profile: str | None = None) -> Settings:
+    """Read the profile file (missing file: defaults) and return the effective settings."""
+    p = config_path(path)
+    profile = profile or os.environ.get("IHE_PROFILE") or ""
+    text = ""
+    raw: dict[str, Any] = {}
+    exists = p.is_file()
+    if path and not exists and not p.exists():
+        raise ConfigError(f"{p}: no such profile file (create one with 'ihe config init')")
+    if exists:
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{p}: cannot read: {e}") from None
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            m = re.search(r"\(at line (\d+), column (\d+)\)", str(e))
+            msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(e))
+            where = f"line {m.group(1)}: " if m else ""
+            raise ConfigError(f"{p}: {where}{msg}") from None
+
+    def err(key: str, what: str) -> ConfigError:
+        line = _line_of(text, key)
+        where = f"line {line}: " if line else ""
+        return ConfigError(f"{p}: {where}{key}: {what}")
+
+    profiles = raw.pop("profiles", {})
+    if not isinstance(profiles, dict):
+        raise err("profiles", "must be a table of named profiles")
+    if profile:
+        if profile not in profiles:
+            known = ", ".join(sorted(profiles)) or "none"
+            raise ConfigError(f"{p}: no profile named {profile!r} (profiles: {known})")
+        raw = _merge(raw, profiles[profile])
+
+    unknown = set(raw) - {"archive", "nodes", "calling_aet"}
+    if unknown:
+        k = sorted(unknown)[0]
+        raise err(k, "unknown setting (known: archive, nodes, calling_aet, profiles)")
+
+    arch = ArchiveSettings()
+    types = {f.name: f.type for f in fields(ArchiveSettings)}
+    for k, v in (raw.get("archive") or {}).items():
+        if k not in types:
+            raise err(k, f"unknown archive setting (known: {', '.join(types)})")
+        want = types[k]
+        ok = {
+            "str": isinstance(v, str),
+            "int": isinstance(v, int) and not isinstance(v, bool),
+            "bool": isinstance(v, bool),
+            "list[str]": isinstance(v, list) and all(isinstance(x, str) for x in v),
+        }[want]
+        if not ok:
+            raise err(k, f"must be {'a list of strings' if want == 'list[str]' else 'a ' + want}, not {v!r}")
+        setattr(arch, k, v)
+    if not AET_RE.match(arch.aet):
+        raise err("aet", f"bad AE title {arch.aet!r} (1-16 characters, no backslash)")
+    if not 0 <= arch.port < 65536:
+        raise err("port", f"port out of range: {arch.port}")
+    if arch.duplicates not in ("keep", "overwrite"):
+        raise err("duplicates", "must be 'keep' or 'overwrite'")
+
+    nodes: dict[str, Node] = {}
+    rawnodes = raw.get("nodes") or {}
+    if not isinstance(rawnodes, dict):
+        raise err("nodes", "must be a table of named nodes")
+    for name, spec in rawnodes.items():
+        if isinstance(spec, str):
+            try:
+                n = resolve_node(spec, {})
+            except UsageError as e:
+                raise err(name, str(e)) from None
+        elif isinstance(spec, dict):
+            missing = {"aet", "host", "port"} - set(spec)
+            if missing:
+                raise err(name, f"node needs {', '.join(sorted(missing))}")
+            if not isinstance(spec["port"], int) or not 0 < spec["port"] < 65536:
+                raise err(name, f"bad port {spec['port']!r}")
+            if not isinstance(spec["aet"], str) or not AET_RE.match(spec["aet"]):
+                raise err(name, f"bad AE title {spec['aet']!r}")
+            n = Node(aet=spec["aet"], host=str(spec["host"]), port=spec["port"])
+        else:
+            raise err(name, "a node is AET@host:port or a table {aet, host, port}")
+        nodes[name] = Node(aet=n.aet, host=n.host, port=n.port, name=name)
+
+    calling = raw.get("calling_aet", "IHE")
+    if not isinstance(calling, str) or not AET_RE.match(calling):
+        raise err("calling_aet", f"bad AE title {calling!r}")
+    return Settings(path=p, profile=profile or "default", exists=exists, archive=arch, nodes=nodes,
+                    calling_aet=calling)
+
+
+STARTER = '''\
+# ihe profile file (TOML). Top-level tables are the default profile;
+# [profiles.NAME] tables overlay them when you run `ihe --profile NAME ...`.
+
+# AE title used by client commands (ihe dicom ...)
+calling_aet = "IHE"
+
+[archive]
+# AE title, address and port of `ihe archive serve`
+aet = "IHE_ARCHIVE"
+bind = "127.0.0.1"          # "0.0.0.0" to accept other machines
+port = 11112
+# Index database: empty for SQLite in the data dir, or a URL such as
+# "postgresql+psycopg://ihe:secret@dbhost/ihe"
+db = ""
+# Folder for the DICOM files: empty for storage/ in the data dir
+storage = ""
+# Same SOP Instance UID stored twice: "keep" the first copy or "overwrite" it
+duplicates = "keep"
+# Calling AE titles allowed to associate (empty: any)
+allow = []
+# Case- and accent-insensitive person-name matching in C-FIND
+fuzzy_names = false
+# C-MOVE destinations besides the nodes below, as "AET@host:port"
+dest = []
+
+[nodes]
+# Remote DICOM nodes, usable by name wherever a command takes a node, and as
+# C-MOVE destinations of the archive.
+# pacs = { aet = "PACS", host = "10.0.0.5", port = 104 }
+# viewer = "VIEWER@127.0.0.1:11113"
+
+# [profiles.test.archive]
+# port = 11113
+# storage = "/srv/ihe-test/storage"
+'''
+
+
+def init(path: str | os.PathLike | None = None, *, force: bool = False) -> Path:
+    """Write the commented starter profile file; refuse to overwrite unless ``force``."""
+    p = config_path(path)
+    if p.exists() and not force:
+        raise UsageError(f"{p} already exists (use --force to overwrite)")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(STARTER, encoding="utf-8")
+    return p
