@@ -42,7 +42,9 @@ def fold(text: str | None) -> str | None:
     return "".join(c for c in decomposed if not unicodedata.combining(c)).upper()
 
 
-def _get(ds: Dataset, keyword: str) -> Any:
+def _get(ds: Dataset | dict, keyword: str) -> Any:
+    if isinstance(ds, dict):  # values already decoded by the fast scan
+        return ds.get(keyword)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -171,6 +173,16 @@ def index_values(ds: Dataset) -> tuple[dict, dict, dict, dict]:
 
 def parse(data: bytes, *, expect_sop_uid: str | None = None, expect_sop_class: str | None = None) -> Parsed:
     """Index values of a Part-10 encoded object (preamble and file meta included)."""
+    from ihecli.archive.scan import Truncated, scan
+
+    try:
+        fast = scan(data)
+    except Truncated as e:
+        raise ArchiveError(f"truncated DICOM data: {e}", CANNOT_UNDERSTAND) from None
+    if fast is not None:
+        values, meta, end = fast
+        return parsed_from(values, data, end, meta=meta, expect_sop_uid=expect_sop_uid,
+                           expect_sop_class=expect_sop_class)
     fp = io.BytesIO(data)
     try:
         with warnings.catch_warnings():
@@ -191,8 +203,11 @@ def struct_error():
     return struct.error
 
 
-def parsed_from(ds: Dataset, data: bytes, end: int, *, expect_sop_uid=None, expect_sop_class=None) -> Parsed:
-    meta = getattr(ds, "file_meta", None) or FileMetaDataset()
+def parsed_from(ds: Dataset | dict, data: bytes, end: int, *, meta=None, expect_sop_uid=None,
+                expect_sop_class=None) -> Parsed:
+    """Index values from a pydicom dataset, or from the fast scan's decoded values."""
+    if meta is None:
+        meta = getattr(ds, "file_meta", None) or FileMetaDataset()
     ts = str(_get(meta, "TransferSyntaxUID") or "")
     sop_uid = text(ds, "SOPInstanceUID", 200) or ""
     sop_class = text(ds, "SOPClassUID", 200) or ""
@@ -250,6 +265,16 @@ def ensure_part10(data: bytes) -> bytes:
     """File bytes with a valid preamble and meta; a bare dataset (no meta) gets one written."""
     if len(data) >= 132 and data[128:132] == b"DICM":
         return data
+    from ihecli.archive.scan import Truncated, scan
+
+    try:
+        fast = scan(data)
+    except Truncated as e:
+        raise ArchiveError(f"truncated DICOM data: {e}", CANNOT_UNDERSTAND) from None
+    if fast is not None:
+        values, meta, end = fast
+        return parsed_from(values, data, end, meta=meta, expect_sop_uid=expect_sop_uid,
+                           expect_sop_class=expect_sop_class)
     fp = io.BytesIO(data)
     try:
         with warnings.catch_warnings():

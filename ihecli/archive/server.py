@@ -1,0 +1,279 @@
+"""The archive's DICOM services (Image Manager / Image Archive): Verification, Storage (RAD-8,
+RAD-18 and every storage SOP class, private ones too), Query/Retrieve FIND, MOVE and GET for
+Patient Root and Study Root (RAD-14, RAD-16).
+
+``DicomServer`` is a controller: ``start()`` binds and returns the port once it accepts,
+``stop()`` is idempotent. Each handler turns exceptions into the right DIMSE status and never
+stops the listener.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import pydicom
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, build_context, evt
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+
+from ihecli.archive import Archive, QueryError
+from ihecli.config import Node
+from ihecli.errors import ArchiveError
+from ihecli.net import dimse
+
+log = logging.getLogger("ihe.archive")
+
+PATIENT_ROOT = {PatientRootQueryRetrieveInformationModelFind, PatientRootQueryRetrieveInformationModelMove,
+                PatientRootQueryRetrieveInformationModelGet}
+
+
+def _root(sop_class: str) -> str:
+    return "patient" if sop_class in PATIENT_ROOT else "study"
+
+
+@dataclass
+class _AssocStats:
+    peer: str
+    started: float = field(default_factory=time.monotonic)
+    stored: int = 0
+    failed: int = 0
+    finds: int = 0
+    moved: int = 0
+    move_failed: int = 0
+    echoes: int = 0
+
+
+class DicomServer:
+    """The archive's DIMSE listener."""
+
+    def __init__(self, archive: Archive, *, aet: str = "IHE_ARCHIVE", bind: str = "127.0.0.1", port: int = 11112,
+                 destinations: dict[str, Node] | None = None, allow: list[str] | None = None,
+                 max_pdu: int = 0, calling_aet_for_moves: str | None = None):
+        dimse.configure()
+        self.archive = archive
+        self.aet, self.bind, self.port = aet, bind, port
+        self.destinations = {k.upper(): v for k, v in (destinations or {}).items()}
+        self.allow = list(allow or [])
+        self.max_pdu = max_pdu
+        self.server = None
+        self._stats: dict[int, _AssocStats] = {}
+        self._lock = threading.Lock()
+
+    # -- controller ----------------------------------------------------------------------------
+    def _ae(self):
+        from pynetdicom import AE
+
+        ae = AE(ae_title=self.aet)
+        ae.maximum_pdu_size = self.max_pdu
+        ae.maximum_associations = 64
+        ae.acse_timeout = 30
+        ae.dimse_timeout = 60
+        ae.network_timeout = 120
+        ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+        for cx in AllStoragePresentationContexts:
+            # scp_role: the peer of a C-GET acts as Storage SCP on our association
+            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES, scp_role=True, scu_role=False)
+        for sop in (PatientRootQueryRetrieveInformationModelFind, PatientRootQueryRetrieveInformationModelMove,
+                    PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelFind,
+                    StudyRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelGet):
+            ae.add_supported_context(sop, [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian])
+        if self.allow:
+            ae.require_calling_aet = self.allow
+        return ae
+
+    def start(self) -> int:
+        """Bind and listen; returns the port (useful with port 0)."""
+        if self.server is not None:
+            return self.port
+        ae = self._ae()
+        handlers = [
+            dimse.NODELAY_HANDLER,
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_FIND, self._on_find),
+            (evt.EVT_C_MOVE, self._on_move),
+            (evt.EVT_C_GET, self._on_get),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_RELEASED, self._on_closed),
+            (evt.EVT_ABORTED, self._on_closed),
+            (evt.EVT_REJECTED, self._on_rejected),
+        ]
+        self.server = ae.start_server((self.bind, self.port), block=False, evt_handlers=handlers)
+        self.port = self.server.server_address[1]
+        log.info("%s listening on %s:%d", self.aet, self.bind, self.port)
+        return self.port
+
+    def stop(self) -> None:
+        if self.server is not None:
+            srv, self.server = self.server, None
+            srv.shutdown()
+            log.info("%s stopped", self.aet)
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    # -- association log -----------------------------------------------------------------------
+    def _stats_for(self, event) -> _AssocStats:
+        key = id(event.assoc)
+        st = self._stats.get(key)
+        if st is None:
+            r = event.assoc.requestor
+            st = self._stats.setdefault(key, _AssocStats(f"{r.ae_title}@{r.address}:{r.port}"))
+        return st
+
+    def _on_accepted(self, event) -> None:
+        self._stats_for(event)
+
+    def _on_rejected(self, event) -> None:
+        r = event.assoc.requestor
+        log.warning("association from %s@%s:%s rejected (calling AE title not allowed)", r.ae_title,
+                    r.address, r.port)
+
+    def _on_closed(self, event) -> None:
+        st = self._stats.pop(id(event.assoc), None)
+        if st is None:
+            return
+        how = "released" if event.event is evt.EVT_RELEASED else "aborted"
+        parts = []
+        if st.stored or st.failed:
+            parts.append(f"{st.stored} stored" + (f", {st.failed} failed" if st.failed else ""))
+        if st.finds:
+            parts.append(f"{st.finds} queries")
+        if st.moved or st.move_failed:
+            parts.append(f"{st.moved} sent" + (f", {st.move_failed} failed" if st.move_failed else ""))
+        if st.echoes:
+            parts.append(f"{st.echoes} echo")
+        log.info("association %s %s: %s in %.1f s", st.peer, how, "; ".join(parts) or "nothing done",
+                 time.monotonic() - st.started)
+
+    # -- services ------------------------------------------------------------------------------
+    def _on_echo(self, event) -> int:
+        self._stats_for(event).echoes += 1
+        return 0x0000
+
+    def _on_store(self, event) -> int:
+        st = self._stats_for(event)
+        req = event.request
+        try:
+            data = event.encoded_dataset(include_meta=True)
+            self.archive.store(data, expect_sop_uid=str(req.AffectedSOPInstanceUID or "") or None,
+                               expect_sop_class=str(req.AffectedSOPClassUID or "") or None)
+        except ArchiveError as e:
+            st.failed += 1
+            log.warning("C-STORE from %s refused (0x%04X): %s", st.peer, e.status, e)
+            return e.status
+        except Exception as e:  # never let one object stop the listener
+            st.failed += 1
+            log.error("C-STORE from %s failed: %s: %s", st.peer, type(e).__name__, e)
+            return 0xA700
+        st.stored += 1
+        return 0x0000
+
+    def _on_find(self, event):
+        st = self._stats_for(event)
+        st.finds += 1
+        root = _root(event.request.AffectedSOPClassUID)
+        try:
+            ident = event.identifier
+            with self.archive.connect() as conn:
+                from ihecli.archive.query import Finder
+
+                finder = Finder(conn, fuzzy=self.archive.fuzzy_names, aet=self.aet)
+                for rsp in finder.find(ident, root):
+                    if event.is_cancelled:
+                        yield 0xFE00, None
+                        return
+                    yield 0xFF00, rsp
+        except QueryError as e:
+            log.warning("C-FIND from %s refused: %s", st.peer, e)
+            yield e.status, None
+            return
+        except Exception as e:
+            log.error("C-FIND from %s failed: %s: %s", st.peer, type(e).__name__, e)
+            yield 0xC001, None
+            return
+        yield 0x0000, None
+
+    def _refs(self, event, st):
+        root = _root(event.request.AffectedSOPClassUID)
+        return self.archive.instances(event.identifier, root)
+
+    def _datasets(self, event, refs, st):
+        for ref in refs:
+            if event.is_cancelled:
+                yield 0xFE00, None
+                return
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    ds = pydicom.dcmread(self.archive.file_path(ref))
+            except Exception as e:
+                st.move_failed += 1
+                log.error("cannot read %s for retrieve: %s", ref.sop_uid, e)
+                yield 0xFF00, _Unreadable(ref.sop_uid)
+                continue
+            st.moved += 1
+            yield 0xFF00, ds
+
+    def _on_move(self, event):
+        st = self._stats_for(event)
+        dest_aet = (event.move_destination or b"")
+        dest_aet = (dest_aet.decode("ascii", "replace") if isinstance(dest_aet, bytes) else str(dest_aet)).strip()
+        node = self.destinations.get(dest_aet.upper())
+        if node is None:
+            log.warning("C-MOVE from %s to unknown destination %r", st.peer, dest_aet)
+            yield None, None
+            return
+        try:
+            refs = self._refs(event, st)
+        except QueryError as e:
+            yield e.status, None  # reported before the destination is contacted
+            return
+        except Exception as e:
+            log.error("C-MOVE from %s failed: %s: %s", st.peer, type(e).__name__, e)
+            yield 0xC001, None
+            return
+        contexts = dimse.storage_contexts(((r.sop_class, r.transfer_syntax) for r in refs), limit=10**6)
+        if len(contexts) > 128:
+            contexts = contexts[:128]
+        yield node.host, node.port, {"contexts": contexts or [build_context(Verification)]}
+        yield len(refs)
+        yield from self._datasets(event, refs, st)
+
+    def _on_get(self, event):
+        st = self._stats_for(event)
+        try:
+            refs = self._refs(event, st)
+        except QueryError as e:
+            yield 0
+            yield e.status, None
+            return
+        except Exception as e:
+            log.error("C-GET from %s failed: %s: %s", st.peer, type(e).__name__, e)
+            yield 0
+            yield 0xC001, None
+            return
+        yield len(refs)
+        yield from self._datasets(event, refs, st)
+
+
+class _Unreadable:
+    """Stands for an instance whose file could not be read: pynetdicom counts it as failed."""
+
+    def __init__(self, uid: str):
+        self.SOPInstanceUID = uid

@@ -1,0 +1,104 @@
+"""DIMSE transport glue over pynetdicom: sockets without Nagle, contexts, associations, statuses.
+
+pynetdicom leaves Nagle's algorithm on; with Linux delayed ACKs every C-STORE then waits
+~40 ms, so every association we open or accept sets TCP_NODELAY (``EVT_CONN_OPEN``).
+"""
+from __future__ import annotations
+
+import socket
+from typing import Iterable
+
+from pynetdicom import AE, _config, build_context, evt
+from pynetdicom.association import Association
+
+from ihecli.config import Node
+from ihecli.errors import IheError, PeerUnreachable
+
+_configured = False
+
+
+def configure() -> None:
+    """Process-wide pynetdicom settings, set once."""
+    global _configured
+    if _configured:
+        return
+    _config.UNRESTRICTED_STORAGE_SERVICE = True  # accept private and unknown storage SOP classes
+    _config.LOG_HANDLER_LEVEL = "none"
+    _config.CODECS = ("utf8", "latin_1")  # AE titles arriving in non-ASCII are logged, not fatal
+    _configured = True
+
+
+def nodelay(event) -> None:
+    """EVT_CONN_OPEN handler: turn Nagle's algorithm off on the association's socket."""
+    try:
+        event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):
+        pass
+
+
+NODELAY_HANDLER = (evt.EVT_CONN_OPEN, nodelay)
+
+
+def client_ae(calling_aet: str, *, timeout: float = 30) -> AE:
+    configure()
+    ae = AE(ae_title=calling_aet)
+    ae.acse_timeout = timeout
+    ae.dimse_timeout = timeout
+    ae.network_timeout = timeout
+    ae.connection_timeout = timeout
+    ae.maximum_pdu_size = 0
+    return ae
+
+
+def associate(ae: AE, node: Node, *, contexts=None, ext_neg=None, handlers=(), what: str = "") -> Association:
+    """Open an association or raise a one-line error (unreachable: exit 4; rejected: exit 1)."""
+    try:
+        assoc = ae.associate(node.host, node.port, contexts=contexts, ae_title=node.aet,
+                             ext_neg=ext_neg, evt_handlers=[NODELAY_HANDLER, *handlers])
+    except (OSError, ValueError) as e:
+        raise PeerUnreachable(f"cannot reach {node}: {e}") from None
+    if assoc.is_established:
+        return assoc
+    if assoc.is_rejected:
+        rsp = getattr(assoc.acceptor, "primitive", None)
+        reason = ""
+        if rsp is not None and getattr(rsp, "result_str", None):
+            reason = f": {rsp.result_str}, {rsp.source_str}, {rsp.reason_str}"
+        raise IheError(f"{node} rejected the association{reason} (calling AE title {ae.ae_title!r}{what})")
+    if assoc.is_aborted:
+        raise IheError(f"{node} aborted the association (check AE titles and supported services)")
+    raise PeerUnreachable(f"cannot reach {node}: no association (connection refused or timed out)")
+
+
+def storage_contexts(pairs: Iterable[tuple[str, str]], limit: int = 128) -> list:
+    """Presentation contexts for (SOP class, transfer syntax) pairs: each class with its own
+    syntax, plus Explicit and Implicit VR Little Endian as fallbacks; at most ``limit``."""
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    by_class: dict[str, list[str]] = {}
+    for cls, ts in pairs:
+        lst = by_class.setdefault(cls, [])
+        if ts and ts not in lst:
+            lst.append(ts)
+    contexts = []
+    for cls, tss in by_class.items():
+        for fallback in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+            if fallback not in tss:
+                tss.append(fallback)
+        contexts.append(build_context(cls, tss))
+    if len(contexts) > limit:
+        raise IheError(f"{len(contexts)} different SOP classes: more than the {limit} presentation contexts "
+                       "one association can carry; send them in parts")
+    return contexts
+
+
+def status_category(status: int) -> str:
+    if status == 0x0000:
+        return "success"
+    if status in (0xFF00, 0xFF01):
+        return "pending"
+    if status == 0xFE00:
+        return "cancel"
+    if status in (0x0001, 0x0107, 0x0116) or 0xB000 <= status <= 0xBFFF:
+        return "warning"
+    return "failure"
