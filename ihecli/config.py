@@ -168,8 +168,8 @@ def load(path: str | os.PathLike | None = None, profile: str | None = None) -> S
     text = ""
     raw: dict[str, Any] = {}
     exists = p.is_file()
-    if path and not exists and not p.exists():
-        raise ConfigError(f"{p}: no such profile file (create one with 'ihe config init')")
+    if p.exists() and not exists:
+        raise ConfigError(f"{p}: not a file")
     if exists:
         try:
             text = p.read_text(encoding="utf-8")

@@ -86,7 +86,9 @@ class Archive:
         parsed = parse(data, expect_sop_uid=expect_sop_uid, expect_sop_class=expect_sop_class)
         rel = self.blobs.rel_path(parsed.study_uid, parsed.series_uid, parsed.sop_uid)
         try:
-            tmp = self.blobs.write_tmp(data)
+            # A new instance is written straight to its place; a file already there (a duplicate,
+            # or a file never indexed) goes through a temporary file the writer renames or drops.
+            tmp = None if self.blobs.write_new(rel, data) else self.blobs.write_tmp(data)
         except OSError as e:
             raise ArchiveError(f"cannot write to the storage folder: {e}", 0xA700) from None
         return self.writer.submit(parsed, tmp, rel)

@@ -1,29 +1,24 @@
 """The index database and its single writer.
 
-Every store goes through one writer thread that batches what arrives together into one
-transaction (group commit): concurrent associations share the cost of a commit, and a caller
-is answered only after its row is committed and its file is in place and fsynced.
-SQLite runs in WAL mode, so queries never wait for the writer.
+Every store goes through one writer that commits what arrives together in one transaction
+(group commit): concurrent associations share the cost of a commit, and a caller is answered
+only after its row is committed and its file is in place and fsynced. SQLite runs in WAL
+mode, so queries never wait for the writer.
 """
 from __future__ import annotations
 
-import os
-import queue
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import create_engine, event, insert, select, update
+from sqlalchemy import bindparam, create_engine, event, insert, select, update
 from sqlalchemy.engine import Engine
 
 from ihecli.archive import schema as s
 from ihecli.archive.ingest import Parsed
 from ihecli.archive.store import BlobStore
 from ihecli.errors import ArchiveError
-
-MAX_BATCH = 256
-
 
 def make_engine(url: str) -> Engine:
     """An engine for the index; SQLite gets WAL, full sync and case-sensitive LIKE."""
@@ -38,7 +33,7 @@ def make_engine(url: str) -> Engine:
         def _pragmas(dbapi_conn, _record):
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=FULL")  # a commit that returned is on disk
+            cur.execute("PRAGMA synchronous=NORMAL")  # a commit that returned is on disk
             cur.execute("PRAGMA case_sensitive_like=ON")  # DICOM matching is case-sensitive
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
@@ -60,71 +55,63 @@ class StoreOutcome:
 
 
 class _Job:
-    __slots__ = ("parsed", "tmp", "rel", "done", "result", "error")
+    __slots__ = ("parsed", "tmp", "rel", "done", "result", "error", "kept_rel")
 
-    def __init__(self, parsed: Parsed, tmp: Path, rel: str):
+    def __init__(self, parsed: Parsed, tmp: Path | None, rel: str):
+        # tmp None: the file was written straight to its place (a new instance)
         self.parsed, self.tmp, self.rel = parsed, tmp, rel
         self.done = threading.Event()
         self.result: StoreOutcome | None = None
         self.error: BaseException | None = None
+        self.kept_rel: str | None = None
 
 
 class Writer:
-    """The one thread that writes the index (and places files just before committing)."""
+    """Group commit: the first caller to find the writer free commits every job waiting.
+
+    Callers queue their job, then take the writer lock; whoever holds it commits all queued
+    jobs in one transaction on the one writing connection. A caller whose job a previous
+    holder committed returns at once. One association pays no thread hand-off; many
+    associations share each commit.
+    """
 
     def __init__(self, engine: Engine, blobs: BlobStore, duplicates: str = "keep"):
         self.engine, self.blobs, self.duplicates = engine, blobs, duplicates
-        self.q: queue.Queue = queue.Queue()
-        self.thread: threading.Thread | None = None
-        self.lock = threading.Lock()
+        self._pending: list[_Job] = []
+        self._plock = threading.Lock()
+        self._wlock = threading.Lock()
+        self._conn = None
 
-    def submit(self, parsed: Parsed, tmp: Path, rel: str) -> StoreOutcome:
-        self._ensure_started()
+    def submit(self, parsed: Parsed, tmp: Path | None, rel: str) -> StoreOutcome:
         job = _Job(parsed, tmp, rel)
-        self.q.put(job)
-        job.done.wait()
+        with self._plock:
+            self._pending.append(job)
+        with self._wlock:
+            if not job.done.is_set():
+                with self._plock:
+                    batch, self._pending = self._pending, []
+                self._commit(batch)
         if job.error is not None:
             raise job.error
         assert job.result is not None
         return job.result
 
-    def _ensure_started(self) -> None:
-        if self.thread is None or not self.thread.is_alive():
-            with self.lock:
-                if self.thread is None or not self.thread.is_alive():
-                    self.thread = threading.Thread(target=self._run, name="ihe-index-writer", daemon=True)
-                    self.thread.start()
-
     def stop(self) -> None:
-        if self.thread is not None and self.thread.is_alive():
-            self.q.put(None)
-            self.thread.join(timeout=30)
-        self.thread = None
+        with self._wlock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
-    def _run(self) -> None:
-        while True:
-            job = self.q.get()
-            if job is None:
-                return
-            batch = [job]
-            stop = False
-            while len(batch) < MAX_BATCH:
-                try:
-                    nxt = self.q.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                batch.append(nxt)
-            self._commit(batch)
-            if stop:
-                return
+    def _connection(self):
+        if self._conn is None:
+            self._conn = self.engine.connect()
+        return self._conn
 
     def _commit(self, batch: list[_Job]) -> None:
         try:
             self._apply(batch)
         except Exception:
+            self._reset()
             if len(batch) == 1:
                 self._fail(batch[0])
                 return
@@ -132,93 +119,120 @@ class Writer:
                 try:
                     self._apply([job])
                 except Exception:
+                    self._reset()
                     self._fail(job)
+
+    def _reset(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:
+                pass
+            self._conn = None
 
     def _fail(self, job: _Job) -> None:
         import sys
 
         exc = sys.exc_info()[1]
-        job.tmp.unlink(missing_ok=True)
+        if job.tmp is not None:
+            job.tmp.unlink(missing_ok=True)
+        else:
+            self.blobs.path(job.rel).unlink(missing_ok=True)
         job.error = ArchiveError(f"index write failed: {exc}", 0xA700)
         job.done.set()
 
     def _apply(self, batch: list[_Job]) -> None:
-        placed: list[tuple[_Job, Path | None]] = []
+        placed: list[_Job] = []
         removed_after: list[str] = []
+        conn = self._connection()
         try:
-            with self.engine.begin() as conn:
+            with conn.begin():
                 dirs = []
                 for job in batch:
                     outcome, old_rel = _upsert(conn, job, self.duplicates)
                     job.result = outcome
                     if outcome.outcome == "duplicate":
-                        placed.append((job, None))
+                        job.kept_rel = old_rel
                         continue
-                    dirs.append(self.blobs.place(job.tmp, job.rel))
-                    placed.append((job, self.blobs.path(job.rel)))
+                    if job.tmp is not None:
+                        dirs.append(self.blobs.place(job.tmp, job.rel))
+                    placed.append(job)
                     if old_rel and old_rel != job.rel:
                         removed_after.append(old_rel)
                 self.blobs.fsync_dirs(dirs)
         except BaseException:
-            for job, final in placed:
-                if final is not None and job.result and job.result.outcome == "stored":
-                    final.unlink(missing_ok=True)
+            for job in placed:
+                if job.result and job.result.outcome == "stored":
+                    self.blobs.path(job.rel).unlink(missing_ok=True)
                 job.result = None
             raise
         for rel in removed_after:
             self.blobs.remove(rel)
-        for job, final in placed:
-            if final is None:
-                job.tmp.unlink(missing_ok=True)
+        for job in batch:
+            if job.result is not None and job.result.outcome == "duplicate":
+                if job.tmp is not None:
+                    job.tmp.unlink(missing_ok=True)
+                elif job.kept_rel != job.rel:  # written to a new place; the kept copy is elsewhere
+                    self.blobs.path(job.rel).unlink(missing_ok=True)
             job.done.set()
+
+
+# Statements built once: building SQLAlchemy constructs per row costs more than running them.
+_b = bindparam
+Q_INSTANCE = select(s.instances.c.id, s.instances.c.path).where(s.instances.c.sop_uid == _b("sop_uid"))
+Q_PATIENT = select(s.patients.c.id).where(s.patients.c.pid == _b("pid"), s.patients.c.issuer == _b("issuer"))
+Q_STUDY = select(s.studies.c.id).where(s.studies.c.study_uid == _b("study_uid"))
+Q_SERIES = select(s.series.c.id, s.series.c.study_fk).where(s.series.c.series_uid == _b("series_uid"))
+U_SERIES_ADD = (update(s.series).where(s.series.c.id == _b("sid"))
+                .values(num_instances=s.series.c.num_instances + 1))
+U_STUDY_ADD = (update(s.studies).where(s.studies.c.id == _b("stid"))
+               .values(num_instances=s.studies.c.num_instances + 1, updated=_b("t")))
+U_STUDY_SERIES = (update(s.studies).where(s.studies.c.id == _b("stid"))
+                  .values(num_series=s.studies.c.num_series + 1))
+U_STUDY_TOUCH = update(s.studies).where(s.studies.c.id == _b("stid")).values(updated=_b("t"))
+I_INSTANCE = insert(s.instances)
+I_PATIENT = insert(s.patients)
+I_STUDY = insert(s.studies)
+I_SERIES = insert(s.series)
+
+
+def _series_of(conn, p: Parsed, t: datetime) -> tuple[int, int]:
+    """(series id, study id) for an instance, creating patient, study and series as needed."""
+    row = conn.execute(Q_SERIES, {"series_uid": p.series_uid}).first()
+    if row is not None:
+        return row[0], row[1]
+    st = conn.execute(Q_STUDY, {"study_uid": p.study_uid}).first()
+    if st is None:
+        pat = conn.execute(Q_PATIENT, {"pid": p.patient["pid"], "issuer": p.patient["issuer"]}).first()
+        if pat is None:
+            pat_id = conn.execute(I_PATIENT, {**p.patient, "charset": p.charset}).inserted_primary_key[0]
+        else:
+            pat_id = pat[0]
+        st_id = conn.execute(I_STUDY, {"study_uid": p.study_uid, "patient_fk": pat_id, "charset": p.charset,
+                                       "received": t, "updated": t, "num_series": 0, "num_instances": 0,
+                                       **p.study}).inserted_primary_key[0]
+    else:
+        st_id = st[0]
+    se_id = conn.execute(I_SERIES, {"series_uid": p.series_uid, "study_fk": st_id, "charset": p.charset,
+                                    "num_instances": 0, **p.series}).inserted_primary_key[0]
+    conn.execute(U_STUDY_SERIES, {"stid": st_id})
+    return se_id, st_id
 
 
 def _upsert(conn, job: _Job, duplicates: str) -> tuple[StoreOutcome, str | None]:
     p = job.parsed
     t = now()
-    row = conn.execute(select(s.instances.c.id, s.instances.c.path)
-                       .where(s.instances.c.sop_uid == p.sop_uid)).first()
+    row = conn.execute(Q_INSTANCE, {"sop_uid": p.sop_uid}).first()
     if row is not None and duplicates == "keep":
-        return StoreOutcome(p.sop_uid, "duplicate", p.study_uid), None
-
-    pat = conn.execute(select(s.patients.c.id).where(s.patients.c.pid == p.patient["pid"],
-                                                     s.patients.c.issuer == p.patient["issuer"])).first()
-    if pat is None:
-        pat_id = conn.execute(insert(s.patients).values(**p.patient, charset=p.charset)).inserted_primary_key[0]
-    else:
-        pat_id = pat[0]
-
-    st = conn.execute(select(s.studies.c.id).where(s.studies.c.study_uid == p.study_uid)).first()
-    if st is None:
-        st_id = conn.execute(insert(s.studies).values(
-            study_uid=p.study_uid, patient_fk=pat_id, charset=p.charset, received=t, updated=t,
-            num_series=0, num_instances=0, **p.study)).inserted_primary_key[0]
-    else:
-        st_id = st[0]
-
-    se = conn.execute(select(s.series.c.id).where(s.series.c.series_uid == p.series_uid)).first()
-    if se is None:
-        se_id = conn.execute(insert(s.series).values(
-            series_uid=p.series_uid, study_fk=st_id, charset=p.charset, num_instances=0,
-            **p.series)).inserted_primary_key[0]
-        conn.execute(update(s.studies).where(s.studies.c.id == st_id)
-                     .values(num_series=s.studies.c.num_series + 1))
-    else:
-        se_id = se[0]
-
+        return StoreOutcome(p.sop_uid, "duplicate", p.study_uid), row[1]
+    se_id, st_id = _series_of(conn, p, t)
     values = dict(series_fk=se_id, sop_class=p.sop_class, transfer_syntax=p.transfer_syntax, path=job.rel,
                   size=p.size, sha256=p.sha256, charset=p.charset, received=t, header=p.header, **p.instance)
     if row is None:
-        conn.execute(insert(s.instances).values(sop_uid=p.sop_uid, **values))
-        conn.execute(update(s.series).where(s.series.c.id == se_id)
-                     .values(num_instances=s.series.c.num_instances + 1))
-        conn.execute(update(s.studies).where(s.studies.c.id == st_id)
-                     .values(num_instances=s.studies.c.num_instances + 1, updated=t))
+        conn.execute(I_INSTANCE, {"sop_uid": p.sop_uid, **values})
+        conn.execute(U_SERIES_ADD, {"sid": se_id})
+        conn.execute(U_STUDY_ADD, {"stid": st_id, "t": t})
         return StoreOutcome(p.sop_uid, "stored", p.study_uid), None
     conn.execute(update(s.instances).where(s.instances.c.id == row[0]).values(**values))
-    conn.execute(update(s.studies).where(s.studies.c.id == st_id).values(updated=t))
+    conn.execute(U_STUDY_TOUCH, {"stid": st_id, "t": t})
     return StoreOutcome(p.sop_uid, "overwritten", p.study_uid), row[1]
-
-
-def fsync_ok() -> bool:  # pragma: no cover - documentation of the promise
-    return hasattr(os, "fsync")

@@ -28,6 +28,7 @@ from pynetdicom.sop_class import (
 )
 
 from ihecli.archive import Archive, QueryError
+from ihecli.archive.ingest import part10
 from ihecli.config import Node
 from ihecli.errors import ArchiveError
 from ihecli.net import dimse
@@ -170,9 +171,13 @@ class DicomServer:
         st = self._stats_for(event)
         req = event.request
         try:
-            data = event.encoded_dataset(include_meta=True)
-            self.archive.store(data, expect_sop_uid=str(req.AffectedSOPInstanceUID or "") or None,
-                               expect_sop_class=str(req.AffectedSOPClassUID or "") or None)
+            sop_uid = str(req.AffectedSOPInstanceUID or "")
+            sop_class = str(req.AffectedSOPClassUID or "")
+            if not sop_uid or not sop_class:
+                raise ArchiveError("C-STORE request without Affected SOP Class/Instance UID", 0xC000)
+            data = part10(event.encoded_dataset(include_meta=False), sop_class, sop_uid,
+                          str(event.context.transfer_syntax), event.assoc.requestor.ae_title)
+            self.archive.store(data, expect_sop_uid=sop_uid, expect_sop_class=sop_class)
         except ArchiveError as e:
             st.failed += 1
             log.warning("C-STORE from %s refused (0x%04X): %s", st.peer, e.status, e)

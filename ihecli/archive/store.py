@@ -31,20 +31,51 @@ class BlobStore:
         return f"{_safe(study_uid)}/{_safe(series_uid)}/{_safe(sop_uid)}.dcm"
 
     def path(self, rel: str) -> Path:
-        p = (self.root / rel).resolve()
-        if self.root not in p.parents:
+        parts = rel.split("/")
+        if rel.startswith("/") or any(x in ("", ".", "..") for x in parts) or "\\" in rel:
             raise ValueError(f"path outside the storage folder: {rel}")
-        return p
+        return self.root.joinpath(*parts)
+
+    def write_new(self, rel: str, data: bytes | memoryview) -> bool:
+        """Write and fsync a file at its place if none is there; False if one already is."""
+        final = self.path(rel)
+        try:
+            fd = os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileNotFoundError:
+            self._makedirs(final.parent)
+            fd = os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)  # on ext4 and XFS this also commits the new directory entry
+        except BaseException:
+            os.close(fd)
+            final.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        return True
+
+    def _makedirs(self, d: Path) -> None:
+        """Create a folder and fsync the folders whose entries changed."""
+        missing = []
+        while not d.exists():
+            missing.append(d)
+            d = d.parent
+        for m in reversed(missing):
+            try:
+                m.mkdir()
+            except FileExistsError:
+                pass
+        if missing:
+            self.fsync_dirs([m.parent for m in missing])
 
     def write_tmp(self, data: bytes | memoryview) -> Path:
         """Write and fsync a new temporary file; the caller hands it to ``place``."""
         p = self.tmp / f"{os.getpid()}-{uuid.uuid4().hex}.part"
         fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
+            _write_all(fd, data)
             os.fsync(fd)
         except BaseException:
             os.close(fd)
@@ -56,7 +87,7 @@ class BlobStore:
     def place(self, tmp: Path, rel: str) -> Path:
         """Rename a temporary file to its place; returns the folder to fsync."""
         final = self.path(rel)
-        final.parent.mkdir(parents=True, exist_ok=True)
+        self._makedirs(final.parent)
         os.replace(tmp, final)
         return final.parent
 
@@ -109,3 +140,10 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]

@@ -1,0 +1,102 @@
+"""The `ihe` command: one typer app, a sub-app per command group, one error boundary."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import click
+import typer
+
+from ihecli import __version__
+from ihecli.cli import output
+from ihecli.cli.options import State
+from ihecli.errors import ExitStatus, IheError
+
+app = typer.Typer(
+    name="ihe",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        output.out.print(f"ihe {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", envvar="IHE_CONFIG", metavar="FILE",
+                                                   help="Profile file (default: ihe config path).")] = None,
+    profile: Annotated[Optional[str], typer.Option("--profile", "-P", envvar="IHE_PROFILE", metavar="NAME",
+                                                   help="Named profile of the profile file.")] = None,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True,
+                                         help="More log output (-vv: protocol detail).")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """IHE actors on one command line: a DICOM image archive and the tools around it.
+
+    Example: ihe archive serve --port 11112
+    """
+    ctx.obj = State(config=config, profile=profile, debug=debug)
+    output.configure(quiet=quiet, verbose=verbose)
+
+
+def _register() -> None:
+    from ihecli.cli import archive_cmd, config_cmd, dicom_cmd
+
+    app.add_typer(config_cmd.app, name="config")
+    app.add_typer(archive_cmd.app, name="archive")
+    app.add_typer(dicom_cmd.app, name="dicom")
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: runs the app and turns every error into one line and an exit status."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        app(args=args, prog_name="ihe", standalone_mode=False)
+        code = 0
+    except IheError as e:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        output.error(str(e))
+        code = int(e.exit_status)
+    except click.exceptions.Exit as e:
+        code = e.exit_code
+    except click.exceptions.Abort:
+        output.error("aborted")
+        code = 130
+    except click.ClickException as e:
+        e.show()
+        code = ExitStatus.USAGE if isinstance(e, click.UsageError) else e.exit_code
+    except KeyboardInterrupt:
+        output.error("interrupted")
+        code = 130
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        code = 0
+    except Exception as e:  # a bug: say so in one line, traceback with --debug
+        if debug:
+            raise
+        output.error(f"unexpected {type(e).__name__}: {e} (run with --debug for the traceback)")
+        code = 70
+    if argv is None:
+        sys.exit(code)
+    return code

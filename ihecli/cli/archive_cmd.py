@@ -1,0 +1,336 @@
+"""`ihe archive`: run the archive and manage what it holds."""
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import threading
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ihecli.archive import Archive
+from ihecli.cli import output
+from ihecli.cli.options import Aet, Bind, Db, Dest, Json, Port, Storage, Timeout, Yes, state
+from ihecli.config import Node, resolve_node
+from ihecli.dicom import scu
+from ihecli.errors import ExitStatus, IheError, UsageError
+
+app = typer.Typer(help="The local archive: serve it over DICOM, import, list, remove, export, check.",
+                  no_args_is_help=True)
+
+Duplicates = Annotated[Optional[str], typer.Option("--duplicates", metavar="POLICY",
+                                                   help="Same SOP Instance UID again: keep (default) or overwrite.")]
+
+
+def open_archive(ctx: typer.Context, db: Optional[str], storage: Optional[Path], **over) -> Archive:
+    st = state(ctx).settings()
+    if over.get("duplicates"):
+        st.archive.duplicates = over["duplicates"]
+    if over.get("fuzzy_names"):
+        st.archive.fuzzy_names = True
+    return Archive.open(st, db=db, storage=str(storage) if storage else None)
+
+
+@app.command("serve")
+def serve_cmd(
+    ctx: typer.Context,
+    port: Port = None,
+    aet: Aet = None,
+    bind: Bind = None,
+    dest: Dest = None,
+    db: Db = None,
+    storage: Storage = None,
+    allow: Annotated[Optional[list[str]], typer.Option(
+        "--allow", metavar="AET", help="Accept associations only from these calling AE titles (repeatable).")] = None,
+    duplicates: Duplicates = None,
+    fuzzy_names: Annotated[bool, typer.Option("--fuzzy-names",
+                                              help="Case- and accent-insensitive person-name matching.")] = False,
+    max_pdu: Annotated[Optional[int], typer.Option("--max-pdu", min=0, metavar="BYTES",
+                                                   help="Largest PDU we accept (0: no limit).")] = None,
+) -> None:
+    """Run the archive's DICOM services in the foreground (Ctrl-C stops it).
+
+    Verification, Storage (every SOP class), Query/Retrieve FIND/MOVE/GET, Patient and Study Root.
+
+    Example: ihe archive serve --port 11112 --dest VIEWER@127.0.0.1:11113
+    """
+    from ihecli.archive.server import DicomServer
+
+    st = state(ctx).settings()
+    a = st.archive
+    dests: dict[str, Node] = {n.aet: n for n in st.nodes.values()}
+    for spec in [*a.dest, *(dest or [])]:
+        n = resolve_node(spec, st.nodes)
+        dests[n.aet] = n
+    archive = open_archive(ctx, db, storage, duplicates=duplicates, fuzzy_names=fuzzy_names)
+    server = DicomServer(archive, aet=aet or a.aet, bind=bind or a.bind, port=a.port if port is None else port,
+                         destinations=dests, allow=allow or a.allow, max_pdu=a.max_pdu if max_pdu is None else max_pdu)
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        stop.set()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            server.start()
+        except OSError as e:
+            raise UsageError(f"cannot listen on {server.bind}:{server.port}: {e.strerror or e}") from None
+        counts = archive.counts()
+        output.info(f"{server.aet} listening on {server.bind}:{server.port} "
+                    f"({counts['instances']} instances in {counts['studies']} studies; "
+                    f"storage {archive.blobs.root}; Ctrl-C stops)")
+        if dests:
+            output.info("move destinations: " + ", ".join(str(n) for n in dests.values()))
+        while not stop.wait(0.5):
+            pass
+    finally:
+        server.stop()
+        archive.close()
+        for s, h in old.items():
+            signal.signal(s, h)
+    output.info("stopped")
+
+
+@app.command("import")
+def import_cmd(ctx: typer.Context,
+               paths: Annotated[list[Path], typer.Argument(metavar="PATH...", help="Files and folders.")],
+               db: Db = None, storage: Storage = None, duplicates: Duplicates = None, json: Json = False) -> None:
+    """Store DICOM files and folders in the archive (non-DICOM files are skipped).
+
+    Example: ihe archive import /media/usb/DICOM
+    """
+    with open_archive(ctx, db, storage, duplicates=duplicates) as archive:
+        with output.progress(None, "importing", enabled=not json) as advance:
+            rep = archive.import_paths(paths, progress=lambda p, o: advance())
+    if json:
+        output.print_json(rep)
+    else:
+        for path, why in rep.failed:
+            output.warn(f"{path}: {why}")
+        output.info(f"{rep.stored} stored, {rep.duplicates} already there, {rep.overwritten} overwritten, "
+                    f"{rep.skipped} not DICOM, {len(rep.failed)} failed")
+    if rep.failed:
+        ok = rep.stored + rep.duplicates + rep.overwritten
+        raise typer.Exit(ExitStatus.PARTIAL if ok else ExitStatus.REFUSED)
+
+
+LS_COLUMNS = {
+    "PATIENT": ["PatientID", "PatientName", "PatientBirthDate", "PatientSex", "NumberOfPatientRelatedStudies",
+                "NumberOfPatientRelatedInstances"],
+    "STUDY": ["PatientID", "PatientName", "StudyDate", "AccessionNumber", "StudyDescription", "ModalitiesInStudy",
+              "NumberOfStudyRelatedInstances", "StudyInstanceUID"],
+    "SERIES": ["PatientID", "StudyInstanceUID", "SeriesNumber", "Modality", "SeriesDescription",
+               "NumberOfSeriesRelatedInstances", "SeriesInstanceUID"],
+    "IMAGE": ["PatientID", "SeriesInstanceUID", "InstanceNumber", "SOPClassUID", "SOPInstanceUID"],
+}
+
+
+def _selection(level: str, patient, name, study, series, instance, accession, modality, date):
+    from pydicom.dataset import Dataset
+
+    lvl = level.strip().upper()
+    lvl = "IMAGE" if lvl == "INSTANCE" else lvl
+    if lvl not in LS_COLUMNS:
+        raise UsageError(f"bad level {level!r}: patient, study, series or instance")
+    ds = Dataset()
+    ds.QueryRetrieveLevel = lvl
+    for kw in LS_COLUMNS[lvl]:
+        setattr(ds, kw, "")
+    for kw, v in (("PatientID", patient), ("PatientName", name), ("StudyInstanceUID", study),
+                  ("SeriesInstanceUID", series), ("SOPInstanceUID", instance), ("AccessionNumber", accession),
+                  ("StudyDate", date)):
+        if v:
+            setattr(ds, kw, "\\".join(v) if isinstance(v, list) else v)
+    if modality:
+        setattr(ds, "ModalitiesInStudy" if lvl == "STUDY" else "Modality", modality)
+    return ds, lvl
+
+
+Patient = Annotated[Optional[str], typer.Option("--patient", metavar="ID", help="Patient ID (wildcards * ?).")]
+Name = Annotated[Optional[str], typer.Option("--name", metavar="NAME", help="Patient name (wildcards * ?).")]
+StudyOpt = Annotated[Optional[list[str]], typer.Option("--study", metavar="UID", help="Study Instance UID (repeatable).")]
+SeriesOpt = Annotated[Optional[list[str]], typer.Option("--series", metavar="UID",
+                                                        help="Series Instance UID (repeatable).")]
+InstanceOpt = Annotated[Optional[list[str]], typer.Option("--instance", metavar="UID",
+                                                          help="SOP Instance UID (repeatable).")]
+Accession = Annotated[Optional[str], typer.Option("--accession", metavar="ACC", help="Accession number.")]
+Modality = Annotated[Optional[str], typer.Option("--modality", metavar="MOD", help="Modality, e.g. CT.")]
+DateOpt = Annotated[Optional[str], typer.Option("--date", metavar="RANGE", help="Study date or range, e.g. 20240101-.")]
+
+
+@app.command("ls")
+def ls_cmd(ctx: typer.Context,
+           level: Annotated[str, typer.Option("--level", "-L", metavar="LEVEL",
+                                              help="patient, study, series or instance.")] = "study",
+           patient: Patient = None, name: Name = None, study: StudyOpt = None, series: SeriesOpt = None,
+           instance: InstanceOpt = None, accession: Accession = None, modality: Modality = None,
+           date: DateOpt = None,
+           limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Show at most N rows.")] = None,
+           db: Db = None, storage: Storage = None, json: Json = False) -> None:
+    """List what the archive holds, at any level.
+
+    Example: ihe archive ls --level series --patient 'PID00*'
+    """
+    from ihecli.cli.dicom_cmd import dataset_json
+
+    ident, lvl = _selection(level, patient, name, study, series, instance, accession, modality, date)
+    with open_archive(ctx, db, storage) as archive:
+        rows = [dataset_json(r) for r in archive.find(ident, "patient" if lvl == "PATIENT" else "study", limit)]
+    if json:
+        output.print_json(rows)
+        return
+    output.table([{k: ("\\".join(v) if isinstance(v, list) else v) for k, v in r.items()} for r in rows],
+                 LS_COLUMNS[lvl])
+    noun = {"PATIENT": "patient", "STUDY": "study", "SERIES": "series", "IMAGE": "instance"}[lvl]
+    plural = {"study": "studies", "series": "series"}.get(noun, noun + "s")
+    output.info(f"{len(rows)} {noun if len(rows) == 1 else plural}")
+
+
+@app.command("rm")
+def rm_cmd(ctx: typer.Context, patient: Patient = None, study: StudyOpt = None, series: SeriesOpt = None,
+           instance: InstanceOpt = None, yes: Yes = False, db: Db = None, storage: Storage = None,
+           json: Json = False) -> None:
+    """Delete patients, studies, series or instances (index rows and files).
+
+    Example: ihe archive rm --study 1.2.840.113619.2.55.3 --yes
+    """
+    if not any((patient, study, series, instance)):
+        raise UsageError("say what to remove: --patient, --study, --series or --instance")
+    level = "IMAGE" if instance else "SERIES" if series else "STUDY" if study else "PATIENT"
+    ident, lvl = _selection(level, patient, None, study, series, instance, None, None, None)
+    with open_archive(ctx, db, storage) as archive:
+        refs = archive.instances(ident, "patient" if lvl == "PATIENT" else "study")
+        if not refs:
+            raise IheError("nothing matches; nothing removed")
+        studies = {r.study_uid for r in refs}
+        series_n = {r.series_uid for r in refs}
+        what = f"{len(refs)} instances in {len(series_n)} series of {len(studies)} studies"
+        if not yes:
+            if not output.err.is_terminal:
+                raise UsageError(f"would remove {what}: add --yes to confirm when not on a terminal")
+            typer.confirm(f"Remove {what}?", abort=True, err=True)
+        n = archive.remove(refs)
+    if json:
+        output.print_json({"removed": n, "studies": sorted(studies)})
+    else:
+        output.info(f"removed {what}")
+
+
+def parse_since(text: str) -> datetime:
+    """'2024-05-01', '20240501', '2024-05-01T12:00', or relative: '24h', '7d', '30m' (UTC)."""
+    t = text.strip()
+    m = re.fullmatch(r"(\d+)\s*([mhdw])", t)
+    if m:
+        unit = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[m.group(2)]
+        return datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(**{unit: int(m.group(1))})
+    for fmt in ("%Y-%m-%d", "%Y%m%d", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M"):
+        try:
+            return datetime.strptime(t, fmt)
+        except ValueError:
+            pass
+    raise UsageError(f"bad --since {text!r}: a date (2024-05-01), a time (2024-05-01T12:00) or an age (24h, 7d)")
+
+
+@app.command("export")
+def export_cmd(
+    ctx: typer.Context,
+    since: Annotated[Optional[str], typer.Option("--since", metavar="WHEN",
+                                                 help="Studies received since a date (2024-05-01) or age (24h).")] = None,
+    study: StudyOpt = None,
+    to: Annotated[Optional[str], typer.Option("--to", metavar="NODE", help="Send to a DICOM node (C-STORE).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", metavar="DIR",
+                                                help="Copy files into a folder (STUDY/SERIES/INSTANCE.dcm).")] = None,
+    calling_aet: Annotated[Optional[str], typer.Option("--calling-aet", "-aet", metavar="AET",
+                                                       help="Calling AE title for --to.")] = None,
+    timeout: Timeout = 60,
+    db: Db = None, storage: Storage = None, json: Json = False,
+) -> None:
+    """Export studies (by date received or UID) to a node or a folder: the nightly job.
+
+    Example: ihe archive export --since 24h --to BACKUP
+    """
+    if bool(to) == bool(out):
+        raise UsageError("give exactly one of --to NODE or --out DIR")
+    if not since and not study:
+        raise UsageError("say what to export: --since WHEN and/or --study UID")
+    from pydicom.dataset import Dataset
+
+    with open_archive(ctx, db, storage) as archive:
+        uids = archive.studies_since(parse_since(since)) if since else []
+        if study:
+            uids = sorted(set(uids) & set(study)) if since else list(study)
+        refs = []
+        if uids:
+            ident = Dataset()
+            ident.QueryRetrieveLevel = "STUDY"
+            ident.StudyInstanceUID = uids
+            refs = archive.instances(ident)
+        paths = [archive.file_path(r) for r in refs]
+        if to:
+            st = state(ctx).settings()
+            node = st.node(to)
+            if not paths:
+                rep = scu.StoreReport(str(node))
+            else:
+                with output.progress(len(paths), f"exporting to {node}", enabled=not json) as advance:
+                    rep = scu.store(node, paths, calling_aet=calling_aet or st.calling_aet, timeout=timeout,
+                                    progress=lambda p, o: advance())
+            result = {"studies": len(uids), "instances": rep.sent, "failed": [f.__dict__ for f in rep.failed],
+                      "to": str(node)}
+            failed = len(rep.failed)
+            done = rep.sent
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            done = 0
+            with output.progress(len(paths), f"exporting to {out}", enabled=not json) as advance:
+                for r, p in zip(refs, paths):
+                    target = out / r.path
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(p, target)
+                    done += 1
+                    advance()
+            result = {"studies": len(uids), "instances": done, "failed": [], "to": str(out)}
+            failed = 0
+    if json:
+        output.print_json(result)
+    else:
+        output.info(f"exported {done} instances of {len(uids)} studies to {result['to']}"
+                    + (f", {failed} failed" if failed else ""))
+    if failed:
+        raise typer.Exit(ExitStatus.PARTIAL if done else ExitStatus.REFUSED)
+
+
+@app.command("check")
+def check_cmd(ctx: typer.Context,
+              repair: Annotated[bool, typer.Option("--repair", help="Fix what is found: drop rows whose file is "
+                                                   "gone, index files that have no row, remove leftovers.")] = False,
+              verify: Annotated[bool, typer.Option("--verify", help="Also re-read every file and compare its "
+                                                   "checksum with the one taken at ingest.")] = False,
+              db: Db = None, storage: Storage = None, json: Json = False) -> None:
+    """Check that index and files agree (after a crash, a disk problem or manual changes).
+
+    Example: ihe archive check --repair
+    """
+    with open_archive(ctx, db, storage) as archive:
+        rep = archive.check(repair=repair, verify=verify)
+    if json:
+        output.print_json(rep)
+    else:
+        output.info(f"{rep.instances} instances checked: {len(rep.missing_files)} missing files, "
+                    f"{len(rep.orphan_files)} files not indexed, {len(rep.corrupt)} checksum mismatches, "
+                    f"{rep.temp_files} leftover temporary files" + (" (repaired)" if rep.repaired else ""))
+        for uid in rep.missing_files[:20]:
+            output.warn(f"missing file for {uid}")
+        for rel in rep.orphan_files[:20]:
+            output.warn(f"not indexed: {rel}")
+        for uid in rep.corrupt[:20]:
+            output.warn(f"checksum mismatch: {uid}")
+    problems = rep.missing_files or rep.orphan_files or rep.corrupt
+    if problems and not repair:
+        raise typer.Exit(ExitStatus.REFUSED)
+    if rep.corrupt:
+        raise typer.Exit(ExitStatus.REFUSED)

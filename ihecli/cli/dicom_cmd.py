@@ -1,0 +1,184 @@
+"""`ihe dicom`: echo, store, find, move, get against any DICOM node."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from pydicom.dataset import Dataset
+
+from ihecli.cli import output
+from ihecli.cli.options import CallingAet, Json, Keys, Level, Node, Root, Timeout, state
+from ihecli.dicom import scu
+from ihecli.errors import ExitStatus
+
+app = typer.Typer(help="DICOM client: echo, store, find, move, get (like DCMTK's *scu tools).",
+                  no_args_is_help=True)
+
+HIDDEN = {"QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle"}
+
+
+def _ctx(ctx: typer.Context, node: str, calling_aet: Optional[str]):
+    st = state(ctx).settings()
+    return st.node(node), calling_aet or st.calling_aet
+
+
+def element_json(elem) -> Any:
+    """A value as JSON users expect: str, number, list for multiple values, list of objects for SQ."""
+    if elem.VR == "SQ":
+        return [dataset_json(item) for item in elem.value]
+    v = elem.value
+    if v is None or v == "":
+        return None
+    if isinstance(v, (bytes, bytearray)):
+        return f"<{len(v)} bytes>"
+    if type(v).__name__ == "MultiValue" or isinstance(v, list):
+        return [str(x) if not isinstance(x, (int, float)) else x for x in v]
+    if isinstance(v, (int, float)):
+        return v
+    return str(v)
+
+
+def dataset_json(ds: Dataset) -> dict:
+    out = {}
+    for elem in ds:
+        key = elem.keyword or f"({elem.tag.group:04X},{elem.tag.element:04X})"
+        if key in HIDDEN:
+            continue
+        out[key] = element_json(elem)
+    return out
+
+
+@app.command("echo")
+def echo_cmd(ctx: typer.Context, node: Node, calling_aet: CallingAet = None, timeout: Timeout = 30,
+             json: Json = False) -> None:
+    """Verify a node answers (C-ECHO).
+
+    Example: ihe dicom echo ORTHANC@127.0.0.1:4242
+    """
+    n, aet = _ctx(ctx, node, calling_aet)
+    r = scu.echo(n, calling_aet=aet, timeout=timeout)
+    if json:
+        output.print_json(r)
+    else:
+        output.out.print(f"C-ECHO {r.node}: success ({r.ms} ms)", markup=False)
+
+
+@app.command("store")
+def store_cmd(ctx: typer.Context, node: Node,
+              paths: Annotated[list[Path], typer.Argument(metavar="PATH...", help="Files and folders to send.")],
+              calling_aet: CallingAet = None, timeout: Timeout = 30, json: Json = False) -> None:
+    """Send DICOM files and folders over one association (C-STORE).
+
+    Example: ihe dicom store PACS /media/cdrom --calling-aet MODALITY
+    """
+    n, aet = _ctx(ctx, node, calling_aet)
+    holder: dict = {}
+
+    def plan(total: int) -> None:
+        holder["bar"] = bar_cm = output.progress(total, f"sending to {n}", enabled=not json)
+        holder["advance"] = bar_cm.__enter__()
+
+    def step(path: str, outcome: str) -> None:
+        holder["advance"]()
+
+    try:
+        rep = scu.store(n, paths, calling_aet=aet, timeout=timeout, progress=step, on_plan=plan)
+    finally:
+        if "bar" in holder:
+            holder["bar"].__exit__(None, None, None)
+    if json:
+        output.print_json(rep)
+    else:
+        for f in rep.failed:
+            output.warn(f"{f.path}: {f.reason}")
+        rate = f", {rep.sent / rep.seconds:.0f} files/s" if rep.seconds and rep.sent else ""
+        output.info(f"{rep.sent} sent to {rep.node}, {len(rep.failed)} failed, {len(rep.skipped)} not DICOM"
+                    f" ({rep.bytes / 1e6:.1f} MB in {rep.seconds:.1f} s{rate})")
+    if rep.failed:
+        raise typer.Exit(ExitStatus.PARTIAL if rep.sent else ExitStatus.REFUSED)
+
+
+@app.command("find")
+def find_cmd(ctx: typer.Context, node: Node, level: Level = "study", keys: Keys = None, root: Root = "study",
+             limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Stop after N matches.")] = None,
+             calling_aet: CallingAet = None, timeout: Timeout = 30, json: Json = False) -> None:
+    """Query a node (C-FIND); the level's usual keys are always returned.
+
+    Example: ihe dicom find PACS -L study -k PatientName='SMITH*' -k StudyDate=20240101-20241231
+    """
+    n, aet = _ctx(ctx, node, calling_aet)
+    lvl = level.strip().upper()
+    ident = scu.build_identifier(lvl, keys, defaults=scu.LEVEL_DEFAULTS.get("IMAGE" if lvl == "INSTANCE" else lvl,
+                                                                              ()))
+    results = scu.find(n, ident, root=root, calling_aet=aet, timeout=timeout, limit=limit)
+    rows = [dataset_json(r) for r in results]
+    if json:
+        output.print_json(rows)
+        return
+    columns: list[str] = []
+    for r in rows:
+        for k in r:
+            if k not in columns:
+                columns.append(k)
+    output.table([{k: _cell(v) for k, v in r.items()} for r in rows], columns)
+    output.info(f"{len(rows)} matches")
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, list):
+        return "\\".join(_cell(x) for x in v)
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={_cell(x)}" for k, x in v.items())
+    return "" if v is None else str(v)
+
+
+def _retrieve_exit(r: scu.RetrieveResult, json: bool, what: str) -> None:
+    if json:
+        output.print_json({**r.__dict__})
+    else:
+        output.info(f"{what}: {r.completed} completed, {r.failed} failed, {r.warning} warnings "
+                    f"(status 0x{r.status:04X}, {r.seconds:.1f} s)")
+        for uid in r.failed_uids:
+            output.warn(f"failed: {uid}")
+    if r.failed:
+        raise typer.Exit(ExitStatus.PARTIAL if r.completed else ExitStatus.REFUSED)
+
+
+@app.command("move")
+def move_cmd(ctx: typer.Context, node: Node,
+             dest: Annotated[str, typer.Option("--dest", "-d", metavar="AET",
+                                               help="Move destination AE title (the node must know it).")],
+             level: Level = "study", keys: Keys = None, root: Root = "study", calling_aet: CallingAet = None,
+             timeout: Timeout = 600, json: Json = False) -> None:
+    """Ask a node to send matching instances to a destination (C-MOVE).
+
+    Example: ihe dicom move PACS --dest VIEWER -k StudyInstanceUID=1.2.3.4
+    """
+    n, aet = _ctx(ctx, node, calling_aet)
+    ident = scu.build_identifier(level, keys)
+    with output.progress(None, f"moving to {dest}", enabled=not json) as advance:
+        seen = {"done": 0}
+
+        def prog(done: int, total: int) -> None:
+            advance(done - seen["done"])
+            seen["done"] = done
+
+        r = scu.move(n, dest, ident, root=root, calling_aet=aet, timeout=timeout, progress=prog)
+    _retrieve_exit(r, json, f"C-MOVE to {dest}")
+
+
+@app.command("get")
+def get_cmd(ctx: typer.Context, node: Node,
+            out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="Folder for the instances.")],
+            level: Level = "study", keys: Keys = None, root: Root = "study", calling_aet: CallingAet = None,
+            timeout: Timeout = 600, json: Json = False) -> None:
+    """Retrieve matching instances over the same association into a folder (C-GET).
+
+    Example: ihe dicom get PACS --out ./study -k StudyInstanceUID=1.2.3.4
+    """
+    n, aet = _ctx(ctx, node, calling_aet)
+    ident = scu.build_identifier(level, keys)
+    with output.progress(None, "receiving", enabled=not json) as advance:
+        r = scu.get(n, ident, out, root=root, calling_aet=aet, timeout=timeout, progress=lambda p: advance())
+    _retrieve_exit(r, json, f"C-GET into {out}")

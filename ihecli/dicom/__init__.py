@@ -1,0 +1,1 @@
+"""DICOM client operations (SCU)."""

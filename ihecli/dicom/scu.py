@@ -1,0 +1,363 @@
+"""DICOM client operations (SCU): C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET against any node.
+
+What DCMTK's echoscu/storescu/findscu/movescu/getscu do, as functions that return plain
+results: the CLI prints them, scripts call them.
+"""
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.filereader import read_file_meta_info
+from pynetdicom import StoragePresentationContexts, build_role, evt
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+
+from ihecli.archive import iter_files, looks_like_dicom
+from ihecli.archive.ingest import ensure_part10
+from ihecli.config import Node
+from ihecli.errors import DimseFailure, PeerUnreachable, UsageError
+from ihecli.net import dimse
+
+MODELS = {
+    ("study", "find"): StudyRootQueryRetrieveInformationModelFind,
+    ("patient", "find"): PatientRootQueryRetrieveInformationModelFind,
+    ("study", "move"): StudyRootQueryRetrieveInformationModelMove,
+    ("patient", "move"): PatientRootQueryRetrieveInformationModelMove,
+    ("study", "get"): StudyRootQueryRetrieveInformationModelGet,
+    ("patient", "get"): PatientRootQueryRetrieveInformationModelGet,
+}
+
+
+def _model(root: str, op: str):
+    try:
+        return MODELS[(root, op)]
+    except KeyError:
+        raise UsageError(f"unknown information model {root!r} (study or patient)") from None
+
+
+@dataclass
+class EchoResult:
+    node: str
+    status: int
+    ms: float
+
+
+def echo(node: Node, *, calling_aet: str = "IHE", timeout: float = 30) -> EchoResult:
+    """C-ECHO (Verification)."""
+    ae = dimse.client_ae(calling_aet, timeout=timeout)
+    ae.add_requested_context(Verification)
+    t0 = time.perf_counter()
+    assoc = dimse.associate(ae, node)
+    try:
+        rsp = assoc.send_c_echo()
+        if not rsp or "Status" not in rsp:
+            raise PeerUnreachable(f"{node} sent no C-ECHO response (timeout or abort)")
+        status = int(rsp.Status)
+    finally:
+        assoc.release()
+    ms = (time.perf_counter() - t0) * 1000
+    if status != 0:
+        raise DimseFailure(f"{node} answered C-ECHO with status 0x{status:04X}", status)
+    return EchoResult(str(node), status, round(ms, 1))
+
+
+@dataclass
+class FileFailure:
+    path: str
+    reason: str
+    status: int | None = None
+
+
+@dataclass
+class StoreReport:
+    node: str
+    sent: int = 0
+    warnings: int = 0
+    failed: list[FileFailure] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # not DICOM
+    bytes: int = 0
+    seconds: float = 0.0
+
+
+def _sop_and_ts(path: Path) -> tuple[str, str] | None:
+    try:
+        meta = read_file_meta_info(path)
+        cls, ts = meta.get("MediaStorageSOPClassUID"), meta.get("TransferSyntaxUID")
+        if cls and ts:
+            return str(cls), str(ts)
+    except Exception:
+        pass
+    try:
+        data = path.read_bytes()
+        if not looks_like_dicom(data):
+            return None
+        data = ensure_part10(data)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(data), stop_before_pixels=True)
+        return str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)
+    except Exception:
+        return None
+
+
+def store(node: Node, paths: Iterable[str | os.PathLike], *, calling_aet: str = "IHE", timeout: float = 30,
+          progress: Callable[[str, str], None] | None = None, on_plan: Callable[[int], None] | None = None
+          ) -> StoreReport:
+    """C-STORE every DICOM file under ``paths`` over one association."""
+    report = StoreReport(str(node))
+    files: list[tuple[Path, str, str]] = []
+    for f in iter_files(paths):
+        st = _sop_and_ts(f)
+        if st is None:
+            report.skipped.append(str(f))
+            continue
+        files.append((f, *st))
+    if on_plan:
+        on_plan(len(files))
+    if not files:
+        return report
+    ae = dimse.client_ae(calling_aet, timeout=timeout)
+    contexts = dimse.storage_contexts((c, t) for _, c, t in files)
+    t0 = time.perf_counter()
+    assoc = dimse.associate(ae, node, contexts=contexts)
+    try:
+        for i, (path, _cls, _ts) in enumerate(files):
+            status = None
+            reason = ""
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    ds = pydicom.dcmread(path, force=True)
+                    if "TransferSyntaxUID" not in ds.file_meta:
+                        ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(ensure_part10(path.read_bytes())))
+                rsp = assoc.send_c_store(ds)
+                if rsp and "Status" in rsp:
+                    status = int(rsp.Status)
+                else:
+                    reason = "no response (association aborted or timed out)"
+            except (ValueError, AttributeError) as e:
+                reason = str(e).split("\n")[0]
+            except Exception as e:
+                reason = f"{type(e).__name__}: {e}"
+            cat = dimse.status_category(status) if status is not None else "failure"
+            if cat == "success":
+                report.sent += 1
+                report.bytes += path.stat().st_size
+            elif cat == "warning":
+                report.sent += 1
+                report.warnings += 1
+            else:
+                report.failed.append(FileFailure(str(path), reason or f"status 0x{status:04X}", status))
+            if progress:
+                progress(str(path), cat)
+            if not assoc.is_established:
+                for rest, _, _ in files[i + 1:]:
+                    report.failed.append(FileFailure(str(rest), "association lost"))
+                break
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    report.seconds = round(time.perf_counter() - t0, 3)
+    return report
+
+
+def find(node: Node, ident: Dataset, *, root: str = "study", calling_aet: str = "IHE", timeout: float = 30,
+         limit: int | None = None) -> list[Dataset]:
+    """C-FIND: every matching identifier (raises DimseFailure on a failure status)."""
+    model = _model(root, "find")
+    ae = dimse.client_ae(calling_aet, timeout=timeout)
+    ae.add_requested_context(model)
+    assoc = dimse.associate(ae, node)
+    results: list[Dataset] = []
+    try:
+        for status, identifier in assoc.send_c_find(ident, model):
+            if not status or "Status" not in status:
+                raise PeerUnreachable(f"{node} stopped answering the C-FIND (timeout or abort)")
+            code = int(status.Status)
+            cat = dimse.status_category(code)
+            if cat == "pending":
+                if identifier is not None:
+                    results.append(identifier)
+                if limit and len(results) >= limit:
+                    break
+            elif cat in ("success", "cancel"):
+                break
+            else:
+                comment = status.get("ErrorComment", "")
+                raise DimseFailure(f"{node} answered C-FIND with status 0x{code:04X}"
+                                   + (f": {comment}" if comment else ""), code)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return results
+
+
+@dataclass
+class RetrieveResult:
+    node: str
+    status: int = 0
+    completed: int = 0
+    failed: int = 0
+    warning: int = 0
+    failed_uids: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)  # C-GET: files written
+    seconds: float = 0.0
+
+    @property
+    def partial(self) -> bool:
+        return self.failed > 0 and self.completed > 0
+
+
+def _finish(result: RetrieveResult, status_ds, identifier) -> None:
+    code = int(status_ds.Status)
+    result.status = code
+    for attr, key in (("completed", "NumberOfCompletedSuboperations"), ("failed", "NumberOfFailedSuboperations"),
+                      ("warning", "NumberOfWarningSuboperations")):
+        v = status_ds.get(key)
+        if v is not None:
+            setattr(result, attr, int(v))
+    if identifier is not None and "FailedSOPInstanceUIDList" in identifier:
+        v = identifier.FailedSOPInstanceUIDList
+        result.failed_uids = [str(x) for x in (v if isinstance(v, (list, pydicom.multival.MultiValue)) else [v]) if x]
+
+
+def _check(result: RetrieveResult, node: Node, op: str) -> RetrieveResult:
+    code = result.status
+    cat = dimse.status_category(code)
+    if cat == "failure" and not result.completed:
+        meaning = {0xA801: "move destination unknown", 0xA701: "out of resources (matches)",
+                   0xA702: "out of resources (sub-operations)", 0xA900: "identifier does not match SOP class",
+                   0xC000: "unable to process"}.get(code, "")
+        raise DimseFailure(f"{node} answered {op} with status 0x{code:04X}" + (f" ({meaning})" if meaning else "")
+                           + (f"; {result.failed} sub-operations failed" if result.failed else ""), code)
+    return result
+
+
+def move(node: Node, dest_aet: str, ident: Dataset, *, root: str = "study", calling_aet: str = "IHE",
+         timeout: float = 60, progress: Callable[[int, int], None] | None = None) -> RetrieveResult:
+    """C-MOVE to ``dest_aet`` (which ``node`` must know)."""
+    model = _model(root, "move")
+    ae = dimse.client_ae(calling_aet, timeout=timeout)
+    ae.add_requested_context(model)
+    assoc = dimse.associate(ae, node)
+    result = RetrieveResult(str(node))
+    t0 = time.perf_counter()
+    last = None
+    try:
+        for status, identifier in assoc.send_c_move(ident, dest_aet, model):
+            if not status or "Status" not in status:
+                raise PeerUnreachable(f"{node} stopped answering the C-MOVE (timeout or abort)")
+            last = (status, identifier)
+            if dimse.status_category(int(status.Status)) == "pending":
+                if progress:
+                    done = int(status.get("NumberOfCompletedSuboperations", 0) or 0)
+                    left = int(status.get("NumberOfRemainingSuboperations", 0) or 0)
+                    progress(done, done + left)
+                continue
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    if last is None:
+        raise PeerUnreachable(f"{node} sent no C-MOVE response")
+    _finish(result, *last)
+    result.seconds = round(time.perf_counter() - t0, 3)
+    return _check(result, node, "C-MOVE")
+
+
+def get(node: Node, ident: Dataset, out_dir: str | os.PathLike, *, root: str = "study", calling_aet: str = "IHE",
+        timeout: float = 60, progress: Callable[[str], None] | None = None) -> RetrieveResult:
+    """C-GET: the instances come back on the same association and are written to ``out_dir``."""
+    model = _model(root, "get")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ae = dimse.client_ae(calling_aet, timeout=timeout)
+    ae.add_requested_context(model)
+    roles = []
+    for cx in StoragePresentationContexts[:127]:
+        ae.add_requested_context(cx.abstract_syntax)
+        roles.append(build_role(cx.abstract_syntax, scp_role=True))
+    result = RetrieveResult(str(node))
+
+    def on_store(event):
+        req = event.request
+        uid = str(req.AffectedSOPInstanceUID)
+        name = uid if dimse_safe(uid) else f"instance{len(result.files):06d}"
+        path = out / f"{name}.dcm"
+        try:
+            with open(path, "wb") as fh:
+                fh.write(event.encoded_dataset(include_meta=True))
+        except OSError:
+            return 0xA700
+        result.files.append(str(path))
+        if progress:
+            progress(str(path))
+        return 0x0000
+
+    t0 = time.perf_counter()
+    assoc = dimse.associate(ae, node, ext_neg=roles, handlers=[(evt.EVT_C_STORE, on_store)])
+    last = None
+    try:
+        for status, identifier in assoc.send_c_get(ident, model):
+            if not status or "Status" not in status:
+                raise PeerUnreachable(f"{node} stopped answering the C-GET (timeout or abort)")
+            last = (status, identifier)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    if last is None:
+        raise PeerUnreachable(f"{node} sent no C-GET response")
+    _finish(result, *last)
+    result.seconds = round(time.perf_counter() - t0, 3)
+    return _check(result, node, "C-GET")
+
+
+def dimse_safe(uid: str) -> bool:
+    return bool(uid) and len(uid) <= 64 and all(c.isdigit() or c == "." for c in uid)
+
+
+def build_identifier(level: str, keys: list[str] | None, *, defaults: Iterable[str] = ()) -> Dataset:
+    """An identifier from ``-k Keyword=Value`` strings (DCMTK findscu syntax; sequences as Seq[0].Key=)."""
+    from pynetdicom.apps.common import ElementPath
+
+    lvl = level.strip().upper()
+    if lvl in ("INSTANCE",):
+        lvl = "IMAGE"
+    if lvl not in ("PATIENT", "STUDY", "SERIES", "IMAGE"):
+        raise UsageError(f"bad level {level!r}: patient, study, series or image")
+    ds = Dataset()
+    ds.QueryRetrieveLevel = lvl
+    for kw in defaults:
+        setattr(ds, kw, "")
+    for k in keys or []:
+        if "=" not in k:
+            k = k + "="
+        try:
+            ds = ElementPath(k).update(ds)
+        except Exception as e:
+            raise UsageError(f"bad key {k!r}: {e}") from None
+    ds.QueryRetrieveLevel = lvl
+    return ds
+
+
+LEVEL_DEFAULTS = {
+    "PATIENT": ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "NumberOfPatientRelatedStudies"),
+    "STUDY": ("PatientName", "PatientID", "StudyInstanceUID", "StudyDate", "StudyTime", "AccessionNumber",
+              "StudyDescription", "ModalitiesInStudy", "NumberOfStudyRelatedInstances"),
+    "SERIES": ("StudyInstanceUID", "SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription",
+               "NumberOfSeriesRelatedInstances"),
+    "IMAGE": ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "InstanceNumber"),
+}

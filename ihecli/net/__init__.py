@@ -1,0 +1,1 @@
+"""Transports: DIMSE glue, and later MLLP, SOAP, HTTP, TLS."""
