@@ -1,0 +1,29 @@
+"""The archive driven by real DCMTK clients: storescu, findscu, movescu (to storescp), getscu."""
+from __future__ import annotations
+
+from helpers import run_dcmtk
+
+
+def test_storescu_then_findscu_movescu_getscu(server, storescp, corpus, tmp_path):
+    run_dcmtk("storescu", "-aec", server.aet, "127.0.0.1", str(server.port), *map(str, corpus))
+    assert server.archive.counts()["instances"] == len(corpus)
+
+    p = run_dcmtk("findscu", "-S", "-aec", server.aet, "-k", "QueryRetrieveLevel=STUDY", "-k", "PatientName=TEST*",
+                  "-k", "StudyInstanceUID", "-k", "NumberOfStudyRelatedInstances", "127.0.0.1", str(server.port))
+    text = p.stdout + p.stderr
+    assert text.count("Find Response:") == 2
+    assert "NumberOfStudyRelatedInstances" in text and "[6 ]" in text
+
+    from pydicom import dcmread
+
+    study = str(dcmread(corpus[0]).StudyInstanceUID)
+    run_dcmtk("movescu", "-S", "-aec", server.aet, "-aem", "STORESCP", "-k", "QueryRetrieveLevel=STUDY",
+              "-k", f"StudyInstanceUID={study}", "127.0.0.1", str(server.port))
+    _, out = storescp
+    assert len(list(out.iterdir())) == 6
+
+    got = tmp_path / "get"
+    got.mkdir()
+    run_dcmtk("getscu", "-S", "-aec", server.aet, "-od", str(got), "-k", "QueryRetrieveLevel=STUDY",
+              "-k", f"StudyInstanceUID={study}", "127.0.0.1", str(server.port))
+    assert len(list(got.iterdir())) == 6
