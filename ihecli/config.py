@@ -215,7 +215,9 @@ def load(path: str | os.PathLike | None = None, profile: str | None = None) -> S
             "list[str]": isinstance(v, list) and all(isinstance(x, str) for x in v),
         }[want]
         if not ok:
-            raise err(k, f"must be {'a list of strings' if want == 'list[str]' else 'a ' + want}, not {v!r}")
+            noun = {"str": "a string", "int": "an integer", "bool": "true or false",
+                    "list[str]": "a list of strings"}[want]
+            raise err(k, f"must be {noun}, not {v!r}")
         setattr(arch, k, v)
     if not AET_RE.match(arch.aet):
         raise err("aet", f"bad AE title {arch.aet!r} (1-16 characters, no backslash)")

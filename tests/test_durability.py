@@ -1,0 +1,71 @@
+"""A success status means the object is on disk and in the index, even when the server is killed."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+from pydicom import dcmread
+
+from helpers import DCMTK_ENV, dcmtk, free_port, make_corpus, wait_port
+from ihecli.archive import Archive
+
+
+def test_kill_9_during_ingest_loses_nothing_acknowledged(tmp_path):
+    files = make_corpus(tmp_path / "corpus", studies=4, series=5, images=20)  # 400 instances
+    db, storage = tmp_path / "index.db", tmp_path / "storage"
+    port = free_port()
+    srv = subprocess.Popen([sys.executable, "-m", "ihecli", "archive", "serve", "--port", str(port),
+                            "--db", f"sqlite:///{db}", "--storage", str(storage)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_port(port, 20)
+        scu = subprocess.Popen([dcmtk("storescu"), "-v", "-aec", "IHE_ARCHIVE", "127.0.0.1", str(port),
+                                *map(str, files)], env=DCMTK_ENV, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+        # kill -9 once some instances were acknowledged, while storescu is still sending
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            n = sum(1 for p in storage.rglob("*.dcm"))
+            if n >= 40:
+                break
+        os.kill(srv.pid, signal.SIGKILL)
+        srv.wait(10)
+        log, _ = scu.communicate(timeout=60)
+    finally:
+        if srv.poll() is None:
+            srv.kill()
+    # storescu -v: "Sending file: PATH" ... "Received Store Response (Success)"
+    acked = []
+    current = None
+    for line in log.splitlines():
+        m = re.search(r"Sending file: (.*)$", line)
+        if m:
+            current = m.group(1).strip()
+        elif "Received Store Response" in line and "Success" in line and current:
+            acked.append(current)
+            current = None
+    assert 0 < len(acked) < len(files), f"the kill came too late or too early: {len(acked)} acknowledged"
+
+    with Archive(f"sqlite:///{db}", storage) as archive:
+        report = archive.check()
+        assert report.missing_files == [], "an index row points to a missing file"
+        stored = set()
+        from sqlalchemy import select
+
+        from ihecli.archive import schema
+
+        with archive.connect() as conn:
+            stored = set(conn.execute(select(schema.instances.c.sop_uid)).scalars())
+        for path in acked:
+            uid = str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+            assert uid in stored, f"acknowledged instance {uid} was lost"
+        # whatever the kill left half-done is repaired without losing acknowledged data
+        archive.check(repair=True)
+        after = archive.check()
+        assert not after.missing_files and not after.orphan_files and after.temp_files == 0
+        assert archive.counts()["instances"] >= len(acked)
