@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 
 from ihecli import __version__
@@ -68,8 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     try:
-        app(args=args, prog_name="ihe", standalone_mode=False)
-        code = 0
+        # without standalone mode click returns the code of typer.Exit instead of raising it
+        rv = app(args=args, prog_name="ihe", standalone_mode=False)
+        code = rv if isinstance(rv, int) else 0
     except IheError as e:
         if debug:
             import traceback
@@ -77,14 +77,14 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         output.error(str(e))
         code = int(e.exit_status)
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         code = e.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         output.error("aborted")
         code = 130
-    except click.ClickException as e:
+    except typer.TyperException as e:  # typer's own click: usage errors carry exit code 2
         e.show()
-        code = ExitStatus.USAGE if isinstance(e, click.UsageError) else e.exit_code
+        code = getattr(e, "exit_code", ExitStatus.USAGE)
     except KeyboardInterrupt:
         output.error("interrupted")
         code = 130

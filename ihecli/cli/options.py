@@ -32,7 +32,7 @@ Keys = Annotated[Optional[list[str]], typer.Option(
 Level = Annotated[str, typer.Option("--level", "-L", metavar="LEVEL",
                                     help="Query/Retrieve level: patient, study, series or image.")]
 Root = Annotated[str, typer.Option("--root", metavar="MODEL", help="Information model: study or patient (root).")]
-Node = Annotated[str, typer.Argument(metavar="NODE",
+Node = Annotated[str, typer.Argument(
                                      help="A node of the profile by name, or AET@host:port.")]
 Dest = Annotated[Optional[list[str]], typer.Option(
     "--dest", metavar="AET@HOST:PORT",

@@ -52,11 +52,15 @@ def client_ae(calling_aet: str, *, timeout: float = 30) -> AE:
 
 def associate(ae: AE, node: Node, *, contexts=None, ext_neg=None, handlers=(), what: str = "") -> Association:
     """Open an association or raise a one-line error (unreachable: exit 4; rejected: exit 1)."""
+    opened = []
     try:
         assoc = ae.associate(node.host, node.port, contexts=contexts, ae_title=node.aet,
-                             ext_neg=ext_neg, evt_handlers=[NODELAY_HANDLER, *handlers])
+                             ext_neg=ext_neg, evt_handlers=[NODELAY_HANDLER, (evt.EVT_CONN_OPEN, opened.append),
+                                                            *handlers])
     except (OSError, ValueError) as e:
         raise PeerUnreachable(f"cannot reach {node}: {e}") from None
+    if not opened:
+        raise PeerUnreachable(f"cannot reach {node}: connection refused or timed out")
     if assoc.is_established:
         return assoc
     if assoc.is_rejected:

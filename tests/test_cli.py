@@ -1,0 +1,125 @@
+"""The `ihe` commands as a user runs them: output, --json, exit codes."""
+from __future__ import annotations
+
+import sqlite3
+
+from pydicom import dcmread
+
+from helpers import free_port, run_cli
+
+
+def _study(path) -> str:
+    return str(dcmread(path, stop_before_pixels=True).StudyInstanceUID)
+
+
+def test_echo_and_unreachable(server):
+    r = run_cli("dicom", "echo", server.spec)
+    assert r.code == 0 and "success" in r.stdout
+    r = run_cli("dicom", "echo", f"NOBODY@127.0.0.1:{free_port()}", "--timeout", "2")
+    assert r.code == 4
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ihe: error: cannot reach")
+    r = run_cli("dicom", "echo", "not-a-node")
+    assert r.code == 2 and "unknown node" in r.stderr
+
+
+def test_store_find_move_get(server, storescp, corpus, tmp_path):
+    junk = tmp_path / "notes.txt"
+    junk.write_text("not dicom")
+    r = run_cli("dicom", "store", server.spec, *map(str, corpus), str(junk), "--json")
+    assert r.code == 0, r.stderr
+    rep = r.json
+    assert rep["sent"] == len(corpus) and rep["failed"] == [] and rep["skipped"] == [str(junk)]
+
+    r = run_cli("dicom", "find", server.spec, "-L", "study", "-k", "PatientName=TEST*", "--json")
+    assert r.code == 0
+    rows = r.json
+    assert len(rows) == 2 and {row["NumberOfStudyRelatedInstances"] for row in rows} == {6}
+    assert all(row["ModalitiesInStudy"] == "CT" for row in rows)
+
+    r = run_cli("dicom", "find", server.spec, "-L", "series", "-k", f"StudyInstanceUID={_study(corpus[0])}")
+    assert r.code == 0 and r.stdout.count("CT") >= 2 and "2 matches" in r.stderr
+
+    study = _study(corpus[0])
+    r = run_cli("dicom", "move", server.spec, "--dest", "STORESCP", "-k", f"StudyInstanceUID={study}", "--json")
+    assert r.code == 0 and r.json["completed"] == 6 and r.json["failed"] == 0
+    assert len(list(storescp[1].iterdir())) == 6
+
+    r = run_cli("dicom", "move", server.spec, "--dest", "NOWHERE", "-k", f"StudyInstanceUID={study}")
+    assert r.code == 1 and "0xA801" in r.stderr and "destination unknown" in r.stderr
+
+    out = tmp_path / "got"
+    r = run_cli("dicom", "get", server.spec, "--out", str(out), "-L", "series",
+                "-k", f"StudyInstanceUID={study}", "-k", f"SeriesInstanceUID={dcmread(corpus[0]).SeriesInstanceUID}")
+    assert r.code == 0, r.stderr
+    assert len(list(out.glob("*.dcm"))) == 3
+    assert {str(dcmread(p).SOPInstanceUID) for p in out.glob("*.dcm")} == \
+        {str(dcmread(p).SOPInstanceUID) for p in corpus[:3]}
+
+
+def test_archive_import_ls_export_rm_check(corpus, tmp_path):
+    db = f"sqlite:///{tmp_path / 'a.db'}"
+    st = str(tmp_path / "st")
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"\x00" * 300)
+    r = run_cli("archive", "import", str(corpus[0].parent), str(junk), "--db", db, "--storage", st, "--json")
+    assert r.code == 0, r.stderr
+    assert r.json["stored"] == len(corpus) and r.json["skipped"] == 1
+    r = run_cli("archive", "import", str(corpus[0]), "--db", db, "--storage", st)
+    assert r.code == 0 and "1 already there" in r.stderr
+
+    r = run_cli("archive", "ls", "--db", db, "--storage", st, "--json")
+    assert len(r.json) == 2
+    r = run_cli("archive", "ls", "-L", "patient", "--patient", "PID000001", "--db", db, "--storage", st, "--json")
+    assert [p["PatientID"] for p in r.json] == ["PID000001"]
+    r = run_cli("archive", "ls", "-L", "instance", "--study", _study(corpus[0]), "--db", db, "--storage", st)
+    assert r.code == 0 and "6 instances" in r.stderr
+
+    out = tmp_path / "export"
+    r = run_cli("archive", "export", "--since", "1d", "--out", str(out), "--db", db, "--storage", st, "--json")
+    assert r.code == 0 and r.json["instances"] == len(corpus)
+    assert len(list(out.rglob("*.dcm"))) == len(corpus)
+    r = run_cli("archive", "export", "--since", "2099-01-01", "--out", str(out), "--db", db, "--storage", st, "--json")
+    assert r.code == 0 and r.json["instances"] == 0
+
+    r = run_cli("archive", "rm", "--study", _study(corpus[0]), "--db", db, "--storage", st)
+    assert r.code == 2 and "--yes" in r.stderr  # no terminal to ask on
+    r = run_cli("archive", "rm", "--study", _study(corpus[0]), "--yes", "--db", db, "--storage", st)
+    assert r.code == 0 and "removed 6 instances" in r.stderr
+    r = run_cli("archive", "ls", "--db", db, "--storage", st, "--json")
+    assert len(r.json) == 1
+
+    r = run_cli("archive", "check", "--db", db, "--storage", st, "--json")
+    assert r.code == 0 and r.json["instances"] == 6 and r.json["missing_files"] == []
+    # break it: a file vanishes, a row vanishes
+    con = sqlite3.connect(tmp_path / "a.db")
+    path, = con.execute("select path from instances limit 1").fetchone()
+    (tmp_path / "st" / path).unlink()
+    other, = con.execute("select path from instances where path != ? limit 1", (path,)).fetchone()
+    con.execute("delete from instances where path = ?", (other,))
+    con.commit()
+    con.close()
+    r = run_cli("archive", "check", "--db", db, "--storage", st, "--json")
+    assert r.code == 1 and len(r.json["missing_files"]) == 1 and r.json["orphan_files"] == [other]
+    r = run_cli("archive", "check", "--repair", "--db", db, "--storage", st)
+    assert r.code == 0
+    r = run_cli("archive", "check", "--db", db, "--storage", st, "--json")
+    assert r.code == 0 and r.json["instances"] == 5
+
+
+def test_export_to_node(corpus, storescp, tmp_path):
+    db = f"sqlite:///{tmp_path / 'a.db'}"
+    st = str(tmp_path / "st")
+    assert run_cli("archive", "import", *map(str, corpus), "--db", db, "--storage", st).code == 0
+    node, out = storescp
+    r = run_cli("archive", "export", "--study", _study(corpus[-1]), "--to", str(node), "--db", db, "--storage", st,
+                "--json")
+    assert r.code == 0, r.stderr
+    assert r.json["instances"] == 6 and len(list(out.iterdir())) == 6
+
+
+def test_usage_errors_exit_2():
+    r = run_cli("dicom", "find")
+    assert r.code == 2
+    r = run_cli("archive", "export", "--since", "yesterday-ish", "--out", "x")
+    assert r.code == 2 and "bad --since" in r.stderr
