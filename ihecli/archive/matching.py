@@ -7,6 +7,13 @@ no column, and sequence matching).
 Kinds: universal (empty value), empty-value matching (``""``), single value, wildcard
 (``*`` and ``?``), list (values separated by ``\\``, UID list matching and its equivalent for
 other VRs), range (DA, TM, DT: ``a-b``, ``-b``, ``a-``).
+
+Person names (PN) are matched per component group (PS3.5 6.2.1.2): a value with ``=`` matches
+group by group (an empty group matches anything); a value without ``=`` matches the alphabetic
+group, and, when it holds non-ASCII characters, also the ideographic and phonetic groups (those
+hold non-Latin scripts, so an ASCII value can only mean the alphabetic group and keeps using
+the name index). For PN, ``to_sql`` gives a superset (candidates): the caller checks each
+candidate with ``matches``, which is exact.
 """
 from __future__ import annotations
 
@@ -44,7 +51,7 @@ def parse(value, vr: str) -> Match:
         raw = str(value)
     if raw.strip() == "":
         return Match("universal", vr=vr)
-    if raw == '""':
+    if raw.strip() == '""':
         return Match("empty", vr=vr)
     parts = raw.split("\\")
     if len(parts) > 1:
@@ -54,8 +61,8 @@ def parse(value, vr: str) -> Match:
             return Match("universal", vr=vr)
         return Match("list", subs, vr)
     raw = raw.strip() if vr not in ("LT", "ST", "UT") else raw
-    if vr in RANGE_VRS and "-" in raw and not (vr == "DT" and re.search(r"[+-]\d{4}$", raw) and raw.count("-") == 1 and not raw.startswith("-")):
-        low, _, high = raw.partition("-")
+    if vr in RANGE_VRS and "-" in raw and not (vr == "DT" and _dt_offset_only(raw)):
+        low, high = _split_range(raw, vr)
         return Match("range", (_norm(low, vr, False), _norm(high, vr, True)), vr)
     if vr in WILDCARD_VRS and ("*" in raw or "?" in raw):
         if raw.strip("*") == "":
@@ -64,6 +71,22 @@ def parse(value, vr: str) -> Match:
     if vr in RANGE_VRS:
         return Match("single", (_norm(raw, vr, False),), vr)
     return Match("single", (raw,), vr)
+
+
+def _dt_offset_only(raw: str) -> bool:
+    """A DT value whose only '-' starts its UTC offset (20240101120000-0500), not a range."""
+    m = re.fullmatch(r"(\d{5,}(?:\.\d*)?)-(\d\d)(\d\d)", raw)
+    return m is not None and int(m.group(2)) <= 14 and int(m.group(3)) < 60
+
+
+def _split_range(raw: str, vr: str) -> tuple[str, str]:
+    """The two bounds of a range; for DT, a '-' that starts a bound's UTC offset is kept."""
+    if vr == "DT":
+        for i, ch in enumerate(raw):
+            if ch == "-" and (i == 0 or not _dt_offset_only(raw[:i + 5])):
+                return raw[:i], raw[i + 1:]
+    low, _, high = raw.partition("-")
+    return low, high
 
 
 def _norm(v: str, vr: str, upper: bool) -> str | None:
@@ -86,7 +109,12 @@ def _norm(v: str, vr: str, upper: bool) -> str | None:
             frac = n[7:] if "." in v else "999999"
             return f"{hh}{mm}{ss}.{frac}"
         return n
+    if vr == "DT" and upper:  # 2026 as an upper bound means up to the end of 2026
+        return v + DT_MAX[len(v):] if len(v) < len(DT_MAX) and v.isdigit() else v
     return v
+
+
+DT_MAX = "99991231235959.999999"
 
 
 def _like(pattern: str) -> str:
@@ -133,6 +161,8 @@ def to_sql(m: Match, col: ColumnElement, mode: str = "exact") -> ColumnElement |
         if high is not None:
             conds.append(col <= high)
         return and_(*conds) if conds else None
+    if m.vr == "PN":
+        return _pn_sql(m, col, mode)
     if m.kind == "wild":
         return col.like(_like(_transform(m.values[0], mode)), escape="!")
     v = m.values[0]
@@ -142,6 +172,53 @@ def to_sql(m: Match, col: ColumnElement, mode: str = "exact") -> ColumnElement |
         except ValueError:
             return false()
     return col == _transform(v, mode)
+
+
+def _pn_query_groups(value: str) -> list[str]:
+    """A PN query value's component groups, without trailing empty ones (at least one)."""
+    groups = value.split("=")[:3]
+    while len(groups) > 1 and groups[-1] == "":
+        groups.pop()
+    return groups
+
+
+def _pn_sql(m: Match, col: ColumnElement, mode: str) -> ColumnElement:
+    """Candidates for a single or wildcard PN match (see the module docstring)."""
+    groups = _pn_query_groups(_transform(m.values[0], mode))
+    wild = m.kind == "wild"
+    if len(groups) == 1:
+        p = _like(groups[0]) if wild else _escape(groups[0])
+        arms = [col.like(p, escape="!") if wild else col == groups[0]]
+        if not (wild and groups[0].endswith("*")):  # the alphabetic group followed by other groups
+            arms.append(col.like(p + "=%", escape="!"))
+        if not groups[0].isascii():  # the ideographic or phonetic group
+            arms += [col.like("%=" + p, escape="!"), col.like("%=" + p + "=%", escape="!")]
+        return or_(*arms)
+    p = "=".join((_like(g) if wild else _escape(g)) if g else "%" for g in groups)
+    arms = [col.like(p, escape="!")]
+    if not (wild and groups[-1].endswith("*")):
+        arms.append(col.like(p + "=%", escape="!"))
+    return or_(*arms)
+
+
+def _escape(v: str) -> str:
+    """A literal value as a LIKE pattern (escape character ``!``)."""
+    return "".join("!" + ch if ch in "%_!" else ch for ch in v)
+
+
+def _pn_match(m: Match, stored: str, mode: str) -> bool:
+    groups = _pn_query_groups(_transform(m.values[0], mode))
+    have = _transform(stored, mode).split("=")
+
+    def one(q: str, v: str) -> bool:
+        if m.kind == "wild":
+            return _wild_re(q).fullmatch(v) is not None
+        return q == v
+
+    if len(groups) == 1:
+        candidates = have[:1] if groups[0].isascii() else have[:3]
+        return any(one(groups[0], v) for v in candidates)
+    return all(not q or one(q, have[i] if i < len(have) else "") for i, q in enumerate(groups))
 
 
 def _wild_re(pattern: str) -> re.Pattern:
@@ -166,6 +243,10 @@ def matches(m: Match, value, mode: str = "exact") -> bool:
     if not values:
         return False
     for v in values:
+        if m.vr == "PN" and m.kind in ("single", "wild"):
+            if _pn_match(m, v, mode):
+                return True
+            continue
         if m.vr == "DA":
             v = v.replace(".", "")
         elif m.vr == "TM":
