@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import pydicom
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, build_context, evt
+from pynetdicom import ALL_TRANSFER_SYNTAXES, build_context, evt
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -82,9 +82,9 @@ class DicomServer:
         ae.dimse_timeout = 60
         ae.network_timeout = 120
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
-        for cx in AllStoragePresentationContexts:
-            # scp_role: the peer of a C-GET acts as Storage SCP on our association
-            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES, scp_role=True, scu_role=False)
+        # Storage: dimse.configure() sets pynetdicom's unrestricted storage service, which accepts
+        # every storage, private and unknown SOP class with the first transfer syntax proposed
+        # (the archive keeps objects as received), and C-GET's SCP/SCU role selection.
         for sop in (PatientRootQueryRetrieveInformationModelFind, PatientRootQueryRetrieveInformationModelMove,
                     PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelFind,
                     StudyRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelGet):
