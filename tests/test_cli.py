@@ -123,3 +123,21 @@ def test_usage_errors_exit_2():
     assert r.code == 2
     r = run_cli("archive", "export", "--since", "yesterday-ish", "--out", "x")
     assert r.code == 2 and "bad --since" in r.stderr
+
+
+def test_move_and_get_report_failed_sub_operations(server, storescp, corpus, tmp_path):
+    from ihecli.archive.ingest import parse
+
+    for p in corpus:
+        server.archive.store(p.read_bytes())
+    study = _study(corpus[0])
+    lost = str(dcmread(corpus[1]).SOPInstanceUID)
+    (server.archive.blobs.root / server.archive.blobs.rel_path(
+        study, str(dcmread(corpus[1]).SeriesInstanceUID), lost)).unlink()
+    assert parse(corpus[1].read_bytes()).sop_uid == lost
+    r = run_cli("dicom", "move", server.spec, "--dest", "STORESCP", "-k", f"StudyInstanceUID={study}", "--json")
+    assert r.code == 3, r.stderr
+    assert r.json["completed"] == 5 and r.json["failed"] == 1 and r.json["failed_uids"] == [lost]
+    r = run_cli("dicom", "get", server.spec, "--out", str(tmp_path / "g"), "-k", f"StudyInstanceUID={study}")
+    assert r.code == 3 and lost in r.stderr
+    assert len(list((tmp_path / "g").glob("*.dcm"))) == 5

@@ -15,6 +15,7 @@ import warnings
 from dataclasses import dataclass, field
 
 import pydicom
+from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import ALL_TRANSFER_SYNTAXES, build_context, evt
 from pynetdicom.sop_class import (
@@ -230,7 +231,7 @@ class DicomServer:
             except Exception as e:
                 st.move_failed += 1
                 log.error("cannot read %s for retrieve: %s", ref.sop_uid, e)
-                yield 0xFF00, _Unreadable(ref.sop_uid)
+                yield 0xFF00, _unreadable(ref)
                 continue
             st.moved += 1
             yield 0xFF00, ds
@@ -279,8 +280,10 @@ class DicomServer:
         yield from self._datasets(event, refs, st)
 
 
-class _Unreadable:
-    """Stands for an instance whose file could not be read: pynetdicom counts it as failed."""
-
-    def __init__(self, uid: str):
-        self.SOPInstanceUID = uid
+def _unreadable(ref) -> Dataset:
+    """Stands for an instance whose file cannot be read: with no file meta its C-STORE fails,
+    so pynetdicom counts a failed sub-operation and lists its UID in Failed SOP Instance UID List."""
+    ds = Dataset()
+    ds.SOPClassUID = ref.sop_class
+    ds.SOPInstanceUID = ref.sop_uid
+    return ds
