@@ -23,26 +23,28 @@ from sqlalchemy import (
 SCHEMA_VERSION = 1
 
 metadata = MetaData()
+# Only the UID keys carry a length (checked at ingest): real-world values exceed the VR maximums,
+# and PostgreSQL enforces VARCHAR lengths where SQLite does not.
 
 meta = Table(
     "ihe_meta",
     metadata,
-    Column("key", String(64), primary_key=True),
-    Column("value", String(256), nullable=False),
+    Column("key", String, primary_key=True),
+    Column("value", String, nullable=False),
 )
 
 patients = Table(
     "patients",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("pid", String(64), nullable=False, default=""),
-    Column("issuer", String(64), nullable=False, default=""),
-    Column("name", String(324)),
-    Column("name_ci", String(324)),  # upper case: default PN matching is case-insensitive
-    Column("name_fold", String(324)),  # upper case, accents removed: --fuzzy-names
-    Column("birth_date", String(8)),
-    Column("sex", String(16)),
-    Column("charset", String(128)),
+    Column("pid", String, nullable=False, default=""),
+    Column("issuer", String, nullable=False, default=""),
+    Column("name", String),
+    Column("name_ci", String),  # upper case: default PN matching is case-insensitive
+    Column("name_fold", String),  # upper case, accents removed: --fuzzy-names
+    Column("birth_date", String),
+    Column("sex", String),
+    Column("charset", String),
     UniqueConstraint("pid", "issuer", name="uq_patient"),
 )
 Index("ix_patients_name_ci", patients.c.name_ci)
@@ -53,15 +55,15 @@ studies = Table(
     Column("id", Integer, primary_key=True),
     Column("study_uid", String(64), nullable=False, unique=True),
     Column("patient_fk", Integer, ForeignKey("patients.id"), nullable=False),
-    Column("study_date", String(8)),
-    Column("study_time", String(16)),
-    Column("accession", String(64)),
-    Column("study_id", String(16)),
-    Column("ref_physician", String(324)),
-    Column("ref_physician_ci", String(324)),
-    Column("ref_physician_fold", String(324)),
-    Column("description", String(64)),
-    Column("charset", String(128)),
+    Column("study_date", String),
+    Column("study_time", String),
+    Column("accession", String),
+    Column("study_id", String),
+    Column("ref_physician", String),
+    Column("ref_physician_ci", String),
+    Column("ref_physician_fold", String),
+    Column("description", String),
+    Column("charset", String),
     Column("num_series", Integer, nullable=False, default=0),
     Column("num_instances", Integer, nullable=False, default=0),
     Column("received", DateTime, nullable=False),  # first instance received (UTC)
@@ -78,13 +80,13 @@ series = Table(
     Column("id", Integer, primary_key=True),
     Column("series_uid", String(64), nullable=False, unique=True),
     Column("study_fk", Integer, ForeignKey("studies.id"), nullable=False),
-    Column("modality", String(16)),
+    Column("modality", String),
     Column("series_number", Integer),
-    Column("description", String(64)),
-    Column("body_part", String(16)),
-    Column("series_date", String(8)),
-    Column("series_time", String(16)),
-    Column("charset", String(128)),
+    Column("description", String),
+    Column("body_part", String),
+    Column("series_date", String),
+    Column("series_time", String),
+    Column("charset", String),
     Column("num_instances", Integer, nullable=False, default=0),
 )
 Index("ix_series_study", series.c.study_fk)
@@ -96,15 +98,15 @@ instances = Table(
     Column("id", Integer, primary_key=True),
     Column("sop_uid", String(64), nullable=False, unique=True),
     Column("series_fk", Integer, ForeignKey("series.id"), nullable=False),
-    Column("sop_class", String(64), nullable=False),
+    Column("sop_class", String, nullable=False),
     Column("instance_number", Integer),
-    Column("content_date", String(8)),
-    Column("content_time", String(16)),
-    Column("transfer_syntax", String(64), nullable=False),
-    Column("path", String(512), nullable=False),  # relative to the storage folder
+    Column("content_date", String),
+    Column("content_time", String),
+    Column("transfer_syntax", String, nullable=False),
+    Column("path", String, nullable=False),  # relative to the storage folder
     Column("size", BigInteger, nullable=False),
-    Column("sha256", String(64), nullable=False),
-    Column("charset", String(128)),
+    Column("sha256", String, nullable=False),
+    Column("charset", String),
     Column("received", DateTime, nullable=False),
     Column("header", LargeBinary),  # Part-10 bytes up to Pixel Data; None: read the file
 )
