@@ -539,8 +539,9 @@ def fish(tree: Cmd, version: str) -> str:
 # -- man pages ---------------------------------------------------------------------------------------
 
 def roff(text: str) -> str:
-    """Plain text as roff: backslashes and hyphens escaped, non-ASCII as \\[uXXXX]."""
-    s = text.replace("\\", "\\e").replace("-", "\\-")
+    """Plain text as roff: backslashes, hyphens and quotes escaped (so that examples can be copied),
+    non-ASCII as \\[uXXXX]."""
+    s = text.replace("\\", "\\e").replace("-", "\\-").replace("'", "\\(aq").replace("`", "\\(ga")
     s = "".join(c if ord(c) < 128 else f"\\[u{ord(c):04X}]" for c in s)
     return "\\&" + s if s[:1] in (".", "'") else s
 
