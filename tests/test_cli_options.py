@@ -1,0 +1,218 @@
+"""Options mean one thing everywhere, and --json means JSON on stdout and nothing else.
+
+A long option name used by several commands must have the same help text and the same type in
+each (the way options defined once in ihecli/cli/options.py and reused do), and an option defined
+in ihecli/cli/options.py must not be redefined differently by a command under the same name.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Annotated, get_origin
+
+import pytest
+from pydicom import dcmread
+
+from helpers import free_port, make_corpus, run_cli
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_gen():
+    if "gen_docs" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("gen_docs", ROOT / "tools" / "gen_docs.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["gen_docs"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["gen_docs"]
+
+
+gen = _load_gen()
+TREE = gen.command_tree()
+COMMANDS = list(TREE.walk())
+
+
+def _uses(option_name: str, commands=COMMANDS) -> list[tuple[str, object]]:
+    """(command, option) for every command that has option_name."""
+    return [(c.name, o) for c in commands for o in c.options if option_name in o.names]
+
+
+def _meanings(option_name: str, commands=COMMANDS) -> dict[tuple[str, str], list[str]]:
+    """(help text, type) -> the commands where option_name has that meaning."""
+    meanings = defaultdict(list)
+    for cmd, o in _uses(option_name, commands):
+        meanings[(o.help, o.type_name)].append(cmd)
+    return dict(meanings)
+
+
+LONG_NAMES = sorted({n for c in COMMANDS for o in c.options for n in o.long_names})
+SHORT_NAMES = sorted({n for c in COMMANDS for o in c.options for n in o.names if not n.startswith("--")})
+
+
+def _shared_options() -> dict[str, str]:
+    """Long option name -> help text, for the options defined once in ihecli/cli/options.py."""
+    from ihecli.cli import options
+
+    shared = {}
+    for attr, value in sorted(vars(options).items()):
+        if get_origin(value) is not Annotated:
+            continue
+        for info in value.__metadata__:
+            if type(info).__name__ != "OptionInfo":
+                continue
+            decls = [d for d in (info.default, *info.param_decls) if isinstance(d, str) and d.startswith("--")]
+            for d in decls:
+                shared[d] = " ".join((info.help or "").split())
+    return shared
+
+
+SHARED = _shared_options()
+
+
+def test_the_tree_and_the_shared_options_are_read():
+    assert {"--json", "--db", "--timeout", "--calling-aet", "--level"} <= set(LONG_NAMES)
+    assert SHARED["--json"].startswith("Print machine-readable JSON")
+    assert len(_uses("--json")) > 3 and len(_uses("--db")) > 3
+
+
+@pytest.mark.parametrize("name", LONG_NAMES)
+def test_long_option_has_one_meaning(name):
+    meanings = _meanings(name)
+    assert len(meanings) == 1, f"{name} means different things:\n" + "\n".join(
+        f"  {t:10} {h!r}: {', '.join(cmds)}" for (h, t), cmds in sorted(meanings.items()))
+
+
+@pytest.mark.parametrize("name", sorted(SHARED))
+def test_shared_option_is_not_redefined(name):
+    """A command that has an option of options.py's name uses options.py's definition."""
+    different = [f"  {cmd}: {o.help!r}" for cmd, o in _uses(name) if o.help != SHARED[name]]
+    assert not different, (f"ihecli/cli/options.py defines {name} as {SHARED[name]!r}, but these commands "
+                           f"define their own:\n" + "\n".join(different))
+
+
+@pytest.mark.parametrize("name", SHORT_NAMES)
+def test_short_option_stands_for_one_long_option(name):
+    longs = defaultdict(list)
+    for cmd, o in _uses(name):
+        longs[tuple(o.long_names)].append(cmd)
+    assert len(longs) == 1, f"{name} stands for different options:\n" + "\n".join(
+        f"  {'/'.join(k)}: {', '.join(v)}" for k, v in sorted(longs.items()))
+
+
+def test_conflict_check_sees_a_conflict():
+    """The check above on a made-up tree where --out means two things."""
+    a = gen.Opt(["-o", "--out"], True, False, False, "DIR", "Folder for the instances.", "Path",
+                gen.Completion("file"))
+    b = gen.Opt(["--out"], True, False, False, "FILE", "Write the report here.", "str", gen.Completion())
+    tree = gen.Cmd(("ihe",), "", [], [], [gen.Cmd(("ihe", "x"), "", [a], []), gen.Cmd(("ihe", "y"), "", [b], [])])
+    commands = list(tree.walk())
+    assert sorted(_meanings("--out", commands).values()) == [["ihe x"], ["ihe y"]]
+    same = gen.Cmd(("ihe",), "", [], [], [gen.Cmd(("ihe", "x"), "", [a], []), gen.Cmd(("ihe", "y"), "", [a], [])])
+    assert list(_meanings("--out", list(same.walk())).values()) == [["ihe x", "ihe y"]]
+
+
+# -- --json ----------------------------------------------------------------------------------------
+
+JSON_COMMANDS = sorted(c.name for c in COMMANDS if any("--json" in o.names for o in c.options))
+
+
+class World:
+    """A small corpus on disk, and, on first use, a DICOM peer holding it with a move destination."""
+
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.files = tmp / "corpus"
+        make_corpus(self.files, studies=1, series=1, images=2)
+        self.study = str(dcmread(next(self.files.iterdir()), stop_before_pixels=True).StudyInstanceUID)
+        self._closers = []
+        self._peer = None
+
+    @property
+    def peer(self) -> str:
+        if self._peer is None:
+            from ihecli.archive import Archive
+            from ihecli.archive.server import DicomServer
+            from ihecli.config import Node
+
+            dest_archive = Archive(f"sqlite:///{self.tmp / 'dest.db'}", self.tmp / "dest")
+            dest = DicomServer(dest_archive, aet="DEST", port=0)
+            dest.start()
+            self._closers += [dest_archive.close, dest.stop]
+            archive = Archive(f"sqlite:///{self.tmp / 'peer.db'}", self.tmp / "peer")
+            archive.import_paths([self.files])
+            server = DicomServer(archive, aet="PEER", port=0,
+                                 destinations={"DEST": Node("DEST", "127.0.0.1", dest.port)})
+            server.start()
+            self._closers += [archive.close, server.stop]
+            self._peer = f"PEER@127.0.0.1:{server.port}"
+        return self._peer
+
+    def close(self):
+        for close in reversed(self._closers):
+            close()
+
+
+@pytest.fixture
+def world(tmp_path):
+    w = World(tmp_path)
+    yield w
+    w.close()
+
+
+def _with_data(w: World) -> None:
+    r = run_cli("archive", "import", str(w.files))
+    assert r.code == 0, r.stderr
+
+
+# command -> (set-up, arguments); each a cheap invocation that succeeds
+JSON_RUNS = {
+    "ihe config show": (None, lambda w: ["config", "show"]),
+    "ihe archive import": (None, lambda w: ["archive", "import", str(w.files)]),
+    "ihe archive ls": (_with_data, lambda w: ["archive", "ls", "-L", "series"]),
+    "ihe archive rm": (_with_data, lambda w: ["archive", "rm", "--study", w.study, "--yes"]),
+    "ihe archive export": (_with_data, lambda w: ["archive", "export", "--since", "1d", "--out", str(w.tmp / "out")]),
+    "ihe archive check": (_with_data, lambda w: ["archive", "check"]),
+    "ihe dicom echo": (None, lambda w: ["dicom", "echo", w.peer]),
+    "ihe dicom store": (None, lambda w: ["dicom", "store", w.peer, str(w.files)]),
+    "ihe dicom find": (None, lambda w: ["dicom", "find", w.peer, "-k", "PatientID=*"]),
+    "ihe dicom move": (None, lambda w: ["dicom", "move", w.peer, "--dest", "DEST", "-k",
+                                        f"StudyInstanceUID={w.study}"]),
+    "ihe dicom get": (None, lambda w: ["dicom", "get", w.peer, "--out", str(w.tmp / "got"), "-k",
+                                       f"StudyInstanceUID={w.study}"]),
+}
+
+
+def test_every_json_command_is_run_below():
+    assert JSON_COMMANDS, "no command has --json"
+    assert sorted(JSON_RUNS) == JSON_COMMANDS, "add a cheap --json invocation of each new command to JSON_RUNS"
+
+
+@pytest.mark.parametrize("name", sorted(JSON_RUNS))
+def test_json_is_all_there_is_on_stdout(name, world):
+    setup, args = JSON_RUNS[name]
+    if setup:
+        setup(world)
+    r = run_cli(*args(world), "--json")
+    assert r.code == 0, r.stderr
+    try:
+        doc = json.loads(r.stdout)
+    except json.JSONDecodeError as e:
+        raise AssertionError(f"`{name} --json` printed more than JSON on stdout ({e}):\n{r.stdout}") from None
+    assert isinstance(doc, (dict, list)) and doc, doc
+
+
+def test_json_of_an_empty_archive():
+    r = run_cli("archive", "ls", "--json")
+    assert r.code == 0 and json.loads(r.stdout) == []
+    r = run_cli("archive", "check", "--json")
+    assert r.code == 0 and json.loads(r.stdout)["instances"] == 0
+
+
+def test_json_failures_leave_stdout_empty():
+    r = run_cli("dicom", "echo", f"NOBODY@127.0.0.1:{free_port()}", "--timeout", "2", "--json")
+    assert r.code == 4 and r.stdout == "" and "ihe: error:" in r.stderr
+    r = run_cli("archive", "rm", "--study", "1.2.3", "--yes", "--json")
+    assert r.code == 1 and r.stdout == "" and "ihe: error:" in r.stderr
