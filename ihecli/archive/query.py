@@ -3,6 +3,14 @@
 Patient Root and Study Root, every level (DICOM PS3.4 C.6). Keys with an indexed column are
 matched in SQL; other keys (and sequence matching) are matched on the stored header of a
 representative instance, which the index keeps, so no file is ever opened to answer.
+
+Person names are matched in SQL on candidates, then checked exactly in Python (component
+groups, see ``matching``): work in Python is proportional to the candidates, never to the
+whole index. Keys answered from a stored header are read from the first instance received of
+the study, series or patient (for a study or series attribute every instance holds the same
+value). Study Date and Study Time (like Series Date/Time) are each matched on their own:
+combined date-time matching is an extended negotiation option this SCP does not accept, so
+a time range applies to every day of the date range.
 """
 from __future__ import annotations
 
@@ -164,11 +172,18 @@ def _condition(key: _Key, level: str, fuzzy: bool):
             c, m = _pn_col(table, col, fuzzy)
             return matching.to_sql(key.match, c, m), True
         return matching.to_sql(key.match, table.c[col], "exact"), True
-    if kw == "ModalitiesInStudy" and level in ("STUDY",):
+    if kw in ("ModalitiesInStudy", "SOPClassesInStudy") and level != "PATIENT":
         if key.match is None or key.match.is_universal:
             return None, True
-        return exists().where(s.series.c.study_fk == s.studies.c.id,
-                              matching.to_sql(key.match, s.series.c.modality, "exact")), True
+        se = s.series.alias("se_any")  # any series of the study, not the row's own series
+        if kw == "ModalitiesInStudy":
+            return (exists().where(se.c.study_fk == s.studies.c.id,
+                                   matching.to_sql(key.match, se.c.modality, "exact"))
+                    .correlate(s.studies)), True
+        inst = s.instances.alias("inst_any")
+        return (exists().where(se.c.study_fk == s.studies.c.id, inst.c.series_fk == se.c.id,
+                               matching.to_sql(key.match, inst.c.sop_class, "exact"))
+                .correlate(s.studies)), True
     if kw in COMPUTED:
         return None, True
     if key.match is not None and key.match.is_universal:
@@ -183,64 +198,79 @@ class Finder:
         self.conn, self.fuzzy, self.aet = conn, fuzzy, aet
 
     def _select(self, ident: Dataset, level: str):
+        """(candidate query, keys, keys to check in Python on the candidates' columns, keys for headers)."""
         keys = _keys(ident)
         cols = []
         for lv in _levels_upto(level):
             t = TABLES[lv]
             cols += [c.label(f"{lv}.{c.name}") for c in t.c if c.name != "header"]
         q = select(*cols).select_from(_joined(level))
+        recheck: list[tuple[_Key, str, str]] = []
         post: list[_Key] = []
         for key in keys:
             cond, handled = _condition(key, level, self.fuzzy)
             if cond is not None:
                 q = q.where(cond)
+                klevel, col, mode = COLUMNS.get(key.keyword, ("", "", ""))
+                if mode == "pn":  # SQL gives candidates for names: check them exactly
+                    recheck.append((key, f"{klevel}.{col}", "fold" if self.fuzzy else "ci"))
             if not handled:
                 post.append(key)
         order = TABLES[level].c.id
-        return q.order_by(order), keys, post
+        return q.order_by(order), keys, recheck, post
+
+    def _matching_rows(self, ident: Dataset, level: str, limit: int | None = None):
+        """(rows matching every key, keys, header cache or None)."""
+        q, keys, recheck, post = self._select(ident, level)
+        if limit and not post and not recheck:
+            q = q.limit(limit)
+        headers = _HeaderCache(self.conn, level) if post or any(
+            k.keyword not in COLUMNS and k.keyword not in COMPUTED for k in keys) else None
+        rows = []
+        for r in self.conn.execute(q):
+            r = r._mapping
+            if recheck and not all(matching.matches(k.match, r[label], mode) for k, label, mode in recheck):
+                continue
+            if post and not _post_match(post, headers.get(r), self.fuzzy):
+                continue
+            rows.append(r)
+            if limit and len(rows) >= limit:
+                break
+        return rows, keys, headers
 
     def find(self, ident: Dataset, root: str = "study", limit: int | None = None) -> Iterator[Dataset]:
         """Responses (identifiers) for a C-FIND request, in index order."""
         level = _level_of(ident, root)
-        q, keys, post = self._select(ident, level)
-        if limit and not post:
-            q = q.limit(limit)
-        rows = [r._mapping for r in self.conn.execute(q)]
-        headers = _HeaderCache(self.conn, level) if post or any(
-            k.keyword not in COLUMNS and k.keyword not in COMPUTED for k in keys) else None
-        if post:
-            rows = [r for r in rows if _post_match(post, headers.get(r), self.fuzzy)]
+        rows, keys, headers = self._matching_rows(ident, level, limit)
         extra = self._computed(keys, level, rows)
-        n = 0
         for r in rows:
             yield self._response(ident, keys, level, r, headers, extra)
-            n += 1
-            if limit and n >= limit:
-                return
 
     def _computed(self, keys: list[_Key], level: str, rows) -> dict:
+        """Computed values by (level, id): ("S", study id) and ("P", patient id)."""
         want = {k.keyword for k in keys} & set(COMPUTED)
         out: dict = defaultdict(dict)
         if not rows or not want:
             return out
-        if level == "STUDY" and want & {"ModalitiesInStudy", "SOPClassesInStudy"}:
-            ids = [r["STUDY.id"] for r in rows]
+        if level != "PATIENT" and want & {"ModalitiesInStudy", "SOPClassesInStudy"}:
+            ids = sorted({r["STUDY.id"] for r in rows})
             for chunk in _chunks(ids, 500):
                 if "ModalitiesInStudy" in want:
                     for st, mod in self.conn.execute(
                             select(s.series.c.study_fk, s.series.c.modality).distinct()
                             .where(s.series.c.study_fk.in_(chunk)).order_by(s.series.c.study_fk, s.series.c.modality)):
                         if mod:
-                            out[st].setdefault("ModalitiesInStudy", []).append(mod)
+                            out[("S", st)].setdefault("ModalitiesInStudy", []).append(mod)
                 if "SOPClassesInStudy" in want:
                     for st, cls in self.conn.execute(
                             select(s.series.c.study_fk, s.instances.c.sop_class).distinct()
                             .select_from(s.instances.join(s.series, s.instances.c.series_fk == s.series.c.id))
-                            .where(s.series.c.study_fk.in_(chunk))):
-                        out[st].setdefault("SOPClassesInStudy", []).append(cls)
-        if level == "PATIENT" and want & {"NumberOfPatientRelatedStudies", "NumberOfPatientRelatedSeries",
-                                          "NumberOfPatientRelatedInstances"}:
-            ids = [r["PATIENT.id"] for r in rows]
+                            .where(s.series.c.study_fk.in_(chunk))
+                            .order_by(s.series.c.study_fk, s.instances.c.sop_class)):
+                        out[("S", st)].setdefault("SOPClassesInStudy", []).append(cls)
+        if want & {"NumberOfPatientRelatedStudies", "NumberOfPatientRelatedSeries",
+                   "NumberOfPatientRelatedInstances"}:
+            ids = sorted({r["PATIENT.id"] for r in rows})
             for chunk in _chunks(ids, 500):
                 q = (select(s.studies.c.patient_fk, func.count(s.studies.c.id), func.sum(s.studies.c.num_series),
                             func.sum(s.studies.c.num_instances))
@@ -268,10 +298,10 @@ class Finder:
                 if value is not None and vr in ("TM",):
                     value = _tm_out(value)
             elif kw in COMPUTED:
-                if level == "PATIENT":
-                    value = extra.get(("P", row["PATIENT.id"]), {}).get(kw, 0 if kw.startswith("Number") else None)
-                elif level == "STUDY":
-                    value = extra.get(row["STUDY.id"], {}).get(kw)
+                if kw.startswith("NumberOfPatientRelated"):
+                    value = extra.get(("P", row["PATIENT.id"]), {}).get(kw, 0)
+                else:
+                    value = extra.get(("S", row["STUDY.id"]), {}).get(kw)
             else:
                 if header is None and headers is not None:
                     header = headers.get(row)
@@ -300,27 +330,21 @@ class Finder:
         return rsp
 
     def instances(self, ident: Dataset, root: str = "study") -> list[InstanceRef]:
-        """Every stored instance a C-MOVE / C-GET identifier selects."""
+        """Every stored instance a C-MOVE / C-GET identifier selects (the same matching as C-FIND)."""
         level = _level_of(ident, root)
-        _q, keys, post = self._select(ident, level)
-        q = (select(s.instances.c.sop_uid, s.instances.c.sop_class, s.instances.c.transfer_syntax,
-                    s.instances.c.path, s.studies.c.study_uid, s.series.c.series_uid,
-                    TABLES[level].c.id.label("level_id"))
-             .select_from(_joined("IMAGE")))
+        keys = _keys(ident)
         if not any(k.match is not None and not k.match.is_universal for k in keys):
             raise QueryError("no matching key given: refusing to retrieve everything", 0xC000)
-        for key in keys:
-            cond, handled = _condition(key, level, self.fuzzy)
-            if cond is not None:
-                q = q.where(cond)
-        rows = self.conn.execute(q.order_by(s.instances.c.id)).all()
-        if post:
-            lvl_rows = {r.level_id for r in rows}
-            cache = _HeaderCache(self.conn, level)
-            keep = {i for i in lvl_rows if _post_match(post, cache.get({f"{level}.id": i}), self.fuzzy)}
-            rows = [r for r in rows if r.level_id in keep]
-        return [InstanceRef(r.sop_uid, r.sop_class, r.transfer_syntax, r.path, r.study_uid, r.series_uid)
-                for r in rows]
+        rows, _keys_, _headers = self._matching_rows(ident, level)
+        ids = [r[f"{level}.id"] for r in rows]
+        level_id = TABLES[level].c.id
+        out = []
+        for chunk in _chunks(ids, 500):
+            q = (select(s.instances.c.sop_uid, s.instances.c.sop_class, s.instances.c.transfer_syntax,
+                        s.instances.c.path, s.studies.c.study_uid, s.series.c.series_uid)
+                 .select_from(_joined("IMAGE")).where(level_id.in_(chunk)).order_by(s.instances.c.id))
+            out += [InstanceRef(*r) for r in self.conn.execute(q)]
+        return out
 
 
 def _tm_out(v: str) -> str:
@@ -433,10 +457,12 @@ def _sequence_out(key: _Key, stored_seq, fuzzy: bool) -> Sequence:
         new = Dataset()
         for k in ikeys:
             e = item.get(k.tag)
-            if e is not None:
+            if e is not None and k.vr == "SQ" and e.VR == "SQ":
+                new.add_new(k.tag, "SQ", _sequence_out(k, e.value, fuzzy))  # its matching items, reduced
+            elif e is not None:
                 new.add(e)
             else:
-                new.add_new(k.tag, k.vr, None)
+                new.add_new(k.tag, k.vr, [] if k.vr == "SQ" else None)
         out.append(new)
     return Sequence(out)
 
