@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from sqlalchemy import delete, func, inspect, select, update
+from sqlalchemy.exc import IntegrityError
 
 from ihecli.archive import schema as s
 from ihecli.archive.index import StoreOutcome, Writer, make_engine
 from ihecli.archive.ingest import ensure_part10, parse
 from ihecli.archive.query import Finder, InstanceRef, QueryError
 from ihecli.archive.store import BlobStore
+from ihecli.config import mask_url
 from ihecli.errors import ArchiveError, UsageError
 
 __all__ = ["Archive", "StoreOutcome", "InstanceRef", "QueryError", "ImportReport", "CheckReport"]
@@ -56,8 +58,12 @@ class Archive:
         try:
             self.engine = make_engine(db_url)
             s.metadata.create_all(self.engine)
+            version = _schema_version(self.engine)
         except Exception as e:
-            raise UsageError(f"cannot open the archive database {db_url.split('@')[-1]}: {e}") from None
+            raise UsageError(f"cannot open the archive database {mask_url(db_url)}: {e}") from None
+        if version > s.SCHEMA_VERSION:
+            raise UsageError(f"the archive database {mask_url(db_url)} has schema version {version}, newer than "
+                             f"this ihe knows ({s.SCHEMA_VERSION}): upgrade ihe")
         self.blobs.ensure()
         self.blobs.clean_tmp()
         self.writer = Writer(self.engine, self.blobs, duplicates)
@@ -166,9 +172,12 @@ class Archive:
             return 0
         uids = [r.sop_uid for r in refs]
         with self.engine.begin() as conn:
+            series_ids: set[int] = set()
             for chunk in _chunks(uids, 500):
+                series_ids.update(conn.execute(select(s.instances.c.series_fk).distinct()
+                                               .where(s.instances.c.sop_uid.in_(chunk))).scalars())
                 conn.execute(delete(s.instances).where(s.instances.c.sop_uid.in_(chunk)))
-            _recount(conn)
+            _recount(conn, series_ids)
         for r in refs:
             self.blobs.remove(r.path)
         return len(refs)
@@ -225,18 +234,39 @@ class Archive:
         return inspect(self.engine).get_table_names()
 
 
-def _recount(conn) -> None:
-    """Drop empty series, studies and patients and refresh the counters after a delete."""
+def _schema_version(engine) -> int:
+    """The index's schema version, recorded when the database is created."""
+    with engine.begin() as conn:
+        v = conn.execute(select(s.meta.c.value).where(s.meta.c.key == "schema_version")).scalar()
+        if v is not None:
+            return int(v)
+    try:
+        with engine.begin() as conn:
+            conn.execute(s.meta.insert().values(key="schema_version", value=str(s.SCHEMA_VERSION)))
+    except IntegrityError:  # another process created it first
+        pass
+    return s.SCHEMA_VERSION
+
+
+def _recount(conn, series_ids: set[int]) -> None:
+    """Refresh the counters of the given series and their studies; drop what became empty."""
     i, se, st, p = s.instances, s.series, s.studies, s.patients
-    conn.execute(update(se).values(num_instances=select(func.count()).where(i.c.series_fk == se.c.id)
-                                   .scalar_subquery()))
-    conn.execute(delete(se).where(se.c.num_instances == 0))
-    conn.execute(update(st).values(
-        num_series=select(func.count()).where(se.c.study_fk == st.c.id).scalar_subquery(),
-        num_instances=select(func.coalesce(func.sum(se.c.num_instances), 0)).where(se.c.study_fk == st.c.id)
-        .scalar_subquery()))
-    conn.execute(delete(st).where(st.c.num_series == 0))
-    conn.execute(delete(p).where(~select(st.c.id).where(st.c.patient_fk == p.c.id).exists()))
+    study_ids: set[int] = set()
+    patient_ids: set[int] = set()
+    for chunk in _chunks(sorted(series_ids), 500):
+        conn.execute(update(se).where(se.c.id.in_(chunk)).values(
+            num_instances=select(func.count()).where(i.c.series_fk == se.c.id).scalar_subquery()))
+        study_ids.update(conn.execute(select(se.c.study_fk).where(se.c.id.in_(chunk))).scalars())
+        conn.execute(delete(se).where(se.c.id.in_(chunk), se.c.num_instances == 0))
+    for chunk in _chunks(sorted(study_ids), 500):
+        conn.execute(update(st).where(st.c.id.in_(chunk)).values(
+            num_series=select(func.count()).where(se.c.study_fk == st.c.id).scalar_subquery(),
+            num_instances=select(func.coalesce(func.sum(se.c.num_instances), 0)).where(se.c.study_fk == st.c.id)
+            .scalar_subquery()))
+        patient_ids.update(conn.execute(select(st.c.patient_fk).where(st.c.id.in_(chunk))).scalars())
+        conn.execute(delete(st).where(st.c.id.in_(chunk), st.c.num_series == 0))
+    for chunk in _chunks(sorted(patient_ids), 500):
+        conn.execute(delete(p).where(p.c.id.in_(chunk), ~select(st.c.id).where(st.c.patient_fk == p.c.id).exists()))
 
 
 def _chunks(seq, n):

@@ -1,0 +1,80 @@
+"""The archive's own promises, through its Python API."""
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from ihecli.archive import Archive
+from ihecli.errors import UsageError
+
+
+def _q(level, **keys):
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    for k, v in keys.items():
+        setattr(ds, k, v)
+    return ds
+
+
+def test_duplicates_keep_and_overwrite(tmp_path, corpus):
+    data = corpus[0].read_bytes()
+    with Archive(f"sqlite:///{tmp_path / 'k.db'}", tmp_path / "k") as a:
+        assert a.store(data).outcome == "stored"
+        ds = dcmread(corpus[0])
+        ds.StudyDescription = "CHANGED"
+        changed = tmp_path / "changed.dcm"
+        ds.save_as(changed)
+        assert a.store(changed.read_bytes()).outcome == "duplicate"
+        (rsp,) = a.find(_q("STUDY", StudyDescription=""))
+        assert rsp.StudyDescription != "CHANGED"
+        assert a.counts()["instances"] == 1
+        assert list(a.blobs.tmp.iterdir()) == []
+    with Archive(f"sqlite:///{tmp_path / 'o.db'}", tmp_path / "o", duplicates="overwrite") as a:
+        a.store(data)
+        assert a.store(changed.read_bytes()).outcome == "overwritten"
+        assert a.counts()["instances"] == 1
+        (ref,) = a.instances(_q("IMAGE", SOPInstanceUID=str(ds.SOPInstanceUID)))
+        assert dcmread(a.file_path(ref)).StudyDescription == "CHANGED"
+        assert not a.check().orphan_files
+
+
+def test_remove_keeps_counters_right(archive, corpus):
+    for p in corpus:
+        archive.store(p.read_bytes())
+    first = dcmread(corpus[0])
+    refs = archive.instances(_q("SERIES", SeriesInstanceUID=str(first.SeriesInstanceUID)))
+    assert len(refs) == 3
+    archive.remove(refs)
+    (study,) = archive.find(_q("STUDY", StudyInstanceUID=str(first.StudyInstanceUID),
+                               NumberOfStudyRelatedSeries="", NumberOfStudyRelatedInstances=""))
+    assert int(study.NumberOfStudyRelatedSeries) == 1 and int(study.NumberOfStudyRelatedInstances) == 3
+    archive.remove(archive.instances(_q("STUDY", StudyInstanceUID=str(first.StudyInstanceUID))))
+    assert archive.counts() == {"patients": 1, "studies": 1, "series": 2, "instances": 6}
+    for rel in (r.path for r in refs):
+        assert not archive.file_path(rel).exists()
+
+
+def test_retrieve_without_keys_is_refused(archive):
+    from ihecli.archive import QueryError
+
+    with pytest.raises(QueryError):
+        archive.instances(_q("STUDY", StudyInstanceUID=""))
+
+
+def test_newer_schema_is_refused(tmp_path):
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    Archive(url, tmp_path / "s").close()
+    con = sqlite3.connect(tmp_path / "a.db")
+    con.execute("update ihe_meta set value = '99' where key = 'schema_version'")
+    con.commit()
+    con.close()
+    with pytest.raises(UsageError, match="newer"):
+        Archive(url, tmp_path / "s")
+
+
+def test_unwritable_database_is_a_clear_error(tmp_path):
+    with pytest.raises(UsageError, match="cannot open the archive database"):
+        Archive("postgresql+psycopg://nobody@127.0.0.1:1/none", tmp_path / "s")
