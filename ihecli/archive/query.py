@@ -468,20 +468,44 @@ def _sequence_out(key: _Key, stored_seq, fuzzy: bool) -> Sequence:
 
 
 def _charset_for(rsp: Dataset, stored: str | None) -> str | list[str] | None:
-    """The stored object's character set when every value fits it, else UTF-8 (None: ASCII)."""
-    texts = [str(e.value) for e in rsp.iterall() if e.VR in ("PN", "LO", "SH", "LT", "ST", "UT", "UC")
-             and e.value is not None]
+    """The stored object's character set when every value fits it, else UTF-8 (None: ASCII).
+
+    A response can mix values of different objects (a patient's name from one, a study's
+    description from another): those that do not fit the row's own character set make it UTF-8.
+    """
+    texts = []
+    for e in rsp.iterall():
+        if e.VR in ("PN", "LO", "SH", "LT", "ST", "UT", "UC") and e.value is not None:
+            vals = e.value if isinstance(e.value, (list, tuple)) or type(e.value).__name__ == "MultiValue" \
+                else [e.value]
+            texts += [str(v) for v in vals]
     if all(t.isascii() for t in texts):
         return _split(stored) if stored else None
     if stored:
         encodings = pydicom.charset.convert_encodings(_split(stored))
-        try:
-            for t in texts:
-                pydicom.charset.encode_string(t, encodings)
+        if all(_fits(t, encodings) for t in texts):
             return _split(stored)
-        except Exception:
-            pass
     return "ISO_IR 192"
+
+
+def _fits(text: str, encodings: list[str]) -> bool:
+    """Whether ``text`` encodes without loss in these encodings (code extensions switching between
+    them as needed). Checked here because pydicom's encoder silently writes replacement characters
+    when it cannot; the default repertoire counts as ASCII, not Latin-1 as pydicom maps it."""
+    encs = ["ascii" if e == pydicom.charset.default_encoding else e for e in encodings]
+    rest = text
+    while rest:
+        best = 0
+        for enc in encs:
+            try:
+                pydicom.charset._encode_string_impl(rest, enc)
+                return True
+            except (UnicodeError, ValueError, LookupError) as err:
+                best = max(best, getattr(err, "start", 0) or 0)
+        if best == 0:
+            return False
+        rest = rest[best:]
+    return True
 
 
 def _split(cs: str):
