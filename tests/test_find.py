@@ -253,6 +253,12 @@ def test_bad_identifiers_over_the_network_then_the_server_keeps_serving(srv, tmp
     assert r.ok and studies(r.responses) == {S1, S2}
 
 
+def test_invalid_values_match_nothing_over_the_network(srv, tmp_path):
+    for key in ("SeriesNumber=abc", "StudyDate=garbage", "StudyTime=25:99", "NumberOfSeriesRelatedInstances=x"):
+        r = findscu(srv.port, tmp_path, "QueryRetrieveLevel=SERIES", key, "SeriesInstanceUID")
+        assert r.ok and r.responses == [], key
+
+
 # -- single value, wildcards, lists ----------------------------------------------------------------
 def test_single_value_matching(arc):
     assert studies(find(arc, "STUDY", AccessionNumber="ACC2")) == {S2}
@@ -279,6 +285,7 @@ def test_wildcards(arc):
     assert {r.SeriesInstanceUID for r in find(arc, "SERIES", Modality="?R")} == {SE12, SE21, SE71}
     assert {r.SeriesInstanceUID for r in find(arc, "SERIES", BodyPartExamined="CH*")} == {SE11}
     assert studies(find(arc, "STUDY", StudyDescription="*")) == {S1, S2, S3, S4, S5, S6, S7}  # * alone: universal
+    assert studies(find(arc, "STUDY", PatientName="JONES\\*")) == {S1, S2, S3, S4, S5, S6, S7}
 
 
 def test_wildcards_treat_sql_metacharacters_as_literals(arc):

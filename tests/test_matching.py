@@ -56,10 +56,12 @@ def test_parse_normalises_range_bounds():
     assert parse("2024-2024", "DT").values == ("2024", "20241231235959.999999")
 
 
-def test_parse_list_drops_universal_parts():
-    m = parse("CT\\\\MR", "CS")
+def test_parse_list_empty_and_universal_parts():
+    m = parse("CT\\\\MR", "CS")  # an empty value between two is left out
     assert m.kind == "list" and [sub.values[0] for sub in m.values] == ["CT", "MR"]
     assert parse("\\", "CS").kind == "universal"
+    assert parse("SMITH\\*", "PN").kind == "universal"  # one value matches everything: the list does too
+    assert matches(parse("SMITH\\*", "PN"), "JONES", "ci")
 
 
 def test_parse_multivalue():

@@ -55,9 +55,8 @@ def parse(value, vr: str) -> Match:
         return Match("empty", vr=vr)
     parts = raw.split("\\")
     if len(parts) > 1:
-        subs = tuple(parse(p, vr) for p in parts if p.strip() != "")
-        subs = tuple(m for m in subs if not m.is_universal)
-        if not subs:
+        subs = tuple(parse(p, vr) for p in parts if p.strip() != "")  # empty values are left out
+        if not subs or any(m.is_universal for m in subs):  # e.g. 'SMITH\\*': everything matches
             return Match("universal", vr=vr)
         return Match("list", subs, vr)
     raw = raw.strip() if vr not in ("LT", "ST", "UT") else raw
