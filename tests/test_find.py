@@ -640,6 +640,8 @@ def test_name_query_on_10000_studies_uses_the_index(big, monkeypatch):
 def test_exact_name_and_date_queries_on_10000_studies_use_indexes(big):
     plan = _plan(big, ident("STUDY", PatientName="SMITH^GIVEN0000000"), "STUDY")
     assert "ix_patients_name_ci (name_ci=?)" in plan, plan
+    plan = _plan(big, ident("STUDY", PatientName="MÜLLER*"), "STUDY")  # non-ASCII, still the index
+    assert "SEARCH patients USING INDEX ix_patients_name_ci (name_ci>? AND name_ci<?)" in plan, plan
     plan = _plan(big, ident("STUDY", StudyDate="20150101-20150131"), "STUDY")
     assert "ix_studies_date" in plan, plan
     assert len(big.find(ident("STUDY", StudyDate="20150101-20150131"))) == 625

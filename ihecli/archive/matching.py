@@ -10,10 +10,10 @@ other VRs), range (DA, TM, DT: ``a-b``, ``-b``, ``a-``).
 
 Person names (PN) are matched per component group (PS3.5 6.2.1.2): a value with ``=`` matches
 group by group (an empty group matches anything); a value without ``=`` matches the alphabetic
-group, and, when it holds non-ASCII characters, also the ideographic and phonetic groups (those
-hold non-Latin scripts, so an ASCII value can only mean the alphabetic group and keeps using
-the name index). For PN, ``to_sql`` gives a superset (candidates): the caller checks each
-candidate with ``matches``, which is exact.
+group, and, when it holds East Asian characters (CJK ideographs, kana, hangul: what those
+groups are for), also the ideographic and phonetic groups. A Latin, Greek or Cyrillic value can
+only mean the alphabetic group, and its SQL keeps using the name index. For PN, ``to_sql``
+gives a superset (candidates): the caller checks each candidate with ``matches``, which is exact.
 """
 from __future__ import annotations
 
@@ -190,7 +190,7 @@ def _pn_sql(m: Match, col: ColumnElement, mode: str) -> ColumnElement:
         arms = [col.like(p, escape="!") if wild else col == groups[0]]
         if not (wild and groups[0].endswith("*")):  # the alphabetic group followed by other groups
             arms.append(col.like(p + "=%", escape="!"))
-        if not groups[0].isascii():  # the ideographic or phonetic group
+        if _east_asian(groups[0]):  # the ideographic or phonetic group
             arms += [col.like("%=" + p, escape="!"), col.like("%=" + p + "=%", escape="!")]
         return or_(*arms)
     p = "=".join((_like(g) if wild else _escape(g)) if g else "%" for g in groups)
@@ -198,6 +198,14 @@ def _pn_sql(m: Match, col: ColumnElement, mode: str) -> ColumnElement:
     if not (wild and groups[-1].endswith("*")):
         arms.append(col.like(p + "=%", escape="!"))
     return or_(*arms)
+
+
+def _east_asian(v: str) -> bool:
+    """Holds a character of the scripts ideographic and phonetic name groups are written in
+    (Hangul Jamo, CJK radicals to ideographs incl. kana, Hangul syllables, compatibility
+    ideographs, half- and full-width forms, supplementary ideographs)."""
+    return any(0x1100 <= o <= 0x11FF or 0x2E80 <= o <= 0xD7FF or 0xF900 <= o <= 0xFAFF or 0xFF00 <= o <= 0xFFEF
+               or o >= 0x20000 for o in map(ord, v))
 
 
 def _escape(v: str) -> str:
@@ -215,7 +223,7 @@ def _pn_match(m: Match, stored: str, mode: str) -> bool:
         return q == v
 
     if len(groups) == 1:
-        candidates = have[:1] if groups[0].isascii() else have[:3]
+        candidates = have[:3] if _east_asian(groups[0]) else have[:1]
         return any(one(groups[0], v) for v in candidates)
     return all(not q or one(q, have[i] if i < len(have) else "") for i, q in enumerate(groups))
 
