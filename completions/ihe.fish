@@ -49,7 +49,7 @@ function __ihe_takes_value
             contains -- $argv[2] -aet --calling-aet -k --key -L --level -o --out --root --timeout
             return
         case 'ihe dicom move'
-            contains -- $argv[2] -aet --calling-aet -d --dest -k --key -L --level --root --timeout
+            contains -- $argv[2] -aet --calling-aet --dest -k --key -L --level --root --timeout
             return
         case 'ihe dicom store'
             contains -- $argv[2] -aet --calling-aet --timeout
@@ -132,17 +132,17 @@ complete -c ihe -n "__ihe_at 'ihe archive check'" -l db -x -d 'Archive database 
 complete -c ihe -n "__ihe_at 'ihe archive check'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe archive check'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
 complete -c ihe -n "__ihe_at 'ihe archive check'" -l repair -d 'Fix what is found: drop rows whose file is gone, index files that have no row, remove leftovers.'
-complete -c ihe -n "__ihe_at 'ihe archive check'" -l storage -r -F -d 'Archive storage folder (default: the profile\'s).'
+complete -c ihe -n "__ihe_at 'ihe archive check'" -l storage -x -a '(__fish_complete_directories)' -d 'Archive storage folder (default: the profile\'s).'
 complete -c ihe -n "__ihe_at 'ihe archive check'" -l verify -d 'Also re-read every file and compare its checksum with the one taken at ingest.'
 
 # ihe archive export
-complete -c ihe -n "__ihe_at 'ihe archive export'" -o aet -l calling-aet -x -d 'Calling AE title for --to.'
+complete -c ihe -n "__ihe_at 'ihe archive export'" -o aet -l calling-aet -x -d 'Calling AE title (default: the profile\'s, IHE).'
 complete -c ihe -n "__ihe_at 'ihe archive export'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
 complete -c ihe -n "__ihe_at 'ihe archive export'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe archive export'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
-complete -c ihe -n "__ihe_at 'ihe archive export'" -s o -l out -r -F -d 'Copy files into a folder (STUDY/SERIES/INSTANCE.dcm).'
+complete -c ihe -n "__ihe_at 'ihe archive export'" -s o -l out -x -a '(__fish_complete_directories)' -d 'Folder to write the instances to.'
 complete -c ihe -n "__ihe_at 'ihe archive export'" -l since -x -d 'Studies received since a date (2024-05-01) or age (24h).'
-complete -c ihe -n "__ihe_at 'ihe archive export'" -l storage -r -F -d 'Archive storage folder (default: the profile\'s).'
+complete -c ihe -n "__ihe_at 'ihe archive export'" -l storage -x -a '(__fish_complete_directories)' -d 'Archive storage folder (default: the profile\'s).'
 complete -c ihe -n "__ihe_at 'ihe archive export'" -l study -x -d 'Study Instance UID (repeatable).'
 complete -c ihe -n "__ihe_at 'ihe archive export'" -l timeout -x -d 'Network timeout in seconds.'
 complete -c ihe -n "__ihe_at 'ihe archive export'" -l to -x -d 'Send to a DICOM node (C-STORE).'
@@ -152,7 +152,7 @@ complete -c ihe -n "__ihe_at 'ihe archive import'" -l db -x -d 'Archive database
 complete -c ihe -n "__ihe_at 'ihe archive import'" -l duplicates -x -d 'Same SOP Instance UID again: keep (default) or overwrite.'
 complete -c ihe -n "__ihe_at 'ihe archive import'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe archive import'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
-complete -c ihe -n "__ihe_at 'ihe archive import'" -l storage -r -F -d 'Archive storage folder (default: the profile\'s).'
+complete -c ihe -n "__ihe_at 'ihe archive import'" -l storage -x -a '(__fish_complete_directories)' -d 'Archive storage folder (default: the profile\'s).'
 complete -c ihe -n "__ihe_arg 'ihe archive import' 0 -1" -F
 
 # ihe archive ls
@@ -162,13 +162,13 @@ complete -c ihe -n "__ihe_at 'ihe archive ls'" -l db -x -d 'Archive database URL
 complete -c ihe -n "__ihe_at 'ihe archive ls'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe archive ls'" -l instance -x -d 'SOP Instance UID (repeatable).'
 complete -c ihe -n "__ihe_at 'ihe archive ls'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
-complete -c ihe -n "__ihe_at 'ihe archive ls'" -s L -l level -x -d 'patient, study, series or instance.'
-complete -c ihe -n "__ihe_at 'ihe archive ls'" -l limit -x -d 'Show at most N rows.'
+complete -c ihe -n "__ihe_at 'ihe archive ls'" -s L -l level -x -d 'Level: patient, study, series or instance (image).'
+complete -c ihe -n "__ihe_at 'ihe archive ls'" -l limit -x -d 'Show at most N matches.'
 complete -c ihe -n "__ihe_at 'ihe archive ls'" -l modality -x -d 'Modality, e.g. CT.'
 complete -c ihe -n "__ihe_at 'ihe archive ls'" -l name -x -d 'Patient name (wildcards * ?).'
 complete -c ihe -n "__ihe_at 'ihe archive ls'" -l patient -x -d 'Patient ID (wildcards * ?).'
 complete -c ihe -n "__ihe_at 'ihe archive ls'" -l series -x -d 'Series Instance UID (repeatable).'
-complete -c ihe -n "__ihe_at 'ihe archive ls'" -l storage -r -F -d 'Archive storage folder (default: the profile\'s).'
+complete -c ihe -n "__ihe_at 'ihe archive ls'" -l storage -x -a '(__fish_complete_directories)' -d 'Archive storage folder (default: the profile\'s).'
 complete -c ihe -n "__ihe_at 'ihe archive ls'" -l study -x -d 'Study Instance UID (repeatable).'
 
 # ihe archive rm
@@ -178,7 +178,7 @@ complete -c ihe -n "__ihe_at 'ihe archive rm'" -l instance -x -d 'SOP Instance U
 complete -c ihe -n "__ihe_at 'ihe archive rm'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
 complete -c ihe -n "__ihe_at 'ihe archive rm'" -l patient -x -d 'Patient ID (wildcards * ?).'
 complete -c ihe -n "__ihe_at 'ihe archive rm'" -l series -x -d 'Series Instance UID (repeatable).'
-complete -c ihe -n "__ihe_at 'ihe archive rm'" -l storage -r -F -d 'Archive storage folder (default: the profile\'s).'
+complete -c ihe -n "__ihe_at 'ihe archive rm'" -l storage -x -a '(__fish_complete_directories)' -d 'Archive storage folder (default: the profile\'s).'
 complete -c ihe -n "__ihe_at 'ihe archive rm'" -l study -x -d 'Study Instance UID (repeatable).'
 complete -c ihe -n "__ihe_at 'ihe archive rm'" -s y -l yes -d 'Do not ask for confirmation.'
 
@@ -187,13 +187,13 @@ complete -c ihe -n "__ihe_at 'ihe archive serve'" -l aet -x -d 'Our AE title.'
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -l allow -x -d 'Accept associations only from these calling AE titles (repeatable).'
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -l bind -x -d 'Address to listen on (default 127.0.0.1; 0.0.0.0 for all).'
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
-complete -c ihe -n "__ihe_at 'ihe archive serve'" -l dest -x -d 'A C-MOVE destination (repeatable); profile nodes are destinations too.'
+complete -c ihe -n "__ihe_at 'ihe archive serve'" -l dest -x -d 'C-MOVE destination: AET@host:port, a profile node name, or (for a move) an AE title.'
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -l duplicates -x -d 'Same SOP Instance UID again: keep (default) or overwrite.'
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -l fuzzy-names -d 'Case- and accent-insensitive person-name matching.'
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -l max-pdu -x -d 'Largest PDU we accept (0: no limit).'
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -s p -l port -x -d 'Port to listen on (0: any free port).'
-complete -c ihe -n "__ihe_at 'ihe archive serve'" -l storage -r -F -d 'Archive storage folder (default: the profile\'s).'
+complete -c ihe -n "__ihe_at 'ihe archive serve'" -l storage -x -a '(__fish_complete_directories)' -d 'Archive storage folder (default: the profile\'s).'
 
 # ihe config
 complete -c ihe -n "__ihe_arg 'ihe config' 0 0" -a 'init' -d 'Write a commented starter profile file.'
@@ -231,8 +231,8 @@ complete -c ihe -n "__ihe_at 'ihe dicom find'" -o aet -l calling-aet -x -d 'Call
 complete -c ihe -n "__ihe_at 'ihe dicom find'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe dicom find'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
 complete -c ihe -n "__ihe_at 'ihe dicom find'" -s k -l key -x -d 'Query key: keyword or (gggg,eeee), \'=\' and a value (empty: return it). Repeatable. Sequences as Seq[0].Keyword=.'
-complete -c ihe -n "__ihe_at 'ihe dicom find'" -s L -l level -x -d 'Query/Retrieve level: patient, study, series or image.'
-complete -c ihe -n "__ihe_at 'ihe dicom find'" -l limit -x -d 'Stop after N matches.'
+complete -c ihe -n "__ihe_at 'ihe dicom find'" -s L -l level -x -d 'Level: patient, study, series or instance (image).'
+complete -c ihe -n "__ihe_at 'ihe dicom find'" -l limit -x -d 'Show at most N matches.'
 complete -c ihe -n "__ihe_at 'ihe dicom find'" -l root -x -d 'Information model: study or patient (root).'
 complete -c ihe -n "__ihe_at 'ihe dicom find'" -l timeout -x -d 'Network timeout in seconds.'
 
@@ -241,18 +241,18 @@ complete -c ihe -n "__ihe_at 'ihe dicom get'" -o aet -l calling-aet -x -d 'Calli
 complete -c ihe -n "__ihe_at 'ihe dicom get'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe dicom get'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
 complete -c ihe -n "__ihe_at 'ihe dicom get'" -s k -l key -x -d 'Query key: keyword or (gggg,eeee), \'=\' and a value (empty: return it). Repeatable. Sequences as Seq[0].Keyword=.'
-complete -c ihe -n "__ihe_at 'ihe dicom get'" -s L -l level -x -d 'Query/Retrieve level: patient, study, series or image.'
-complete -c ihe -n "__ihe_at 'ihe dicom get'" -s o -l out -r -F -d 'Folder for the instances.'
+complete -c ihe -n "__ihe_at 'ihe dicom get'" -s L -l level -x -d 'Level: patient, study, series or instance (image).'
+complete -c ihe -n "__ihe_at 'ihe dicom get'" -s o -l out -x -a '(__fish_complete_directories)' -d 'Folder to write the instances to.'
 complete -c ihe -n "__ihe_at 'ihe dicom get'" -l root -x -d 'Information model: study or patient (root).'
 complete -c ihe -n "__ihe_at 'ihe dicom get'" -l timeout -x -d 'Network timeout in seconds.'
 
 # ihe dicom move
 complete -c ihe -n "__ihe_at 'ihe dicom move'" -o aet -l calling-aet -x -d 'Calling AE title (default: the profile\'s, IHE).'
-complete -c ihe -n "__ihe_at 'ihe dicom move'" -s d -l dest -x -d 'Move destination AE title (the node must know it).'
+complete -c ihe -n "__ihe_at 'ihe dicom move'" -l dest -x -d 'C-MOVE destination: AET@host:port, a profile node name, or (for a move) an AE title.'
 complete -c ihe -n "__ihe_at 'ihe dicom move'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe dicom move'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
 complete -c ihe -n "__ihe_at 'ihe dicom move'" -s k -l key -x -d 'Query key: keyword or (gggg,eeee), \'=\' and a value (empty: return it). Repeatable. Sequences as Seq[0].Keyword=.'
-complete -c ihe -n "__ihe_at 'ihe dicom move'" -s L -l level -x -d 'Query/Retrieve level: patient, study, series or image.'
+complete -c ihe -n "__ihe_at 'ihe dicom move'" -s L -l level -x -d 'Level: patient, study, series or instance (image).'
 complete -c ihe -n "__ihe_at 'ihe dicom move'" -l root -x -d 'Information model: study or patient (root).'
 complete -c ihe -n "__ihe_at 'ihe dicom move'" -l timeout -x -d 'Network timeout in seconds.'
 

@@ -41,10 +41,15 @@ def _uses(option_name: str, commands=COMMANDS) -> list[tuple[str, object]]:
 
 
 def _meanings(option_name: str, commands=COMMANDS) -> dict[tuple[str, str], list[str]]:
-    """(help text, type) -> the commands where option_name has that meaning."""
+    """(help text, type) -> the commands where option_name has that meaning.
+
+    Whether an option may be repeated is not part of its meaning: `archive serve --dest` takes
+    several destinations, `dicom move --dest` one, and both are a C-MOVE destination.
+    """
     meanings = defaultdict(list)
     for cmd, o in _uses(option_name, commands):
-        meanings[(o.help, o.type_name)].append(cmd)
+        type_name = o.type_name[5:-1] if o.type_name.startswith("list[") else o.type_name
+        meanings[(o.help, type_name)].append(cmd)
     return dict(meanings)
 
 

@@ -13,7 +13,8 @@ import typer
 
 from ihecli.archive import Archive
 from ihecli.cli import output
-from ihecli.cli.options import Aet, Bind, Db, Dest, Json, Port, Storage, Timeout, Yes, state
+from ihecli.cli.options import (Aet, Bind, CallingAet, Db, Dest, Json, Level, Limit, OptionalOut, Port, Storage, Timeout,
+                                Yes, state)
 from ihecli.config import Node, resolve_node
 from ihecli.dicom import scu
 from ihecli.errors import ExitStatus, IheError, UsageError
@@ -164,12 +165,11 @@ DateOpt = Annotated[Optional[str], typer.Option("--date", metavar="RANGE", help=
 
 @app.command("ls")
 def ls_cmd(ctx: typer.Context,
-           level: Annotated[str, typer.Option("--level", "-L", metavar="LEVEL",
-                                              help="patient, study, series or instance.")] = "study",
+           level: Level = "study",
            patient: Patient = None, name: Name = None, study: StudyOpt = None, series: SeriesOpt = None,
            instance: InstanceOpt = None, accession: Accession = None, modality: Modality = None,
            date: DateOpt = None,
-           limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Show at most N rows.")] = None,
+           limit: Limit = None,
            db: Db = None, storage: Storage = None, json: Json = False) -> None:
     """List what the archive holds, at any level.
 
@@ -242,14 +242,14 @@ def export_cmd(
                                                  help="Studies received since a date (2024-05-01) or age (24h).")] = None,
     study: StudyOpt = None,
     to: Annotated[Optional[str], typer.Option("--to", metavar="NODE", help="Send to a DICOM node (C-STORE).")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", metavar="DIR",
-                                                help="Copy files into a folder (STUDY/SERIES/INSTANCE.dcm).")] = None,
-    calling_aet: Annotated[Optional[str], typer.Option("--calling-aet", "-aet", metavar="AET",
-                                                       help="Calling AE title for --to.")] = None,
+    out: OptionalOut = None,
+    calling_aet: CallingAet = None,
     timeout: Timeout = 60,
     db: Db = None, storage: Storage = None, json: Json = False,
 ) -> None:
     """Export studies (by date received or UID) to a node or a folder: the nightly job.
+
+    With --out, files are copied as DIR/StudyInstanceUID/SeriesInstanceUID/SOPInstanceUID.dcm.
 
     Example: ihe archive export --since 24h --to BACKUP
     """

@@ -8,9 +8,10 @@ import typer
 from pydicom.dataset import Dataset
 
 from ihecli.cli import output
-from ihecli.cli.options import CallingAet, Json, Keys, Level, Node, Root, Timeout, state
+from ihecli.cli.options import DEST_HELP, CallingAet, Json, Keys, Level, Limit, Node, Out, Root, Timeout, state
+from ihecli.config import AET_RE, resolve_node
 from ihecli.dicom import scu
-from ihecli.errors import ExitStatus
+from ihecli.errors import ExitStatus, UsageError
 
 app = typer.Typer(help="DICOM client: echo, store, find, move, get (like DCMTK's *scu tools).",
                   no_args_is_help=True)
@@ -101,7 +102,7 @@ def store_cmd(ctx: typer.Context, node: Node,
 
 @app.command("find")
 def find_cmd(ctx: typer.Context, node: Node, level: Level = "study", keys: Keys = None, root: Root = "study",
-             limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Stop after N matches.")] = None,
+             limit: Limit = None,
              calling_aet: CallingAet = None, timeout: Timeout = 30, json: Json = False) -> None:
     """Query a node (C-FIND); the level's usual keys are always returned.
 
@@ -123,6 +124,15 @@ def find_cmd(ctx: typer.Context, node: Node, level: Level = "study", keys: Keys 
                 columns.append(k)
     output.table([{k: _cell(v) for k, v in r.items()} for r in rows], columns)
     output.info(f"{len(rows)} matches")
+
+
+def move_destination_aet(spec: str, nodes) -> str:
+    """The AE title a C-MOVE names: a bare AE title, a profile node's, or that of AET@host:port."""
+    if spec in nodes or "@" in spec:
+        return resolve_node(spec, nodes).aet
+    if not AET_RE.match(spec):
+        raise UsageError(f"bad move destination {spec!r}")
+    return spec
 
 
 def _cell(v: Any) -> str:
@@ -147,8 +157,7 @@ def _retrieve_exit(r: scu.RetrieveResult, json: bool, what: str) -> None:
 
 @app.command("move")
 def move_cmd(ctx: typer.Context, node: Node,
-             dest: Annotated[str, typer.Option("--dest", "-d", metavar="AET",
-                                               help="Move destination AE title (the node must know it).")],
+             dest: Annotated[str, typer.Option("--dest", metavar="DEST", help=DEST_HELP)],
              level: Level = "study", keys: Keys = None, root: Root = "study", calling_aet: CallingAet = None,
              timeout: Timeout = 600, json: Json = False) -> None:
     """Ask a node to send matching instances to a destination (C-MOVE).
@@ -156,6 +165,7 @@ def move_cmd(ctx: typer.Context, node: Node,
     Example: ihe dicom move PACS --dest VIEWER -k StudyInstanceUID=1.2.3.4
     """
     n, aet = _ctx(ctx, node, calling_aet)
+    dest = move_destination_aet(dest, state(ctx).settings().nodes)
     ident = scu.build_identifier(level, keys)
     with output.progress(None, f"moving to {dest}", enabled=not json) as advance:
         seen = {"done": 0}
@@ -170,10 +180,12 @@ def move_cmd(ctx: typer.Context, node: Node,
 
 @app.command("get")
 def get_cmd(ctx: typer.Context, node: Node,
-            out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="Folder for the instances.")],
+            out: Out,
             level: Level = "study", keys: Keys = None, root: Root = "study", calling_aet: CallingAet = None,
             timeout: Timeout = 600, json: Json = False) -> None:
     """Retrieve matching instances over the same association into a folder (C-GET).
+
+    Files are written as DIR/SOPInstanceUID.dcm.
 
     Example: ihe dicom get PACS --out ./study -k StudyInstanceUID=1.2.3.4
     """

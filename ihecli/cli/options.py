@@ -13,7 +13,7 @@ Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON 
 Db = Annotated[Optional[str], typer.Option("--db", metavar="URL",
                                            help="Archive database URL (default: the profile's, else SQLite "
                                                 "in the data dir).")]
-Storage = Annotated[Optional[Path], typer.Option("--storage", metavar="DIR",
+Storage = Annotated[Optional[Path], typer.Option("--storage", metavar="DIR", file_okay=False,
                                                  help="Archive storage folder (default: the profile's).")]
 Bind = Annotated[Optional[str], typer.Option("--bind", metavar="ADDR",
                                              help="Address to listen on (default 127.0.0.1; 0.0.0.0 for all).")]
@@ -30,13 +30,16 @@ Keys = Annotated[Optional[list[str]], typer.Option(
     help="Query key: keyword or (gggg,eeee), '=' and a value (empty: return it). Repeatable. "
          "Sequences as Seq[0].Keyword=.")]
 Level = Annotated[str, typer.Option("--level", "-L", metavar="LEVEL",
-                                    help="Query/Retrieve level: patient, study, series or image.")]
+                                    help="Level: patient, study, series or instance (image).")]
+Limit = Annotated[Optional[int], typer.Option("--limit", min=1, metavar="N", help="Show at most N matches.")]
+_out = typer.Option("--out", "-o", metavar="DIR", help="Folder to write the instances to.", file_okay=False)
+Out = Annotated[Path, _out]
+OptionalOut = Annotated[Optional[Path], _out]
 Root = Annotated[str, typer.Option("--root", metavar="MODEL", help="Information model: study or patient (root).")]
 Node = Annotated[str, typer.Argument(
                                      help="A node of the profile by name, or AET@host:port.")]
-Dest = Annotated[Optional[list[str]], typer.Option(
-    "--dest", metavar="AET@HOST:PORT",
-    help="A C-MOVE destination (repeatable); profile nodes are destinations too.")]
+DEST_HELP = "C-MOVE destination: AET@host:port, a profile node name, or (for a move) an AE title."
+Dest = Annotated[Optional[list[str]], typer.Option("--dest", metavar="DEST", help=DEST_HELP)]
 
 
 @dataclass

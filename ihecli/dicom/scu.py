@@ -134,17 +134,13 @@ def store(node: Node, paths: Iterable[str | os.PathLike], *, calling_aet: str = 
     contexts = dimse.storage_contexts((c, t) for _, c, t in files)
     t0 = time.perf_counter()
     assoc = dimse.associate(ae, node, contexts=contexts)
+    accepted = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts}
     try:
         for i, (path, _cls, _ts) in enumerate(files):
             status = None
             reason = ""
             try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    ds = pydicom.dcmread(path, force=True)
-                    if "TransferSyntaxUID" not in ds.file_meta:
-                        ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(ensure_part10(path.read_bytes())))
-                rsp = assoc.send_c_store(ds)
+                rsp = _send_one(assoc, path, _cls, _ts, accepted)
                 if rsp and "Status" in rsp:
                     status = int(rsp.Status)
                 else:
@@ -173,6 +169,26 @@ def store(node: Node, paths: Iterable[str | os.PathLike], *, calling_aet: str = 
             assoc.release()
     report.seconds = round(time.perf_counter() - t0, 3)
     return report
+
+
+def _send_one(assoc, path: Path, cls: str, ts: str, accepted: set[tuple[str, str]]):
+    """C-STORE one file: its bytes as they are when the peer took its transfer syntax, else
+    decoded and re-encoded in one the peer accepted."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if _has_meta(path):
+            if (cls, ts) in accepted:
+                return assoc.send_c_store(path)
+            ds = pydicom.dcmread(path, force=True)
+        else:
+            ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(ensure_part10(path.read_bytes())))
+    return assoc.send_c_store(ds)
+
+
+def _has_meta(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        head = fh.read(132)
+    return head[128:132] == b"DICM"
 
 
 def find(node: Node, ident: Dataset, *, root: str = "study", calling_aet: str = "IHE", timeout: float = 30,

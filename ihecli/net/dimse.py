@@ -23,6 +23,9 @@ def configure() -> None:
     if _configured:
         return
     _config.UNRESTRICTED_STORAGE_SERVICE = True  # accept private and unknown storage SOP classes
+    # send_c_store(path) sends the file's bytes without decoding them (when the peer accepted the
+    # file's own transfer syntax); a Dataset argument is encoded as before
+    _config.STORE_SEND_CHUNKED_DATASET = True
     _config.LOG_HANDLER_LEVEL = "none"
     _config.CODECS = ("utf8", "latin_1")  # AE titles arriving in non-ASCII are logged, not fatal
     _configured = True
