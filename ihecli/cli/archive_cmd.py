@@ -19,8 +19,8 @@ from ihecli.config import Node, resolve_node
 from ihecli.dicom import scu
 from ihecli.errors import ExitStatus, IheError, UsageError
 
-app = typer.Typer(help="The local archive: serve it over DICOM, import, list, remove, export, check.",
-                  no_args_is_help=True)
+app = typer.Typer(help="The local archive: serve it over DICOM, import, list, remove, export, check.\n\n"
+                       "Example: ihe archive serve --port 11112", no_args_is_help=True)
 
 Duplicates = Annotated[Optional[str], typer.Option("--duplicates", metavar="POLICY",
                                                    help="Same SOP Instance UID again: keep (default) or overwrite.")]

@@ -9,7 +9,8 @@ from ihecli import config as cfg
 from ihecli.cli import output
 from ihecli.cli.options import Json, state
 
-app = typer.Typer(help="The profile file: path, starter file, effective settings.", no_args_is_help=True)
+app = typer.Typer(help="The profile file: path, starter file, effective settings.\n\n"
+                       "Example: ihe config init", no_args_is_help=True)
 
 
 @app.command("path")

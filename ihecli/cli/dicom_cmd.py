@@ -13,8 +13,8 @@ from ihecli.config import AET_RE, resolve_node
 from ihecli.dicom import scu
 from ihecli.errors import ExitStatus, UsageError
 
-app = typer.Typer(help="DICOM client: echo, store, find, move, get (like DCMTK's *scu tools).",
-                  no_args_is_help=True)
+app = typer.Typer(help="DICOM client: echo, store, find, move, get (like DCMTK's *scu tools).\n\n"
+                       "Example: ihe dicom echo PACS", no_args_is_help=True)
 
 HIDDEN = {"QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle"}
 
