@@ -20,6 +20,7 @@ from ihecli.archive.ingest import Parsed
 from ihecli.archive.store import BlobStore
 from ihecli.errors import ArchiveError
 
+
 def make_engine(url: str) -> Engine:
     """An engine for the index; SQLite gets WAL, full sync and case-sensitive LIKE."""
     if url.startswith("sqlite"):
@@ -33,7 +34,7 @@ def make_engine(url: str) -> Engine:
         def _pragmas(dbapi_conn, _record):
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")  # a commit that returned is on disk
+            cur.execute("PRAGMA synchronous=FULL")  # a commit that returned is on disk, power loss included
             cur.execute("PRAGMA case_sensitive_like=ON")  # DICOM matching is case-sensitive
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
