@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,40 +101,59 @@ class Archive:
         return self.writer.submit(parsed, tmp, rel)
 
     def import_paths(self, paths: Iterable[str | os.PathLike],
-                     progress: Callable[[str, str], None] | None = None) -> ImportReport:
-        """Store every DICOM file under the given files and folders (non-DICOM files skipped)."""
+                     progress: Callable[[str, str], None] | None = None, *, workers: int = 4) -> ImportReport:
+        """Store every DICOM file under the given files and folders (non-DICOM files skipped).
+
+        Several files are stored at once so that they share index commits (group commit).
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
         report = ImportReport()
-        for f in iter_files(paths):
-            try:
-                with open(f, "rb") as fh:
-                    data = fh.read()
-            except OSError as e:
-                report.failed.append((str(f), e.strerror or str(e)))
-                if progress:
-                    progress(str(f), "failed")
-                continue
-            if not looks_like_dicom(data):
-                report.skipped += 1
-                if progress:
-                    progress(str(f), "skipped")
-                continue
-            try:
-                out = self.store(ensure_part10(data))
-            except ArchiveError as e:
-                report.failed.append((str(f), str(e)))
-                if progress:
-                    progress(str(f), "failed")
-                continue
-            report.bytes += len(data)
-            if out.outcome == "stored":
-                report.stored += 1
-            elif out.outcome == "overwritten":
-                report.overwritten += 1
-            else:
-                report.duplicates += 1
+        lock = threading.Lock()
+
+        def one(f: Path) -> None:
+            outcome, why, size = self._import_one(f)
+            with lock:
+                if outcome == "failed":
+                    report.failed.append((str(f), why))
+                elif outcome == "skipped":
+                    report.skipped += 1
+                else:
+                    report.bytes += size
+                    if outcome == "stored":
+                        report.stored += 1
+                    elif outcome == "overwritten":
+                        report.overwritten += 1
+                    else:
+                        report.duplicates += 1
             if progress:
-                progress(str(f), out.outcome)
+                progress(str(f), outcome)
+
+        with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="ihe-import") as pool:
+            # bounded look-ahead: memory stays flat on folders of any size
+            pending = []
+            for f in iter_files(paths):
+                pending.append(pool.submit(one, f))
+                if len(pending) >= 4 * workers:
+                    pending.pop(0).result()
+            for fut in pending:
+                fut.result()
         return report
+
+    def _import_one(self, f: Path) -> tuple[str, str, int]:
+        """(outcome, reason, size) of storing one file: stored, duplicate, overwritten, skipped or failed."""
+        try:
+            with open(f, "rb") as fh:
+                data = fh.read()
+        except OSError as e:
+            return "failed", e.strerror or str(e), 0
+        if not looks_like_dicom(data):
+            return "skipped", "", 0
+        try:
+            out = self.store(ensure_part10(data))
+        except ArchiveError as e:
+            return "failed", str(e), 0
+        return out.outcome, "", len(data)
 
     # -- reading -----------------------------------------------------------------------------
     @contextmanager
