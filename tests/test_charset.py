@@ -45,19 +45,41 @@ def raw_name(path: Path) -> bytes:
     return ds.get_item(0x00100010).value.rstrip(b" =")
 
 
-@pytest.fixture(scope="module")
-def arc(tmp_path_factory):
-    d = tmp_path_factory.mktemp("charset")
-    a = Archive(f"sqlite:///{d / 'index.db'}", d / "storage")
+def _charset_archive(url: str, storage: Path) -> Archive:
+    a = Archive(url, storage)
     for name in FILES:
         assert a.store((CHARSET / name).read_bytes()).outcome == "stored"
+    return a
+
+
+@pytest.fixture(scope="module")
+def sqlite_arc(tmp_path_factory):
+    d = tmp_path_factory.mktemp("charset")
+    a = _charset_archive(f"sqlite:///{d / 'index.db'}", d / "storage")
     yield a
     a.close()
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def arc(request, tmp_path_factory):
+    """The files in each index back end."""
+    if request.param == "sqlite":
+        yield request.getfixturevalue("sqlite_arc")
+        return
+    from pg import PostgresServer
+
+    pg = PostgresServer().start()
+    try:
+        a = _charset_archive(pg.new_database(), tmp_path_factory.mktemp("charset-pg"))
+        yield a
+        a.close()
+    finally:
+        pg.stop()
+
+
 @pytest.fixture(scope="module")
-def srv(arc):
-    server = DicomServer(arc, aet="IHE_ARCHIVE", port=0)
+def srv(sqlite_arc):
+    server = DicomServer(sqlite_arc, aet="IHE_ARCHIVE", port=0)
     server.start()
     yield server
     server.stop()

@@ -100,19 +100,41 @@ def world() -> list[bytes]:
     ]
 
 
-@pytest.fixture(scope="module")
-def arc(tmp_path_factory):
-    d = tmp_path_factory.mktemp("find")
-    a = Archive(f"sqlite:///{d / 'index.db'}", d / "storage")
+def _world_archive(url: str, storage: Path) -> Archive:
+    a = Archive(url, storage)
     for data in world():
         assert a.store(data).outcome == "stored"
+    return a
+
+
+@pytest.fixture(scope="module")
+def sqlite_arc(tmp_path_factory):
+    d = tmp_path_factory.mktemp("find")
+    a = _world_archive(f"sqlite:///{d / 'index.db'}", d / "storage")
     yield a
     a.close()
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def arc(request, tmp_path_factory):
+    """The test world in each index back end."""
+    if request.param == "sqlite":
+        yield request.getfixturevalue("sqlite_arc")
+        return
+    from pg import PostgresServer
+
+    pg = PostgresServer().start()
+    try:
+        a = _world_archive(pg.new_database(), tmp_path_factory.mktemp("find-pg"))
+        yield a
+        a.close()
+    finally:
+        pg.stop()
+
+
 @pytest.fixture(scope="module")
-def srv(arc):
-    server = DicomServer(arc, aet="IHE_ARCHIVE", port=0)
+def srv(sqlite_arc):
+    server = DicomServer(sqlite_arc, aet="IHE_ARCHIVE", port=0)
     server.start()
     yield server
     server.stop()
@@ -257,6 +279,21 @@ def test_invalid_values_match_nothing_over_the_network(srv, tmp_path):
     for key in ("SeriesNumber=abc", "StudyDate=garbage", "StudyTime=25:99", "NumberOfSeriesRelatedInstances=x"):
         r = findscu(srv.port, tmp_path, "QueryRetrieveLevel=SERIES", key, "SeriesInstanceUID")
         assert r.ok and r.responses == [], key
+
+
+def test_empty_value_matching_on_number_keys(arc):
+    """Raw values, as an identifier arrives: pydicom refuses to build an IS of '""'."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    def with_raw(tag, value):
+        ds = ident("SERIES", SeriesInstanceUID="")
+        ds[tag] = RawDataElement(Tag(tag), "IS", len(value), value, 0, False, True)
+        return {r.SeriesInstanceUID for r in arc.find(ds)}
+
+    assert with_raw(0x00200011, b'""') == set()  # every series has a Series Number
+    assert with_raw(0x00200011, b"2 ") == {SE12}
+    assert with_raw(0x00200011, b"abc ") == set()
 
 
 # -- single value, wildcards, lists ----------------------------------------------------------------

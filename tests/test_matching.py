@@ -191,6 +191,7 @@ STORED = {
     "CS": ["CT", "MR", "SR", "C", "CTX", "", None],
     "UI": ["1.2.3", "1.2.33", "1.2.4", None],
     "DA": ["20231231", "20240101", "20240115", "20240131", "20240201", None],
+    "IS": [0, 1, 2, 7, 12, None],
     "TM": [normalize_time(t) for t in ("000000", "075959.999999", "0800", "083000", "115959.5", "120000",
                                        "120059.999999", "1201", "235959")] + [None],
 }
@@ -202,43 +203,71 @@ QUERIES = {
     "CS": ["CT", "C?", "C*", "CT\\MR", '""', "*"],
     "UI": ["1.2.3", "1.2.3\\1.2.4", "1.2.3*", ""],
     "DA": ["20240115", "20240101-20240131", "-20240101", "20240131-", '""', "20240101\\20240201", "2024.01.15"],
+    "IS": ["7", "007", "+7", "7.0", "7.5", "abc", "1\\2", '""', ""],
     "TM": ["0800-1200", "080000-115959", "-0800", "1200-", "083000", "115959.5-120000", '""', "0800\\1200"],
 }
 
 
 @pytest.fixture(scope="module")
-def db(tmp_path_factory):
-    engine = make_engine(f"sqlite:///{tmp_path_factory.mktemp('m') / 'm.db'}")  # the index's own pragmas
+def pg():
+    from pg import PostgresServer
+
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+def _table(engine):
     md = MetaData()
     t = Table("t", md, Column("id", Integer, primary_key=True), Column("vr", String(2)),
-              Column("v", String(324)), Column("v_ci", String(324)), Column("v_fold", String(324)))
+              Column("v", String), Column("v_ci", String), Column("v_fold", String), Column("n", Integer))
     md.create_all(engine)
     rows = []
     for vr, values in STORED.items():
         for v in values:
-            rows.append({"vr": vr, "v": v, "v_ci": v.upper() if v else v, "v_fold": fold(v) if v else v})
+            if vr == "IS":
+                rows.append({"vr": vr, "v": None, "v_ci": None, "v_fold": None, "n": v})
+            else:
+                rows.append({"vr": vr, "v": v, "v_ci": v.upper() if v else v, "v_fold": fold(v) if v else v,
+                             "n": None})
     with engine.begin() as conn:
         conn.execute(insert(t), rows)
-    yield engine, t
+    return t
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory):
+    engine = make_engine(f"sqlite:///{tmp_path_factory.mktemp('m') / 'm.db'}")  # the index's own pragmas
+    yield engine, _table(engine)
     engine.dispose()
 
 
-@pytest.mark.parametrize("vr", sorted(QUERIES))
-@pytest.mark.parametrize("mode", ["exact", "ci", "fold"])
-def test_sql_agrees_with_the_evaluator(db, vr, mode):
-    if mode != "exact" and vr != "PN":
-        mode = "exact"
-    engine, t = db
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def any_db(request, tmp_path_factory):
+    """The same table in SQLite and in PostgreSQL (both index back ends)."""
+    if request.param == "sqlite":
+        yield request.getfixturevalue("db")
+        return
+    engine = make_engine(request.getfixturevalue("pg").new_database())
+    yield engine, _table(engine)
+    engine.dispose()
+
+
+@pytest.mark.parametrize("vr, mode", [(vr, "exact") for vr in sorted(QUERIES)] + [("PN", "ci"), ("PN", "fold")])
+def test_sql_agrees_with_the_evaluator(any_db, vr, mode):
+    engine, t = any_db
     col = {"exact": t.c.v, "ci": t.c.v_ci, "fold": t.c.v_fold}[mode]
+    if vr == "IS":
+        col = t.c.n
     with engine.connect() as conn:
         for q in QUERIES[vr]:
             m = parse(q, vr)
-            stmt = select(t.c.id, t.c.v).where(t.c.vr == vr)
+            stmt = select(t.c.id, col).where(t.c.vr == vr)
             cond = to_sql(m, col, mode)
             if cond is not None:
                 stmt = stmt.where(cond)
             by_sql = {(i, v) for i, v in conn.execute(stmt)}
-            expected = {(i, v) for i, v in conn.execute(select(t.c.id, t.c.v).where(t.c.vr == vr))
+            expected = {(i, v) for i, v in conn.execute(select(t.c.id, col).where(t.c.vr == vr))
                         if matches(m, v, mode)}
             if vr == "PN":  # candidates, checked by the caller
                 assert by_sql >= expected, (q, mode)

@@ -146,7 +146,8 @@ def to_sql(m: Match, col: ColumnElement, mode: str = "exact") -> ColumnElement |
     if m.kind == "universal":
         return None
     if m.kind == "empty":
-        return or_(col.is_(None), col == "")
+        # an integer column holds no empty string (and PostgreSQL refuses to compare with one)
+        return col.is_(None) if _is_int(col) else or_(col.is_(None), col == "")
     if m.kind == "list":
         conds = [to_sql(sub, col, mode) for sub in m.values]
         if any(c is None for c in conds):
@@ -165,12 +166,17 @@ def to_sql(m: Match, col: ColumnElement, mode: str = "exact") -> ColumnElement |
     if m.kind == "wild":
         return col.like(_like(_transform(m.values[0], mode)), escape="!")
     v = m.values[0]
-    if isinstance(col.type.python_type, type) and col.type.python_type is int:
-        try:
-            return col == int(v)
-        except ValueError:
-            return false()
+    if _is_int(col):  # an IS value: '7', '+7', '007' and '7.0' all mean 7
+        n = _number(v)
+        return col == int(n) if n is not None and n.is_integer() else false()
     return col == _transform(v, mode)
+
+
+def _is_int(col: ColumnElement) -> bool:
+    try:
+        return col.type.python_type is int
+    except NotImplementedError:
+        return False
 
 
 def _pn_query_groups(value: str) -> list[str]:
@@ -265,6 +271,19 @@ def matches(m: Match, value, mode: str = "exact") -> bool:
         elif m.kind == "wild":
             if _wild_re(_transform(m.values[0], mode)).fullmatch(_transform(v, mode)):
                 return True
+        elif m.vr in NUMBER_VRS:
+            if _number(v) is not None and _number(v) == _number(m.values[0]):
+                return True
         elif _transform(v, mode) == _transform(m.values[0], mode):
             return True
     return False
+
+
+NUMBER_VRS = {"IS", "DS", "SL", "SS", "SV", "UL", "US", "UV", "FL", "FD"}
+
+
+def _number(v: str) -> float | None:
+    try:
+        return float(v)
+    except ValueError:
+        return None
