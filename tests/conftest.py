@@ -21,9 +21,27 @@ def isolated_env(tmp_path, monkeypatch):
     monkeypatch.delenv("IHE_PROFILE", raising=False)
 
 
+@pytest.fixture(scope="session")
+def pg_server():
+    """One throw-away PostgreSQL server for the whole run; each user asks it for a new database."""
+    from pg import PostgresServer
+
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> str:
+    """An empty index database in each back end: the same tests run on both."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'index.db'}"
+    return request.getfixturevalue("pg_server").new_database()
+
+
 @pytest.fixture
-def archive(tmp_path):
-    a = Archive(f"sqlite:///{tmp_path / 'index.db'}", tmp_path / "storage")
+def archive(db_url, tmp_path):
+    a = Archive(db_url, tmp_path / "storage")
     yield a
     a.close()
 

@@ -121,15 +121,9 @@ def arc(request, tmp_path_factory):
     if request.param == "sqlite":
         yield request.getfixturevalue("sqlite_arc")
         return
-    from pg import PostgresServer
-
-    pg = PostgresServer().start()
-    try:
-        a = _world_archive(pg.new_database(), tmp_path_factory.mktemp("find-pg"))
-        yield a
-        a.close()
-    finally:
-        pg.stop()
+    a = _world_archive(request.getfixturevalue("pg_server").new_database(), tmp_path_factory.mktemp("find-pg"))
+    yield a
+    a.close()
 
 
 @pytest.fixture(scope="module")

@@ -208,15 +208,6 @@ QUERIES = {
 }
 
 
-@pytest.fixture(scope="module")
-def pg():
-    from pg import PostgresServer
-
-    server = PostgresServer().start()
-    yield server
-    server.stop()
-
-
 def _table(engine):
     md = MetaData()
     t = Table("t", md, Column("id", Integer, primary_key=True), Column("vr", String(2)),
@@ -248,7 +239,7 @@ def any_db(request, tmp_path_factory):
     if request.param == "sqlite":
         yield request.getfixturevalue("db")
         return
-    engine = make_engine(request.getfixturevalue("pg").new_database())
+    engine = make_engine(request.getfixturevalue("pg_server").new_database())
     yield engine, _table(engine)
     engine.dispose()
 

@@ -283,16 +283,6 @@ def ensure_part10(data: bytes) -> bytes:
     """File bytes with a valid preamble and meta; a bare dataset (no meta) gets one written."""
     if len(data) >= 132 and data[128:132] == b"DICM":
         return data
-    from ihecli.archive.scan import Truncated, scan
-
-    try:
-        fast = scan(data)
-    except Truncated as e:
-        raise ArchiveError(f"truncated DICOM data: {e}", CANNOT_UNDERSTAND) from None
-    if fast is not None:
-        values, meta, end = fast
-        return parsed_from(values, data, end, meta=meta, expect_sop_uid=expect_sop_uid,
-                           expect_sop_class=expect_sop_class)
     fp = io.BytesIO(data)
     try:
         with warnings.catch_warnings():

@@ -47,7 +47,9 @@ patients = Table(
     Column("charset", String),
     UniqueConstraint("pid", "issuer", name="uq_patient"),
 )
-Index("ix_patients_name_ci", patients.c.name_ci)
+# text_pattern_ops: PostgreSQL uses the index for LIKE 'SMITH%' whatever the database collation
+Index("ix_patients_name_ci", patients.c.name_ci, postgresql_ops={"name_ci": "text_pattern_ops"})
+Index("ix_patients_name_fold", patients.c.name_fold, postgresql_ops={"name_fold": "text_pattern_ops"})
 
 studies = Table(
     "studies",
