@@ -22,7 +22,7 @@ _ihe_options() {
         'ihe archive import') _ihe_words='--db --duplicates --help --json --storage -h' ;;
         'ihe archive ls') _ihe_words='--accession --date --db --help --instance --json --level --limit --modality --name --patient --series --storage --study -L -h' ;;
         'ihe archive rm') _ihe_words='--db --help --instance --json --patient --series --storage --study --yes -h -y' ;;
-        'ihe archive serve') _ihe_words='--aet --allow --bind --db --dest --duplicates --fuzzy-names --help --max-pdu --port --storage -h -p' ;;
+        'ihe archive serve') _ihe_words='--aet --allow --bind --db --dest --duplicates --fuzzy-names --help --max-pdu --port --storage --workers -h -p' ;;
         'ihe config') _ihe_words='--help -h' ;;
         'ihe config init') _ihe_words='--force --help -h' ;;
         'ihe config path') _ihe_words='--help -h' ;;
@@ -83,6 +83,7 @@ _ihe_value() {
         'ihe archive serve --max-pdu') _ihe_kind=text ;;
         'ihe archive serve -p'|'ihe archive serve --port') _ihe_kind=text ;;
         'ihe archive serve --storage') _ihe_kind=dir ;;
+        'ihe archive serve --workers') _ihe_kind=text ;;
         'ihe dicom echo -aet'|'ihe dicom echo --calling-aet') _ihe_kind=text ;;
         'ihe dicom echo --timeout') _ihe_kind=text ;;
         'ihe dicom find -aet'|'ihe dicom find --calling-aet') _ihe_kind=text ;;

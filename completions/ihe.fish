@@ -37,7 +37,7 @@ function __ihe_takes_value
             contains -- $argv[2] --db --instance --patient --series --storage --study
             return
         case 'ihe archive serve'
-            contains -- $argv[2] --aet --allow --bind --db --dest --duplicates --max-pdu -p --port --storage
+            contains -- $argv[2] --aet --allow --bind --db --dest --duplicates --max-pdu -p --port --storage --workers
             return
         case 'ihe dicom echo'
             contains -- $argv[2] -aet --calling-aet --timeout
@@ -194,6 +194,7 @@ complete -c ihe -n "__ihe_at 'ihe archive serve'" -s h -l help -d 'Show this mes
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -l max-pdu -x -d 'Largest PDU we accept (0: no limit).'
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -s p -l port -x -d 'Port to listen on (0: any free port).'
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -l storage -x -a '(__fish_complete_directories)' -d 'Archive storage folder (default: the profile\'s).'
+complete -c ihe -n "__ihe_at 'ihe archive serve'" -l workers -x -d 'Server processes sharing the port (default: the profile\'s, else one per CPU up to 4).'
 
 # ihe config
 complete -c ihe -n "__ihe_arg 'ihe config' 0 0" -a 'init' -d 'Write a commented starter profile file.'

@@ -66,6 +66,7 @@ class ArchiveSettings:
     fuzzy_names: bool = False
     max_pdu: int = 0  # 0: unlimited (what we advertise)
     dest: list[str] = field(default_factory=list)  # extra C-MOVE destinations (AET@host:port)
+    workers: int = 0  # server processes sharing the port; 0: one per CPU, up to 4
 
     def db_url(self) -> str:
         if self.db:
@@ -281,6 +282,8 @@ allow = []
 fuzzy_names = false
 # C-MOVE destinations besides the nodes below, as "AET@host:port"
 dest = []
+# Server processes sharing the port (0: one per CPU, up to 4)
+workers = 0
 
 [nodes]
 # Remote DICOM nodes, usable by name wherever a command takes a node, and as

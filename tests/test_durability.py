@@ -69,3 +69,32 @@ def test_kill_9_during_ingest_loses_nothing_acknowledged(tmp_path):
         after = archive.check()
         assert not after.missing_files and not after.orphan_files and after.temp_files == 0
         assert archive.counts()["instances"] >= len(acked)
+
+
+def test_workers_share_the_port_and_die_with_the_server(tmp_path, corpus):
+    port = free_port()
+    srv = subprocess.Popen([sys.executable, "-m", "ihecli", "archive", "serve", "--port", str(port), "--workers", "3",
+                            "--db", f"sqlite:///{tmp_path / 'i.db'}", "--storage", str(tmp_path / 's')],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_port(port, 20)
+        time.sleep(0.5)
+        children = subprocess.run(["pgrep", "-P", str(srv.pid)], capture_output=True, text=True).stdout.split()
+        assert len(children) == 3
+        # several associations at once, spread over the workers, all stored once
+        scus = [subprocess.Popen([dcmtk("storescu"), "-aec", "IHE_ARCHIVE", "127.0.0.1", str(port), str(p)],
+                                 env=DCMTK_ENV) for p in corpus]
+        assert all(s.wait(60) == 0 for s in scus)
+        with Archive(f"sqlite:///{tmp_path / 'i.db'}", tmp_path / "s") as archive:
+            assert archive.counts()["instances"] == len(corpus)
+        os.kill(srv.pid, signal.SIGKILL)
+        srv.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(os.path.exists(f"/proc/{c}") for c in children):
+            time.sleep(0.1)
+        alive = [c for c in children if os.path.exists(f"/proc/{c}")
+                 and "zombie" not in open(f"/proc/{c}/status").read().lower()]
+        assert alive == [], "workers outlived the server"
+    finally:
+        if srv.poll() is None:
+            srv.kill()

@@ -9,6 +9,7 @@ stops the listener.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 import warnings
@@ -18,6 +19,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import ALL_TRANSFER_SYNTAXES, build_context, evt
+from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -61,13 +63,14 @@ class DicomServer:
 
     def __init__(self, archive: Archive, *, aet: str = "IHE_ARCHIVE", bind: str = "127.0.0.1", port: int = 11112,
                  destinations: dict[str, Node] | None = None, allow: list[str] | None = None,
-                 max_pdu: int = 0, calling_aet_for_moves: str | None = None):
+                 max_pdu: int = 0, reuse_port: bool = False):
         dimse.configure()
         self.archive = archive
         self.aet, self.bind, self.port = aet, bind, port
         self.destinations = {k.upper(): v for k, v in (destinations or {}).items()}
         self.allow = list(allow or [])
         self.max_pdu = max_pdu
+        self.reuse_port = reuse_port
         self.server = None
         self._stats: dict[int, _AssocStats] = {}
         self._lock = threading.Lock()
@@ -111,16 +114,23 @@ class DicomServer:
             (evt.EVT_ABORTED, self._on_closed),
             (evt.EVT_REJECTED, self._on_rejected),
         ]
-        self.server = ae.start_server((self.bind, self.port), block=False, evt_handlers=handlers)
+        if self.reuse_port:
+            # several worker processes listen on one port; the kernel spreads associations over them
+            self.server = ae.make_server((self.bind, self.port), evt_handlers=handlers,
+                                         server_class=_ReusePortServer)
+            ae._servers.append(self.server)  # as start_server() does; shutdown() removes it
+            threading.Thread(target=self.server.serve_forever, name="ihe-dicom-acceptor", daemon=True).start()
+        else:
+            self.server = ae.start_server((self.bind, self.port), block=False, evt_handlers=handlers)
         self.port = self.server.server_address[1]
-        log.info("%s listening on %s:%d", self.aet, self.bind, self.port)
+        log.debug("%s listening on %s:%d", self.aet, self.bind, self.port)
         return self.port
 
     def stop(self) -> None:
         if self.server is not None:
             srv, self.server = self.server, None
             srv.shutdown()
-            log.info("%s stopped", self.aet)
+            log.debug("%s stopped", self.aet)
 
     def __enter__(self):
         self.start()
@@ -278,6 +288,12 @@ class DicomServer:
             return
         yield len(refs)
         yield from self._datasets(event, refs, st)
+
+
+class _ReusePortServer(ThreadedAssociationServer):
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
 
 def _unreadable(ref) -> Dataset:

@@ -1,6 +1,7 @@
 """`ihe archive`: run the archive and manage what it holds."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -51,6 +52,9 @@ def serve_cmd(
                                               help="Case- and accent-insensitive person-name matching.")] = False,
     max_pdu: Annotated[Optional[int], typer.Option("--max-pdu", min=0, metavar="BYTES",
                                                    help="Largest PDU we accept (0: no limit).")] = None,
+    workers: Annotated[Optional[int], typer.Option(
+        "--workers", min=1, max=64, metavar="N",
+        help="Server processes sharing the port (default: the profile's, else one per CPU up to 4).")] = None,
 ) -> None:
     """Run the archive's DICOM services in the foreground (Ctrl-C stops it).
 
@@ -59,6 +63,7 @@ def serve_cmd(
     Example: ihe archive serve --port 11112 --dest VIEWER@127.0.0.1:11113
     """
     from ihecli.archive.server import DicomServer
+    from ihecli.archive.workers import reserve_port, serve_workers
 
     st = state(ctx).settings()
     a = st.archive
@@ -66,31 +71,61 @@ def serve_cmd(
     for spec in [*a.dest, *(dest or [])]:
         n = resolve_node(spec, st.nodes)
         dests[n.aet] = n
-    archive = open_archive(ctx, db, storage, duplicates=duplicates, fuzzy_names=fuzzy_names)
-    server = DicomServer(archive, aet=aet or a.aet, bind=bind or a.bind, port=a.port if port is None else port,
-                         destinations=dests, allow=allow or a.allow, max_pdu=a.max_pdu if max_pdu is None else max_pdu)
-    stop = threading.Event()
+    n_workers = workers or a.workers or min(os.cpu_count() or 1, 4)
+    our_aet, our_bind = aet or a.aet, bind or a.bind
+    our_port = a.port if port is None else port
 
-    def on_signal(signum, frame):
-        stop.set()
+    def make_server(archive: Archive, at_port: int, shared: bool) -> DicomServer:
+        return DicomServer(archive, aet=our_aet, bind=our_bind, port=at_port, destinations=dests,
+                           allow=allow or a.allow, max_pdu=a.max_pdu if max_pdu is None else max_pdu,
+                           reuse_port=shared)
 
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        try:
-            server.start()
-        except OSError as e:
-            raise UsageError(f"cannot listen on {server.bind}:{server.port}: {e.strerror or e}") from None
+    def announce(archive: Archive, at_port: int) -> None:
         counts = archive.counts()
-        output.info(f"{server.aet} listening on {server.bind}:{server.port} "
+        procs = f"{n_workers} processes; " if n_workers > 1 else ""
+        output.info(f"{our_aet} listening on {our_bind}:{at_port} "
                     f"({counts['instances']} instances in {counts['studies']} studies; "
-                    f"storage {archive.blobs.root}; Ctrl-C stops)")
+                    f"storage {archive.blobs.root}; {procs}Ctrl-C stops)")
         if dests:
             output.info("move destinations: " + ", ".join(str(n) for n in dests.values()))
-        while not stop.wait(0.5):
-            pass
+
+    stop = threading.Event()
+    old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if n_workers == 1:
+            with open_archive(ctx, db, storage, duplicates=duplicates, fuzzy_names=fuzzy_names) as archive:
+                server = make_server(archive, our_port, False)
+                try:
+                    server.start()
+                except OSError as e:
+                    raise UsageError(f"cannot listen on {our_bind}:{our_port}: {e.strerror or e}") from None
+                try:
+                    announce(archive, server.port)
+                    while not stop.wait(0.5):
+                        pass
+                finally:
+                    server.stop()
+        else:
+            reserved = reserve_port(our_bind, our_port)
+            shared_port = reserved.getsockname()[1]
+            # open once before forking: the schema is created by one process, and errors show here
+            open_archive(ctx, db, storage).close()
+
+            def run(worker_stop: threading.Event, ready) -> None:
+                with open_archive(ctx, db, storage, duplicates=duplicates, fuzzy_names=fuzzy_names) as archive:
+                    server = make_server(archive, shared_port, True)
+                    server.start()
+                    ready()
+                    worker_stop.wait()
+                    server.stop()
+
+            def all_ready() -> None:
+                reserved.close()
+                with open_archive(ctx, db, storage) as archive:
+                    announce(archive, shared_port)
+
+            serve_workers(run, n_workers, stop, on_ready=all_ready)
     finally:
-        server.stop()
-        archive.close()
         for s, h in old.items():
             signal.signal(s, h)
     output.info("stopped")
