@@ -87,6 +87,13 @@ def test_workers_share_the_port_and_die_with_the_server(tmp_path, corpus):
         assert all(s.wait(60) == 0 for s in scus)
         with Archive(f"sqlite:///{tmp_path / 'i.db'}", tmp_path / "s") as archive:
             assert archive.counts()["instances"] == len(corpus)
+        # a second server on the same port must fail, not quietly share the associations
+        for workers in ("1", "2"):
+            second = subprocess.run([sys.executable, "-m", "ihecli", "archive", "serve", "--port", str(port),
+                                     "--workers", workers, "--db", f"sqlite:///{tmp_path / 'other.db'}",
+                                     "--storage", str(tmp_path / "other")], capture_output=True, text=True,
+                                    timeout=30)
+            assert second.returncode == 2 and "cannot listen" in second.stderr
         os.kill(srv.pid, signal.SIGKILL)
         srv.wait(10)
         deadline = time.monotonic() + 10

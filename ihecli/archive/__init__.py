@@ -67,7 +67,8 @@ class Archive:
                              f"this ihe knows ({s.SCHEMA_VERSION}): upgrade ihe")
         self.blobs.ensure()
         self.blobs.clean_tmp()
-        self.writer = Writer(self.engine, self.blobs, duplicates)
+        self.writer = Writer(make_engine(db_url, writer=True) if db_url.startswith("sqlite") else self.engine,
+                             self.blobs, duplicates)
 
     @classmethod
     def open(cls, settings, *, db: str | None = None, storage: str | None = None) -> "Archive":
@@ -198,6 +199,7 @@ class Archive:
                                                .where(s.instances.c.sop_uid.in_(chunk))).scalars())
                 conn.execute(delete(s.instances).where(s.instances.c.sop_uid.in_(chunk)))
             _recount(conn, series_ids)
+        self.writer.forget()
         for r in refs:
             self.blobs.remove(r.path)
         return len(refs)

@@ -8,12 +8,14 @@ mode, so queries never wait for the writer.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlalchemy import bindparam, create_engine, event, insert, select, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from ihecli.archive import schema as s
 from ihecli.archive.ingest import Parsed
@@ -21,14 +23,24 @@ from ihecli.archive.store import BlobStore
 from ihecli.errors import ArchiveError
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for the index; SQLite gets WAL, full sync and case-sensitive LIKE."""
+def make_engine(url: str, *, writer: bool = False) -> Engine:
+    """An engine for the index; SQLite gets WAL, full sync and case-sensitive LIKE.
+
+    ``writer``: the writer's own engine; on SQLite its transactions take the write lock when
+    they begin (BEGIN IMMEDIATE), so writers in several processes wait for each other instead
+    of failing on a stale read."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[1] if "///" in url else ""
         if path and path != ":memory:":
             Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
-                               pool_size=8, max_overflow=16)
+        args = {"check_same_thread": False, "timeout": 30}
+        if writer:
+            args["isolation_level"] = None  # transactions begun below, not by the driver
+        engine = create_engine(url, connect_args=args, pool_size=8, max_overflow=16)
+        if writer:
+            @event.listens_for(engine, "begin")
+            def _begin(conn):
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _record):
@@ -82,6 +94,7 @@ class Writer:
         self._plock = threading.Lock()
         self._wlock = threading.Lock()
         self._conn = None
+        self._series: dict[str, tuple[int, int]] = {}  # series UID -> (series id, study id)
 
     def submit(self, parsed: Parsed, tmp: Path | None, rel: str) -> StoreOutcome:
         job = _Job(parsed, tmp, rel)
@@ -102,6 +115,7 @@ class Writer:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+            self.engine.dispose()
 
     def _connection(self):
         if self._conn is None:
@@ -110,20 +124,40 @@ class Writer:
 
     def _commit(self, batch: list[_Job]) -> None:
         try:
-            self._apply(batch)
+            self._apply_retrying(batch)
         except Exception:
-            self._reset()
             if len(batch) == 1:
                 self._fail(batch[0])
                 return
             for job in batch:  # one bad job must not fail the others
                 try:
-                    self._apply([job])
+                    self._apply_retrying([job])
                 except Exception:
-                    self._reset()
                     self._fail(job)
 
+    def _apply_retrying(self, batch: list[_Job], attempts: int = 5) -> None:
+        """Apply, again when another process created the same patient, study or series first
+        (PostgreSQL: unique violation) or held the database (SQLite: busy)."""
+        for attempt in range(attempts):
+            try:
+                self._apply(batch)
+                return
+            except (IntegrityError, OperationalError):
+                self._reset()
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.01 * (attempt + 1))
+            except Exception:
+                self._reset()
+                raise
+
+    def forget(self) -> None:
+        """Drop cached ids (after rows were deleted)."""
+        with self._wlock:
+            self._series.clear()
+
     def _reset(self) -> None:
+        self._series.clear()
         if self._conn is not None:
             try:
                 self._conn.close()
@@ -150,7 +184,7 @@ class Writer:
             with conn.begin():
                 dirs = []
                 for job in batch:
-                    outcome, old_rel = _upsert(conn, job, self.duplicates)
+                    outcome, old_rel = _upsert(conn, job, self.duplicates, self._series)
                     job.result = outcome
                     if outcome.outcome == "duplicate":
                         job.kept_rel = old_rel
@@ -197,10 +231,18 @@ I_STUDY = insert(s.studies)
 I_SERIES = insert(s.series)
 
 
-def _series_of(conn, p: Parsed, t: datetime) -> tuple[int, int]:
-    """(series id, study id) for an instance, creating patient, study and series as needed."""
+def _series_of(conn, p: Parsed, t: datetime, cache: dict) -> tuple[int, int]:
+    """(series id, study id) for an instance, creating patient, study and series as needed.
+
+    ``cache`` remembers series seen by this writer; a series removed meanwhile (by another
+    process) makes the instance insert fail on its foreign key, and the writer retries with an
+    empty cache."""
+    hit = cache.get(p.series_uid)
+    if hit is not None:
+        return hit
     row = conn.execute(Q_SERIES, {"series_uid": p.series_uid}).first()
     if row is not None:
+        cache[p.series_uid] = (row[0], row[1])
         return row[0], row[1]
     st = conn.execute(Q_STUDY, {"study_uid": p.study_uid}).first()
     if st is None:
@@ -217,16 +259,17 @@ def _series_of(conn, p: Parsed, t: datetime) -> tuple[int, int]:
     se_id = conn.execute(I_SERIES, {"series_uid": p.series_uid, "study_fk": st_id, "charset": p.charset,
                                     "num_instances": 0, **p.series}).inserted_primary_key[0]
     conn.execute(U_STUDY_SERIES, {"stid": st_id})
+    cache[p.series_uid] = (se_id, st_id)
     return se_id, st_id
 
 
-def _upsert(conn, job: _Job, duplicates: str) -> tuple[StoreOutcome, str | None]:
+def _upsert(conn, job: _Job, duplicates: str, cache: dict) -> tuple[StoreOutcome, str | None]:
     p = job.parsed
     t = now()
     row = conn.execute(Q_INSTANCE, {"sop_uid": p.sop_uid}).first()
     if row is not None and duplicates == "keep":
         return StoreOutcome(p.sop_uid, "duplicate", p.study_uid), row[1]
-    se_id, st_id = _series_of(conn, p, t)
+    se_id, st_id = _series_of(conn, p, t, cache)
     values = dict(series_fk=se_id, sop_class=p.sop_class, transfer_syntax=p.transfer_syntax, path=job.rel,
                   size=p.size, sha256=p.sha256, charset=p.charset, received=t, header=p.header, **p.instance)
     if row is None:

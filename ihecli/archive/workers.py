@@ -9,11 +9,13 @@ them all on SIGINT/SIGTERM.
 """
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import select
 import signal
 import socket
+import tempfile
 import threading
 import time
 from typing import Callable
@@ -23,11 +25,14 @@ from ihecli.errors import UsageError
 log = logging.getLogger("ihe.archive")
 
 
-def reserve_port(bind: str, port: int) -> socket.socket:
-    """A bound (not listening) SO_REUSEPORT socket: fixes the port the workers will share.
+def reserve_port(bind: str, port: int) -> tuple[socket.socket, int]:
+    """A bound (not listening) SO_REUSEPORT socket that fixes the port the workers will share,
+    and the fd of a lock held for as long as they serve.
 
     With port 0 this picks a free port; the socket is kept open until the workers listen, so
-    nobody else takes the port in between."""
+    nobody else takes the port in between. SO_REUSEPORT would also let a second `ihe archive
+    serve` of the same user share the port, silently taking half its associations into another
+    archive; the lock makes that second one fail instead, as a plain bind would."""
     family = socket.AF_INET6 if ":" in bind else socket.AF_INET
     s = socket.socket(family, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -37,7 +42,17 @@ def reserve_port(bind: str, port: int) -> socket.socket:
     except OSError as e:
         s.close()
         raise UsageError(f"cannot listen on {bind}:{port}: {e.strerror or e}") from None
-    return s
+    port = s.getsockname()[1]
+    lock_dir = os.path.join(tempfile.gettempdir(), f"ihe-{os.getuid()}")
+    os.makedirs(lock_dir, mode=0o700, exist_ok=True)
+    fd = os.open(os.path.join(lock_dir, f"serve-{port}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        s.close()
+        raise UsageError(f"cannot listen on {bind}:{port}: another ihe archive serve uses this port") from None
+    return s, fd
 
 
 def _die_with_parent(parent: int) -> None:

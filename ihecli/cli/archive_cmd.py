@@ -106,7 +106,7 @@ def serve_cmd(
                 finally:
                     server.stop()
         else:
-            reserved = reserve_port(our_bind, our_port)
+            reserved, lock_fd = reserve_port(our_bind, our_port)
             shared_port = reserved.getsockname()[1]
             # open once before forking: the schema is created by one process, and errors show here
             open_archive(ctx, db, storage).close()
@@ -124,7 +124,11 @@ def serve_cmd(
                 with open_archive(ctx, db, storage) as archive:
                     announce(archive, shared_port)
 
-            serve_workers(run, n_workers, stop, on_ready=all_ready)
+            try:
+                serve_workers(run, n_workers, stop, on_ready=all_ready)
+            finally:
+                reserved.close()
+                os.close(lock_fd)
     finally:
         for s, h in old.items():
             signal.signal(s, h)

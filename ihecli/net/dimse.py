@@ -31,12 +31,20 @@ def configure() -> None:
     _configured = True
 
 
+# pynetdicom's DUL thread sleeps this long between socket polls when it had nothing to do
+# (1 ms by default): each message then waits up to that long before it is read. 0.2 ms cut the
+# time of a C-STORE on loopback by about a third, for a little CPU while an association idles.
+DUL_POLL = 0.0002
+
+
 def nodelay(event) -> None:
-    """EVT_CONN_OPEN handler: turn Nagle's algorithm off on the association's socket."""
+    """EVT_CONN_OPEN handler: Nagle's algorithm off, and a shorter socket poll (see DUL_POLL)."""
     try:
         event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except (OSError, AttributeError):
         pass
+    if hasattr(event.assoc.dul, "_run_loop_delay"):
+        event.assoc.dul._run_loop_delay = DUL_POLL
 
 
 NODELAY_HANDLER = (evt.EVT_CONN_OPEN, nodelay)
