@@ -61,13 +61,14 @@ def setup(script: str, a, argv) -> None:
     """Apply the common options: private network namespace, SIGTERM handling, ihe options."""
     isolate_network([str(Path(script).resolve()), *(argv if argv is not None else sys.argv[1:])], not a.no_netns)
     stop_on_sigterm()
+    VERSION[0] = ihe_version()  # the source as it was when the run started
     if a.ihe_workers:
         IHE_EXTRA[:] = ["--workers", str(a.ihe_workers)]
 
 
 def header(what: str) -> str:
     w = f"`--workers {IHE_EXTRA[1]}`" if IHE_EXTRA else "default workers"
-    return f"machine: {machine()}; ihe {ihe_version()} ({w}); {what}"
+    return f"machine: {machine()}; ihe {VERSION[0] or ihe_version()} ({w}); {what}"
 
 
 # -- isolation --------------------------------------------------------------------------------
@@ -267,6 +268,7 @@ def orthanc_count(server: Server) -> int:
         return int(json.load(r)["CountInstances"])
 
 
+VERSION = [""]
 IHE_EXTRA: list[str] = []  # options added to every `ihe archive serve` (e.g. --workers N)
 
 
