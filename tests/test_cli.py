@@ -141,3 +141,13 @@ def test_move_and_get_report_failed_sub_operations(server, storescp, corpus, tmp
     r = run_cli("dicom", "get", server.spec, "--out", str(tmp_path / "g"), "-k", f"StudyInstanceUID={study}")
     assert r.code == 3 and lost in r.stderr
     assert len(list((tmp_path / "g").glob("*.dcm"))) == 5
+
+
+def test_retrieve_with_no_key_is_a_failure_not_an_empty_success(server, corpus, tmp_path):
+    for p in corpus:
+        server.archive.store(p.read_bytes())
+    r = run_cli("dicom", "move", server.spec, "--dest", "STORESCP", "-L", "study")
+    assert r.code == 1 and "status 0x" in r.stderr
+    r = run_cli("dicom", "get", server.spec, "--out", str(tmp_path / "g"), "-L", "study")
+    assert r.code == 1 and "status 0x" in r.stderr
+    assert r.stdout == "" and not list((tmp_path / "g").glob("*.dcm"))

@@ -225,9 +225,16 @@ class DicomServer:
             return
         yield 0x0000, None
 
-    def _refs(self, event, st):
+    def _refs_or_raise(self, event, st, what: str):
         root = _root(event.request.AffectedSOPClassUID)
-        return self.archive.instances(event.identifier, root)
+        try:
+            return self.archive.instances(event.identifier, root)
+        except QueryError as e:
+            log.warning("%s from %s refused: %s", what, st.peer, e)
+            raise
+        except Exception as e:
+            log.error("%s from %s failed: %s: %s", what, st.peer, type(e).__name__, e)
+            raise
 
     def _datasets(self, event, refs, st):
         for ref in refs:
@@ -255,15 +262,9 @@ class DicomServer:
             log.warning("C-MOVE from %s to unknown destination %r", st.peer, dest_aet)
             yield None, None
             return
-        try:
-            refs = self._refs(event, st)
-        except QueryError as e:
-            yield e.status, None  # reported before the destination is contacted
-            return
-        except Exception as e:
-            log.error("C-MOVE from %s failed: %s: %s", st.peer, type(e).__name__, e)
-            yield 0xC001, None
-            return
+        # pynetdicom wants the destination, then the count, then the statuses; a failure before
+        # any sub-operation is reported by raising (it answers with a failure status, 0xC514)
+        refs = self._refs_or_raise(event, st, "C-MOVE")
         contexts = dimse.storage_contexts(((r.sop_class, r.transfer_syntax) for r in refs), limit=10**6)
         if len(contexts) > 128:
             contexts = contexts[:128]
@@ -275,17 +276,7 @@ class DicomServer:
 
     def _on_get(self, event):
         st = self._stats_for(event)
-        try:
-            refs = self._refs(event, st)
-        except QueryError as e:
-            yield 0
-            yield e.status, None
-            return
-        except Exception as e:
-            log.error("C-GET from %s failed: %s: %s", st.peer, type(e).__name__, e)
-            yield 0
-            yield 0xC001, None
-            return
+        refs = self._refs_or_raise(event, st, "C-GET")  # pynetdicom answers a raise with 0xC411
         yield len(refs)
         yield from self._datasets(event, refs, st)
 
