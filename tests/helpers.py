@@ -53,7 +53,7 @@ def wait_port(port: int, timeout: float = 10) -> None:
 
 def make_corpus(out: Path, studies: int = 2, series: int = 2, images: int = 3, source: str = "CT_small.dcm",
                 patients: int = 0) -> list[Path]:
-    """Synthetic instances with fresh UIDs from a pydicom test file (as shared/peers/gen_corpus.py)."""
+    """Synthetic instances with fresh UIDs from a pydicom test file (as bench/gen_corpus.py does)."""
     out.mkdir(parents=True, exist_ok=True)
     base = dcmread(get_testdata_file(source))
     paths = []
