@@ -66,15 +66,9 @@ def arc(request, tmp_path_factory):
     if request.param == "sqlite":
         yield request.getfixturevalue("sqlite_arc")
         return
-    from pg import PostgresServer
-
-    pg = PostgresServer().start()
-    try:
-        a = _charset_archive(pg.new_database(), tmp_path_factory.mktemp("charset-pg"))
-        yield a
-        a.close()
-    finally:
-        pg.stop()
+    a = _charset_archive(request.getfixturevalue("pg_server").new_database(), tmp_path_factory.mktemp("charset-pg"))
+    yield a
+    a.close()
 
 
 @pytest.fixture(scope="module")

@@ -53,22 +53,16 @@ def _meta(data: bytes) -> tuple[FileMetaDataset, int] | None:
         return None
     pos = 132
     meta = FileMetaDataset()
-    while pos + 8 <= len(data):
-        group, elem = _tag(data, pos)
-        if group != 0x0002:
-            break
-        vr = data[pos + 4:pos + 6]
-        if vr in LONG_VRS:
-            length = _u32(data, pos + 8)[0]
-            start = pos + 12
-        else:
-            length = _u16(data, pos + 6)[0]
-            start = pos + 8
-        if length == UNDEFINED or start + length > len(data):
+    while pos + 8 <= len(data) and _tag(data, pos)[0] == 0x0002:
+        try:  # file meta is always explicit VR little endian
+            tag, nxt, (_vr, start, length) = _element(data, pos, False)
+        except (_Odd, Truncated):
             return None
-        if (group, elem) == (0x0002, 0x0010):
+        if length == UNDEFINED:
+            return None
+        if tag == 0x00020010:
             meta.TransferSyntaxUID = data[start:start + length].decode("ascii", "replace").strip("\x00 ")
-        pos = start + length
+        pos = nxt
     return meta, pos
 
 

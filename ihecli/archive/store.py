@@ -40,20 +40,12 @@ class BlobStore:
         """Write and fsync a file at its place if none is there; False if one already is."""
         final = self.path(rel)
         try:
-            fd = os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            _write_new_file(final, data)
         except FileNotFoundError:
             self._makedirs(final.parent)
-            fd = os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            _write_new_file(final, data)
         except FileExistsError:
             return False
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)  # on ext4 and XFS this also commits the new directory entry
-        except BaseException:
-            os.close(fd)
-            final.unlink(missing_ok=True)
-            raise
-        os.close(fd)
         return True
 
     def _makedirs(self, d: Path) -> None:
@@ -73,15 +65,7 @@ class BlobStore:
     def write_tmp(self, data: bytes | memoryview) -> Path:
         """Write and fsync a new temporary file; the caller hands it to ``place``."""
         p = self.tmp / f"{os.getpid()}-{uuid.uuid4().hex}.part"
-        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            p.unlink(missing_ok=True)
-            raise
-        os.close(fd)
+        _write_new_file(p, data)
         return p
 
     def place(self, tmp: Path, rel: str) -> Path:
@@ -142,8 +126,18 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
+def _write_new_file(path: Path, data: bytes | memoryview) -> None:
+    """Create (never overwrite) a file, write it whole and fsync it; on ext4 and XFS the fsync
+    also commits the new directory entry. Raises FileExistsError / FileNotFoundError."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    os.close(fd)
