@@ -132,8 +132,7 @@ def test_move_and_get_report_failed_sub_operations(server, storescp, corpus, tmp
         server.archive.store(p.read_bytes())
     study = _study(corpus[0])
     lost = str(dcmread(corpus[1]).SOPInstanceUID)
-    (server.archive.blobs.root / server.archive.blobs.rel_path(
-        study, str(dcmread(corpus[1]).SeriesInstanceUID), lost)).unlink()
+    server.archive.blobs.path(server.archive.blobs.rel_path(lost)).unlink()
     assert parse(corpus[1].read_bytes()).sop_uid == lost
     r = run_cli("dicom", "move", server.spec, "--dest", "STORESCP", "-k", f"StudyInstanceUID={study}", "--json")
     assert r.code == 3, r.stderr

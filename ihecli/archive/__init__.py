@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ihecli.archive import schema as s
 from ihecli.archive.index import StoreOutcome, Writer, make_engine
-from ihecli.archive.ingest import ensure_part10, parse
+from ihecli.archive.ingest import ensure_part10, parse, valid_uid
 from ihecli.archive.query import Finder, InstanceRef, QueryError
 from ihecli.archive.store import BlobStore
 from ihecli.config import mask_url
@@ -67,6 +68,7 @@ class Archive:
                              f"this ihe knows ({s.SCHEMA_VERSION}): upgrade ihe")
         self.blobs.ensure()
         self.blobs.clean_tmp()
+        self._io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ihe-file")
         self.writer = Writer(make_engine(db_url, writer=True) if db_url.startswith("sqlite") else self.engine,
                              self.blobs, duplicates)
 
@@ -78,6 +80,7 @@ class Archive:
                    fuzzy_names=a.fuzzy_names, aet=a.aet)
 
     def close(self) -> None:
+        self._io.shutdown(wait=True)
         self.writer.stop()
         self.engine.dispose()
 
@@ -90,13 +93,38 @@ class Archive:
     # -- writing -----------------------------------------------------------------------------
     def store(self, data: bytes, *, expect_sop_uid: str | None = None,
               expect_sop_class: str | None = None) -> StoreOutcome:
-        """Store one Part-10 encoded object. Returns after fsync and commit; raises ArchiveError."""
-        parsed = parse(data, expect_sop_uid=expect_sop_uid, expect_sop_class=expect_sop_class)
-        rel = self.blobs.rel_path(parsed.study_uid, parsed.series_uid, parsed.sop_uid)
+        """Store one Part-10 encoded object. Returns after fsync and commit; raises ArchiveError.
+
+        A new instance is written straight to its place, named by its SOP Instance UID; a file
+        already there (a duplicate, or a file never indexed) goes through a temporary file that
+        the writer renames or drops. When the caller knows the UID (a C-STORE request), the
+        write and fsync run while the header is parsed.
+        """
+        if expect_sop_uid and valid_uid(expect_sop_uid):
+            rel = self.blobs.rel_path(expect_sop_uid)
+            writing = self._io.submit(self.blobs.write_new, rel, data)
+            try:
+                parsed = parse(data, expect_sop_uid=expect_sop_uid, expect_sop_class=expect_sop_class)
+            except BaseException:
+                try:
+                    if writing.result():  # created for an object we refuse: take it back
+                        self.blobs.path(rel).unlink(missing_ok=True)
+                except OSError:
+                    pass
+                raise
+            try:
+                created = writing.result()
+            except OSError as e:
+                raise ArchiveError(f"cannot write to the storage folder: {e}", 0xA700) from None
+        else:
+            parsed = parse(data, expect_sop_uid=expect_sop_uid, expect_sop_class=expect_sop_class)
+            rel = self.blobs.rel_path(parsed.sop_uid)
+            try:
+                created = self.blobs.write_new(rel, data)
+            except OSError as e:
+                raise ArchiveError(f"cannot write to the storage folder: {e}", 0xA700) from None
         try:
-            # A new instance is written straight to its place; a file already there (a duplicate,
-            # or a file never indexed) goes through a temporary file the writer renames or drops.
-            tmp = None if self.blobs.write_new(rel, data) else self.blobs.write_tmp(data)
+            tmp = None if created else self.blobs.write_tmp(data)
         except OSError as e:
             raise ArchiveError(f"cannot write to the storage folder: {e}", 0xA700) from None
         return self.writer.submit(parsed, tmp, rel)

@@ -1,7 +1,12 @@
-"""The blob store: one file per instance under STORAGE/<study>/<series>/<instance>.dcm.
+"""The blob store: one file per instance, STORAGE/<abc>/<SOP Instance UID>.dcm, where abc are
+the first three hex digits of the UID's SHA-1 (4,096 folders, created as needed).
 
-Files are written to STORAGE/.tmp, fsynced, and renamed into place by the index writer just
-before the index row is committed, so an index row never points to a missing file.
+The place depends on the SOP Instance UID alone, so a C-STORE can start writing before its
+header is parsed.
+
+A new file is written and fsynced in its place before its index row is committed; a
+replacement goes through STORAGE/.tmp and is renamed by the index writer just before the
+commit. So an index row never points to a missing file.
 """
 from __future__ import annotations
 
@@ -15,7 +20,8 @@ from ihecli.archive.ingest import valid_uid
 TMP = ".tmp"
 
 
-def _safe(uid: str) -> str:
+def safe_name(uid: str) -> str:
+    """A UID as a file name; anything that is not a plain UID is replaced by its hash."""
     return uid if valid_uid(uid) else "x" + hashlib.sha1(uid.encode("utf-8", "replace")).hexdigest()[:32]
 
 
@@ -27,8 +33,8 @@ class BlobStore:
     def ensure(self) -> None:
         self.tmp.mkdir(parents=True, exist_ok=True)
 
-    def rel_path(self, study_uid: str, series_uid: str, sop_uid: str) -> str:
-        return f"{_safe(study_uid)}/{_safe(series_uid)}/{_safe(sop_uid)}.dcm"
+    def rel_path(self, sop_uid: str) -> str:
+        return f"{hashlib.sha1(sop_uid.encode('utf-8', 'replace')).hexdigest()[:3]}/{safe_name(sop_uid)}.dcm"
 
     def path(self, rel: str) -> Path:
         parts = rel.split("/")
@@ -87,11 +93,10 @@ class BlobStore:
     def remove(self, rel: str) -> None:
         p = self.path(rel)
         p.unlink(missing_ok=True)
-        for parent in (p.parent, p.parent.parent):
-            try:
-                parent.rmdir()  # only when empty
-            except OSError:
-                break
+        try:
+            p.parent.rmdir()  # only when empty
+        except OSError:
+            pass
 
     def clean_tmp(self) -> int:
         """Remove temporary files of dead processes (never acknowledged). Returns how many."""

@@ -298,6 +298,8 @@ def export_cmd(
         raise UsageError("say what to export: --since WHEN and/or --study UID")
     from pydicom.dataset import Dataset
 
+    from ihecli.archive.store import safe_name
+
     with open_archive(ctx, db, storage) as archive:
         uids = archive.studies_since(parse_since(since)) if since else []
         if study:
@@ -327,7 +329,7 @@ def export_cmd(
             done = 0
             with output.progress(len(paths), f"exporting to {out}", enabled=not json) as advance:
                 for r, p in zip(refs, paths):
-                    target = out / r.path
+                    target = out / safe_name(r.study_uid) / safe_name(r.series_uid) / f"{safe_name(r.sop_uid)}.dcm"
                     target.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(p, target)
                     done += 1

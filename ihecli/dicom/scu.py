@@ -28,6 +28,7 @@ from pynetdicom.sop_class import (
 
 from ihecli.archive import iter_files, looks_like_dicom
 from ihecli.archive.ingest import ensure_part10
+from ihecli.archive.store import safe_name
 from ihecli.config import Node
 from ihecli.errors import DimseFailure, PeerUnreachable, UsageError
 from ihecli.net import dimse
@@ -311,8 +312,7 @@ def get(node: Node, ident: Dataset, out_dir: str | os.PathLike, *, root: str = "
     def on_store(event):
         req = event.request
         uid = str(req.AffectedSOPInstanceUID)
-        name = uid if dimse_safe(uid) else f"instance{len(result.files):06d}"
-        path = out / f"{name}.dcm"
+        path = out / f"{safe_name(uid)}.dcm"
         try:
             with open(path, "wb") as fh:
                 fh.write(event.encoded_dataset(include_meta=True))
@@ -339,10 +339,6 @@ def get(node: Node, ident: Dataset, out_dir: str | os.PathLike, *, root: str = "
     _finish(result, *last)
     result.seconds = round(time.perf_counter() - t0, 3)
     return _check(result, node, "C-GET")
-
-
-def dimse_safe(uid: str) -> bool:
-    return bool(uid) and len(uid) <= 64 and all(c.isdigit() or c == "." for c in uid)
 
 
 def build_identifier(level: str, keys: list[str] | None, *, defaults: Iterable[str] = ()) -> Dataset:
