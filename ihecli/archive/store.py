@@ -1,5 +1,7 @@
-"""The blob store: one file per instance, STORAGE/<abc>/<SOP Instance UID>.dcm, where abc are
-the first three hex digits of the UID's SHA-1 (4,096 folders, created as needed).
+"""The blob store: one file per instance, STORAGE/<ab>/<SOP Instance UID>.dcm, where ab are
+the first two hex digits of the UID's SHA-1 (256 folders, all made when the store is created:
+making a folder and syncing its parent for each of the first thousands of instances cost more
+than their files).
 
 The place depends on the SOP Instance UID alone, so a C-STORE can start writing before its
 header is parsed.
@@ -32,9 +34,17 @@ class BlobStore:
 
     def ensure(self) -> None:
         self.tmp.mkdir(parents=True, exist_ok=True)
+        made = False
+        for i in range(256):
+            d = self.root / f"{i:02x}"
+            if not d.is_dir():
+                d.mkdir(exist_ok=True)
+                made = True
+        if made:
+            self.fsync_dirs([self.root, self.root.parent])
 
     def rel_path(self, sop_uid: str) -> str:
-        return f"{hashlib.sha1(sop_uid.encode('utf-8', 'replace')).hexdigest()[:3]}/{safe_name(sop_uid)}.dcm"
+        return f"{hashlib.sha1(sop_uid.encode('utf-8', 'replace')).hexdigest()[:2]}/{safe_name(sop_uid)}.dcm"
 
     def path(self, rel: str) -> Path:
         parts = rel.split("/")
@@ -91,12 +101,7 @@ class BlobStore:
                 os.close(fd)
 
     def remove(self, rel: str) -> None:
-        p = self.path(rel)
-        p.unlink(missing_ok=True)
-        try:
-            p.parent.rmdir()  # only when empty
-        except OSError:
-            pass
+        self.path(rel).unlink(missing_ok=True)
 
     def clean_tmp(self) -> int:
         """Remove temporary files of dead processes (never acknowledged). Returns how many."""
