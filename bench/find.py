@@ -29,9 +29,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib as b  # noqa: E402
 
-SHAPES = ("PatientID exact", "PatientName SMITH*", "AccessionNumber exact", "StudyDate one day")
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cache", type=Path, default=b.BENCH / "out" / "find-cache",
@@ -41,6 +38,8 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=50, help="queries per shape (50)")
     p.add_argument("--startups", type=int, default=3, help="times ihe is started on the loaded archive (3)")
     p.add_argument("--reload", action="store_true", help="load both archives again even if cached")
+    p.add_argument("--wide", type=int, default=0, metavar="N",
+                   help="also time N queries matching most studies (StudyDate 2015-; 6,875 at full size)")
     b.add_common(p)
     a = p.parse_args(argv)
     b.setup(__file__, a, argv)
@@ -145,6 +144,10 @@ def queries(port: int, aet: str, a) -> dict[str, dict]:
         "AccessionNumber exact": lambda: {"AccessionNumber": f"A{rng.randrange(a.studies):08d}"},
         "StudyDate one day": lambda: {"StudyDate": one_day},
     }
+    repeats = {name: a.n for name in shapes}
+    if a.wide:
+        shapes["StudyDate 2015- (wide)"] = lambda: {"StudyDate": "2015-"}
+        repeats["StudyDate 2015- (wide)"] = a.wide
 
     def nodelay(event):
         event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -180,7 +183,7 @@ def queries(port: int, aet: str, a) -> dict[str, dict]:
         for name, make in shapes.items():
             query(**make())  # warm
             ts, counts, keys = [], [], []
-            for _ in range(a.n):
+            for _ in range(repeats[name]):
                 k = make()
                 ms, n = query(**k)
                 ts.append(ms)
@@ -198,10 +201,11 @@ def report(a, results, startups, loads, cache) -> None:
     total = a.studies * a.images
     print(f"\n## C-FIND, STUDY level, one association: {total} instances / {a.studies} studies / "
           f"{a.studies // 2} patients (gen_find_corpus.py)")
-    print(b.header(f"{a.n} queries per shape after one warm-up; pynetdicom SCU, TCP_NODELAY") + "\n")
+    wide = f" ({a.wide} of the wide one)" if a.wide else ""
+    print(b.header(f"{a.n} queries per shape{wide} after one warm-up; pynetdicom SCU, TCP_NODELAY") + "\n")
     o, i = results["orthanc"], results["ihe"]
     rows, mismatches = [], []
-    for shape in SHAPES:
+    for shape in o:
         om, im = o[shape]["ms"], i[shape]["ms"]
         rows.append([shape, f"{b.median(o[shape]['matches']):.0f}",
                      f"{b.median(om):.1f}", f"{b.p95(om):.1f}", f"{b.median(im):.1f}", f"{b.p95(im):.1f}",
@@ -228,7 +232,7 @@ def report(a, results, startups, loads, cache) -> None:
             print(f"load into {name} (4 associations{when}): {ld['seconds']:.0f} s, {ld['rate']:.0f} img/s{extra}")
     if a.json:
         a.json.write_text(json.dumps({"studies": a.studies, "images": a.images, "n": a.n, "machine": b.machine(),
-                                      "ihe_version": b.ihe_version(), "ihe_options": b.IHE_EXTRA,
+                                      "ihe_version": b.VERSION[0], "ihe_options": b.IHE_EXTRA,
                                       "results": results, "startups": startups, "loads": loads}, indent=1))
 
 

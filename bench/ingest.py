@@ -6,7 +6,8 @@ association, then over four at once (corpus split in four, as the peers' paralle
 storescp runs with --fork there). Every measurement starts a fresh receiver on empty storage,
 checks that it holds every image afterwards and is repeated --repeat times; the table shows
 medians. Also: ihe's start-up time (launch to accepting connections), its peak RSS (VmHWM)
-during each ingest, and its RSS after 500, 1,000, 1,500 and 2,000 images sent in chunks.
+during each ingest, and its RSS after 500, 1,000, 1,500 and 2,000 images sent in chunks (all
+summed over ihe's processes when it runs several workers).
 
 usage: python bench/ingest.py [--corpus DIR] [--repeat 3] [--receivers dcmtk,orthanc,ihe]
 """
@@ -120,8 +121,9 @@ def main(argv=None) -> int:
         print(f"ihe peak RSS during the ingest (VmHWM, summed over its processes): 1 assoc median "
               f"{b.mib(b.median(hwm[1]))}, 4 assoc median {b.mib(b.median(hwm[4]))}")
     if memory:
-        print(f"\nihe memory while one archive takes the corpus in chunks of 500 (one association each; "
-              f"{memory[-1]['processes']} processes, figures summed over them):\n")
+        np = memory[-1]["processes"]
+        print(f"\nihe memory while one archive takes the corpus in chunks of 500 (one association each"
+              + (f"; {np} processes, figures summed over them" if np > 1 else "") + "):\n")
         print(b.table(["images stored", "RSS", "PSS", "peak RSS (VmHWM)"],
                       [[m["images"], b.mib(m["VmRSS"]), b.mib(m["Pss"]), b.mib(m["VmHWM"])] for m in memory]))
     if a.json:
@@ -129,7 +131,8 @@ def main(argv=None) -> int:
             "images": n, "bytes": size, "repeat": a.repeat, "machine": b.machine(),
             "rates": {f"{rx}/{mode}": v for (rx, mode), v in rates.items()},
             "median": {f"{rx}/{mode}": v for (rx, mode), v in med.items()},
-            "ihe_version": b.ihe_version(), "ihe_options": b.IHE_EXTRA, "missing": {f"{rx}/{m}": v for (rx, m), v in short.items()},
+            "ihe_version": b.VERSION[0], "ihe_options": b.IHE_EXTRA,
+            "missing": {f"{rx}/{m}": v for (rx, m), v in short.items()},
             "ihe_startup_s": startups, "ihe_vmhwm_kib": hwm, "ihe_memory": memory}, indent=2))
     return 0
 

@@ -99,7 +99,7 @@ def main(argv=None) -> int:
                   f"(4 associations), stored by a second pass")
     if a.json:
         a.json.write_text(json.dumps({"images": n, "studies": len(studies), "one_move": a.one_move,
-                                      "machine": b.machine(), "ihe_version": b.ihe_version(),
+                                      "machine": b.machine(), "ihe_version": b.VERSION[0],
                                       "ihe_options": b.IHE_EXTRA, "loads": loads, "seconds": times}, indent=2))
     return 0
 
