@@ -47,8 +47,12 @@ class Truncated(Exception):
     """An element runs past the end of the data."""
 
 
-def _meta(data: bytes) -> tuple[FileMetaDataset, int] | None:
-    """The file meta of a Part-10 byte string and where the dataset starts."""
+META_UIDS = {0x00020002: "MediaStorageSOPClassUID", 0x00020003: "MediaStorageSOPInstanceUID",
+             0x00020010: "TransferSyntaxUID"}
+
+
+def read_meta(data: bytes) -> tuple[FileMetaDataset, int] | None:
+    """The file meta UIDs of a Part-10 byte string and where the dataset starts (None: not Part 10)."""
     if len(data) < 144 or data[128:132] != b"DICM":
         return None
     pos = 132
@@ -60,8 +64,8 @@ def _meta(data: bytes) -> tuple[FileMetaDataset, int] | None:
             return None
         if length == UNDEFINED:
             return None
-        if tag == 0x00020010:
-            meta.TransferSyntaxUID = data[start:start + length].decode("ascii", "replace").strip("\x00 ")
+        if tag in META_UIDS:
+            setattr(meta, META_UIDS[tag], data[start:start + length].decode("ascii", "replace").strip("\x00 "))
         pos = nxt
     return meta, pos
 
@@ -134,7 +138,7 @@ def scan(data: bytes):
 
     Raises Truncated when an element (Pixel Data included) runs past the end.
     """
-    got = _meta(data)
+    got = read_meta(data)
     if got is None:
         return None
     meta, pos = got
