@@ -150,3 +150,40 @@ def test_retrieve_with_no_key_is_a_failure_not_an_empty_success(server, corpus, 
     r = run_cli("dicom", "get", server.spec, "--out", str(tmp_path / "g"), "-L", "study")
     assert r.code == 1 and "status 0x" in r.stderr
     assert r.stdout == "" and not list((tmp_path / "g").glob("*.dcm"))
+
+
+def test_move_converts_to_what_the_destination_accepts(archive, corpus, tmp_path):
+    """Stored Explicit VR files sent to a storescp that takes Implicit VR only."""
+    import subprocess
+
+    from helpers import DCMTK_ENV, dcmtk, wait_port
+    from ihecli.archive.server import DicomServer
+    from ihecli.config import Node
+
+    for p in corpus:
+        archive.store(p.read_bytes())
+    out = tmp_path / "implicit"
+    out.mkdir()
+    port = free_port()
+    scp = subprocess.Popen([dcmtk("storescp"), "+xi", "-aet", "IMPLICIT", "-od", str(out), str(port)],
+                           env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    srv = DicomServer(archive, port=0, destinations={"IMPLICIT": Node("IMPLICIT", "127.0.0.1", port)})
+    srv.start()
+    try:
+        wait_port(port)
+        study = _study(corpus[0])
+        r = run_cli("dicom", "move", f"IHE_ARCHIVE@127.0.0.1:{srv.port}", "--dest", "IMPLICIT",
+                    "-k", f"StudyInstanceUID={study}", "--json")
+        assert r.code == 0, r.stderr
+        assert r.json["completed"] == 6
+        got = sorted(out.iterdir())
+        assert len(got) == 6
+        for p in got:
+            ds = dcmread(p)
+            assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"
+            original = next(c for c in corpus if dcmread(c).SOPInstanceUID == ds.SOPInstanceUID)
+            assert ds.PixelData == dcmread(original).PixelData
+    finally:
+        srv.stop()
+        scp.terminate()
+        scp.wait(10)

@@ -20,7 +20,12 @@ def test_storescu_then_findscu_movescu_getscu(server, storescp, corpus, tmp_path
     run_dcmtk("movescu", "-S", "-aec", server.aet, "-aem", "STORESCP", "-k", "QueryRetrieveLevel=STUDY",
               "-k", f"StudyInstanceUID={study}", "127.0.0.1", str(server.port))
     _, out = storescp
-    assert len(list(out.iterdir())) == 6
+    moved = sorted(out.iterdir())
+    assert len(moved) == 6
+    originals = {str(dcmread(p).SOPInstanceUID): dcmread(p) for p in corpus}
+    for p in moved:  # sent as stored, byte for byte
+        ds = dcmread(p)
+        assert ds == originals[str(ds.SOPInstanceUID)]
 
     got = tmp_path / "get"
     got.mkdir()

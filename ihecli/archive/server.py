@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import pydicom
 from pydicom import config as pydicom_config
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import ALL_TRANSFER_SYNTAXES, build_context, evt
 from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.sop_class import (
@@ -33,6 +33,7 @@ from pynetdicom.sop_class import (
 
 from ihecli.archive import Archive, QueryError
 from ihecli.archive.ingest import part10
+from ihecli.archive.scan import read_meta
 from ihecli.config import Node
 from ihecli.errors import ArchiveError
 from ihecli.net import dimse
@@ -249,9 +250,7 @@ class DicomServer:
                 yield 0xFE00, None
                 return
             try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    ds = pydicom.dcmread(self.archive.file_path(ref))
+                ds = StoredDataset(self.archive.file_path(ref))
             except Exception as e:
                 st.move_failed += 1
                 log.error("cannot read %s for retrieve: %s", ref.sop_uid, e)
@@ -292,6 +291,38 @@ class _ReusePortServer(ThreadedAssociationServer):
     def server_bind(self) -> None:
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
+
+
+class StoredDataset(Dataset):
+    """A stored instance for a C-STORE sub-operation, sent as its file encodes it.
+
+    It carries the file's bytes; net.dimse lets pynetdicom use them when the presentation
+    context has the file's own transfer syntax, and decodes the file otherwise."""
+
+    def __init__(self, path):
+        super().__init__()
+        with open(path, "rb") as fh:
+            data = fh.read()
+        got = read_meta(data)
+        if got is None or "MediaStorageSOPInstanceUID" not in got[0]:
+            raise ValueError(f"{path}: no DICOM file meta")
+        meta, start = got
+        self.file_meta = meta
+        self.SOPClassUID = meta.MediaStorageSOPClassUID
+        self.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        self._body = data[start:]
+        self._path = path
+
+    def encoded_as(self, implicit: bool, little: bool, deflated: bool) -> bytes | None:
+        ts = UID(self.file_meta.TransferSyntaxUID)
+        if deflated or ts.is_deflated or (ts.is_implicit_VR, ts.is_little_endian) != (implicit, little):
+            return None
+        return self._body
+
+    def decoded(self) -> Dataset:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return pydicom.dcmread(self._path)
 
 
 def _unreadable(ref) -> Dataset:
