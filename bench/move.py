@@ -5,8 +5,9 @@
 Both archives are loaded with the same corpus (four DCMTK storescu associations), then a
 pynetdicom SCU asks each for all 20 studies over one association: one C-MOVE per study (or,
 with --one-move, one C-MOVE whose StudyInstanceUID lists all 20). Each run starts from an
-empty destination folder and checks that every image arrived; runs alternate between the
-two archives, --repeat times, and the table shows medians.
+empty destination folder and checks that every image arrived and every C-MOVE ended with
+Success; a run that did not is counted as failed, said why, and left out of the median. Runs
+alternate between the two archives, --repeat times, and the table shows medians.
 
 usage: python bench/move.py [--corpus DIR] [--repeat 3] [--one-move]
 """
@@ -69,14 +70,19 @@ def main(argv=None) -> int:
         time.sleep(2)  # let Orthanc's stable-resource events (StableAge 1) pass
 
         times: dict[str, list[float]] = {k: [] for k in servers}
+        failed: dict[str, list[str]] = {k: [] for k in servers}  # runs that did not move everything
         for r in range(a.repeat):
             for name, srv in servers.items():
                 clear(dest_dir)
                 os.sync()
-                dt, done = move(srv, studies, a.one_move)
+                dt, done, problem = move(srv, studies, a.one_move)
                 got = b.count_files(dest_dir)
-                if got != n or done != n:
-                    raise SystemExit(f"{name}: C-MOVE reported {done} sent, destination holds {got} of {n}")
+                if problem or got != n or done != n:
+                    why = f"{problem or 'success'}; {done} sub-operations completed, {got} of {n} images arrived, " \
+                          f"after {dt:.1f} s"
+                    failed[name].append(why)
+                    b.note(f"run {r + 1}/{a.repeat}  {name:8s} FAILED: {why}" + b.tail(srv.log, 4))
+                    continue
                 times[name].append(dt)
                 b.note(f"run {r + 1}/{a.repeat}  {name:8s} {dt:6.2f} s  {n / dt:7.1f} img/s "
                        f"(load {os.getloadavg()[0]:.1f})")
@@ -85,14 +91,21 @@ def main(argv=None) -> int:
     med = {k: b.median(v) for k, v in times.items()}
     how = "one C-MOVE listing all studies" if a.one_move else "one C-MOVE per study"
     print(f"\n## C-MOVE of {len(studies)} studies ({n} images) to DCMTK storescp, {how}, one association")
-    print(b.header(f"median of {a.repeat} runs; destination storescp --fork") + "\n")
+    print(b.header(f"median of the successful runs out of {a.repeat}; destination storescp --fork") + "\n")
     rows = []
     label = {"orthanc": "Orthanc 1.10, SQLite index", "ihe": "ihe archive serve, SQLite index"}
     for name in servers:
+        t = times[name]
+        if not t:
+            rows.append([label[name], "—", "—", "—", "—", f"{len(failed[name])} of {a.repeat}"])
+            continue
+        ratio = f"{med['orthanc'] / med[name]:.2f}" if times["orthanc"] else "—"
         rows.append([label[name], f"{med[name]:.2f}", f"{n / med[name]:.0f}",
-                     f"{n / max(times[name]):.0f}–{n / min(times[name]):.0f}",
-                     f"{med['orthanc'] / med[name]:.2f}"])
-    print(b.table(["archive", "seconds", "img/s", "range img/s", "vs Orthanc"], rows))
+                     f"{n / max(t):.0f}–{n / min(t):.0f}", ratio, f"{len(failed[name])} of {a.repeat}"])
+    print(b.table(["archive", "seconds", "img/s", "range img/s", "vs Orthanc", "failed runs"], rows))
+    for name, whys in failed.items():
+        for why in whys:
+            print(f"failed run, {label[name]}: {why}")
     for name, ld in loads.items():
         if ld["missing_first_pass"]:
             print(f"\nloading {name}: {ld['missing_first_pass']} of {n} images refused on the first pass "
@@ -100,7 +113,8 @@ def main(argv=None) -> int:
     if a.json:
         a.json.write_text(json.dumps({"images": n, "studies": len(studies), "one_move": a.one_move,
                                       "machine": b.machine(), "ihe_version": b.VERSION[0],
-                                      "ihe_options": b.IHE_EXTRA, "loads": loads, "seconds": times}, indent=2))
+                                      "ihe_options": b.IHE_EXTRA, "loads": loads, "seconds": times,
+                                      "failed": failed}, indent=2))
     return 0
 
 
@@ -122,8 +136,9 @@ def clear(d: Path) -> None:
             f.unlink()
 
 
-def move(srv: b.Server, studies: list[str], one_move: bool) -> tuple[float, int]:
-    """Seconds for the C-MOVE(s) over one association, and the sub-operations completed."""
+def move(srv: b.Server, studies: list[str], one_move: bool) -> tuple[float, int, str | None]:
+    """Seconds for the C-MOVE(s) over one association, the sub-operations completed, and what
+    went wrong (None when every C-MOVE ended with Success)."""
     from pydicom.dataset import Dataset
     from pynetdicom import AE, evt
     from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove as MOVE
@@ -139,7 +154,7 @@ def move(srv: b.Server, studies: list[str], one_move: bool) -> tuple[float, int]
     assoc = ae.associate(b.LOOPBACK, srv.port, ae_title=srv.aet, evt_handlers=[(evt.EVT_CONN_OPEN, nodelay)])
     if not assoc.is_established:
         raise SystemExit(f"{srv.aet}: association rejected")
-    completed = 0
+    completed, problem = 0, None
     try:
         for uids in groups:
             ds = Dataset()
@@ -149,12 +164,19 @@ def move(srv: b.Server, studies: list[str], one_move: bool) -> tuple[float, int]
             for status, _ in assoc.send_c_move(ds, DEST_AET, MOVE):
                 if status and status.Status not in (0xFF00,):
                     final = status
+            if final is not None:
+                completed += int(final.get("NumberOfCompletedSuboperations", 0) or 0)
             if final is None or final.Status != 0x0000:
-                raise SystemExit(f"{srv.aet}: C-MOVE ended with {final}")
-            completed += int(final.get("NumberOfCompletedSuboperations", 0) or 0)
+                if final is None:
+                    problem = "no final C-MOVE response"
+                else:
+                    problem = (f"final status 0x{final.Status:04X} "
+                               f"({final.get('NumberOfFailedSuboperations', '?')} failed sub-operations)")
+                break
     finally:
-        assoc.release()
-    return time.perf_counter() - t0, completed
+        if assoc.is_established:
+            assoc.release()
+    return time.perf_counter() - t0, completed, problem
 
 
 if __name__ == "__main__":
