@@ -276,7 +276,8 @@ class DicomServer:
             contexts = contexts[:128]
         # our handlers go to the sub-association too: without TCP_NODELAY each C-STORE waits ~40 ms
         yield node.host, node.port, {"contexts": contexts or [build_context(Verification)],
-                                     "evt_handlers": [dimse.NODELAY_HANDLER]}
+                                     "evt_handlers": [dimse.NODELAY_HANDLER, (evt.EVT_CONN_OPEN, dimse.fast_poll),
+                                                      (evt.EVT_ACCEPTED, dimse.hold_reactor)]}
         yield len(refs)
         yield from self._datasets(event, refs, st)
 

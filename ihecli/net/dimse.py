@@ -6,6 +6,7 @@ pynetdicom leaves Nagle's algorithm on; with Linux delayed ACKs every C-STORE th
 from __future__ import annotations
 
 import socket
+import time
 from typing import Iterable
 
 from pynetdicom import AE, _config, build_context, evt
@@ -64,6 +65,42 @@ def _send_encoded_as_is() -> None:
     assoc_module.encode = encode
 
 
+class _HeldReactor:
+    """Stands in for an association's reactor checkpoint and keeps its reactor paused.
+
+    pynetdicom's requestor sends a C-STORE from another thread: it clears the checkpoint,
+    waits for the reactor to pause, sends, waits for the response, sets it again. Between the
+    reactor passing an already-set checkpoint and it marking itself running, the sender may
+    take it for paused; a quick response is then consumed by the reactor as an "unexpected
+    C-STORE service message" and the sender waits out the DIMSE timeout, failing every
+    remaining sub-operation of a C-MOVE. On the sub-associations the archive opens for C-MOVE
+    the reactor has nothing else to do, so it stays paused until the association ends."""
+
+    def __init__(self, assoc):
+        self._assoc = assoc
+
+    def wait(self, timeout=None) -> bool:
+        while not self._assoc._kill and self._assoc.is_established:
+            time.sleep(0.005)
+        return True
+
+    def set(self) -> None:
+        pass
+
+    def clear(self) -> None:
+        pass
+
+    def is_set(self) -> bool:
+        return False
+
+
+def hold_reactor(event) -> None:
+    """EVT_ACCEPTED handler for C-MOVE sub-associations: see _HeldReactor."""
+    assoc = event.assoc
+    if assoc.is_requestor and hasattr(assoc, "_reactor_checkpoint") and hasattr(assoc, "_kill"):
+        assoc._reactor_checkpoint = _HeldReactor(assoc)
+
+
 def nodelay(event) -> None:
     """EVT_CONN_OPEN handler: turn Nagle's algorithm off on the association's socket."""
     try:
@@ -73,12 +110,10 @@ def nodelay(event) -> None:
 
 
 def fast_poll(event) -> None:
-    """EVT_CONN_OPEN handler for associations we accept: a shorter socket poll (DUL_POLL).
+    """EVT_CONN_OPEN handler: a shorter socket poll (DUL_POLL).
 
-    Only there: requests and their responses then run on the association's own thread. On an
-    association we request, pynetdicom sends from another thread and pauses its reactor
-    first, and a faster poll makes a response slip past that pause ("unexpected C-STORE
-    service message", then a DIMSE timeout), seen in C-MOVE sub-associations."""
+    For associations we accept, and for C-MOVE sub-associations whose reactor is held (see
+    _HeldReactor): elsewhere a faster poll makes pynetdicom's reactor race more likely."""
     if hasattr(event.assoc.dul, "_run_loop_delay"):
         event.assoc.dul._run_loop_delay = DUL_POLL
 
