@@ -91,3 +91,40 @@ def server(archive, storescp):
 def corpus(tmp_path_factory) -> list[Path]:
     """12 CT instances: 2 studies x 2 series x 3 images."""
     return make_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def _filled(url: str, storage: Path, objects) -> Archive:
+    a = Archive(url, storage)
+    for data in objects:
+        assert a.store(data).outcome == "stored"
+    return a
+
+
+@pytest.fixture(scope="module")
+def sqlite_arc(request, tmp_path_factory):
+    """The test module's objects() stored once in a SQLite archive."""
+    d = tmp_path_factory.mktemp("arc")
+    a = _filled(f"sqlite:///{d / 'index.db'}", d / "storage", request.module.objects())
+    yield a
+    a.close()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def arc(request, tmp_path_factory):
+    """The test module's objects() in each index back end."""
+    if request.param == "sqlite":
+        yield request.getfixturevalue("sqlite_arc")
+        return
+    a = _filled(request.getfixturevalue("pg_server").new_database(), tmp_path_factory.mktemp("arc-pg"),
+                request.module.objects())
+    yield a
+    a.close()
+
+
+@pytest.fixture(scope="module")
+def srv(sqlite_arc):
+    """The archive's DICOM server over sqlite_arc."""
+    server = DicomServer(sqlite_arc, aet="IHE_ARCHIVE", port=0)
+    server.start()
+    yield server
+    server.stop()

@@ -17,7 +17,6 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from helpers import DATA, DCMTK_ENV, dcmtk
 from ihecli.archive import Archive
-from ihecli.archive.server import DicomServer
 
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR")
 
@@ -45,38 +44,9 @@ def raw_name(path: Path) -> bytes:
     return ds.get_item(0x00100010).value.rstrip(b" =")
 
 
-def _charset_archive(url: str, storage: Path) -> Archive:
-    a = Archive(url, storage)
-    for name in FILES:
-        assert a.store((CHARSET / name).read_bytes()).outcome == "stored"
-    return a
-
-
-@pytest.fixture(scope="module")
-def sqlite_arc(tmp_path_factory):
-    d = tmp_path_factory.mktemp("charset")
-    a = _charset_archive(f"sqlite:///{d / 'index.db'}", d / "storage")
-    yield a
-    a.close()
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def arc(request, tmp_path_factory):
-    """The files in each index back end."""
-    if request.param == "sqlite":
-        yield request.getfixturevalue("sqlite_arc")
-        return
-    a = _charset_archive(request.getfixturevalue("pg_server").new_database(), tmp_path_factory.mktemp("charset-pg"))
-    yield a
-    a.close()
-
-
-@pytest.fixture(scope="module")
-def srv(sqlite_arc):
-    server = DicomServer(sqlite_arc, aet="IHE_ARCHIVE", port=0)
-    server.start()
-    yield server
-    server.stop()
+def objects() -> list[bytes]:
+    """What the module-scoped archives of conftest hold."""
+    return [(CHARSET / name).read_bytes() for name in FILES]
 
 
 def query(charset: str | None, **keys) -> Dataset:

@@ -3,7 +3,6 @@ keys it returns, through the Python API and through DCMTK's findscu over the net
 from __future__ import annotations
 
 import io
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -19,7 +18,6 @@ from ihecli.archive import Archive, QueryError
 from ihecli.archive import query as query_module
 from ihecli.archive import schema as s
 from ihecli.archive.query import Finder
-from ihecli.archive.server import DicomServer
 
 # identifiers hold matching values (wildcards, "") that pydicom's value checks warn about
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR")
@@ -100,38 +98,9 @@ def world() -> list[bytes]:
     ]
 
 
-def _world_archive(url: str, storage: Path) -> Archive:
-    a = Archive(url, storage)
-    for data in world():
-        assert a.store(data).outcome == "stored"
-    return a
-
-
-@pytest.fixture(scope="module")
-def sqlite_arc(tmp_path_factory):
-    d = tmp_path_factory.mktemp("find")
-    a = _world_archive(f"sqlite:///{d / 'index.db'}", d / "storage")
-    yield a
-    a.close()
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def arc(request, tmp_path_factory):
-    """The test world in each index back end."""
-    if request.param == "sqlite":
-        yield request.getfixturevalue("sqlite_arc")
-        return
-    a = _world_archive(request.getfixturevalue("pg_server").new_database(), tmp_path_factory.mktemp("find-pg"))
-    yield a
-    a.close()
-
-
-@pytest.fixture(scope="module")
-def srv(sqlite_arc):
-    server = DicomServer(sqlite_arc, aet="IHE_ARCHIVE", port=0)
-    server.start()
-    yield server
-    server.stop()
+def objects() -> list[bytes]:
+    """What the module-scoped archives of conftest hold."""
+    return list(world())
 
 
 def ident(level: str | None, **keys) -> Dataset:
