@@ -270,29 +270,38 @@ def move(node: Node, dest_aet: str, ident: Dataset, *, root: str = "study", call
     model = _model(root, "move")
     ae = dimse.client_ae(calling_aet, timeout=timeout)
     ae.add_requested_context(model)
-    assoc = dimse.associate(ae, node)
-    result = RetrieveResult(str(node))
     t0 = time.perf_counter()
+    assoc = dimse.associate(ae, node)
+
+    def pending(status) -> None:
+        if progress:
+            done = int(status.get("NumberOfCompletedSuboperations", 0) or 0)
+            left = int(status.get("NumberOfRemainingSuboperations", 0) or 0)
+            progress(done, done + left)
+
+    return _retrieve(assoc, assoc.send_c_move(ident, dest_aet, model), RetrieveResult(str(node)), node,
+                     "C-MOVE", t0, pending)
+
+
+def _retrieve(assoc, responses, result: RetrieveResult, node: Node, op: str, t0: float,
+              pending: Callable | None = None) -> RetrieveResult:
+    """Read C-MOVE / C-GET responses to the last one, then release and check the outcome."""
     last = None
     try:
-        for status, identifier in assoc.send_c_move(ident, dest_aet, model):
+        for status, identifier in responses:
             if not status or "Status" not in status:
-                raise PeerUnreachable(f"{node} stopped answering the C-MOVE (timeout or abort)")
+                raise PeerUnreachable(f"{node} stopped answering the {op} (timeout or abort)")
             last = (status, identifier)
-            if dimse.status_category(int(status.Status)) == "pending":
-                if progress:
-                    done = int(status.get("NumberOfCompletedSuboperations", 0) or 0)
-                    left = int(status.get("NumberOfRemainingSuboperations", 0) or 0)
-                    progress(done, done + left)
-                continue
+            if pending and dimse.status_category(int(status.Status)) == "pending":
+                pending(status)
     finally:
         if assoc.is_established:
             assoc.release()
     if last is None:
-        raise PeerUnreachable(f"{node} sent no C-MOVE response")
+        raise PeerUnreachable(f"{node} sent no {op} response")
     _finish(result, *last)
     result.seconds = round(time.perf_counter() - t0, 3)
-    return _check(result, node, "C-MOVE")
+    return _check(result, node, op)
 
 
 def get(node: Node, ident: Dataset, out_dir: str | os.PathLike, *, root: str = "study", calling_aet: str = "IHE",
@@ -325,20 +334,7 @@ def get(node: Node, ident: Dataset, out_dir: str | os.PathLike, *, root: str = "
 
     t0 = time.perf_counter()
     assoc = dimse.associate(ae, node, ext_neg=roles, handlers=[(evt.EVT_C_STORE, on_store)])
-    last = None
-    try:
-        for status, identifier in assoc.send_c_get(ident, model):
-            if not status or "Status" not in status:
-                raise PeerUnreachable(f"{node} stopped answering the C-GET (timeout or abort)")
-            last = (status, identifier)
-    finally:
-        if assoc.is_established:
-            assoc.release()
-    if last is None:
-        raise PeerUnreachable(f"{node} sent no C-GET response")
-    _finish(result, *last)
-    result.seconds = round(time.perf_counter() - t0, 3)
-    return _check(result, node, "C-GET")
+    return _retrieve(assoc, assoc.send_c_get(ident, model), result, node, "C-GET", t0)
 
 
 def build_identifier(level: str, keys: list[str] | None, *, defaults: Iterable[str] = ()) -> Dataset:
