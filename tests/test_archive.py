@@ -78,3 +78,21 @@ def test_newer_schema_is_refused(tmp_path):
 def test_unwritable_database_is_a_clear_error(tmp_path):
     with pytest.raises(UsageError, match="cannot open the archive database"):
         Archive("postgresql+psycopg://nobody@127.0.0.1:1/none", tmp_path / "s")
+
+
+def test_headers_are_kept_compressed_and_read_back(archive, corpus):
+    from sqlalchemy import select
+
+    from ihecli.archive import schema
+    from ihecli.archive.ingest import pack_header, unpack_header
+
+    raw = corpus[0].read_bytes()
+    archive.store(raw)
+    with archive.connect() as conn:
+        blob = conn.execute(select(schema.instances.c.header)).scalar_one()
+    header = unpack_header(blob)
+    assert len(blob) < len(header) / 2 and header[128:132] == b"DICM" and raw.startswith(header)
+    assert unpack_header(header) == header  # an uncompressed header (older archives) reads as is
+    assert unpack_header(pack_header(header)) == header
+    (rsp,) = archive.find(_q("IMAGE", SOPInstanceUID="", InstitutionName=""))
+    assert rsp.InstitutionName == dcmread(corpus[0]).InstitutionName

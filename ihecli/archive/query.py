@@ -27,6 +27,7 @@ from sqlalchemy import exists, func, select
 from sqlalchemy.engine import Connection
 
 from ihecli.archive import matching
+from ihecli.archive.ingest import unpack_header
 from ihecli.archive import schema as s
 
 LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
@@ -397,7 +398,7 @@ def read_header(blob: bytes) -> Dataset | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return pydicom.dcmread(io.BytesIO(blob), stop_before_pixels=True, force=True)
+            return pydicom.dcmread(io.BytesIO(unpack_header(blob)), stop_before_pixels=True, force=True)
     except Exception:
         return None
 
