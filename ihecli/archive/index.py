@@ -7,8 +7,11 @@ mode, so queries never wait for the writer.
 """
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -88,8 +91,10 @@ class Writer:
     associations share each commit.
     """
 
-    def __init__(self, engine: Engine, blobs: BlobStore, duplicates: str = "keep"):
+    def __init__(self, engine: Engine, blobs: BlobStore, duplicates: str = "keep", lock_path: str | None = None):
         self.engine, self.blobs, self.duplicates = engine, blobs, duplicates
+        self._lock_path = lock_path  # SQLite: a file beside the database that writers queue on
+        self._lock_fd: int | None = None
         self._pending: list[_Job] = []
         self._plock = threading.Lock()
         self._wlock = threading.Lock()
@@ -102,16 +107,35 @@ class Writer:
             self._pending.append(job)
         with self._wlock:
             if not job.done.is_set():
-                with self._plock:
-                    batch, self._pending = self._pending, []
-                self._commit(batch)
+                with self._process_lock():
+                    with self._plock:
+                        batch, self._pending = self._pending, []
+                    self._commit(batch)
         if job.error is not None:
             raise job.error
         assert job.result is not None
         return job.result
 
+    @contextmanager
+    def _process_lock(self):
+        """Writers of other processes on the same SQLite file queue here, woken as soon as the
+        lock is free; SQLite's own busy handler would retry after sleeps of 1, 2, 5... ms."""
+        if self._lock_path is None:
+            yield
+            return
+        if self._lock_fd is None:
+            self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
     def stop(self) -> None:
         with self._wlock:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
