@@ -18,7 +18,7 @@ from sqlalchemy import delete, func, inspect, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ihecli.archive import schema as s
-from ihecli.archive.index import StoreOutcome, Writer, make_engine
+from ihecli.archive.index import StoreOutcome, Writer, make_engine, sqlite_path
 from ihecli.archive.ingest import ensure_part10, parse, valid_uid
 from ihecli.archive.query import Finder, InstanceRef, QueryError
 from ihecli.archive.store import BlobStore
@@ -69,7 +69,7 @@ class Archive:
         self.blobs.ensure()
         self.blobs.clean_tmp()
         self._io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ihe-file")
-        sqlite_file = _sqlite_path(db_url)
+        sqlite_file = sqlite_path(db_url)
         self.writer = Writer(make_engine(db_url, writer=True) if db_url.startswith("sqlite") else self.engine,
                              self.blobs, duplicates,
                              lock_path=sqlite_file + ".writer-lock" if sqlite_file else None)
@@ -284,15 +284,6 @@ class Archive:
 
     def table_names(self) -> list[str]:
         return inspect(self.engine).get_table_names()
-
-
-def _sqlite_path(url: str) -> str | None:
-    """The file of a SQLite URL (None for other databases and in-memory SQLite)."""
-    if not url.startswith("sqlite"):
-        return None
-    path = url.split("///", 1)[1] if "///" in url else ""
-    path = path.split("?", 1)[0]
-    return os.path.expanduser(path) if path and path != ":memory:" else None
 
 
 def _schema_version(engine) -> int:

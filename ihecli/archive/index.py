@@ -26,6 +26,14 @@ from ihecli.archive.store import BlobStore
 from ihecli.errors import ArchiveError
 
 
+def sqlite_path(url: str) -> str | None:
+    """The file of a SQLite URL (None for other databases and in-memory SQLite)."""
+    if not url.startswith("sqlite"):
+        return None
+    path = (url.split("///", 1)[1] if "///" in url else "").split("?", 1)[0]
+    return os.path.expanduser(path) if path and path != ":memory:" else None
+
+
 def make_engine(url: str, *, writer: bool = False) -> Engine:
     """An engine for the index; SQLite gets WAL, full sync and case-sensitive LIKE.
 
@@ -33,9 +41,9 @@ def make_engine(url: str, *, writer: bool = False) -> Engine:
     they begin (BEGIN IMMEDIATE), so writers in several processes wait for each other instead
     of failing on a stale read."""
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[1] if "///" in url else ""
-        if path and path != ":memory:":
-            Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        path = sqlite_path(url)
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
         args = {"check_same_thread": False, "timeout": 30}
         if writer:
             args["isolation_level"] = None  # transactions begun below, not by the driver
