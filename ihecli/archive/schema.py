@@ -113,3 +113,7 @@ instances = Table(
     Column("header", LargeBinary),  # Part-10 bytes up to Pixel Data; None: read the file
 )
 Index("ix_instances_series", instances.c.series_fk)
+
+# Tables of the actors that keep their own state in the archive database, one module each; they
+# add themselves to `metadata` above, so create_all makes them on a new or older database.
+from ihecli.archive import tables_audit, tables_hl7, tables_kos, tables_workflow, tables_xds  # noqa: E402,F401

@@ -1,0 +1,4 @@
+"""Archive tables of the audit actors (defined on ihecli.archive.schema.metadata)."""
+from __future__ import annotations
+
+from ihecli.archive.schema import metadata  # noqa: F401
