@@ -58,6 +58,18 @@ TCE_TITLES: dict[str, Code] = {
     "128714": Code("128714", "DCM", "For Publication Export"),
 }
 
+#: TCE delay reasons, sent as Document Title Modifiers of a TCE manifest
+TCE_DELAY_REASONS: dict[str, Code] = {c.value: c for c in (
+    Code("TCE011", TCE_SCHEME, "Delay export until final report is available"),
+    Code("TCE012", TCE_SCHEME, "Delay export until clinical information is available"),
+    Code("TCE013", TCE_SCHEME, "Delay export until confirmation of diagnosis is available"),
+    Code("TCE014", TCE_SCHEME, "Delay export until histopathology is available"),
+    Code("TCE015", TCE_SCHEME, "Delay export until other laboratory results is available"),
+    Code("TCE016", TCE_SCHEME, "Delay export until patient is discharged"),
+    Code("TCE017", TCE_SCHEME, "Delay export until patient dies"),
+    Code("TCE018", TCE_SCHEME, "Delay export until expert review is available"),
+)}
+
 
 def _cid7010() -> dict[str, Code]:
     """CID 7010 as shipped with pydicom, keyed by friendly name ('of-interest')."""
