@@ -1,0 +1,86 @@
+"""The SOAP client: one function builds the HTTP session (TLS goes there), one class sends.
+
+``SoapClient(url).call(action, body)`` sends a SOAP 1.2 request (MTOM when ``attachments`` are
+given or ``mtom=True``) and returns the parsed response, raising ``SoapFault`` for a fault,
+``PeerUnreachable`` when the endpoint cannot be reached and ``IheError`` for anything else that
+is not a SOAP answer.
+"""
+from __future__ import annotations
+
+import logging
+
+import requests
+from lxml import etree
+
+from ihecli.errors import IheError, PeerUnreachable, UsageError
+from ihecli.net.soap import mtom, schemas
+from ihecli.net.soap.envelope import SoapFault, SoapMessage, envelope
+
+log = logging.getLogger("ihe.soap")
+
+
+def http_session(*, verify: bool | str = True, cert: str | tuple[str, str] | None = None) -> requests.Session:
+    """The HTTP session every SOAP client uses: keep-alive pool, TLS settings in one place.
+
+    urllib3 sets TCP_NODELAY on its sockets by default."""
+    s = requests.Session()
+    s.verify = verify
+    if cert:
+        s.cert = cert
+    s.headers["User-Agent"] = "ihe"
+    s.trust_env = False  # a proxy from the environment must not see patient data unasked
+    return s
+
+
+class SoapClient:
+    """A SOAP 1.2 endpoint: ``call(action, body, attachments=None)`` -> SoapMessage."""
+
+    def __init__(self, url: str, *, timeout: float = 30, session: requests.Session | None = None,
+                 mtom: bool = False):
+        if not url or not url.startswith(("http://", "https://")):
+            raise UsageError(f"bad SOAP endpoint URL {url!r}: give http://host:port/path or https://...")
+        self.url, self.timeout, self.mtom = url, timeout, mtom
+        self.session = session or http_session()
+
+    def call(self, action: str, body: etree._Element, *, attachments: mtom.Attachments | None = None,
+             force_mtom: bool | None = None) -> SoapMessage:
+        if schemas.STRICT:
+            schemas.validate(body)
+        env = envelope(body, action, to=self.url)
+        data, ctype = mtom.encode(env, action, attachments, mtom=self.mtom if force_mtom is None else force_mtom)
+        log.debug("POST %s %s (%d bytes)", self.url, action, len(data))
+        try:
+            r = self.session.post(self.url, data=data, headers={"Content-Type": ctype}, timeout=self.timeout)
+        except requests.exceptions.Timeout:
+            raise PeerUnreachable(f"{self.url}: no answer within {self.timeout:g} s") from None
+        except requests.exceptions.SSLError as e:
+            raise PeerUnreachable(f"{self.url}: TLS failed: {e}") from None
+        except requests.exceptions.ConnectionError as e:
+            why = str(e.__context__ or e)
+            if "Connection refused" in why or "refused" in why.lower():
+                why = "connection refused"
+            raise PeerUnreachable(f"cannot reach {self.url}: {why}") from None
+        except requests.exceptions.RequestException as e:
+            raise PeerUnreachable(f"{self.url}: {e}") from None
+        ctype = r.headers.get("Content-Type", "")
+        try:
+            msg = mtom.decode(r.content, ctype)
+        except SoapFault as e:
+            snippet = r.text[:200].strip().replace("\n", " ")
+            raise IheError(f"{self.url} answered HTTP {r.status_code} without a SOAP message ({e}): {snippet}") \
+                from None
+        fault = msg.fault()
+        if fault is not None:
+            sub = f" [{fault.subcode}]" if fault.subcode else ""
+            fault.args = (f"{self.url} answered a SOAP fault ({fault.code}{sub}): {fault.reason}",)
+            raise fault
+        if r.status_code >= 300:
+            raise IheError(f"{self.url} answered HTTP {r.status_code}")
+        if msg.body is None:
+            raise IheError(f"{self.url} answered an empty SOAP body")
+        if schemas.STRICT:
+            schemas.validate(msg.body)
+        return msg
+
+    def close(self) -> None:
+        self.session.close()
