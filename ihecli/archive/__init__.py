@@ -18,6 +18,7 @@ from sqlalchemy import delete, func, inspect, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ihecli.archive import schema as s
+from ihecli.archive import tables_kos
 from ihecli.archive.index import StoreOutcome, Writer, make_engine, sqlite_path
 from ihecli.archive.ingest import ensure_part10, parse, valid_uid
 from ihecli.archive.query import Finder, InstanceRef, QueryError
@@ -129,7 +130,11 @@ class Archive:
             tmp = None if created else self.blobs.write_tmp(data)
         except OSError as e:
             raise ArchiveError(f"cannot write to the storage folder: {e}", 0xA700) from None
-        return self.writer.submit(parsed, tmp, rel)
+        outcome = self.writer.submit(parsed, tmp, rel)
+        if parsed.sop_class == tables_kos.KOS_SOP_CLASS and outcome.outcome != "duplicate":
+            # Key objects: TCE manifests (RAD-53) are grouped with their instances
+            tables_kos.record_kos(self.engine, data, parsed.sop_uid)
+        return outcome
 
     def import_paths(self, paths: Iterable[str | os.PathLike],
                      progress: Callable[[str, str], None] | None = None, *, workers: int = 4) -> ImportReport:
