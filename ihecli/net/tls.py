@@ -1,0 +1,226 @@
+"""TLS for every link (ITI-19 Authenticate Node): the one factory of client and server contexts.
+
+``context(cfg, server=...)`` builds an ``ssl.SSLContext`` for DICOM, MLLP, HTTP/SOAP and syslog
+alike, following the ATNA options:
+
+- "TLS 1.2 Floor using BCP195" (the default, ``floor="1.2"``): TLS 1.2 or 1.3 only, TLS 1.2
+  limited to the AEAD ECDHE suites RFC 9325 (BCP195) section 4.2 recommends;
+- "TLS 1.0 Floor using BCP195" (``floor="1.0"``, only on request): TLS 1.0 and 1.1 allowed as
+  well, with the CBC suites those versions need (TLS_RSA_WITH_AES_128_CBC_SHA among them);
+- "No Secure Transport": no context at all (``context(None)`` returns None).
+
+Node authentication is mutual: a server given a CA (``cfg.ca``) requires and checks the client's
+certificate; a client checks the server's certificate against the CA (or the system store).
+
+A handshake a server refuses is reported to the refusal listeners (``add_refusal_listener``):
+the audit package registers one that records a Security Alert, so every server doing its
+handshake through ``server_handshake`` gets the refusal audited without importing it.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from ihecli.errors import UsageError
+
+log = logging.getLogger("ihe.tls")
+
+FLOORS = ("1.2", "1.0")
+
+# RFC 9325 section 4.2: the recommended TLS 1.2 suites (AEAD, forward secrecy); ChaCha20 ones
+# are allowed there too. TLS 1.3 suites are OpenSSL's defaults (all AEAD).
+BCP195_TLS12 = ":".join([
+    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+])
+# TLS 1.0/1.1 have no AEAD suites; these are the ones the IHE TLS 1.0 floor option and older
+# peers use. OpenSSL 3 allows TLS < 1.2 only at security level 0.
+LEGACY_TLS10 = ":".join([
+    BCP195_TLS12,
+    "ECDHE-ECDSA-AES128-SHA", "ECDHE-RSA-AES128-SHA", "ECDHE-ECDSA-AES256-SHA", "ECDHE-RSA-AES256-SHA",
+    "AES128-GCM-SHA256", "AES256-GCM-SHA384", "AES128-SHA", "AES256-SHA",
+]) + ":@SECLEVEL=0"
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """What a TLS link uses. Paths are PEM files; empty means not given."""
+
+    cert: str = ""  # our certificate chain
+    key: str = ""  # its private key (may be in ``cert``)
+    ca: str = ""  # trusted CA certificates; servers then require client certificates
+    floor: str = "1.2"  # "1.2" (BCP195 default) or "1.0" (legacy, on request)
+    require_client_cert: bool = True  # servers with a CA: refuse clients without a trusted certificate
+    check_hostname: bool = False  # clients: also match the server's name (IHE trusts the CA, not names)
+
+    def with_(self, **kw) -> "TlsConfig":
+        return replace(self, **{k: v for k, v in kw.items() if v is not None})
+
+
+def _check_floor(floor: str) -> str:
+    f = str(floor).strip()
+    if f in ("1.2", "1.0"):
+        return f
+    raise UsageError(f"bad TLS floor {floor!r}: 1.2 (BCP195, the default) or 1.0 (legacy peers)")
+
+
+def _file(path: str, what: str) -> str:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UsageError(f"{what} {path}: no such file")
+    return str(p)
+
+
+def context(cfg: TlsConfig | None, *, server: bool) -> ssl.SSLContext | None:
+    """An SSLContext for a client (``server=False``) or a server; None for no secure transport.
+
+    Raises UsageError (one line naming the file) when a certificate, key or CA cannot be used."""
+    if cfg is None:
+        return None
+    floor = _check_floor(cfg.floor)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
+    if floor == "1.2":
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.set_ciphers(BCP195_TLS12)
+    else:
+        ctx.minimum_version = ssl.TLSVersion.TLSv1
+        ctx.set_ciphers(LEGACY_TLS10)
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    if hasattr(ssl, "OP_NO_RENEGOTIATION"):
+        ctx.options |= ssl.OP_NO_RENEGOTIATION
+    if cfg.cert:
+        cert = _file(cfg.cert, "certificate")
+        key = _file(cfg.key, "private key") if cfg.key else None
+        try:
+            ctx.load_cert_chain(cert, key)
+        except (ssl.SSLError, OSError) as e:
+            raise UsageError(f"cannot use certificate {cfg.cert} with key {cfg.key or cfg.cert}: "
+                             f"{getattr(e, 'reason', None) or e}") from None
+    elif server:
+        raise UsageError("a TLS server needs a certificate and key: give --cert and --key (or tls.cert, tls.key "
+                         "in the profile), or --no-tls")
+    if cfg.ca:
+        ca = _file(cfg.ca, "CA file")
+        try:
+            ctx.load_verify_locations(cafile=ca)
+        except (ssl.SSLError, OSError) as e:
+            raise UsageError(f"cannot read CA certificates from {cfg.ca}: {getattr(e, 'reason', None) or e}") from None
+    if server:
+        ctx.verify_mode = ssl.CERT_REQUIRED if (cfg.ca and cfg.require_client_cert) else ssl.CERT_NONE
+    else:
+        if not cfg.ca:
+            ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
+        ctx.check_hostname = cfg.check_hostname
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+# -- refusals -----------------------------------------------------------------------------------
+
+RefusalListener = Callable[[str, str, str], None]  # (peer "host:port", reason, service)
+_listeners: list[RefusalListener] = []
+_lock = threading.Lock()
+
+
+def add_refusal_listener(fn: RefusalListener) -> None:
+    """Call ``fn(peer, reason, service)`` whenever a server refuses a TLS handshake."""
+    with _lock:
+        if fn not in _listeners:
+            _listeners.append(fn)
+
+
+def remove_refusal_listener(fn: RefusalListener) -> None:
+    with _lock:
+        if fn in _listeners:
+            _listeners.remove(fn)
+
+
+def report_refused(peer: str, reason: str, service: str) -> None:
+    """Tell the listeners (and the log) that ``peer`` was refused; never raises."""
+    log.warning("%s: TLS handshake with %s refused: %s", service, peer, reason)
+    with _lock:
+        listeners = list(_listeners)
+    for fn in listeners:
+        try:
+            fn(peer, reason, service)
+        except Exception as e:  # a listener must not break the server
+            log.debug("refusal listener failed: %s", e)
+
+
+def describe(exc: BaseException) -> str:
+    """A short reason for a failed handshake ("no client certificate", "unsupported protocol", ...)."""
+    reason = getattr(exc, "reason", None) or ""
+    text = str(exc)
+    low = (reason + " " + text).lower()
+    if "peer did not return a certificate" in low or "certificate required" in low:
+        return "no client certificate"
+    if "certificate verify failed" in low or "unknown ca" in low or "certificate_unknown" in low \
+            or "bad certificate" in low:
+        return "certificate not trusted" + (f" ({reason.lower().replace('_', ' ')})" if reason else "")
+    if "unsupported protocol" in low or "wrong version" in low or "version too low" in low \
+            or "no protocols available" in low:
+        return "protocol version below the TLS floor"
+    if "no shared cipher" in low or "handshake failure" in low:
+        return "no shared cipher suite"
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return "handshake timed out"
+    return (reason or text or type(exc).__name__).lower().replace("_", " ")
+
+
+def server_handshake(sock: socket.socket, ctx: ssl.SSLContext, *, peer: str, service: str,
+                     timeout: float = 10.0) -> ssl.SSLSocket:
+    """Wrap an accepted socket and finish the handshake within ``timeout`` seconds.
+
+    A refused handshake is reported (``report_refused``), the socket closed, and the error
+    re-raised as ConnectionError."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass
+    old = sock.gettimeout()
+    sock.settimeout(timeout)
+    try:
+        tls = ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        tls.do_handshake()
+    except (ssl.SSLError, OSError) as e:
+        reason = describe(e)
+        report_refused(peer, reason, service)
+        try:
+            sock.close()
+        except OSError:
+            pass
+        raise ConnectionError(reason) from None
+    tls.settimeout(old)
+    return tls
+
+
+def peer_subject(sock) -> str:
+    """The peer certificate's subject common name, '' without one."""
+    try:
+        cert = sock.getpeercert()
+    except (AttributeError, ValueError, OSError):
+        return ""
+    for rdn in (cert or {}).get("subject", ()):
+        for k, v in rdn:
+            if k == "commonName":
+                return v
+    return ""
+
+
+def connect(host: str, port: int, ctx: ssl.SSLContext | None, *, timeout: float = 10.0) -> socket.socket:
+    """A TCP connection (TCP_NODELAY set), wrapped in TLS when ``ctx`` is given; OSError on failure."""
+    sock = socket.create_connection((host, port), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if ctx is None:
+        return sock
+    try:
+        return ctx.wrap_socket(sock, server_hostname=host)
+    except BaseException:
+        sock.close()
+        raise
