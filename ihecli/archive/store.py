@@ -118,8 +118,9 @@ class BlobStore:
     def walk(self):
         """Relative paths of every stored file."""
         for dirpath, dirnames, filenames in os.walk(self.root):
-            if Path(dirpath) == self.root and TMP in dirnames:
-                dirnames.remove(TMP)
+            if Path(dirpath) == self.root:
+                # only the 256 <ab> folders are ours: .tmp and other actors' folders (xds/) are not
+                dirnames[:] = [d for d in dirnames if len(d) == 2]
             for f in filenames:
                 yield os.path.relpath(os.path.join(dirpath, f), self.root).replace(os.sep, "/")
 
