@@ -22,6 +22,7 @@ import logging
 import socket
 import ssl
 import threading
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -89,7 +90,9 @@ def context(cfg: TlsConfig | None, *, server: bool) -> ssl.SSLContext | None:
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.set_ciphers(BCP195_TLS12)
     else:
-        ctx.minimum_version = ssl.TLSVersion.TLSv1
+        with warnings.catch_warnings():  # deprecated, and asked for on purpose
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1
         ctx.set_ciphers(LEGACY_TLS10)
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
     if hasattr(ssl, "OP_NO_RENEGOTIATION"):
@@ -201,7 +204,7 @@ def server_handshake(sock: socket.socket, ctx: ssl.SSLContext, *, peer: str, ser
 
 
 def peer_subject(sock) -> str:
-    """The peer certificate's subject common name, '' without one."""
+    """The peer certificate's subject common name (else its first alternative name), '' without one."""
     try:
         cert = sock.getpeercert()
     except (AttributeError, ValueError, OSError):
@@ -210,6 +213,8 @@ def peer_subject(sock) -> str:
         for k, v in rdn:
             if k == "commonName":
                 return v
+    for _kind, v in (cert or {}).get("subjectAltName", ()):
+        return v
     return ""
 
 
