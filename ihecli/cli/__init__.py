@@ -57,6 +57,11 @@ def _register() -> None:
     app.add_typer(config_cmd.app, name="config")
     app.add_typer(archive_cmd.app, name="archive")
     app.add_typer(dicom_cmd.app, name="dicom")
+    from ihecli.cli import iocm_cmd, kin_cmd, tce_cmd
+
+    app.add_typer(kin_cmd.app, name="kin")
+    app.add_typer(iocm_cmd.app, name="iocm")
+    app.add_typer(tce_cmd.app, name="tce")
 
 
 _register()

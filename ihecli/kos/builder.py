@@ -20,6 +20,8 @@ from ihecli.errors import IheError, UsageError
 from ihecli.kos import codes
 from ihecli.kos.document import KOS_SOP_CLASS, KosInfo, Reference, encode, load, read_kos  # noqa: F401
 
+__all__ = ["KOS_SOP_CLASS", "KosInfo", "Reference", "build_kos", "encode", "evidence_dataset", "load", "read_kos"]
+
 MANUFACTURER = "ihe"
 
 # Attributes the document inherits from the first selected instance (Patient, General Study)

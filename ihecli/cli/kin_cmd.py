@@ -1,0 +1,138 @@
+"""`ihe kin`: Key Image Notes (KIN Evidence Creator, RAD-29 Store Key Image Note)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ihecli.cli import output
+from ihecli.cli.archive_cmd import InstanceOpt, SeriesOpt, StudyOpt, open_archive
+from ihecli.cli.options import CallingAet, Db, Json, OptionalOut, Storage, Timeout, state
+from ihecli.errors import UsageError
+
+app = typer.Typer(help="Key Image Notes: select key images of a study, title and describe them, send or store.\n\n"
+                       "Example: ihe kin create --study 1.2.3 --instance 1.2.3.4 --to PACS", no_args_is_help=True)
+
+To = Annotated[Optional[str], typer.Option("--to", metavar="NODE", help="Send to a DICOM node (C-STORE).")]
+StoreOpt = Annotated[bool, typer.Option("--store", help="Store it in the local archive.")]
+FromFiles = Annotated[Optional[list[Path]], typer.Option(
+    "--from-files", metavar="PATH", help="Take the referenced instances from these files or folders instead of "
+                                         "the local archive (repeatable).")]
+RetrieveAet = Annotated[Optional[str], typer.Option(
+    "--retrieve-aet", metavar="AET", help="Retrieve AE Title of the references (default: where they were found: the "
+                                          "archive's AE title, or the files' own).")]
+Observer = Annotated[Optional[str], typer.Option("--observer", metavar="NAME",
+                                                 help="Person observer, e.g. 'Doe^Jane'.")]
+Description = Annotated[Optional[str], typer.Option("--description", "-d", metavar="TEXT",
+                                                    help="Key Object Description (the note's text).")]
+
+
+def kos_result(docs, *, where: str) -> dict:
+    """The JSON / summary of created key objects."""
+    from ihecli.kos.document import read_kos
+
+    out = []
+    for ds in docs:
+        info = read_kos(ds)
+        out.append({"sop_instance_uid": info.sop_uid, "series_instance_uid": info.series_uid,
+                    "study_instance_uid": info.study_uid, "title": info.title.meaning,
+                    "title_code": f"{info.title.scheme_designator}:{info.title.value}",
+                    "modifiers": [m.meaning for m in info.modifiers],
+                    "references": len(info.references),
+                    "series": len({r.series_uid for r in info.references})})
+    return {"documents": out, "to": where}
+
+
+def deliver(ctx: typer.Context, docs, *, to, store, out_file, db, storage, calling_aet, timeout) -> str:
+    """Send, store or write the documents; returns where they went."""
+    from ihecli.kos.document import encode
+    from ihecli.kos.send import send_documents, store_documents
+
+    if to:
+        st = state(ctx).settings()
+        node = st.node(to)
+        send_documents(node, docs, calling_aet=calling_aet or st.calling_aet, timeout=timeout)
+        return str(node)
+    if store:
+        with open_archive(ctx, db, storage) as archive:
+            store_documents(archive, docs)
+        return "the local archive"
+    assert out_file is not None
+    from ihecli.archive.store import safe_name
+
+    out_file.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ds in docs:  # DIR/SOPInstanceUID.dcm
+        p = out_file / f"{safe_name(str(ds.SOPInstanceUID))}.dcm"
+        p.write_bytes(encode(ds))
+        paths.append(str(p))
+    return ", ".join(paths)
+
+
+def one_destination(to, store, out_file) -> None:
+    if sum(bool(x) for x in (to, store, out_file)) != 1:
+        raise UsageError("give exactly one of --to NODE, --store or --out DIR")
+
+
+@app.command("create")
+def create_cmd(
+    ctx: typer.Context,
+    study: StudyOpt = None,
+    instance: InstanceOpt = None,
+    series: SeriesOpt = None,
+    title: Annotated[Optional[str], typer.Option(
+        "--title", metavar="TITLE", help="CID 7010 title by name (of-interest, for-referring-provider, for-surgery, "
+                                         "for-teaching, quality-issue, ...) or code (113000); default of-interest.")
+    ] = None,
+    description: Description = None,
+    observer: Observer = None,
+    to: To = None,
+    store: StoreOpt = False,
+    out_file: OptionalOut = None,
+    from_files: FromFiles = None,
+    allow_missing: Annotated[bool, typer.Option("--allow-missing",
+                                                help="Leave out references that cannot be found instead of failing.")
+                             ] = False,
+    retrieve_aet: RetrieveAet = None,
+    calling_aet: CallingAet = None,
+    timeout: Timeout = 30,
+    db: Db = None, storage: Storage = None, json: Json = False,
+) -> None:
+    """Create a Key Image Note for images of one study and send, store or write it.
+
+    With --out DIR it is written as DIR/SOPInstanceUID.dcm. The references are checked against the local archive (or --from-files); each series is
+    referenced with the AE title to retrieve it from.
+
+    Example: ihe kin create --study 1.2.3 --instance 1.2.3.4.5 --title for-surgery -d 'Fracture' --to PACS
+    """
+    from ihecli.kos import kin, selection
+
+    one_destination(to, store, out_file)
+    if not study or len(study) != 1:
+        raise UsageError("give the study of the key images: one --study UID")
+    study_uid = study[0]
+    code = kin.title_for(title)
+    if not (instance or series):
+        raise UsageError("select key images: --instance UID ... or --series UID ...")
+    sel = selection.Selection([study_uid], list(series or []), list(instance or []))
+    if from_files:
+        selection.from_files(from_files, sel)
+    else:
+        with open_archive(ctx, db, storage) as archive:
+            selection.from_archive(archive, sel)
+    sel.check(allow_missing=allow_missing, study=study_uid)
+    for uid in sel.missing:
+        output.warn(f"left out, not found: {uid}")
+    doc = kin.key_image_note(sel.found, title=code, description=description, observer=observer,
+                             retrieve_aet=retrieve_aet)
+    where = deliver(ctx, [doc], to=to, store=store, out_file=out_file, db=db, storage=storage,
+                    calling_aet=calling_aet, timeout=timeout)
+    result = kos_result([doc], where=where)
+    if json:
+        output.print_json(result)
+        return
+    d = result["documents"][0]
+    output.out.print(d["sop_instance_uid"], markup=False)
+    output.info(f"Key Image Note '{d['title']}' ({d['references']} images in {d['series']} series) "
+                f"{'written to' if out_file else 'stored in' if store else 'sent to'} {where}")
