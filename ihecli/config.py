@@ -80,6 +80,41 @@ class ArchiveSettings:
 
 
 @dataclass
+class TlsSettings:
+    """[tls]: our certificate and trust for every secured link (DICOM, HL7, HTTP, syslog)."""
+
+    enabled: bool = False  # secure DICOM/HL7/HTTP links by default (--tls / --no-tls override)
+    cert: str = ""  # PEM certificate chain (may hold the key too)
+    key: str = ""  # PEM private key
+    ca: str = ""  # PEM CA certificates we trust; servers then require client certificates
+    floor: str = "1.2"  # "1.2" (BCP195) or "1.0" (legacy peers)
+    require_client_cert: bool = True
+
+
+@dataclass
+class AuditSettings:
+    """[audit]: where audit messages go (ITI-20) and how `ihe audit serve` listens."""
+
+    repository: str = ""  # "tls://host:6514", "udp://host:514", "tcp://host:601"; empty: no auditing
+    source_id: str = ""  # AuditSourceID; empty: this machine's name
+    site_id: str = ""  # AuditEnterpriseSiteID
+    app_name: str = "ihe"  # syslog APP-NAME
+    spool: str = ""  # folder for messages while the repository is away; empty: audit-spool/ in the data dir
+    spool_max_mb: int = 50
+    bind: str = "127.0.0.1"  # `ihe audit serve`
+    tls_port: int = 6514
+    udp_port: int = 514
+
+
+@dataclass
+class TimeSettings:
+    """[time]: the NTP server of Consistent Time (ITI-1)."""
+
+    server: str = ""  # "host" or "host:port"; empty: none
+    max_offset: float = 1.0  # seconds
+
+
+@dataclass
 class Settings:
     """The effective settings of one profile."""
 
@@ -89,6 +124,16 @@ class Settings:
     archive: ArchiveSettings = field(default_factory=ArchiveSettings)
     nodes: dict[str, Node] = field(default_factory=dict)
     calling_aet: str = "IHE"  # the AE title our client commands use
+    tls: TlsSettings = field(default_factory=TlsSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
+    time: TimeSettings = field(default_factory=TimeSettings)
+
+    def tls_config(self):
+        """The profile's certificate and trust as an ihecli.net.tls.TlsConfig."""
+        from ihecli.net.tls import TlsConfig
+
+        t = self.tls
+        return TlsConfig(cert=t.cert, key=t.key, ca=t.ca, floor=t.floor, require_client_cert=t.require_client_cert)
 
     def node(self, spec: str) -> Node:
         """Resolve a node given by name, as ``AET@host:port`` or as ``host:port``."""
@@ -107,6 +152,9 @@ class Settings:
             "calling_aet": self.calling_aet,
             "archive": arch,
             "nodes": {k: {"aet": n.aet, "host": n.host, "port": n.port} for k, n in self.nodes.items()},
+            "tls": {f.name: getattr(self.tls, f.name) for f in fields(TlsSettings)},
+            "audit": {f.name: getattr(self.audit, f.name) for f in fields(AuditSettings)},
+            "time": {f.name: getattr(self.time, f.name) for f in fields(TimeSettings)},
         }
 
 
@@ -198,10 +246,10 @@ def load(path: str | os.PathLike | None = None, profile: str | None = None) -> S
             raise ConfigError(f"{p}: no profile named {profile!r} (profiles: {known})")
         raw = _merge(raw, profiles[profile])
 
-    unknown = set(raw) - {"archive", "nodes", "calling_aet"}
+    unknown = set(raw) - {"archive", "nodes", "calling_aet", "tls", "audit", "time"}
     if unknown:
         k = sorted(unknown)[0]
-        raise err(k, "unknown setting (known: archive, nodes, calling_aet, profiles)")
+        raise err(k, "unknown setting (known: archive, nodes, calling_aet, tls, audit, time, profiles)")
 
     arch = ArchiveSettings()
     types = {f.name: f.type for f in fields(ArchiveSettings)}
@@ -253,8 +301,38 @@ def load(path: str | os.PathLike | None = None, profile: str | None = None) -> S
     calling = raw.get("calling_aet", "IHE")
     if not isinstance(calling, str) or not AET_RE.match(calling):
         raise err("calling_aet", f"bad AE title {calling!r}")
+    tls_s = _section(raw, "tls", TlsSettings(), err)
+    if str(tls_s.floor) not in ("1.2", "1.0"):
+        raise err("floor", "must be \"1.2\" (BCP195) or \"1.0\"")
+    audit_s = _section(raw, "audit", AuditSettings(), err)
+    if audit_s.repository and not re.match(r"^(tls|udp|tcp)://[^/\s]+$", audit_s.repository):
+        raise err("repository", "must be tls://HOST:PORT, udp://HOST:PORT or tcp://HOST:PORT")
+    time_s = _section(raw, "time", TimeSettings(), err)
     return Settings(path=p, profile=profile or "default", exists=exists, archive=arch, nodes=nodes,
-                    calling_aet=calling)
+                    calling_aet=calling, tls=tls_s, audit=audit_s, time=time_s)
+
+
+def _section(raw: dict, name: str, obj, err):
+    """Fill a settings dataclass from the table ``[name]``, checking names and types."""
+    table = raw.get(name) or {}
+    if not isinstance(table, dict):
+        raise err(name, "must be a table")
+    types = {f.name: f.type for f in fields(obj)}
+    for k, v in table.items():
+        if k not in types:
+            raise err(k, f"unknown {name} setting (known: {', '.join(types)})")
+        want = types[k]
+        ok = {
+            "str": isinstance(v, str),
+            "int": isinstance(v, int) and not isinstance(v, bool),
+            "float": isinstance(v, (int, float)) and not isinstance(v, bool),
+            "bool": isinstance(v, bool),
+        }[want]
+        if not ok:
+            noun = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false"}[want]
+            raise err(k, f"must be {noun}, not {v!r}")
+        setattr(obj, k, float(v) if want == "float" else v)
+    return obj
 
 
 STARTER = '''\
@@ -284,6 +362,33 @@ fuzzy_names = false
 dest = []
 # Server processes sharing the port (0: one per CPU, up to 4)
 workers = 0
+
+[tls]
+# Our certificate for every secured link (DICOM, HL7/MLLP, HTTP/SOAP, syslog), PEM files.
+# With a CA, servers require and check client certificates (mutual authentication).
+enabled = false             # secure links by default (--tls / --no-tls override per command)
+cert = ""                   # "/etc/ihe/node.pem" (the key may be in the same file)
+key = ""
+ca = ""                     # "/etc/ihe/ca.pem": the CA certificates we trust
+floor = "1.2"               # "1.2": TLS 1.2 floor using BCP195; "1.0" only for legacy peers
+
+[audit]
+# Audit Record Repository our actors send audit messages to (ITI-20):
+# "tls://arr.example.org:6514" or "udp://arr.example.org:514"; empty: no auditing
+repository = ""
+source_id = ""              # AuditSourceID; empty: this machine's name
+site_id = ""                # AuditEnterpriseSiteID
+spool = ""                  # folder for messages while the repository is away (empty: data dir)
+spool_max_mb = 50           # the spool's size limit; the oldest messages give way
+# `ihe audit serve`: address and ports of our own repository
+bind = "127.0.0.1"
+tls_port = 6514
+udp_port = 514
+
+[time]
+# NTP server for Consistent Time (ITI-1): `ihe time check` and the archive's start-up check
+server = ""                 # "ntp.example.org" or "host:port"
+max_offset = 1.0            # seconds
 
 [nodes]
 # Remote DICOM nodes, usable by name wherever a command takes a node, and as
