@@ -9,7 +9,7 @@ import typer
 from ihecli.cli import output
 from ihecli.cli.archive_cmd import InstanceOpt, SeriesOpt, StudyOpt, open_archive
 from ihecli.cli.options import CallingAet, Db, Json, OptionalOut, Storage, Timeout, state
-from ihecli.errors import UsageError
+from ihecli.errors import IheError, UsageError
 
 app = typer.Typer(help="Key Image Notes: select key images of a study, title and describe them, send or store.\n\n"
                        "Example: ihe kin create --study 1.2.3 --instance 1.2.3.4 --to PACS", no_args_is_help=True)
@@ -136,3 +136,43 @@ def create_cmd(
     output.out.print(d["sop_instance_uid"], markup=False)
     output.info(f"Key Image Note '{d['title']}' ({d['references']} images in {d['series']} series) "
                 f"{'written to' if out_file else 'stored in' if store else 'sent to'} {where}")
+
+
+@app.command("show")
+def show_cmd(files: Annotated[list[Path], typer.Argument(metavar="FILE...", help="Key Object Selection files.")],
+             json: Json = False) -> None:
+    """Show what key object files say: title, modifiers, text, observer, references per series.
+
+    Example: ihe kin show ./kin/1.2.826.0.1.3680043.8.498.1.dcm
+    """
+    from ihecli.kos.document import load, read_kos
+
+    docs = []
+    for f in files:
+        try:
+            info = read_kos(load(str(f)))
+        except IheError as e:
+            msg = str(e)
+            raise IheError(msg if msg.startswith(str(f)) else f"{f}: {msg}") from None
+        series: dict[str, dict] = {}
+        for r in info.references:
+            s = series.setdefault(r.series_uid, {"series_instance_uid": r.series_uid, "study_instance_uid": r.study_uid,
+                                                 "retrieve_aet": r.retrieve_aet, "instances": []})
+            s["instances"].append(r.sop_uid)
+        docs.append({"file": str(f), "sop_instance_uid": info.sop_uid, "study_instance_uid": info.study_uid,
+                     "patient_id": info.patient_id, "patient_name": info.patient_name, "title": info.title.meaning,
+                     "title_code": f"{info.title.scheme_designator}:{info.title.value}",
+                     "modifiers": [m.meaning for m in info.modifiers], "description": info.description,
+                     "observers": info.observers, "references": len(info.references),
+                     "series": list(series.values())})
+    if json:
+        output.print_json(docs)
+        return
+    for d in docs:
+        output.kv([("File", d["file"]), ("Title", f"{d['title']} ({d['title_code']})"),
+                   ("Modifiers", "; ".join(d["modifiers"])), ("Description", d["description"]),
+                   ("Observer", ", ".join(d["observers"])), ("Patient", f"{d['patient_name']} ({d['patient_id']})"),
+                   ("Study", d["study_instance_uid"]), ("References", d["references"])])
+        output.table([{"SeriesInstanceUID": s["series_instance_uid"], "RetrieveAETitle": s["retrieve_aet"],
+                       "Instances": len(s["instances"])} for s in d["series"]],
+                     ["SeriesInstanceUID", "RetrieveAETitle", "Instances"])

@@ -120,17 +120,23 @@ def read_kos(ds: Dataset) -> KosInfo:
     return info
 
 
-def load(data: bytes | str) -> Dataset:
-    """A KOS from a file path or Part-10 bytes; IheError for anything else."""
+def load(source: bytes | str) -> Dataset:
+    """A DICOM object from a file path or Part-10 bytes; IheError naming the file otherwise."""
     from pydicom.errors import InvalidDicomError
 
+    where = ""
+    if not isinstance(source, (bytes, bytearray)):
+        where = f"{source}: "
+        try:
+            with open(source, "rb") as fh:
+                source = fh.read()
+        except OSError as e:
+            raise IheError(f"{where}cannot read it ({e.strerror or e})") from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            src = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
-            ds = pydicom.dcmread(src, force=True)
+            ds = pydicom.dcmread(io.BytesIO(source), force=True)
             ds.SOPClassUID  # noqa: B018 (decodes now: a garbage file fails here)
-    except (InvalidDicomError, OSError, AttributeError, ValueError, EOFError, KeyError, TypeError) as e:
-        where = "" if isinstance(data, (bytes, bytearray)) else f"{data}: "
-        raise IheError(f"{where}not a readable DICOM file ({type(e).__name__})") from None
+    except (InvalidDicomError, OSError, AttributeError, ValueError, EOFError, KeyError, TypeError):
+        raise IheError(f"{where}not a DICOM file") from None
     return ds
