@@ -1,0 +1,148 @@
+"""The archive's DICOMweb face (Image Manager / Image Archive; Web-based Image Capture Image
+Manager): QIDO-RS (RAD-129), WADO-RS (RAD-107), STOW-RS (RAD-108) rooted at /dicom-web/, and
+WADO-URI (RAD-55) at /wado.
+
+``create_app(archive)`` gives a Starlette application; ``DicomWebServer`` runs it on uvicorn as a
+controller (``start()`` returns the port, ``stop()`` is idempotent).
+"""
+from __future__ import annotations
+
+import logging
+import ssl
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.routing import Route
+
+from ihecli.net.http import HttpServer
+from ihecli.web import qido, stow, wado, wado_uri
+from ihecli.web.common import WebError, accept_param_override, check_uid, json_response, text_error
+
+log = logging.getLogger("ihe.web")
+
+ROOT = "/dicom-web"
+MAX_UPLOAD = 2 << 30  # bytes in one STOW-RS request
+
+
+def create_app(archive, *, root: str = ROOT, max_upload: int = MAX_UPLOAD) -> Starlette:
+    """The DICOMweb services of one archive as an ASGI application."""
+    root = "/" + root.strip("/") if root.strip("/") else ""
+
+    def base(request: Request) -> str:
+        url = request.base_url
+        server = request.scope.get("server")
+        # some clients (dicomweb-client) send a Host header without the port: keep URLs reachable
+        if url.port is None and server and server[1] not in (80, 443):
+            url = url.replace(port=server[1])
+        return str(url).rstrip("/") + root
+
+    def accept(request: Request) -> str | None:
+        return accept_param_override(request, request.headers.get("accept"))
+
+    # -- QIDO-RS ------------------------------------------------------------------------------
+    def _search(level):
+        def endpoint(request: Request):
+            p = request.path_params
+            rows = qido.search(archive, level, request.query_params, base(request),
+                               study=p.get("study"), series=p.get("series"))
+            return json_response(rows)
+        return endpoint
+
+    # -- WADO-RS ------------------------------------------------------------------------------
+    def _refs(request: Request):
+        p = request.path_params
+        return wado.select_instances(archive, p["study"], p.get("series"), p.get("instance"))
+
+    def retrieve(request: Request):
+        return wado.retrieve(archive, accept(request), _refs(request))
+
+    def metadata(request: Request):
+        return wado.metadata(archive, base(request), _refs(request))
+
+    def frames(request: Request):
+        return wado.frames(archive, accept(request), _refs(request)[0], request.path_params["frames"])
+
+    def bulkdata(request: Request):
+        return wado.bulkdata(archive, accept(request), _refs(request)[0], request.path_params["path"])
+
+    def rendered(request: Request):
+        frame = 1
+        if "frames" in request.path_params:
+            frame = wado.parse_frames(request.path_params["frames"])[0]
+        return wado.rendered(archive, request.headers.get("accept"), _refs(request)[0], frame, request.query_params)
+
+    # -- STOW-RS ------------------------------------------------------------------------------
+    async def store(request: Request):
+        study = request.path_params.get("study")
+        if study is not None:
+            check_uid(study, "Study Instance UID")
+        boundary = stow.check_request(request.headers.get("content-type"), request.headers.get("content-length"),
+                                      max_upload)
+        reader = stow.BodyReader(boundary, max_upload)
+        try:
+            async for chunk in request.stream():
+                if chunk:
+                    reader.feed(chunk)
+            parts = reader.finish()
+            return await run_in_threadpool(stow.store_parts, archive, parts, study, base(request),
+                                           request.headers.get("accept"))
+        finally:
+            reader.close()
+
+    def wado_get(request: Request):
+        return wado_uri.retrieve(archive, request.query_params)
+
+    st = "/studies/{study}"
+    se = st + "/series/{series}"
+    inst = se + "/instances/{instance}"
+    routes = [
+        Route(root + "/studies", _search("STUDY"), methods=["GET"]),
+        Route(root + "/studies", store, methods=["POST"]),
+        Route(root + "/series", _search("SERIES"), methods=["GET"]),
+        Route(root + "/instances", _search("IMAGE"), methods=["GET"]),
+        Route(root + st + "/series", _search("SERIES"), methods=["GET"]),
+        Route(root + st + "/instances", _search("IMAGE"), methods=["GET"]),
+        Route(root + se + "/instances", _search("IMAGE"), methods=["GET"]),
+        Route(root + st, retrieve, methods=["GET"]),
+        Route(root + st, store, methods=["POST"]),
+        Route(root + se, retrieve, methods=["GET"]),
+        Route(root + inst, retrieve, methods=["GET"]),
+        Route(root + st + "/metadata", metadata, methods=["GET"]),
+        Route(root + se + "/metadata", metadata, methods=["GET"]),
+        Route(root + inst + "/metadata", metadata, methods=["GET"]),
+        Route(root + inst + "/frames/{frames}", frames, methods=["GET"]),
+        Route(root + inst + "/frames/{frames}/rendered", rendered, methods=["GET"]),
+        Route(root + inst + "/rendered", rendered, methods=["GET"]),
+        Route(root + inst + "/bulkdata/{path:path}", bulkdata, methods=["GET"]),
+        Route("/wado", wado_get, methods=["GET"]),
+        Route(root + "/wado", wado_get, methods=["GET"]),
+    ]
+
+    async def http_error(request: Request, exc: HTTPException):
+        if exc.status_code >= 500:
+            log.error("%s %s: %s", request.method, request.url.path, exc.detail)
+        return text_error(exc.status_code, str(exc.detail))
+
+    async def crash(request: Request, exc: Exception):
+        log.exception("%s %s failed", request.method, request.url.path)
+        return text_error(500, f"internal error: {type(exc).__name__}")
+
+    return Starlette(routes=routes, exception_handlers={HTTPException: http_error, WebError: http_error,
+                                                        Exception: crash})
+
+
+class DicomWebServer(HttpServer):
+    """The archive's DICOMweb services on an HTTP port (a controller)."""
+
+    def __init__(self, archive, *, bind: str = "127.0.0.1", port: int = 0, ssl_context: ssl.SSLContext | None = None,
+                 root: str = ROOT, max_upload: int = MAX_UPLOAD):
+        super().__init__(create_app(archive, root=root, max_upload=max_upload), bind=bind, port=port,
+                         ssl_context=ssl_context, name="dicomweb")
+        self.archive = archive
+        self.root = root
+
+    @property
+    def base_url(self) -> str:
+        return self.url + self.root
