@@ -221,7 +221,8 @@ def to_xml(event: AuditEvent, *, default_source: AuditSource | None = None) -> b
                 cs = etree.SubElement(desc, "ParticipantObjectContainsStudy")
                 for s in o.studies:
                     etree.SubElement(cs, "StudyIDs", {"UID": s})
-    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+    # one line: receivers that frame syslog by lines (RFC 6587 non-transparent framing) keep it whole
+    return b'<?xml version="1.0" encoding="UTF-8"?>' + etree.tostring(root, encoding="unicode").encode("utf-8")
 
 
 # -- who we are -----------------------------------------------------------------------------------
@@ -472,3 +473,27 @@ def delete_document_set(*, source: Peer, destination: Peer, patient_id: str, obj
                                type_code=2, role=3) for u in object_uuids]
     return _transaction(PATIENT_RECORD, "D", iti("ITI-62", "Remove Metadata"), source=source,
                         destination=destination, requestor="source", objects=objs, outcome=outcome, user=user)
+
+
+# -- events named on a command line -------------------------------------------------------------------
+
+SIMPLE_KINDS = ("start", "stop", "login", "logout", "alert", "patient-read", "patient-update")
+
+
+def simple_event(kind: str, *, user: str = "", patients: Sequence[str] = (), outcome: int = SUCCESS,
+                 app: str = "ihe", description: str = "") -> AuditEvent:
+    """An event named by a word (what `ihe audit send --event` offers): start, stop, login,
+    logout, alert (a Security Alert, node authentication), patient-read, patient-update."""
+    k = kind.strip().lower()
+    if k in ("start", "stop"):
+        return application_activity(k == "start", app=app, launcher=user, outcome=outcome)
+    if k in ("login", "logout"):
+        return user_authentication(k == "login", user=user or os.environ.get("USER", "unknown"), node=app,
+                                   outcome=outcome)
+    if k == "alert":
+        return security_alert(NODE_AUTHENTICATION, reporter=app, subject=user or local_host(),
+                              description=description or "security alert", outcome=outcome or MINOR_FAILURE)
+    if k in ("patient-read", "patient-update"):
+        return patient_record("R" if k == "patient-read" else "U", patients=list(patients) or ["unknown"],
+                              user=user or app, outcome=outcome)
+    raise ValueError(f"unknown event {kind!r} (one of {', '.join(SIMPLE_KINDS)})")

@@ -132,6 +132,10 @@ class Spool:
         os.close(fd)
 
 
+class RepositoryRefused(ConnectionError):
+    """The repository accepted the connection, then refused us (our certificate, usually)."""
+
+
 class Connection:
     """One link to the repository; ``send`` raises OSError when the message did not go."""
 
@@ -174,12 +178,36 @@ class Connection:
         if not self._alive():
             self.close()
             self.sock = tls.connect(t.host, t.port, self.ctx if t.scheme == "tls" else None, timeout=self.timeout)
+            if t.scheme == "tls":
+                self._accepted()
             self.sock.settimeout(self.timeout)
         try:
             self.sock.sendall(syslog.frame(msg))
         except OSError:
             self.close()
             raise
+
+    def _accepted(self, wait: float = 0.25) -> None:
+        """With TLS 1.3 the server judges our certificate after our side of the handshake is done:
+        a refusal arrives as an alert or as the connection closing. Wait a moment for either, so
+        that no message goes into a connection the repository is about to drop."""
+        r, _, _ = select.select([self.sock], [], [], wait)
+        if not r:
+            return
+        try:
+            self.sock.setblocking(False)
+            data = self.sock.recv(1)
+        except ssl.SSLWantReadError:
+            return
+        except ssl.SSLError as e:
+            self.close()
+            raise RepositoryRefused(f"the repository refused the TLS connection: {tls.describe(e)}") from None
+        finally:
+            if self.sock is not None:
+                self.sock.setblocking(True)
+        if not data:
+            self.close()
+            raise RepositoryRefused("the repository closed the TLS connection (our certificate refused?)")
 
     def close(self) -> None:
         if self.sock is not None:
@@ -353,3 +381,29 @@ class AuditSender:
             except Exception:
                 pass
             self._done()
+
+
+def send_messages(target: Target, messages: list[bytes], *, tls_config: tls.TlsConfig | None = None,
+                  timeout: float = 10.0) -> int:
+    """Send syslog messages now, over one connection (ITI-20, no spool): the number sent.
+    OSError (ssl.SSLError included) when the repository cannot be reached or refuses us."""
+    ctx = tls.context(tls_config or tls.TlsConfig(), server=False) if target.scheme == "tls" else None
+    conn = Connection(target, ctx, timeout)
+    try:
+        n = 0
+        for m in messages:
+            conn.send(m)
+            n += 1
+        if conn.sock is not None and target.scheme != "udp":
+            # the messages are on their way; a repository that refuses us closes the connection
+            conn.sock.settimeout(0.3)
+            try:
+                if conn.sock.recv(1) == b"":
+                    raise RepositoryRefused("the repository closed the connection")
+            except (socket.timeout, TimeoutError, ssl.SSLWantReadError):
+                pass
+            except ssl.SSLError as e:
+                raise RepositoryRefused(f"the repository refused the TLS connection: {tls.describe(e)}") from None
+        return n
+    finally:
+        conn.close()

@@ -57,6 +57,10 @@ def _register() -> None:
     app.add_typer(config_cmd.app, name="config")
     app.add_typer(archive_cmd.app, name="archive")
     app.add_typer(dicom_cmd.app, name="dicom")
+    from ihecli.cli import audit_cmd, time_cmd
+
+    app.add_typer(audit_cmd.app, name="audit")
+    app.add_typer(time_cmd.app, name="time")
     from ihecli.cli import iocm_cmd, kin_cmd, tce_cmd
 
     app.add_typer(kin_cmd.app, name="kin")

@@ -40,6 +40,43 @@ Node = Annotated[str, typer.Argument(
                                      help="A node of the profile by name, or AET@host:port.")]
 DEST_HELP = "C-MOVE destination: AET@host:port, a profile node name, or (for a move) an AE title."
 Dest = Annotated[Optional[list[str]], typer.Option("--dest", metavar="DEST", help=DEST_HELP)]
+Since = Annotated[Optional[str], typer.Option("--since", metavar="WHEN",
+                                              help="Since a date (2024-05-01), a time (2024-05-01T12:00) or an age "
+                                                   "(24h, 7d), in UTC.")]
+
+# TLS (ITI-19): the same six options on every command that opens or accepts a link
+Tls = Annotated[bool, typer.Option("--tls", help="Secure the link with TLS (the profile's certificate and CA unless "
+                                                 "--cert/--tls-key/--ca are given).")]
+NoTls = Annotated[bool, typer.Option("--no-tls", help="No secure transport, even when the profile turns TLS on.")]
+Cert = Annotated[Optional[Path], typer.Option("--cert", metavar="PEM", dir_okay=False,
+                                              help="Our TLS certificate chain (PEM; may hold the key). Implies --tls.")]
+# --key is the query key of C-FIND and friends: the private key is --tls-key
+TlsKey = Annotated[Optional[Path], typer.Option("--tls-key", metavar="PEM", dir_okay=False,
+                                                help="Private key of --cert (PEM), when not in the same file.")]
+Ca = Annotated[Optional[Path], typer.Option("--ca", metavar="PEM", dir_okay=False,
+                                            help="CA certificates to trust (PEM); servers then require client "
+                                                 "certificates. Implies --tls.")]
+TlsFloor = Annotated[Optional[str], typer.Option("--tls-floor", metavar="VERSION",
+                                                 help="Lowest TLS version: 1.2 (BCP195, the default) or 1.0 "
+                                                      "(legacy peers only).")]
+
+
+def tls_config(ctx: typer.Context, *, tls: bool = False, no_tls: bool = False, cert: Optional[Path] = None,
+               key: Optional[Path] = None, ca: Optional[Path] = None, floor: Optional[str] = None,
+               default_on: bool = False):
+    """The TlsConfig the TLS options and the profile's [tls] ask for, or None (no secure transport).
+
+    TLS is on with --tls, with any of --cert/--tls-key/--ca, when the profile enables it, or when the
+    command's link is secure by default (``default_on``); --no-tls turns it off."""
+    if no_tls and (tls or cert or key or ca):
+        from ihecli.errors import UsageError
+
+        raise UsageError("--no-tls contradicts --tls, --cert, --tls-key and --ca: give one or the other")
+    st = state(ctx).settings()
+    if no_tls or not (tls or cert or key or ca or st.tls.enabled or default_on):
+        return None
+    return st.tls_config().with_(cert=str(cert) if cert else None, key=str(key) if key else None,
+                                 ca=str(ca) if ca else None, floor=floor)
 
 
 @dataclass
@@ -54,6 +91,9 @@ class State:
     def settings(self) -> cfg.Settings:
         if self._settings is None:
             self._settings = cfg.load(self.config, self.profile)
+            from ihecli import atna
+
+            atna.configure_from(self._settings)  # audit events go to the profile's repository, if any
         return self._settings
 
 
