@@ -67,6 +67,11 @@ class ArchiveSettings:
     max_pdu: int = 0  # 0: unlimited (what we advertise)
     dest: list[str] = field(default_factory=list)  # extra C-MOVE destinations (AET@host:port)
     workers: int = 0  # server processes sharing the port; 0: one per CPU, up to 4
+    mpps_forward: list[str] = field(default_factory=list)  # PPS Manager: nodes every MPPS goes on to
+    ian_subscribers: list[str] = field(default_factory=list)  # nodes that get Instance Availability
+    commit_reply: list[str] = field(default_factory=list)  # "CALLING_AET=NODE": where reports go
+    commit_new_association: list[str] = field(default_factory=list)  # AETs whose reports go on a new one
+    hide_quality_rejects: bool = True  # 113001 rejection notes hide the instances
 
     def db_url(self) -> str:
         if self.db:
@@ -115,6 +120,32 @@ class TimeSettings:
 
 
 @dataclass
+class XdsSettings:
+    """[xds]: the XDS affinity domain, the endpoints of the client commands and `ihe xds serve`."""
+
+    registry: str = "http://127.0.0.1:8020/xds"  # ITI-18, ITI-62
+    repository: str = "http://127.0.0.1:8020/xds"  # ITI-41, ITI-43
+    repository_unique_id: str = "1.3.6.1.4.1.21367.2017.2.3.9999"  # ours when serving; default for retrieve
+    assigning_authority: str = ""  # patient ID domain OID: --patient ID becomes ID^^^&OID&ISO
+    source_id: str = "1.3.6.1.4.1.21367.2017.2.4.9999"  # our Document Source OID
+    unique_id_root: str = "2.25"  # uniqueIds: 2.25.<UUID>, or <root>.<time>.<random>
+    home: str = ""  # homeCommunityId (urn:oid:...) put on query results when serving; empty: none
+    class_code: str = "REPORTS^Reports^1.3.6.1.4.1.19376.1.2.6.1"
+    type_code: str = "11488-4^Consultation Note^2.16.840.1.113883.6.1"
+    format_code: str = "urn:ihe:iti:xds:2017:mimeTypeSufficient^mimeType Sufficient^1.3.6.1.4.1.19376.1.2.3"
+    confidentiality_code: str = "N^normal^2.16.840.1.113883.5.25"
+    healthcare_facility_type_code: str = "22232009^Hospital^2.16.840.1.113883.6.96"
+    practice_setting_code: str = "309927009^General medical department^2.16.840.1.113883.6.96"
+    content_type_code: str = "UNSPECIFIED-CONTENT-TYPE^Unspecified Clinical Activity^1.3.6.1.4.1.21367.2017.3"
+    folder_code: str = "Referrals^Referrals^1.3.6.1.4.1.21367.2017.3"
+    language: str = "en-US"
+    timeout: float = 60.0  # seconds
+    bind: str = "127.0.0.1"  # `ihe xds serve`
+    port: int = 8020
+    max_body_mb: int = 256  # larger requests are refused
+
+
+@dataclass
 class Settings:
     """The effective settings of one profile."""
 
@@ -127,6 +158,7 @@ class Settings:
     tls: TlsSettings = field(default_factory=TlsSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
     time: TimeSettings = field(default_factory=TimeSettings)
+    xds: XdsSettings = field(default_factory=XdsSettings)
 
     def tls_config(self):
         """The profile's certificate and trust as an ihecli.net.tls.TlsConfig."""
@@ -155,6 +187,7 @@ class Settings:
             "tls": {f.name: getattr(self.tls, f.name) for f in fields(TlsSettings)},
             "audit": {f.name: getattr(self.audit, f.name) for f in fields(AuditSettings)},
             "time": {f.name: getattr(self.time, f.name) for f in fields(TimeSettings)},
+            "xds": {f.name: getattr(self.xds, f.name) for f in fields(XdsSettings)},
         }
 
 
@@ -246,10 +279,10 @@ def load(path: str | os.PathLike | None = None, profile: str | None = None) -> S
             raise ConfigError(f"{p}: no profile named {profile!r} (profiles: {known})")
         raw = _merge(raw, profiles[profile])
 
-    unknown = set(raw) - {"archive", "nodes", "calling_aet", "tls", "audit", "time"}
+    unknown = set(raw) - {"archive", "nodes", "calling_aet", "tls", "audit", "time", "xds"}
     if unknown:
         k = sorted(unknown)[0]
-        raise err(k, "unknown setting (known: archive, nodes, calling_aet, tls, audit, time, profiles)")
+        raise err(k, "unknown setting (known: archive, nodes, calling_aet, tls, audit, time, xds, profiles)")
 
     arch = ArchiveSettings()
     types = {f.name: f.type for f in fields(ArchiveSettings)}
@@ -308,8 +341,16 @@ def load(path: str | os.PathLike | None = None, profile: str | None = None) -> S
     if audit_s.repository and not re.match(r"^(tls|udp|tcp)://[^/\s]+$", audit_s.repository):
         raise err("repository", "must be tls://HOST:PORT, udp://HOST:PORT or tcp://HOST:PORT")
     time_s = _section(raw, "time", TimeSettings(), err)
+    xds_s = _section(raw, "xds", XdsSettings(), err)
+    for k in ("registry", "repository"):
+        if not re.match(r"^https?://[^/\s]+", getattr(xds_s, k)):
+            raise err(k, "must be an http:// or https:// URL")
+    if xds_s.assigning_authority and not re.match(r"^[0-2](\.(0|[1-9]\d*))+$", xds_s.assigning_authority):
+        raise err("assigning_authority", "must be an OID such as 1.3.6.1.4.1.21367.2005.3.7")
+    if not 0 <= xds_s.port < 65536:
+        raise err("port", f"port out of range: {xds_s.port}")
     return Settings(path=p, profile=profile or "default", exists=exists, archive=arch, nodes=nodes,
-                    calling_aet=calling, tls=tls_s, audit=audit_s, time=time_s)
+                    calling_aet=calling, tls=tls_s, audit=audit_s, time=time_s, xds=xds_s)
 
 
 def _section(raw: dict, name: str, obj, err):
@@ -362,6 +403,20 @@ fuzzy_names = false
 dest = []
 # Server processes sharing the port (0: one per CPU, up to 4)
 workers = 0
+# Performed Procedure Step Manager: nodes (names below or AET@host:port) that every
+# MPPS N-CREATE / N-SET received is forwarded to (queued, retried until delivered)
+mpps_forward = []
+# Instance Availability Notification: nodes told when a completed MPPS's instances are all stored
+ian_subscribers = []
+# Storage commitment: the report goes back on the requester's association while it is open,
+# else on a new association to the node whose AE title is the requester's. Send a requester's
+# reports elsewhere with "CALLING_AET=NODE" (e.g. a modality listening on another port), and
+# always on a new association for the AE titles in commit_new_association.
+commit_reply = []                   # e.g. ["CT1=CT1@10.0.0.7:4104"]
+commit_new_association = []         # e.g. ["CT1"]
+# Rejection notes: 113001 (Rejected for Quality Reasons) hides the instances from C-FIND,
+# C-MOVE and C-GET like 113037/113038 do; false keeps them visible (the note is still stored)
+hide_quality_rejects = true
 
 [tls]
 # Our certificate for every secured link (DICOM, HL7/MLLP, HTTP/SOAP, syslog), PEM files.
@@ -389,6 +444,33 @@ udp_port = 514
 # NTP server for Consistent Time (ITI-1): `ihe time check` and the archive's start-up check
 server = ""                 # "ntp.example.org" or "host:port"
 max_offset = 1.0            # seconds
+
+[xds]
+# XDS.b endpoints of `ihe xds submit|query|retrieve|delete` (--registry / --repository override)
+registry = "http://127.0.0.1:8020/xds"      # Stored Query (ITI-18), Delete (ITI-62)
+repository = "http://127.0.0.1:8020/xds"    # Provide and Register (ITI-41), Retrieve (ITI-43)
+# The affinity domain: patient ID domain (--patient ID becomes ID^^^&OID&ISO), our source OID,
+# the repository's uniqueId (ours with `ihe xds serve`), the root of new uniqueIds
+assigning_authority = ""    # e.g. "1.3.6.1.4.1.21367.2005.3.7"
+source_id = "1.3.6.1.4.1.21367.2017.2.4.9999"
+repository_unique_id = "1.3.6.1.4.1.21367.2017.2.3.9999"
+unique_id_root = "2.25"     # 2.25.<UUID>; or your OID: <root>.<time>.<random>
+home = ""                   # homeCommunityId put on query results by `ihe xds serve` (urn:oid:...)
+# Default codes of a submission, CODE^DISPLAY^SCHEME (the NIST connectathon code set)
+class_code = "REPORTS^Reports^1.3.6.1.4.1.19376.1.2.6.1"
+type_code = "11488-4^Consultation Note^2.16.840.1.113883.6.1"
+format_code = "urn:ihe:iti:xds:2017:mimeTypeSufficient^mimeType Sufficient^1.3.6.1.4.1.19376.1.2.3"
+confidentiality_code = "N^normal^2.16.840.1.113883.5.25"
+healthcare_facility_type_code = "22232009^Hospital^2.16.840.1.113883.6.96"
+practice_setting_code = "309927009^General medical department^2.16.840.1.113883.6.96"
+content_type_code = "UNSPECIFIED-CONTENT-TYPE^Unspecified Clinical Activity^1.3.6.1.4.1.21367.2017.3"
+folder_code = "Referrals^Referrals^1.3.6.1.4.1.21367.2017.3"
+language = "en-US"
+timeout = 60.0              # seconds
+# `ihe xds serve`: Document Registry and Repository
+bind = "127.0.0.1"
+port = 8020
+max_body_mb = 256           # larger requests are refused
 
 [nodes]
 # Remote DICOM nodes, usable by name wherever a command takes a node, and as

@@ -66,6 +66,15 @@ def _register() -> None:
     app.add_typer(kin_cmd.app, name="kin")
     app.add_typer(iocm_cmd.app, name="iocm")
     app.add_typer(tce_cmd.app, name="tce")
+    from ihecli.cli import hl7_cmd
+
+    app.add_typer(hl7_cmd.app, name="hl7")
+    from ihecli.cli import xds_cmd
+
+    app.add_typer(xds_cmd.app, name="xds")
+    from ihecli.cli import wic_cmd
+
+    app.add_typer(wic_cmd.app, name="wic")
 
 
 _register()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from lxml import etree
 
-from ihecli.net.soap.xml import LCM, QUERY, RIM, RS, XDSB
+from ihecli.net.soap.xml import LCM, QUERY, RIM, RS, XDSB, XOP, q
 
 XSD_DIR = Path(__file__).parent / "xsd"
 _URLS = {"http://www.w3.org/2001/xml.xsd": XSD_DIR / "xml.xsd"}
@@ -23,6 +23,7 @@ _SCHEMAS: dict[str, Path] = {
     QUERY: XSD_DIR / "ebRS" / "query.xsd",
     XDSB: XSD_DIR / "IHE" / "XDS.b_DocumentRepository.xsd",
 }
+_XOP_INCLUDE = q(XOP, "Include")
 _lock = threading.Lock()
 _compiled: etree.XMLSchema | None = None
 # Tests set this: then every message the SOAP client sends and the server answers is validated
@@ -68,7 +69,14 @@ def schema() -> etree.XMLSchema:
 def validate(el: etree._Element) -> None:
     """Raise SchemaError unless ``el`` (a document's root or a SOAP body child) is schema-valid."""
     s = schema()
-    # validate a copy as its own document: the SOAP envelope around it has no schema here
+    # validate a copy as its own document: the SOAP envelope around it has no schema here.
+    # An xop:Include stands for base64 content (XOP infoset): validate as if it were empty.
+    includes = el.iter(_XOP_INCLUDE)
+    if next(includes, None) is not None:
+        el = _detached(el)
+        for inc in list(el.iter(_XOP_INCLUDE)):
+            inc.getparent().remove(inc)
+        el = etree.fromstring(etree.tostring(el))  # drop the now unused xop namespace declarations
     doc = etree.ElementTree(el) if el.getparent() is None else etree.ElementTree(_detached(el))
     with _lock:  # one XMLSchema object is not safe to use from several threads at once
         ok = s.validate(doc)

@@ -1,0 +1,506 @@
+"""`ihe xds`: XDS.b Document Source, Consumer and Administrator, and a Registry/Repository server."""
+from __future__ import annotations
+
+import mimetypes
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ihecli.cli import output
+from ihecli.cli.options import Bind, Db, Json, Port, Storage, Yes, state
+from ihecli.errors import ExitStatus, UsageError
+
+app = typer.Typer(help="XDS.b: submit, query, retrieve and delete documents; serve a registry and repository.\n\n"
+                       "Example: ihe xds query find-documents --patient 'PID1^^^&1.2.3&ISO'", no_args_is_help=True)
+
+Registry = Annotated[Optional[str], typer.Option("--registry", metavar="URL",
+                                                 help="Document Registry endpoint (default: the profile's xds.registry).")]
+Repository = Annotated[Optional[str], typer.Option(
+    "--repository", metavar="URL", help="Document Repository endpoint (default: the profile's xds.repository).")]
+Patient = Annotated[Optional[str], typer.Option(
+    "--patient", metavar="CX", help="Patient ID, ID^^^&OID&ISO (or ID alone with xds.assigning_authority set).")]
+Statuses = Annotated[Optional[list[str]], typer.Option(
+    "--status", metavar="STATUS", help="approved (default) or deprecated; repeatable.")]
+CodeOpt = lambda name, what: Annotated[Optional[list[str]], typer.Option(  # noqa: E731
+    name, metavar="CODE", help=f"{what}: CODE^^SCHEME (or CODE alone); repeatable (any of them).")]
+
+
+def _xds(ctx: typer.Context):
+    return state(ctx).settings().xds
+
+
+def _client(ctx: typer.Context, url: Optional[str], which: str, timeout: Optional[float]):
+    from ihecli.net.soap import SoapClient
+
+    x = _xds(ctx)
+    return SoapClient(url or getattr(x, which), timeout=timeout or x.timeout)
+
+
+def _patient(ctx: typer.Context, patient: Optional[str], required: bool = True) -> Optional[str]:
+    from ihecli.xds.model import make_cx
+
+    if not patient:
+        if required:
+            raise UsageError("--patient is required (ID^^^&OID&ISO)")
+        return None
+    return make_cx(patient, _xds(ctx).assigning_authority)
+
+
+def _warn(errors) -> None:
+    for e in errors:
+        if not e.is_error:
+            output.warn(f"{e.code}: {e.context}")
+
+
+# -- serve ----------------------------------------------------------------------------------------
+@app.command("serve")
+def serve_cmd(ctx: typer.Context, port: Port = None, bind: Bind = None, db: Db = None, storage: Storage = None,
+              repository_id: Annotated[Optional[str], typer.Option(
+                  "--repository-id", metavar="OID", help="Our repositoryUniqueId (default: the profile's).")] = None,
+              max_body_mb: Annotated[Optional[int], typer.Option(
+                  "--max-body-mb", min=1, metavar="MB", help="Refuse larger requests (default 256).")] = None) -> None:
+    """Run a Document Registry and Repository (ITI-18/41/42/43/62) in the foreground (Ctrl-C stops it).
+
+    Metadata goes to the archive database, documents to the archive's storage folder. Every
+    transaction answers on http://BIND:PORT/xds (also /xds/registry and /xds/repository).
+
+    Example: ihe xds serve --port 8020
+    """
+    from ihecli.archive import Archive
+    from ihecli.xds.server import XdsServer
+
+    st = state(ctx).settings()
+    x = st.xds
+    our_bind, our_port = bind or x.bind, x.port if port is None else port
+    stop = threading.Event()
+    old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with Archive.open(st, db=db, storage=str(storage) if storage else None) as archive:
+            server = XdsServer(archive, repository_unique_id=repository_id or x.repository_unique_id, bind=our_bind,
+                               port=our_port, max_body=(max_body_mb or x.max_body_mb) * 1024 * 1024, home=x.home)
+            try:
+                server.start()
+            except OSError as e:
+                raise UsageError(f"cannot listen on {our_bind}:{our_port}: {e.strerror or e}") from None
+            try:
+                output.info(f"XDS.b registry and repository {repository_id or x.repository_unique_id} at "
+                            f"{server.url} (storage {archive.blobs.root}; Ctrl-C stops)")
+                while not stop.wait(0.5):
+                    pass
+            finally:
+                server.stop()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+# -- submit ---------------------------------------------------------------------------------------
+@app.command("submit")
+def submit_cmd(
+    ctx: typer.Context,
+    files: Annotated[list[Path], typer.Argument(metavar="FILE...", help="Documents, or folders of them.")],
+    patient: Patient = None,
+    title: Annotated[Optional[str], typer.Option("--title", metavar="TEXT", help="Title (default: file name).")] = None,
+    class_code: Annotated[Optional[str], typer.Option("--class", metavar="CODE",
+                                                      help="classCode, CODE^DISPLAY^SCHEME.")] = None,
+    type_code: Annotated[Optional[str], typer.Option("--type", metavar="CODE",
+                                                     help="typeCode, CODE^DISPLAY^SCHEME.")] = None,
+    format_code: Annotated[Optional[str], typer.Option("--format", metavar="CODE",
+                                                       help="formatCode, CODE^DISPLAY^SCHEME.")] = None,
+    confidentiality: Annotated[Optional[str], typer.Option("--confidentiality", metavar="CODE",
+                                                           help="confidentialityCode, CODE^DISPLAY^SCHEME.")] = None,
+    mime: Annotated[Optional[str], typer.Option("--mime", metavar="TYPE",
+                                                help="MIME type (default: from the file).")] = None,
+    folder: Annotated[Optional[str], typer.Option("--folder", metavar="NAME",
+                                                  help="Put the documents in a new folder of this name.")] = None,
+    replace: Annotated[Optional[str], typer.Option("--replace", metavar="UUID",
+                                                   help="Replace (RPLC) the document with this entryUUID.")] = None,
+    metadata: Annotated[Optional[Path], typer.Option(
+        "--metadata", metavar="XML", dir_okay=False,
+        help="Full ebRIM metadata (SubmitObjectsRequest or RegistryObjectList); FILEs go to its "
+             "ExtrinsicObjects in order.")] = None,
+    batch: Annotated[int, typer.Option("--batch", min=1, max=10000, metavar="N",
+                                       help="Documents per submission set.")] = 100,
+    repository: Repository = None,
+    timeout: Annotated[Optional[float], typer.Option("--timeout", min=0.1, metavar="SECONDS",
+                                                     help="Network timeout in seconds.")] = None,
+    json: Json = False,
+) -> None:
+    """Send documents to a repository: Provide and Register Document Set-b (ITI-41, MTOM).
+
+    DICOM KOS manifests get formatCode 1.2.840.10008.5.1.4.1.1.88.59 and application/dicom.
+
+    Example: ihe xds submit report.pdf --patient 'PID1^^^&1.3.6.1.4.1.21367.2005.3.7&ISO' --title 'CT report'
+    """
+    from ihecli.xds import client as xc
+    from ihecli.xds.messages import XdsError
+    from ihecli.xds.source import Options, make_submissions, read_files
+
+    x = _xds(ctx)
+    paths = read_files(files)
+    cli = _client(ctx, repository, "repository", timeout)
+    rows: list[dict] = []
+    failed: list[str] = []
+    if metadata is not None:
+        subs = [_metadata_submission(metadata, paths)]
+    else:
+        opts = Options(patient=patient or "", title=title or "", class_code=class_code or "",
+                       type_code=type_code or "", format_code=format_code or "",
+                       confidentiality_code=confidentiality or "", folder=folder or "", replace=replace or "",
+                       mime_type=mime or "")
+        if not patient:
+            raise UsageError("--patient is required (ID^^^&OID&ISO)")
+        files_data = []
+        for p in paths:
+            try:
+                files_data.append((p.name, p.read_bytes()))
+            except OSError as e:
+                raise UsageError(f"{p}: {e.strerror or e}") from None
+        subs = make_submissions(files_data, x, opts, batch=batch)
+    total = sum(len(s.documents) or len(s.metadata_documents) for s in subs)
+    with output.progress(total, "submitting", enabled=total > 1) as advance:
+        for i, sub in enumerate(subs):
+            try:
+                res = xc.provide_and_register(cli, sub)
+            except XdsError as e:
+                if i == 0 and len(subs) == 1:
+                    raise
+                failed.append(str(e))
+                output.error(f"submission set {i + 1}/{len(subs)}: {e}")
+                advance(len(sub.documents))
+                continue
+            _warn(res.errors)
+            ss = sub.submission_set
+            for de, data in sub.documents:
+                rows.append({"entryUUID": de.entry_uuid, "uniqueId": de.unique_id, "patientId": de.patient_id,
+                             "title": de.title, "mimeType": de.mime_type, "size": len(data),
+                             "submissionSetUniqueId": ss.unique_id if ss else "",
+                             "repository": cli.url})
+            if sub.metadata is not None:
+                rows += [{"entryUUID": k, "size": len(d)} for k, (d, _m) in sub.metadata_documents.items()]
+            advance(len(sub.documents) or len(sub.metadata_documents))
+    if json:
+        output.print_json(rows)
+    else:
+        output.table(rows, ["uniqueId", "entryUUID", "title", "mimeType", "size"])
+        output.info(f"{len(rows)} documents registered" + (f"; {len(failed)} submission sets failed" if failed else ""))
+    if failed:
+        raise typer.Exit(ExitStatus.PARTIAL if rows else ExitStatus.REFUSED)
+
+
+def _metadata_submission(path: Path, files: list[Path]):
+    from ihecli.net.soap.xml import RIM, XmlError, parse_xml, q
+    from ihecli.xds.client import Submission
+    try:
+        root = parse_xml(path.read_bytes())
+    except (OSError, XmlError) as e:
+        raise UsageError(f"{path}: {e}") from None
+    rol = root if root.tag == q(RIM, "RegistryObjectList") else root.find(f".//{q(RIM, 'RegistryObjectList')}")
+    if rol is None:
+        raise UsageError(f"{path}: no rim:RegistryObjectList (give a SubmitObjectsRequest, a "
+                         "ProvideAndRegisterDocumentSetRequest or a RegistryObjectList)")
+    entries = [el for el in rol.iter(q(RIM, "ExtrinsicObject"))]
+    if len(entries) != len(files):
+        raise UsageError(f"{path} has {len(entries)} ExtrinsicObjects but {len(files)} files were given")
+    sub = Submission(None, metadata=rol)
+    for el, f in zip(entries, files):
+        try:
+            data = f.read_bytes()
+        except OSError as e:
+            raise UsageError(f"{f}: {e.strerror or e}") from None
+        sub.metadata_documents[el.get("id")] = (data, el.get("mimeType") or mimetypes.guess_type(f.name)[0]
+                                                or "application/octet-stream")
+    return sub
+
+
+# -- query ----------------------------------------------------------------------------------------
+QUERY_NAMES = ["find-documents", "find-submission-sets", "find-folders", "get-all", "get-documents", "get-folders",
+               "get-associations", "get-documents-and-associations", "get-submission-sets",
+               "get-submission-set-and-contents", "get-folder-and-contents", "get-folders-for-document",
+               "get-related-documents"]
+
+
+def _complete_query(incomplete: str):
+    return [n for n in QUERY_NAMES if n.startswith(incomplete)]
+
+
+@app.command("query")
+def query_cmd(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(metavar="QUERY", autocompletion=_complete_query,
+                                        help="Stored query: " + ", ".join(QUERY_NAMES) + ".")],
+    patient: Patient = None,
+    status: Statuses = None,
+    uuid: Annotated[Optional[list[str]], typer.Option("--uuid", metavar="UUID",
+                                                      help="entryUUID (urn:uuid:...) of the object(s); repeatable.")] = None,
+    unique_id: Annotated[Optional[list[str]], typer.Option("--unique-id", metavar="UID",
+                                                           help="uniqueId of the object(s); repeatable.")] = None,
+    class_code: CodeOpt("--class", "classCode") = None,
+    type_code: CodeOpt("--type", "typeCode") = None,
+    format_code: CodeOpt("--format", "formatCode") = None,
+    confidentiality: CodeOpt("--confidentiality", "confidentialityCode") = None,
+    event: CodeOpt("--event", "eventCodeList") = None,
+    practice: CodeOpt("--practice", "practiceSettingCode") = None,
+    facility: CodeOpt("--facility", "healthcareFacilityTypeCode") = None,
+    folder_code: CodeOpt("--folder-code", "Folder codeList") = None,
+    content_type: CodeOpt("--content-type", "SubmissionSet contentTypeCode") = None,
+    author: Annotated[Optional[list[str]], typer.Option("--author", metavar="PATTERN",
+                                                        help="Author person, % and _ as wildcards; repeatable.")] = None,
+    since: Annotated[Optional[str], typer.Option(
+        "--from", metavar="DTM", help="creationTime (submissionTime, lastUpdateTime) from, YYYYMMDD[HHMMSS].")] = None,
+    until: Annotated[Optional[str], typer.Option("--to", metavar="DTM", help="... before this time (exclusive).")] = None,
+    source_id: Annotated[Optional[list[str]], typer.Option("--source-id", metavar="OID",
+                                                           help="SubmissionSet sourceId; repeatable.")] = None,
+    association_type: Annotated[Optional[list[str]], typer.Option(
+        "--association-type", metavar="TYPE", help="For get-related-documents: RPLC, APND, XFRM, XFRM_RPLC, signs "
+                                                   "(default: all).")] = None,
+    object_ref: Annotated[bool, typer.Option("--object-ref", help="Ask for ObjectRefs (entryUUIDs) only.")] = False,
+    registry: Registry = None,
+    timeout: Annotated[Optional[float], typer.Option("--timeout", min=0.1, metavar="SECONDS",
+                                                     help="Network timeout in seconds.")] = None,
+    json: Json = False,
+) -> None:
+    """Ask the registry with a stored query: Registry Stored Query (ITI-18).
+
+    Example: ihe xds query find-documents --patient 'PID1^^^&1.3.6.1.4.1.21367.2005.3.7&ISO' --class REPORTS
+    """
+    from ihecli.xds import client as xc
+    from ihecli.xds import vocabulary as v
+
+    if name not in v.STORED_QUERIES:
+        raise UsageError(f"unknown stored query {name!r}: one of {', '.join(QUERY_NAMES)}")
+    pid = _patient(ctx, patient, required=name in ("find-documents", "find-submission-sets", "find-folders",
+                                                    "get-all"))
+    statuses = [v.status_long(s) for s in (status or ["approved"])]
+    codes = lambda xs: list(xs) if xs else None  # noqa: E731
+    ids, uids = uuid or [], unique_id or []
+    p: dict = {}
+    de = "$XDSDocumentEntry"
+    if name == "find-documents":
+        p = {de + "PatientId": pid, de + "Status": statuses, de + "ClassCode": codes(class_code),
+             de + "TypeCode": codes(type_code), de + "FormatCode": codes(format_code),
+             de + "PracticeSettingCode": codes(practice), de + "HealthcareFacilityTypeCode": codes(facility),
+             de + "CreationTimeFrom": since, de + "CreationTimeTo": until, de + "AuthorPerson": author}
+        if confidentiality:
+            p[de + "ConfidentialityCode"] = confidentiality
+        if event:
+            p[de + "EventCodeList"] = event
+    elif name == "find-submission-sets":
+        p = {"$XDSSubmissionSetPatientId": pid, "$XDSSubmissionSetStatus": statuses,
+             "$XDSSubmissionSetSourceId": source_id, "$XDSSubmissionSetSubmissionTimeFrom": since,
+             "$XDSSubmissionSetSubmissionTimeTo": until, "$XDSSubmissionSetAuthorPerson": author,
+             "$XDSSubmissionSetContentType": codes(content_type)}
+    elif name == "find-folders":
+        p = {"$XDSFolderPatientId": pid, "$XDSFolderStatus": statuses, "$XDSFolderLastUpdateTimeFrom": since,
+             "$XDSFolderLastUpdateTimeTo": until}
+        if folder_code:
+            p["$XDSFolderCodeList"] = folder_code
+    elif name == "get-all":
+        p = {"$patientId": pid, de + "Status": statuses, "$XDSSubmissionSetStatus": statuses,
+             "$XDSFolderStatus": statuses, de + "FormatCode": codes(format_code)}
+        if confidentiality:
+            p[de + "ConfidentialityCode"] = confidentiality
+    elif name in ("get-documents", "get-documents-and-associations", "get-folders-for-document",
+                  "get-related-documents"):
+        _one_of(ids, uids)
+        p = {de + "EntryUUID": ids} if ids else {de + "UniqueId": uids}
+        if name == "get-related-documents":
+            p["$AssociationTypes"] = [v.ASSOCIATION_NAMES.get(t, t) for t in
+                                      (association_type or ["RPLC", "APND", "XFRM", "XFRM_RPLC", "signs"])]
+    elif name in ("get-folders", "get-folder-and-contents"):
+        _one_of(ids, uids)
+        p = {"$XDSFolderEntryUUID": ids} if ids else {"$XDSFolderUniqueId": uids}
+    elif name == "get-submission-set-and-contents":
+        _one_of(ids, uids)
+        p = {"$XDSSubmissionSetEntryUUID": ids} if ids else {"$XDSSubmissionSetUniqueId": uids}
+    elif name in ("get-associations", "get-submission-sets"):
+        if not ids:
+            raise UsageError(f"{name} needs --uuid")
+        p = {"$uuid": ids}
+    if name in ("get-submission-set-and-contents", "get-folder-and-contents") and (format_code or confidentiality):
+        p[de + "FormatCode"] = codes(format_code)
+        if confidentiality:
+            p[de + "ConfidentialityCode"] = confidentiality
+    for k in [k for k, val in p.items() if k.endswith(("EntryUUID", "UniqueId")) and len(val or []) > 1
+              and name in ("get-folders-for-document", "get-related-documents", "get-submission-set-and-contents",
+                           "get-folder-and-contents")]:
+        raise UsageError(f"{name} takes one --uuid or --unique-id")
+    res = xc.registry_stored_query(_client(ctx, registry, "registry", timeout), name, p, object_ref=object_ref)
+    _warn(res.errors)
+    rows = [o.as_dict() for o in res.objects]
+    if json:
+        output.print_json(rows)
+        return
+    _print_objects(rows)
+
+
+def _one_of(ids, uids) -> None:
+    if bool(ids) == bool(uids):
+        raise UsageError("give --uuid or --unique-id (one of them)")
+
+
+COLUMNS = {
+    "DocumentEntry": ["entryUUID", "uniqueId", "status", "title", "classCode", "creationTime", "mimeType", "size"],
+    "SubmissionSet": ["entryUUID", "uniqueId", "status", "submissionTime", "sourceId", "title"],
+    "Folder": ["entryUUID", "uniqueId", "status", "title", "lastUpdateTime"],
+    "Association": ["entryUUID", "associationType", "sourceObject", "targetObject", "SubmissionSetStatus"],
+    "ObjectRef": ["entryUUID"],
+}
+TITLES = {"DocumentEntry": "Documents", "SubmissionSet": "Submission sets", "Folder": "Folders",
+          "Association": "Associations", "ObjectRef": "Objects"}
+
+
+def _print_objects(rows: list[dict]) -> None:
+    if not rows:
+        output.info("no matches")
+        return
+    kinds = [k for k in COLUMNS if any(r["objectType"] == k for r in rows)]
+    for k in kinds:
+        sel = [dict(r, classCode=(r.get("classCode") or "").split("^")[0]) for r in rows if r["objectType"] == k]
+        output.table(sel, COLUMNS[k], title=TITLES[k] if len(kinds) > 1 else None)
+
+
+# -- retrieve -------------------------------------------------------------------------------------
+EXT = {"application/dicom": ".dcm", "text/plain": ".txt", "application/pdf": ".pdf", "text/xml": ".xml",
+       "application/xml": ".xml"}
+
+
+@app.command("retrieve")
+def retrieve_cmd(
+    ctx: typer.Context,
+    unique_ids: Annotated[list[str], typer.Argument(metavar="UNIQUE_ID...", help="Document uniqueIds.")],
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", file_okay=False,
+                                      help="Folder to write the documents to.")],
+    repository_id: Annotated[Optional[str], typer.Option(
+        "--repository-id", metavar="OID", help="repositoryUniqueId (default: the profile's).")] = None,
+    repository: Repository = None,
+    timeout: Annotated[Optional[float], typer.Option("--timeout", min=0.1, metavar="SECONDS",
+                                                     help="Network timeout in seconds.")] = None,
+    json: Json = False,
+) -> None:
+    """Fetch documents from a repository: Retrieve Document Set (ITI-43).
+
+    Each document is written as DIR/<uniqueId><extension of its MIME type>.
+
+    Example: ihe xds retrieve 2.25.1234 2.25.5678 --out ./docs
+    """
+    from ihecli.xds import client as xc
+    from ihecli.xds.messages import DocumentRequest
+    from ihecli.xds.model import OID_RE
+
+    repo = repository_id or _xds(ctx).repository_unique_id
+    reqs = [DocumentRequest(repo, u.strip()) for u in unique_ids]
+    res = xc.retrieve_document_set(_client(ctx, repository, "repository", timeout), reqs)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for d in res.documents:
+        safe = d.document_unique_id if OID_RE.match(d.document_unique_id) else \
+            "".join(ch if ch.isalnum() or ch in ".-_" else "_" for ch in d.document_unique_id)[:120] or "document"
+        ext = EXT.get(d.mime_type) or mimetypes.guess_extension(d.mime_type or "") or ".bin"
+        path = out / (safe + ext)
+        path.write_bytes(d.data)
+        rows.append({"uniqueId": d.document_unique_id, "repositoryUniqueId": d.repository_unique_id,
+                     "mimeType": d.mime_type, "size": len(d.data), "path": str(path)})
+    errors = [e for e in res.errors if e.is_error]
+    if json:
+        output.print_json(rows)
+    else:
+        output.table(rows, ["uniqueId", "mimeType", "size", "path"])
+    for e in errors:
+        output.error(f"{e.location or ''} {e.code}: {e.context}".strip())
+    if errors:
+        raise typer.Exit(ExitStatus.PARTIAL)
+
+
+# -- delete ---------------------------------------------------------------------------------------
+@app.command("delete")
+def delete_cmd(
+    ctx: typer.Context,
+    uuids: Annotated[list[str], typer.Argument(metavar="UUID...", help="entryUUIDs (urn:uuid:...) to remove.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be removed; remove nothing.")] = False,
+    yes: Yes = False,
+    registry: Registry = None,
+    timeout: Annotated[Optional[float], typer.Option("--timeout", min=0.1, metavar="SECONDS",
+                                                     help="Network timeout in seconds.")] = None,
+    json: Json = False,
+) -> None:
+    """Remove metadata from the registry: Delete Document Set (ITI-62, Remove Metadata).
+
+    The associations that refer to the objects go too, and so does a submission set that would be
+    left without members; what will go is shown first.
+
+    Example: ihe xds delete urn:uuid:4c8d9a52-1e2f-4a6b-9c3d-0e1f2a3b4c5d --yes
+    """
+    from ihecli.xds import client as xc
+
+    for u in uuids:
+        if not u.startswith("urn:uuid:"):
+            raise UsageError(f"{u!r} is not an entryUUID (urn:uuid:...)")
+    cli = _client(ctx, registry, "registry", timeout)
+    plan = removal_plan(cli, uuids)
+    rows = [o.as_dict() for o in plan]
+    if json and dry_run:
+        output.print_json(rows)
+        return
+    if not json:
+        output.table([dict(r, what=_describe(r)) for r in rows], ["entryUUID", "objectType", "what"])
+    if dry_run:
+        output.info(f"{len(rows)} objects would be removed (dry run: nothing removed)")
+        return
+    if not yes:
+        if not output.err.is_terminal:
+            raise UsageError(f"would remove {len(rows)} objects: add --yes to confirm when not on a terminal")
+        typer.confirm(f"Remove these {len(rows)} objects?", abort=True, err=True)
+    res = xc.remove_metadata(cli, [r["entryUUID"] for r in rows])
+    _warn(res.errors)
+    if json:
+        output.print_json(rows)
+    else:
+        output.info(f"{len(rows)} objects removed")
+
+
+def _describe(r: dict) -> str:
+    if r["objectType"] == "Association":
+        return f"{r['associationType']} {r['sourceObject']} -> {r['targetObject']}"
+    return " ".join(str(r.get(k) or "") for k in ("uniqueId", "title", "status")).strip()
+
+
+def removal_plan(cli, uuids: list[str]) -> list:
+    """The objects named, the associations referring to them (to any depth) and the submission
+    sets that would be left without members, as registry objects (ObjectRefs for unknown ids)."""
+    from ihecli.xds import client as xc
+    from ihecli.xds.model import Association, ObjectRef, SubmissionSet
+
+    named = list(dict.fromkeys(uuids))
+    objs = {o.entry_uuid: o for o in xc.registry_stored_query(cli, "get-documents",
+                                                             {"$XDSDocumentEntryEntryUUID": named}).objects}
+    rest = [u for u in named if u not in objs]
+    if rest:
+        objs.update({o.entry_uuid: o for o in xc.registry_stored_query(cli, "get-folders",
+                                                                      {"$XDSFolderEntryUUID": rest}).objects})
+    rest = [u for u in named if u not in objs]
+    if rest:
+        for u in rest:
+            got = xc.registry_stored_query(cli, "get-submission-set-and-contents",
+                                           {"$XDSSubmissionSetEntryUUID": [u]}).objects
+            objs.update({o.entry_uuid: o for o in got if o.entry_uuid == u})
+    plan = {u: objs.get(u) or ObjectRef(u) for u in named}
+    frontier = list(named)
+    while frontier:
+        found = xc.registry_stored_query(cli, "get-associations", {"$uuid": frontier}).objects
+        frontier = []
+        for a in found:
+            if a.entry_uuid not in plan:
+                plan[a.entry_uuid] = a
+                frontier.append(a.entry_uuid)
+    members = [u for u, o in plan.items() if not isinstance(o, (Association, SubmissionSet))]
+    if members:
+        got = xc.registry_stored_query(cli, "get-submission-sets", {"$uuid": members}).objects
+        for ss in [o for o in got if isinstance(o, SubmissionSet) and o.entry_uuid not in plan]:
+            own = xc.registry_stored_query(cli, "get-associations", {"$uuid": [ss.entry_uuid]}).objects
+            if all(a.entry_uuid in plan for a in own if isinstance(a, Association) and a.source == ss.entry_uuid):
+                plan[ss.entry_uuid] = ss
+    return list(plan.values())
