@@ -16,6 +16,7 @@ from ihecli.archive import Archive
 from ihecli.cli import output
 from ihecli.cli.options import (Aet, Bind, CallingAet, Db, Dest, Json, Level, Limit, OptionalOut, Port, Storage, Timeout,
                                 Yes, state)
+from ihecli.cli.hl7_cmd import HL7_PORT_HELP, Hl7Service
 from ihecli.config import Node, resolve_node
 from ihecli.dicom import scu
 from ihecli.errors import ExitStatus, IheError, UsageError
@@ -55,6 +56,8 @@ def serve_cmd(
     workers: Annotated[Optional[int], typer.Option(
         "--workers", min=1, max=64, metavar="N",
         help="Server processes sharing the port (default: the profile's, else one per CPU up to 4).")] = None,
+    hl7_port: Annotated[Optional[int], typer.Option("--hl7-port", min=0, max=65535, metavar="PORT",
+                                                    help=HL7_PORT_HELP)] = None,
 ) -> None:
     """Run the archive's DICOM services in the foreground (Ctrl-C stops it).
 
@@ -89,10 +92,13 @@ def serve_cmd(
         if dests:
             output.info("move destinations: " + ", ".join(str(n) for n in dests.values()))
 
+    hl7 = None if hl7_port is None else Hl7Service(lambda: open_archive(ctx, db, storage), our_bind, hl7_port, our_aet)
     stop = threading.Event()
     old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         if n_workers == 1:
+            if hl7:
+                hl7.start()
             with open_archive(ctx, db, storage, duplicates=duplicates, fuzzy_names=fuzzy_names) as archive:
                 server = make_server(archive, our_port, False)
                 try:
@@ -123,6 +129,8 @@ def serve_cmd(
                 reserved.close()
                 with open_archive(ctx, db, storage) as archive:
                     announce(archive, shared_port)
+                if hl7:  # after the workers forked: they do not inherit its threads
+                    hl7.start()
 
             try:
                 serve_workers(run, n_workers, stop, on_ready=all_ready)
@@ -130,6 +138,8 @@ def serve_cmd(
                 reserved.close()
                 os.close(lock_fd)
     finally:
+        if hl7:
+            hl7.stop()
         for s, h in old.items():
             signal.signal(s, h)
     output.info("stopped")
