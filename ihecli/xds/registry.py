@@ -232,10 +232,20 @@ class Registry:
     def _check_against_registry(self, conn, sub: Submission, me: str) -> None:
         errors = []
         uids = [sub.ss.unique_id] + [d.unique_id for d, _ in sub.docs] + [f.unique_id for f, _ in sub.folders]
-        clash = conn.execute(select(xds_objects.c.unique_id).where(xds_objects.c.unique_id.in_(uids),
-                                                                   xds_objects.c.kind != "AS")).scalars().all()
-        for u in clash:
-            errors.append(_err("XDSDuplicateUniqueIdInRegistry", f"uniqueId {u} is already in the registry", u))
+        clash = conn.execute(select(xds_objects.c.unique_id, xds_objects.c.kind, xds_objects.c.hash,
+                                    xds_objects.c.size).where(xds_objects.c.unique_id.in_(uids),
+                                                              xds_objects.c.kind != "AS")).all()
+        new_docs = {d.unique_id: d for d, _ in sub.docs}
+        for row in clash:
+            u, de = row.unique_id, new_docs.get(row.unique_id)
+            if de is None:  # a SubmissionSet or Folder uniqueId
+                errors.append(_err("XDSDuplicateUniqueIdInRegistry", f"uniqueId {u} is already in the registry", u))
+            elif de.hash and row.hash and de.hash.lower() != row.hash.lower():
+                errors.append(_err("XDSNonIdenticalHash", f"document {u} is registered with another hash", u))
+            elif de.size is not None and row.size is not None and de.size != row.size:
+                errors.append(_err("XDSNonIdenticalSize", f"document {u} is registered with another size", u))
+            else:
+                errors.append(_err(me, f"document {u} is already registered", u))
         new_ids = [sub.ss.entry_uuid] + [o.entry_uuid for o, _ in sub.docs + sub.folders + sub.assocs]
         taken = conn.execute(select(xds_objects.c.entry_uuid).where(xds_objects.c.entry_uuid.in_(new_ids))).scalars().all()
         for u in taken:

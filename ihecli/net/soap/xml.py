@@ -6,6 +6,7 @@ a Document Type Declaration"), which also rules out XXE and entity-expansion pay
 """
 from __future__ import annotations
 
+import re
 import threading
 
 from lxml import etree
@@ -23,6 +24,7 @@ XDSB = "urn:ihe:iti:xds-b:2007"
 NS = {"soap": SOAP12, "wsa": WSA, "xop": XOP, "rim": RIM, "rs": RS, "lcm": LCM, "query": QUERY, "xdsb": XDSB}
 
 _local = threading.local()
+_ROOT = re.compile(rb"<(?![?!])")  # where the root element starts (not a PI, comment or DOCTYPE)
 
 
 class XmlError(ValueError):
@@ -43,6 +45,9 @@ def parse_xml(data: bytes | str) -> etree._Element:
     """Parse a document with the safe parser; XmlError if malformed or if it has a DOCTYPE."""
     if isinstance(data, str):
         data = data.encode("utf-8")
+    root_at = _ROOT.search(data)
+    if b"<!DOCTYPE" in data[:root_at.start() if root_at else len(data)].upper():
+        raise XmlError("XML with a document type declaration (DOCTYPE) is refused")
     try:
         tree = etree.fromstring(data, _parser()).getroottree()
     except etree.XMLSyntaxError as e:
