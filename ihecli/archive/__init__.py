@@ -74,6 +74,9 @@ class Archive:
         self.writer = Writer(make_engine(db_url, writer=True) if db_url.startswith("sqlite") else self.engine,
                              self.blobs, duplicates,
                              lock_path=sqlite_file + ".writer-lock" if sqlite_file else None)
+        # called as hook(parsed, data, outcome) after each object is stored (duplicates too), e.g.
+        # to act on rejection notes; an exception fails the store's reply (the object stays)
+        self.after_store: list[Callable] = []
 
     @classmethod
     def open(cls, settings, *, db: str | None = None, storage: str | None = None) -> "Archive":
@@ -134,6 +137,8 @@ class Archive:
         if parsed.sop_class == tables_kos.KOS_SOP_CLASS and outcome.outcome != "duplicate":
             # Key objects: TCE manifests (RAD-53) are grouped with their instances
             tables_kos.record_kos(self.engine, data, parsed.sop_uid)
+        for hook in self.after_store:
+            hook(parsed, data, outcome)
         return outcome
 
     def import_paths(self, paths: Iterable[str | os.PathLike],
@@ -220,6 +225,25 @@ class Archive:
             if since is not None:
                 q = q.where(s.studies.c.updated >= since)
             return list(conn.execute(q).scalars())
+
+    def uid_owners(self, study_uids: Iterable[str] = (), sop_uids: Iterable[str] = ()
+                   ) -> tuple[dict[str, tuple[str, str]], dict[str, tuple[str, str, str]]]:
+        """Which patient holds these studies ({study: (pid, issuer)}) and where these instances
+        are ({sop: (study, pid, issuer)}); UIDs the archive does not hold are left out."""
+        st, p, se, i = s.studies, s.patients, s.series, s.instances
+        studies: dict[str, tuple[str, str]] = {}
+        sops: dict[str, tuple[str, str, str]] = {}
+        with self.connect() as conn:
+            for chunk in _chunks(sorted(set(study_uids)), 500):
+                q = select(st.c.study_uid, p.c.pid, p.c.issuer).select_from(
+                    st.join(p, st.c.patient_fk == p.c.id)).where(st.c.study_uid.in_(chunk))
+                studies.update({r[0]: (r[1], r[2]) for r in conn.execute(q)})
+            for chunk in _chunks(sorted(set(sop_uids)), 500):
+                q = select(i.c.sop_uid, st.c.study_uid, p.c.pid, p.c.issuer).select_from(
+                    i.join(se, i.c.series_fk == se.c.id).join(st, se.c.study_fk == st.c.id)
+                    .join(p, st.c.patient_fk == p.c.id)).where(i.c.sop_uid.in_(chunk))
+                sops.update({r[0]: (r[1], r[2], r[3]) for r in conn.execute(q)})
+        return studies, sops
 
     # -- removing ----------------------------------------------------------------------------
     def remove(self, refs: list[InstanceRef]) -> int:

@@ -108,6 +108,9 @@ class Writer:
         self._wlock = threading.Lock()
         self._conn = None
         self._series: dict[str, tuple[int, int]] = {}  # series UID -> (series id, study id)
+        # optional check run in the write transaction: (conn, Parsed) -> ArchiveError to refuse
+        # the object (rejected instances, IOCM), or None
+        self.refuse = None
 
     def submit(self, parsed: Parsed, tmp: Path | None, rel: str) -> StoreOutcome:
         job = _Job(parsed, tmp, rel)
@@ -216,6 +219,10 @@ class Writer:
             with conn.begin():
                 dirs = []
                 for job in batch:
+                    if self.refuse is not None:
+                        job.error = self.refuse(conn, job.parsed)
+                        if job.error is not None:
+                            continue
                     outcome, old_rel = _upsert(conn, job, self.duplicates, self._series)
                     job.result = outcome
                     if outcome.outcome == "duplicate":
@@ -236,6 +243,11 @@ class Writer:
         for rel in removed_after:
             self.blobs.remove(rel)
         for job in batch:
+            if job.error is not None:  # refused: the file written for it goes
+                if job.tmp is not None:
+                    job.tmp.unlink(missing_ok=True)
+                else:
+                    self.blobs.path(job.rel).unlink(missing_ok=True)
             if job.result is not None and job.result.outcome == "duplicate":
                 if job.tmp is not None:
                     job.tmp.unlink(missing_ok=True)

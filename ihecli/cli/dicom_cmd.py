@@ -194,3 +194,8 @@ def get_cmd(ctx: typer.Context, node: Node,
     with output.progress(None, "receiving", enabled=not json) as advance:
         r = scu.get(n, ident, out, root=root, calling_aet=aet, timeout=timeout, progress=lambda p: advance())
     _retrieve_exit(r, json, f"C-GET into {out}")
+
+
+from ihecli.cli import workflow_cmd as _workflow  # noqa: E402  (commit, mpps create|set)
+
+_workflow.add_dicom_commands(app)
