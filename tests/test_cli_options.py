@@ -172,6 +172,17 @@ def _with_data(w: World) -> None:
     assert r.code == 0, r.stderr
 
 
+def _with_tce_case(w: World) -> None:
+    """The corpus and a teaching file manifest for it (a key object titled TCE001) in the archive."""
+    _with_data(w)
+    r = run_cli("kin", "create", "--study", w.study, "--series", _series(w), "--title", "TCE001", "--store")
+    assert r.code == 0, r.stderr
+
+
+def _series(w: World) -> str:
+    return str(dcmread(next(w.files.iterdir()), stop_before_pixels=True).SeriesInstanceUID)
+
+
 # command -> (set-up, arguments); each a cheap invocation that succeeds
 JSON_RUNS = {
     "ihe config show": (None, lambda w: ["config", "show"]),
@@ -187,6 +198,14 @@ JSON_RUNS = {
                                         f"StudyInstanceUID={w.study}"]),
     "ihe dicom get": (None, lambda w: ["dicom", "get", w.peer, "--out", str(w.tmp / "got"), "-k",
                                        f"StudyInstanceUID={w.study}"]),
+    "ihe kin create": (_with_data, lambda w: ["kin", "create", "--study", w.study, "--series", _series(w),
+                                              "--out", str(w.tmp / "kin")]),
+    "ihe kin show": (None, lambda w: ["kin", "show", str(ROOT / "tests" / "data" / "kos" / "IDS-DEPT022-a-kos.dcm")]),
+    "ihe iocm reject": (_with_data, lambda w: ["iocm", "reject", "--reason", "quality", "--study", w.study,
+                                               "--store", "--yes"]),
+    "ihe tce ls": (_with_tce_case, lambda w: ["tce", "ls"]),
+    "ihe tce show": (_with_tce_case, lambda w: ["tce", "show", "1"]),
+    "ihe tce export": (_with_tce_case, lambda w: ["tce", "export", "1", "--out", str(w.tmp / "case")]),
 }
 
 

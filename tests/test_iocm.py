@@ -52,7 +52,7 @@ def test_reject_store_into_the_archive(corpus, archive):
     a = corpus[0]
     series = [d for d in corpus if d.SeriesInstanceUID == a.SeriesInstanceUID]
     r = run_cli("iocm", "reject", "--reason", "quality", "--quality-reason", "motion-blur", "--quality-reason",
-                "positioning", "--series", a.SeriesInstanceUID, "--store", "--yes", "-d", "Patient moved",
+                "positioning", "--series", a.SeriesInstanceUID, "--store", "--yes", "--description", "Patient moved",
                 "--observer", "Tech^Tom", *db_args(archive), "--json")
     assert r.code == 0, r.stderr
     assert sorted(r.json["rejected"]) == sorted(d.SOPInstanceUID for d in series)

@@ -162,7 +162,7 @@ def test_send_to_dcmtk_storescp(study, archive, storescp):
     files, info = study
     a = info[1]
     r = run_cli("kin", "create", "--study", a.StudyInstanceUID, "--instance", a.SOPInstanceUID, "--title",
-                "for-surgery", "-d", "Left knee", "--to", f"{node.aet}@127.0.0.1:{node.port}", *db_args(archive))
+                "for-surgery", "--description", "Left knee", "--to", f"{node.aet}@127.0.0.1:{node.port}", *db_args(archive))
     assert r.code == 0, r.stderr
     received = list(folder.iterdir())
     assert len(received) == 1
@@ -191,7 +191,7 @@ def test_store_find_and_move_round_trip(server, storescp, tmp_path):
     archive.import_paths(files)
     a = corpus_info(files)[0]
     r = run_cli("kin", "create", "--study", a.StudyInstanceUID, "--instance", a.SOPInstanceUID, "--title",
-                "for-teaching", "-d", "Classic case", "--to", server.spec, *db_args(archive), "--json")
+                "for-teaching", "--description", "Classic case", "--to", server.spec, *db_args(archive), "--json")
     assert r.code == 0, r.stderr
     kos_uid = r.json["documents"][0]["sop_instance_uid"]
     kos_series = r.json["documents"][0]["series_instance_uid"]

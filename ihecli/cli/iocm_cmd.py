@@ -7,8 +7,8 @@ import typer
 
 from ihecli.cli import output
 from ihecli.cli.archive_cmd import InstanceOpt, SeriesOpt, StudyOpt, open_archive
-from ihecli.cli.kin_cmd import Description, FromFiles, Observer, RetrieveAet, StoreOpt, To, deliver, kos_result
-from ihecli.cli.options import CallingAet, Db, Json, Storage, Timeout, Yes, state
+from ihecli.cli.kin_cmd import FromFiles, Observer, RetrieveAet, StoreOpt, To, deliver, kos_result
+from ihecli.cli.options import CallingAet, Db, Description, Json, Storage, Timeout, Yes, state
 from ihecli.errors import UsageError
 
 app = typer.Typer(help="Image Object Change Management: reject instances with a rejection note.\n\n"

@@ -8,7 +8,7 @@ import typer
 
 from ihecli.cli import output
 from ihecli.cli.archive_cmd import InstanceOpt, SeriesOpt, StudyOpt, open_archive
-from ihecli.cli.options import CallingAet, Db, Json, OptionalOut, Storage, Timeout, state
+from ihecli.cli.options import CallingAet, Db, Description, Json, OptionalOut, Storage, Timeout, state
 from ihecli.errors import IheError, UsageError
 
 app = typer.Typer(help="Key Image Notes: select key images of a study, title and describe them, send or store.\n\n"
@@ -24,8 +24,6 @@ RetrieveAet = Annotated[Optional[str], typer.Option(
                                           "archive's AE title, or the files' own).")]
 Observer = Annotated[Optional[str], typer.Option("--observer", metavar="NAME",
                                                  help="Person observer, e.g. 'Doe^Jane'.")]
-Description = Annotated[Optional[str], typer.Option("--description", "-d", metavar="TEXT",
-                                                    help="Key Object Description (the note's text).")]
 
 
 def kos_result(docs, *, where: str) -> dict:
@@ -104,7 +102,7 @@ def create_cmd(
     With --out DIR it is written as DIR/SOPInstanceUID.dcm. The references are checked against the local archive (or --from-files); each series is
     referenced with the AE title to retrieve it from.
 
-    Example: ihe kin create --study 1.2.3 --instance 1.2.3.4.5 --title for-surgery -d 'Fracture' --to PACS
+    Example: ihe kin create --study 1.2.3 --instance 1.2.3.4.5 --title for-surgery --description 'Fracture' --to PACS
     """
     from ihecli.kos import kin, selection
 

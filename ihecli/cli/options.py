@@ -25,6 +25,8 @@ CallingAet = Annotated[Optional[str], typer.Option("--calling-aet", "-aet", meta
 Timeout = Annotated[float, typer.Option("--timeout", min=0.1, metavar="SECONDS",
                                         help="Network timeout in seconds.")]
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+Description = Annotated[Optional[str], typer.Option("--description", metavar="TEXT",
+                                                    help="Free-text description of what the command creates.")]
 Keys = Annotated[Optional[list[str]], typer.Option(
     "--key", "-k", metavar="KEY=VALUE",
     help="Query key: keyword or (gggg,eeee), '=' and a value (empty: return it). Repeatable. "
