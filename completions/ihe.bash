@@ -4,10 +4,20 @@
 # Sets _ihe_words to the subcommands of the command in $1; fails for a command without any.
 _ihe_subcommands() {
     case $1 in
-        'ihe') _ihe_words='archive config dicom' ;;
-        'ihe archive') _ihe_words='check export import ls rm serve' ;;
+        'ihe') _ihe_words='archive audit config dicom hl7 iocm kin tce time wic xds' ;;
+        'ihe archive') _ihe_words='check export import ls mpps rejected rm serve' ;;
+        'ihe archive mpps') _ihe_words='ls' ;;
+        'ihe audit') _ihe_words='query send serve' ;;
         'ihe config') _ihe_words='init path show' ;;
-        'ihe dicom') _ihe_words='echo find get move store' ;;
+        'ihe dicom') _ihe_words='commit echo find get move mpps store' ;;
+        'ihe dicom mpps') _ihe_words='create set' ;;
+        'ihe hl7') _ihe_words='orders send' ;;
+        'ihe iocm') _ihe_words='reject' ;;
+        'ihe kin') _ihe_words='create show' ;;
+        'ihe tce') _ihe_words='export ls show' ;;
+        'ihe time') _ihe_words='check' ;;
+        'ihe wic') _ihe_words='upload' ;;
+        'ihe xds') _ihe_words='delete query retrieve serve submit' ;;
         *) _ihe_words=; return 1 ;;
     esac
 }
@@ -21,18 +31,51 @@ _ihe_options() {
         'ihe archive export') _ihe_words='--calling-aet --db --help --json --out --since --storage --study --timeout --to -aet -h -o' ;;
         'ihe archive import') _ihe_words='--db --duplicates --help --json --storage -h' ;;
         'ihe archive ls') _ihe_words='--accession --date --db --help --instance --json --level --limit --modality --name --patient --series --storage --study -L -h' ;;
+        'ihe archive mpps') _ihe_words='--help -h' ;;
+        'ihe archive mpps ls') _ihe_words='--db --help --json --limit --patient --status --storage -h' ;;
+        'ihe archive rejected') _ihe_words='--db --help --json --limit --storage -h' ;;
         'ihe archive rm') _ihe_words='--db --help --instance --json --patient --series --storage --study --yes -h -y' ;;
-        'ihe archive serve') _ihe_words='--aet --allow --bind --db --dest --duplicates --fuzzy-names --help --max-pdu --port --storage --workers -h -p' ;;
+        'ihe archive serve') _ihe_words='--aet --allow --bind --db --dest --duplicates --fuzzy-names --help --hl7-port --http-port --max-pdu --port --storage --workers -h -p' ;;
+        'ihe audit') _ihe_words='--help -h' ;;
+        'ihe audit query') _ihe_words='--db --event --failed --help --json --limit --patient --since --user -h' ;;
+        'ihe audit send') _ihe_words='--ca --cert --event --help --json --no-tls --outcome --patient --repository --timeout --tls --tls-floor --tls-key --user -h' ;;
+        'ihe audit serve') _ihe_words='--bind --ca --cert --db --help --no-tls --no-udp --tcp-port --tls --tls-floor --tls-key --tls-port --udp-port -h' ;;
         'ihe config') _ihe_words='--help -h' ;;
         'ihe config init') _ihe_words='--force --help -h' ;;
         'ihe config path') _ihe_words='--help -h' ;;
         'ihe config show') _ihe_words='--help --json -h' ;;
         'ihe dicom') _ihe_words='--help -h' ;;
+        'ihe dicom commit') _ihe_words='--bind --calling-aet --db --help --json --port --storage --study --timeout -aet -h -p' ;;
         'ihe dicom echo') _ihe_words='--calling-aet --help --json --timeout -aet -h' ;;
         'ihe dicom find') _ihe_words='--calling-aet --help --json --key --level --limit --root --timeout -L -aet -h -k' ;;
         'ihe dicom get') _ihe_words='--calling-aet --help --json --key --level --out --root --timeout -L -aet -h -k -o' ;;
         'ihe dicom move') _ihe_words='--calling-aet --dest --help --json --key --level --root --timeout -L -aet -h -k' ;;
+        'ihe dicom mpps') _ihe_words='--help -h' ;;
+        'ihe dicom mpps create') _ihe_words='--accession --calling-aet --description --from-json --help --json --key --modality --patient-id --patient-name --pps-id --study --timeout --uid -aet -h -k' ;;
+        'ihe dicom mpps set') _ihe_words='--calling-aet --from-json --help --json --key --series-from --status --timeout -aet -h -k' ;;
         'ihe dicom store') _ihe_words='--calling-aet --help --json --timeout -aet -h' ;;
+        'ihe hl7') _ihe_words='--help -h' ;;
+        'ihe hl7 orders') _ihe_words='--accession --db --help --json --limit --patient --storage -h' ;;
+        'ihe hl7 send') _ihe_words='--ca --cert --help --json --no-tls --timeout --tls --tls-floor --tls-key -h' ;;
+        'ihe iocm') _ihe_words='--help -h' ;;
+        'ihe iocm reject') _ihe_words='--calling-aet --db --description --from-files --help --instance --json --observer --quality-reason --reason --retrieve-aet --series --storage --store --study --timeout --to --yes -aet -h -y' ;;
+        'ihe kin') _ihe_words='--help -h' ;;
+        'ihe kin create') _ihe_words='--allow-missing --calling-aet --db --description --from-files --help --instance --json --observer --out --retrieve-aet --series --storage --store --study --timeout --title --to -aet -h -o' ;;
+        'ihe kin show') _ihe_words='--help --json -h' ;;
+        'ihe tce') _ihe_words='--help -h' ;;
+        'ihe tce export') _ihe_words='--db --help --json --out --storage -h -o' ;;
+        'ihe tce ls') _ihe_words='--db --help --incomplete --json --storage -h' ;;
+        'ihe tce show') _ihe_words='--db --help --json --storage -h' ;;
+        'ihe time') _ihe_words='--help -h' ;;
+        'ihe time check') _ihe_words='--help --json --max-offset --server --timeout -h -s' ;;
+        'ihe wic') _ihe_words='--help -h' ;;
+        'ihe wic upload') _ihe_words='--accession --birth-date --help --json --new-study --patient --patient-name --sex --study --study-description --timeout --url -h' ;;
+        'ihe xds') _ihe_words='--help -h' ;;
+        'ihe xds delete') _ihe_words='--dry-run --help --json --registry --timeout --yes -h -y' ;;
+        'ihe xds query') _ihe_words='--association-type --author --class --confidentiality --content-type --event --facility --folder-code --format --from --help --json --object-ref --patient --practice --registry --source-id --status --timeout --to --type --unique-id --uuid -h' ;;
+        'ihe xds retrieve') _ihe_words='--help --json --out --repository --repository-id --timeout -h -o' ;;
+        'ihe xds serve') _ihe_words='--bind --db --help --max-body-mb --port --repository-id --storage -h -p' ;;
+        'ihe xds submit') _ihe_words='--batch --class --confidentiality --folder --format --help --json --metadata --mime --patient --replace --repository --timeout --title --type -h' ;;
         *) _ihe_words= ;;
     esac
 }
@@ -68,6 +111,14 @@ _ihe_value() {
         'ihe archive ls --series') _ihe_kind=text ;;
         'ihe archive ls --storage') _ihe_kind=dir ;;
         'ihe archive ls --study') _ihe_kind=text ;;
+        'ihe archive mpps ls --db') _ihe_kind=text ;;
+        'ihe archive mpps ls --limit') _ihe_kind=text ;;
+        'ihe archive mpps ls --patient') _ihe_kind=text ;;
+        'ihe archive mpps ls --status') _ihe_kind=text ;;
+        'ihe archive mpps ls --storage') _ihe_kind=dir ;;
+        'ihe archive rejected --db') _ihe_kind=text ;;
+        'ihe archive rejected --limit') _ihe_kind=text ;;
+        'ihe archive rejected --storage') _ihe_kind=dir ;;
         'ihe archive rm --db') _ihe_kind=text ;;
         'ihe archive rm --instance') _ihe_kind=text ;;
         'ihe archive rm --patient') _ihe_kind=text ;;
@@ -80,10 +131,44 @@ _ihe_value() {
         'ihe archive serve --db') _ihe_kind=text ;;
         'ihe archive serve --dest') _ihe_kind=text ;;
         'ihe archive serve --duplicates') _ihe_kind=text ;;
+        'ihe archive serve --hl7-port') _ihe_kind=text ;;
+        'ihe archive serve --http-port') _ihe_kind=text ;;
         'ihe archive serve --max-pdu') _ihe_kind=text ;;
         'ihe archive serve -p'|'ihe archive serve --port') _ihe_kind=text ;;
         'ihe archive serve --storage') _ihe_kind=dir ;;
         'ihe archive serve --workers') _ihe_kind=text ;;
+        'ihe audit query --db') _ihe_kind=text ;;
+        'ihe audit query --event') _ihe_kind=text ;;
+        'ihe audit query --limit') _ihe_kind=text ;;
+        'ihe audit query --patient') _ihe_kind=text ;;
+        'ihe audit query --since') _ihe_kind=text ;;
+        'ihe audit query --user') _ihe_kind=text ;;
+        'ihe audit send --ca') _ihe_kind=file ;;
+        'ihe audit send --cert') _ihe_kind=file ;;
+        'ihe audit send --event') _ihe_kind=text ;;
+        'ihe audit send --outcome') _ihe_kind=text ;;
+        'ihe audit send --patient') _ihe_kind=text ;;
+        'ihe audit send --repository') _ihe_kind=text ;;
+        'ihe audit send --timeout') _ihe_kind=text ;;
+        'ihe audit send --tls-floor') _ihe_kind=text ;;
+        'ihe audit send --tls-key') _ihe_kind=file ;;
+        'ihe audit send --user') _ihe_kind=text ;;
+        'ihe audit serve --bind') _ihe_kind=text ;;
+        'ihe audit serve --ca') _ihe_kind=file ;;
+        'ihe audit serve --cert') _ihe_kind=file ;;
+        'ihe audit serve --db') _ihe_kind=text ;;
+        'ihe audit serve --tcp-port') _ihe_kind=text ;;
+        'ihe audit serve --tls-floor') _ihe_kind=text ;;
+        'ihe audit serve --tls-key') _ihe_kind=file ;;
+        'ihe audit serve --tls-port') _ihe_kind=text ;;
+        'ihe audit serve --udp-port') _ihe_kind=text ;;
+        'ihe dicom commit --bind') _ihe_kind=text ;;
+        'ihe dicom commit -aet'|'ihe dicom commit --calling-aet') _ihe_kind=text ;;
+        'ihe dicom commit --db') _ihe_kind=text ;;
+        'ihe dicom commit -p'|'ihe dicom commit --port') _ihe_kind=text ;;
+        'ihe dicom commit --storage') _ihe_kind=dir ;;
+        'ihe dicom commit --study') _ihe_kind=text ;;
+        'ihe dicom commit --timeout') _ihe_kind=text ;;
         'ihe dicom echo -aet'|'ihe dicom echo --calling-aet') _ihe_kind=text ;;
         'ihe dicom echo --timeout') _ihe_kind=text ;;
         'ihe dicom find -aet'|'ihe dicom find --calling-aet') _ihe_kind=text ;;
@@ -104,8 +189,128 @@ _ihe_value() {
         'ihe dicom move -L'|'ihe dicom move --level') _ihe_kind=text ;;
         'ihe dicom move --root') _ihe_kind=text ;;
         'ihe dicom move --timeout') _ihe_kind=text ;;
+        'ihe dicom mpps create --accession') _ihe_kind=text ;;
+        'ihe dicom mpps create -aet'|'ihe dicom mpps create --calling-aet') _ihe_kind=text ;;
+        'ihe dicom mpps create --description') _ihe_kind=text ;;
+        'ihe dicom mpps create --from-json') _ihe_kind=file ;;
+        'ihe dicom mpps create -k'|'ihe dicom mpps create --key') _ihe_kind=text ;;
+        'ihe dicom mpps create --modality') _ihe_kind=text ;;
+        'ihe dicom mpps create --patient-id') _ihe_kind=text ;;
+        'ihe dicom mpps create --patient-name') _ihe_kind=text ;;
+        'ihe dicom mpps create --pps-id') _ihe_kind=text ;;
+        'ihe dicom mpps create --study') _ihe_kind=text ;;
+        'ihe dicom mpps create --timeout') _ihe_kind=text ;;
+        'ihe dicom mpps create --uid') _ihe_kind=text ;;
+        'ihe dicom mpps set -aet'|'ihe dicom mpps set --calling-aet') _ihe_kind=text ;;
+        'ihe dicom mpps set --from-json') _ihe_kind=file ;;
+        'ihe dicom mpps set -k'|'ihe dicom mpps set --key') _ihe_kind=text ;;
+        'ihe dicom mpps set --series-from') _ihe_kind=file ;;
+        'ihe dicom mpps set --status') _ihe_kind=text ;;
+        'ihe dicom mpps set --timeout') _ihe_kind=text ;;
         'ihe dicom store -aet'|'ihe dicom store --calling-aet') _ihe_kind=text ;;
         'ihe dicom store --timeout') _ihe_kind=text ;;
+        'ihe hl7 orders --accession') _ihe_kind=text ;;
+        'ihe hl7 orders --db') _ihe_kind=text ;;
+        'ihe hl7 orders --limit') _ihe_kind=text ;;
+        'ihe hl7 orders --patient') _ihe_kind=text ;;
+        'ihe hl7 orders --storage') _ihe_kind=dir ;;
+        'ihe hl7 send --ca') _ihe_kind=file ;;
+        'ihe hl7 send --cert') _ihe_kind=file ;;
+        'ihe hl7 send --timeout') _ihe_kind=text ;;
+        'ihe hl7 send --tls-floor') _ihe_kind=text ;;
+        'ihe hl7 send --tls-key') _ihe_kind=file ;;
+        'ihe iocm reject -aet'|'ihe iocm reject --calling-aet') _ihe_kind=text ;;
+        'ihe iocm reject --db') _ihe_kind=text ;;
+        'ihe iocm reject --description') _ihe_kind=text ;;
+        'ihe iocm reject --from-files') _ihe_kind=file ;;
+        'ihe iocm reject --instance') _ihe_kind=text ;;
+        'ihe iocm reject --observer') _ihe_kind=text ;;
+        'ihe iocm reject --quality-reason') _ihe_kind=text ;;
+        'ihe iocm reject --reason') _ihe_kind=text ;;
+        'ihe iocm reject --retrieve-aet') _ihe_kind=text ;;
+        'ihe iocm reject --series') _ihe_kind=text ;;
+        'ihe iocm reject --storage') _ihe_kind=dir ;;
+        'ihe iocm reject --study') _ihe_kind=text ;;
+        'ihe iocm reject --timeout') _ihe_kind=text ;;
+        'ihe iocm reject --to') _ihe_kind=text ;;
+        'ihe kin create -aet'|'ihe kin create --calling-aet') _ihe_kind=text ;;
+        'ihe kin create --db') _ihe_kind=text ;;
+        'ihe kin create --description') _ihe_kind=text ;;
+        'ihe kin create --from-files') _ihe_kind=file ;;
+        'ihe kin create --instance') _ihe_kind=text ;;
+        'ihe kin create --observer') _ihe_kind=text ;;
+        'ihe kin create -o'|'ihe kin create --out') _ihe_kind=dir ;;
+        'ihe kin create --retrieve-aet') _ihe_kind=text ;;
+        'ihe kin create --series') _ihe_kind=text ;;
+        'ihe kin create --storage') _ihe_kind=dir ;;
+        'ihe kin create --study') _ihe_kind=text ;;
+        'ihe kin create --timeout') _ihe_kind=text ;;
+        'ihe kin create --title') _ihe_kind=text ;;
+        'ihe kin create --to') _ihe_kind=text ;;
+        'ihe tce export --db') _ihe_kind=text ;;
+        'ihe tce export -o'|'ihe tce export --out') _ihe_kind=dir ;;
+        'ihe tce export --storage') _ihe_kind=dir ;;
+        'ihe tce ls --db') _ihe_kind=text ;;
+        'ihe tce ls --storage') _ihe_kind=dir ;;
+        'ihe tce show --db') _ihe_kind=text ;;
+        'ihe tce show --storage') _ihe_kind=dir ;;
+        'ihe time check --max-offset') _ihe_kind=text ;;
+        'ihe time check -s'|'ihe time check --server') _ihe_kind=text ;;
+        'ihe time check --timeout') _ihe_kind=text ;;
+        'ihe wic upload --accession') _ihe_kind=text ;;
+        'ihe wic upload --birth-date') _ihe_kind=text ;;
+        'ihe wic upload --patient') _ihe_kind=text ;;
+        'ihe wic upload --patient-name') _ihe_kind=text ;;
+        'ihe wic upload --sex') _ihe_kind=text ;;
+        'ihe wic upload --study') _ihe_kind=text ;;
+        'ihe wic upload --study-description') _ihe_kind=text ;;
+        'ihe wic upload --timeout') _ihe_kind=text ;;
+        'ihe wic upload --url') _ihe_kind=text ;;
+        'ihe xds delete --registry') _ihe_kind=text ;;
+        'ihe xds delete --timeout') _ihe_kind=text ;;
+        'ihe xds query --association-type') _ihe_kind=text ;;
+        'ihe xds query --author') _ihe_kind=text ;;
+        'ihe xds query --class') _ihe_kind=text ;;
+        'ihe xds query --confidentiality') _ihe_kind=text ;;
+        'ihe xds query --content-type') _ihe_kind=text ;;
+        'ihe xds query --event') _ihe_kind=text ;;
+        'ihe xds query --facility') _ihe_kind=text ;;
+        'ihe xds query --folder-code') _ihe_kind=text ;;
+        'ihe xds query --format') _ihe_kind=text ;;
+        'ihe xds query --from') _ihe_kind=text ;;
+        'ihe xds query --patient') _ihe_kind=text ;;
+        'ihe xds query --practice') _ihe_kind=text ;;
+        'ihe xds query --registry') _ihe_kind=text ;;
+        'ihe xds query --source-id') _ihe_kind=text ;;
+        'ihe xds query --status') _ihe_kind=text ;;
+        'ihe xds query --timeout') _ihe_kind=text ;;
+        'ihe xds query --to') _ihe_kind=text ;;
+        'ihe xds query --type') _ihe_kind=text ;;
+        'ihe xds query --unique-id') _ihe_kind=text ;;
+        'ihe xds query --uuid') _ihe_kind=text ;;
+        'ihe xds retrieve -o'|'ihe xds retrieve --out') _ihe_kind=dir ;;
+        'ihe xds retrieve --repository') _ihe_kind=text ;;
+        'ihe xds retrieve --repository-id') _ihe_kind=text ;;
+        'ihe xds retrieve --timeout') _ihe_kind=text ;;
+        'ihe xds serve --bind') _ihe_kind=text ;;
+        'ihe xds serve --db') _ihe_kind=text ;;
+        'ihe xds serve --max-body-mb') _ihe_kind=text ;;
+        'ihe xds serve -p'|'ihe xds serve --port') _ihe_kind=text ;;
+        'ihe xds serve --repository-id') _ihe_kind=text ;;
+        'ihe xds serve --storage') _ihe_kind=dir ;;
+        'ihe xds submit --batch') _ihe_kind=text ;;
+        'ihe xds submit --class') _ihe_kind=text ;;
+        'ihe xds submit --confidentiality') _ihe_kind=text ;;
+        'ihe xds submit --folder') _ihe_kind=text ;;
+        'ihe xds submit --format') _ihe_kind=text ;;
+        'ihe xds submit --metadata') _ihe_kind=file ;;
+        'ihe xds submit --mime') _ihe_kind=text ;;
+        'ihe xds submit --patient') _ihe_kind=text ;;
+        'ihe xds submit --replace') _ihe_kind=text ;;
+        'ihe xds submit --repository') _ihe_kind=text ;;
+        'ihe xds submit --timeout') _ihe_kind=text ;;
+        'ihe xds submit --title') _ihe_kind=text ;;
+        'ihe xds submit --type') _ihe_kind=text ;;
         *) return 1 ;;
     esac
 }
@@ -115,6 +320,15 @@ _ihe_argument() {
     case $1 in
         'ihe archive import')
             if (( $2 >= 0 )); then _ihe_kind=file
+            else return 1
+            fi ;;
+        'ihe audit send')
+            if (( $2 >= 0 )); then _ihe_kind=file
+            else return 1
+            fi ;;
+        'ihe dicom commit')
+            if (( $2 == 0 )); then _ihe_kind=text
+            elif (( $2 >= 1 )); then _ihe_kind=file
             else return 1
             fi ;;
         'ihe dicom echo')
@@ -133,9 +347,55 @@ _ihe_argument() {
             if (( $2 == 0 )); then _ihe_kind=text
             else return 1
             fi ;;
+        'ihe dicom mpps create')
+            if (( $2 == 0 )); then _ihe_kind=text
+            else return 1
+            fi ;;
+        'ihe dicom mpps set')
+            if (( $2 == 0 )); then _ihe_kind=text
+            elif (( $2 == 1 )); then _ihe_kind=text
+            else return 1
+            fi ;;
         'ihe dicom store')
             if (( $2 == 0 )); then _ihe_kind=text
             elif (( $2 >= 1 )); then _ihe_kind=file
+            else return 1
+            fi ;;
+        'ihe hl7 send')
+            if (( $2 == 0 )); then _ihe_kind=text
+            elif (( $2 >= 1 )); then _ihe_kind=file
+            else return 1
+            fi ;;
+        'ihe kin show')
+            if (( $2 >= 0 )); then _ihe_kind=file
+            else return 1
+            fi ;;
+        'ihe tce export')
+            if (( $2 == 0 )); then _ihe_kind=text
+            else return 1
+            fi ;;
+        'ihe tce show')
+            if (( $2 == 0 )); then _ihe_kind=text
+            else return 1
+            fi ;;
+        'ihe wic upload')
+            if (( $2 >= 0 )); then _ihe_kind=file
+            else return 1
+            fi ;;
+        'ihe xds delete')
+            if (( $2 >= 0 )); then _ihe_kind=text
+            else return 1
+            fi ;;
+        'ihe xds query')
+            if (( $2 == 0 )); then _ihe_kind=text
+            else return 1
+            fi ;;
+        'ihe xds retrieve')
+            if (( $2 >= 0 )); then _ihe_kind=text
+            else return 1
+            fi ;;
+        'ihe xds submit')
+            if (( $2 >= 0 )); then _ihe_kind=file
             else return 1
             fi ;;
         *) return 1 ;;

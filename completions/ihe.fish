@@ -5,13 +5,33 @@
 function __ihe_subcommands
     switch $argv[1]
         case 'ihe'
-            printf '%s\n' 'archive' 'config' 'dicom'
+            printf '%s\n' 'archive' 'audit' 'config' 'dicom' 'hl7' 'iocm' 'kin' 'tce' 'time' 'wic' 'xds'
         case 'ihe archive'
-            printf '%s\n' 'check' 'export' 'import' 'ls' 'rm' 'serve'
+            printf '%s\n' 'check' 'export' 'import' 'ls' 'mpps' 'rejected' 'rm' 'serve'
+        case 'ihe archive mpps'
+            printf '%s\n' 'ls'
+        case 'ihe audit'
+            printf '%s\n' 'query' 'send' 'serve'
         case 'ihe config'
             printf '%s\n' 'init' 'path' 'show'
         case 'ihe dicom'
-            printf '%s\n' 'echo' 'find' 'get' 'move' 'store'
+            printf '%s\n' 'commit' 'echo' 'find' 'get' 'move' 'mpps' 'store'
+        case 'ihe dicom mpps'
+            printf '%s\n' 'create' 'set'
+        case 'ihe hl7'
+            printf '%s\n' 'orders' 'send'
+        case 'ihe iocm'
+            printf '%s\n' 'reject'
+        case 'ihe kin'
+            printf '%s\n' 'create' 'show'
+        case 'ihe tce'
+            printf '%s\n' 'export' 'ls' 'show'
+        case 'ihe time'
+            printf '%s\n' 'check'
+        case 'ihe wic'
+            printf '%s\n' 'upload'
+        case 'ihe xds'
+            printf '%s\n' 'delete' 'query' 'retrieve' 'serve' 'submit'
     end
 end
 
@@ -33,11 +53,29 @@ function __ihe_takes_value
         case 'ihe archive ls'
             contains -- $argv[2] --accession --date --db --instance -L --level --limit --modality --name --patient --series --storage --study
             return
+        case 'ihe archive mpps ls'
+            contains -- $argv[2] --db --limit --patient --status --storage
+            return
+        case 'ihe archive rejected'
+            contains -- $argv[2] --db --limit --storage
+            return
         case 'ihe archive rm'
             contains -- $argv[2] --db --instance --patient --series --storage --study
             return
         case 'ihe archive serve'
-            contains -- $argv[2] --aet --allow --bind --db --dest --duplicates --max-pdu -p --port --storage --workers
+            contains -- $argv[2] --aet --allow --bind --db --dest --duplicates --hl7-port --http-port --max-pdu -p --port --storage --workers
+            return
+        case 'ihe audit query'
+            contains -- $argv[2] --db --event --limit --patient --since --user
+            return
+        case 'ihe audit send'
+            contains -- $argv[2] --ca --cert --event --outcome --patient --repository --timeout --tls-floor --tls-key --user
+            return
+        case 'ihe audit serve'
+            contains -- $argv[2] --bind --ca --cert --db --tcp-port --tls-floor --tls-key --tls-port --udp-port
+            return
+        case 'ihe dicom commit'
+            contains -- $argv[2] --bind -aet --calling-aet --db -p --port --storage --study --timeout
             return
         case 'ihe dicom echo'
             contains -- $argv[2] -aet --calling-aet --timeout
@@ -51,8 +89,56 @@ function __ihe_takes_value
         case 'ihe dicom move'
             contains -- $argv[2] -aet --calling-aet --dest -k --key -L --level --root --timeout
             return
+        case 'ihe dicom mpps create'
+            contains -- $argv[2] --accession -aet --calling-aet --description --from-json -k --key --modality --patient-id --patient-name --pps-id --study --timeout --uid
+            return
+        case 'ihe dicom mpps set'
+            contains -- $argv[2] -aet --calling-aet --from-json -k --key --series-from --status --timeout
+            return
         case 'ihe dicom store'
             contains -- $argv[2] -aet --calling-aet --timeout
+            return
+        case 'ihe hl7 orders'
+            contains -- $argv[2] --accession --db --limit --patient --storage
+            return
+        case 'ihe hl7 send'
+            contains -- $argv[2] --ca --cert --timeout --tls-floor --tls-key
+            return
+        case 'ihe iocm reject'
+            contains -- $argv[2] -aet --calling-aet --db --description --from-files --instance --observer --quality-reason --reason --retrieve-aet --series --storage --study --timeout --to
+            return
+        case 'ihe kin create'
+            contains -- $argv[2] -aet --calling-aet --db --description --from-files --instance --observer -o --out --retrieve-aet --series --storage --study --timeout --title --to
+            return
+        case 'ihe tce export'
+            contains -- $argv[2] --db -o --out --storage
+            return
+        case 'ihe tce ls'
+            contains -- $argv[2] --db --storage
+            return
+        case 'ihe tce show'
+            contains -- $argv[2] --db --storage
+            return
+        case 'ihe time check'
+            contains -- $argv[2] --max-offset -s --server --timeout
+            return
+        case 'ihe wic upload'
+            contains -- $argv[2] --accession --birth-date --patient --patient-name --sex --study --study-description --timeout --url
+            return
+        case 'ihe xds delete'
+            contains -- $argv[2] --registry --timeout
+            return
+        case 'ihe xds query'
+            contains -- $argv[2] --association-type --author --class --confidentiality --content-type --event --facility --folder-code --format --from --patient --practice --registry --source-id --status --timeout --to --type --unique-id --uuid
+            return
+        case 'ihe xds retrieve'
+            contains -- $argv[2] -o --out --repository --repository-id --timeout
+            return
+        case 'ihe xds serve'
+            contains -- $argv[2] --bind --db --max-body-mb -p --port --repository-id --storage
+            return
+        case 'ihe xds submit'
+            contains -- $argv[2] --batch --class --confidentiality --folder --format --metadata --mime --patient --replace --repository --timeout --title --type
             return
     end
     return 1
@@ -108,8 +194,16 @@ complete -c ihe -f
 
 # ihe
 complete -c ihe -n "__ihe_arg 'ihe' 0 0" -a 'archive' -d 'The local archive: serve it over DICOM, import, list, remove, export, check.'
+complete -c ihe -n "__ihe_arg 'ihe' 0 0" -a 'audit' -d 'Audit trail (ATNA): send audit messages, run an Audit Record Repository, query it.'
 complete -c ihe -n "__ihe_arg 'ihe' 0 0" -a 'config' -d 'The profile file: path, starter file, effective settings.'
 complete -c ihe -n "__ihe_arg 'ihe' 0 0" -a 'dicom' -d 'DICOM client: echo, store, find, move, get (like DCMTK\'s *scu tools).'
+complete -c ihe -n "__ihe_arg 'ihe' 0 0" -a 'hl7' -d 'HL7 v2 over MLLP: send messages, list the orders the archive received.'
+complete -c ihe -n "__ihe_arg 'ihe' 0 0" -a 'iocm' -d 'Image Object Change Management: reject instances with a rejection note.'
+complete -c ihe -n "__ihe_arg 'ihe' 0 0" -a 'kin' -d 'Key Image Notes: select key images of a study, title and describe them, send or store.'
+complete -c ihe -n "__ihe_arg 'ihe' 0 0" -a 'tce' -d 'Teaching file and clinical trial export cases received by the archive: list, export.'
+complete -c ihe -n "__ihe_arg 'ihe' 0 0" -a 'time' -d 'Consistent Time (CT): check the local clock against an NTP server.'
+complete -c ihe -n "__ihe_arg 'ihe' 0 0" -a 'wic' -d 'Web-based Image Capture: send photos, videos and PDFs to an archive over STOW-RS.'
+complete -c ihe -n "__ihe_arg 'ihe' 0 0" -a 'xds' -d 'XDS.b: submit, query, retrieve and delete documents; serve a registry and repository.'
 complete -c ihe -n "__ihe_at 'ihe'" -s c -l config -r -F -d 'Profile file (default: ihe config path).'
 complete -c ihe -n "__ihe_at 'ihe'" -l debug -d 'Show tracebacks of errors.'
 complete -c ihe -n "__ihe_at 'ihe'" -s h -l help -d 'Show this message and exit.'
@@ -123,6 +217,8 @@ complete -c ihe -n "__ihe_arg 'ihe archive' 0 0" -a 'check' -d 'Check that index
 complete -c ihe -n "__ihe_arg 'ihe archive' 0 0" -a 'export' -d 'Export studies (by date received or UID) to a node or a folder: the nightly job.'
 complete -c ihe -n "__ihe_arg 'ihe archive' 0 0" -a 'import' -d 'Store DICOM files and folders in the archive (non-DICOM files are skipped).'
 complete -c ihe -n "__ihe_arg 'ihe archive' 0 0" -a 'ls' -d 'List what the archive holds, at any level.'
+complete -c ihe -n "__ihe_arg 'ihe archive' 0 0" -a 'mpps' -d 'Performed Procedure Steps the archive received (PPS Manager).'
+complete -c ihe -n "__ihe_arg 'ihe archive' 0 0" -a 'rejected' -d 'List instances hidden or deleted by rejection notes (IOCM), newest first.'
 complete -c ihe -n "__ihe_arg 'ihe archive' 0 0" -a 'rm' -d 'Delete patients, studies, series or instances (index rows and files).'
 complete -c ihe -n "__ihe_arg 'ihe archive' 0 0" -a 'serve' -d 'Run the archive\'s DICOM services in the foreground (Ctrl-C stops it).'
 complete -c ihe -n "__ihe_at 'ihe archive'" -s h -l help -d 'Show this message and exit.'
@@ -141,7 +237,7 @@ complete -c ihe -n "__ihe_at 'ihe archive export'" -l db -x -d 'Archive database
 complete -c ihe -n "__ihe_at 'ihe archive export'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe archive export'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
 complete -c ihe -n "__ihe_at 'ihe archive export'" -s o -l out -x -a '(__fish_complete_directories)' -d 'Folder to write the instances to.'
-complete -c ihe -n "__ihe_at 'ihe archive export'" -l since -x -d 'Studies received since a date (2024-05-01) or age (24h).'
+complete -c ihe -n "__ihe_at 'ihe archive export'" -l since -x -d 'Since a date (2024-05-01), a time (2024-05-01T12:00) or an age (24h, 7d), in UTC.'
 complete -c ihe -n "__ihe_at 'ihe archive export'" -l storage -x -a '(__fish_complete_directories)' -d 'Archive storage folder (default: the profile\'s).'
 complete -c ihe -n "__ihe_at 'ihe archive export'" -l study -x -d 'Study Instance UID (repeatable).'
 complete -c ihe -n "__ihe_at 'ihe archive export'" -l timeout -x -d 'Network timeout in seconds.'
@@ -171,6 +267,26 @@ complete -c ihe -n "__ihe_at 'ihe archive ls'" -l series -x -d 'Series Instance 
 complete -c ihe -n "__ihe_at 'ihe archive ls'" -l storage -x -a '(__fish_complete_directories)' -d 'Archive storage folder (default: the profile\'s).'
 complete -c ihe -n "__ihe_at 'ihe archive ls'" -l study -x -d 'Study Instance UID (repeatable).'
 
+# ihe archive mpps
+complete -c ihe -n "__ihe_arg 'ihe archive mpps' 0 0" -a 'ls' -d 'List the steps received (newest first), with their forwarding and IAN state.'
+complete -c ihe -n "__ihe_at 'ihe archive mpps'" -s h -l help -d 'Show this message and exit.'
+
+# ihe archive mpps ls
+complete -c ihe -n "__ihe_at 'ihe archive mpps ls'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
+complete -c ihe -n "__ihe_at 'ihe archive mpps ls'" -s h -l help -d 'Show this message and exit.'
+complete -c ihe -n "__ihe_at 'ihe archive mpps ls'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
+complete -c ihe -n "__ihe_at 'ihe archive mpps ls'" -l limit -x -d 'Show at most N matches.'
+complete -c ihe -n "__ihe_at 'ihe archive mpps ls'" -l patient -x -d 'Patient ID.'
+complete -c ihe -n "__ihe_at 'ihe archive mpps ls'" -l status -x -d 'Only steps in this state (IN PROGRESS, COMPLETED, DISCONTINUED).'
+complete -c ihe -n "__ihe_at 'ihe archive mpps ls'" -l storage -x -a '(__fish_complete_directories)' -d 'Archive storage folder (default: the profile\'s).'
+
+# ihe archive rejected
+complete -c ihe -n "__ihe_at 'ihe archive rejected'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
+complete -c ihe -n "__ihe_at 'ihe archive rejected'" -s h -l help -d 'Show this message and exit.'
+complete -c ihe -n "__ihe_at 'ihe archive rejected'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
+complete -c ihe -n "__ihe_at 'ihe archive rejected'" -l limit -x -d 'Show at most N matches.'
+complete -c ihe -n "__ihe_at 'ihe archive rejected'" -l storage -x -a '(__fish_complete_directories)' -d 'Archive storage folder (default: the profile\'s).'
+
 # ihe archive rm
 complete -c ihe -n "__ihe_at 'ihe archive rm'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
 complete -c ihe -n "__ihe_at 'ihe archive rm'" -s h -l help -d 'Show this message and exit.'
@@ -191,10 +307,61 @@ complete -c ihe -n "__ihe_at 'ihe archive serve'" -l dest -x -d 'C-MOVE destinat
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -l duplicates -x -d 'Same SOP Instance UID again: keep (default) or overwrite.'
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -l fuzzy-names -d 'Case- and accent-insensitive person-name matching.'
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -s h -l help -d 'Show this message and exit.'
+complete -c ihe -n "__ihe_at 'ihe archive serve'" -l hl7-port -x -d 'Also receive HL7 v2 over MLLP on this port: ADT A01/A04/A08/A31/A40/A47 patient updates, merges and ID changes, ORM^O01/OMI^O23 orders (0: any free port).'
+complete -c ihe -n "__ihe_at 'ihe archive serve'" -l http-port -x -d 'Also serve DICOMweb on this port: QIDO-RS, WADO-RS, STOW-RS under /dicom-web/, WADO-URI at /wado.'
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -l max-pdu -x -d 'Largest PDU we accept (0: no limit).'
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -s p -l port -x -d 'Port to listen on (0: any free port).'
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -l storage -x -a '(__fish_complete_directories)' -d 'Archive storage folder (default: the profile\'s).'
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -l workers -x -d 'Server processes sharing the port (default: the profile\'s, else one per CPU up to 4).'
+
+# ihe audit
+complete -c ihe -n "__ihe_arg 'ihe audit' 0 0" -a 'query' -d 'List the audit events the repository stored, newest first.'
+complete -c ihe -n "__ihe_arg 'ihe audit' 0 0" -a 'send' -d 'Send audit messages to an Audit Record Repository now (ITI-20), as RFC 5424 syslog.'
+complete -c ihe -n "__ihe_arg 'ihe audit' 0 0" -a 'serve' -d 'Run an Audit Record Repository in the foreground: syslog over TLS and UDP into the archive database.'
+complete -c ihe -n "__ihe_at 'ihe audit'" -s h -l help -d 'Show this message and exit.'
+
+# ihe audit query
+complete -c ihe -n "__ihe_at 'ihe audit query'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
+complete -c ihe -n "__ihe_at 'ihe audit query'" -l event -x -d 'The audit event: send builds start, stop, login, logout, alert, patient-read or patient-update; query matches an event ID or type by code or name (110112, Query, ITI-18, \'Application Start\').'
+complete -c ihe -n "__ihe_at 'ihe audit query'" -l failed -d 'Only events whose outcome is not success.'
+complete -c ihe -n "__ihe_at 'ihe audit query'" -s h -l help -d 'Show this message and exit.'
+complete -c ihe -n "__ihe_at 'ihe audit query'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
+complete -c ihe -n "__ihe_at 'ihe audit query'" -l limit -x -d 'Show at most N matches.'
+complete -c ihe -n "__ihe_at 'ihe audit query'" -l patient -x -d 'Patient ID (wildcards * ?).'
+complete -c ihe -n "__ihe_at 'ihe audit query'" -l since -x -d 'Since a date (2024-05-01), a time (2024-05-01T12:00) or an age (24h, 7d), in UTC.'
+complete -c ihe -n "__ihe_at 'ihe audit query'" -l user -x -d 'User ID of a participant: a person, an AE title or an application (query: wildcards * ?).'
+
+# ihe audit send
+complete -c ihe -n "__ihe_at 'ihe audit send'" -l ca -r -F -d 'CA certificates to trust (PEM); servers then require client certificates. Implies --tls.'
+complete -c ihe -n "__ihe_at 'ihe audit send'" -l cert -r -F -d 'Our TLS certificate chain (PEM; may hold the key). Implies --tls.'
+complete -c ihe -n "__ihe_at 'ihe audit send'" -l event -x -d 'The audit event: send builds start, stop, login, logout, alert, patient-read or patient-update; query matches an event ID or type by code or name (110112, Query, ITI-18, \'Application Start\').'
+complete -c ihe -n "__ihe_at 'ihe audit send'" -s h -l help -d 'Show this message and exit.'
+complete -c ihe -n "__ihe_at 'ihe audit send'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
+complete -c ihe -n "__ihe_at 'ihe audit send'" -l no-tls -d 'No secure transport, even when the profile turns TLS on.'
+complete -c ihe -n "__ihe_at 'ihe audit send'" -l outcome -x -d 'EventOutcomeIndicator of the built event: 0, 4, 8 or 12.'
+complete -c ihe -n "__ihe_at 'ihe audit send'" -l patient -x -d 'Patient ID.'
+complete -c ihe -n "__ihe_at 'ihe audit send'" -l repository -x -d 'Audit Record Repository: tls://HOST:6514, udp://HOST:514 or tcp://HOST:PORT (default: the profile\'s audit.repository).'
+complete -c ihe -n "__ihe_at 'ihe audit send'" -l timeout -x -d 'Network timeout in seconds.'
+complete -c ihe -n "__ihe_at 'ihe audit send'" -l tls -d 'Secure the link with TLS (the profile\'s certificate and CA unless --cert/--tls-key/--ca are given).'
+complete -c ihe -n "__ihe_at 'ihe audit send'" -l tls-floor -x -d 'Lowest TLS version: 1.2 (BCP195, the default) or 1.0 (legacy peers only).'
+complete -c ihe -n "__ihe_at 'ihe audit send'" -l tls-key -r -F -d 'Private key of --cert (PEM), when not in the same file.'
+complete -c ihe -n "__ihe_at 'ihe audit send'" -l user -x -d 'User ID of a participant: a person, an AE title or an application (query: wildcards * ?).'
+complete -c ihe -n "__ihe_arg 'ihe audit send' 0 -1" -F
+
+# ihe audit serve
+complete -c ihe -n "__ihe_at 'ihe audit serve'" -l bind -x -d 'Address to listen on (default 127.0.0.1; 0.0.0.0 for all).'
+complete -c ihe -n "__ihe_at 'ihe audit serve'" -l ca -r -F -d 'CA certificates to trust (PEM); servers then require client certificates. Implies --tls.'
+complete -c ihe -n "__ihe_at 'ihe audit serve'" -l cert -r -F -d 'Our TLS certificate chain (PEM; may hold the key). Implies --tls.'
+complete -c ihe -n "__ihe_at 'ihe audit serve'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
+complete -c ihe -n "__ihe_at 'ihe audit serve'" -s h -l help -d 'Show this message and exit.'
+complete -c ihe -n "__ihe_at 'ihe audit serve'" -l no-tls -d 'No secure transport, even when the profile turns TLS on.'
+complete -c ihe -n "__ihe_at 'ihe audit serve'" -l no-udp -d 'No UDP listener.'
+complete -c ihe -n "__ihe_at 'ihe audit serve'" -l tcp-port -x -d 'Also listen on plain TCP, octet-counted, without TLS (off unless given).'
+complete -c ihe -n "__ihe_at 'ihe audit serve'" -l tls -d 'Secure the link with TLS (the profile\'s certificate and CA unless --cert/--tls-key/--ca are given).'
+complete -c ihe -n "__ihe_at 'ihe audit serve'" -l tls-floor -x -d 'Lowest TLS version: 1.2 (BCP195, the default) or 1.0 (legacy peers only).'
+complete -c ihe -n "__ihe_at 'ihe audit serve'" -l tls-key -r -F -d 'Private key of --cert (PEM), when not in the same file.'
+complete -c ihe -n "__ihe_at 'ihe audit serve'" -l tls-port -x -d 'TLS syslog port (RFC 5425; default the profile\'s, 6514; 0: any free port).'
+complete -c ihe -n "__ihe_at 'ihe audit serve'" -l udp-port -x -d 'UDP syslog port (RFC 5426; default the profile\'s, 514; 0: any free port).'
 
 # ihe config
 complete -c ihe -n "__ihe_arg 'ihe config' 0 0" -a 'init' -d 'Write a commented starter profile file.'
@@ -214,12 +381,26 @@ complete -c ihe -n "__ihe_at 'ihe config show'" -s h -l help -d 'Show this messa
 complete -c ihe -n "__ihe_at 'ihe config show'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
 
 # ihe dicom
+complete -c ihe -n "__ihe_arg 'ihe dicom' 0 0" -a 'commit' -d 'Ask a node to commit to storing instances (Storage Commitment, RAD-10) and print its report.'
 complete -c ihe -n "__ihe_arg 'ihe dicom' 0 0" -a 'echo' -d 'Verify a node answers (C-ECHO).'
 complete -c ihe -n "__ihe_arg 'ihe dicom' 0 0" -a 'find' -d 'Query a node (C-FIND); the level\'s usual keys are always returned.'
 complete -c ihe -n "__ihe_arg 'ihe dicom' 0 0" -a 'get' -d 'Retrieve matching instances over the same association into a folder (C-GET).'
 complete -c ihe -n "__ihe_arg 'ihe dicom' 0 0" -a 'move' -d 'Ask a node to send matching instances to a destination (C-MOVE).'
+complete -c ihe -n "__ihe_arg 'ihe dicom' 0 0" -a 'mpps' -d 'Modality Performed Procedure Step client (RAD-6/7, RAD-20/21): create and update steps on a node.'
 complete -c ihe -n "__ihe_arg 'ihe dicom' 0 0" -a 'store' -d 'Send DICOM files and folders over one association (C-STORE).'
 complete -c ihe -n "__ihe_at 'ihe dicom'" -s h -l help -d 'Show this message and exit.'
+
+# ihe dicom commit
+complete -c ihe -n "__ihe_at 'ihe dicom commit'" -l bind -x -d 'Address to listen on (default 127.0.0.1; 0.0.0.0 for all).'
+complete -c ihe -n "__ihe_at 'ihe dicom commit'" -o aet -l calling-aet -x -d 'Calling AE title (default: the profile\'s, IHE).'
+complete -c ihe -n "__ihe_at 'ihe dicom commit'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
+complete -c ihe -n "__ihe_at 'ihe dicom commit'" -s h -l help -d 'Show this message and exit.'
+complete -c ihe -n "__ihe_at 'ihe dicom commit'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
+complete -c ihe -n "__ihe_at 'ihe dicom commit'" -s p -l port -x -d 'Release the association after the request and wait for the report on a new one, listening on this port (the peer must know us as a node).'
+complete -c ihe -n "__ihe_at 'ihe dicom commit'" -l storage -x -a '(__fish_complete_directories)' -d 'Archive storage folder (default: the profile\'s).'
+complete -c ihe -n "__ihe_at 'ihe dicom commit'" -l study -x -d 'Commit the instances of a study of the local archive (repeatable).'
+complete -c ihe -n "__ihe_at 'ihe dicom commit'" -l timeout -x -d 'Network timeout in seconds.'
+complete -c ihe -n "__ihe_arg 'ihe dicom commit' 1 -1" -F
 
 # ihe dicom echo
 complete -c ihe -n "__ihe_at 'ihe dicom echo'" -o aet -l calling-aet -x -d 'Calling AE title (default: the profile\'s, IHE).'
@@ -257,9 +438,252 @@ complete -c ihe -n "__ihe_at 'ihe dicom move'" -s L -l level -x -d 'Level: patie
 complete -c ihe -n "__ihe_at 'ihe dicom move'" -l root -x -d 'Information model: study or patient (root).'
 complete -c ihe -n "__ihe_at 'ihe dicom move'" -l timeout -x -d 'Network timeout in seconds.'
 
+# ihe dicom mpps
+complete -c ihe -n "__ihe_arg 'ihe dicom mpps' 0 0" -a 'create' -d 'Start a step: MPPS N-CREATE with status IN PROGRESS (RAD-6); prints its SOP Instance UID.'
+complete -c ihe -n "__ihe_arg 'ihe dicom mpps' 0 0" -a 'set' -d 'Update a step: MPPS N-SET (RAD-7), e.g. to COMPLETED with the series it produced.'
+complete -c ihe -n "__ihe_at 'ihe dicom mpps'" -s h -l help -d 'Show this message and exit.'
+
+# ihe dicom mpps create
+complete -c ihe -n "__ihe_at 'ihe dicom mpps create'" -l accession -x -d 'Accession number.'
+complete -c ihe -n "__ihe_at 'ihe dicom mpps create'" -o aet -l calling-aet -x -d 'Calling AE title (default: the profile\'s, IHE).'
+complete -c ihe -n "__ihe_at 'ihe dicom mpps create'" -l description -x -d 'Performed Procedure Step Description.'
+complete -c ihe -n "__ihe_at 'ihe dicom mpps create'" -l from-json -r -F -d 'Attributes from a JSON file: keywords ({"PatientID": "P1"}) or the DICOM JSON model.'
+complete -c ihe -n "__ihe_at 'ihe dicom mpps create'" -s h -l help -d 'Show this message and exit.'
+complete -c ihe -n "__ihe_at 'ihe dicom mpps create'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
+complete -c ihe -n "__ihe_at 'ihe dicom mpps create'" -s k -l key -x -d 'Query key: keyword or (gggg,eeee), \'=\' and a value (empty: return it). Repeatable. Sequences as Seq[0].Keyword=.'
+complete -c ihe -n "__ihe_at 'ihe dicom mpps create'" -l modality -x -d 'Modality (default OT).'
+complete -c ihe -n "__ihe_at 'ihe dicom mpps create'" -l patient-id -x -d 'Patient ID.'
+complete -c ihe -n "__ihe_at 'ihe dicom mpps create'" -l patient-name -x -d 'Patient name, e.g. DOE^JOHN.'
+complete -c ihe -n "__ihe_at 'ihe dicom mpps create'" -l pps-id -x -d 'Performed Procedure Step ID (default: from the time).'
+complete -c ihe -n "__ihe_at 'ihe dicom mpps create'" -l study -x -d 'Study Instance UID (default: a new one).'
+complete -c ihe -n "__ihe_at 'ihe dicom mpps create'" -l timeout -x -d 'Network timeout in seconds.'
+complete -c ihe -n "__ihe_at 'ihe dicom mpps create'" -l uid -x -d 'SOP Instance UID of the step (default: a new one).'
+
+# ihe dicom mpps set
+complete -c ihe -n "__ihe_at 'ihe dicom mpps set'" -o aet -l calling-aet -x -d 'Calling AE title (default: the profile\'s, IHE).'
+complete -c ihe -n "__ihe_at 'ihe dicom mpps set'" -l from-json -r -F -d 'Attributes from a JSON file: keywords ({"PatientID": "P1"}) or the DICOM JSON model.'
+complete -c ihe -n "__ihe_at 'ihe dicom mpps set'" -s h -l help -d 'Show this message and exit.'
+complete -c ihe -n "__ihe_at 'ihe dicom mpps set'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
+complete -c ihe -n "__ihe_at 'ihe dicom mpps set'" -s k -l key -x -d 'Query key: keyword or (gggg,eeee), \'=\' and a value (empty: return it). Repeatable. Sequences as Seq[0].Keyword=.'
+complete -c ihe -n "__ihe_at 'ihe dicom mpps set'" -l series-from -r -F -d 'Performed Series Sequence from these DICOM files or folders (repeatable).'
+complete -c ihe -n "__ihe_at 'ihe dicom mpps set'" -l status -x -d 'COMPLETED, DISCONTINUED or IN PROGRESS (end date and time are set to now for the final states unless given).'
+complete -c ihe -n "__ihe_at 'ihe dicom mpps set'" -l timeout -x -d 'Network timeout in seconds.'
+
 # ihe dicom store
 complete -c ihe -n "__ihe_at 'ihe dicom store'" -o aet -l calling-aet -x -d 'Calling AE title (default: the profile\'s, IHE).'
 complete -c ihe -n "__ihe_at 'ihe dicom store'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe dicom store'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
 complete -c ihe -n "__ihe_at 'ihe dicom store'" -l timeout -x -d 'Network timeout in seconds.'
 complete -c ihe -n "__ihe_arg 'ihe dicom store' 1 -1" -F
+
+# ihe hl7
+complete -c ihe -n "__ihe_arg 'ihe hl7' 0 0" -a 'orders' -d 'List the orders (ORM^O01, OMI^O23) the archive\'s HL7 feed received, newest first.'
+complete -c ihe -n "__ihe_arg 'ihe hl7' 0 0" -a 'send' -d 'Send HL7 v2 messages over one MLLP connection and print each acknowledgement.'
+complete -c ihe -n "__ihe_at 'ihe hl7'" -s h -l help -d 'Show this message and exit.'
+
+# ihe hl7 orders
+complete -c ihe -n "__ihe_at 'ihe hl7 orders'" -l accession -x -d 'Accession number.'
+complete -c ihe -n "__ihe_at 'ihe hl7 orders'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
+complete -c ihe -n "__ihe_at 'ihe hl7 orders'" -s h -l help -d 'Show this message and exit.'
+complete -c ihe -n "__ihe_at 'ihe hl7 orders'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
+complete -c ihe -n "__ihe_at 'ihe hl7 orders'" -l limit -x -d 'Show at most N matches.'
+complete -c ihe -n "__ihe_at 'ihe hl7 orders'" -l patient -x -d 'Patient ID.'
+complete -c ihe -n "__ihe_at 'ihe hl7 orders'" -l storage -x -a '(__fish_complete_directories)' -d 'Archive storage folder (default: the profile\'s).'
+
+# ihe hl7 send
+complete -c ihe -n "__ihe_at 'ihe hl7 send'" -l ca -r -F -d 'CA certificates to trust (PEM); servers then require client certificates. Implies --tls.'
+complete -c ihe -n "__ihe_at 'ihe hl7 send'" -l cert -r -F -d 'Our TLS certificate chain (PEM; may hold the key). Implies --tls.'
+complete -c ihe -n "__ihe_at 'ihe hl7 send'" -s h -l help -d 'Show this message and exit.'
+complete -c ihe -n "__ihe_at 'ihe hl7 send'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
+complete -c ihe -n "__ihe_at 'ihe hl7 send'" -l no-tls -d 'No secure transport, even when the profile turns TLS on.'
+complete -c ihe -n "__ihe_at 'ihe hl7 send'" -l timeout -x -d 'Network timeout in seconds.'
+complete -c ihe -n "__ihe_at 'ihe hl7 send'" -l tls -d 'Secure the link with TLS (the profile\'s certificate and CA unless --cert/--tls-key/--ca are given).'
+complete -c ihe -n "__ihe_at 'ihe hl7 send'" -l tls-floor -x -d 'Lowest TLS version: 1.2 (BCP195, the default) or 1.0 (legacy peers only).'
+complete -c ihe -n "__ihe_at 'ihe hl7 send'" -l tls-key -r -F -d 'Private key of --cert (PEM), when not in the same file.'
+complete -c ihe -n "__ihe_arg 'ihe hl7 send' 1 -1" -F
+
+# ihe iocm
+complete -c ihe -n "__ihe_arg 'ihe iocm' 0 0" -a 'reject' -d 'Reject studies, series or instances: shows what will be rejected, asks, then sends the note.'
+complete -c ihe -n "__ihe_at 'ihe iocm'" -s h -l help -d 'Show this message and exit.'
+
+# ihe iocm reject
+complete -c ihe -n "__ihe_at 'ihe iocm reject'" -o aet -l calling-aet -x -d 'Calling AE title (default: the profile\'s, IHE).'
+complete -c ihe -n "__ihe_at 'ihe iocm reject'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
+complete -c ihe -n "__ihe_at 'ihe iocm reject'" -l description -x -d 'Free-text description of what the command creates.'
+complete -c ihe -n "__ihe_at 'ihe iocm reject'" -l from-files -r -F -d 'Take the referenced instances from these files or folders instead of the local archive (repeatable).'
+complete -c ihe -n "__ihe_at 'ihe iocm reject'" -s h -l help -d 'Show this message and exit.'
+complete -c ihe -n "__ihe_at 'ihe iocm reject'" -l instance -x -d 'SOP Instance UID (repeatable).'
+complete -c ihe -n "__ihe_at 'ihe iocm reject'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
+complete -c ihe -n "__ihe_at 'ihe iocm reject'" -l observer -x -d 'Person observer, e.g. \'Doe^Jane\'.'
+complete -c ihe -n "__ihe_at 'ihe iocm reject'" -l quality-reason -x -d 'With --reason quality: image-artifacts, grid-artifacts, positioning, motion-blur, under-exposed, over-exposed or 111207-111212 (repeatable).'
+complete -c ihe -n "__ihe_at 'ihe iocm reject'" -l reason -x -d 'quality (113001), patient-safety (113037), incorrect-mpps (113038), data-retention (113039), or the code.'
+complete -c ihe -n "__ihe_at 'ihe iocm reject'" -l retrieve-aet -x -d 'Retrieve AE Title of the references (default: where they were found: the archive\'s AE title, or the files\' own).'
+complete -c ihe -n "__ihe_at 'ihe iocm reject'" -l series -x -d 'Series Instance UID (repeatable).'
+complete -c ihe -n "__ihe_at 'ihe iocm reject'" -l storage -x -a '(__fish_complete_directories)' -d 'Archive storage folder (default: the profile\'s).'
+complete -c ihe -n "__ihe_at 'ihe iocm reject'" -l store -d 'Store it in the local archive.'
+complete -c ihe -n "__ihe_at 'ihe iocm reject'" -l study -x -d 'Study Instance UID (repeatable).'
+complete -c ihe -n "__ihe_at 'ihe iocm reject'" -l timeout -x -d 'Network timeout in seconds.'
+complete -c ihe -n "__ihe_at 'ihe iocm reject'" -l to -x -d 'Send to a DICOM node (C-STORE).'
+complete -c ihe -n "__ihe_at 'ihe iocm reject'" -s y -l yes -d 'Do not ask for confirmation.'
+
+# ihe kin
+complete -c ihe -n "__ihe_arg 'ihe kin' 0 0" -a 'create' -d 'Create a Key Image Note for images of one study and send, store or write it.'
+complete -c ihe -n "__ihe_arg 'ihe kin' 0 0" -a 'show' -d 'Show what key object files say: title, modifiers, text, observer, references per series.'
+complete -c ihe -n "__ihe_at 'ihe kin'" -s h -l help -d 'Show this message and exit.'
+
+# ihe kin create
+complete -c ihe -n "__ihe_at 'ihe kin create'" -l allow-missing -d 'Leave out references that cannot be found instead of failing.'
+complete -c ihe -n "__ihe_at 'ihe kin create'" -o aet -l calling-aet -x -d 'Calling AE title (default: the profile\'s, IHE).'
+complete -c ihe -n "__ihe_at 'ihe kin create'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
+complete -c ihe -n "__ihe_at 'ihe kin create'" -l description -x -d 'Free-text description of what the command creates.'
+complete -c ihe -n "__ihe_at 'ihe kin create'" -l from-files -r -F -d 'Take the referenced instances from these files or folders instead of the local archive (repeatable).'
+complete -c ihe -n "__ihe_at 'ihe kin create'" -s h -l help -d 'Show this message and exit.'
+complete -c ihe -n "__ihe_at 'ihe kin create'" -l instance -x -d 'SOP Instance UID (repeatable).'
+complete -c ihe -n "__ihe_at 'ihe kin create'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
+complete -c ihe -n "__ihe_at 'ihe kin create'" -l observer -x -d 'Person observer, e.g. \'Doe^Jane\'.'
+complete -c ihe -n "__ihe_at 'ihe kin create'" -s o -l out -x -a '(__fish_complete_directories)' -d 'Folder to write the instances to.'
+complete -c ihe -n "__ihe_at 'ihe kin create'" -l retrieve-aet -x -d 'Retrieve AE Title of the references (default: where they were found: the archive\'s AE title, or the files\' own).'
+complete -c ihe -n "__ihe_at 'ihe kin create'" -l series -x -d 'Series Instance UID (repeatable).'
+complete -c ihe -n "__ihe_at 'ihe kin create'" -l storage -x -a '(__fish_complete_directories)' -d 'Archive storage folder (default: the profile\'s).'
+complete -c ihe -n "__ihe_at 'ihe kin create'" -l store -d 'Store it in the local archive.'
+complete -c ihe -n "__ihe_at 'ihe kin create'" -l study -x -d 'Study Instance UID (repeatable).'
+complete -c ihe -n "__ihe_at 'ihe kin create'" -l timeout -x -d 'Network timeout in seconds.'
+complete -c ihe -n "__ihe_at 'ihe kin create'" -l title -x -d 'CID 7010 title by name (of-interest, for-referring-provider, for-surgery, for-teaching, quality-issue, ...) or code (113000); default of-interest.'
+complete -c ihe -n "__ihe_at 'ihe kin create'" -l to -x -d 'Send to a DICOM node (C-STORE).'
+
+# ihe kin show
+complete -c ihe -n "__ihe_at 'ihe kin show'" -s h -l help -d 'Show this message and exit.'
+complete -c ihe -n "__ihe_at 'ihe kin show'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
+complete -c ihe -n "__ihe_arg 'ihe kin show' 0 -1" -F
+
+# ihe tce
+complete -c ihe -n "__ihe_arg 'ihe tce' 0 0" -a 'export' -d 'Write a case\'s manifest (MANIFEST.dcm), its instances (Study/Series/SOP.dcm) and case.json.'
+complete -c ihe -n "__ihe_arg 'ihe tce' 0 0" -a 'ls' -d 'List the received TCE cases: manifest title, key text, and how many instances arrived.'
+complete -c ihe -n "__ihe_arg 'ihe tce' 0 0" -a 'show' -d 'Show one case: its key text and each referenced instance, received or not.'
+complete -c ihe -n "__ihe_at 'ihe tce'" -s h -l help -d 'Show this message and exit.'
+
+# ihe tce export
+complete -c ihe -n "__ihe_at 'ihe tce export'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
+complete -c ihe -n "__ihe_at 'ihe tce export'" -s h -l help -d 'Show this message and exit.'
+complete -c ihe -n "__ihe_at 'ihe tce export'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
+complete -c ihe -n "__ihe_at 'ihe tce export'" -s o -l out -x -a '(__fish_complete_directories)' -d 'Folder to write the instances to.'
+complete -c ihe -n "__ihe_at 'ihe tce export'" -l storage -x -a '(__fish_complete_directories)' -d 'Archive storage folder (default: the profile\'s).'
+
+# ihe tce ls
+complete -c ihe -n "__ihe_at 'ihe tce ls'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
+complete -c ihe -n "__ihe_at 'ihe tce ls'" -s h -l help -d 'Show this message and exit.'
+complete -c ihe -n "__ihe_at 'ihe tce ls'" -l incomplete -d 'Only cases still waiting for instances.'
+complete -c ihe -n "__ihe_at 'ihe tce ls'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
+complete -c ihe -n "__ihe_at 'ihe tce ls'" -l storage -x -a '(__fish_complete_directories)' -d 'Archive storage folder (default: the profile\'s).'
+
+# ihe tce show
+complete -c ihe -n "__ihe_at 'ihe tce show'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
+complete -c ihe -n "__ihe_at 'ihe tce show'" -s h -l help -d 'Show this message and exit.'
+complete -c ihe -n "__ihe_at 'ihe tce show'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
+complete -c ihe -n "__ihe_at 'ihe tce show'" -l storage -x -a '(__fish_complete_directories)' -d 'Archive storage folder (default: the profile\'s).'
+
+# ihe time
+complete -c ihe -n "__ihe_arg 'ihe time' 0 0" -a 'check' -d 'Ask an NTP server for the time (ITI-1): the clock\'s offset and the round-trip delay.'
+complete -c ihe -n "__ihe_at 'ihe time'" -s h -l help -d 'Show this message and exit.'
+
+# ihe time check
+complete -c ihe -n "__ihe_at 'ihe time check'" -s h -l help -d 'Show this message and exit.'
+complete -c ihe -n "__ihe_at 'ihe time check'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
+complete -c ihe -n "__ihe_at 'ihe time check'" -l max-offset -x -d 'Largest offset tolerated, e.g. 1s or 250ms (default: the profile\'s, 1 s); beyond it the exit status is 1.'
+complete -c ihe -n "__ihe_at 'ihe time check'" -s s -l server -x -d 'NTP server (default: the profile\'s time.server).'
+complete -c ihe -n "__ihe_at 'ihe time check'" -l timeout -x -d 'Network timeout in seconds.'
+
+# ihe wic
+complete -c ihe -n "__ihe_arg 'ihe wic' 0 0" -a 'upload' -d 'Upload photos, videos and PDFs with their patient and study (STOW-RS, RAD-108); the archive converts them to DICOM. EXIF acquisition time is sent along; photos are turned upright.'
+complete -c ihe -n "__ihe_at 'ihe wic'" -s h -l help -d 'Show this message and exit.'
+
+# ihe wic upload
+complete -c ihe -n "__ihe_at 'ihe wic upload'" -l accession -x -d 'Accession number.'
+complete -c ihe -n "__ihe_at 'ihe wic upload'" -l birth-date -x -d 'Patient birth date.'
+complete -c ihe -n "__ihe_at 'ihe wic upload'" -s h -l help -d 'Show this message and exit.'
+complete -c ihe -n "__ihe_at 'ihe wic upload'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
+complete -c ihe -n "__ihe_at 'ihe wic upload'" -l new-study -d 'Start a new study.'
+complete -c ihe -n "__ihe_at 'ihe wic upload'" -l patient -x -d 'Patient ID.'
+complete -c ihe -n "__ihe_at 'ihe wic upload'" -l patient-name -x -d 'Patient name, e.g. DOE^JOHN.'
+complete -c ihe -n "__ihe_at 'ihe wic upload'" -l sex -x -d 'Patient sex.'
+complete -c ihe -n "__ihe_at 'ihe wic upload'" -l study -x -d 'Add to the study with this Study Instance UID.'
+complete -c ihe -n "__ihe_at 'ihe wic upload'" -l study-description -x -d 'Study description.'
+complete -c ihe -n "__ihe_at 'ihe wic upload'" -l timeout -x -d 'Network timeout in seconds.'
+complete -c ihe -n "__ihe_at 'ihe wic upload'" -l url -x -d 'DICOMweb service root (default: IHE_DICOMWEB_URL, else http://127.0.0.1:8080/dicom-web).'
+complete -c ihe -n "__ihe_arg 'ihe wic upload' 0 -1" -F
+
+# ihe xds
+complete -c ihe -n "__ihe_arg 'ihe xds' 0 0" -a 'delete' -d 'Remove metadata from the registry: Delete Document Set (ITI-62, Remove Metadata).'
+complete -c ihe -n "__ihe_arg 'ihe xds' 0 0" -a 'query' -d 'Ask the registry with a stored query: Registry Stored Query (ITI-18).'
+complete -c ihe -n "__ihe_arg 'ihe xds' 0 0" -a 'retrieve' -d 'Fetch documents from a repository: Retrieve Document Set (ITI-43).'
+complete -c ihe -n "__ihe_arg 'ihe xds' 0 0" -a 'serve' -d 'Run a Document Registry and Repository (ITI-18/41/42/43/62) in the foreground (Ctrl-C stops it).'
+complete -c ihe -n "__ihe_arg 'ihe xds' 0 0" -a 'submit' -d 'Send documents to a repository: Provide and Register Document Set-b (ITI-41, MTOM).'
+complete -c ihe -n "__ihe_at 'ihe xds'" -s h -l help -d 'Show this message and exit.'
+
+# ihe xds delete
+complete -c ihe -n "__ihe_at 'ihe xds delete'" -l dry-run -d 'Show what would be removed; remove nothing.'
+complete -c ihe -n "__ihe_at 'ihe xds delete'" -s h -l help -d 'Show this message and exit.'
+complete -c ihe -n "__ihe_at 'ihe xds delete'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
+complete -c ihe -n "__ihe_at 'ihe xds delete'" -l registry -x -d 'Document Registry endpoint (default: the profile\'s xds.registry).'
+complete -c ihe -n "__ihe_at 'ihe xds delete'" -l timeout -x -d 'Network timeout in seconds.'
+complete -c ihe -n "__ihe_at 'ihe xds delete'" -s y -l yes -d 'Do not ask for confirmation.'
+
+# ihe xds query
+complete -c ihe -n "__ihe_at 'ihe xds query'" -l association-type -x -d 'For get-related-documents: RPLC, APND, XFRM, XFRM_RPLC, signs (default: all).'
+complete -c ihe -n "__ihe_at 'ihe xds query'" -l author -x -d 'Author person, % and _ as wildcards; repeatable.'
+complete -c ihe -n "__ihe_at 'ihe xds query'" -l class -x -d 'classCode: CODE^^SCHEME (or CODE alone); repeatable (any of them).'
+complete -c ihe -n "__ihe_at 'ihe xds query'" -l confidentiality -x -d 'confidentialityCode: CODE^^SCHEME (or CODE alone); repeatable (any of them).'
+complete -c ihe -n "__ihe_at 'ihe xds query'" -l content-type -x -d 'SubmissionSet contentTypeCode: CODE^^SCHEME (or CODE alone); repeatable (any of them).'
+complete -c ihe -n "__ihe_at 'ihe xds query'" -l event -x -d 'eventCodeList: CODE^^SCHEME (or CODE alone); repeatable (any of them).'
+complete -c ihe -n "__ihe_at 'ihe xds query'" -l facility -x -d 'healthcareFacilityTypeCode: CODE^^SCHEME (or CODE alone); repeatable (any of them).'
+complete -c ihe -n "__ihe_at 'ihe xds query'" -l folder-code -x -d 'Folder codeList: CODE^^SCHEME (or CODE alone); repeatable (any of them).'
+complete -c ihe -n "__ihe_at 'ihe xds query'" -l format -x -d 'formatCode: CODE^^SCHEME (or CODE alone); repeatable (any of them).'
+complete -c ihe -n "__ihe_at 'ihe xds query'" -l from -x -d 'creationTime (submissionTime, lastUpdateTime) from, YYYYMMDD[HHMMSS].'
+complete -c ihe -n "__ihe_at 'ihe xds query'" -s h -l help -d 'Show this message and exit.'
+complete -c ihe -n "__ihe_at 'ihe xds query'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
+complete -c ihe -n "__ihe_at 'ihe xds query'" -l object-ref -d 'Ask for ObjectRefs (entryUUIDs) only.'
+complete -c ihe -n "__ihe_at 'ihe xds query'" -l patient -x -d 'Patient ID, ID^^^&OID&ISO (or ID alone with xds.assigning_authority set).'
+complete -c ihe -n "__ihe_at 'ihe xds query'" -l practice -x -d 'practiceSettingCode: CODE^^SCHEME (or CODE alone); repeatable (any of them).'
+complete -c ihe -n "__ihe_at 'ihe xds query'" -l registry -x -d 'Document Registry endpoint (default: the profile\'s xds.registry).'
+complete -c ihe -n "__ihe_at 'ihe xds query'" -l source-id -x -d 'SubmissionSet sourceId; repeatable.'
+complete -c ihe -n "__ihe_at 'ihe xds query'" -l status -x -d 'approved (default) or deprecated; repeatable.'
+complete -c ihe -n "__ihe_at 'ihe xds query'" -l timeout -x -d 'Network timeout in seconds.'
+complete -c ihe -n "__ihe_at 'ihe xds query'" -l to -x -d '... before this time (exclusive).'
+complete -c ihe -n "__ihe_at 'ihe xds query'" -l type -x -d 'typeCode: CODE^^SCHEME (or CODE alone); repeatable (any of them).'
+complete -c ihe -n "__ihe_at 'ihe xds query'" -l unique-id -x -d 'uniqueId of the object(s); repeatable.'
+complete -c ihe -n "__ihe_at 'ihe xds query'" -l uuid -x -d 'entryUUID (urn:uuid:...) of the object(s); repeatable.'
+
+# ihe xds retrieve
+complete -c ihe -n "__ihe_at 'ihe xds retrieve'" -s h -l help -d 'Show this message and exit.'
+complete -c ihe -n "__ihe_at 'ihe xds retrieve'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
+complete -c ihe -n "__ihe_at 'ihe xds retrieve'" -s o -l out -x -a '(__fish_complete_directories)' -d 'Folder to write the documents to.'
+complete -c ihe -n "__ihe_at 'ihe xds retrieve'" -l repository -x -d 'Document Repository endpoint (default: the profile\'s xds.repository).'
+complete -c ihe -n "__ihe_at 'ihe xds retrieve'" -l repository-id -x -d 'repositoryUniqueId (default: the profile\'s).'
+complete -c ihe -n "__ihe_at 'ihe xds retrieve'" -l timeout -x -d 'Network timeout in seconds.'
+
+# ihe xds serve
+complete -c ihe -n "__ihe_at 'ihe xds serve'" -l bind -x -d 'Address to listen on (default 127.0.0.1; 0.0.0.0 for all).'
+complete -c ihe -n "__ihe_at 'ihe xds serve'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
+complete -c ihe -n "__ihe_at 'ihe xds serve'" -s h -l help -d 'Show this message and exit.'
+complete -c ihe -n "__ihe_at 'ihe xds serve'" -l max-body-mb -x -d 'Refuse larger requests (default 256).'
+complete -c ihe -n "__ihe_at 'ihe xds serve'" -s p -l port -x -d 'Port to listen on (0: any free port).'
+complete -c ihe -n "__ihe_at 'ihe xds serve'" -l repository-id -x -d 'Our repositoryUniqueId (default: the profile\'s).'
+complete -c ihe -n "__ihe_at 'ihe xds serve'" -l storage -x -a '(__fish_complete_directories)' -d 'Archive storage folder (default: the profile\'s).'
+
+# ihe xds submit
+complete -c ihe -n "__ihe_at 'ihe xds submit'" -l batch -x -d 'Documents per submission set.'
+complete -c ihe -n "__ihe_at 'ihe xds submit'" -l class -x -d 'classCode, CODE^DISPLAY^SCHEME.'
+complete -c ihe -n "__ihe_at 'ihe xds submit'" -l confidentiality -x -d 'confidentialityCode, CODE^DISPLAY^SCHEME.'
+complete -c ihe -n "__ihe_at 'ihe xds submit'" -l folder -x -d 'Put the documents in a new folder of this name.'
+complete -c ihe -n "__ihe_at 'ihe xds submit'" -l format -x -d 'formatCode, CODE^DISPLAY^SCHEME.'
+complete -c ihe -n "__ihe_at 'ihe xds submit'" -s h -l help -d 'Show this message and exit.'
+complete -c ihe -n "__ihe_at 'ihe xds submit'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
+complete -c ihe -n "__ihe_at 'ihe xds submit'" -l metadata -r -F -d 'Full ebRIM metadata (SubmitObjectsRequest or RegistryObjectList); FILEs go to its ExtrinsicObjects in order.'
+complete -c ihe -n "__ihe_at 'ihe xds submit'" -l mime -x -d 'MIME type (default: from the file).'
+complete -c ihe -n "__ihe_at 'ihe xds submit'" -l patient -x -d 'Patient ID, ID^^^&OID&ISO (or ID alone with xds.assigning_authority set).'
+complete -c ihe -n "__ihe_at 'ihe xds submit'" -l replace -x -d 'Replace (RPLC) the document with this entryUUID.'
+complete -c ihe -n "__ihe_at 'ihe xds submit'" -l repository -x -d 'Document Repository endpoint (default: the profile\'s xds.repository).'
+complete -c ihe -n "__ihe_at 'ihe xds submit'" -l timeout -x -d 'Network timeout in seconds.'
+complete -c ihe -n "__ihe_at 'ihe xds submit'" -l title -x -d 'Title (default: file name).'
+complete -c ihe -n "__ihe_at 'ihe xds submit'" -l type -x -d 'typeCode, CODE^DISPLAY^SCHEME.'
+complete -c ihe -n "__ihe_arg 'ihe xds submit' 0 -1" -F
