@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, exists, func, or_, select
+from sqlalchemy import and_, exists, func, or_, select, true
 
 from ihecli.archive.tables_audit import audit_events as ev
 from ihecli.archive.tables_audit import audit_participants as ap
@@ -63,7 +63,7 @@ def query_events(engine, *, since: datetime | None = None, until: datetime | Non
         conds.append(_participant("patient", patient))
     if outcome_failed:
         conds.append(ev.c.outcome != 0)
-    q = select(ev).where(and_(*conds)).order_by(func.coalesce(ev.c.event_time, ev.c.received).desc(), ev.c.id.desc())
+    q = select(ev).where(and_(true(), *conds)).order_by(func.coalesce(ev.c.event_time, ev.c.received).desc(), ev.c.id.desc())
     if limit:
         q = q.limit(limit)
     out = []

@@ -59,7 +59,7 @@ def event_rows(raw: bytes, *, peer: str, transport: str) -> tuple[dict, list[tup
     try:
         a = parse_audit(msg.body)
     except AuditParseError as e:
-        row.update(format="invalid", error=str(e)[:500])
+        row.update(format="invalid", error=str(e)[:500], message=raw.decode("utf-8", "replace"))  # all of it
         return row, parts
     row.update(format=a.format, event_id=a.event_id, event_name=a.event_name, action=a.action, outcome=a.outcome,
                event_time=a.event_time, event_types=", ".join(c for c, _ in a.types) or None,
@@ -73,6 +73,11 @@ def event_rows(raw: bytes, *, peer: str, transport: str) -> tuple[dict, list[tup
         if bare and bare != p:
             parts.append(("patient", bare[:1000]))
     return row, parts
+
+
+def _sanitized(row: dict) -> dict:
+    """Text a database can store: no NUL characters (PostgreSQL refuses them), shown as U+FFFD."""
+    return {k: (v.replace("\x00", "\ufffd") if isinstance(v, str) else v) for k, v in row.items()}
 
 
 class _Writer(threading.Thread):
@@ -102,6 +107,14 @@ class _Writer(threading.Thread):
                 self._idle.wait(left)
         return True
 
+    def _insert(self, rows) -> None:
+        with self.engine.begin() as conn:
+            for row, parts in rows:
+                eid = conn.execute(insert(audit_events), row).inserted_primary_key[0]
+                if parts:
+                    conn.execute(insert(audit_participants),
+                                 [{"event_fk": eid, "kind": k, "value": v} for k, v in parts])
+
     def run(self) -> None:
         while True:
             item = self.q.get()
@@ -128,21 +141,26 @@ class _Writer(threading.Thread):
                 rows.append(({"received": _now(), "peer": peer, "transport": transport, "format": "invalid",
                               "error": f"{type(e).__name__}: {e}"[:500],
                               "message": raw.decode("utf-8", "replace")}, []))
-        for attempt in range(5):
-            try:
-                with self.engine.begin() as conn:
-                    for row, parts in rows:
-                        eid = conn.execute(insert(audit_events), row).inserted_primary_key[0]
-                        if parts:
-                            conn.execute(insert(audit_participants),
-                                         [{"event_fk": eid, "kind": k, "value": v} for k, v in parts])
-                break
-            except Exception as e:
-                log.error("storing %d audit messages failed (%s: %s)%s", len(rows), type(e).__name__, e,
-                          ", retrying" if attempt < 4 else "")
-                time.sleep(0.2 * (attempt + 1))
-        else:
-            rows = []
+        rows = [(_sanitized(r), [(k, v.replace("\x00", "\ufffd")) for k, v in parts]) for r, parts in rows]
+        try:
+            self._insert(rows)
+        except Exception as e:
+            # one row the database refuses must not cost the others: store them one by one
+            log.warning("storing %d audit messages together failed (%s: %s); storing one by one", len(rows),
+                        type(e).__name__, e)
+            kept = []
+            for row, parts in rows:
+                for attempt in range(3):
+                    try:
+                        self._insert([(row, parts)])
+                        kept.append((row, parts))
+                        break
+                    except Exception as e1:
+                        if attempt == 2:
+                            log.error("audit message from %s not stored: %s: %s", row.get("peer"),
+                                      type(e1).__name__, e1)
+                        time.sleep(0.1 * (attempt + 1))
+            rows = kept
         self.stats.stored += len(rows)
         self.stats.invalid += sum(1 for r, _ in rows if r["format"] == "invalid")
         with self._idle:

@@ -166,9 +166,10 @@ def describe(exc: BaseException) -> str:
     if "certificate verify failed" in low or "unknown ca" in low or "certificate_unknown" in low \
             or "bad certificate" in low:
         return "certificate not trusted" + (f" ({reason.lower().replace('_', ' ')})" if reason else "")
-    if "unsupported protocol" in low or "wrong version" in low or "version too low" in low \
-            or "no protocols available" in low:
+    if "unsupported protocol" in low or "version too low" in low or "no protocols available" in low:
         return "protocol version below the TLS floor"
+    if "wrong version number" in low or "http request" in low or "unknown protocol" in low:
+        return "not a TLS handshake"
     if "no shared cipher" in low or "handshake failure" in low:
         return "no shared cipher suite"
     if isinstance(exc, (socket.timeout, TimeoutError)):

@@ -1,0 +1,271 @@
+"""Audit Record Repository and the audit hook (ITI-20) end to end on loopback: TLS and UDP
+listeners storing into the archive database (SQLite and PostgreSQL), the background sender and its
+spool, hostile peers, and `ihe audit send|query`."""
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from helpers import free_port, run_cli
+from ihecli import atna
+from ihecli.archive.tables_audit import audit_events
+from ihecli.atna import events as ev
+from ihecli.atna import syslog
+from ihecli.atna.query import query_events
+from ihecli.atna.repository import AuditRepository
+from ihecli.net import tls
+from test_tls import pki  # noqa: F401  (the fixture)
+
+DATA = Path(__file__).parent / "data" / "atna"
+
+
+@pytest.fixture(autouse=True)
+def no_audit_hook():
+    yield
+    atna.configure(None)
+
+
+@pytest.fixture
+def repo(db_url, pki):  # noqa: F811
+    r = AuditRepository(db_url, tls_port=0, udp_port=0,
+                        tls_config=tls.TlsConfig(cert=pki["server"], ca=pki["ca"]), frame_timeout=1.0)
+    r.start()
+    yield r
+    r.stop()
+
+
+def client_cfg(pki, name="client"):  # noqa: F811
+    return tls.TlsConfig(cert=pki[name], ca=pki["ca"])
+
+
+def stored(repo, **kw):
+    repo.flush()
+    return query_events(repo.engine, **kw)
+
+
+def tls_stream(repo, pki, name="client"):  # noqa: F811
+    return tls.connect("127.0.0.1", repo.tls_port, tls.context(client_cfg(pki, name), server=False))
+
+
+def send_until_closed(s, data: bytes) -> None:
+    """Send, then wait for the repository to close the connection (closing first could reset it
+    before the repository read what was sent)."""
+    s.sendall(data)
+    s.settimeout(5)
+    try:
+        while s.recv(4096):
+            pass
+    except OSError:
+        pass
+    s.close()
+
+
+def test_hook_sends_over_tls_and_repository_stores_and_queries(repo, pki, tmp_path):  # noqa: F811
+    atna.configure(f"tls://127.0.0.1:{repo.tls_port}", tls_config=client_cfg(pki), spool=tmp_path / "spool",
+                   source_id="TESTNODE")
+    atna.record(ev.application_activity(True, app="IHE_ARCHIVE", aets=["IHE_ARCHIVE"]))
+    atna.record(ev.instances_transferred(source=ev.Peer("MODALITY", "127.0.0.1"), destination=ev.Peer.local("IHE"),
+                                         studies={"1.2.3": {"sop_classes": {"1.2.840.10008.5.1.4.1.1.2": 2}}},
+                                         patients=["PID0001"]))
+    atna.record(ev.registry_stored_query(source=ev.Peer.local("anon"), destination=ev.Peer("https://r", "r"),
+                                         query_id="urn:uuid:14d4debf-8f97-4251-9a74-a90016b0af0d", query=b"<q/>",
+                                         patient_id="PID0002^^^&1.2.3&ISO"))
+    assert atna.flush(10)
+    assert repo.wait_stored(3)
+    rows = stored(repo)
+    assert {r.event for r in rows} == {"110100 Application Activity", "110104 DICOM Instances Transferred",
+                                       "110112 Query"}
+    assert all(r.format == "DICOM" and r.transport == "tls" and r.source == "TESTNODE" for r in rows)
+    assert [r.event for r in stored(repo, event="Application Start")] == ["110100 Application Activity"]
+    assert [r.event for r in stored(repo, event="iti-18")] == ["110112 Query"]
+    assert [r.event for r in stored(repo, user="MODALITY")] == ["110104 DICOM Instances Transferred"]
+    assert [r.event for r in stored(repo, patient="PID0002")] == ["110112 Query"]  # bare ID of a CX
+    assert [r.event for r in stored(repo, patient="PID000*")] != []
+    assert stored(repo, patient="NOBODY") == []
+
+
+def test_udp_and_legacy_rfc3881_with_junk(repo):
+    raw = (DATA / "wustl-fullmsg.txt").read_bytes()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.sendto(raw, ("127.0.0.1", repo.udp_port))
+        s.sendto(b"\xef\xbb\xbf" + (DATA / "wustl-msg.txt").read_bytes()[3:], ("127.0.0.1", repo.udp_port))
+        s.sendto(b"total garbage \x00\xff", ("127.0.0.1", repo.udp_port))
+    assert repo.wait_stored(3)
+    rows = stored(repo)
+    assert sorted(r.format for r in rows) == ["RFC3881", "RFC3881", "invalid"]
+    bad = [r for r in rows if r.format == "invalid"][0]
+    assert bad.error and bad.transport == "udp"
+
+
+def test_hostile_peers_are_refused_and_good_messages_kept(repo, pki):  # noqa: F811
+    good = syslog.frame(syslog.message(ev.to_xml(ev.user_authentication(True, user="alice"))))
+    # garbage after a good frame: the connection is cut, the good message kept
+    send_until_closed(tls_stream(repo, pki), good + b"GARBAGE\n")
+    # wrong octet count: too short a count makes the rest garbage
+    send_until_closed(tls_stream(repo, pki), good + b"10 <85>1 - - - - - -" + b"x" * 50 + b"\n")
+    # oversized frame announced
+    send_until_closed(tls_stream(repo, pki), b"999999999 <85>")
+    # slow loris: half a frame, then nothing (frame_timeout is 1 s)
+    slow = tls_stream(repo, pki)
+    slow.sendall(good[:40])
+    # TLS without a client certificate, and with a certificate from another CA
+    for cfg in (tls.TlsConfig(ca=pki["ca"]), tls.TlsConfig(cert=pki["rogue"], ca=pki["ca"])):
+        with pytest.raises((ssl.SSLError, OSError, ConnectionError)):
+            c = tls.connect("127.0.0.1", repo.tls_port, tls.context(cfg, server=False))
+            c.sendall(good)
+            c.settimeout(2)
+            if c.recv(1) == b"":
+                raise ConnectionError("closed")
+    # TLS 1.1 below the floor
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_1
+    ctx.set_ciphers("ALL:@SECLEVEL=0")
+    ctx.load_verify_locations(pki["ca"])
+    ctx.load_cert_chain(pki["client"])
+    ctx.check_hostname = False
+    with pytest.raises((ssl.SSLError, OSError)):
+        tls.connect("127.0.0.1", repo.tls_port, ctx)
+    # a plain-text (non-TLS) client on the TLS port
+    with socket.create_connection(("127.0.0.1", repo.tls_port)) as p:
+        p.sendall(good)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and (repo.stats.refused_frames < 4 or repo.stats.refused_tls < 4):
+        time.sleep(0.05)
+    assert repo.stats.refused_frames >= 4  # garbage, short count, oversized, slow
+    assert repo.stats.refused_tls >= 4  # no certificate, rogue CA, TLS 1.1, plain text
+    slow.close()
+    # still serving: a good message after all that
+    s = tls_stream(repo, pki)
+    s.sendall(good)
+    assert repo.wait_stored(4)
+    s.close()
+    rows = stored(repo, with_message=True)
+    # three good messages, and the 10 octets the short count announced, kept as received
+    assert sorted(r.event for r in rows) == [""] + ["110114 User Authentication"] * 3
+    assert [r.message for r in rows if r.format == "invalid"] == ["<85>1 - - "]
+
+
+def test_refused_peer_is_audited_as_a_security_alert(repo, pki, tmp_path):  # noqa: F811
+    # the repository's own node audits to itself: a refused peer becomes a stored Security Alert
+    atna.configure(f"tls://127.0.0.1:{repo.tls_port}", tls_config=client_cfg(pki), spool=tmp_path / "spool")
+    with pytest.raises((ssl.SSLError, OSError, ConnectionError)):
+        c = tls.connect("127.0.0.1", repo.tls_port, tls.context(tls.TlsConfig(cert=pki["rogue"], ca=pki["ca"]),
+                                                                server=False))
+        c.settimeout(2)
+        c.sendall(b"5 hello")
+        if c.recv(1) == b"":
+            raise ConnectionError("closed")
+    assert repo.wait_stored(1)
+    assert atna.flush(5)
+    rows = stored(repo, event="Node Authentication")
+    assert len(rows) == 1 and rows[0].outcome == 4
+    assert "TLS handshake refused" in query_events(repo.engine, with_message=True)[0].message
+
+
+def test_spool_while_repository_is_down_then_resent_in_order(db_url, pki, tmp_path):  # noqa: F811
+    port = free_port()
+    spool = tmp_path / "spool"
+    atna.configure(f"tls://127.0.0.1:{port}", tls_config=client_cfg(pki), spool=spool)
+    users = [f"user{i}" for i in range(5)]
+    t0 = time.perf_counter()
+    for u in users:
+        atna.record(ev.user_authentication(True, user=u))
+    assert time.perf_counter() - t0 < 0.05  # the caller never waits for the network
+    assert not atna.flush(0.5)
+    assert len(list(spool.glob("*.msg"))) == 5
+    r = AuditRepository(db_url, tls_port=port, udp_port=None, tls_config=tls.TlsConfig(cert=pki["server"],
+                                                                                       ca=pki["ca"]))
+    r.start()
+    try:
+        atna.record(ev.user_authentication(False, user="after"))
+        assert atna.flush(15)
+        assert r.wait_stored(6)
+        r.flush()
+        with r.engine.connect() as conn:
+            got = [row.users.split("\n")[0] for row in conn.execute(select(audit_events).order_by(audit_events.c.id))]
+        assert got == users + ["after"]
+        assert list(spool.glob("*.msg")) == []
+    finally:
+        r.stop()
+
+
+def test_spool_is_bounded(tmp_path):
+    from ihecli.atna.sender import Spool
+
+    sp = Spool(tmp_path / "s", max_bytes=1000)
+    for i in range(10):
+        sp.add(b"%d" % i + b"x" * 299)
+    files = sp.files()
+    assert [f.read_bytes()[:1] for f in files] == [b"7", b"8", b"9"]
+    assert sp.dropped == 7
+
+
+def test_cli_send_and_query(repo, pki):  # noqa: F811
+    url = f"tls://127.0.0.1:{repo.tls_port}"
+    r = run_cli("audit", "send", "--repository", url, "--cert", pki["client"], "--ca", pki["ca"], "--event", "login",
+                "--user", "alice")
+    assert r.code == 0, r.stderr
+    r = run_cli("audit", "send", "--repository", url, "--cert", pki["client"], "--ca", pki["ca"],
+                str(DATA / "start.xml"), str(DATA / "pixquery.xml"), "--json")
+    assert r.code == 0 and r.json["sent"] == 2
+    r = run_cli("audit", "send", "--repository", f"udp://127.0.0.1:{repo.udp_port}", "--event", "patient-read",
+                "--patient", "PID77")
+    assert r.code == 0, r.stderr
+    assert repo.wait_stored(4)
+    repo.flush()
+    q = run_cli("audit", "query", "--db", repo.db_url, "--user", "alice", "--json")
+    assert q.code == 0 and [e["event"] for e in q.json] == ["110114 User Authentication"]
+    assert "<AuditMessage>" in q.json[0]["message"]
+    q = run_cli("audit", "query", "--db", repo.db_url, "--patient", "PID77", "--json")
+    assert [e["action"] for e in q.json] == ["R"]
+    q = run_cli("audit", "query", "--db", repo.db_url, "--event", "110112", "--since", "2000-01-01")
+    assert q.code == 0 and "MESA_XREF" in q.stdout and "PIX Query" in q.stdout
+    # refused: no client certificate; a file that is no audit message; nothing listening
+    r = run_cli("audit", "send", "--repository", url, "--ca", pki["ca"], "--event", "login")
+    assert r.code == 1 and "refused" in r.stderr or "closed" in r.stderr
+    r = run_cli("audit", "send", "--repository", url, "--ca", pki["ca"], str(DATA / "README.md"))
+    assert r.code == 1 and "not an audit message" in r.stderr
+    r = run_cli("audit", "send", "--repository", f"tls://127.0.0.1:{free_port()}", "--event", "login")
+    assert r.code == 4
+    r = run_cli("audit", "send", "--repository", "http://x", "--event", "login")
+    assert r.code == 2
+    r = run_cli("audit", "query", "--db", repo.db_url, "--since", "yesterday-ish")
+    assert r.code == 2
+
+
+def test_cli_serve_in_a_process(pki, tmp_path):  # noqa: F811
+    tport, uport = free_port(), free_port()
+    db = f"sqlite:///{tmp_path / 'arr.db'}"
+    env = {**os.environ, "IHE_CONFIG": str(tmp_path / "none.toml"), "IHE_DATA_DIR": str(tmp_path / "data")}
+    p = subprocess.Popen([sys.executable, "-m", "ihecli", "audit", "serve", "--tls-port", str(tport), "--udp-port",
+                          str(uport), "--cert", pki["server"], "--ca", pki["ca"], "--db", db],
+                         stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = p.stderr.readline()
+        assert "listening on tls 127.0.0.1:%d, udp 127.0.0.1:%d" % (tport, uport) in line, line
+        r = run_cli("audit", "send", "--repository", f"tls://127.0.0.1:{tport}", "--cert", pki["client"], "--ca",
+                    pki["ca"], "--event", "start")
+        assert r.code == 0, r.stderr
+        for _ in range(100):
+            q = run_cli("audit", "query", "--db", db, "--json")
+            if q.json:
+                break
+            time.sleep(0.05)
+        assert [e["types"] for e in q.json] == ["110120 Application Start"]
+    finally:
+        p.terminate()
+        out = p.communicate(timeout=15)[1]
+    assert p.returncode == 0 and "1 messages stored" in out
