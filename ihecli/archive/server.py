@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 import pydicom
 from pydicom import config as pydicom_config
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import ALL_TRANSFER_SYNTAXES, build_context, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, build_context, evt
 from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
@@ -37,6 +37,7 @@ from ihecli.archive.scan import read_meta
 from ihecli.config import Node
 from ihecli.errors import ArchiveError
 from ihecli.net import dimse
+from ihecli.net.storesend import DirectStoreAssociation
 
 log = logging.getLogger("ihe.archive")
 
@@ -65,7 +66,7 @@ class DicomServer:
 
     def __init__(self, archive: Archive, *, aet: str = "IHE_ARCHIVE", bind: str = "127.0.0.1", port: int = 11112,
                  destinations: dict[str, Node] | None = None, allow: list[str] | None = None,
-                 max_pdu: int = 0, reuse_port: bool = False):
+                 max_pdu: int = 0, reuse_port: bool = False, services: list | None = None):
         dimse.configure()
         # Responses are built from indexed values that were checked at ingest; pydicom's check
         # of every value set (regular expressions per element) was half the cost of building a
@@ -78,15 +79,15 @@ class DicomServer:
         self.allow = list(allow or [])
         self.max_pdu = max_pdu
         self.reuse_port = reuse_port
+        # more services (workflow): each adds its contexts and handlers, and starts and stops with us
+        self.services = list(services or [])
         self.server = None
         self._stats: dict[int, _AssocStats] = {}
         self._lock = threading.Lock()
 
     # -- controller ----------------------------------------------------------------------------
     def _ae(self):
-        from pynetdicom import AE
-
-        ae = AE(ae_title=self.aet)
+        ae = _ArchiveAE(ae_title=self.aet)
         ae.maximum_pdu_size = self.max_pdu
         ae.maximum_associations = 64
         ae.acse_timeout = 30
@@ -102,6 +103,8 @@ class DicomServer:
             ae.add_supported_context(sop, [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian])
         if self.allow:
             ae.require_calling_aet = self.allow
+        for svc in self.services:
+            svc.add_contexts(ae)
         return ae
 
     def start(self) -> int:
@@ -118,10 +121,14 @@ class DicomServer:
             (evt.EVT_C_MOVE, self._on_move),
             (evt.EVT_C_GET, self._on_get),
             (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_ACCEPTED, dimse.throttle_pending),
             (evt.EVT_RELEASED, self._on_closed),
             (evt.EVT_ABORTED, self._on_closed),
             (evt.EVT_REJECTED, self._on_rejected),
         ]
+        for svc in self.services:
+            handlers += svc.handlers()
+            svc.start()
         if self.reuse_port:
             # several worker processes listen on one port; the kernel spreads associations over them
             self.server = ae.make_server((self.bind, self.port), evt_handlers=handlers,
@@ -138,6 +145,8 @@ class DicomServer:
         if self.server is not None:
             srv, self.server = self.server, None
             srv.shutdown()
+            for svc in self.services:
+                svc.stop()
             log.debug("%s stopped", self.aet)
 
     def __enter__(self):
@@ -250,7 +259,7 @@ class DicomServer:
                 yield 0xFE00, None
                 return
             try:
-                ds = StoredDataset(self.archive.file_path(ref))
+                ds = StoredDataset(self.archive.file_path(ref), ref)
             except Exception as e:
                 st.move_failed += 1
                 log.error("cannot read %s for retrieve: %s", ref.sop_uid, e)
@@ -271,13 +280,9 @@ class DicomServer:
         # pynetdicom wants the destination, then the count, then the statuses; a failure before
         # any sub-operation is reported by raising (it answers with a failure status, 0xC514)
         refs = self._refs_or_raise(event, st, "C-MOVE")
-        contexts = dimse.storage_contexts(((r.sop_class, r.transfer_syntax) for r in refs), limit=10**6)
-        if len(contexts) > 128:
-            contexts = contexts[:128]
-        # our handlers go to the sub-association too: without TCP_NODELAY each C-STORE waits ~40 ms
-        yield node.host, node.port, {"contexts": contexts or [build_context(Verification)],
-                                     "evt_handlers": [dimse.NODELAY_HANDLER, (evt.EVT_CONN_OPEN, dimse.fast_poll),
-                                                      (evt.EVT_ACCEPTED, dimse.hold_reactor)]}
+        contexts = move_contexts((r.sop_class, r.transfer_syntax) for r in refs)
+        # "direct": the sub-operations go out on our own synchronous sender (net.storesend)
+        yield node.host, node.port, {"contexts": contexts or [build_context(Verification)], "direct": True}
         yield len(refs)
         yield from self._datasets(event, refs, st)
 
@@ -286,6 +291,33 @@ class DicomServer:
         refs = self._refs_or_raise(event, st, "C-GET")  # pynetdicom answers a raise with 0xC411
         yield len(refs)
         yield from self._datasets(event, refs, st)
+
+
+def move_contexts(pairs, limit: int = 128) -> list:
+    """Presentation contexts for a move's sub-association: for each SOP class one context per
+    stored transfer syntax, so the destination can take the files as they are, and one with
+    Explicit and Implicit VR Little Endian to fall back on. Past ``limit`` the fallbacks go
+    first, then the classes beyond it (their instances fail and are listed as failed)."""
+    by_class: dict[str, list[str]] = {}
+    for cls, ts in pairs:
+        lst = by_class.setdefault(cls, [])
+        if ts and ts not in lst:
+            lst.append(ts)
+    own = [build_context(cls, [ts]) for cls, tss in by_class.items() for ts in tss]
+    fallbacks = [build_context(cls, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]) for cls in by_class]
+    return (own + fallbacks)[:limit] if len(own) < limit else own[:limit]
+
+
+class _ArchiveAE(AE):
+    """The archive's AE: C-MOVE sub-associations asked for with ``direct=True`` are
+    net.storesend's synchronous senders instead of pynetdicom associations."""
+
+    def associate(self, addr, port, contexts=None, ae_title="ANY-SCP", *args, direct: bool = False, **kwargs):
+        if direct:
+            return DirectStoreAssociation(self, addr, port, ae_title, list(contexts or []),
+                                          timeout=self.dimse_timeout or 60,
+                                          connect_timeout=self.connection_timeout or 30)
+        return super().associate(addr, port, contexts, ae_title, *args, **kwargs)
 
 
 class _ReusePortServer(ThreadedAssociationServer):
@@ -300,14 +332,22 @@ class StoredDataset(Dataset):
     It carries the file's bytes; net.dimse lets pynetdicom use them when the presentation
     context has the file's own transfer syntax, and decodes the file otherwise."""
 
-    def __init__(self, path):
+    def __init__(self, path, ref=None):
         super().__init__()
         with open(path, "rb") as fh:
             data = fh.read()
-        got = read_meta(data)
-        if got is None or "MediaStorageSOPInstanceUID" not in got[0]:
-            raise ValueError(f"{path}: no DICOM file meta")
-        meta, start = got
+        start = _dataset_start(data) if ref is not None else None
+        if start is not None:
+            # the index already holds the UIDs: only find where the data set begins
+            meta = FileMetaDataset()
+            meta.TransferSyntaxUID = ref.transfer_syntax
+            meta.MediaStorageSOPClassUID = ref.sop_class
+            meta.MediaStorageSOPInstanceUID = ref.sop_uid
+        else:
+            got = read_meta(data)
+            if got is None or "MediaStorageSOPInstanceUID" not in got[0]:
+                raise ValueError(f"{path}: no DICOM file meta")
+            meta, start = got
         self.file_meta = meta
         self.SOPClassUID = meta.MediaStorageSOPClassUID
         self.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
@@ -324,6 +364,16 @@ class StoredDataset(Dataset):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return pydicom.dcmread(self._path)
+
+
+def _dataset_start(data: bytes) -> int | None:
+    """Where the data set of a Part-10 file begins, from its File Meta Information Group Length
+    (None when the file does not start with that element)."""
+    if len(data) < 144 or data[128:132] != b"DICM" or data[132:138] != b"\x02\x00\x00\x00UL" \
+            or data[138:140] != b"\x04\x00":
+        return None
+    start = 144 + int.from_bytes(data[140:144], "little")
+    return start if start <= len(data) else None
 
 
 def _unreadable(ref) -> Dataset:

@@ -1,0 +1,155 @@
+"""C-MOVE sub-operations on the archive's own C-STORE sender (ihecli.net.storesend): the wire
+format against pynetdicom's encoder, and destinations that refuse, vanish or abort."""
+from __future__ import annotations
+
+import struct
+from io import BytesIO
+import threading
+
+import pytest
+from pydicom import dcmread
+from pydicom.uid import CTImageStorage, ImplicitVRLittleEndian
+from pynetdicom import AE, evt
+
+from helpers import free_port, run_cli
+from ihecli.archive.server import DicomServer, move_contexts
+from ihecli.config import Node
+from ihecli.net.storesend import parse_command, store_rq
+
+
+def _study(path) -> str:
+    return str(dcmread(path, stop_before_pixels=True).StudyInstanceUID)
+
+
+@pytest.mark.parametrize("originator", [None, ("MOVESCU", 7), ("ODD", 65535)])
+def test_command_set_is_what_pynetdicom_encodes(originator):
+    from pynetdicom.dimse_messages import C_STORE_RQ
+    from pynetdicom.dimse_primitives import C_STORE
+    from pynetdicom.dsutils import encode
+
+    prim = C_STORE()
+    prim.MessageID = 513
+    prim.AffectedSOPClassUID = CTImageStorage
+    prim.AffectedSOPInstanceUID = "1.2.3.456"  # odd length: padded with NUL
+    prim.Priority = 0
+    prim.DataSet = BytesIO(b"\x08\x00\x05\x00\x00\x00\x00\x00")
+    if originator:
+        prim.MoveOriginatorApplicationEntityTitle = originator[0]
+        prim.MoveOriginatorMessageID = originator[1]
+    msg = C_STORE_RQ()
+    msg.primitive_to_message(prim)
+    want = encode(msg.command_set, True, True)
+    got = store_rq(513, CTImageStorage, "1.2.3.456", *(originator or (None, None)))
+    assert got == want
+    parsed = parse_command(got)
+    assert struct.unpack("<H", parsed[0x00000100])[0] == 0x0001
+    assert parsed[0x00001000] == b"1.2.3.456\0"
+
+
+def test_contexts_offer_each_stored_syntax_then_fallbacks():
+    pairs = [(CTImageStorage, "1.2.840.10008.1.2.4.70"), (CTImageStorage, "1.2.840.10008.1.2.1"),
+             ("1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.1.2")]
+    cxs = move_contexts(pairs)
+    assert [(c.abstract_syntax, c.transfer_syntax) for c in cxs[:3]] == [
+        (CTImageStorage, ["1.2.840.10008.1.2.4.70"]), (CTImageStorage, ["1.2.840.10008.1.2.1"]),
+        ("1.2.840.10008.5.1.4.1.1.4", ["1.2.840.10008.1.2"])]
+    assert len(cxs) == 5 and all(len(c.transfer_syntax) == 2 for c in cxs[3:])
+    many = [(f"1.2.3.{i}", "1.2.840.10008.1.2.1") for i in range(200)]
+    assert len(move_contexts(many)) == 128
+
+
+class _Scp:
+    """A pynetdicom storage SCP with a behaviour: reject, or abort after N."""
+
+    def __init__(self, *, reject=False, abort_after=None):
+        self.received = []
+        self.ae = AE(ae_title="DEST")
+        self.ae.add_supported_context(CTImageStorage, [ImplicitVRLittleEndian, "1.2.840.10008.1.2.1"])
+        if reject:
+            self.ae.require_calling_aet = ["SOMEONE_ELSE"]
+        self.abort_after = abort_after
+        self.port = free_port()
+        self.server = self.ae.start_server(("127.0.0.1", self.port), block=False,
+                                           evt_handlers=[(evt.EVT_C_STORE, self._store)])
+
+    def _store(self, event):
+        if self.abort_after is not None and len(self.received) >= self.abort_after:
+            threading.Thread(target=event.assoc.abort).start()
+            return 0xA700
+        self.received.append(str(event.request.AffectedSOPInstanceUID))
+        return 0x0000
+
+    def stop(self):
+        self.server.shutdown()
+
+
+@pytest.fixture
+def loaded(archive, corpus):
+    for p in corpus:
+        archive.store(p.read_bytes())
+    return archive
+
+
+def _move_to(archive, scp_port, study, *extra):
+    srv = DicomServer(archive, port=0, destinations={"DEST": Node("DEST", "127.0.0.1", scp_port)})
+    srv.start()
+    try:
+        return run_cli("dicom", "move", f"IHE_ARCHIVE@127.0.0.1:{srv.port}", "--dest", "DEST",
+                       "-k", f"StudyInstanceUID={study}", "--json", "--timeout", "20", *extra)
+    finally:
+        srv.stop()
+
+
+def test_destination_not_listening_is_a801(loaded, corpus):
+    r = _move_to(loaded, free_port(), _study(corpus[0]))
+    assert r.code == 1 and "0xA801" in r.stderr
+
+
+def test_destination_rejecting_the_association_is_a801(loaded, corpus):
+    scp = _Scp(reject=True)
+    try:
+        r = _move_to(loaded, scp.port, _study(corpus[0]))
+    finally:
+        scp.stop()
+    assert r.code == 1 and "0xA801" in r.stderr and not scp.received
+
+
+def test_objects_of_a_class_the_destination_refuses_fail_and_are_listed(server, corpus, storescp):
+    """DCMTK storescp takes the standard storage classes, not a private one."""
+    from io import BytesIO
+
+    for p in corpus:
+        server.archive.store(p.read_bytes())
+    ds = dcmread(corpus[0])
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.3.6.1.4.1.9590.100.1.2.999"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.3.6.1.4.1.9590.100.1.3.12345"
+    buf = BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    server.archive.store(buf.getvalue())
+    r = run_cli("dicom", "move", server.spec, "--dest", "STORESCP", "-k",
+                f"StudyInstanceUID={_study(corpus[0])}", "--json")
+    assert r.code == 3, r.stderr
+    assert r.json["completed"] == 6 and r.json["failed_uids"] == ["1.3.6.1.4.1.9590.100.1.3.12345"]
+    assert len(list(storescp[1].iterdir())) == 6
+
+
+def test_destination_aborting_midway_leaves_the_rest_failed_and_listed(loaded, corpus):
+    scp = _Scp(abort_after=2)
+    try:
+        r = _move_to(loaded, scp.port, _study(corpus[0]))
+    finally:
+        scp.stop()
+    assert r.code == 3, r.stderr
+    assert r.json["completed"] == 2 and r.json["failed"] == 4
+    study_uids = {str(dcmread(p).SOPInstanceUID) for p in corpus if _study(p) == _study(corpus[0])}
+    assert set(r.json["failed_uids"]) == study_uids - set(scp.received)
+
+
+def test_pynetdicom_destination_gets_every_object_intact(loaded, corpus):
+    scp = _Scp()
+    try:
+        r = _move_to(loaded, scp.port, _study(corpus[0]))
+    finally:
+        scp.stop()
+    assert r.code == 0, r.stderr
+    assert r.json["completed"] == 6 and len(scp.received) == 6
