@@ -146,3 +146,37 @@ class DicomWebServer(HttpServer):
     @property
     def base_url(self) -> str:
         return self.url + self.root
+
+
+class DicomWebService:
+    """DICOMweb beside the archive's DICOM listener (``ihe archive serve --http-port``): opens its
+    own archive handle on start, closes it on stop. ``start()`` returns the service's root URL."""
+
+    def __init__(self, open_archive, bind: str, port: int, *, ssl_context: ssl.SSLContext | None = None):
+        self.open_archive, self.bind, self.port, self.ssl_context = open_archive, bind, port, ssl_context
+        self.archive = None
+        self.server: DicomWebServer | None = None
+
+    def start(self) -> str:
+        from ihecli.errors import UsageError
+
+        if self.server is not None:
+            return self.server.base_url + "/"
+        self.archive = self.open_archive()
+        server = DicomWebServer(self.archive, bind=self.bind, port=self.port, ssl_context=self.ssl_context)
+        try:
+            server.start()
+        except OSError as e:
+            self.archive.close()
+            self.archive = None
+            raise UsageError(f"cannot listen on {self.bind}:{self.port} (HTTP): {e.strerror or e}") from None
+        self.server = server
+        return server.base_url + "/"
+
+    def stop(self) -> None:
+        server, self.server = self.server, None
+        if server is not None:
+            server.stop()
+        if self.archive is not None:
+            self.archive.close()
+            self.archive = None

@@ -1,0 +1,245 @@
+"""Web-based Image Capture, capture side (RAD-108 Store Instances over the Web, as a WIC
+Image Capturer): photos, videos and PDFs sent as DICOM JSON metadata plus bulk data parts
+(multipart/related; type="application/dicom+json"), for the Image Manager to convert.
+
+Photos: EXIF DateTimeOriginal becomes the acquisition date and time; a photo whose EXIF
+Orientation is not upright is turned upright (re-encoded at high quality) before it is sent,
+since DICOM has no orientation flag for photographs.
+
+The multipart/related body is written by hand (a few lines); requests sends it, on a
+connection with TCP_NODELAY.
+"""
+from __future__ import annotations
+
+import io
+import json
+import socket
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+from pydicom.uid import generate_uid
+
+from ihecli.errors import IheError, PeerUnreachable, UsageError
+from ihecli.wic.media import kind_of, read_exif
+
+DEFAULT_URL = "http://127.0.0.1:8080/dicom-web"
+NAMES = {"1.2.840.10008.5.1.4.1.1.77.1.4": "VL Photographic Image",
+         "1.2.840.10008.5.1.4.1.1.77.1.4.1": "Video Photographic Image",
+         "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture Image",
+         "1.2.840.10008.5.1.4.1.1.104.1": "Encapsulated PDF"}
+
+
+@dataclass
+class Created:
+    file: str
+    sop_class: str
+    sop_uid: str
+    url: str
+    coerced: bool = False
+
+    @property
+    def kind(self) -> str:
+        return NAMES.get(self.sop_class, self.sop_class)
+
+
+@dataclass
+class UploadReport:
+    url: str
+    status: int = 0
+    study_uid: str = ""
+    created: list[Created] = field(default_factory=list)
+    failed: list[dict] = field(default_factory=list)  # file, sop_uid, reason
+    warning: str = ""
+
+
+@dataclass
+class Capture:
+    """One file to send: its bytes, media type and metadata."""
+
+    path: Path
+    media: str
+    data: bytes
+    meta: dict
+
+
+def _pn(text: str | None):
+    return [{"Alphabetic": text}] if text else None
+
+
+def _attr(vr: str, value) -> dict:
+    if value is None or value == "" or value == []:
+        return {"vr": vr}
+    return {"vr": vr, "Value": value if isinstance(value, list) else [value]}
+
+
+def _upright(data: bytes, orientation: int) -> bytes:
+    """The photo turned upright as its EXIF Orientation says, re-encoded (quality 95)."""
+    from PIL import Image, ImageOps
+
+    with Image.open(io.BytesIO(data)) as img:
+        fixed = ImageOps.exif_transpose(img)
+        buf = io.BytesIO()
+        exif = fixed.getexif()
+        exif[0x0112] = 1
+        fixed.convert("RGB" if fixed.mode not in ("L", "RGB") else fixed.mode).save(
+            buf, "JPEG", quality=95, exif=exif.tobytes())
+    return buf.getvalue()
+
+
+def prepare(files: list[Path], *, patient: str, name: str | None = None, birth_date: str | None = None,
+            sex: str | None = None, study: str | None = None, accession: str | None = None, new_study: bool = False,
+            description: str | None = None) -> list[Capture]:
+    """Read the files and build each one's metadata (UsageError for what cannot be sent)."""
+    if not patient or not patient.strip():
+        raise UsageError("--patient ID is required")
+    if sum(bool(x) for x in (study, accession, new_study)) != 1:
+        raise UsageError("give exactly one of --study UID, --accession ACC or --new-study")
+    if not files:
+        raise UsageError("no files to upload")
+    study_uid = study or (generate_uid() if new_study else None)
+    series: dict[str, str] = {}
+    out = []
+    for n, path in enumerate(files, 1):
+        try:
+            data = Path(path).read_bytes()
+        except OSError as e:
+            raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
+        media = kind_of(data)
+        if media is None:
+            raise UsageError(f"{path}: not a JPEG or PNG photo, an MP4 video or a PDF")
+        m: dict = {
+            "00100020": _attr("LO", patient),
+            "00100010": _attr("PN", _pn(name)),
+            "00100030": _attr("DA", birth_date),
+            "00100040": _attr("CS", sex),
+            "00200013": _attr("IS", n),
+            "00080018": _attr("UI", generate_uid()),
+        }
+        if study_uid:
+            m["0020000D"] = _attr("UI", study_uid)
+        if accession:
+            m["00080050"] = _attr("SH", accession)
+        if description:
+            m["00081030"] = _attr("LO", description)
+        kind = "photo" if media.startswith("image/") else media
+        series.setdefault(kind, generate_uid())
+        m["0020000E"] = _attr("UI", series[kind])
+        m["00200011"] = _attr("IS", list(series).index(kind) + 1)
+        if media == "application/pdf":
+            m["00420010"] = _attr("ST", Path(path).stem[:64])
+            m["00420011"] = {"vr": "OB", "BulkDataURI": f"bulk/{n}"}
+        else:
+            m["7FE00010"] = {"vr": "OB", "BulkDataURI": f"bulk/{n}"}
+        if media in ("image/jpeg", "image/png"):
+            ex = read_exif(data)
+            if ex.taken:
+                m["0008002A"] = _attr("DT", ex.taken.strftime("%Y%m%d%H%M%S"))
+                m["00080023"] = _attr("DA", ex.taken.strftime("%Y%m%d"))
+                m["00080033"] = _attr("TM", ex.taken.strftime("%H%M%S"))
+            if media == "image/jpeg" and ex.orientation != 1:
+                data = _upright(data, ex.orientation)
+                m["00204000"] = _attr("LT", f"turned upright from EXIF orientation {ex.orientation}")
+        out.append(Capture(Path(path), media, data, m))
+    if new_study:  # the new study's date: the earliest acquisition among the files
+        dates = sorted(c.meta["0008002A"]["Value"][0] for c in out if "Value" in c.meta.get("0008002A", {}))
+        when = dates[0] if dates else datetime.now().strftime("%Y%m%d%H%M%S")
+        for c in out:
+            c.meta["00080020"] = _attr("DA", when[:8])
+            c.meta["00080030"] = _attr("TM", when[8:14])
+    return out
+
+
+def body_of(captures: list[Capture]) -> tuple[bytes, str]:
+    """(multipart/related body, Content-Type) of metadata and bulk data parts."""
+    boundary = uuid.uuid4().hex
+    chunks = [f"--{boundary}\r\nContent-Type: application/dicom+json\r\n\r\n".encode(),
+              json.dumps([c.meta for c in captures]).encode(), b"\r\n"]
+    for n, c in enumerate(captures, 1):
+        chunks += [f"--{boundary}\r\nContent-Type: {c.media}\r\nContent-Location: bulk/{n}\r\n\r\n".encode(),
+                   c.data, b"\r\n"]
+    chunks.append(f"--{boundary}--\r\n".encode())
+    ctype = f'multipart/related; type="application/dicom+json"; boundary={boundary}'
+    return b"".join(chunks), ctype
+
+
+def _session():
+    import requests
+    from requests.adapters import HTTPAdapter
+    from urllib3.connection import HTTPConnection
+
+    class NoDelay(HTTPAdapter):
+        def init_poolmanager(self, *a, **kw):
+            kw["socket_options"] = HTTPConnection.default_socket_options + [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+            return super().init_poolmanager(*a, **kw)
+
+    s = requests.Session()
+    s.mount("http://", NoDelay())
+    s.mount("https://", NoDelay())
+    return s
+
+
+def store_instances_over_web(url: str, captures: list[Capture], *, timeout: float = 60, verify=True,
+                   progress: Callable[[int], None] | None = None) -> UploadReport:
+    """Send captures to a STOW-RS service (RAD-108) and report what it created."""
+    import requests
+
+    url = url.rstrip("/")
+    target = url + "/studies"
+    body, ctype = body_of(captures)
+    rep = UploadReport(url=target)
+    try:
+        with _session() as s:
+            r = s.post(target, data=body, headers={"Content-Type": ctype, "Accept": "application/dicom+json"},
+                       timeout=timeout, verify=verify)
+    except requests.ConnectionError as e:
+        raise PeerUnreachable(f"cannot reach {target}: {_short(e)}") from None
+    except requests.Timeout:
+        raise PeerUnreachable(f"{target} did not answer within {timeout:g} s") from None
+    rep.status = r.status_code
+    rep.warning = r.headers.get("Warning", "")
+    if progress:
+        progress(len(captures))
+    by_uid = {c.meta["00080018"]["Value"][0]: c for c in captures}
+    try:
+        doc = r.json() if r.content else {}
+    except ValueError:
+        doc = None
+    if r.status_code not in (200, 202, 409) or not isinstance(doc, dict):
+        text = r.text.strip().splitlines()[0][:300] if r.text.strip() else r.reason
+        raise IheError(f"{target} answered {r.status_code}: {text}")
+    for item in doc.get("00081199", {}).get("Value", []):
+        uid = _v(item, "00081155")
+        c = by_uid.get(uid)
+        rep.created.append(Created(str(c.path) if c else "", _v(item, "00081150"), uid, _v(item, "00081190"),
+                                   "00081196" in item))
+    for item in doc.get("00081198", {}).get("Value", []):
+        uid = _v(item, "00081155")
+        c = by_uid.get(uid)
+        reason = _v(item, "00081197")
+        rep.failed.append({"file": str(c.path) if c else "", "sop_uid": uid,
+                           "reason": f"0x{int(reason):04X}" if str(reason).isdigit() else str(reason)})
+    retrieve = _v(doc, "00081190")
+    rep.study_uid = retrieve.rsplit("/studies/", 1)[-1] if "/studies/" in retrieve else ""
+    return rep
+
+
+def _v(item: dict, tag: str) -> str:
+    vals = (item.get(tag) or {}).get("Value") or [""]
+    return "" if vals[0] is None else str(vals[0])
+
+
+def _short(e: Exception) -> str:
+    text = str(e)
+    if "Connection refused" in text:
+        return "connection refused"
+    return text.split("(Caused by")[-1].strip(" )")[:200]
+
+
+def upload(url: str, files: list[Path], **context) -> UploadReport:
+    """Read photos, videos and PDFs and store them through STOW-RS (RAD-108) with their context."""
+    timeout = context.pop("timeout", 60)
+    verify = context.pop("verify", True)
+    return store_instances_over_web(url, prepare(files, **context), timeout=timeout, verify=verify)
