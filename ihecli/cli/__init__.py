@@ -69,9 +69,6 @@ def _register() -> None:
     from ihecli.cli import hl7_cmd
 
     app.add_typer(hl7_cmd.app, name="hl7")
-    from ihecli.cli import hl7_cmd
-
-    app.add_typer(hl7_cmd.app, name="hl7")
     from ihecli.cli import xds_cmd
 
     app.add_typer(xds_cmd.app, name="xds")

@@ -14,8 +14,8 @@ import typer
 
 from ihecli.archive import Archive
 from ihecli.cli import output
-from ihecli.cli.options import (Aet, Bind, CallingAet, Db, Dest, Json, Level, Limit, OptionalOut, Port, Storage, Timeout,
-                                Yes, state)
+from ihecli.cli.options import (Aet, Bind, CallingAet, Db, Dest, Json, Level, Limit, OptionalOut, Port, Since, Storage,
+                                Timeout, Yes, state)
 from ihecli.cli.hl7_cmd import HL7_PORT_HELP, Hl7Service
 from ihecli.config import Node, resolve_node
 from ihecli.dicom import scu
@@ -34,7 +34,11 @@ def open_archive(ctx: typer.Context, db: Optional[str], storage: Optional[Path],
         st.archive.duplicates = over["duplicates"]
     if over.get("fuzzy_names"):
         st.archive.fuzzy_names = True
-    return Archive.open(st, db=db, storage=str(storage) if storage else None)
+    archive = Archive.open(st, db=db, storage=str(storage) if storage else None)
+    from ihecli.workflow.service import attach  # rejection notes (IOCM) act on import too
+
+    attach(archive, hide_quality=st.archive.hide_quality_rejects)
+    return archive
 
 
 @app.command("serve")
@@ -58,6 +62,9 @@ def serve_cmd(
         help="Server processes sharing the port (default: the profile's, else one per CPU up to 4).")] = None,
     hl7_port: Annotated[Optional[int], typer.Option("--hl7-port", min=0, max=65535, metavar="PORT",
                                                     help=HL7_PORT_HELP)] = None,
+    http_port: Annotated[Optional[int], typer.Option(
+        "--http-port", min=0, max=65535, metavar="PORT",
+        help="Also serve DICOMweb on this port: QIDO-RS, WADO-RS, STOW-RS under /dicom-web/, WADO-URI at /wado.")] = None,
 ) -> None:
     """Run the archive's DICOM services in the foreground (Ctrl-C stops it).
 
@@ -79,9 +86,12 @@ def serve_cmd(
     our_port = a.port if port is None else port
 
     def make_server(archive: Archive, at_port: int, shared: bool) -> DicomServer:
+        from ihecli.workflow.service import WorkflowConfig, WorkflowServices
+
+        workflow = WorkflowServices(archive, WorkflowConfig.from_settings(st, aet=our_aet, nodes=dests))
         return DicomServer(archive, aet=our_aet, bind=our_bind, port=at_port, destinations=dests,
                            allow=allow or a.allow, max_pdu=a.max_pdu if max_pdu is None else max_pdu,
-                           reuse_port=shared)
+                           reuse_port=shared, services=[workflow])
 
     def announce(archive: Archive, at_port: int) -> None:
         counts = archive.counts()
@@ -92,6 +102,10 @@ def serve_cmd(
         if dests:
             output.info("move destinations: " + ", ".join(str(n) for n in dests.values()))
 
+    from ihecli.web import DicomWebService
+
+    web = None if http_port is None else DicomWebService(
+        lambda: open_archive(ctx, db, storage, duplicates=duplicates, fuzzy_names=fuzzy_names), our_bind, http_port)
     hl7 = None if hl7_port is None else Hl7Service(lambda: open_archive(ctx, db, storage), our_bind, hl7_port, our_aet)
     stop = threading.Event()
     old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -99,6 +113,8 @@ def serve_cmd(
         if n_workers == 1:
             if hl7:
                 hl7.start()
+            if web:
+                output.info(f"DICOMweb on {web.start()}")
             with open_archive(ctx, db, storage, duplicates=duplicates, fuzzy_names=fuzzy_names) as archive:
                 server = make_server(archive, our_port, False)
                 try:
@@ -131,6 +147,8 @@ def serve_cmd(
                     announce(archive, shared_port)
                 if hl7:  # after the workers forked: they do not inherit its threads
                     hl7.start()
+                if web:
+                    output.info(f"DICOMweb on {web.start()}")
 
             try:
                 serve_workers(run, n_workers, stop, on_ready=all_ready)
@@ -140,6 +158,8 @@ def serve_cmd(
     finally:
         if hl7:
             hl7.stop()
+        if web:
+            web.stop()
         for s, h in old.items():
             signal.signal(s, h)
     output.info("stopped")
@@ -287,8 +307,7 @@ def parse_since(text: str) -> datetime:
 @app.command("export")
 def export_cmd(
     ctx: typer.Context,
-    since: Annotated[Optional[str], typer.Option("--since", metavar="WHEN",
-                                                 help="Studies received since a date (2024-05-01) or age (24h).")] = None,
+    since: Since = None,  # studies received since
     study: StudyOpt = None,
     to: Annotated[Optional[str], typer.Option("--to", metavar="NODE", help="Send to a DICOM node (C-STORE).")] = None,
     out: OptionalOut = None,
@@ -385,3 +404,8 @@ def check_cmd(ctx: typer.Context,
         raise typer.Exit(ExitStatus.REFUSED)
     if rep.corrupt:
         raise typer.Exit(ExitStatus.REFUSED)
+
+
+from ihecli.cli import workflow_cmd as _workflow  # noqa: E402  (mpps ls, rejected)
+
+_workflow.add_archive_commands(app)
