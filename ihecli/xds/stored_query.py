@@ -39,6 +39,9 @@ def parse_value(text: str, name: str) -> list[str]:
         m = _ITEM.match(s, pos)
         if not m or m.end() == pos:
             raise _bad("XDSRegistryError", f"{name}: malformed value {text!r}")
+        if m.group(1) is None and not re.fullmatch(r"-?\d+", m.group(2).strip()):
+            raise _bad("XDSRegistryError", f"{name}: {m.group(2).strip()!r} must be in single quotes "
+                       "(only numbers go bare)")
         items.append(m.group(1).replace("''", "'") if m.group(1) is not None else m.group(2).strip())
         pos = m.end()
     return items
