@@ -95,21 +95,37 @@ def test_reject_from_files_to_dcmtk_storescp(tmp_path, storescp):
 
 
 def test_reject_on_the_archive_server_found_by_cfind(server, tmp_path):
-    """--to the archive: what is rejected is found there by C-FIND, the note is stored there."""
+    """--to the archive: what is rejected is found there by C-FIND (study, series or instance level)."""
+    archive = server.archive
+    files = make_corpus(tmp_path / "c", studies=2, series=2, images=2)
+    archive.import_paths(files)
+    info = corpus_info(files)
+    st = info[0].StudyInstanceUID
+    of_study = sorted(d.SOPInstanceUID for d in info if d.StudyInstanceUID == st)
+    of_series = sorted(d.SOPInstanceUID for d in info if d.SeriesInstanceUID == info[-1].SeriesInstanceUID)
+    for args, expected in ((["--study", st], of_study), (["--series", info[-1].SeriesInstanceUID], of_series)):
+        r = run_cli("iocm", "reject", "--reason", "incorrect-mpps", *args, "--to", server.spec, "--yes", "--json",
+                    "--description", "wrong worklist entry")
+        assert r.code == 0, r.stderr
+        assert sorted(r.json["rejected"]) == expected
+        note_uid = r.json["documents"][0]["sop_instance_uid"]
+        note = read_kos(load(str(archive.file_path(_rel_paths(archive, note_uid)[0]))))
+        assert note.title.value == "113038" and note.description == "wrong worklist entry"
+        assert sorted(x.sop_uid for x in note.references) == expected
+        assert {x.retrieve_aet for x in note.references} == {server.aet}
+
+
+def test_rejected_instance_vanishes_from_findscu(server, tmp_path):
+    """The archive (Image Manager) hides what a rejection note sent to it rejects."""
     archive = server.archive
     files = make_corpus(tmp_path / "c", studies=1, series=1, images=3)
     archive.import_paths(files)
     info = corpus_info(files)
     victim = info[0]
-    r = run_cli("iocm", "reject", "--reason", "incorrect-mpps", "--study", victim.StudyInstanceUID, "--instance",
+    r = run_cli("iocm", "reject", "--reason", "quality", "--study", victim.StudyInstanceUID, "--instance",
                 victim.SOPInstanceUID, "--to", server.spec, "--yes", "--json")
     assert r.code == 0, r.stderr
     assert r.json["rejected"] == [victim.SOPInstanceUID]
-    note_uid = r.json["documents"][0]["sop_instance_uid"]
-    info_note = read_kos(load(str(archive.file_path(next(p for p in _rel_paths(archive, note_uid))))))
-    assert info_note.title.value == "113038"
-    assert [x.retrieve_aet for x in info_note.references] == [server.aet]
-    # the rejected instance no longer answers a C-FIND (the archive hides rejected instances)
     p = run_dcmtk("findscu", "-S", "-aec", server.aet, "127.0.0.1", str(server.port), "-k",
                   "QueryRetrieveLevel=IMAGE", "-k", f"StudyInstanceUID={victim.StudyInstanceUID}",
                   "-k", f"SeriesInstanceUID={victim.SeriesInstanceUID}", "-k", "SOPInstanceUID")

@@ -246,3 +246,26 @@ def test_dciodvfy_finds_errors():
     """The validator the tests rely on does report errors (a real manifest with an invalid Study Time)."""
     tmp = KOS_DATA / "IDS-DEPT022-a-kos.dcm"
     assert dciodvfy(tmp), "dciodvfy reported nothing for a manifest known to have errors"
+
+
+def test_builder_identical_documents_and_retrieve_location(tmp_path):
+    """What the XDS-I manifest will use: Retrieve Location UID, Identical Documents; one study only."""
+    from ihecli.errors import IheError, UsageError
+    from ihecli.kos.builder import build_kos, encode
+
+    info = corpus_info(make_corpus(tmp_path / "c", studies=2, series=1, images=2))
+    one_study = [d for d in info if d.StudyInstanceUID == info[0].StudyInstanceUID]
+    ds = build_kos(codes.MANIFEST, one_study, retrieve_aet="IHE_ARCHIVE", retrieve_location_uid="1.2.3.4.5.6",
+                   identical_documents=[(one_study[0].StudyInstanceUID, "1.2.3.4.5.7", "1.2.3.4.5.8")])
+    path = tmp_path / "m.dcm"
+    path.write_bytes(encode(ds))
+    assert dciodvfy(path) == []
+    back = dcmread(path)
+    series = back.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+    assert (series.RetrieveAETitle, series.RetrieveLocationUID) == ("IHE_ARCHIVE", "1.2.3.4.5.6")
+    same = back.IdenticalDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert same.ReferencedSOPInstanceUID == "1.2.3.4.5.8"
+    with pytest.raises(IheError, match="spans 2 studies"):
+        build_kos(codes.OF_INTEREST, info)
+    with pytest.raises(UsageError, match="nothing selected"):
+        build_kos(codes.OF_INTEREST, [])

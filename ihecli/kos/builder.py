@@ -63,6 +63,7 @@ def build_kos(title: Code, selected: Sequence[Dataset], *, description: str | No
     """
     import highdicom as hd
 
+    modifiers = list(modifiers)
     if not selected:
         raise UsageError("nothing selected: a Key Object Selection Document needs at least one reference")
     studies = OrderedDict((str(ds.StudyInstanceUID), None) for ds in selected)
@@ -105,6 +106,13 @@ def build_kos(title: Code, selected: Sequence[Dataset], *, description: str | No
             instance_number=instance_number, manufacturer=MANUFACTURER, institution_name=institution)
     ds = doc
     _fill_retrieve(ds, selected, retrieve_aet, retrieve_location_uid)
+    if codes.TCE_SCHEME in {title.scheme_designator, *(m.scheme_designator for m in modifiers)}:
+        # a coding scheme outside DICOM's registry is identified in the document (PS3.3 C.12.1.1.4)
+        scheme = Dataset()
+        scheme.CodingSchemeDesignator = codes.TCE_SCHEME
+        scheme.CodingSchemeName = "IHE Radiology Technical Framework"
+        scheme.CodingSchemeResponsibleOrganization = "IHE"
+        ds.CodingSchemeIdentificationSequence = [scheme]
     if series_description:
         ds.SeriesDescription = series_description
     if identical_documents:
