@@ -178,6 +178,11 @@ def test_a40_real_message_merges(archive, feed):
         {("LENNON^JOHN", "19730811", "M")}
     assert [r.PatientID for r in study_find(archive, PatientName="SOMEONE*")] == ["OTHER"]
     assert archive.counts()["patients"] == 2
+    # a modality still sending the retired ID: its new study joins the surviving patient
+    late = generate_uid()
+    archive.store(instance("704686", "LENNON^J", late))
+    assert study_find(archive, PatientID="704686") == []
+    assert late in {r.StudyInstanceUID for r in study_find(archive, PatientID="142025")}
     # sent again (an ACK lost on the way): acknowledged, not applied twice
     before = counts(archive)
     assert send(feed, A40.read_bytes()).code == "AA"

@@ -21,6 +21,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from ihecli.archive import schema as s
+from ihecli.archive import tables_hl7
 from ihecli.archive.ingest import Parsed
 from ihecli.archive.store import BlobStore
 from ihecli.errors import ArchiveError
@@ -260,6 +261,10 @@ class Writer:
 _b = bindparam
 Q_INSTANCE = select(s.instances.c.id, s.instances.c.path).where(s.instances.c.sop_uid == _b("sop_uid"))
 Q_PATIENT = select(s.patients.c.id).where(s.patients.c.pid == _b("pid"), s.patients.c.issuer == _b("issuer"))
+Q_RETIRED = (select(s.patients.c.id)
+             .join(tables_hl7.hl7_patient_ids, tables_hl7.hl7_patient_ids.c.patient_fk == s.patients.c.id)
+             .where(tables_hl7.hl7_patient_ids.c.pid == _b("pid"), tables_hl7.hl7_patient_ids.c.issuer == _b("issuer"))
+             .order_by(tables_hl7.hl7_patient_ids.c.id.desc()).limit(1))
 Q_STUDY = select(s.studies.c.id).where(s.studies.c.study_uid == _b("study_uid"))
 Q_SERIES = select(s.series.c.id, s.series.c.study_fk).where(s.series.c.series_uid == _b("series_uid"))
 U_SERIES_ADD = (update(s.series).where(s.series.c.id == _b("sid"))
@@ -291,6 +296,8 @@ def _series_of(conn, p: Parsed, t: datetime, cache: dict) -> tuple[int, int]:
     st = conn.execute(Q_STUDY, {"study_uid": p.study_uid}).first()
     if st is None:
         pat = conn.execute(Q_PATIENT, {"pid": p.patient["pid"], "issuer": p.patient["issuer"]}).first()
+        if pat is None:  # an ID that an HL7 merge or ID change retired: the patient it became (PIR)
+            pat = conn.execute(Q_RETIRED, {"pid": p.patient["pid"], "issuer": p.patient["issuer"]}).first()
         if pat is None:
             pat_id = conn.execute(I_PATIENT, {**p.patient, "charset": p.charset}).inserted_primary_key[0]
         else:

@@ -155,10 +155,8 @@ def find_patient(conn: Connection, idents: list[PatientIdent]):
 def _mark(conn: Connection, patient_id: int, at: datetime) -> None:
     """Retrieves of this patient's instances compare their headers with the index from now on."""
     r = t.hl7_reconciled
-    if conn.execute(select(r.c.patient_fk).where(r.c.patient_fk == patient_id)).first() is None:
+    if not conn.execute(update(r).where(r.c.patient_fk == patient_id).values(updated=at)).rowcount:
         conn.execute(insert(r).values(patient_fk=patient_id, updated=at))
-    else:
-        conn.execute(update(r).where(r.c.patient_fk == patient_id).values(updated=at))
 
 
 def _pid_segments(msg: Message) -> list[list[str]]:

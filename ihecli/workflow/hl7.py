@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 
 from ihecli.archive import tables_hl7 as t
@@ -24,6 +24,7 @@ from ihecli.hl7.v2 import Hl7Error, Message
 from ihecli.workflow import adt, orders
 
 log = logging.getLogger("ihe.hl7")
+I_MESSAGE = insert(t.hl7_messages)
 
 HANDLERS: dict[tuple[str, str], Callable] = {
     ("ADT", "A01"): adt.update_patient,
@@ -35,6 +36,10 @@ HANDLERS: dict[tuple[str, str], Callable] = {
     ("ORM", "O01"): orders.record_order,
     ("OMI", "O23"): orders.record_order,
 }
+
+
+class _Repeat(Exception):
+    pass
 
 
 @dataclass
@@ -85,23 +90,23 @@ class Hl7Feed:
                                location=("MSH", 1, 9, 1))
             raise Hl7Error(f"unsupported event {msg.type}^{msg.trigger}", ack_code="AR", code=201,
                            location=("MSH", 1, 9, 2))
-        sender = f"{msg.raw('MSH', 3)}^{msg.raw('MSH', 4)}"
-        m = t.hl7_messages
+        sender = f"{msg.raw('MSH', 3)}^{msg.raw('MSH', 4)}"[:200]
         for attempt in range(3):
             at = now()
             try:
                 with self.engine.begin() as conn:
-                    seen = conn.execute(select(m.c.id).where(m.c.sender == sender,
-                                                             m.c.control_id == msg.control_id)).first()
-                    if seen is not None:
-                        return f"already applied (control id {msg.control_id})", True
+                    try:  # first, so that a repeat fails here, before anything else is written
+                        conn.execute(I_MESSAGE, {"sender": sender, "control_id": msg.control_id[:200],
+                                                 "type": f"{msg.type}^{msg.trigger}", "received": at})
+                    except IntegrityError:
+                        raise _Repeat() from None  # leaves the transaction, rolled back
                     text = handler(conn, msg, at)
-                    conn.execute(insert(m).values(sender=sender, control_id=msg.control_id,
-                                                  type=f"{msg.type}^{msg.trigger}", received=at))
                 return text, False
+            except _Repeat:
+                return f"already applied (control id {msg.control_id})", True
             except Hl7Error:
                 raise
-            except IntegrityError as e:  # two writers at once (the same message twice, or a new patient)
+            except IntegrityError as e:  # two writers at once created the same patient or order
                 if attempt == 2:
                     raise Hl7Error(f"the archive database refused the change: {e.orig}", code=206) from None
         raise AssertionError("unreachable")
