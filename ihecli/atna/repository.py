@@ -272,9 +272,10 @@ class AuditRepository:
         async def close() -> None:
             for s in self._servers:
                 s.close()
-            for task in [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
                 task.cancel()
-            await asyncio.sleep(0)
+            await asyncio.gather(*tasks, return_exceptions=True)
 
         try:
             asyncio.run_coroutine_threadsafe(close(), loop).result(timeout)
@@ -336,8 +337,9 @@ class AuditRepository:
                     tls.report_refused(peer, tls.describe(e), "audit repository")
                     return
             await self._frames(reader, peer, transport)
-        except (asyncio.CancelledError, GeneratorExit):
-            raise
+        except asyncio.CancelledError:
+            # stopping; ending normally, since Python 3.11's stream callback calls exception() on the task
+            return
         except (ConnectionError, OSError, ssl.SSLError, asyncio.IncompleteReadError):
             pass
         except Exception as e:  # a bug must not stop the listener

@@ -174,6 +174,8 @@ def describe(exc: BaseException) -> str:
         return "no shared cipher suite"
     if isinstance(exc, (socket.timeout, TimeoutError)):
         return "handshake timed out"
+    if isinstance(exc, (ConnectionError, EOFError)) or "eof" in low:
+        return "connection closed during the handshake"
     return (reason or text or type(exc).__name__).lower().replace("_", " ")
 
 
