@@ -269,3 +269,29 @@ def test_builder_identical_documents_and_retrieve_location(tmp_path):
         build_kos(codes.OF_INTEREST, info)
     with pytest.raises(UsageError, match="nothing selected"):
         build_kos(codes.OF_INTEREST, [])
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_sending_is_audited(study, archive, storescp, tmp_path):
+    """A key object sent to a node is reported to the profile's Audit Record Repository (syslog/UDP)."""
+    import socket
+
+    from ihecli import atna
+
+    node, folder = storescp
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(10)
+    (tmp_path / "config.toml").write_text(f'[audit]\nrepository = "udp://127.0.0.1:{sock.getsockname()[1]}"\n')
+    files, info = study
+    a = info[0]
+    try:
+        r = run_cli("kin", "create", "--study", a.StudyInstanceUID, "--instance", a.SOPInstanceUID,
+                    "--to", f"{node.aet}@127.0.0.1:{node.port}", *db_args(archive))
+        assert r.code == 0, r.stderr
+        assert atna.flush(10)
+        message = sock.recv(65536).decode("utf-8", "replace")
+    finally:
+        atna.configure(None)
+        sock.close()
+    assert "110104" in message and a.StudyInstanceUID in message and node.aet in message
