@@ -146,6 +146,26 @@ def test_a08_real_message_updates_demographics(archive, feed):
     assert len(study_find(archive, PatientName="BEST*")) == 1  # matching uses the new name
 
 
+def test_applied_update_is_audited(archive, feed, tmp_path):
+    import socket
+
+    from ihecli import atna
+
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    rx.settimeout(10)
+    atna.configure(f"udp://127.0.0.1:{rx.getsockname()[1]}", spool=tmp_path / "spool")
+    try:
+        archive.store(instance("AUD1", "OLD^NAME"))
+        assert send(feed, adt("A08", "AUD1", "NEW^NAME", control="aud1")).code == "AA"
+        atna.flush()
+        got = rx.recv(65536)
+    finally:
+        atna.configure(None)
+        rx.close()
+    assert b"RAD-12" in got and b'ParticipantObjectID="AUD1"' in got and b'EventActionCode="U"' in got
+
+
 def test_a31_creates_and_a01_updates_with_non_ascii_name(archive, feed):
     assert send(feed, A31.read_bytes()).code == "AA"  # nobody stored yet: the patient is created
     q = Dataset()
@@ -305,6 +325,41 @@ def test_hl7_send_command(archive, tmp_path):
     r = run_cli("hl7", "send", f"127.0.0.1:{srv.port}", A08)
     assert r.code == 4 and r.stderr.startswith("ihe: error: cannot reach")
     assert run_cli("hl7", "send", "nowhere", A08).code == 2
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_archive_serve_hl7_port(tmp_path, workers):
+    """`ihe archive serve --hl7-port` as a user runs it: one process, or the HL7 listener in the
+    process that supervises two DICOM workers."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers import free_port, run_dcmtk, wait_port
+
+    db, storage = f"sqlite:///{tmp_path / 'i.db'}", tmp_path / "st"
+    from ihecli.archive import Archive
+
+    with Archive(db, storage) as a:
+        a.store(instance("SRV1", "BEFORE^NAME"))
+    port, hl7_port = free_port(), free_port()
+    env = {**os.environ, "IHE_CONFIG": str(tmp_path / "c.toml"), "IHE_DATA_DIR": str(tmp_path / "d")}
+    p = subprocess.Popen([sys.executable, "-m", "ihecli", "archive", "serve", "--port", str(port), "--hl7-port",
+                          str(hl7_port), "--workers", workers, "--db", db, "--storage", str(storage)],
+                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_port(hl7_port, timeout=30)
+        wait_port(port, timeout=30)
+        with MllpClient("127.0.0.1", hl7_port) as c:
+            assert v2.read_ack(c.send(adt("A08", "SRV1", "AFTER^NAME", control="s1"))).code == "AA"
+        out = run_dcmtk("findscu", "-S", "-aec", "IHE_ARCHIVE", "-k", "QueryRetrieveLevel=STUDY", "-k",
+                        "PatientID=SRV1", "-k", "PatientName", "127.0.0.1", str(port))
+        assert "AFTER^NAME" in out.stdout + out.stderr
+    finally:
+        p.terminate()
+        _, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    assert f"HL7 (MLLP) listening on 127.0.0.1:{hl7_port}" in err
 
 
 def test_throughput_over_one_connection(tmp_path):

@@ -77,7 +77,20 @@ class Hl7Feed:
             return v2.ack(msg, e.ack_code, error=e, app=self.app, facility=self.facility)
         self._count(msg, duplicate=duplicate)
         log.info("HL7 %s^%s %s: %s", msg.type, msg.trigger, msg.control_id, text)
+        if msg.type == "ADT" and not duplicate:
+            self._audit(msg)
         return v2.ack(msg, "AA", app=self.app, facility=self.facility)
+
+    def _audit(self, msg: Message) -> None:
+        """Patient Record event (DICOM PS3.15 A.5.3.9) for an applied RAD-12 message."""
+        from ihecli import atna
+
+        if not atna.enabled():
+            return
+        ids = [i.pid for seg in msg.all("PID") for i in adt.identifiers(msg, seg, 3)[:1]]
+        ids += [i.pid for seg in msg.all("MRG") for i in adt.identifiers(msg, seg, 1)[:1]]
+        atna.record(atna.events.patient_record("U", patients=list(dict.fromkeys(ids)), user=self.app,
+                                               transaction=atna.events.iti("RAD-12", "Patient Update")))
 
     def apply(self, msg: Message) -> tuple[str, bool]:
         """Apply one message in one transaction: (what happened, whether it was a repeat).
