@@ -57,6 +57,9 @@ def _register() -> None:
     app.add_typer(config_cmd.app, name="config")
     app.add_typer(archive_cmd.app, name="archive")
     app.add_typer(dicom_cmd.app, name="dicom")
+    from ihecli.cli import pdi_cmd
+
+    app.add_typer(pdi_cmd.app, name="pdi")
     from ihecli.cli import audit_cmd, time_cmd
 
     app.add_typer(audit_cmd.app, name="audit")

@@ -1,0 +1,502 @@
+"""Portable Media Importer (IHE PDI, RAD-47; import reconciliation as in IRWF): reads a medium
+(ihecli.pdi.media), reconciles patient and order attributes to local values, and stores the
+objects in the local archive (through Archive.store, so an object reported stored is fsynced
+and indexed) or sends them to a node with C-STORE.
+
+Reconciled objects keep what they said before: the replaced values in Original Attributes
+Sequence (0400,0561, reason COERCE) and the medium's patient ID in Other Patient IDs Sequence
+(0010,1002). Study, series and SOP Instance UIDs are kept unless the local archive already
+holds them for another patient or study; then new UIDs are made, and the old ones kept in
+Original Attributes Sequence too.
+"""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tempfile
+import threading
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Callable
+
+from ihecli import __version__
+from ihecli.archive.ingest import ensure_part10, fold
+from ihecli.errors import ArchiveError, IheError, UsageError
+from ihecli.pdi.media import Found, Medium, Survey, iter_objects
+
+MODIFYING_SYSTEM = "IHE_CLI"
+
+
+@dataclass
+class Target:
+    """Local values the medium's patient (and order) attributes are changed to."""
+
+    patient_id: str
+    issuer: str | None = None
+    name: str | None = None
+    birth_date: str | None = None
+    sex: str | None = None
+    accession: str | None = None
+
+
+@dataclass
+class MediaPatient:
+    """One patient as the medium names it."""
+
+    patient_id: str
+    issuer: str
+    name: str
+    birth_date: str
+    objects: int = 0
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.patient_id, self.issuer
+
+
+@dataclass
+class Candidate:
+    """A local patient that may be the medium's patient."""
+
+    patient_id: str
+    issuer: str
+    name: str
+    birth_date: str
+    sex: str
+    score: int  # 2 for the same ID, 1 each for the same name and the same birth date
+    matches: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ImportedObject:
+    path: str
+    outcome: str  # stored, duplicate, overwritten, planned, skipped, failed, dangling, refused
+    reason: str = ""
+    sop_uid: str | None = None
+    sop_class: str | None = None
+    patient_id: str | None = None
+    study_uid: str | None = None
+    new_uids: bool = False
+
+
+@dataclass
+class ImportReport:
+    source: str
+    kind: str
+    destination: str
+    dry_run: bool = False
+    dicomdirs: list[str] = field(default_factory=list)
+    fileset_id: str = ""
+    notes: list[str] = field(default_factory=list)
+    reconciled: list[dict] = field(default_factory=list)  # {"from": {...}, "to": {...}}
+    objects: list[ImportedObject] = field(default_factory=list)
+    skipped_files: list[tuple[str, str]] = field(default_factory=list)
+    counts: dict = field(default_factory=dict)
+    bytes: int = 0
+    seconds: float = 0.0
+
+    def count(self) -> None:
+        c: dict[str, int] = {}
+        for o in self.objects:
+            c[o.outcome] = c.get(o.outcome, 0) + 1
+        c["files_skipped"] = len(self.skipped_files)
+        self.counts = c
+
+    @property
+    def ok(self) -> int:
+        return sum(self.counts.get(k, 0) for k in ("stored", "duplicate", "overwritten", "planned"))
+
+    @property
+    def problems(self) -> int:
+        return sum(self.counts.get(k, 0) for k in ("failed", "dangling", "refused"))
+
+
+def media_patients(survey: Survey) -> list[MediaPatient]:
+    out: dict[tuple[str, str], MediaPatient] = {}
+    for f in survey.objects:
+        if f.info is None or f.status != "ok":
+            continue
+        i = f.info
+        key = (i.patient_id or "", i.issuer or "")
+        mp = out.get(key)
+        if mp is None:
+            mp = out[key] = MediaPatient(key[0], key[1], i.patient_name or "", i.birth_date or "")
+        mp.objects += 1
+    return list(out.values())
+
+
+def local_candidates(archive, mp: MediaPatient) -> list[Candidate]:
+    """Local patients with the medium patient's ID, or name and birth date, best first."""
+    from pydicom.dataset import Dataset
+
+    rows: dict[tuple[str, str], Dataset] = {}
+
+    def query(**keys):
+        ident = Dataset()
+        ident.QueryRetrieveLevel = "PATIENT"
+        for kw in ("PatientID", "IssuerOfPatientID", "PatientName", "PatientBirthDate", "PatientSex"):
+            setattr(ident, kw, keys.get(kw, ""))
+        for r in archive.find(ident, "patient"):
+            rows[(str(r.get("PatientID", "") or ""), str(r.get("IssuerOfPatientID", "") or ""))] = r
+
+    if mp.patient_id:
+        query(PatientID=mp.patient_id)
+    if mp.birth_date:
+        query(PatientBirthDate=mp.birth_date)
+    family = (mp.name.split("^")[0] if mp.name else "").strip()
+    if family and "*" not in family and "?" not in family:
+        query(PatientName=family + "*")
+    out = []
+    for (pid, issuer), r in rows.items():
+        name, birth = str(r.get("PatientName", "") or ""), str(r.get("PatientBirthDate", "") or "")
+        matches = []
+        if mp.patient_id and pid == mp.patient_id:
+            matches.append("ID")
+        if mp.name and fold(name.replace("^", " ").strip()) == fold(mp.name.replace("^", " ").strip()):
+            matches.append("name")
+        if mp.birth_date and birth == mp.birth_date:
+            matches.append("birth date")
+        score = 2 * ("ID" in matches) + ("name" in matches) + ("birth date" in matches)
+        if score >= 2:
+            out.append(Candidate(pid, issuer, name, birth, str(r.get("PatientSex", "") or ""), score, matches))
+    out.sort(key=lambda c: (-c.score, c.patient_id))
+    return out
+
+
+def match_local(archive, patients: list[MediaPatient], *, yes: bool,
+                choose: Callable[[MediaPatient, list[Candidate]], Candidate | None] | None
+                ) -> dict[tuple[str, str], Target]:
+    """A local patient for each medium patient (by ID, name and birth date).
+
+    A sole candidate that agrees on all three is taken; otherwise ``choose`` asks the user, or
+    with ``yes`` the single best candidate is taken. No candidate, or no single best one with
+    ``yes`` and no way to ask, is an error.
+    """
+    out: dict[tuple[str, str], Target] = {}
+    for mp in patients:
+        cands = local_candidates(archive, mp)
+        who = f"{mp.name or 'unnamed'} (ID {mp.patient_id or '-'}, born {mp.birth_date or '-'})"
+        if not cands:
+            raise IheError(f"no local patient matches {who}: give --patient-id")
+        best = cands[0]
+        unique_best = len(cands) == 1 or cands[1].score < best.score
+        if len(cands) == 1 and best.score == 4:
+            pick = best
+        elif yes:
+            if not unique_best:
+                raise IheError(f"{len(cands)} local patients match {who} equally well: give --patient-id")
+            pick = best
+        elif choose is not None:
+            pick = choose(mp, cands)
+            if pick is None:
+                raise IheError(f"no local patient chosen for {who}")
+        else:
+            raise UsageError(f"the match for {who} needs a confirmation: run on a terminal, add --yes, "
+                             "or give --patient-id")
+        out[mp.key] = Target(pick.patient_id, pick.issuer or None, pick.name or None, pick.birth_date or None,
+                             pick.sex or None)
+    return out
+
+
+def _dt_now() -> str:
+    return datetime.now().astimezone().strftime("%Y%m%d%H%M%S%z")
+
+
+def reconcile_dataset(ds, target: Target | None, uid_map: dict[str, str], source: str) -> bool:
+    """Coerce a dataset to local values; keep what it said before. Returns whether it changed."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    changes: list[tuple[str, object]] = []
+
+    def coerce(kw: str, new) -> None:
+        if new is None:
+            return
+        old = ds.get(kw)
+        old_v = None if old is None else old
+        if str(old_v or "") != str(new):
+            changes.append((kw, old_v))
+            setattr(ds, kw, new)
+
+    old_pid, old_issuer = str(ds.get("PatientID", "") or ""), str(ds.get("IssuerOfPatientID", "") or "")
+    if target is not None:
+        coerce("PatientID", target.patient_id)
+        if target.issuer is not None or "IssuerOfPatientID" in ds:
+            coerce("IssuerOfPatientID", target.issuer or "")
+        coerce("PatientName", target.name)
+        coerce("PatientBirthDate", target.birth_date)
+        coerce("PatientSex", target.sex)
+        coerce("AccessionNumber", target.accession)
+    for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+        old = str(ds.get(kw, "") or "")
+        if old in uid_map:
+            coerce(kw, uid_map[old])
+    if not changes:
+        return False
+    if any(k == "SOPInstanceUID" for k, _ in changes):
+        if getattr(ds, "file_meta", None) is not None:
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    modified = Dataset()
+    for kw, old in changes:
+        setattr(modified, kw, old if old is not None else "")
+    item = Dataset()
+    item.AttributeModificationDateTime = _dt_now()
+    item.ModifiedAttributesSequence = Sequence([modified])
+    item.ModifyingSystem = MODIFYING_SYSTEM
+    item.ReasonForTheAttributeModification = "COERCE"
+    item.SourceOfPreviousValues = source[:64]
+    seq = ds.get("OriginalAttributesSequence") or Sequence()
+    seq.append(item)
+    ds.OriginalAttributesSequence = seq
+    if any(k == "PatientID" for k, _ in changes) and old_pid:
+        other = Dataset()
+        other.PatientID = old_pid
+        if old_issuer:
+            other.IssuerOfPatientID = old_issuer
+        other.TypeOfPatientID = "TEXT"
+        seq = ds.get("OtherPatientIDsSequence") or Sequence()
+        if not any(str(x.get("PatientID", "")) == old_pid and str(x.get("IssuerOfPatientID", "") or "") == old_issuer
+                   for x in seq):
+            seq.append(other)
+        ds.OtherPatientIDsSequence = seq
+    return True
+
+
+def _encode(ds) -> bytes:
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _collisions(archive, batch: list[Found], owner_of: Callable[[Found], tuple[str, str]],
+                uid_map: dict[str, str]) -> None:
+    """New UIDs (into uid_map) for studies, with their series and instances, and for instances
+    that the local archive holds for another patient or in another study. A UID mapped once
+    stays mapped, so a study met over several batches keeps one new UID."""
+    from pydicom.uid import generate_uid
+
+    objs = [f for f in batch if f.info is not None and f.status == "ok"]
+    if archive is None or not objs:
+        return
+    study_owner, sop_owner = archive.uid_owners({f.info.study_uid for f in objs if f.info.study_uid not in uid_map},
+                                                {f.info.sop_uid for f in objs})
+    for f in objs:
+        i = f.info
+        if i.study_uid in study_owner and study_owner[i.study_uid] != owner_of(f):
+            uid_map.setdefault(i.study_uid, generate_uid())
+        if i.study_uid in uid_map:
+            uid_map.setdefault(i.series_uid, generate_uid())
+            uid_map.setdefault(i.sop_uid, generate_uid())
+        elif i.sop_uid in sop_owner and (sop_owner[i.sop_uid][0] != i.study_uid
+                                         or sop_owner[i.sop_uid][1:] != owner_of(f)):
+            uid_map.setdefault(i.sop_uid, generate_uid())
+
+
+BATCH = 64  # objects whose UIDs are checked against the archive in one query
+
+
+def import_media(medium: Medium, *, archive=None, node=None, calling_aet: str = "IHE", timeout: float = 30,
+                 patient_id: str | None = None, issuer: str | None = None, name: str | None = None,
+                 accession: str | None = None, match: bool = False, yes: bool = False,
+                 choose: Callable[[MediaPatient, list[Candidate]], Candidate | None] | None = None,
+                 dry_run: bool = False, workers: int = 4,
+                 progress: Callable[[int], None] | None = None) -> ImportReport:
+    """Import a medium into the local archive, or send it to ``node`` (RAD-47, Importer).
+
+    Objects are read once each and stored as they come, several at a time (they share index
+    commits); ``progress(1)`` per object. With --match-local or --accession the headers are
+    surveyed first (the patients and studies must be known before anything is stored).
+    """
+    t0 = time.perf_counter()
+    if node is None and archive is None:
+        raise UsageError("nowhere to import to")
+    if match and patient_id:
+        raise UsageError("give --patient-id or --match-local, not both")
+    if (issuer or name) and not patient_id:
+        raise UsageError("--issuer and --name go with --patient-id")
+    if match and archive is None:
+        raise UsageError("--match-local needs the local archive")
+    report = ImportReport(medium.name, medium.kind, str(node) if node is not None else "archive", dry_run)
+    targets: dict[tuple[str, str], Target] = {}
+    default: Target | None = None
+    if patient_id:
+        default = Target(patient_id, issuer, name, accession=accession)
+    if match or (accession and not patient_id):
+        pre = Survey(medium.name, medium.kind)
+        for _ in iter_objects(medium, pre):
+            pass
+        studies = {f.info.study_uid for f in pre.objects if f.info is not None and f.status == "ok"}
+        if accession and len(studies) > 1:
+            raise UsageError(f"--accession applies to one study; the medium holds {len(studies)}")
+        patients = media_patients(pre)
+        if match:
+            targets = match_local(archive, patients, yes=yes, choose=choose)
+        else:
+            targets = {mp.key: Target(mp.patient_id, mp.issuer or None) for mp in patients}
+        for t in targets.values():
+            t.accession = accession
+    seen_patients: set[tuple[str, str]] = set()
+
+    def owner_of(f: Found) -> tuple[str, str]:
+        t = targets.get((f.info.patient_id or "", f.info.issuer or "")) or default
+        if t is not None:
+            return t.patient_id, t.issuer or ""
+        return f.info.patient_id or "", f.info.issuer or ""
+
+    def note_patient(f: Found) -> None:
+        i = f.info
+        key = (i.patient_id or "", i.issuer or "")
+        if key in seen_patients:
+            return
+        seen_patients.add(key)
+        t = targets.get(key) or default
+        if t is not None:
+            report.reconciled.append({"from": {"PatientID": i.patient_id or "", "IssuerOfPatientID": i.issuer or "",
+                                               "PatientName": i.patient_name, "PatientBirthDate": i.birth_date},
+                                      "to": {"PatientID": t.patient_id, "IssuerOfPatientID": t.issuer or "",
+                                             "PatientName": t.name, "PatientBirthDate": t.birth_date,
+                                             "AccessionNumber": t.accession}})
+
+    survey = Survey(medium.name, medium.kind)
+    uid_map: dict[str, str] = {}
+    lock = threading.Lock()
+    staging = tempfile.mkdtemp(prefix="ihe-pdi-import-") if node is not None and not dry_run else None
+    to_send: list[tuple[str, ImportedObject]] = []
+    results: list[ImportedObject] = []
+
+    def prepare(f: Found, data: bytes) -> tuple[ImportedObject, bytes | None]:
+        i = f.info
+        o = ImportedObject(f.path, "planned", f.reason, i.sop_uid, i.sop_class, i.patient_id, i.study_uid)
+        target = targets.get((i.patient_id or "", i.issuer or "")) or default
+        needs = target is not None or i.sop_uid in uid_map or i.study_uid in uid_map
+        try:
+            data = ensure_part10(data)
+        except ArchiveError as e:
+            o.outcome, o.reason = "failed", str(e)
+            return o, None
+        if needs:
+            import pydicom
+
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    ds = pydicom.dcmread(io.BytesIO(data), force=True)
+                if reconcile_dataset(ds, target, uid_map, source):
+                    data = _encode(ds)
+                    o.patient_id = str(ds.get("PatientID", "") or "")
+                    o.new_uids = str(ds.SOPInstanceUID) != i.sop_uid or str(ds.StudyInstanceUID) != i.study_uid
+                    o.sop_uid, o.study_uid = str(ds.SOPInstanceUID), str(ds.StudyInstanceUID)
+            except Exception as e:
+                o.outcome, o.reason = "failed", f"cannot reconcile: {type(e).__name__}: {e}"
+                return o, None
+        return o, data
+
+    def store_one(o: ImportedObject, data: bytes) -> None:
+        try:
+            out = archive.store(data)
+            o.outcome = out.outcome
+            with lock:
+                report.bytes += len(data)
+        except ArchiveError as e:
+            o.outcome, o.reason = "failed", str(e)
+        if progress:
+            progress(1)
+
+    source = f"{os.path.basename(str(medium.name).rstrip('/')) or 'media'} (media)"
+    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="ihe-pdi-import") \
+        if (archive is not None and node is None and not dry_run) else None
+    pending: list = []
+
+    def handle(batch: list[tuple[Found, bytes | None]]) -> None:
+        _collisions(archive, [f for f, _ in batch], owner_of, uid_map)
+        known: dict = {}
+        if dry_run and archive is not None:
+            _, known = archive.uid_owners((), {f.info.sop_uid for f, _ in batch if f.info is not None})
+        for f, data in batch:
+            if f.status != "ok" or f.info is None or data is None:
+                outcome = {"dangling": "dangling", "refused": "refused", "unsupported": "skipped",
+                           "directory": "skipped"}.get(f.status, "failed")
+                ref = f.ref
+                results.append(ImportedObject(
+                    f.path, outcome, f.reason, f.info.sop_uid if f.info else (ref.sop_uid if ref else None),
+                    f.info.sop_class if f.info else (ref.sop_class if ref else None),
+                    f.info.patient_id if f.info else (ref.patient_id if ref else None),
+                    f.info.study_uid if f.info else (ref.study_uid if ref else None)))
+                if progress:
+                    progress(1)
+                continue
+            note_patient(f)
+            o, encoded = prepare(f, data)
+            results.append(o)
+            if encoded is None:
+                if progress:
+                    progress(1)
+            elif dry_run:
+                if f.info.sop_uid in known and f.info.sop_uid not in uid_map:
+                    o.reason = (o.reason + "; " if o.reason else "") + "already in the archive"
+                if progress:
+                    progress(1)
+            elif node is not None:
+                p = os.path.join(staging, f"{len(to_send):08d}.dcm")
+                with open(p, "wb") as fh:
+                    fh.write(encoded)
+                to_send.append((p, o))
+            else:
+                pending.append(pool.submit(store_one, o, encoded))
+                while len(pending) >= 4 * workers:  # bounded look-ahead: memory stays flat
+                    pending.pop(0).result()
+
+    try:
+        batch: list[tuple[Found, bytes | None]] = []
+        for item in iter_objects(medium, survey, whole=True):
+            batch.append(item)
+            if len(batch) >= BATCH:
+                handle(batch)
+                batch = []
+        handle(batch)
+        for fut in pending:
+            fut.result()
+        if node is not None and to_send:
+            _send(node, to_send, calling_aet, timeout, report, progress)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
+        if staging:
+            shutil.rmtree(staging, ignore_errors=True)
+    report.dicomdirs, report.fileset_id, report.notes = survey.dicomdirs, survey.fileset_id, survey.notes
+    report.skipped_files = survey.skipped
+    new = sum(1 for o in results if o.new_uids)
+    if new:
+        report.notes.append(f"{new} objects got new UIDs: the local archive holds their UIDs for other data")
+    report.objects = results
+    report.count()
+    report.seconds = round(time.perf_counter() - t0, 3)
+    return report
+
+
+def _send(node, to_send: list[tuple[str, ImportedObject]], calling_aet: str, timeout: float,
+          report: ImportReport, progress) -> None:
+    from ihecli.dicom import scu
+
+    by_path = {p: o for p, o in to_send}
+    failed: dict[str, str] = {}
+
+    def step(path: str, outcome: str) -> None:
+        if progress:
+            progress(1)
+
+    rep = scu.store(node, [p for p, _ in to_send], calling_aet=calling_aet, timeout=timeout, progress=step)
+    for ff in rep.failed:
+        failed[ff.path] = ff.reason + (f" (status 0x{ff.status:04X})" if ff.status is not None else "")
+    for p, o in by_path.items():
+        if p in failed:
+            o.outcome, o.reason = "failed", failed[p]
+        else:
+            o.outcome = "sent"
+            report.bytes += os.path.getsize(p)

@@ -1,0 +1,169 @@
+"""JPEG renderings of DICOM images for web content and the media view (IHE PDI Web Content
+option: JPEG, windowed per the image's VOI), with mammograms turned to the display
+orientation of their laterality and view.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image
+
+MAX_SIDE = 1024  # renderings are for viewing in a browser, not for diagnosis
+
+
+class RenderError(Exception):
+    """The image cannot be decoded or rendered."""
+
+
+def _to8(arr: np.ndarray) -> np.ndarray:
+    arr = arr.astype(np.float32, copy=False)
+    lo, hi = float(arr.min()), float(arr.max())
+    if hi <= lo:
+        return np.zeros(arr.shape, np.uint8)
+    return ((arr - lo) * (255.0 / (hi - lo))).clip(0, 255).astype(np.uint8)
+
+
+def _window(ds, frame: np.ndarray) -> np.ndarray:
+    """Grey levels 0-255: Modality LUT, then the first VOI (window or VOI LUT), else min-max."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    arr = apply_modality_lut(frame, ds)
+    has_voi = "WindowCenter" in ds and "WindowWidth" in ds or "VOILUTSequence" in ds
+    if has_voi:
+        try:
+            arr = apply_voi_lut(arr, ds, index=0, prefer_lut=True)
+        except Exception:
+            pass
+    out = _to8(arr)
+    if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
+        out = 255 - out
+    return out
+
+
+_OPPOSITE = {"A": "P", "P": "A", "R": "L", "L": "R", "H": "F", "F": "H"}
+
+
+def mammo_target(laterality: str, orientation: list[str]) -> tuple[str, str] | None:
+    """Display orientation (row direction, column direction) of a mammogram (PS3.3 C.8.11.7.1.1):
+    the chest wall on the side away from the other breast, so the two breasts hang back to
+    back: a left breast has rows running anterior (A), a right one posterior (P); columns run
+    to the foot (F) in oblique and lateral views, else towards the other side (R or L)."""
+    lat = (laterality or "").strip().upper()[:1]
+    if lat not in ("L", "R") or not orientation or len(orientation) != 2:
+        return None
+    main = [o.strip().upper()[:1] for o in orientation]
+    if any(m not in _OPPOSITE for m in main):
+        return None
+    row = "A" if lat == "L" else "P"
+    if any(m in ("H", "F") for m in main):
+        col = "F"
+    else:
+        col = "R" if lat == "L" else "L"
+    return row, col
+
+
+def orient(arr: np.ndarray, current: list[str], target: tuple[str, str]) -> np.ndarray:
+    """Flip and transpose a 2-D (or 2-D x channels) array from one orientation to another.
+
+    Orientation (row direction, column direction): the patient direction in which the column
+    index grows along a row, then the one in which the row index grows down a column.
+    """
+    cur = [c.strip().upper()[:1] for c in current]
+    row, col = target
+
+    def same_axis(a, b):
+        return a == b or _OPPOSITE.get(a) == b
+
+    if same_axis(cur[0], col) and same_axis(cur[1], row):
+        arr = arr.swapaxes(0, 1)
+        cur = [cur[1], cur[0]]
+    if not (same_axis(cur[0], row) and same_axis(cur[1], col)):
+        return arr  # orientations on other axes: leave the image as it is
+    if cur[0] != row:
+        arr = arr[:, ::-1]
+    if cur[1] != col:
+        arr = arr[::-1, :]
+    return arr
+
+
+def display_array(ds, frame_index: int = 0) -> np.ndarray:
+    """The frame as 8-bit grey or RGB, windowed and, for mammograms, oriented for display."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            nframes = int(ds.get("NumberOfFrames", 1) or 1)
+            if nframes > 1:
+                arr = ds.pixel_array[frame_index]
+            else:
+                arr = ds.pixel_array
+        except Exception as e:
+            raise RenderError(f"cannot decode the pixel data: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        spp = int(ds.get("SamplesPerPixel", 1) or 1)
+        pi = str(ds.get("PhotometricInterpretation", "")).strip()
+        if pi == "PALETTE COLOR":
+            from pydicom.pixels import apply_color_lut
+
+            out = _to8(apply_color_lut(arr, ds))
+        elif spp > 1:
+            if pi.startswith("YBR") and ds.file_meta.get("TransferSyntaxUID") in (None, "1.2.840.10008.1.2.1",
+                                                                                   "1.2.840.10008.1.2"):
+                from pydicom.pixels import convert_color_space
+
+                arr = convert_color_space(arr, pi, "RGB")
+            out = arr if arr.dtype == np.uint8 else _to8(arr)
+        else:
+            out = _window(ds, arr)
+    if str(ds.get("Modality", "")).upper() == "MG":
+        lat = str(ds.get("ImageLaterality", "") or ds.get("Laterality", "") or "")
+        po = ds.get("PatientOrientation")
+        current = [str(x) for x in po] if po is not None and len(po) == 2 else None
+        target = mammo_target(lat, current) if current else None
+        if target:
+            out = orient(out, current, target)
+    return np.ascontiguousarray(out)
+
+
+def jpeg_bytes(arr: np.ndarray, quality: int = 88, max_side: int = MAX_SIDE) -> tuple[bytes, int, int]:
+    img = Image.fromarray(arr)
+    if max(img.size) > max_side:
+        img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return buf.getvalue(), img.size[0], img.size[1]
+
+
+def render_file(path: str, frame_index: int = 0) -> tuple[bytes, int, int]:
+    """(JPEG bytes, width, height) of one frame of a DICOM file; raises RenderError."""
+    import pydicom
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, force=True)
+    except Exception as e:
+        raise RenderError(f"cannot read {path}: {e}") from None
+    return render_dataset(ds, frame_index)
+
+
+def render_dataset(ds, frame_index: int = 0) -> tuple[bytes, int, int]:
+    if "PixelData" not in ds and "FloatPixelData" not in ds:
+        raise RenderError("no pixel data")
+    return jpeg_bytes(display_array(ds, frame_index))
+
+
+def render_to(job: tuple[str, str]) -> tuple[str, int, int, int, str]:
+    """Worker entry (a process pool): render the file `src` to the JPEG file `dst`.
+
+    Returns (dst, size, width, height, error)."""
+    src, dst = job
+    try:
+        data, w, h = render_file(src)
+    except RenderError as e:
+        return dst, 0, 0, 0, str(e)
+    except Exception as e:  # a decoder failing on hostile data
+        return dst, 0, 0, 0, f"{type(e).__name__}: {e}"
+    with open(dst, "wb") as f:
+        f.write(data)
+    return dst, len(data), w, h, ""

@@ -1,0 +1,222 @@
+"""`ihe pdi burn`: ISO 9660 and USB media with DICOMDIR, README.TXT, INDEX.HTM and IHE_PDI web content,
+checked with dicom3tools (dciodvfy, dcentvfy), DCMTK dcmdump, pydicom's FileSet, xorriso and Chromium."""
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pycdlib
+import pydicom
+import pytest
+from lxml import etree
+from pydicom.fileset import FileSet
+
+from helpers import make_corpus, run_cli, run_dcmtk
+from ihecli.archive import Archive
+from pdi_helpers import (PDI_DATA, dcentvfy_errors, dciodvfy_errors, dump_dom, extract_iso, iso_listing, links,
+                         screenshot)
+
+FILE_ID = re.compile(r"^[A-Z0-9_]{1,8}$")
+NAME_83 = re.compile(r"^[A-Z0-9_]{1,8}(\.[A-Z0-9_]{1,3})?$")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """An archive (via the CLI's data dir) holding 2 patients: 2 studies x 2 series x 3 CT images."""
+    root = tmp_path_factory.mktemp("pdi-burn")
+    files = make_corpus(root / "corpus", studies=2, series=2, images=3)
+    data = root / "data"
+    a = Archive(f"sqlite:///{data / 'archive.db'}", data / "storage")
+    for f in files:
+        a.store(f.read_bytes())
+    a.close()
+    return {"root": root, "files": files, "env": {"IHE_DATA_DIR": str(data), "IHE_CONFIG": str(root / "c.toml")}}
+
+
+def cli(env, *args):
+    return run_cli(*args, env=env["env"])
+
+
+@pytest.fixture(scope="module")
+def cd_iso(env):
+    out = env["root"] / "cd" / "patient.iso"
+    r = cli(env, "pdi", "burn", "--patient", "PID000000", "--iso", out, "--institution", "Test Hospital", "--json")
+    assert r.code == 0, r.stderr
+    return out, r.json
+
+
+def test_cd_iso_summary_and_iso9660(cd_iso):
+    iso, summary = cd_iso
+    assert summary["objects"] == 6 and summary["rendered"] == 6 and len(summary["volumes"]) == 1
+    assert summary["profile"] == "STD-GEN-CD" and summary["bytes"] == iso.stat().st_size
+    names = iso_listing(iso)  # xorriso reads it
+    assert "/DICOMDIR" in names and "/README.TXT" in names and "/INDEX.HTM" in names
+    assert "/IHE_PDI/INDEX.HTM" in names
+    dicom = [n for n in names if n.startswith("/DICOM/")]
+    assert len(dicom) == 6
+    for n in names:
+        parts = n.strip("/").split("/")
+        assert len(parts) <= 8, n
+        assert all(NAME_83.match(p) for p in parts), n
+    # the volume identifier is the File-set ID; Joliet names are there too
+    p = pycdlib.PyCdlib()
+    p.open(str(iso))
+    try:
+        vol = p.pvd.volume_identifier.decode().strip()
+        assert p.has_joliet()
+    finally:
+        p.close()
+    ds = pydicom.dcmread(extract_iso(iso, iso.parent / "x") / "DICOMDIR")
+    assert ds.FileSetID == vol
+
+
+def test_cd_dicomdir_is_valid_and_read_by_others(cd_iso):
+    iso, _ = cd_iso
+    root = iso.parent / "x"
+    dd = root / "DICOMDIR"
+    assert dciodvfy_errors(dd) == []
+    assert dcentvfy_errors(dd) == []
+    dump = run_dcmtk("dcmdump", str(dd)).stdout
+    assert dump.count("DirectoryRecordType") == 1 + 1 + 2 + 6  # patient, study, series, images
+    fs = FileSet(dd)
+    assert len(fs) == 6
+    for inst in fs:
+        assert all(FILE_ID.match(c) for c in Path(inst.path).relative_to(root).parts)
+        assert inst.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+        assert inst.load().PatientID == "PID000000"
+    readme = (root / "README.TXT").read_text()
+    assert "Test Hospital" in readme and "ihe" in readme and "STD-GEN-CD" in readme and "INDEX.HTM" in readme
+    assert "TEST, PATIENT000000" in readme
+
+
+def test_web_content_is_xhtml_and_mirrors_dicom(cd_iso):
+    iso, _ = cd_iso
+    root = iso.parent / "x"
+    pages = sorted((root / "IHE_PDI").glob("*.HTM")) + [root / "INDEX.HTM"]
+    assert len(pages) == 1 + 1 + 2 + 1  # index, study, 2 series, medium home
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
+    for page in pages:
+        doc = etree.parse(str(page), parser)  # well-formed XML
+        assert doc.getroot().tag == "{http://www.w3.org/1999/xhtml}html"
+        text = page.read_text()
+        assert "<script" not in text.lower() and "javascript:" not in text.lower()
+        for link in links(text):
+            assert (page.parent / link).resolve().exists(), f"{page.name}: {link}"
+    jpegs = sorted((root / "IHE_PDI").rglob("*.JPG"))
+    assert len(jpegs) == 6
+    from PIL import Image
+
+    for j in jpegs:
+        assert Image.open(j).format == "JPEG"
+
+
+def test_usb_opens_and_navigates_in_chromium(env, tmp_path):
+    usb = tmp_path / "stick"
+    r = cli(env, "pdi", "burn", *env["files"], "--usb", usb)
+    assert r.code == 0, r.stderr
+    # walk the pages as a browser does, from INDEX.HTM, following every link
+    seen, todo = set(), [usb / "INDEX.HTM"]
+    first_series = None
+    while todo:
+        page = todo.pop()
+        if page in seen:
+            continue
+        seen.add(page)
+        dom = dump_dom(page.as_uri()) if page.name in ("INDEX.HTM",) and page.parent == usb else page.read_text()
+        for link in links(dom):
+            target = (page.parent / link).resolve()
+            assert target.exists(), f"{page}: {link}"
+            if target.suffix == ".HTM":
+                todo.append(target)
+            if target.name.startswith("SE") and target.suffix == ".HTM" and first_series is None:
+                first_series = target
+    assert len([p for p in seen if p.parent.name == "IHE_PDI"]) == 1 + 2 + 4
+    # the browser's own reading of a series page: it knows the images and draws them
+    dom = dump_dom(first_series.as_uri())
+    assert dom.count("<img") == 3 and "#1" in dom
+    img = np.asarray(screenshot(first_series.as_uri(), tmp_path / "shot.png", size="480,300"))
+    dark = (img < 80).mean()  # the CT images are dark; the rest of the page is white
+    assert dark > 0.05, f"the images are not drawn ({dark:.3%} dark pixels)"
+
+
+def test_cd_decompresses_and_dvd_keeps_jpeg(env, tmp_path):
+    mg = PDI_DATA / "OutOfBoundsOverlay.dcm"
+    r = cli(env, "pdi", "burn", mg, "--iso", tmp_path / "cd.iso", "--no-web", "--json")
+    assert r.code == 0, r.stderr
+    assert r.json["converted"] == 1
+    cd = extract_iso(tmp_path / "cd.iso", tmp_path / "cd")
+    fs = FileSet(cd / "DICOMDIR")
+    (inst,) = list(fs)
+    assert inst.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    ds = inst.load()
+    assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    assert np.array_equal(ds.pixel_array, pydicom.dcmread(mg).pixel_array)  # lossless
+    assert dciodvfy_errors(cd / "DICOMDIR") == []
+    r = cli(env, "pdi", "burn", mg, "--usb", tmp_path / "usb", "--media", "dvd", "--no-web", "--json")
+    assert r.code == 0 and r.json["converted"] == 0 and r.json["profile"] == "STD-GEN-DVD-JPEG"
+    (inst,) = list(FileSet(tmp_path / "usb" / "DICOMDIR"))
+    assert inst.TransferSyntaxUID == "1.2.840.10008.1.2.4.70"
+
+
+def test_record_values_are_cleaned(env, tmp_path):
+    """The KOS says Study Time 13:45:00 (invalid TM): the STUDY record gets 134500, and the
+    DICOMDIR of a KOS, an SR, a PDF and their images is valid."""
+    files = [PDI_DATA / "xdsi" / "kos022.dcm", PDI_DATA / "xdsi" / "us022.dcm", PDI_DATA / "MarekLatin2.dcm",
+             PDI_DATA / "sample-pdf.dcm"]
+    r = cli(env, "pdi", "burn", *files, "--usb", tmp_path / "m", "--media", "usb", "--json")
+    assert r.code == 0, r.stderr
+    dd = tmp_path / "m" / "DICOMDIR"
+    assert dciodvfy_errors(dd) == []
+    ds = pydicom.dcmread(dd)
+    types = [rec.DirectoryRecordType for rec in ds.DirectoryRecordSequence]
+    assert {"KEY OBJECT DOC", "SR DOCUMENT", "ENCAP DOC", "IMAGE"} <= set(types)
+    times = {rec.StudyInstanceUID: rec.StudyTime for rec in ds.DirectoryRecordSequence if rec.DirectoryRecordType == "STUDY"}
+    kos = pydicom.dcmread(files[0])
+    assert kos.StudyTime == "13:45:00" and times[kos.StudyInstanceUID] == "134500"
+    # non-image objects are listed on the pages, not rendered; the multi-frame US is
+    assert r.json["rendered"] == 1
+
+
+def test_too_much_for_one_medium_is_split_by_study(env, tmp_path):
+    big = make_corpus(tmp_path / "big", studies=3, series=1, images=40)  # ~1.5 MB per study
+    r = cli(env, "pdi", "burn", *big, "--iso", tmp_path / "split.iso", "--size", "5.5M", "--no-web", "--json")
+    assert r.code == 0, r.stderr
+    vols = r.json["volumes"]
+    assert len(vols) == 2 and [v["objects"] for v in vols] == [80, 40]
+    assert [Path(v["path"]).name for v in vols] == ["split_1.iso", "split_2.iso"]
+    studies = []
+    for k, v in enumerate(vols, 1):
+        assert Path(v["path"]).stat().st_size <= 5_500_000
+        root = extract_iso(Path(v["path"]), tmp_path / f"v{k}")
+        fs = FileSet(root / "DICOMDIR")  # each volume complete: every reference resolves
+        assert len(fs) == v["objects"] and all(Path(i.path).exists() for i in fs)
+        assert fs.ID.endswith(f"_{k}")
+        studies += v["studies"]
+    assert len(studies) == len(set(studies)) == 3
+    # a study larger than the medium is refused with a clear message
+    r = cli(env, "pdi", "burn", *big, "--iso", tmp_path / "x.iso", "--size", "1M", "--no-web")
+    assert r.code == 2 and "too small" in r.stderr
+    one = make_corpus(tmp_path / "one", studies=1, series=2, images=60)  # ~4.6 MB in one study
+    r = cli(env, "pdi", "burn", *one, "--iso", tmp_path / "x.iso", "--size", "4.5M", "--no-web")
+    assert r.code == 1 and "does not fit" in r.stderr and not (tmp_path / "x.iso").exists()
+
+
+def test_bad_usage(env, tmp_path):
+    r = cli(env, "pdi", "burn", "--patient", "PID000000")
+    assert r.code == 2 and "--iso" in r.stderr
+    r = cli(env, "pdi", "burn", "--iso", tmp_path / "a.iso")
+    assert r.code == 2 and "--patient" in r.stderr
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    r = cli(env, "pdi", "burn", "--patient", "PID000000", "--usb", tmp_path / "full")
+    assert r.code == 2 and "empty" in r.stderr
+    r = cli(env, "pdi", "burn", "--patient", "NOBODY", "--iso", tmp_path / "a.iso")
+    assert r.code == 1 and "nothing" in r.stderr
+    r = cli(env, "pdi", "burn", "--patient", "PID000000", "--iso", tmp_path / "a.iso", "--media", "floppy")
+    assert r.code == 2 and "floppy" in r.stderr
+    notdicom = tmp_path / "n.txt"
+    notdicom.write_text("hello")
+    r = cli(env, "pdi", "burn", notdicom, "--iso", tmp_path / "a.iso")
+    assert r.code == 1 and "no DICOM objects" in r.stderr
