@@ -234,8 +234,8 @@ def store_parts(archive, parts: list[InPart], study: str | None, base: str, acce
                 try:
                     made = convert.instance_from_metadata(archive, meta, bulk, study, context)
                 except convert.ConversionError as e:
-                    outcomes.append(Outcome(str(meta.get("SOPClassUID", "") or ""),
-                                            str(meta.get("SOPInstanceUID", "") or ""),
+                    outcomes.append(Outcome(str(meta.ds.get("SOPClassUID", "") or ""),
+                                            str(meta.ds.get("SOPInstanceUID", "") or ""),
                                             failure=e.status, reason=str(e)))
                     continue
                 jobs.append(_pool.submit(store_one, archive, made.data, study, made.coerced))

@@ -18,6 +18,7 @@ Secondary Capture builder re-encodes pixels, which a photo must not suffer.
 """
 from __future__ import annotations
 
+import copy
 import io
 import json
 import warnings
@@ -136,7 +137,7 @@ class Coercions:
         new_empty = value is None or value == ""
         if old is not None and not new_empty and str(old) != str(value):
             if kw not in self.original:
-                self.original[kw] = ds[kw]
+                self.original[kw] = copy.deepcopy(ds[kw])  # ds[kw] is changed in place below
         if new_empty:
             if kw in ds:
                 ds[kw].value = None if ds[kw].VR != "SQ" else []
@@ -403,6 +404,10 @@ def _mp4(ds: Dataset, co: Coercions, data: bytes) -> str:
     if v.level > 42:
         raise ConversionError(f"H.264 level {v.level / 10} is above 4.2: no DICOM transfer syntax", NOT_SUPPORTED)
     co.set(ds, "SOPClassUID", VIDEO_PHOTO)
+    if "AnatomicRegionSequence" not in ds:  # type 1C for video: unknown region, the whole body
+        region = Dataset()
+        region.CodeValue, region.CodingSchemeDesignator, region.CodeMeaning = "38266002", "SCT", "Entire body"
+        ds.AnatomicRegionSequence = Sequence([region])
     _fill(ds, "Modality", "XC")
     _fill(ds, "ImageType", ["ORIGINAL", "PRIMARY"])
     if "AcquisitionContextSequence" not in ds:
@@ -456,8 +461,11 @@ def _common(ds: Dataset, co: Coercions, now: datetime) -> None:
     _fill(ds, "ContentTime", now.strftime("%H%M%S"))
     ds.InstanceCreationDate = now.strftime("%Y%m%d")
     ds.InstanceCreationTime = now.strftime("%H%M%S")
-    if str(ds.SOPClassUID) in IMAGE_CLASSES | {VIDEO_PHOTO} and "PatientOrientation" not in ds:
-        ds.PatientOrientation = None
+    if str(ds.SOPClassUID) in IMAGE_CLASSES | {VIDEO_PHOTO}:
+        if "PatientOrientation" not in ds:
+            ds.PatientOrientation = None
+        if "Laterality" not in ds and "ImageLaterality" not in ds and "AnatomicRegionSequence" not in ds:
+            ds.Laterality = None  # type 2C: unknown for a photo of a paired body part
     texts = [str(e.value) for e in ds.iterall() if e.VR in ("PN", "LO", "SH", "LT", "ST", "UT", "UC")
              and e.value is not None]
     if any(not t.isascii() for t in texts):
