@@ -153,3 +153,46 @@ def test_pynetdicom_destination_gets_every_object_intact(loaded, corpus):
         scp.stop()
     assert r.code == 0, r.stderr
     assert r.json["completed"] == 6 and len(scp.received) == 6
+
+
+@pytest.mark.parametrize("status", [0xFF00, 0xFF01])
+def test_find_response_command_set_is_what_pynetdicom_encodes(status):
+    from pynetdicom.dimse_messages import C_FIND_RSP
+    from pynetdicom.dimse_primitives import C_FIND
+    from pynetdicom.dsutils import encode
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+
+    from ihecli.net.storesend import find_rsp
+
+    prim = C_FIND()
+    prim.MessageIDBeingRespondedTo = 65535
+    prim.AffectedSOPClassUID = StudyRootQueryRetrieveInformationModelFind
+    prim.Status = status
+    prim.Identifier = BytesIO(b"\x08\x00\x52\x00\x06\x00\x00\x00STUDY ")
+    msg = C_FIND_RSP()
+    msg.primitive_to_message(prim)
+    assert find_rsp(65535, StudyRootQueryRetrieveInformationModelFind, status, True) == \
+        encode(msg.command_set, True, True)
+
+
+def test_find_matches_larger_than_the_peers_pdu_arrive_whole(server, corpus, tmp_path):
+    """A 10,000-character Patient Comments (from the stored header) crosses several 4 KiB PDUs
+    to DCMTK findscu."""
+    import subprocess
+
+    from helpers import DCMTK_ENV, dcmtk
+
+    ds = dcmread(corpus[0])
+    ds.PatientComments = ("LONG " * 2000).strip()
+    buf = BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    server.archive.store(buf.getvalue())
+    out = tmp_path / "rsp"
+    out.mkdir()
+    r = subprocess.run([dcmtk("findscu"), "-S", "--max-pdu", "4096", "-aec", server.aet, "-od", str(out), "-X",
+                        "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={ds.StudyInstanceUID}",
+                        "-k", "PatientComments", "127.0.0.1", str(server.port)],
+                       env=DCMTK_ENV, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    got = [dcmread(p) for p in out.iterdir()]
+    assert len(got) == 1 and got[0].PatientComments == ds.PatientComments

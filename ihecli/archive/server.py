@@ -121,7 +121,7 @@ class DicomServer:
             (evt.EVT_C_MOVE, self._on_move),
             (evt.EVT_C_GET, self._on_get),
             (evt.EVT_ACCEPTED, self._on_accepted),
-            (evt.EVT_ACCEPTED, dimse.throttle_pending),
+            (evt.EVT_ACCEPTED, dimse.fast_responses),
             (evt.EVT_RELEASED, self._on_closed),
             (evt.EVT_ABORTED, self._on_closed),
             (evt.EVT_REJECTED, self._on_rejected),

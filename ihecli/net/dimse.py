@@ -29,6 +29,7 @@ def configure() -> None:
     _config.STORE_SEND_CHUNKED_DATASET = True
     _config.LOG_HANDLER_LEVEL = "none"
     _send_encoded_as_is()
+    _config.LOG_RESPONSE_IDENTIFIERS = False  # formatting each C-FIND match cost a tenth of a query
     _config.CODECS = ("utf8", "latin_1")  # AE titles arriving in non-ASCII are logged, not fatal
     _configured = True
 
@@ -126,17 +127,41 @@ NODELAY_HANDLER = (evt.EVT_CONN_OPEN, nodelay)
 PENDING_INTERVAL = 0.5
 
 
-def throttle_pending(event) -> None:
-    """EVT_ACCEPTED handler: thin out the Pending responses of C-MOVE and C-GET."""
-    from pynetdicom.dimse_primitives import C_GET, C_MOVE
+def fast_responses(event) -> None:
+    """EVT_ACCEPTED handler for the archive's associations: thin out the Pending responses of
+    C-MOVE and C-GET (see PENDING_INTERVAL), and send C-FIND Pending responses with a command
+    set encoded by net.storesend.find_rsp instead of through pydicom (a fifth of a C-FIND's
+    time was spent there). Other messages go through pynetdicom unchanged."""
+    from pynetdicom.dimse_primitives import C_FIND, C_GET, C_MOVE
+    from pynetdicom.pdu_primitives import P_DATA
+
+    from ihecli.net.storesend import find_rsp
 
     provider = getattr(event.assoc, "dimse", None)
-    if provider is None or getattr(provider.send_msg, "ihe_throttled", False):
+    if provider is None or getattr(provider.send_msg, "ihe_fast", False):
         return
     send = provider.send_msg
     last = [0.0]
 
     def send_msg(primitive, context_id):
+        if isinstance(primitive, C_FIND) and primitive.Status in (0xFF00, 0xFF01) \
+                and primitive.MessageIDBeingRespondedTo is not None and primitive.Identifier is not None:
+            ident = primitive.Identifier.getvalue()
+            cmd = find_rsp(primitive.MessageIDBeingRespondedTo, primitive.AffectedSOPClassUID,
+                           primitive.Status, True)
+            max_pdu = provider.maximum_pdu_size
+            step = (max_pdu - 6) if max_pdu else len(ident) or 1
+            if len(cmd) <= step:
+                pdata = P_DATA()
+                pdata.presentation_data_value_list.append((context_id, b"\x03" + cmd))
+                provider.dul.send_pdu(pdata)
+                for off in range(0, len(ident), step):
+                    pdata = P_DATA()
+                    last_frag = off + step >= len(ident)
+                    pdata.presentation_data_value_list.append(
+                        (context_id, (b"\x02" if last_frag else b"\x00") + ident[off:off + step]))
+                    provider.dul.send_pdu(pdata)
+                return
         if isinstance(primitive, (C_MOVE, C_GET)) and primitive.Status == 0xFF00 \
                 and primitive.NumberOfRemainingSuboperations:
             now = time.monotonic()
@@ -145,7 +170,7 @@ def throttle_pending(event) -> None:
             last[0] = now
         send(primitive, context_id)
 
-    send_msg.ihe_throttled = True
+    send_msg.ihe_fast = True
     provider.send_msg = send_msg
 
 

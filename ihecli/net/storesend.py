@@ -82,6 +82,18 @@ def store_rq(msg_id: int, sop_class: str, sop_uid: str, originator_aet: str | No
     return _element(0x00000000, struct.pack("<I", len(rest))) + rest
 
 
+def find_rsp(msg_id: int, sop_class: str, status: int, identifier: bool) -> bytes:
+    """A C-FIND-RSP command set (PS3.7 9.3.2.2), Implicit VR Little Endian, with its group length."""
+    rest = b"".join([
+        _element(0x00000002, _uid(sop_class)),
+        _element(0x00000100, struct.pack("<H", 0x8020)),  # Command Field: C-FIND-RSP
+        _element(0x00000120, struct.pack("<H", msg_id & 0xFFFF)),
+        _element(0x00000800, struct.pack("<H", 0x0001 if identifier else 0x0101)),
+        _element(0x00000900, struct.pack("<H", status)),
+    ])
+    return _element(0x00000000, struct.pack("<I", len(rest))) + rest
+
+
 def parse_command(data: bytes) -> dict[int, bytes]:
     """Elements of a command set (Implicit VR Little Endian): {tag: value bytes}."""
     out, i, n = {}, 0, len(data)
