@@ -342,10 +342,14 @@ def instances_transferred(*, source: Peer, destination: Peer, studies: dict[str,
 
 
 def begin_transferring(*, source: Peer, destination: Peer, studies: dict[str, dict], patients: Iterable[str],
-                       outcome: int = SUCCESS) -> AuditEvent:
-    """Begin Transferring DICOM Instances (A.5.3.3): a C-MOVE or C-GET starts sending."""
-    return AuditEvent(BEGIN_TRANSFERRING, action="E", outcome=outcome,
-                      participants=[_ap(source, ROLE_SOURCE, False), _ap(destination, ROLE_DESTINATION, True)],
+                       outcome: int = SUCCESS, requestor: Peer | None = None) -> AuditEvent:
+    """Begin Transferring DICOM Instances (A.5.3.3): a C-MOVE or C-GET starts sending. The
+    requestor is the destination unless another party (the C-MOVE SCU) is given."""
+    parts = [_ap(source, ROLE_SOURCE, False), _ap(destination, ROLE_DESTINATION, requestor is None)]
+    if requestor is not None:
+        parts.append(Participant(user_id=requestor.user_id, requestor=True, alt_user_id=requestor.process_id,
+                                 host=requestor.host))
+    return AuditEvent(BEGIN_TRANSFERRING, action="E", outcome=outcome, participants=parts,
                       objects=_studies_and_patients(studies, patients))
 
 

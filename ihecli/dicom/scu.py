@@ -26,9 +26,13 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
+from ihecli import atna
 from ihecli.archive import iter_files, looks_like_dicom
 from ihecli.archive.ingest import ensure_part10
 from ihecli.archive.store import safe_name
+from ihecli.atna import events as ev
+from ihecli.atna.dicom import Tally, header_keys
+from ihecli.atna.dicom import outcome as audit_outcome
 from ihecli.config import Node
 from ihecli.errors import DimseFailure, PeerUnreachable, UsageError
 from ihecli.net import dimse
@@ -136,6 +140,7 @@ def store(node: Node, paths: Iterable[str | os.PathLike], *, calling_aet: str = 
     t0 = time.perf_counter()
     assoc = dimse.associate(ae, node, contexts=contexts)
     accepted = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts}
+    tally = _audit_tally()
     try:
         for i, (path, _cls, _ts) in enumerate(files):
             status = None
@@ -159,6 +164,8 @@ def store(node: Node, paths: Iterable[str | os.PathLike], *, calling_aet: str = 
                 report.warnings += 1
             else:
                 report.failed.append(FileFailure(str(path), reason or f"status 0x{status:04X}", status))
+            if tally is not None and cat in ("success", "warning"):
+                tally.add_keys(header_keys(str(path)), _cls)
             if progress:
                 progress(str(path), cat)
             if not assoc.is_established:
@@ -168,6 +175,12 @@ def store(node: Node, paths: Iterable[str | os.PathLike], *, calling_aet: str = 
     finally:
         if assoc.is_established:
             assoc.release()
+        if tally is not None:
+            # DICOM Instances Transferred (PS3.15 A.5.3.4), as the sender: action Read
+            atna.record(ev.instances_transferred(
+                source=ev.Peer.local(calling_aet), destination=ev.Peer(node.aet, node.host), studies=tally.studies,
+                patients=tally.patients, action="R", requestor="source",
+                outcome=audit_outcome(report.sent, len(report.failed))))
     report.seconds = round(time.perf_counter() - t0, 3)
     return report
 
@@ -200,6 +213,7 @@ def find(node: Node, ident: Dataset, *, root: str = "study", calling_aet: str = 
     ae.add_requested_context(model)
     assoc = dimse.associate(ae, node)
     results: list[Dataset] = []
+    failed = True
     try:
         for status, identifier in assoc.send_c_find(ident, model):
             if not status or "Status" not in status:
@@ -217,9 +231,11 @@ def find(node: Node, ident: Dataset, *, root: str = "study", calling_aet: str = 
                 comment = status.get("ErrorComment", "")
                 raise DimseFailure(f"{node} answered C-FIND with status 0x{code:04X}"
                                    + (f": {comment}" if comment else ""), code)
+        failed = False
     finally:
         if assoc.is_established:
             assoc.release()
+        _audit_query(node, calling_aet, model, ident, failed)
     return results
 
 
@@ -279,8 +295,14 @@ def move(node: Node, dest_aet: str, ident: Dataset, *, root: str = "study", call
             left = int(status.get("NumberOfRemainingSuboperations", 0) or 0)
             progress(done, done + left)
 
-    return _retrieve(assoc, assoc.send_c_move(ident, dest_aet, model), RetrieveResult(str(node)), node,
-                     "C-MOVE", t0, pending)
+    try:
+        result = _retrieve(assoc, assoc.send_c_move(ident, dest_aet, model), RetrieveResult(str(node)), node,
+                           "C-MOVE", t0, pending)
+    except Exception:
+        _audit_move(node, calling_aet, dest_aet, ident, 0, 1)
+        raise
+    _audit_move(node, calling_aet, dest_aet, ident, result.completed, result.failed)
+    return result
 
 
 def _retrieve(assoc, responses, result: RetrieveResult, node: Node, op: str, t0: float,
@@ -317,6 +339,7 @@ def get(node: Node, ident: Dataset, out_dir: str | os.PathLike, *, root: str = "
         ae.add_requested_context(cx.abstract_syntax)
         roles.append(build_role(cx.abstract_syntax, scp_role=True))
     result = RetrieveResult(str(node))
+    tally = _audit_tally()
 
     def on_store(event):
         req = event.request
@@ -328,13 +351,59 @@ def get(node: Node, ident: Dataset, out_dir: str | os.PathLike, *, root: str = "
         except OSError:
             return 0xA700
         result.files.append(str(path))
+        if tally is not None:
+            tally.add_keys(header_keys(str(path)), str(req.AffectedSOPClassUID))
         if progress:
             progress(str(path))
         return 0x0000
 
     t0 = time.perf_counter()
     assoc = dimse.associate(ae, node, ext_neg=roles, handlers=[(evt.EVT_C_STORE, on_store)])
-    return _retrieve(assoc, assoc.send_c_get(ident, model), result, node, "C-GET", t0)
+    try:
+        return _retrieve(assoc, assoc.send_c_get(ident, model), result, node, "C-GET", t0)
+    finally:
+        if tally is not None:
+            # DICOM Instances Transferred, as the receiver: action Create
+            atna.record(ev.instances_transferred(
+                source=ev.Peer(node.aet, node.host), destination=ev.Peer.local(calling_aet), studies=tally.studies,
+                patients=tally.patients, action="C", outcome=audit_outcome(len(result.files), result.failed)))
+
+
+# -- audit (ITI-20): what the hook records for the operations above --------------------------------
+
+def _audit_tally() -> Tally | None:
+    """A tally of the instances moved when a repository is configured (None: no auditing)."""
+    return Tally() if atna.enabled() else None
+
+
+def _audit_query(node: Node, calling_aet: str, model, ident: Dataset, failed: bool) -> None:
+    """Query (PS3.15 A.5.3.10), as the C-FIND SCU."""
+    if not atna.enabled():
+        return
+    from pynetdicom.dsutils import encode
+
+    try:
+        query = encode(ident, True, True) or b""
+    except Exception:
+        query = b""
+    atna.record(ev.dicom_query(source=ev.Peer.local(calling_aet), destination=ev.Peer(node.aet, node.host),
+                               sop_class=str(model), query=query, transfer_syntax="1.2.840.10008.1.2",
+                               outcome=ev.SERIOUS_FAILURE if failed else ev.SUCCESS))
+
+
+def _audit_move(node: Node, calling_aet: str, dest_aet: str, ident: Dataset, done: int, failed: int) -> None:
+    """Begin Transferring DICOM Instances (PS3.15 A.5.3.3), asked of ``node`` for ``dest_aet``."""
+    if not atna.enabled():
+        return
+    tally = Tally()
+    uids = ident.get("StudyInstanceUID", "") or ""
+    for uid in (uids if isinstance(uids, (list, pydicom.multival.MultiValue)) else [uids]):
+        if uid:
+            tally.studies.setdefault(str(uid), {})
+    pid = str(ident.get("PatientID", "") or "")
+    atna.record(ev.begin_transferring(source=ev.Peer(node.aet, node.host), destination=ev.Peer(dest_aet),
+                                      studies=tally.studies, patients=[pid] if pid else [],
+                                      outcome=audit_outcome(done, failed), requestor=ev.Peer.local(calling_aet)))
 
 
 def build_identifier(level: str, keys: list[str] | None, *, defaults: Iterable[str] = ()) -> Dataset:

@@ -1,0 +1,71 @@
+"""What DICOM actors tell the audit hook: studies, SOP classes and patients of what moved.
+
+``Tally`` collects, per study, the SOP classes and their counts, accession numbers and patient
+IDs of the instances a transaction stored, sent or retrieved, as the Instances Transferred and
+Begin Transferring events want them (PS3.15 A.5.3.3, A.5.3.4). ``header_keys`` reads those keys
+from an encoded object without decoding it all.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass, field
+
+from ihecli.atna import events as ev
+
+_TAGS = ["StudyInstanceUID", "PatientID", "AccessionNumber", "SOPClassUID"]
+
+
+def header_keys(data: bytes | str, *, implicit: bool | None = None) -> tuple[str, str, str, str]:
+    """(Study UID, Patient ID, Accession Number, SOP Class UID) of a Part-10 file (path or bytes),
+    or of a bare dataset when ``implicit`` gives its encoding; empty strings for what is missing."""
+    import pydicom
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if isinstance(data, (bytes, bytearray)):
+                fh = io.BytesIO(data)
+                if implicit is not None and data[128:132] != b"DICM":
+                    from pydicom.filereader import read_dataset
+
+                    ds = read_dataset(fh, is_implicit_VR=implicit, is_little_endian=True, stop_when=_stop)
+                else:
+                    ds = pydicom.dcmread(fh, stop_before_pixels=True, specific_tags=_TAGS, force=True)
+            else:
+                ds = pydicom.dcmread(data, stop_before_pixels=True, specific_tags=_TAGS, force=True)
+        return tuple(str(ds.get(k, "") or "") for k in _TAGS)  # type: ignore[return-value]
+    except Exception:
+        return "", "", "", ""
+
+
+def _stop(tag, vr, length) -> bool:
+    return tag.group > 0x0020
+
+
+@dataclass
+class Tally:
+    studies: dict[str, dict] = field(default_factory=dict)
+    patients: list[str] = field(default_factory=list)
+    count: int = 0
+
+    def add(self, study_uid: str, patient_id: str = "", accession: str = "", sop_class: str = "") -> None:
+        self.count += 1
+        st = self.studies.setdefault(study_uid or "unknown", {"sop_classes": {}, "accessions": []})
+        if sop_class:
+            st["sop_classes"][sop_class] = st["sop_classes"].get(sop_class, 0) + 1
+        if accession and accession not in st["accessions"]:
+            st["accessions"].append(accession)
+        if patient_id and patient_id not in self.patients:
+            self.patients.append(patient_id)
+
+    def add_keys(self, keys: tuple[str, str, str, str], sop_class: str = "") -> None:
+        study, pid, acc, cls = keys
+        self.add(study, pid, acc, sop_class or cls)
+
+
+def outcome(done: int, failed: int) -> int:
+    """Nominal success, minor failure (some failed) or serious failure (all failed)."""
+    if not failed:
+        return ev.SUCCESS
+    return ev.MINOR_FAILURE if done else ev.SERIOUS_FAILURE
