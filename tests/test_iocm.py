@@ -117,7 +117,10 @@ def test_reject_on_the_archive_server_found_by_cfind(server, tmp_path):
 
 def test_rejected_instance_vanishes_from_findscu(server, tmp_path):
     """The archive (Image Manager) hides what a rejection note sent to it rejects."""
+    from ihecli.workflow.service import attach
+
     archive = server.archive
+    attach(archive)  # as `ihe archive serve` does: the archive acts on the rejection notes it stores
     files = make_corpus(tmp_path / "c", studies=1, series=1, images=3)
     archive.import_paths(files)
     info = corpus_info(files)
@@ -175,3 +178,21 @@ def test_bad_input_sends_nothing(corpus, archive, storescp):
         assert r.code == code, (args, r.stderr)
         assert words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert _notes(archive) == [] and list(folder.iterdir()) == []
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_second_rejection_leaves_the_first_note_out(corpus, archive):
+    st = corpus[0].StudyInstanceUID
+    other = next(d for d in corpus if d.StudyInstanceUID == st and d.SeriesInstanceUID != corpus[0].SeriesInstanceUID)
+    first = run_cli("iocm", "reject", "--reason", "quality", "--series", corpus[0].SeriesInstanceUID, "--store",
+                    "--yes", *db_args(archive), "--json")
+    assert first.code == 0, first.stderr
+    kin = run_cli("kin", "create", "--study", st, "--instance", other.SOPInstanceUID, "--store",
+                  *db_args(archive), "--json")
+    assert kin.code == 0, kin.stderr
+    second = run_cli("iocm", "reject", "--reason", "data-retention", "--study", st, "--store", "--yes",
+                     *db_args(archive), "--json")
+    assert second.code == 0, second.stderr
+    rejected = set(second.json["rejected"])
+    assert first.json["documents"][0]["sop_instance_uid"] not in rejected
+    assert kin.json["documents"][0]["sop_instance_uid"] in rejected  # a Key Image Note goes with its study

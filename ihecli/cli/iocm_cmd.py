@@ -9,7 +9,7 @@ from ihecli.cli import output
 from ihecli.cli.archive_cmd import InstanceOpt, SeriesOpt, StudyOpt, open_archive
 from ihecli.cli.kin_cmd import FromFiles, Observer, RetrieveAet, StoreOpt, To, deliver, kos_result
 from ihecli.cli.options import CallingAet, Db, Description, Json, Storage, Timeout, Yes, state
-from ihecli.errors import UsageError
+from ihecli.errors import IheError, PeerUnreachable, UsageError
 
 app = typer.Typer(help="Image Object Change Management: reject instances with a rejection note.\n\n"
                        "Example: ihe iocm reject --reason quality --instance 1.2.3.4 --to PACS", no_args_is_help=True)
@@ -33,6 +33,9 @@ def reject_cmd(
     to: To = None,
     store: StoreOpt = False,
     from_files: FromFiles = None,
+    from_archive: Annotated[bool, typer.Option(
+        "--from-archive", help="With --to: find what is rejected in the local archive rather than on the node.")
+    ] = False,
     retrieve_aet: RetrieveAet = None,
     yes: Yes = False,
     calling_aet: CallingAet = None,
@@ -41,8 +44,8 @@ def reject_cmd(
 ) -> None:
     """Reject studies, series or instances: shows what will be rejected, asks, then sends the note.
 
-    With --to, what is rejected is found on that Image Manager by C-FIND; with --store, in the
-    local archive. One rejection note per study references every rejected instance; the Image
+    With --to, what is rejected is found on that Image Manager by C-FIND (or, with
+    --from-archive, in the local archive); with --store, in the local archive. One rejection note per study references every rejected instance; the Image
     Manager that receives it hides (or, for data-retention, deletes) them.
 
     Example: ihe iocm reject --reason quality --quality-reason motion-blur --instance 1.2.3.4 --to PACS --yes
@@ -61,11 +64,18 @@ def reject_cmd(
     st = state(ctx).settings()
     if from_files:
         selection.from_files(from_files, sel)
-    elif to:
-        selection.from_node(st.node(to), sel, calling_aet=calling_aet or st.calling_aet, timeout=timeout)
+    elif to and not from_archive:
+        try:
+            selection.from_node(st.node(to), sel, calling_aet=calling_aet or st.calling_aet, timeout=timeout)
+        except PeerUnreachable:
+            raise
+        except IheError as e:
+            raise IheError(f"{e}; cannot find what to reject there: --from-archive or --from-files "
+                           "take it from elsewhere") from None
     else:
         with open_archive(ctx, db, storage) as archive:
             selection.from_archive(archive, sel)
+            sel.found = iocm.drop_rejection_notes(archive, sel.found)
     sel.check()
     rows = sel.summary()
     n_studies = len({r["StudyInstanceUID"] for r in rows})

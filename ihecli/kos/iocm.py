@@ -58,3 +58,20 @@ def rejection_notes(selected: Sequence[Dataset], reason: Code, *, quality_reason
     return [build_kos(reason, group, description=description, observer=observer, modifiers=mods,
                       retrieve_aet=retrieve_aet, series_description=SERIES_DESCRIPTION)
             for group in by_study.values()]
+
+
+def drop_rejection_notes(archive, found: Sequence[Dataset]) -> list[Dataset]:
+    """The selection without the rejection notes the archive holds: a study rejected twice does
+    not reject its first note."""
+    from sqlalchemy import select
+
+    from ihecli.archive.tables_kos import KOS_SOP_CLASS, kos_documents
+
+    kos = [str(ds.SOPInstanceUID) for ds in found if str(ds.get("SOPClassUID", "")) == KOS_SOP_CLASS]
+    if not kos:
+        return list(found)
+    with archive.connect() as conn:
+        notes = set(conn.execute(select(kos_documents.c.sop_uid).where(
+            kos_documents.c.sop_uid.in_(kos), kos_documents.c.title_scheme == "DCM",
+            kos_documents.c.title_value.in_(list(codes.REJECTION_TITLES)))).scalars())
+    return [ds for ds in found if str(ds.SOPInstanceUID) not in notes]
