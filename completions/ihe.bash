@@ -4,7 +4,7 @@
 # Sets _ihe_words to the subcommands of the command in $1; fails for a command without any.
 _ihe_subcommands() {
     case $1 in
-        'ihe') _ihe_words='archive audit config dicom hl7 iocm kin tce time wic xds' ;;
+        'ihe') _ihe_words='archive audit config dicom hl7 iocm kin pdi tce time wic xds' ;;
         'ihe archive') _ihe_words='check export import ls mpps rejected rm serve' ;;
         'ihe archive mpps') _ihe_words='ls' ;;
         'ihe audit') _ihe_words='query send serve' ;;
@@ -14,6 +14,7 @@ _ihe_subcommands() {
         'ihe hl7') _ihe_words='orders send' ;;
         'ihe iocm') _ihe_words='reject' ;;
         'ihe kin') _ihe_words='create show' ;;
+        'ihe pdi') _ihe_words='burn import view' ;;
         'ihe tce') _ihe_words='export ls show' ;;
         'ihe time') _ihe_words='check' ;;
         'ihe wic') _ihe_words='upload' ;;
@@ -58,10 +59,14 @@ _ihe_options() {
         'ihe hl7 orders') _ihe_words='--accession --db --help --json --limit --patient --storage -h' ;;
         'ihe hl7 send') _ihe_words='--ca --cert --help --json --no-tls --timeout --tls --tls-floor --tls-key -h' ;;
         'ihe iocm') _ihe_words='--help -h' ;;
-        'ihe iocm reject') _ihe_words='--calling-aet --db --description --from-files --help --instance --json --observer --quality-reason --reason --retrieve-aet --series --storage --store --study --timeout --to --yes -aet -h -y' ;;
+        'ihe iocm reject') _ihe_words='--calling-aet --db --description --from-archive --from-files --help --instance --json --observer --quality-reason --reason --retrieve-aet --series --storage --store --study --timeout --to --yes -aet -h -y' ;;
         'ihe kin') _ihe_words='--help -h' ;;
         'ihe kin create') _ihe_words='--allow-missing --calling-aet --db --description --from-files --help --instance --json --observer --out --retrieve-aet --series --storage --store --study --timeout --title --to -aet -h -o' ;;
         'ihe kin show') _ihe_words='--help --json -h' ;;
+        'ihe pdi') _ihe_words='--help -h' ;;
+        'ihe pdi burn') _ihe_words='--accession --db --help --institution --iso --json --media --no-web --patient --size --storage --study --usb --volume-id --web -h' ;;
+        'ihe pdi import') _ihe_words='--accession --calling-aet --db --dry-run --help --issuer --json --match-local --patient-id --patient-name --storage --timeout --to --yes -aet -h -y' ;;
+        'ihe pdi view') _ihe_words='--bind --help --json --port --serve -h -p' ;;
         'ihe tce') _ihe_words='--help -h' ;;
         'ihe tce export') _ihe_words='--db --help --json --out --storage -h -o' ;;
         'ihe tce ls') _ihe_words='--db --help --incomplete --json --storage -h' ;;
@@ -72,7 +77,7 @@ _ihe_options() {
         'ihe wic upload') _ihe_words='--accession --birth-date --help --json --new-study --patient --patient-name --sex --study --study-description --timeout --url -h' ;;
         'ihe xds') _ihe_words='--help -h' ;;
         'ihe xds delete') _ihe_words='--dry-run --help --json --registry --timeout --yes -h -y' ;;
-        'ihe xds query') _ihe_words='--association-type --author --class --confidentiality --content-type --event --facility --folder-code --format --from --help --json --object-ref --patient --practice --registry --source-id --status --timeout --to --type --unique-id --uuid -h' ;;
+        'ihe xds query') _ihe_words='--association-type --author --class --confidentiality --content-type --event-code --facility --folder-code --format --help --json --object-ref --patient --practice --registry --source-id --status --time-from --time-to --timeout --type --unique-id --uuid -h' ;;
         'ihe xds retrieve') _ihe_words='--help --json --out --repository --repository-id --timeout -h -o' ;;
         'ihe xds serve') _ihe_words='--bind --db --help --max-body-mb --port --repository-id --storage -h -p' ;;
         'ihe xds submit') _ihe_words='--batch --class --confidentiality --folder --format --help --json --metadata --mime --patient --replace --repository --timeout --title --type -h' ;;
@@ -247,6 +252,28 @@ _ihe_value() {
         'ihe kin create --timeout') _ihe_kind=text ;;
         'ihe kin create --title') _ihe_kind=text ;;
         'ihe kin create --to') _ihe_kind=text ;;
+        'ihe pdi burn --accession') _ihe_kind=text ;;
+        'ihe pdi burn --db') _ihe_kind=text ;;
+        'ihe pdi burn --institution') _ihe_kind=text ;;
+        'ihe pdi burn --iso') _ihe_kind=file ;;
+        'ihe pdi burn --media') _ihe_kind=text ;;
+        'ihe pdi burn --patient') _ihe_kind=text ;;
+        'ihe pdi burn --size') _ihe_kind=text ;;
+        'ihe pdi burn --storage') _ihe_kind=dir ;;
+        'ihe pdi burn --study') _ihe_kind=text ;;
+        'ihe pdi burn --usb') _ihe_kind=dir ;;
+        'ihe pdi burn --volume-id') _ihe_kind=text ;;
+        'ihe pdi import --accession') _ihe_kind=text ;;
+        'ihe pdi import -aet'|'ihe pdi import --calling-aet') _ihe_kind=text ;;
+        'ihe pdi import --db') _ihe_kind=text ;;
+        'ihe pdi import --issuer') _ihe_kind=text ;;
+        'ihe pdi import --patient-id') _ihe_kind=text ;;
+        'ihe pdi import --patient-name') _ihe_kind=text ;;
+        'ihe pdi import --storage') _ihe_kind=dir ;;
+        'ihe pdi import --timeout') _ihe_kind=text ;;
+        'ihe pdi import --to') _ihe_kind=text ;;
+        'ihe pdi view --bind') _ihe_kind=text ;;
+        'ihe pdi view -p'|'ihe pdi view --port') _ihe_kind=text ;;
         'ihe tce export --db') _ihe_kind=text ;;
         'ihe tce export -o'|'ihe tce export --out') _ihe_kind=dir ;;
         'ihe tce export --storage') _ihe_kind=dir ;;
@@ -273,18 +300,18 @@ _ihe_value() {
         'ihe xds query --class') _ihe_kind=text ;;
         'ihe xds query --confidentiality') _ihe_kind=text ;;
         'ihe xds query --content-type') _ihe_kind=text ;;
-        'ihe xds query --event') _ihe_kind=text ;;
+        'ihe xds query --event-code') _ihe_kind=text ;;
         'ihe xds query --facility') _ihe_kind=text ;;
         'ihe xds query --folder-code') _ihe_kind=text ;;
         'ihe xds query --format') _ihe_kind=text ;;
-        'ihe xds query --from') _ihe_kind=text ;;
         'ihe xds query --patient') _ihe_kind=text ;;
         'ihe xds query --practice') _ihe_kind=text ;;
         'ihe xds query --registry') _ihe_kind=text ;;
         'ihe xds query --source-id') _ihe_kind=text ;;
         'ihe xds query --status') _ihe_kind=text ;;
+        'ihe xds query --time-from') _ihe_kind=text ;;
+        'ihe xds query --time-to') _ihe_kind=text ;;
         'ihe xds query --timeout') _ihe_kind=text ;;
-        'ihe xds query --to') _ihe_kind=text ;;
         'ihe xds query --type') _ihe_kind=text ;;
         'ihe xds query --unique-id') _ihe_kind=text ;;
         'ihe xds query --uuid') _ihe_kind=text ;;
@@ -368,6 +395,18 @@ _ihe_argument() {
             fi ;;
         'ihe kin show')
             if (( $2 >= 0 )); then _ihe_kind=file
+            else return 1
+            fi ;;
+        'ihe pdi burn')
+            if (( $2 >= 0 )); then _ihe_kind=file
+            else return 1
+            fi ;;
+        'ihe pdi import')
+            if (( $2 == 0 )); then _ihe_kind=file
+            else return 1
+            fi ;;
+        'ihe pdi view')
+            if (( $2 == 0 )); then _ihe_kind=file
             else return 1
             fi ;;
         'ihe tce export')

@@ -5,7 +5,7 @@
 function __ihe_subcommands
     switch $argv[1]
         case 'ihe'
-            printf '%s\n' 'archive' 'audit' 'config' 'dicom' 'hl7' 'iocm' 'kin' 'tce' 'time' 'wic' 'xds'
+            printf '%s\n' 'archive' 'audit' 'config' 'dicom' 'hl7' 'iocm' 'kin' 'pdi' 'tce' 'time' 'wic' 'xds'
         case 'ihe archive'
             printf '%s\n' 'check' 'export' 'import' 'ls' 'mpps' 'rejected' 'rm' 'serve'
         case 'ihe archive mpps'
@@ -24,6 +24,8 @@ function __ihe_subcommands
             printf '%s\n' 'reject'
         case 'ihe kin'
             printf '%s\n' 'create' 'show'
+        case 'ihe pdi'
+            printf '%s\n' 'burn' 'import' 'view'
         case 'ihe tce'
             printf '%s\n' 'export' 'ls' 'show'
         case 'ihe time'
@@ -110,6 +112,15 @@ function __ihe_takes_value
         case 'ihe kin create'
             contains -- $argv[2] -aet --calling-aet --db --description --from-files --instance --observer -o --out --retrieve-aet --series --storage --study --timeout --title --to
             return
+        case 'ihe pdi burn'
+            contains -- $argv[2] --accession --db --institution --iso --media --patient --size --storage --study --usb --volume-id
+            return
+        case 'ihe pdi import'
+            contains -- $argv[2] --accession -aet --calling-aet --db --issuer --patient-id --patient-name --storage --timeout --to
+            return
+        case 'ihe pdi view'
+            contains -- $argv[2] --bind -p --port
+            return
         case 'ihe tce export'
             contains -- $argv[2] --db -o --out --storage
             return
@@ -129,7 +140,7 @@ function __ihe_takes_value
             contains -- $argv[2] --registry --timeout
             return
         case 'ihe xds query'
-            contains -- $argv[2] --association-type --author --class --confidentiality --content-type --event --facility --folder-code --format --from --patient --practice --registry --source-id --status --timeout --to --type --unique-id --uuid
+            contains -- $argv[2] --association-type --author --class --confidentiality --content-type --event-code --facility --folder-code --format --patient --practice --registry --source-id --status --time-from --time-to --timeout --type --unique-id --uuid
             return
         case 'ihe xds retrieve'
             contains -- $argv[2] -o --out --repository --repository-id --timeout
@@ -200,6 +211,7 @@ complete -c ihe -n "__ihe_arg 'ihe' 0 0" -a 'dicom' -d 'DICOM client: echo, stor
 complete -c ihe -n "__ihe_arg 'ihe' 0 0" -a 'hl7' -d 'HL7 v2 over MLLP: send messages, list the orders the archive received.'
 complete -c ihe -n "__ihe_arg 'ihe' 0 0" -a 'iocm' -d 'Image Object Change Management: reject instances with a rejection note.'
 complete -c ihe -n "__ihe_arg 'ihe' 0 0" -a 'kin' -d 'Key Image Notes: select key images of a study, title and describe them, send or store.'
+complete -c ihe -n "__ihe_arg 'ihe' 0 0" -a 'pdi' -d 'Portable Data for Imaging (CD, DVD, USB): write media, import them, look at them.'
 complete -c ihe -n "__ihe_arg 'ihe' 0 0" -a 'tce' -d 'Teaching file and clinical trial export cases received by the archive: list, export.'
 complete -c ihe -n "__ihe_arg 'ihe' 0 0" -a 'time' -d 'Consistent Time (CT): check the local clock against an NTP server.'
 complete -c ihe -n "__ihe_arg 'ihe' 0 0" -a 'wic' -d 'Web-based Image Capture: send photos, videos and PDFs to an archive over STOW-RS.'
@@ -510,6 +522,7 @@ complete -c ihe -n "__ihe_at 'ihe iocm'" -s h -l help -d 'Show this message and 
 complete -c ihe -n "__ihe_at 'ihe iocm reject'" -o aet -l calling-aet -x -d 'Calling AE title (default: the profile\'s, IHE).'
 complete -c ihe -n "__ihe_at 'ihe iocm reject'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
 complete -c ihe -n "__ihe_at 'ihe iocm reject'" -l description -x -d 'Free-text description of what the command creates.'
+complete -c ihe -n "__ihe_at 'ihe iocm reject'" -l from-archive -d 'With --to: find what is rejected in the local archive rather than on the node.'
 complete -c ihe -n "__ihe_at 'ihe iocm reject'" -l from-files -r -F -d 'Take the referenced instances from these files or folders instead of the local archive (repeatable).'
 complete -c ihe -n "__ihe_at 'ihe iocm reject'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe iocm reject'" -l instance -x -d 'SOP Instance UID (repeatable).'
@@ -555,6 +568,54 @@ complete -c ihe -n "__ihe_at 'ihe kin create'" -l to -x -d 'Send to a DICOM node
 complete -c ihe -n "__ihe_at 'ihe kin show'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe kin show'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
 complete -c ihe -n "__ihe_arg 'ihe kin show' 0 -1" -F
+
+# ihe pdi
+complete -c ihe -n "__ihe_arg 'ihe pdi' 0 0" -a 'burn' -d 'Write studies to an ISO image or a USB folder: DICOMDIR, README.TXT, INDEX.HTM, web pages.'
+complete -c ihe -n "__ihe_arg 'ihe pdi' 0 0" -a 'import' -d 'Import a CD, DVD, USB stick, ISO image or zip into the archive (or a node), reconciling the patient.'
+complete -c ihe -n "__ihe_arg 'ihe pdi' 0 0" -a 'view' -d 'List what a medium holds (patients, studies, series, objects, unsupported objects), or show it in a browser.'
+complete -c ihe -n "__ihe_at 'ihe pdi'" -s h -l help -d 'Show this message and exit.'
+
+# ihe pdi burn
+complete -c ihe -n "__ihe_at 'ihe pdi burn'" -l accession -x -d 'Accession number.'
+complete -c ihe -n "__ihe_at 'ihe pdi burn'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
+complete -c ihe -n "__ihe_at 'ihe pdi burn'" -s h -l help -d 'Show this message and exit.'
+complete -c ihe -n "__ihe_at 'ihe pdi burn'" -l institution -x -d 'Creating institution, for README.TXT.'
+complete -c ihe -n "__ihe_at 'ihe pdi burn'" -l iso -r -F -d 'Write an ISO 9660 image (with Joliet names).'
+complete -c ihe -n "__ihe_at 'ihe pdi burn'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
+complete -c ihe -n "__ihe_at 'ihe pdi burn'" -l media -x -d 'cd (700 MB, uncompressed only: STD-GEN-CD), dvd (4.7 GB) or usb (JPEG allowed). Default: usb with --usb, else cd.'
+complete -c ihe -n "__ihe_at 'ihe pdi burn'" -l no-web -l web -d 'Add the IHE_PDI web pages and JPEG renderings.'
+complete -c ihe -n "__ihe_at 'ihe pdi burn'" -l patient -x -d 'Patient ID (wildcards * ?).'
+complete -c ihe -n "__ihe_at 'ihe pdi burn'" -l size -x -d 'Capacity of one medium, e.g. 650M (default: the medium\'s).'
+complete -c ihe -n "__ihe_at 'ihe pdi burn'" -l storage -x -a '(__fish_complete_directories)' -d 'Archive storage folder (default: the profile\'s).'
+complete -c ihe -n "__ihe_at 'ihe pdi burn'" -l study -x -d 'Study Instance UID (repeatable).'
+complete -c ihe -n "__ihe_at 'ihe pdi burn'" -l usb -x -a '(__fish_complete_directories)' -d 'Write the folder tree of a USB stick (a new or empty folder).'
+complete -c ihe -n "__ihe_at 'ihe pdi burn'" -l volume-id -x -d 'File-set ID and volume label (A-Z 0-9 _; default: patient ID and date).'
+complete -c ihe -n "__ihe_arg 'ihe pdi burn' 0 -1" -F
+
+# ihe pdi import
+complete -c ihe -n "__ihe_at 'ihe pdi import'" -l accession -x -d 'Accession number.'
+complete -c ihe -n "__ihe_at 'ihe pdi import'" -o aet -l calling-aet -x -d 'Calling AE title (default: the profile\'s, IHE).'
+complete -c ihe -n "__ihe_at 'ihe pdi import'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
+complete -c ihe -n "__ihe_at 'ihe pdi import'" -l dry-run -d 'Show the plan; store nothing.'
+complete -c ihe -n "__ihe_at 'ihe pdi import'" -s h -l help -d 'Show this message and exit.'
+complete -c ihe -n "__ihe_at 'ihe pdi import'" -l issuer -x -d 'Issuer of the local Patient ID (with --patient-id).'
+complete -c ihe -n "__ihe_at 'ihe pdi import'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
+complete -c ihe -n "__ihe_at 'ihe pdi import'" -l match-local -d 'Find the patient in the local archive by ID, name and birth date (asks when ambiguous).'
+complete -c ihe -n "__ihe_at 'ihe pdi import'" -l patient-id -x -d 'Patient ID.'
+complete -c ihe -n "__ihe_at 'ihe pdi import'" -l patient-name -x -d 'Local patient name, e.g. SMITH^JOHN (with --patient-id).'
+complete -c ihe -n "__ihe_at 'ihe pdi import'" -l storage -x -a '(__fish_complete_directories)' -d 'Archive storage folder (default: the profile\'s).'
+complete -c ihe -n "__ihe_at 'ihe pdi import'" -l timeout -x -d 'Network timeout in seconds.'
+complete -c ihe -n "__ihe_at 'ihe pdi import'" -l to -x -d 'Send to a DICOM node (C-STORE).'
+complete -c ihe -n "__ihe_at 'ihe pdi import'" -s y -l yes -d 'Do not ask for confirmation.'
+complete -c ihe -n "__ihe_arg 'ihe pdi import' 0 0" -F
+
+# ihe pdi view
+complete -c ihe -n "__ihe_at 'ihe pdi view'" -l bind -x -d 'Address to listen on (default 127.0.0.1; 0.0.0.0 for all).'
+complete -c ihe -n "__ihe_at 'ihe pdi view'" -s h -l help -d 'Show this message and exit.'
+complete -c ihe -n "__ihe_at 'ihe pdi view'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
+complete -c ihe -n "__ihe_at 'ihe pdi view'" -s p -l port -x -d 'Port to listen on (0: any free port).'
+complete -c ihe -n "__ihe_at 'ihe pdi view'" -l serve -d 'Serve a read-only web view of the medium until Ctrl-C.'
+complete -c ihe -n "__ihe_arg 'ihe pdi view' 0 0" -F
 
 # ihe tce
 complete -c ihe -n "__ihe_arg 'ihe tce' 0 0" -a 'export' -d 'Write a case\'s manifest (MANIFEST.dcm), its instances (Study/Series/SOP.dcm) and case.json.'
@@ -621,7 +682,7 @@ complete -c ihe -n "__ihe_arg 'ihe xds' 0 0" -a 'submit' -d 'Send documents to a
 complete -c ihe -n "__ihe_at 'ihe xds'" -s h -l help -d 'Show this message and exit.'
 
 # ihe xds delete
-complete -c ihe -n "__ihe_at 'ihe xds delete'" -l dry-run -d 'Show what would be removed; remove nothing.'
+complete -c ihe -n "__ihe_at 'ihe xds delete'" -l dry-run -d 'Show the plan; store nothing.'
 complete -c ihe -n "__ihe_at 'ihe xds delete'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe xds delete'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
 complete -c ihe -n "__ihe_at 'ihe xds delete'" -l registry -x -d 'Document Registry endpoint (default: the profile\'s xds.registry).'
@@ -631,34 +692,34 @@ complete -c ihe -n "__ihe_at 'ihe xds delete'" -s y -l yes -d 'Do not ask for co
 # ihe xds query
 complete -c ihe -n "__ihe_at 'ihe xds query'" -l association-type -x -d 'For get-related-documents: RPLC, APND, XFRM, XFRM_RPLC, signs (default: all).'
 complete -c ihe -n "__ihe_at 'ihe xds query'" -l author -x -d 'Author person, % and _ as wildcards; repeatable.'
-complete -c ihe -n "__ihe_at 'ihe xds query'" -l class -x -d 'classCode: CODE^^SCHEME (or CODE alone); repeatable (any of them).'
-complete -c ihe -n "__ihe_at 'ihe xds query'" -l confidentiality -x -d 'confidentialityCode: CODE^^SCHEME (or CODE alone); repeatable (any of them).'
-complete -c ihe -n "__ihe_at 'ihe xds query'" -l content-type -x -d 'SubmissionSet contentTypeCode: CODE^^SCHEME (or CODE alone); repeatable (any of them).'
-complete -c ihe -n "__ihe_at 'ihe xds query'" -l event -x -d 'eventCodeList: CODE^^SCHEME (or CODE alone); repeatable (any of them).'
-complete -c ihe -n "__ihe_at 'ihe xds query'" -l facility -x -d 'healthcareFacilityTypeCode: CODE^^SCHEME (or CODE alone); repeatable (any of them).'
-complete -c ihe -n "__ihe_at 'ihe xds query'" -l folder-code -x -d 'Folder codeList: CODE^^SCHEME (or CODE alone); repeatable (any of them).'
-complete -c ihe -n "__ihe_at 'ihe xds query'" -l format -x -d 'formatCode: CODE^^SCHEME (or CODE alone); repeatable (any of them).'
-complete -c ihe -n "__ihe_at 'ihe xds query'" -l from -x -d 'creationTime (submissionTime, lastUpdateTime) from, YYYYMMDD[HHMMSS].'
+complete -c ihe -n "__ihe_at 'ihe xds query'" -l class -x -d 'classCode: CODE^DISPLAY^SCHEME (queries also take CODE^^SCHEME or CODE alone, repeatable: any of them).'
+complete -c ihe -n "__ihe_at 'ihe xds query'" -l confidentiality -x -d 'confidentialityCode: CODE^DISPLAY^SCHEME (queries also take CODE^^SCHEME or CODE alone, repeatable: any of them).'
+complete -c ihe -n "__ihe_at 'ihe xds query'" -l content-type -x -d 'SubmissionSet contentTypeCode: CODE^DISPLAY^SCHEME (queries also take CODE^^SCHEME or CODE alone, repeatable: any of them).'
+complete -c ihe -n "__ihe_at 'ihe xds query'" -l event-code -x -d 'eventCodeList: CODE^DISPLAY^SCHEME (queries also take CODE^^SCHEME or CODE alone, repeatable: any of them).'
+complete -c ihe -n "__ihe_at 'ihe xds query'" -l facility -x -d 'healthcareFacilityTypeCode: CODE^DISPLAY^SCHEME (queries also take CODE^^SCHEME or CODE alone, repeatable: any of them).'
+complete -c ihe -n "__ihe_at 'ihe xds query'" -l folder-code -x -d 'Folder codeList: CODE^DISPLAY^SCHEME (queries also take CODE^^SCHEME or CODE alone, repeatable: any of them).'
+complete -c ihe -n "__ihe_at 'ihe xds query'" -l format -x -d 'formatCode: CODE^DISPLAY^SCHEME (queries also take CODE^^SCHEME or CODE alone, repeatable: any of them).'
 complete -c ihe -n "__ihe_at 'ihe xds query'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe xds query'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
 complete -c ihe -n "__ihe_at 'ihe xds query'" -l object-ref -d 'Ask for ObjectRefs (entryUUIDs) only.'
 complete -c ihe -n "__ihe_at 'ihe xds query'" -l patient -x -d 'Patient ID, ID^^^&OID&ISO (or ID alone with xds.assigning_authority set).'
-complete -c ihe -n "__ihe_at 'ihe xds query'" -l practice -x -d 'practiceSettingCode: CODE^^SCHEME (or CODE alone); repeatable (any of them).'
+complete -c ihe -n "__ihe_at 'ihe xds query'" -l practice -x -d 'practiceSettingCode: CODE^DISPLAY^SCHEME (queries also take CODE^^SCHEME or CODE alone, repeatable: any of them).'
 complete -c ihe -n "__ihe_at 'ihe xds query'" -l registry -x -d 'Document Registry endpoint (default: the profile\'s xds.registry).'
 complete -c ihe -n "__ihe_at 'ihe xds query'" -l source-id -x -d 'SubmissionSet sourceId; repeatable.'
 complete -c ihe -n "__ihe_at 'ihe xds query'" -l status -x -d 'approved (default) or deprecated; repeatable.'
+complete -c ihe -n "__ihe_at 'ihe xds query'" -l time-from -x -d 'creationTime (find-submission-sets: submissionTime; find-folders: lastUpdateTime) at or after this time, YYYYMMDD[hhmm[ss]].'
+complete -c ihe -n "__ihe_at 'ihe xds query'" -l time-to -x -d '... before this time (exclusive).'
 complete -c ihe -n "__ihe_at 'ihe xds query'" -l timeout -x -d 'Network timeout in seconds.'
-complete -c ihe -n "__ihe_at 'ihe xds query'" -l to -x -d '... before this time (exclusive).'
-complete -c ihe -n "__ihe_at 'ihe xds query'" -l type -x -d 'typeCode: CODE^^SCHEME (or CODE alone); repeatable (any of them).'
+complete -c ihe -n "__ihe_at 'ihe xds query'" -l type -x -d 'typeCode: CODE^DISPLAY^SCHEME (queries also take CODE^^SCHEME or CODE alone, repeatable: any of them).'
 complete -c ihe -n "__ihe_at 'ihe xds query'" -l unique-id -x -d 'uniqueId of the object(s); repeatable.'
 complete -c ihe -n "__ihe_at 'ihe xds query'" -l uuid -x -d 'entryUUID (urn:uuid:...) of the object(s); repeatable.'
 
 # ihe xds retrieve
 complete -c ihe -n "__ihe_at 'ihe xds retrieve'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe xds retrieve'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
-complete -c ihe -n "__ihe_at 'ihe xds retrieve'" -s o -l out -x -a '(__fish_complete_directories)' -d 'Folder to write the documents to.'
+complete -c ihe -n "__ihe_at 'ihe xds retrieve'" -s o -l out -x -a '(__fish_complete_directories)' -d 'Folder to write the instances to.'
 complete -c ihe -n "__ihe_at 'ihe xds retrieve'" -l repository -x -d 'Document Repository endpoint (default: the profile\'s xds.repository).'
-complete -c ihe -n "__ihe_at 'ihe xds retrieve'" -l repository-id -x -d 'repositoryUniqueId (default: the profile\'s).'
+complete -c ihe -n "__ihe_at 'ihe xds retrieve'" -l repository-id -x -d 'repositoryUniqueId of the Document Repository (default: the profile\'s xds.repository_unique_id).'
 complete -c ihe -n "__ihe_at 'ihe xds retrieve'" -l timeout -x -d 'Network timeout in seconds.'
 
 # ihe xds serve
@@ -667,15 +728,15 @@ complete -c ihe -n "__ihe_at 'ihe xds serve'" -l db -x -d 'Archive database URL 
 complete -c ihe -n "__ihe_at 'ihe xds serve'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe xds serve'" -l max-body-mb -x -d 'Refuse larger requests (default 256).'
 complete -c ihe -n "__ihe_at 'ihe xds serve'" -s p -l port -x -d 'Port to listen on (0: any free port).'
-complete -c ihe -n "__ihe_at 'ihe xds serve'" -l repository-id -x -d 'Our repositoryUniqueId (default: the profile\'s).'
+complete -c ihe -n "__ihe_at 'ihe xds serve'" -l repository-id -x -d 'repositoryUniqueId of the Document Repository (default: the profile\'s xds.repository_unique_id).'
 complete -c ihe -n "__ihe_at 'ihe xds serve'" -l storage -x -a '(__fish_complete_directories)' -d 'Archive storage folder (default: the profile\'s).'
 
 # ihe xds submit
 complete -c ihe -n "__ihe_at 'ihe xds submit'" -l batch -x -d 'Documents per submission set.'
-complete -c ihe -n "__ihe_at 'ihe xds submit'" -l class -x -d 'classCode, CODE^DISPLAY^SCHEME.'
-complete -c ihe -n "__ihe_at 'ihe xds submit'" -l confidentiality -x -d 'confidentialityCode, CODE^DISPLAY^SCHEME.'
+complete -c ihe -n "__ihe_at 'ihe xds submit'" -l class -x -d 'classCode: CODE^DISPLAY^SCHEME (queries also take CODE^^SCHEME or CODE alone, repeatable: any of them).'
+complete -c ihe -n "__ihe_at 'ihe xds submit'" -l confidentiality -x -d 'confidentialityCode: CODE^DISPLAY^SCHEME (queries also take CODE^^SCHEME or CODE alone, repeatable: any of them).'
 complete -c ihe -n "__ihe_at 'ihe xds submit'" -l folder -x -d 'Put the documents in a new folder of this name.'
-complete -c ihe -n "__ihe_at 'ihe xds submit'" -l format -x -d 'formatCode, CODE^DISPLAY^SCHEME.'
+complete -c ihe -n "__ihe_at 'ihe xds submit'" -l format -x -d 'formatCode: CODE^DISPLAY^SCHEME (queries also take CODE^^SCHEME or CODE alone, repeatable: any of them).'
 complete -c ihe -n "__ihe_at 'ihe xds submit'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe xds submit'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
 complete -c ihe -n "__ihe_at 'ihe xds submit'" -l metadata -r -F -d 'Full ebRIM metadata (SubmitObjectsRequest or RegistryObjectList); FILEs go to its ExtrinsicObjects in order.'
@@ -685,5 +746,5 @@ complete -c ihe -n "__ihe_at 'ihe xds submit'" -l replace -x -d 'Replace (RPLC) 
 complete -c ihe -n "__ihe_at 'ihe xds submit'" -l repository -x -d 'Document Repository endpoint (default: the profile\'s xds.repository).'
 complete -c ihe -n "__ihe_at 'ihe xds submit'" -l timeout -x -d 'Network timeout in seconds.'
 complete -c ihe -n "__ihe_at 'ihe xds submit'" -l title -x -d 'Title (default: file name).'
-complete -c ihe -n "__ihe_at 'ihe xds submit'" -l type -x -d 'typeCode, CODE^DISPLAY^SCHEME.'
+complete -c ihe -n "__ihe_at 'ihe xds submit'" -l type -x -d 'typeCode: CODE^DISPLAY^SCHEME (queries also take CODE^^SCHEME or CODE alone, repeatable: any of them).'
 complete -c ihe -n "__ihe_arg 'ihe xds submit' 0 -1" -F
