@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from ihecli.cli import output
-from ihecli.cli.options import Bind, Db, Json, Port, Storage, Yes, state
+from ihecli.cli.options import Bind, Db, Json, Out, Port, Storage, Yes, state
 from ihecli.errors import ExitStatus, UsageError
 
 app = typer.Typer(help="XDS.b: submit, query, retrieve and delete documents; serve a registry and repository.\n\n"
@@ -24,8 +24,15 @@ Patient = Annotated[Optional[str], typer.Option(
     "--patient", metavar="CX", help="Patient ID, ID^^^&OID&ISO (or ID alone with xds.assigning_authority set).")]
 Statuses = Annotated[Optional[list[str]], typer.Option(
     "--status", metavar="STATUS", help="approved (default) or deprecated; repeatable.")]
+CODE_HELP = ("{}: CODE^DISPLAY^SCHEME (queries also take CODE^^SCHEME or CODE alone, repeatable: any "
+             "of them).")
 CodeOpt = lambda name, what: Annotated[Optional[list[str]], typer.Option(  # noqa: E731
-    name, metavar="CODE", help=f"{what}: CODE^^SCHEME (or CODE alone); repeatable (any of them).")]
+    name, metavar="CODE", help=CODE_HELP.format(what))]
+CodeOne = lambda name, what: Annotated[Optional[str], typer.Option(  # noqa: E731
+    name, metavar="CODE", help=CODE_HELP.format(what))]
+RepositoryId = Annotated[Optional[str], typer.Option(
+    "--repository-id", metavar="OID",
+    help="repositoryUniqueId of the Document Repository (default: the profile's xds.repository_unique_id).")]
 
 
 def _xds(ctx: typer.Context):
@@ -58,8 +65,7 @@ def _warn(errors) -> None:
 # -- serve ----------------------------------------------------------------------------------------
 @app.command("serve")
 def serve_cmd(ctx: typer.Context, port: Port = None, bind: Bind = None, db: Db = None, storage: Storage = None,
-              repository_id: Annotated[Optional[str], typer.Option(
-                  "--repository-id", metavar="OID", help="Our repositoryUniqueId (default: the profile's).")] = None,
+              repository_id: RepositoryId = None,
               max_body_mb: Annotated[Optional[int], typer.Option(
                   "--max-body-mb", min=1, metavar="MB", help="Refuse larger requests (default 256).")] = None) -> None:
     """Run a Document Registry and Repository (ITI-18/41/42/43/62) in the foreground (Ctrl-C stops it).
@@ -104,14 +110,10 @@ def submit_cmd(
     files: Annotated[list[Path], typer.Argument(metavar="FILE...", help="Documents, or folders of them.")],
     patient: Patient = None,
     title: Annotated[Optional[str], typer.Option("--title", metavar="TEXT", help="Title (default: file name).")] = None,
-    class_code: Annotated[Optional[str], typer.Option("--class", metavar="CODE",
-                                                      help="classCode, CODE^DISPLAY^SCHEME.")] = None,
-    type_code: Annotated[Optional[str], typer.Option("--type", metavar="CODE",
-                                                     help="typeCode, CODE^DISPLAY^SCHEME.")] = None,
-    format_code: Annotated[Optional[str], typer.Option("--format", metavar="CODE",
-                                                       help="formatCode, CODE^DISPLAY^SCHEME.")] = None,
-    confidentiality: Annotated[Optional[str], typer.Option("--confidentiality", metavar="CODE",
-                                                           help="confidentialityCode, CODE^DISPLAY^SCHEME.")] = None,
+    class_code: CodeOne("--class", "classCode") = None,
+    type_code: CodeOne("--type", "typeCode") = None,
+    format_code: CodeOne("--format", "formatCode") = None,
+    confidentiality: CodeOne("--confidentiality", "confidentialityCode") = None,
     mime: Annotated[Optional[str], typer.Option("--mime", metavar="TYPE",
                                                 help="MIME type (default: from the file).")] = None,
     folder: Annotated[Optional[str], typer.Option("--folder", metavar="NAME",
@@ -242,7 +244,7 @@ def query_cmd(
     type_code: CodeOpt("--type", "typeCode") = None,
     format_code: CodeOpt("--format", "formatCode") = None,
     confidentiality: CodeOpt("--confidentiality", "confidentialityCode") = None,
-    event: CodeOpt("--event", "eventCodeList") = None,
+    event: CodeOpt("--event-code", "eventCodeList") = None,
     practice: CodeOpt("--practice", "practiceSettingCode") = None,
     facility: CodeOpt("--facility", "healthcareFacilityTypeCode") = None,
     folder_code: CodeOpt("--folder-code", "Folder codeList") = None,
@@ -250,8 +252,11 @@ def query_cmd(
     author: Annotated[Optional[list[str]], typer.Option("--author", metavar="PATTERN",
                                                         help="Author person, % and _ as wildcards; repeatable.")] = None,
     since: Annotated[Optional[str], typer.Option(
-        "--from", metavar="DTM", help="creationTime (submissionTime, lastUpdateTime) from, YYYYMMDD[HHMMSS].")] = None,
-    until: Annotated[Optional[str], typer.Option("--to", metavar="DTM", help="... before this time (exclusive).")] = None,
+        "--time-from", metavar="DTM",
+        help="creationTime (find-submission-sets: submissionTime; find-folders: lastUpdateTime) at or after "
+             "this time, YYYYMMDD[hhmm[ss]].")] = None,
+    until: Annotated[Optional[str], typer.Option("--time-to", metavar="DTM",
+                                                 help="... before this time (exclusive).")] = None,
     source_id: Annotated[Optional[list[str]], typer.Option("--source-id", metavar="OID",
                                                            help="SubmissionSet sourceId; repeatable.")] = None,
     association_type: Annotated[Optional[list[str]], typer.Option(
@@ -372,10 +377,8 @@ EXT = {"application/dicom": ".dcm", "text/plain": ".txt", "application/pdf": ".p
 def retrieve_cmd(
     ctx: typer.Context,
     unique_ids: Annotated[list[str], typer.Argument(metavar="UNIQUE_ID...", help="Document uniqueIds.")],
-    out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", file_okay=False,
-                                      help="Folder to write the documents to.")],
-    repository_id: Annotated[Optional[str], typer.Option(
-        "--repository-id", metavar="OID", help="repositoryUniqueId (default: the profile's).")] = None,
+    out: Out,
+    repository_id: RepositoryId = None,
     repository: Repository = None,
     timeout: Annotated[Optional[float], typer.Option("--timeout", min=0.1, metavar="SECONDS",
                                                      help="Network timeout in seconds.")] = None,
@@ -420,7 +423,7 @@ def retrieve_cmd(
 def delete_cmd(
     ctx: typer.Context,
     uuids: Annotated[list[str], typer.Argument(metavar="UUID...", help="entryUUIDs (urn:uuid:...) to remove.")],
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be removed; remove nothing.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan; store nothing.")] = False,
     yes: Yes = False,
     registry: Registry = None,
     timeout: Annotated[Optional[float], typer.Option("--timeout", min=0.1, metavar="SECONDS",
@@ -430,7 +433,7 @@ def delete_cmd(
     """Remove metadata from the registry: Delete Document Set (ITI-62, Remove Metadata).
 
     The associations that refer to the objects go too, and so does a submission set that would be
-    left without members; what will go is shown first.
+    left without members; what will go is shown first (--dry-run: only that, nothing is removed).
 
     Example: ihe xds delete urn:uuid:4c8d9a52-1e2f-4a6b-9c3d-0e1f2a3b4c5d --yes
     """

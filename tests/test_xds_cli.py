@@ -1,0 +1,206 @@
+"""`ihe xds submit|query|retrieve|delete|serve` as a user runs them, against a real server."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import requests
+from pydicom.data import get_testdata_file
+
+from helpers import free_port, run_cli, wait_port
+from ihecli.archive import Archive
+from ihecli.net.soap import schemas
+from ihecli.xds import vocabulary as v
+from ihecli.xds.server import XdsServer
+
+PID = "PID7^^^&1.3.6.1.4.1.21367.2005.3.7&ISO"
+REPO = "1.3.6.1.4.1.21367.2017.2.3.9999"
+
+
+@pytest.fixture(autouse=True)
+def strict():
+    schemas.STRICT = True
+    yield
+    schemas.STRICT = False
+
+
+@pytest.fixture
+def srv(tmp_path):
+    a = Archive(f"sqlite:///{tmp_path / 'xds.db'}", tmp_path / "xds-storage")
+    s = XdsServer(a, repository_unique_id=REPO)
+    s.start()
+    yield s
+    s.stop()
+    a.close()
+
+
+def ihe(srv, *args):
+    """`ihe ARGS` with the server's endpoint."""
+    return run_cli(*args, *(("--registry", srv.url) if args[1] in ("query", "delete") else ("--repository", srv.url)))
+
+
+def js(r):
+    assert r.code == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_submit_query_retrieve_delete(srv, tmp_path):
+    (tmp_path / "docs").mkdir()
+    for i in range(5):
+        (tmp_path / "docs" / f"note{i}.txt").write_text(f"note {i}\n")
+    r = ihe(srv, "xds", "submit", str(tmp_path / "docs"), "--patient", PID, "--folder", "Notes", "--batch", "2", "--json")
+    docs = js(r)
+    assert len(docs) == 5 and {d["title"] for d in docs} == {f"note{i}.txt" for i in range(5)}
+    assert len({d["submissionSetUniqueId"] for d in docs}) == 3  # batches of 2
+    found = js(ihe(srv, "xds", "query", "find-documents", "--patient", PID, "--json"))
+    assert {d["uniqueId"] for d in found} == {d["uniqueId"] for d in docs}
+    one = found[0]
+    for key in ("entryUUID", "uniqueId", "patientId", "title", "classCode", "status", "mimeType", "hash", "size",
+                "repositoryUniqueId", "creationTime", "formatCode", "confidentialityCode"):
+        assert one[key], key
+    assert one["status"] == "Approved" and one["repositoryUniqueId"] == REPO and one["mimeType"] == "text/plain"
+    # every stored query by name answers
+    (folder,) = js(ihe(srv, "xds", "query", "find-folders", "--patient", PID, "--json"))
+    assert folder["title"] == "Notes"
+    sets = js(ihe(srv, "xds", "query", "find-submission-sets", "--patient", PID, "--json"))
+    assert len(sets) == 3
+    calls = {
+        "get-all": ["--patient", PID],
+        "get-documents": ["--unique-id", one["uniqueId"]],
+        "get-folders": ["--uuid", folder["entryUUID"]],
+        "get-associations": ["--uuid", one["entryUUID"]],
+        "get-documents-and-associations": ["--uuid", one["entryUUID"]],
+        "get-submission-sets": ["--uuid", one["entryUUID"]],
+        "get-submission-set-and-contents": ["--uuid", sets[0]["entryUUID"]],
+        "get-folder-and-contents": ["--unique-id", folder["uniqueId"]],
+        "get-folders-for-document": ["--uuid", one["entryUUID"]],
+        "get-related-documents": ["--uuid", one["entryUUID"]],
+    }
+    counts = {name: len(js(ihe(srv, "xds", "query", name, *a, "--json"))) for name, a in calls.items()}
+    assert counts == {"get-all": 5 + 3 + 1 + 5 + 5 + 5 + 1, "get-documents": 1, "get-folders": 1,
+                      "get-associations": 2, "get-documents-and-associations": 3, "get-submission-sets": 2,
+                      "get-submission-set-and-contents": 1 + 2 + 1 + 2 + 1 + 2 + 2,
+                      "get-folder-and-contents": 1 + 5 + 5, "get-folders-for-document": 1,
+                      "get-related-documents": 0}
+    refs = js(ihe(srv, "xds", "query", "find-documents", "--patient", PID, "--object-ref", "--json"))
+    assert {x["objectType"] for x in refs} == {"ObjectRef"} and len(refs) == 5
+    table = ihe(srv, "xds", "query", "get-all", "--patient", PID)
+    assert table.code == 0 and "Folders" in table.stdout and "Notes" in table.stdout
+    # retrieve two, one unknown: partial success, exit 3
+    out = tmp_path / "out"
+    r = ihe(srv, "xds", "retrieve", docs[0]["uniqueId"], docs[1]["uniqueId"], "2.25.404", "--out", str(out), "--json")
+    assert r.code == 3 and "XDSDocumentUniqueIdError" in r.stderr
+    got = json.loads(r.stdout)
+    titles = {d["uniqueId"]: d["title"] for d in docs}
+    assert len(got) == 2
+    for d in got:
+        assert (out / (d["uniqueId"] + ".txt")).read_text() == (tmp_path / "docs" / titles[d["uniqueId"]]).read_text()
+    # replace, then delete the new version
+    (tmp_path / "v2.txt").write_text("note 0, corrected\n")
+    r = ihe(srv, "xds", "submit", str(tmp_path / "v2.txt"), "--patient", PID, "--replace", docs[0]["entryUUID"],
+            "--json")
+    (new,) = js(r)
+    dep = js(ihe(srv, "xds", "query", "find-documents", "--patient", PID, "--status", "deprecated", "--json"))
+    assert [d["entryUUID"] for d in dep] == [docs[0]["entryUUID"]]
+    rel = js(ihe(srv, "xds", "query", "get-related-documents", "--uuid", new["entryUUID"], "--json"))
+    assert {x["objectType"] for x in rel} == {"DocumentEntry", "Association"} and len(rel) == 3
+    dry = ihe(srv, "xds", "delete", new["entryUUID"], "--dry-run", "--json")
+    plan = js(dry)
+    kinds = sorted(x["objectType"] for x in plan)
+    # the entry, its HasMember from its set, the RPLC, the folder membership it got from the replaced
+    # entry (made by the registry), and its submission set, which would be left empty
+    assert kinds == ["Association"] * 3 + ["DocumentEntry", "SubmissionSet"]
+    assert len(js(ihe(srv, "xds", "query", "find-documents", "--patient", PID, "--json"))) == 5  # dry run: all there
+    r = ihe(srv, "xds", "delete", new["entryUUID"])
+    assert r.code == 2 and "--yes" in r.stderr  # not a terminal: no silent deletion
+    r = ihe(srv, "xds", "delete", new["entryUUID"], "--yes")
+    assert r.code == 0, r.stderr
+    left = js(ihe(srv, "xds", "query", "find-documents", "--patient", PID, "--json"))
+    assert new["uniqueId"] not in {d["uniqueId"] for d in left} and len(left) == 4
+    r = ihe(srv, "xds", "delete", new["entryUUID"], "--yes")
+    assert r.code == 1 and "UnresolvedReferenceException" in r.stderr
+
+
+def test_kos_manifest_and_metadata_file(srv, tmp_path):
+    kos = get_testdata_file("rtplan.dcm")  # any DICOM: application/dicom
+    r = ihe(srv, "xds", "submit", kos, "--patient", PID, "--json")
+    (d,) = js(r)
+    assert d["mimeType"] == "application/dicom"
+    from pydicom import dcmread
+    from pydicom.uid import generate_uid
+
+    ds = dcmread(kos)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = v.KOS_SOP_CLASS
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.save_as(tmp_path / "manifest.dcm")
+    (m,) = js(ihe(srv, "xds", "submit", str(tmp_path / "manifest.dcm"), "--patient", PID, "--json"))
+    (e,) = js(ihe(srv, "xds", "query", "get-documents", "--uuid", m["entryUUID"], "--json"))
+    assert e["formatCode"].startswith("1.2.840.10008.5.1.4.1.1.88.59^") and e["mimeType"] == "application/dicom"
+    # --metadata: full control over the ebRIM (the IPF sample; its document comes from a file)
+    meta = os.path.join(os.path.dirname(__file__), "data", "xds", "ipf-SubmitObjectsRequest_ebrs30.xml")
+    (tmp_path / "cda.xml").write_text("<ClinicalDocument/>")
+    r = ihe(srv, "xds", "submit", str(tmp_path / "cda.xml"), "--metadata", meta, "--json")
+    assert r.code == 0, r.stderr
+    (ipf,) = js(ihe(srv, "xds", "query", "get-documents", "--unique-id", "1.3.6.1.4.1.21367.2005.3.9999.32", "--json"))
+    assert ipf["patientId"] == "SELF-5^^^&1.3.6.1.4.1.21367.2005.3.7&ISO" and ipf["size"] == 19
+
+
+def test_usage_errors_and_unreachable(srv, tmp_path):
+    (tmp_path / "a.txt").write_text("a")
+    r = ihe(srv, "xds", "submit", str(tmp_path / "a.txt"), "--patient", "12345")
+    assert r.code == 2 and "ID^^^&OID&ISO" in r.stderr
+    r = ihe(srv, "xds", "submit", str(tmp_path / "a.txt"), "--patient", PID, "--class", "no-scheme")
+    assert r.code == 2 and "CODE^DISPLAY^SCHEME" in r.stderr
+    r = ihe(srv, "xds", "submit", str(tmp_path / "missing.txt"), "--patient", PID)
+    assert r.code == 2 and "no such file" in r.stderr
+    r = ihe(srv, "xds", "query", "find-everything", "--patient", PID)
+    assert r.code == 2 and "find-documents" in r.stderr
+    r = ihe(srv, "xds", "query", "get-documents")
+    assert r.code == 2 and "--uuid or --unique-id" in r.stderr
+    r = ihe(srv, "xds", "delete", "1.2.3", "--yes")
+    assert r.code == 2 and "urn:uuid" in r.stderr
+    port = free_port()
+    r = run_cli("xds", "query", "find-documents", "--patient", PID, "--registry", f"http://127.0.0.1:{port}/xds")
+    assert r.code == 4 and r.stderr.startswith("ihe: error: cannot reach")
+    # the patient ID domain from the profile turns a bare ID into a CX
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[xds]\nassigning_authority = "1.3.6.1.4.1.21367.2005.3.7"\nregistry = "{srv.url}"\n'
+                   f'repository = "{srv.url}"\n')
+    r = run_cli("--config", str(cfg), "xds", "submit", str(tmp_path / "a.txt"), "--patient", "PID7", "--json")
+    assert r.code == 0 and json.loads(r.stdout)[0]["patientId"] == PID
+    r = run_cli("--config", str(cfg), "xds", "query", "find-documents", "--patient", "PID7", "--json")
+    assert [d["title"] for d in json.loads(r.stdout)] == ["a.txt"]
+
+
+def test_serve_command_answers_and_stops(tmp_path):
+    port = free_port()
+    env = {**os.environ, "IHE_DATA_DIR": str(tmp_path / "data"), "IHE_CONFIG": str(tmp_path / "none.toml")}
+    p = subprocess.Popen([sys.executable, "-m", "ihecli", "xds", "serve", "--port", str(port)], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_port(port, 20)
+        assert requests.get(f"http://127.0.0.1:{port}/", timeout=5).status_code == 200
+        (tmp_path / "a.txt").write_text("served")
+        r = run_cli("xds", "submit", str(tmp_path / "a.txt"), "--patient", PID, "--repository",
+                    f"http://127.0.0.1:{port}/xds/repository", "--json")
+        assert r.code == 0, r.stderr
+        stored = [f for f in (tmp_path / "data" / "storage" / "xds").rglob("*") if f.is_file()]
+        assert [f.read_text() for f in stored] == ["served"]
+    finally:
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=20)
+    assert p.returncode == 0, err
+    assert f"127.0.0.1:{port}/xds" in err
+    # a second server on a taken port fails with a usage error
+    with Archive(f"sqlite:///{tmp_path / 'x.db'}", tmp_path / "x") as a:
+        s = XdsServer(a, repository_unique_id=REPO)
+        s.start()
+        try:
+            r = run_cli("xds", "serve", "--port", str(s.port))
+            assert r.code == 2 and "cannot listen" in r.stderr
+        finally:
+            s.stop()
