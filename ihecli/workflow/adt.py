@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection
 
 from ihecli.archive import schema as s
@@ -26,6 +26,13 @@ from ihecli.archive.ingest import fold
 from ihecli.hl7.v2 import Hl7Error, Message
 
 NULL = '""'  # HL7's explicit null: delete the value
+
+# Statements built once (a feed runs them hundreds of times a second); an UPDATE without
+# .values() sets the columns its parameters name
+Q_BY_PID = select(s.patients.c.id, s.patients.c.pid, s.patients.c.issuer).where(s.patients.c.pid == bindparam("q_pid"))
+U_PATIENT = update(s.patients).where(s.patients.c.id == bindparam("q_id"))
+U_MARK = update(t.hl7_reconciled).where(t.hl7_reconciled.c.patient_fk == bindparam("q_id"))
+I_MARK = insert(t.hl7_reconciled)
 
 
 @dataclass(frozen=True)
@@ -135,9 +142,8 @@ def demographics(msg: Message, pid_seg: list[str] | None) -> dict:
 
 def find_patient(conn: Connection, idents: list[PatientIdent]):
     """The archive's patient row (id, pid, issuer) for the first identifier that has one."""
-    p = s.patients
     for ident in idents:
-        rows = conn.execute(select(p.c.id, p.c.pid, p.c.issuer).where(p.c.pid == ident.pid)).all()
+        rows = conn.execute(Q_BY_PID, {"q_pid": ident.pid}).all()
         if not rows:
             continue
         for issuer in ident.issuers:
@@ -154,9 +160,8 @@ def find_patient(conn: Connection, idents: list[PatientIdent]):
 
 def _mark(conn: Connection, patient_id: int, at: datetime) -> None:
     """Retrieves of this patient's instances compare their headers with the index from now on."""
-    r = t.hl7_reconciled
-    if not conn.execute(update(r).where(r.c.patient_fk == patient_id).values(updated=at)).rowcount:
-        conn.execute(insert(r).values(patient_fk=patient_id, updated=at))
+    if not conn.execute(U_MARK, {"q_id": patient_id, "updated": at}).rowcount:
+        conn.execute(I_MARK, {"patient_fk": patient_id, "updated": at})
 
 
 def _pid_segments(msg: Message) -> list[list[str]]:
@@ -187,7 +192,7 @@ def update_patient(conn: Connection, msg: Message, at: datetime) -> str:
         _mark(conn, new_id, at)
         return f"patient {first} created"
     if values:
-        conn.execute(update(s.patients).where(s.patients.c.id == row.id).values(**values))
+        conn.execute(U_PATIENT, {"q_id": row.id, **values})
         _mark(conn, row.id, at)
     return f"patient {row.pid} updated"
 

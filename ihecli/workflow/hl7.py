@@ -76,7 +76,9 @@ class Hl7Feed:
                         e.code, e)
             return v2.ack(msg, e.ack_code, error=e, app=self.app, facility=self.facility)
         self._count(msg, duplicate=duplicate)
-        log.info("HL7 %s^%s %s: %s", msg.type, msg.trigger, msg.control_id, text)
+        # merges and identifier changes are worth a line in the log; routine updates only with -vv
+        log.log(logging.INFO if msg.trigger in ("A40", "A47") else logging.DEBUG, "HL7 %s^%s %s: %s", msg.type,
+                msg.trigger, msg.control_id, text)
         if msg.type == "ADT" and not duplicate:
             self._audit(msg)
         return v2.ack(msg, "AA", app=self.app, facility=self.facility)
