@@ -1,0 +1,20 @@
+"""Start-up cost: every `ihe` command imports the whole CLI, so the command modules must not
+import the heavy libraries of other actors at module level (the archive must start in < 1 s)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+# imported only inside the functions that need them
+LAZY = ("highdicom", "zeep", "pycdlib", "starlette", "uvicorn", "hl7apy", "httpx", "dicomweb_client",
+        "requests_toolbelt", "trustme", "psycopg")
+
+
+def test_cli_import_leaves_other_actors_libraries_unloaded():
+    code = "import json, sys, ihecli.cli; print(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    loaded = {m.split(".")[0] for m in json.loads(out)}
+    eager = sorted(set(LAZY) & loaded)
+    assert not eager, (f"importing ihecli.cli loads {eager}: import them inside the functions that use "
+                       "them, so that every command (and the archive's start-up) does not pay for them")
