@@ -66,6 +66,12 @@ def test_reject_store_into_the_archive(corpus, archive):
     assert sorted(r.sop_uid for r in info.references) == sorted(d.SOPInstanceUID for d in series)
     assert {r.retrieve_aet for r in info.references} == {archive.aet}
     assert run_dcmtk("dsrdump", str(notes[0])).stdout.count("Document Title Modifier") == 2
+    import highdicom as hd
+
+    kos = hd.ko.KeyObjectSelectionDocument.from_dataset(dcmread(notes[0]))
+    assert sorted(i.referenced_sop_instance_uid for i in kos.content.get_references()) == \
+           sorted(d.SOPInstanceUID for d in series)
+    assert kos.content[0].name.value == "113001"
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

@@ -44,6 +44,8 @@ def test_manifest_before_its_instances(server, tmp_path):
     info = corpus_info(files)
     path, kos = manifest(tmp_path, info, modifiers=[DELAY], observer="Teach^Ann")
     assert dciodvfy(path) == []
+    dump = run_dcmtk("dsrdump", str(path)).stdout
+    assert "For Teaching File Export" in dump and "Delay export until final report is available" in dump
     storescu(server, path)
     [case] = cases(archive)
     assert case["manifest_uid"] == kos.SOPInstanceUID
