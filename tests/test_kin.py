@@ -201,6 +201,18 @@ def test_store_find_and_move_round_trip(server, storescp, tmp_path):
                   "-k", "ConceptNameCodeSequence[0].CodeValue", "-k", "ConceptNameCodeSequence[0].CodeMeaning")
     out = p.stdout + p.stderr
     assert kos_uid in out and "113004" in out and "For Teaching" in out
+    # matching on the title: a second note titled otherwise, in the same series level query, is left out
+    r2 = run_cli("kin", "create", "--study", a.StudyInstanceUID, "--instance", a.SOPInstanceUID, "--to",
+                 server.spec, *db_args(archive), "--json")
+    assert r2.code == 0, r2.stderr
+    other_uid = r2.json["documents"][0]["sop_instance_uid"]
+    for value, present, absent in (("113004", kos_uid, other_uid), ("113000", other_uid, kos_uid)):
+        p = run_dcmtk("findscu", "-S", "-aec", server.aet, "127.0.0.1", str(server.port),
+                      "-k", "QueryRetrieveLevel=IMAGE", "-k", f"StudyInstanceUID={a.StudyInstanceUID}",
+                      "-k", "SeriesInstanceUID", "-k", "SOPInstanceUID", "-k", "Modality=KO",
+                      "-k", f"ConceptNameCodeSequence[0].CodeValue={value}")
+        found = p.stdout + p.stderr
+        assert present in found and absent not in found, value
     dest, folder = storescp
     run_dcmtk("movescu", "-S", "-aec", server.aet, "-aem", dest.aet, "127.0.0.1", str(server.port),
               "-k", "QueryRetrieveLevel=IMAGE", "-k", f"StudyInstanceUID={a.StudyInstanceUID}",
