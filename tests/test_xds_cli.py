@@ -204,3 +204,47 @@ def test_serve_command_answers_and_stops(tmp_path):
             assert r.code == 2 and "cannot listen" in r.stderr
         finally:
             s.stop()
+
+
+def test_transactions_are_audited(srv, tmp_path):
+    """With audit.repository in the profile, both sides of ITI-41/18/43/62 leave their events in a
+    real Audit Record Repository, and every message validates against the DICOM audit schema."""
+    import time
+
+    from ihecli import atna
+    from ihecli.atna.query import query_events
+    from ihecli.atna.repository import AuditRepository
+    from test_atna import problems
+
+    arr = AuditRepository(f"sqlite:///{tmp_path / 'arr.db'}", tls_port=None, udp_port=None, tcp_port=0)
+    arr.start()
+    try:
+        cfg = tmp_path / "audit.toml"
+        cfg.write_text(f'[audit]\nrepository = "tcp://127.0.0.1:{arr.tcp_port}"\nspool = "{tmp_path / "spool"}"\n'
+                       f'[xds]\nregistry = "{srv.url}"\nrepository = "{srv.url}"\n')
+        (tmp_path / "a.txt").write_text("audited")
+        r = run_cli("--config", str(cfg), "xds", "submit", str(tmp_path / "a.txt"), "--patient", PID, "--json")
+        (d,) = js(r)
+        js(run_cli("--config", str(cfg), "xds", "query", "find-documents", "--patient", PID, "--json"))
+        r = run_cli("--config", str(cfg), "xds", "retrieve", d["uniqueId"], "--out", str(tmp_path / "o"))
+        assert r.code == 0, r.stderr
+        r = run_cli("--config", str(cfg), "xds", "delete", d["entryUUID"], "--yes")
+        assert r.code == 0, r.stderr
+        atna.flush(15)
+        end = time.monotonic() + 15
+        while time.monotonic() < end and arr.stats.stored < 8:
+            time.sleep(0.02)
+        arr.flush()
+        got = query_events(arr.engine, with_message=True)
+        seen = {(e.event.split()[0], e.action, tx) for e in got for tx in ("ITI-41", "ITI-18", "ITI-43", "ITI-62")
+                if tx in e.message}
+        assert {("110106", "R", "ITI-41"), ("110107", "C", "ITI-41"),  # source exports, repository imports
+                ("110112", "E", "ITI-18"),  # consumer and registry
+                ("110107", "C", "ITI-43"), ("110106", "R", "ITI-43"),  # consumer imports, repository exports
+                ("110110", "D", "ITI-62")} <= seen, seen
+        for e in got:
+            assert problems(e.message.encode("utf-8")) == [], e.event
+        assert any(PID in e.patients for e in got)
+    finally:
+        arr.stop()
+        atna.configure(None)

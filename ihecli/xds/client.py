@@ -1,9 +1,12 @@
 """XDS.b Document Source, Document Consumer and Document Administrator (client side).
 
-- ``provide_and_register(url, submission)``: Provide and Register Document Set-b (ITI-41), MTOM.
-- ``registry_stored_query(url, name, params)``: Registry Stored Query (ITI-18).
-- ``retrieve_document_set(url, requests)``: Retrieve Document Set (ITI-43).
-- ``remove_metadata(url, uuids)``: Delete Document Set / Remove Metadata (ITI-62).
+- ``provide_and_register(client, submission)``: Provide and Register Document Set-b (ITI-41), MTOM.
+- ``registry_stored_query(client, name, params)``: Registry Stored Query (ITI-18).
+- ``retrieve_document_set(client, requests)``: Retrieve Document Set (ITI-43).
+- ``remove_metadata(client, uuids)``: Delete Document Set / Remove Metadata (ITI-62).
+
+``client`` is an ``ihecli.net.soap.SoapClient`` for the registry or repository endpoint. Each
+transaction records its audit event (ITI-20) when a repository is configured.
 
 Each returns a ``Result`` (status, errors and warnings, objects or documents) and raises
 ``XdsError`` when the peer answers Failure, ``SoapFault`` for a SOAP fault and
@@ -18,7 +21,7 @@ from lxml import etree
 from ihecli.errors import IheError
 from ihecli.net.soap import Attachments, SoapClient
 from ihecli.net.soap.xml import RIM, XDSB, q
-from ihecli.xds import ebrim
+from ihecli.xds import audit, ebrim
 from ihecli.xds import vocabulary as v
 from ihecli.xds.messages import (DocumentRequest, Result, RetrievedDocument, XdsError, adhoc_query_request,
                                  provide_and_register_request, read_errors, read_registry_response,
@@ -68,9 +71,18 @@ def provide_and_register(client: SoapClient, sub: Submission) -> Result:
         docs = [(i, data, mime) for i, (data, mime) in sub.metadata_documents.items()]
     else:
         docs = [(de.entry_uuid, data, de.mime_type) for de, data in sub.documents]
-    body = provide_and_register_request(sub.object_list(), docs, parts)
-    msg = client.call(v.ITI41, body, attachments=parts, force_mtom=True)
-    return _check(msg.body, "ITI-41")
+    object_list = sub.object_list()
+    body = provide_and_register_request(object_list, docs, parts)
+    ss = sub.submission_set or next((o for o in ebrim.from_rim(object_list) if isinstance(o, SubmissionSet)),
+                                    SubmissionSet())
+    ok = False
+    try:
+        msg = client.call(v.ITI41, body, attachments=parts, force_mtom=True)
+        res = _check(msg.body, "ITI-41")
+        ok = True
+        return res
+    finally:
+        audit.provide(audit.local(), audit.remote_url(client.url), ss.unique_id, ss.patient_id, ok, sender=True)
 
 
 def registry_stored_query(client: SoapClient, query: str, params: dict, *, object_ref: bool = False,
@@ -78,8 +90,14 @@ def registry_stored_query(client: SoapClient, query: str, params: dict, *, objec
     """Registry Stored Query (ITI-18) by command-line name (find-documents) or query id."""
     qid = v.STORED_QUERIES[query][0] if query in v.STORED_QUERIES else query
     body = adhoc_query_request(qid, params, return_type="ObjectRef" if object_ref else "LeafClass", home=home)
-    msg = client.call(v.ITI18, body)
-    res = _check(msg.body, "ITI-18")
+    patient = next((str(val) for k, val in params.items() if k.endswith(("PatientId", "patientId")) and val), "")
+    ok = False
+    try:
+        msg = client.call(v.ITI18, body)
+        res = _check(msg.body, "ITI-18")
+        ok = True
+    finally:
+        audit.query(audit.local(), audit.remote_url(client.url), qid, etree.tostring(body), patient, ok)
     rol = msg.body.find(q(RIM, "RegistryObjectList"))
     res.objects = ebrim.from_rim(rol) if rol is not None else []
     return res
@@ -87,25 +105,37 @@ def registry_stored_query(client: SoapClient, query: str, params: dict, *, objec
 
 def retrieve_document_set(client: SoapClient, requests: list[DocumentRequest]) -> Result:
     """Retrieve Document Set (ITI-43); PartialSuccess keeps the documents that came."""
-    msg = client.call(v.ITI43, retrieve_request(requests))
-    if msg.body.tag != q(XDSB, "RetrieveDocumentSetResponse"):
-        raise IheError(f"unexpected ITI-43 answer {etree.QName(msg.body).localname}")
-    res = _check(msg.body, "ITI-43")
-    for dr in msg.body.findall(q(XDSB, "DocumentResponse")):
-        doc = dr.find(q(XDSB, "Document"))
-        res.documents.append(RetrievedDocument(
-            repository_unique_id=(dr.findtext(q(XDSB, "RepositoryUniqueId")) or "").strip(),
-            document_unique_id=(dr.findtext(q(XDSB, "DocumentUniqueId")) or "").strip(),
-            mime_type=(dr.findtext(q(XDSB, "mimeType")) or "").strip(),
-            data=msg.binary(doc) if doc is not None else b"",
-            home=(dr.findtext(q(XDSB, "HomeCommunityId")) or "").strip()))
+    res = None
+    try:
+        msg = client.call(v.ITI43, retrieve_request(requests))
+        if msg.body.tag != q(XDSB, "RetrieveDocumentSetResponse"):
+            raise IheError(f"unexpected ITI-43 answer {etree.QName(msg.body).localname}")
+        res = _check(msg.body, "ITI-43")
+        for dr in msg.body.findall(q(XDSB, "DocumentResponse")):
+            doc = dr.find(q(XDSB, "Document"))
+            res.documents.append(RetrievedDocument(
+                repository_unique_id=(dr.findtext(q(XDSB, "RepositoryUniqueId")) or "").strip(),
+                document_unique_id=(dr.findtext(q(XDSB, "DocumentUniqueId")) or "").strip(),
+                mime_type=(dr.findtext(q(XDSB, "mimeType")) or "").strip(),
+                data=msg.binary(doc) if doc is not None else b"",
+                home=(dr.findtext(q(XDSB, "HomeCommunityId")) or "").strip()))
+    finally:
+        docs = [(d.document_unique_id, d.repository_unique_id, d.home) for d in res.documents] if res else []
+        audit.retrieve(audit.remote_url(client.url), audit.local(), docs,
+                       (True if res.ok else None) if res else False, is_consumer=True)
     return res
 
 
 def remove_metadata(client: SoapClient, uuids: list[str]) -> Result:
     """Delete Document Set (ITI-62, Remove Metadata): RemoveObjectsRequest with ObjectRefs."""
-    msg = client.call(v.ITI62, remove_objects_request(uuids))
-    return _check(msg.body, "ITI-62")
+    ok = False
+    try:
+        msg = client.call(v.ITI62, remove_objects_request(uuids))
+        res = _check(msg.body, "ITI-62")
+        ok = True
+        return res
+    finally:
+        audit.delete(audit.local(), audit.remote_url(client.url), uuids, ok)
 
 
 __all__ = ["Submission", "provide_and_register", "registry_stored_query", "retrieve_document_set",

@@ -29,6 +29,7 @@ from ihecli.net.http import HttpServer
 from ihecli.net.soap import Attachments, Reply, SoapFault, SoapMessage, SoapService
 from ihecli.net.soap.schemas import SchemaError, validate
 from ihecli.net.soap.xml import LCM, QUERY, RIM, XDSB, q
+from ihecli.xds import audit
 from ihecli.xds import vocabulary as v
 from ihecli.xds.messages import (RegistryError, RetrievedDocument, XdsError, adhoc_query_response,
                                  read_retrieve_request, registry_response, retrieve_response)
@@ -75,9 +76,19 @@ class XdsService:
             if self.home:
                 for el in objects:
                     el.set("home", self.home)
+            self._audit_query(msg, aq, params, True)
             return Reply(adhoc_query_response(v.SUCCESS, objects), action)
         except XdsError as e:
+            self._audit_query(msg, msg.body.find(q(RIM, "AdhocQuery")), None, False)
             return Reply(adhoc_query_response(v.FAILURE, [], e.errors), action)
+
+    def _audit_query(self, msg, aq, params, ok: bool) -> None:
+        pid = ""
+        if params is not None:
+            pid = next((x[0] for k, vals in params.values.items() if k.endswith(("PatientId", "patientId"))
+                        for x in vals if x), "")
+        audit.query(audit.remote_host(msg.peer), audit.local("ihe-xds-registry"),
+                    aq.get("id", "") if aq is not None else "", etree.tostring(msg.body), pid, ok)
 
     # -- ITI-42 ------------------------------------------------------------------------------------
     def register(self, msg: SoapMessage) -> Reply:
@@ -95,6 +106,7 @@ class XdsService:
     def provide_and_register(self, msg: SoapMessage) -> Reply:
         action = v.response_action(v.ITI41)
         written: list[str] = []
+        sub = None
         try:
             _expect(msg, XDSB, "ProvideAndRegisterDocumentSetRequest")
             _valid(msg.body, "XDSRepositoryMetadataError")
@@ -149,6 +161,7 @@ class XdsService:
             self.registry.register(sub, documents=rows, metadata_error="XDSRepositoryMetadataError")
         except XdsError as e:
             self._unwrite(written)
+            self._audit_provide(msg, sub, False)
             return Reply(registry_response(v.FAILURE, e.errors), action)
         except OSError as e:
             self._unwrite(written)
@@ -158,7 +171,12 @@ class XdsService:
         except BaseException:
             self._unwrite(written)
             raise
+        self._audit_provide(msg, sub, True)
         return Reply(registry_response(v.SUCCESS), action)
+
+    def _audit_provide(self, msg, sub, ok: bool) -> None:
+        audit.provide(audit.remote_host(msg.peer), audit.local("ihe-xds-repository"),
+                      sub.ss.unique_id if sub else "", sub.ss.patient_id if sub else "", ok, sender=False)
 
     def _write(self, data: bytes) -> str:
         name = uuid.uuid4().hex
@@ -203,6 +221,9 @@ class XdsService:
                     continue
                 found.append(RetrievedDocument(self.repository_unique_id, row.unique_id, row.mime_type, data, r.home))
         status = v.SUCCESS if not errors else (v.PARTIAL if found else v.FAILURE)
+        audit.retrieve(audit.local("ihe-xds-repository"), audit.remote_host(msg.peer),
+                       [(d.document_unique_id, d.repository_unique_id, d.home) for d in found],
+                       True if not errors else (None if found else False), is_consumer=False)
         return Reply(retrieve_response(status, errors, found, parts), action, parts)
 
     # -- ITI-62 ------------------------------------------------------------------------------------
@@ -214,7 +235,10 @@ class XdsService:
             ids = [r.get("id", "") for r in msg.body.iter(q(RIM, "ObjectRef"))]
             self.registry.remove(ids)
         except XdsError as e:
+            audit.delete(audit.remote_host(msg.peer), audit.local("ihe-xds-registry"),
+                         [r.get("id", "") for r in msg.body.iter(q(RIM, "ObjectRef"))], False)
             return Reply(registry_response(v.FAILURE, e.errors), action)
+        audit.delete(audit.remote_host(msg.peer), audit.local("ihe-xds-registry"), ids, True)
         return Reply(registry_response(v.SUCCESS), action)
 
 

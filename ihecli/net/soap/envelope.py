@@ -107,6 +107,7 @@ class SoapMessage:
     attachments: dict[str, bytes] = field(default_factory=dict)
     mtom: bool = False
     headers: list[etree._Element] = field(default_factory=list)
+    peer: str = ""  # the client's address, on a server
 
     def binary(self, el: etree._Element) -> bytes:
         """The bytes an element carries: an xop:Include's MIME part, or base64 text."""

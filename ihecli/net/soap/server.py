@@ -61,6 +61,7 @@ class SoapService:
         try:
             body = await self._read(request)
             msg = mtom.decode(body, request.headers.get("content-type", ""))
+            msg.peer = request.client.host if request.client else ""
         except SoapFault as e:
             return self._fault(e, None)
         except ClientDisconnect:
