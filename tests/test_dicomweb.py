@@ -358,3 +358,29 @@ def test_dicomweb_client_sees_http_errors(world):
     c = world["client"]
     with pytest.raises(HTTPError):
         c.retrieve_study("1.2.3.4")
+
+
+def test_qido_json_names_in_every_character_set(tmp_path):
+    from helpers import DATA
+
+    a = Archive(f"sqlite:///{tmp_path / 'i.db'}", tmp_path / "s")
+    names = {}
+    for f in sorted((DATA / "charset").glob("SCS*")):
+        a.store(f.read_bytes())
+        ds = dcmread(f)
+        names[ds.StudyInstanceUID] = ds.PatientName
+    srv = DicomWebServer(a)
+    srv.start()
+    try:
+        got = DICOMwebClient(url=srv.base_url).search_for_studies()
+        assert len(got) == len(names) == 8
+        for r in got:
+            want = names[r["0020000D"]["Value"][0]]
+            pn = r["00100010"]["Value"][0]
+            assert pn["Alphabetic"] == want.alphabetic
+            assert pn.get("Ideographic", "") == want.ideographic and pn.get("Phonetic", "") == want.phonetic
+        russian = HTTP.get(srv.base_url + "/studies", params={"PatientName": "Люкceмбypг"}).json()
+        assert len(russian) == 1
+    finally:
+        srv.stop()
+        a.close()
