@@ -217,7 +217,7 @@ def _separators(raw: bytes) -> Separators:
     end = raw.find(raw[3:4], 4)
     enc = raw[4:end if end > 0 else 8].decode("latin-1")
     if fs.isalnum() or fs.isspace() or len(enc) not in (4, 5) or len(set(enc + fs)) != len(enc) + 1 \
-            or any(c.isalnum() or c.isspace() for c in enc):
+            or any(c.isalnum() or c.isspace() or c == "." for c in enc + fs):  # '.': versions need it
         raise Hl7Error(f"bad encoding characters in MSH-1/MSH-2: {fs + enc!r}", ack_code="AR", code=102,
                        location=("MSH", 1, 2, 0))
     return Separators(fs, enc[0], enc[1], enc[2], enc[3], enc[4] if len(enc) == 5 else "")
@@ -361,7 +361,7 @@ def ack(msg: Message | None, code: str = "AA", *, error: Hl7Error | None = None,
 
     msh = ["MSH", sep.msh2, m(5) or escape(app, sep), m(6) or escape(facility, sep), m(3), m(4), timestamp(), "",
            msg_type, control_id(), m(11) or "P", m(12) if version == (msg.version if msg else "") else version]
-    if msg is not None and msg.raw("MSH", 18):
+    if msg is not None and msg.charset:  # a character set we read (and write the ACK in)
         msh += [""] * 5 + [msg.raw("MSH", 18)]
     segments = [f.join(msh)]
     if error is not None and not text:
