@@ -218,3 +218,19 @@ def test_tls(mllp, tmp_path):
         MllpClient("127.0.0.1", srv.port, timeout=2).send(msg("plain"))
     with MllpClient("127.0.0.1", srv.port, ssl_context=client_ctx) as c:
         assert v2.read_ack(c.send(msg("again"))).code == "AA"
+
+
+def test_connections_past_the_limit_are_closed(mllp):
+    srv = mllp(max_connections=2)
+    held = [MllpClient("127.0.0.1", srv.port).connect() for _ in range(2)]
+    for c in held:
+        assert v2.read_ack(c.send(msg("held"))).code == "AA"
+    with pytest.raises(PeerUnreachable, match="closed the connection"):
+        MllpClient("127.0.0.1", srv.port, timeout=5).send(msg("third"))
+    held[0].close()
+    deadline = time.monotonic() + 5
+    while srv.connections > 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with MllpClient("127.0.0.1", srv.port, timeout=5) as c:
+        assert v2.read_ack(c.send(msg("later"))).code == "AA"
+    held[1].close()

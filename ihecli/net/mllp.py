@@ -16,8 +16,8 @@ stops the server or the connection. Connections are served by one thread each, m
 one connection in order. Tolerated: bytes before the start block (VT) are skipped, a VT before
 the end block restarts the frame, the end block FS may come without its CR. A message over
 ``max_size`` bytes is read to its end and answered AR without being handled. A connection
-idle for ``idle_timeout`` seconds is closed. ``ssl_context`` (server side) makes it MLLP over
-TLS. Every socket has TCP_NODELAY.
+idle for ``idle_timeout`` seconds is closed, and so are new ones past ``max_connections``.
+``ssl_context`` (server side) makes it MLLP over TLS. Every socket has TCP_NODELAY.
 
 Client::
 
@@ -160,7 +160,7 @@ class MllpServer:
     def __init__(self, handler: Callable[[bytes], bytes], *, bind: str = "127.0.0.1", port: int = 2575,
                  ssl_context: ssl.SSLContext | None = None, max_size: int = MAX_SIZE,
                  idle_timeout: float = 300, on_error: Callable[[bytes, BaseException], bytes] | None = None,
-                 name: str = "MLLP"):
+                 name: str = "MLLP", max_connections: int = 64):
         self.handler = handler
         self.bind, self.port = bind, port
         self.ssl_context = ssl_context
@@ -168,6 +168,7 @@ class MllpServer:
         self.idle_timeout = idle_timeout
         self.on_error = on_error or _default_on_error
         self.name = name
+        self.max_connections = max_connections
         self._server: _TcpServer | None = None
         self._thread: threading.Thread | None = None
         self._conns: set[socket.socket] = set()
@@ -218,6 +219,11 @@ class MllpServer:
     def _serve(self, sock: socket.socket, peer) -> None:
         _nodelay(sock)
         where = f"{peer[0]}:{peer[1]}"
+        with self._lock:
+            full = len(self._conns) >= self.max_connections
+        if full:
+            log.warning("%s: connection from %s refused: %d connections open", self.name, where, self.max_connections)
+            return
         if self.ssl_context is not None:
             from ihecli.net.tls import server_handshake
 
