@@ -215,13 +215,13 @@ def test_spool_is_bounded(tmp_path):
 
 def test_cli_send_and_query(repo, pki):  # noqa: F811
     url = f"tls://127.0.0.1:{repo.tls_port}"
-    r = run_cli("audit", "send", "--repository", url, "--cert", pki["client"], "--ca", pki["ca"], "--event", "login",
+    r = run_cli("audit", "send", "--arr", url, "--cert", pki["client"], "--ca", pki["ca"], "--event", "login",
                 "--user", "alice")
     assert r.code == 0, r.stderr
-    r = run_cli("audit", "send", "--repository", url, "--cert", pki["client"], "--ca", pki["ca"],
+    r = run_cli("audit", "send", "--arr", url, "--cert", pki["client"], "--ca", pki["ca"],
                 str(DATA / "start.xml"), str(DATA / "pixquery.xml"), "--json")
     assert r.code == 0 and r.json["sent"] == 2
-    r = run_cli("audit", "send", "--repository", f"udp://127.0.0.1:{repo.udp_port}", "--event", "patient-read",
+    r = run_cli("audit", "send", "--arr", f"udp://127.0.0.1:{repo.udp_port}", "--event", "patient-read",
                 "--patient", "PID77")
     assert r.code == 0, r.stderr
     assert repo.wait_stored(4)
@@ -234,13 +234,13 @@ def test_cli_send_and_query(repo, pki):  # noqa: F811
     q = run_cli("audit", "query", "--db", repo.db_url, "--event", "110112", "--since", "2000-01-01")
     assert q.code == 0 and "MESA_XREF" in q.stdout and "PIX Query" in q.stdout
     # refused: no client certificate; a file that is no audit message; nothing listening
-    r = run_cli("audit", "send", "--repository", url, "--ca", pki["ca"], "--event", "login")
+    r = run_cli("audit", "send", "--arr", url, "--ca", pki["ca"], "--event", "login")
     assert r.code == 1 and "refused" in r.stderr or "closed" in r.stderr
-    r = run_cli("audit", "send", "--repository", url, "--ca", pki["ca"], str(DATA / "README.md"))
+    r = run_cli("audit", "send", "--arr", url, "--ca", pki["ca"], str(DATA / "README.md"))
     assert r.code == 1 and "not an audit message" in r.stderr
-    r = run_cli("audit", "send", "--repository", f"tls://127.0.0.1:{free_port()}", "--event", "login")
+    r = run_cli("audit", "send", "--arr", f"tls://127.0.0.1:{free_port()}", "--event", "login")
     assert r.code == 4
-    r = run_cli("audit", "send", "--repository", "http://x", "--event", "login")
+    r = run_cli("audit", "send", "--arr", "http://x", "--event", "login")
     assert r.code == 2
     r = run_cli("audit", "query", "--db", repo.db_url, "--since", "yesterday-ish")
     assert r.code == 2
@@ -256,7 +256,7 @@ def test_cli_serve_in_a_process(pki, tmp_path):  # noqa: F811
     try:
         line = p.stderr.readline()
         assert "listening on tls 127.0.0.1:%d, udp 127.0.0.1:%d" % (tport, uport) in line, line
-        r = run_cli("audit", "send", "--repository", f"tls://127.0.0.1:{tport}", "--cert", pki["client"], "--ca",
+        r = run_cli("audit", "send", "--arr", f"tls://127.0.0.1:{tport}", "--cert", pki["client"], "--ca",
                     pki["ca"], "--event", "start")
         assert r.code == 0, r.stderr
         for _ in range(100):

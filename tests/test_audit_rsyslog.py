@@ -89,10 +89,10 @@ action(type="omfile" file="{folder}/audit.log" template="audit")
 '''
     rs = Rsyslog(folder, conf, [("tcp", tport), ("udp", uport)])
     try:
-        r = run_cli("audit", "send", "--repository", f"tls://127.0.0.1:{tport}", "--cert", certs["ihe"], "--ca",
+        r = run_cli("audit", "send", "--arr", f"tls://127.0.0.1:{tport}", "--cert", certs["ihe"], "--ca",
                     certs["ca"], "--event", "login", "--user", "alice")
         assert r.code == 0, r.stderr
-        r = run_cli("audit", "send", "--repository", f"udp://127.0.0.1:{uport}", "--event", "logout",
+        r = run_cli("audit", "send", "--arr", f"udp://127.0.0.1:{uport}", "--event", "logout",
                     "--user", "bob")
         assert r.code == 0, r.stderr
         # the background hook: several messages over one TLS connection
@@ -102,7 +102,7 @@ action(type="omfile" file="{folder}/audit.log" template="audit")
             atna.record(ev.patient_record("R", patients=[f"PID{i}"], user="ihe"))
         assert atna.flush(10)
         # refused by rsyslog: a certificate from another CA
-        r = run_cli("audit", "send", "--repository", f"tls://127.0.0.1:{tport}", "--cert", certs["rogue"], "--ca",
+        r = run_cli("audit", "send", "--arr", f"tls://127.0.0.1:{tport}", "--cert", certs["rogue"], "--ca",
                     certs["ca"], "--event", "login", "--user", "mallory")
         assert r.code == 1, r.stderr
         lines = _lines(folder / "audit.log", 5)
@@ -135,7 +135,7 @@ action(type="omfwd" target="127.0.0.1" port="{repo.tls_port}" protocol="tcp" TCP
     rs = Rsyslog(folder, conf, [("udp", uport)])
     try:
         for user in ("carol", "dave"):
-            r = run_cli("audit", "send", "--repository", f"udp://127.0.0.1:{uport}", "--event", "login",
+            r = run_cli("audit", "send", "--arr", f"udp://127.0.0.1:{uport}", "--event", "login",
                         "--user", user)
             assert r.code == 0, r.stderr
         assert repo.wait_stored(2, timeout=15), rs.stop()

@@ -183,6 +183,38 @@ def _series(w: World) -> str:
     return str(dcmread(next(w.files.iterdir()), stop_before_pixels=True).SeriesInstanceUID)
 
 
+def _with_audit_event(w: World) -> None:
+    """One audit message received by a repository on the archive database of the data dir."""
+    from ihecli.atna.repository import AuditRepository
+    from ihecli.config import load
+
+    repo = AuditRepository(load().archive.db_url(), tls_port=None, udp_port=0)
+    repo.start()
+    try:
+        r = run_cli("audit", "send", "--arr", f"udp://127.0.0.1:{repo.udp_port}", "--event", "login")
+        assert r.code == 0 and repo.wait_stored(1), r.stderr
+    finally:
+        repo.stop()
+
+
+def _with_time_server(w: World) -> None:
+    """chronyd serving NTP on a loopback port (never touching the clock: -x)."""
+    import subprocess
+    import time
+
+    port = free_port()
+    (w.tmp / "chrony.conf").write_text(f"port {port}\nbindaddress 127.0.0.1\nallow 127.0.0.1\nlocal stratum 10\n"
+                                       f"cmdport 0\npidfile {w.tmp}/chronyd.pid\n")
+    p = subprocess.Popen(["/usr/sbin/chronyd", "-f", str(w.tmp / "chrony.conf"), "-d", "-x"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    w._closers.append(lambda: (p.terminate(), p.wait(10)))
+    w.time_server = f"127.0.0.1:{port}"
+    for _ in range(100):
+        if run_cli("time", "check", "--server", w.time_server, "--timeout", "0.2").code == 0:
+            return
+        time.sleep(0.05)
+
+
 # command -> (set-up, arguments); each a cheap invocation that succeeds
 JSON_RUNS = {
     "ihe config show": (None, lambda w: ["config", "show"]),
@@ -206,6 +238,10 @@ JSON_RUNS = {
     "ihe tce ls": (_with_tce_case, lambda w: ["tce", "ls"]),
     "ihe tce show": (_with_tce_case, lambda w: ["tce", "show", "1"]),
     "ihe tce export": (_with_tce_case, lambda w: ["tce", "export", "1", "--out", str(w.tmp / "case")]),
+    "ihe audit send": (None, lambda w: ["audit", "send", "--arr", f"udp://127.0.0.1:{free_port()}", "--event",
+                                        "start"]),
+    "ihe audit query": (_with_audit_event, lambda w: ["audit", "query"]),
+    "ihe time check": (_with_time_server, lambda w: ["time", "check", "--server", w.time_server]),
 }
 
 

@@ -38,8 +38,8 @@ def send_cmd(
     files: Annotated[Optional[list[Path]], typer.Argument(
         metavar="[FILE...]", help="Audit messages (XML, DICOM or RFC 3881 format); '-' reads standard input.")] = None,
     to: Annotated[Optional[str], typer.Option(
-        "--repository", metavar="URL", help="Audit Record Repository: tls://HOST:6514, udp://HOST:514 or tcp://HOST:PORT "
-                                    "(default: the profile's audit.repository).")] = None,
+        "--arr", metavar="URL", help="Audit Record Repository (ARR): tls://HOST:6514, udp://HOST:514 or "
+                                     "tcp://HOST:PORT (default: the profile's audit.repository).")] = None,
     event: Event = None,
     user: User = None,
     patient: Annotated[Optional[list[str]], typer.Option(
@@ -51,7 +51,7 @@ def send_cmd(
 ) -> None:
     """Send audit messages to an Audit Record Repository now (ITI-20), as RFC 5424 syslog.
 
-    Example: ihe audit send --repository tls://arr.example.org:6514 --ca ca.pem --event login --user alice
+    Example: ihe audit send --arr tls://arr.example.org:6514 --ca ca.pem --event login --user alice
     """
     from ihecli.atna import events as ev
     from ihecli.atna import syslog
@@ -61,7 +61,7 @@ def send_cmd(
     st = state(ctx).settings()
     url = to or st.audit.repository
     if not url:
-        raise UsageError("no repository: give --repository tls://HOST:6514 (or udp://HOST:514), or set audit.repository "
+        raise UsageError("no repository: give --arr tls://HOST:6514 (or udp://HOST:514), or set audit.repository "
                          "in the profile")
     target = parse_target(url)
     if target.scheme == "tls" and no_tls:
