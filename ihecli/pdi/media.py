@@ -257,6 +257,7 @@ def iter_objects(medium: Medium, survey: Survey, *, whole: bool = False
     for the bytes; with whole=True the whole file is read and given.
     """
     files = medium.files()
+    refused = {r.rstrip("/").upper(): why for r, why in medium.refused()}
     survey.skipped.extend(medium.refused())
     index: dict[str, str] = {}
     for rel in files:
@@ -333,6 +334,13 @@ def iter_objects(medium: Medium, survey: Survey, *, whole: bool = False
             if actual is None:
                 # some writers add the ISO 9660 version or a trailing dot to the names
                 actual = index.get(rel_id.upper() + ".") or index.get(rel_id.upper() + ";1")
+            if actual is None and (rel_id.upper() in refused or any(rel_id.upper().startswith(r + "/")
+                                                                    for r in refused)):
+                f = Found(path=rel_id, status="refused", reason=f"File ID names {refused.get(rel_id.upper(), 'a link')}",
+                          in_dicomdir=True, ref=ref)
+                survey.objects.append(f)
+                yield f, None
+                continue
             if actual is None:
                 f = Found(path=rel_id, status="dangling", reason="referenced by the DICOMDIR but not on the medium",
                           in_dicomdir=True, ref=ref)

@@ -1,0 +1,318 @@
+"""`ihe pdi import`: media written by others (dicom3tools, DCMTK, pydicom), lower-case names, no DICOMDIR,
+dangling references, hostile File IDs, ISO and zip sources, reconciliation, UID collisions, C-STORE."""
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+import zipfile
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+
+from helpers import make_corpus, run_cli, run_dcmtk
+from ihecli.archive import Archive
+from ihecli.archive.server import DicomServer
+from pdi_helpers import CHARSET_DATA, PDI_DATA
+
+CHARSET_NAMES = ["SCSARAB", "SCSFREN", "SCSGERM", "SCSGREEK", "SCSH31", "SCSH32", "SCSHBRW", "SCSI2", "SCSRUSS",
+                 "SCSX1", "SCSX2"]
+
+
+def charset_medium(dst: Path) -> Path:
+    """The dicom3tools-written DICOMDIR with its 11 images, as on the original medium."""
+    dst.mkdir(parents=True)
+    shutil.copy(PDI_DATA / "charset-media" / "DICOMDIR", dst / "DICOMDIR")
+    for n in CHARSET_NAMES:
+        src = PDI_DATA / "charset-media" / n
+        shutil.copy(src if src.exists() else CHARSET_DATA / n, dst / n)
+    return dst
+
+
+def imp(tmp_path, *args, db: str | None = None):
+    db = db or f"sqlite:///{tmp_path / 'arc.db'}"
+    return run_cli("pdi", "import", *args, "--db", db, "--storage", tmp_path / "storage", "--json")
+
+
+def archive_of(tmp_path, db: str | None = None) -> Archive:
+    return Archive(db or f"sqlite:///{tmp_path / 'arc.db'}", tmp_path / "storage")
+
+
+def patients(a: Archive) -> dict[str, str]:
+    ident = Dataset()
+    ident.QueryRetrieveLevel = "PATIENT"
+    ident.PatientID = ""
+    ident.PatientName = ""
+    return {str(r.PatientID): str(r.PatientName) for r in a.find(ident, "patient")}
+
+
+def test_dicom3tools_media_with_non_ascii_names(tmp_path, db_url):
+    medium = charset_medium(tmp_path / "cd")
+    r = imp(tmp_path, medium, db=db_url)
+    assert r.code == 0, r.stderr
+    rep = r.json
+    assert rep["counts"]["stored"] == 11 and rep["dicomdirs"] == ["DICOMDIR"]
+    assert all(o["outcome"] == "stored" for o in rep["objects"])
+    with archive_of(tmp_path, db_url) as a:
+        names = patients(a)
+    assert names["SCSHBRW"] == "שרון^דבורה" and names["SCSRUSS"] == "Люкceмбypг"
+    assert names["H31EXAMPLE"] == "Yamada^Tarou=山田^太郎=やまだ^たろう"
+
+
+def test_lower_case_names_and_backslashes(tmp_path):
+    """A medium copied by a tool that lower-cased every name: File IDs still resolve."""
+    medium = charset_medium(tmp_path / "cd")
+    for p in list(medium.iterdir()):
+        p.rename(p.with_name(p.name.lower()))
+    r = imp(tmp_path, medium)
+    assert r.code == 0, r.stderr
+    assert r.json["counts"] == {"stored": 11, "files_skipped": 0} and r.json["dicomdirs"] == ["dicomdir"]
+
+
+def test_dcmtk_and_pydicom_dicomdirs(tmp_path):
+    """pydicom's dicomdirtests: a DCMTK DICOMDIR (files in numeric folders), a pydicom one in a sub-folder,
+    and copies of DICOMDIRs under other names (directories, not objects: skipped and said so)."""
+    src = Path(get_testdata_file("DICOMDIR")).parent
+    r = imp(tmp_path, src)
+    assert r.code == 0, r.stderr
+    rep = r.json
+    assert rep["dicomdirs"] == ["DICOMDIR", "TINY_ALPHA/DICOMDIR"]
+    assert rep["counts"]["stored"] == 31 + 50
+    skipped = dict(rep["skipped_files"])
+    assert "DICOMDIR" in skipped["DICOMDIR-reordered"] and "not DICOM" in skipped["TINY_ALPHA/README"]
+    assert not [o for o in rep["objects"] if o["outcome"] != "stored"]
+
+
+def test_dangling_references_are_reported(tmp_path):
+    medium = tmp_path / "cd"
+    medium.mkdir()
+    shutil.copy(PDI_DATA / "dicomdir-dangling" / "DICOMDIR", medium / "DICOMDIR")
+    r = imp(tmp_path, medium)
+    assert r.code == 1  # nothing could be imported
+    rep = r.json
+    assert rep["counts"]["dangling"] == 20 and rep["fileset_id"] == "RLE_COMPRESSION"
+    o = rep["objects"][0]
+    assert o["path"] == "IMAGES/RLE/SC1_RLE" and o["outcome"] == "dangling" and o["patient_id"]
+    # the human summary says it too, on stderr
+    r = run_cli("pdi", "import", medium, "--db", f"sqlite:///{tmp_path / 'arc.db'}", "--storage", tmp_path / "s")
+    assert r.code == 1 and "IMAGES/RLE/SC1_RLE" in r.stdout and "20 missing from the medium" in " ".join(r.stderr.split())
+
+
+def test_no_dicomdir_no_meta_viewer_folders_and_other_files(tmp_path):
+    medium = tmp_path / "stick"
+    (medium / "IHE_PDI").mkdir(parents=True)
+    (medium / "Some Folder" / "deeper").mkdir(parents=True)
+    bare = pydicom.dcmread(get_testdata_file("MR_small.dcm"))  # a dataset without preamble and meta
+    fp = pydicom.filebase.DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, True
+    pydicom.filewriter.write_dataset(fp, bare)
+    (medium / "Some Folder" / "deeper" / "image1").write_bytes(fp.getvalue())
+    shutil.copy(get_testdata_file("CT_small.dcm"), medium / "Some Folder" / "ct.dcm")
+    shutil.copy(get_testdata_file("MR_small.dcm"), medium / "IHE_PDI" / "MR.DCM")  # in the web folder: skipped
+    (medium / "README.TXT").write_text("hello")
+    (medium / "Some Folder" / "notes.bin").write_bytes(os.urandom(300))
+    (medium / "AUTORUN.INF").write_text("[autorun]\nopen=viewer.exe\n")
+    r = imp(tmp_path, medium)
+    assert r.code == 0, r.stderr
+    rep = r.json
+    assert rep["dicomdirs"] == [] and rep["counts"]["stored"] == 2
+    skipped = dict(rep["skipped_files"])
+    assert skipped["IHE_PDI/"].startswith("viewer or web content folder")
+    assert skipped["Some Folder/notes.bin"] == "not DICOM" and "AUTORUN.INF" in skipped and "README.TXT" in skipped
+    with archive_of(tmp_path) as a:
+        assert a.counts()["instances"] == 2
+
+
+def test_hostile_file_ids_and_links_are_refused(tmp_path):
+    """File IDs with .. and absolute paths, and a link to a file outside the medium, all naming a real
+    DICOM file outside the medium: refused and reported; that file is never read."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    secret.SOPInstanceUID = "1.2.3.4.5.6.7.8.9"
+    secret.save_as(outside / "SECRET")
+    medium = charset_medium(tmp_path / "media" / "cd")
+    os.symlink(outside / "SECRET", medium / "LINK")
+    dd = pydicom.dcmread(medium / "DICOMDIR")
+    refs = [rec for rec in dd.DirectoryRecordSequence if "ReferencedFileID" in rec]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        refs[0].ReferencedFileID = ["..", "..", "outside", "SECRET"]
+        refs[1].ReferencedFileID = str(outside / "SECRET").replace("/", "\\")  # absolute
+        refs[2].ReferencedFileID = "LINK"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns of the invalid values we write on purpose
+        dd.save_as(medium / "DICOMDIR")
+    r = imp(tmp_path, medium)
+    assert r.code == 3, r.stderr  # partial success
+    rep = r.json
+    refused = [o for o in rep["objects"] if o["outcome"] == "refused"]
+    assert len(refused) == 3
+    # the three images no longer referenced are still found, by scanning
+    assert rep["counts"]["stored"] == 11
+    assert len([o for o in rep["objects"] if o["reason"] == "not in the DICOMDIR"]) == 3
+    assert ["LINK", "a link pointing outside the medium"] in rep["skipped_files"]
+    with archive_of(tmp_path) as a:
+        _, sops = a.uid_owners((), ["1.2.3.4.5.6.7.8.9"])
+        assert sops == {}
+
+
+def test_corrupt_iso_and_corrupt_dicomdir(tmp_path):
+    bad = tmp_path / "bad.iso"
+    bad.write_bytes(b"\x00" * 40000 + os.urandom(10000))
+    r = imp(tmp_path, bad)
+    assert r.code == 2 and "not a readable ISO 9660 image" in r.stderr and r.stdout == ""
+    medium = charset_medium(tmp_path / "cd")
+    data = (medium / "DICOMDIR").read_bytes()
+    (medium / "DICOMDIR").write_bytes(data[:132] + os.urandom(400))  # the preamble survives, the rest is garbage
+    r = imp(tmp_path, medium)
+    assert r.code == 0, r.stderr
+    assert r.json["counts"]["stored"] == 11
+    assert any("unreadable DICOMDIR" in n and "scanned" in n for n in r.json["notes"])
+
+
+def test_iso_and_zip_are_read_directly(tmp_path):
+    files = make_corpus(tmp_path / "corpus", studies=1, series=2, images=2)
+    iso = tmp_path / "m.iso"
+    assert run_cli("pdi", "burn", *files, "--iso", iso).code == 0
+    r = imp(tmp_path, iso)
+    assert r.code == 0, r.stderr
+    assert r.json["kind"] == "iso" and r.json["counts"]["stored"] == 4
+    assert dict(r.json["skipped_files"])["IHE_PDI/"].startswith("viewer")
+    z = tmp_path / "m.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        for k, f in enumerate(files):
+            zf.write(f, f"export/img{k}")
+        zf.writestr("../evil", b"DICM")
+    r = imp(tmp_path, z)
+    assert r.code == 0, r.stderr
+    assert r.json["kind"] == "zip" and r.json["counts"]["duplicate"] == 4
+    assert ["../evil", "a path leaving the medium"] in r.json["skipped_files"]
+
+
+def test_reconcile_to_a_local_patient_id_then_findscu(tmp_path):
+    files = make_corpus(tmp_path / "corpus", studies=1, series=1, images=3)
+    medium = tmp_path / "cd"
+    assert run_cli("pdi", "burn", *files, "--usb", medium, "--no-web").code == 0
+    r = imp(tmp_path, medium, "--patient-id", "LOCAL7", "--issuer", "HOSP", "--patient-name", "LOCAL^PATIENT",
+            "--accession", "ACC77")
+    assert r.code == 0, r.stderr
+    assert r.json["reconciled"][0]["from"]["PatientID"] == "PID000000"
+    with archive_of(tmp_path) as a:
+        refs = a.instances(_ident(PatientID="LOCAL7"))
+        assert len(refs) == 3
+        ds = pydicom.dcmread(a.file_path(refs[0]))
+        # UIDs kept (no collision), originals kept
+        assert ds.SOPInstanceUID in {pydicom.dcmread(f).SOPInstanceUID for f in files}
+        assert ds.PatientID == "LOCAL7" and ds.IssuerOfPatientID == "HOSP" and ds.PatientName == "LOCAL^PATIENT"
+        assert ds.AccessionNumber == "ACC77"
+        mod = ds.OriginalAttributesSequence[0]
+        assert mod.ReasonForTheAttributeModification == "COERCE" and mod.ModifyingSystem
+        old = mod.ModifiedAttributesSequence[0]
+        assert old.PatientID == "PID000000" and old.PatientName == "TEST^PATIENT000000" and old.AccessionNumber == "ACC000000"
+        assert "PID000000" in [x.PatientID for x in ds.OtherPatientIDsSequence]  # after the source's own
+        server = DicomServer(a, aet="IHE_ARCHIVE", port=0)
+        server.start()
+        try:
+            out = tmp_path / "rsp"
+            out.mkdir()
+            run_dcmtk("findscu", "-S", "-aec", "IHE_ARCHIVE", "-X", "-od", str(out), "-k", "QueryRetrieveLevel=STUDY",
+                      "-k", "PatientID=LOCAL7", "-k", "AccessionNumber", "-k", "PatientName", "-k", "StudyInstanceUID",
+                      "127.0.0.1", str(server.port))
+        finally:
+            server.stop()
+    (rsp,) = [pydicom.dcmread(f) for f in out.glob("rsp*.dcm")]
+    assert rsp.AccessionNumber == "ACC77" and rsp.PatientName == "LOCAL^PATIENT"
+
+
+def _ident(**keys) -> Dataset:
+    ident = Dataset()
+    ident.QueryRetrieveLevel = "IMAGE" if "SOPInstanceUID" in keys else "STUDY"
+    for k, v in keys.items():
+        setattr(ident, k, v)
+    return ident
+
+
+def test_match_local_and_uid_collisions(tmp_path):
+    # the local archive knows the patient as LOC1 (same name and birth date) and holds a study whose UID
+    # the medium reuses for another patient
+    files = make_corpus(tmp_path / "corpus", studies=2, series=1, images=2)
+    local = make_corpus(tmp_path / "local", studies=1, series=1, images=1)
+    with archive_of(tmp_path) as a:
+        ds = pydicom.dcmread(local[0])
+        ds.PatientID, ds.PatientName, ds.PatientBirthDate = "LOC1", "TEST^PATIENT000000", "19700101"
+        ds.save_as(local[0])
+        a.store(local[0].read_bytes())
+        clash = pydicom.dcmread(local[0])
+        clash.PatientID, clash.PatientName = "SOMEONE", "OTHER^PERSON"
+        clash.StudyInstanceUID = pydicom.dcmread(files[2]).StudyInstanceUID  # the medium's second study
+        clash.SeriesInstanceUID = pydicom.uid.generate_uid()
+        clash.SOPInstanceUID = pydicom.uid.generate_uid()
+        clash.file_meta.MediaStorageSOPInstanceUID = clash.SOPInstanceUID
+        clash.save_as(tmp_path / "clash.dcm")
+        a.store((tmp_path / "clash.dcm").read_bytes())
+    medium = tmp_path / "cd"
+    medium.mkdir()
+    for k, f in enumerate(files):
+        ds = pydicom.dcmread(f)
+        ds.PatientID, ds.PatientName, ds.PatientBirthDate = "EXT-9", "TEST^PATIENT000000", "19700101"
+        ds.save_as(medium / f"IM{k}")
+    # not on a terminal and no --yes: asking is impossible, and nothing is stored
+    r = imp(tmp_path, medium, "--match-local")
+    assert r.code == 2 and "--yes" in r.stderr
+    r = imp(tmp_path, medium, "--match-local", "--yes", "--dry-run")
+    assert r.code == 0 and r.json["counts"]["planned"] == 4
+    r = imp(tmp_path, medium, "--match-local", "--yes")
+    assert r.code == 0, r.stderr
+    rep = r.json
+    assert rep["reconciled"][0]["to"]["PatientID"] == "LOC1"
+    new = [o for o in rep["objects"] if o["new_uids"]]
+    assert len(new) == 2  # the two objects of the study whose UID was taken
+    clash_uid = pydicom.dcmread(files[2]).StudyInstanceUID
+    with archive_of(tmp_path) as a:
+        assert a.uid_owners([clash_uid])[0][clash_uid] == ("SOMEONE", "")
+        refs = a.instances(_ident(PatientID="LOC1"))
+        assert len(refs) == 1 + 4
+        moved = [pydicom.dcmread(a.file_path(x)) for x in refs if x.sop_uid == new[0]["sop_uid"]][0]
+        assert moved.StudyInstanceUID != clash_uid
+        olds = [x for item in moved.OriginalAttributesSequence for x in item.ModifiedAttributesSequence]
+        assert any(x.get("StudyInstanceUID") == clash_uid for x in olds)
+        assert any(x.get("PatientID") == "EXT-9" for x in olds)
+    # two local patients matching equally: --yes cannot choose
+    with archive_of(tmp_path) as a:
+        ds = pydicom.dcmread(local[0])
+        ds.PatientID = "LOC2"
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+        ds.save_as(tmp_path / "twin.dcm")
+        a.store((tmp_path / "twin.dcm").read_bytes())
+    r = imp(tmp_path, medium, "--match-local", "--yes")
+    assert r.code == 1 and "equally well" in r.stderr
+
+
+def test_send_to_a_node(tmp_path, storescp):
+    node, folder = storescp
+    medium = charset_medium(tmp_path / "cd")
+    r = run_cli("pdi", "import", medium, "--to", f"{node.aet}@{node.host}:{node.port}", "--patient-id", "P1", "--json")
+    assert r.code == 0, r.stderr
+    assert r.json["counts"]["sent"] == 11 and r.json["destination"].startswith("STORESCP")
+    got = [pydicom.dcmread(p) for p in folder.iterdir()]
+    assert len(got) == 11 and {d.PatientID for d in got} == {"P1"}
+    assert {d.OtherPatientIDsSequence[-1].PatientID for d in got} == set(CHARSET_NAMES) - {"SCSH31", "SCSH32", "SCSI2",
+                                                                                          "SCSX1", "SCSX2"} | {
+        "H31EXAMPLE", "H32EXAMPLE", "I2EXAMPLE", "X1EXAMPLE", "X2EXAMPLE"}
+
+
+def test_bad_usage(tmp_path):
+    r = imp(tmp_path, tmp_path / "nothing-here")
+    assert r.code == 2 and "no such file" in r.stderr
+    medium = charset_medium(tmp_path / "cd")
+    r = imp(tmp_path, medium, "--issuer", "X")
+    assert r.code == 2 and "--patient-id" in r.stderr
+    r = imp(tmp_path, medium, "--patient-id", "A", "--match-local")
+    assert r.code == 2
+    r = imp(tmp_path, medium, "--accession", "A1")
+    assert r.code == 2 and "one study" in r.stderr
