@@ -1,7 +1,7 @@
 # `make test` installs everything the tests need (Debian peers when run as root, the package
 # with its test extras) and runs them. `make docs` regenerates man pages and completions.
 PYTHON ?= python3
-DEBS ?= dcmtk groff-base man-db postgresql procps chromium rsyslog rsyslog-gnutls chrony dicom3tools orthanc orthanc-dicomweb
+DEBS ?= dcmtk groff-base man-db postgresql procps chromium rsyslog rsyslog-gnutls chrony dicom3tools orthanc orthanc-dicomweb xorriso
 .PHONY: test deps debs docs
 
 test: deps
