@@ -39,7 +39,7 @@ _ihe_options() {
         'ihe archive serve') _ihe_words='--aet --allow --bind --db --dest --duplicates --fuzzy-names --help --hl7-port --http-port --max-pdu --port --storage --workers -h -p' ;;
         'ihe audit') _ihe_words='--help -h' ;;
         'ihe audit query') _ihe_words='--db --event --failed --help --json --limit --patient --since --user -h' ;;
-        'ihe audit send') _ihe_words='--ca --cert --event --help --json --no-tls --outcome --patient --repository --timeout --tls --tls-floor --tls-key --user -h' ;;
+        'ihe audit send') _ihe_words='--arr --ca --cert --event --help --json --no-tls --outcome --patient --timeout --tls --tls-floor --tls-key --user -h' ;;
         'ihe audit serve') _ihe_words='--bind --ca --cert --db --help --no-tls --no-udp --tcp-port --tls --tls-floor --tls-key --tls-port --udp-port -h' ;;
         'ihe config') _ihe_words='--help -h' ;;
         'ihe config init') _ihe_words='--force --help -h' ;;
@@ -76,11 +76,11 @@ _ihe_options() {
         'ihe wic') _ihe_words='--help -h' ;;
         'ihe wic upload') _ihe_words='--accession --birth-date --help --json --new-study --patient --patient-name --sex --study --study-description --timeout --url -h' ;;
         'ihe xds') _ihe_words='--help -h' ;;
-        'ihe xds delete') _ihe_words='--dry-run --help --json --registry --timeout --yes -h -y' ;;
-        'ihe xds query') _ihe_words='--association-type --author --class --confidentiality --content-type --event-code --facility --folder-code --format --help --json --object-ref --patient --practice --registry --source-id --status --time-from --time-to --timeout --type --unique-id --uuid -h' ;;
-        'ihe xds retrieve') _ihe_words='--help --json --out --repository --repository-id --timeout -h -o' ;;
-        'ihe xds serve') _ihe_words='--bind --db --help --max-body-mb --port --repository-id --storage -h -p' ;;
-        'ihe xds submit') _ihe_words='--batch --class --confidentiality --folder --format --help --json --metadata --mime --patient --replace --repository --timeout --title --type -h' ;;
+        'ihe xds delete') _ihe_words='--ca --cert --dry-run --help --json --registry --timeout --tls-floor --tls-key --yes -h -y' ;;
+        'ihe xds query') _ihe_words='--association-type --author --ca --cert --class --confidentiality --content-type --event-code --facility --folder-code --format --help --json --object-ref --patient --practice --registry --source-id --status --time-from --time-to --timeout --tls-floor --tls-key --type --unique-id --uuid -h' ;;
+        'ihe xds retrieve') _ihe_words='--ca --cert --help --json --out --repository --repository-id --timeout --tls-floor --tls-key -h -o' ;;
+        'ihe xds serve') _ihe_words='--bind --ca --cert --db --help --max-body-mb --no-tls --port --repository-id --storage --tls --tls-floor --tls-key -h -p' ;;
+        'ihe xds submit') _ihe_words='--batch --ca --cert --class --confidentiality --folder --format --help --json --metadata --mime --patient --replace --repository --timeout --title --tls-floor --tls-key --type -h' ;;
         *) _ihe_words= ;;
     esac
 }
@@ -148,12 +148,12 @@ _ihe_value() {
         'ihe audit query --patient') _ihe_kind=text ;;
         'ihe audit query --since') _ihe_kind=text ;;
         'ihe audit query --user') _ihe_kind=text ;;
+        'ihe audit send --arr') _ihe_kind=text ;;
         'ihe audit send --ca') _ihe_kind=file ;;
         'ihe audit send --cert') _ihe_kind=file ;;
         'ihe audit send --event') _ihe_kind=text ;;
         'ihe audit send --outcome') _ihe_kind=text ;;
         'ihe audit send --patient') _ihe_kind=text ;;
-        'ihe audit send --repository') _ihe_kind=text ;;
         'ihe audit send --timeout') _ihe_kind=text ;;
         'ihe audit send --tls-floor') _ihe_kind=text ;;
         'ihe audit send --tls-key') _ihe_kind=file ;;
@@ -293,10 +293,16 @@ _ihe_value() {
         'ihe wic upload --study-description') _ihe_kind=text ;;
         'ihe wic upload --timeout') _ihe_kind=text ;;
         'ihe wic upload --url') _ihe_kind=text ;;
+        'ihe xds delete --ca') _ihe_kind=file ;;
+        'ihe xds delete --cert') _ihe_kind=file ;;
         'ihe xds delete --registry') _ihe_kind=text ;;
         'ihe xds delete --timeout') _ihe_kind=text ;;
+        'ihe xds delete --tls-floor') _ihe_kind=text ;;
+        'ihe xds delete --tls-key') _ihe_kind=file ;;
         'ihe xds query --association-type') _ihe_kind=text ;;
         'ihe xds query --author') _ihe_kind=text ;;
+        'ihe xds query --ca') _ihe_kind=file ;;
+        'ihe xds query --cert') _ihe_kind=file ;;
         'ihe xds query --class') _ihe_kind=text ;;
         'ihe xds query --confidentiality') _ihe_kind=text ;;
         'ihe xds query --content-type') _ihe_kind=text ;;
@@ -312,20 +318,32 @@ _ihe_value() {
         'ihe xds query --time-from') _ihe_kind=text ;;
         'ihe xds query --time-to') _ihe_kind=text ;;
         'ihe xds query --timeout') _ihe_kind=text ;;
+        'ihe xds query --tls-floor') _ihe_kind=text ;;
+        'ihe xds query --tls-key') _ihe_kind=file ;;
         'ihe xds query --type') _ihe_kind=text ;;
         'ihe xds query --unique-id') _ihe_kind=text ;;
         'ihe xds query --uuid') _ihe_kind=text ;;
+        'ihe xds retrieve --ca') _ihe_kind=file ;;
+        'ihe xds retrieve --cert') _ihe_kind=file ;;
         'ihe xds retrieve -o'|'ihe xds retrieve --out') _ihe_kind=dir ;;
         'ihe xds retrieve --repository') _ihe_kind=text ;;
         'ihe xds retrieve --repository-id') _ihe_kind=text ;;
         'ihe xds retrieve --timeout') _ihe_kind=text ;;
+        'ihe xds retrieve --tls-floor') _ihe_kind=text ;;
+        'ihe xds retrieve --tls-key') _ihe_kind=file ;;
         'ihe xds serve --bind') _ihe_kind=text ;;
+        'ihe xds serve --ca') _ihe_kind=file ;;
+        'ihe xds serve --cert') _ihe_kind=file ;;
         'ihe xds serve --db') _ihe_kind=text ;;
         'ihe xds serve --max-body-mb') _ihe_kind=text ;;
         'ihe xds serve -p'|'ihe xds serve --port') _ihe_kind=text ;;
         'ihe xds serve --repository-id') _ihe_kind=text ;;
         'ihe xds serve --storage') _ihe_kind=dir ;;
+        'ihe xds serve --tls-floor') _ihe_kind=text ;;
+        'ihe xds serve --tls-key') _ihe_kind=file ;;
         'ihe xds submit --batch') _ihe_kind=text ;;
+        'ihe xds submit --ca') _ihe_kind=file ;;
+        'ihe xds submit --cert') _ihe_kind=file ;;
         'ihe xds submit --class') _ihe_kind=text ;;
         'ihe xds submit --confidentiality') _ihe_kind=text ;;
         'ihe xds submit --folder') _ihe_kind=text ;;
@@ -337,6 +355,8 @@ _ihe_value() {
         'ihe xds submit --repository') _ihe_kind=text ;;
         'ihe xds submit --timeout') _ihe_kind=text ;;
         'ihe xds submit --title') _ihe_kind=text ;;
+        'ihe xds submit --tls-floor') _ihe_kind=text ;;
+        'ihe xds submit --tls-key') _ihe_kind=file ;;
         'ihe xds submit --type') _ihe_kind=text ;;
         *) return 1 ;;
     esac

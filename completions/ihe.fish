@@ -71,7 +71,7 @@ function __ihe_takes_value
             contains -- $argv[2] --db --event --limit --patient --since --user
             return
         case 'ihe audit send'
-            contains -- $argv[2] --ca --cert --event --outcome --patient --repository --timeout --tls-floor --tls-key --user
+            contains -- $argv[2] --arr --ca --cert --event --outcome --patient --timeout --tls-floor --tls-key --user
             return
         case 'ihe audit serve'
             contains -- $argv[2] --bind --ca --cert --db --tcp-port --tls-floor --tls-key --tls-port --udp-port
@@ -137,19 +137,19 @@ function __ihe_takes_value
             contains -- $argv[2] --accession --birth-date --patient --patient-name --sex --study --study-description --timeout --url
             return
         case 'ihe xds delete'
-            contains -- $argv[2] --registry --timeout
+            contains -- $argv[2] --ca --cert --registry --timeout --tls-floor --tls-key
             return
         case 'ihe xds query'
-            contains -- $argv[2] --association-type --author --class --confidentiality --content-type --event-code --facility --folder-code --format --patient --practice --registry --source-id --status --time-from --time-to --timeout --type --unique-id --uuid
+            contains -- $argv[2] --association-type --author --ca --cert --class --confidentiality --content-type --event-code --facility --folder-code --format --patient --practice --registry --source-id --status --time-from --time-to --timeout --tls-floor --tls-key --type --unique-id --uuid
             return
         case 'ihe xds retrieve'
-            contains -- $argv[2] -o --out --repository --repository-id --timeout
+            contains -- $argv[2] --ca --cert -o --out --repository --repository-id --timeout --tls-floor --tls-key
             return
         case 'ihe xds serve'
-            contains -- $argv[2] --bind --db --max-body-mb -p --port --repository-id --storage
+            contains -- $argv[2] --bind --ca --cert --db --max-body-mb -p --port --repository-id --storage --tls-floor --tls-key
             return
         case 'ihe xds submit'
-            contains -- $argv[2] --batch --class --confidentiality --folder --format --metadata --mime --patient --replace --repository --timeout --title --type
+            contains -- $argv[2] --batch --ca --cert --class --confidentiality --folder --format --metadata --mime --patient --replace --repository --timeout --title --tls-floor --tls-key --type
             return
     end
     return 1
@@ -344,6 +344,7 @@ complete -c ihe -n "__ihe_at 'ihe audit query'" -l since -x -d 'Since a date (20
 complete -c ihe -n "__ihe_at 'ihe audit query'" -l user -x -d 'User ID of a participant: a person, an AE title or an application (query: wildcards * ?).'
 
 # ihe audit send
+complete -c ihe -n "__ihe_at 'ihe audit send'" -l arr -x -d 'Audit Record Repository (ARR): tls://HOST:6514, udp://HOST:514 or tcp://HOST:PORT (default: the profile\'s audit.repository).'
 complete -c ihe -n "__ihe_at 'ihe audit send'" -l ca -r -F -d 'CA certificates to trust (PEM); servers then require client certificates. Implies --tls.'
 complete -c ihe -n "__ihe_at 'ihe audit send'" -l cert -r -F -d 'Our TLS certificate chain (PEM; may hold the key). Implies --tls.'
 complete -c ihe -n "__ihe_at 'ihe audit send'" -l event -x -d 'The audit event: send builds start, stop, login, logout, alert, patient-read or patient-update; query matches an event ID or type by code or name (110112, Query, ITI-18, \'Application Start\').'
@@ -352,7 +353,6 @@ complete -c ihe -n "__ihe_at 'ihe audit send'" -l json -d 'Print machine-readabl
 complete -c ihe -n "__ihe_at 'ihe audit send'" -l no-tls -d 'No secure transport, even when the profile turns TLS on.'
 complete -c ihe -n "__ihe_at 'ihe audit send'" -l outcome -x -d 'EventOutcomeIndicator of the built event: 0, 4, 8 or 12.'
 complete -c ihe -n "__ihe_at 'ihe audit send'" -l patient -x -d 'Patient ID.'
-complete -c ihe -n "__ihe_at 'ihe audit send'" -l repository -x -d 'Audit Record Repository: tls://HOST:6514, udp://HOST:514 or tcp://HOST:PORT (default: the profile\'s audit.repository).'
 complete -c ihe -n "__ihe_at 'ihe audit send'" -l timeout -x -d 'Network timeout in seconds.'
 complete -c ihe -n "__ihe_at 'ihe audit send'" -l tls -d 'Secure the link with TLS (the profile\'s certificate and CA unless --cert/--tls-key/--ca are given).'
 complete -c ihe -n "__ihe_at 'ihe audit send'" -l tls-floor -x -d 'Lowest TLS version: 1.2 (BCP195, the default) or 1.0 (legacy peers only).'
@@ -682,16 +682,22 @@ complete -c ihe -n "__ihe_arg 'ihe xds' 0 0" -a 'submit' -d 'Send documents to a
 complete -c ihe -n "__ihe_at 'ihe xds'" -s h -l help -d 'Show this message and exit.'
 
 # ihe xds delete
+complete -c ihe -n "__ihe_at 'ihe xds delete'" -l ca -r -F -d 'CA certificates to trust (PEM); servers then require client certificates. Implies --tls.'
+complete -c ihe -n "__ihe_at 'ihe xds delete'" -l cert -r -F -d 'Our TLS certificate chain (PEM; may hold the key). Implies --tls.'
 complete -c ihe -n "__ihe_at 'ihe xds delete'" -l dry-run -d 'Show the plan; store nothing.'
 complete -c ihe -n "__ihe_at 'ihe xds delete'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe xds delete'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
 complete -c ihe -n "__ihe_at 'ihe xds delete'" -l registry -x -d 'Document Registry endpoint (default: the profile\'s xds.registry).'
 complete -c ihe -n "__ihe_at 'ihe xds delete'" -l timeout -x -d 'Network timeout in seconds.'
+complete -c ihe -n "__ihe_at 'ihe xds delete'" -l tls-floor -x -d 'Lowest TLS version: 1.2 (BCP195, the default) or 1.0 (legacy peers only).'
+complete -c ihe -n "__ihe_at 'ihe xds delete'" -l tls-key -r -F -d 'Private key of --cert (PEM), when not in the same file.'
 complete -c ihe -n "__ihe_at 'ihe xds delete'" -s y -l yes -d 'Do not ask for confirmation.'
 
 # ihe xds query
 complete -c ihe -n "__ihe_at 'ihe xds query'" -l association-type -x -d 'For get-related-documents: RPLC, APND, XFRM, XFRM_RPLC, signs (default: all).'
 complete -c ihe -n "__ihe_at 'ihe xds query'" -l author -x -d 'Author person, % and _ as wildcards; repeatable.'
+complete -c ihe -n "__ihe_at 'ihe xds query'" -l ca -r -F -d 'CA certificates to trust (PEM); servers then require client certificates. Implies --tls.'
+complete -c ihe -n "__ihe_at 'ihe xds query'" -l cert -r -F -d 'Our TLS certificate chain (PEM; may hold the key). Implies --tls.'
 complete -c ihe -n "__ihe_at 'ihe xds query'" -l class -x -d 'classCode: CODE^DISPLAY^SCHEME (queries also take CODE^^SCHEME or CODE alone, repeatable: any of them).'
 complete -c ihe -n "__ihe_at 'ihe xds query'" -l confidentiality -x -d 'confidentialityCode: CODE^DISPLAY^SCHEME (queries also take CODE^^SCHEME or CODE alone, repeatable: any of them).'
 complete -c ihe -n "__ihe_at 'ihe xds query'" -l content-type -x -d 'SubmissionSet contentTypeCode: CODE^DISPLAY^SCHEME (queries also take CODE^^SCHEME or CODE alone, repeatable: any of them).'
@@ -710,29 +716,43 @@ complete -c ihe -n "__ihe_at 'ihe xds query'" -l status -x -d 'approved (default
 complete -c ihe -n "__ihe_at 'ihe xds query'" -l time-from -x -d 'creationTime (find-submission-sets: submissionTime; find-folders: lastUpdateTime) at or after this time, YYYYMMDD[hhmm[ss]].'
 complete -c ihe -n "__ihe_at 'ihe xds query'" -l time-to -x -d '... before this time (exclusive).'
 complete -c ihe -n "__ihe_at 'ihe xds query'" -l timeout -x -d 'Network timeout in seconds.'
+complete -c ihe -n "__ihe_at 'ihe xds query'" -l tls-floor -x -d 'Lowest TLS version: 1.2 (BCP195, the default) or 1.0 (legacy peers only).'
+complete -c ihe -n "__ihe_at 'ihe xds query'" -l tls-key -r -F -d 'Private key of --cert (PEM), when not in the same file.'
 complete -c ihe -n "__ihe_at 'ihe xds query'" -l type -x -d 'typeCode: CODE^DISPLAY^SCHEME (queries also take CODE^^SCHEME or CODE alone, repeatable: any of them).'
 complete -c ihe -n "__ihe_at 'ihe xds query'" -l unique-id -x -d 'uniqueId of the object(s); repeatable.'
 complete -c ihe -n "__ihe_at 'ihe xds query'" -l uuid -x -d 'entryUUID (urn:uuid:...) of the object(s); repeatable.'
 
 # ihe xds retrieve
+complete -c ihe -n "__ihe_at 'ihe xds retrieve'" -l ca -r -F -d 'CA certificates to trust (PEM); servers then require client certificates. Implies --tls.'
+complete -c ihe -n "__ihe_at 'ihe xds retrieve'" -l cert -r -F -d 'Our TLS certificate chain (PEM; may hold the key). Implies --tls.'
 complete -c ihe -n "__ihe_at 'ihe xds retrieve'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe xds retrieve'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
 complete -c ihe -n "__ihe_at 'ihe xds retrieve'" -s o -l out -x -a '(__fish_complete_directories)' -d 'Folder to write the instances to.'
 complete -c ihe -n "__ihe_at 'ihe xds retrieve'" -l repository -x -d 'Document Repository endpoint (default: the profile\'s xds.repository).'
 complete -c ihe -n "__ihe_at 'ihe xds retrieve'" -l repository-id -x -d 'repositoryUniqueId of the Document Repository (default: the profile\'s xds.repository_unique_id).'
 complete -c ihe -n "__ihe_at 'ihe xds retrieve'" -l timeout -x -d 'Network timeout in seconds.'
+complete -c ihe -n "__ihe_at 'ihe xds retrieve'" -l tls-floor -x -d 'Lowest TLS version: 1.2 (BCP195, the default) or 1.0 (legacy peers only).'
+complete -c ihe -n "__ihe_at 'ihe xds retrieve'" -l tls-key -r -F -d 'Private key of --cert (PEM), when not in the same file.'
 
 # ihe xds serve
 complete -c ihe -n "__ihe_at 'ihe xds serve'" -l bind -x -d 'Address to listen on (default 127.0.0.1; 0.0.0.0 for all).'
+complete -c ihe -n "__ihe_at 'ihe xds serve'" -l ca -r -F -d 'CA certificates to trust (PEM); servers then require client certificates. Implies --tls.'
+complete -c ihe -n "__ihe_at 'ihe xds serve'" -l cert -r -F -d 'Our TLS certificate chain (PEM; may hold the key). Implies --tls.'
 complete -c ihe -n "__ihe_at 'ihe xds serve'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
 complete -c ihe -n "__ihe_at 'ihe xds serve'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe xds serve'" -l max-body-mb -x -d 'Refuse larger requests (default 256).'
+complete -c ihe -n "__ihe_at 'ihe xds serve'" -l no-tls -d 'No secure transport, even when the profile turns TLS on.'
 complete -c ihe -n "__ihe_at 'ihe xds serve'" -s p -l port -x -d 'Port to listen on (0: any free port).'
 complete -c ihe -n "__ihe_at 'ihe xds serve'" -l repository-id -x -d 'repositoryUniqueId of the Document Repository (default: the profile\'s xds.repository_unique_id).'
 complete -c ihe -n "__ihe_at 'ihe xds serve'" -l storage -x -a '(__fish_complete_directories)' -d 'Archive storage folder (default: the profile\'s).'
+complete -c ihe -n "__ihe_at 'ihe xds serve'" -l tls -d 'Secure the link with TLS (the profile\'s certificate and CA unless --cert/--tls-key/--ca are given).'
+complete -c ihe -n "__ihe_at 'ihe xds serve'" -l tls-floor -x -d 'Lowest TLS version: 1.2 (BCP195, the default) or 1.0 (legacy peers only).'
+complete -c ihe -n "__ihe_at 'ihe xds serve'" -l tls-key -r -F -d 'Private key of --cert (PEM), when not in the same file.'
 
 # ihe xds submit
 complete -c ihe -n "__ihe_at 'ihe xds submit'" -l batch -x -d 'Documents per submission set.'
+complete -c ihe -n "__ihe_at 'ihe xds submit'" -l ca -r -F -d 'CA certificates to trust (PEM); servers then require client certificates. Implies --tls.'
+complete -c ihe -n "__ihe_at 'ihe xds submit'" -l cert -r -F -d 'Our TLS certificate chain (PEM; may hold the key). Implies --tls.'
 complete -c ihe -n "__ihe_at 'ihe xds submit'" -l class -x -d 'classCode: CODE^DISPLAY^SCHEME (queries also take CODE^^SCHEME or CODE alone, repeatable: any of them).'
 complete -c ihe -n "__ihe_at 'ihe xds submit'" -l confidentiality -x -d 'confidentialityCode: CODE^DISPLAY^SCHEME (queries also take CODE^^SCHEME or CODE alone, repeatable: any of them).'
 complete -c ihe -n "__ihe_at 'ihe xds submit'" -l folder -x -d 'Put the documents in a new folder of this name.'
@@ -746,5 +766,7 @@ complete -c ihe -n "__ihe_at 'ihe xds submit'" -l replace -x -d 'Replace (RPLC) 
 complete -c ihe -n "__ihe_at 'ihe xds submit'" -l repository -x -d 'Document Repository endpoint (default: the profile\'s xds.repository).'
 complete -c ihe -n "__ihe_at 'ihe xds submit'" -l timeout -x -d 'Network timeout in seconds.'
 complete -c ihe -n "__ihe_at 'ihe xds submit'" -l title -x -d 'Title (default: file name).'
+complete -c ihe -n "__ihe_at 'ihe xds submit'" -l tls-floor -x -d 'Lowest TLS version: 1.2 (BCP195, the default) or 1.0 (legacy peers only).'
+complete -c ihe -n "__ihe_at 'ihe xds submit'" -l tls-key -r -F -d 'Private key of --cert (PEM), when not in the same file.'
 complete -c ihe -n "__ihe_at 'ihe xds submit'" -l type -x -d 'typeCode: CODE^DISPLAY^SCHEME (queries also take CODE^^SCHEME or CODE alone, repeatable: any of them).'
 complete -c ihe -n "__ihe_arg 'ihe xds submit' 0 -1" -F

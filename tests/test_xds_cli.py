@@ -12,6 +12,7 @@ import requests
 from pydicom.data import get_testdata_file
 
 from helpers import free_port, run_cli, wait_port
+from test_tls import pki  # noqa: F401  (the fixture)
 from ihecli.archive import Archive
 from ihecli.net.soap import schemas
 from ihecli.xds import vocabulary as v
@@ -248,3 +249,31 @@ def test_transactions_are_audited(srv, tmp_path):
     finally:
         arr.stop()
         atna.configure(None)
+
+
+def test_mutual_tls(pki, tmp_path):  # noqa: F811
+    """https:// endpoints: BCP195 TLS with mutual authentication (ITI-19); a client without a
+    trusted certificate is refused and told so (exit 4)."""
+    from ihecli.net import tls
+
+    a = Archive(f"sqlite:///{tmp_path / 'tls.db'}", tmp_path / "tls-storage")
+    ctx = tls.context(tls.TlsConfig(cert=pki["server"], ca=pki["ca"]), server=True)
+    s = XdsServer(a, repository_unique_id=REPO, ssl_context=ctx)
+    s.start()
+    try:
+        assert s.url.startswith("https://")
+        (tmp_path / "a.txt").write_text("secret")
+        r = run_cli("xds", "submit", str(tmp_path / "a.txt"), "--patient", PID, "--repository", s.url,
+                    "--cert", pki["client"], "--ca", pki["ca"], "--json")
+        (d,) = js(r)
+        r = run_cli("xds", "retrieve", d["uniqueId"], "--out", str(tmp_path / "o"), "--repository", s.url,
+                    "--cert", pki["client"], "--ca", pki["ca"])
+        assert r.code == 0 and (tmp_path / "o" / (d["uniqueId"] + ".txt")).read_text() == "secret"
+        r = run_cli("xds", "query", "find-documents", "--patient", PID, "--registry", s.url, "--ca", pki["ca"])
+        assert r.code == 4 and "TLS" in r.stderr  # no client certificate
+        r = run_cli("xds", "query", "find-documents", "--patient", PID, "--registry", s.url,
+                    "--cert", pki["client"], "--ca", pki["other_ca"])
+        assert r.code == 4  # the server's certificate is not from a CA we trust
+    finally:
+        s.stop()
+        a.close()

@@ -10,7 +10,8 @@ from typing import Annotated, Optional
 import typer
 
 from ihecli.cli import output
-from ihecli.cli.options import Bind, Db, Json, Out, Port, Storage, Yes, state
+from ihecli.cli.options import (Bind, Ca, Cert, Db, Json, NoTls, Out, Port, Storage, Tls, TlsFloor, TlsKey, Yes,
+                                state, tls_config)
 from ihecli.errors import ExitStatus, UsageError
 
 app = typer.Typer(help="XDS.b: submit, query, retrieve and delete documents; serve a registry and repository.\n\n"
@@ -39,11 +40,14 @@ def _xds(ctx: typer.Context):
     return state(ctx).settings().xds
 
 
-def _client(ctx: typer.Context, url: Optional[str], which: str, timeout: Optional[float]):
+def _client(ctx: typer.Context, url: Optional[str], which: str, timeout: Optional[float], tls: dict):
+    """A SOAP client for the endpoint; https:// endpoints use the profile's TLS (and the TLS options)."""
     from ihecli.net.soap import SoapClient
 
     x = _xds(ctx)
-    return SoapClient(url or getattr(x, which), timeout=timeout or x.timeout)
+    endpoint = url or getattr(x, which)
+    cfg = tls_config(ctx, **tls, default_on=True) if endpoint.startswith("https://") else None
+    return SoapClient(endpoint, timeout=timeout or x.timeout, tls_config=cfg)
 
 
 def _patient(ctx: typer.Context, patient: Optional[str], required: bool = True) -> Optional[str]:
@@ -67,7 +71,9 @@ def _warn(errors) -> None:
 def serve_cmd(ctx: typer.Context, port: Port = None, bind: Bind = None, db: Db = None, storage: Storage = None,
               repository_id: RepositoryId = None,
               max_body_mb: Annotated[Optional[int], typer.Option(
-                  "--max-body-mb", min=1, metavar="MB", help="Refuse larger requests (default 256).")] = None) -> None:
+                  "--max-body-mb", min=1, metavar="MB", help="Refuse larger requests (default 256).")] = None,
+              tls: Tls = False, no_tls: NoTls = False, cert: Cert = None, tls_key: TlsKey = None, ca: Ca = None,
+              tls_floor: TlsFloor = None) -> None:
     """Run a Document Registry and Repository (ITI-18/41/42/43/62) in the foreground (Ctrl-C stops it).
 
     Metadata goes to the archive database, documents to the archive's storage folder. Every
@@ -78,15 +84,20 @@ def serve_cmd(ctx: typer.Context, port: Port = None, bind: Bind = None, db: Db =
     from ihecli.archive import Archive
     from ihecli.xds.server import XdsServer
 
+    from ihecli.net import tls as tlsmod
+
     st = state(ctx).settings()
     x = st.xds
     our_bind, our_port = bind or x.bind, x.port if port is None else port
+    ssl_ctx = tlsmod.context(tls_config(ctx, tls=tls, no_tls=no_tls, cert=cert, key=tls_key, ca=ca, floor=tls_floor),
+                             server=True)
     stop = threading.Event()
     old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         with Archive.open(st, db=db, storage=str(storage) if storage else None) as archive:
             server = XdsServer(archive, repository_unique_id=repository_id or x.repository_unique_id, bind=our_bind,
-                               port=our_port, max_body=(max_body_mb or x.max_body_mb) * 1024 * 1024, home=x.home)
+                               port=our_port, max_body=(max_body_mb or x.max_body_mb) * 1024 * 1024, home=x.home,
+                               ssl_context=ssl_ctx)
             try:
                 server.start()
             except OSError as e:
@@ -129,6 +140,10 @@ def submit_cmd(
     repository: Repository = None,
     timeout: Annotated[Optional[float], typer.Option("--timeout", min=0.1, metavar="SECONDS",
                                                      help="Network timeout in seconds.")] = None,
+    cert: Cert = None,
+    tls_key: TlsKey = None,
+    ca: Ca = None,
+    tls_floor: TlsFloor = None,
     json: Json = False,
 ) -> None:
     """Send documents to a repository: Provide and Register Document Set-b (ITI-41, MTOM).
@@ -143,7 +158,7 @@ def submit_cmd(
 
     x = _xds(ctx)
     paths = read_files(files)
-    cli = _client(ctx, repository, "repository", timeout)
+    cli = _client(ctx, repository, "repository", timeout, dict(cert=cert, key=tls_key, ca=ca, floor=tls_floor))
     rows: list[dict] = []
     failed: list[str] = []
     if metadata is not None:
@@ -266,6 +281,10 @@ def query_cmd(
     registry: Registry = None,
     timeout: Annotated[Optional[float], typer.Option("--timeout", min=0.1, metavar="SECONDS",
                                                      help="Network timeout in seconds.")] = None,
+    cert: Cert = None,
+    tls_key: TlsKey = None,
+    ca: Ca = None,
+    tls_floor: TlsFloor = None,
     json: Json = False,
 ) -> None:
     """Ask the registry with a stored query: Registry Stored Query (ITI-18).
@@ -333,7 +352,8 @@ def query_cmd(
               and name in ("get-folders-for-document", "get-related-documents", "get-submission-set-and-contents",
                            "get-folder-and-contents")]:
         raise UsageError(f"{name} takes one --uuid or --unique-id")
-    res = xc.registry_stored_query(_client(ctx, registry, "registry", timeout), name, p, object_ref=object_ref)
+    cli = _client(ctx, registry, "registry", timeout, dict(cert=cert, key=tls_key, ca=ca, floor=tls_floor))
+    res = xc.registry_stored_query(cli, name, p, object_ref=object_ref)
     _warn(res.errors)
     rows = [o.as_dict() for o in res.objects]
     if json:
@@ -382,6 +402,10 @@ def retrieve_cmd(
     repository: Repository = None,
     timeout: Annotated[Optional[float], typer.Option("--timeout", min=0.1, metavar="SECONDS",
                                                      help="Network timeout in seconds.")] = None,
+    cert: Cert = None,
+    tls_key: TlsKey = None,
+    ca: Ca = None,
+    tls_floor: TlsFloor = None,
     json: Json = False,
 ) -> None:
     """Fetch documents from a repository: Retrieve Document Set (ITI-43).
@@ -396,7 +420,8 @@ def retrieve_cmd(
 
     repo = repository_id or _xds(ctx).repository_unique_id
     reqs = [DocumentRequest(repo, u.strip()) for u in unique_ids]
-    res = xc.retrieve_document_set(_client(ctx, repository, "repository", timeout), reqs)
+    cli = _client(ctx, repository, "repository", timeout, dict(cert=cert, key=tls_key, ca=ca, floor=tls_floor))
+    res = xc.retrieve_document_set(cli, reqs)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for d in res.documents:
@@ -428,6 +453,10 @@ def delete_cmd(
     registry: Registry = None,
     timeout: Annotated[Optional[float], typer.Option("--timeout", min=0.1, metavar="SECONDS",
                                                      help="Network timeout in seconds.")] = None,
+    cert: Cert = None,
+    tls_key: TlsKey = None,
+    ca: Ca = None,
+    tls_floor: TlsFloor = None,
     json: Json = False,
 ) -> None:
     """Remove metadata from the registry: Delete Document Set (ITI-62, Remove Metadata).
@@ -442,7 +471,7 @@ def delete_cmd(
     for u in uuids:
         if not u.startswith("urn:uuid:"):
             raise UsageError(f"{u!r} is not an entryUUID (urn:uuid:...)")
-    cli = _client(ctx, registry, "registry", timeout)
+    cli = _client(ctx, registry, "registry", timeout, dict(cert=cert, key=tls_key, ca=ca, floor=tls_floor))
     plan = removal_plan(cli, uuids)
     rows = [o.as_dict() for o in plan]
     if json and dry_run:

@@ -11,6 +11,7 @@ import logging
 
 import requests
 from lxml import etree
+from requests.adapters import HTTPAdapter
 
 from ihecli.errors import IheError, PeerUnreachable, UsageError
 from ihecli.net.soap import mtom, schemas
@@ -19,16 +20,34 @@ from ihecli.net.soap.envelope import SoapFault, SoapMessage, envelope
 log = logging.getLogger("ihe.soap")
 
 
-def http_session(*, verify: bool | str = True, cert: str | tuple[str, str] | None = None) -> requests.Session:
+class _TlsAdapter(HTTPAdapter):
+    """An adapter whose connections use our SSLContext (BCP195 floor, our certificate, our CA)."""
+
+    def __init__(self, ctx, check_hostname: bool):
+        self._ctx, self._check_hostname = ctx, check_hostname
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kw):
+        kw["ssl_context"] = self._ctx
+        if not self._check_hostname:
+            kw["assert_hostname"] = False  # IHE trusts the CA, not host names (ITI-19)
+        return super().init_poolmanager(*args, **kw)
+
+
+def http_session(tls_config=None) -> requests.Session:
     """The HTTP session every SOAP client uses: keep-alive pool, TLS settings in one place.
 
-    urllib3 sets TCP_NODELAY on its sockets by default."""
+    ``tls_config``: an ``ihecli.net.tls.TlsConfig`` for https:// endpoints (mutual authentication
+    when it has a certificate; the server checked against its CA). urllib3 sets TCP_NODELAY on its
+    sockets by default."""
     s = requests.Session()
-    s.verify = verify
-    if cert:
-        s.cert = cert
     s.headers["User-Agent"] = "ihe"
     s.trust_env = False  # a proxy from the environment must not see patient data unasked
+    if tls_config is not None:
+        from ihecli.net import tls
+
+        s.mount("https://", _TlsAdapter(tls.context(tls_config, server=False), tls_config.check_hostname))
+        s.verify = tls_config.ca or True
     return s
 
 
@@ -36,11 +55,11 @@ class SoapClient:
     """A SOAP 1.2 endpoint: ``call(action, body, attachments=None)`` -> SoapMessage."""
 
     def __init__(self, url: str, *, timeout: float = 30, session: requests.Session | None = None,
-                 mtom: bool = False):
+                 mtom: bool = False, tls_config=None):
         if not url or not url.startswith(("http://", "https://")):
             raise UsageError(f"bad SOAP endpoint URL {url!r}: give http://host:port/path or https://...")
         self.url, self.timeout, self.mtom = url, timeout, mtom
-        self.session = session or http_session()
+        self.session = session or http_session(tls_config if url.startswith("https://") else None)
 
     def call(self, action: str, body: etree._Element, *, attachments: mtom.Attachments | None = None,
              force_mtom: bool | None = None) -> SoapMessage:
