@@ -71,3 +71,39 @@ def test_scu_operations_are_audited(arr, profile, server, storescp, corpus, tmp_
         "NumberOfInstances") == "6"
     assert sorted(sent.patients) == ["PID000000"]
     assert all(e.source == "TESTNODE" for e in got)
+
+
+def test_archive_serve_audits_start_stop_and_checks_the_clock(arr, tmp_path):
+    """`ihe archive serve` as a user runs it: profile with a repository and a time server."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers import free_port, wait_port
+    from test_time import _free_udp_port
+
+    ntp = _free_udp_port()
+    (tmp_path / "chrony.conf").write_text(f"port {ntp}\nbindaddress 127.0.0.1\nallow 127.0.0.1\nlocal stratum 10\n"
+                                          f"cmdport 0\npidfile {tmp_path}/chronyd.pid\n")
+    chrony = subprocess.Popen(["/usr/sbin/chronyd", "-f", str(tmp_path / "chrony.conf"), "-d", "-x"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port = free_port()
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[archive]\nport = {port}\nworkers = 1\n[audit]\nrepository = "tcp://127.0.0.1:{arr.tcp_port}"\n'
+                   f'[time]\nserver = "127.0.0.1:{ntp}"\n')
+    env = {**os.environ, "IHE_CONFIG": str(cfg), "IHE_DATA_DIR": str(tmp_path / "data")}
+    try:
+        time.sleep(0.3)  # chronyd binds
+        p = subprocess.Popen([sys.executable, "-m", "ihecli", "archive", "serve"], env=env, stderr=subprocess.PIPE,
+                             text=True)
+        wait_port(port, 30)
+        p.terminate()
+        err = p.communicate(timeout=30)[1]
+    finally:
+        chrony.terminate()
+        chrony.wait(10)
+    assert p.returncode == 0, err
+    assert f"ms of 127.0.0.1:{ntp}" in err  # the clock was checked
+    got = events(arr, 2)
+    assert [e.types for e in got] == ["110120 Application Start", "110121 Application Stop"]
+    assert all("IHE_ARCHIVE" in e.users for e in got)

@@ -12,10 +12,11 @@ from typing import Annotated, Optional
 
 import typer
 
+from ihecli import atna
 from ihecli.archive import Archive
 from ihecli.cli import output
-from ihecli.cli.options import (Aet, Bind, CallingAet, Db, Dest, Json, Level, Limit, OptionalOut, Port, Since, Storage,
-                                Timeout, Yes, state)
+from ihecli.cli.options import (Aet, Bind, Ca, CallingAet, Cert, Db, Dest, Json, Level, Limit, NoTls, OptionalOut, Port,
+                                Since, Storage, Timeout, Tls, TlsFloor, TlsKey, Yes, state, tls_config)
 from ihecli.cli.hl7_cmd import HL7_PORT_HELP, Hl7Service
 from ihecli.config import Node, resolve_node
 from ihecli.dicom import scu
@@ -65,6 +66,8 @@ def serve_cmd(
     http_port: Annotated[Optional[int], typer.Option(
         "--http-port", min=0, max=65535, metavar="PORT",
         help="Also serve DICOMweb on this port: QIDO-RS, WADO-RS, STOW-RS under /dicom-web/, WADO-URI at /wado.")] = None,
+    tls: Tls = False, no_tls: NoTls = False, cert: Cert = None, tls_key: TlsKey = None, ca: Ca = None,
+    tls_floor: TlsFloor = None,
 ) -> None:
     """Run the archive's DICOM services in the foreground (Ctrl-C stops it).
 
@@ -102,11 +105,18 @@ def serve_cmd(
         if dests:
             output.info("move destinations: " + ", ".join(str(n) for n in dests.values()))
 
+    from ihecli.net import tls as tlsmod
     from ihecli.web import DicomWebService
 
+    # one TLS context (ITI-19) for the DICOM, HL7 and DICOMweb listeners
+    ssl_context = tlsmod.context(tls_config(ctx, tls=tls, no_tls=no_tls, cert=cert, key=tls_key, ca=ca,
+                                            floor=tls_floor), server=True)
+    _check_time(st)
     web = None if http_port is None else DicomWebService(
-        lambda: open_archive(ctx, db, storage, duplicates=duplicates, fuzzy_names=fuzzy_names), our_bind, http_port)
-    hl7 = None if hl7_port is None else Hl7Service(lambda: open_archive(ctx, db, storage), our_bind, hl7_port, our_aet)
+        lambda: open_archive(ctx, db, storage, duplicates=duplicates, fuzzy_names=fuzzy_names), our_bind, http_port,
+        ssl_context=ssl_context)
+    hl7 = None if hl7_port is None else Hl7Service(lambda: open_archive(ctx, db, storage), our_bind, hl7_port, our_aet,
+                                                   ssl_context=ssl_context)
     stop = threading.Event()
     old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -123,6 +133,7 @@ def serve_cmd(
                     raise UsageError(f"cannot listen on {our_bind}:{our_port}: {e.strerror or e}") from None
                 try:
                     announce(archive, server.port)
+                    _audit_application(True, our_aet)
                     while not stop.wait(0.5):
                         pass
                 finally:
@@ -140,11 +151,13 @@ def serve_cmd(
                     ready()
                     worker_stop.wait()
                     server.stop()
+                atna.shutdown(5)  # the worker ends with os._exit: send (or spool) its audit events first
 
             def all_ready() -> None:
                 reserved.close()
                 with open_archive(ctx, db, storage) as archive:
                     announce(archive, shared_port)
+                _audit_application(True, our_aet)
                 if hl7:  # after the workers forked: they do not inherit its threads
                     hl7.start()
                 if web:
@@ -162,7 +175,32 @@ def serve_cmd(
             web.stop()
         for s, h in old.items():
             signal.signal(s, h)
+        _audit_application(False, our_aet)
     output.info("stopped")
+
+
+def _audit_application(started: bool, aet: str) -> None:
+    """Application Activity (start or stop) for the audit trail (ITI-20)."""
+    from ihecli.atna import events as ev
+
+    atna.record(ev.application_activity(started, app=aet, aets=[aet], launcher=os.environ.get("USER", "")))
+
+
+def _check_time(st) -> None:
+    """Consistent Time (ITI-1): with a time server in the profile, warn when the clock is off."""
+    if not st.time.server:
+        return
+    from ihecli.ct import maintain_time
+
+    try:
+        r = maintain_time(st.time.server, max_offset=st.time.max_offset, timeout=3)
+    except IheError as e:
+        output.warn(f"clock not checked: {e}")
+        return
+    if not r.ok:
+        output.warn(f"the clock is {r.offset:+.3f} s off {r.server}, more than {st.time.max_offset:g} s")
+    else:
+        output.info(f"clock within {abs(r.offset) * 1000:.0f} ms of {r.server}")
 
 
 @app.command("import")
