@@ -36,7 +36,7 @@ _ihe_options() {
         'ihe archive mpps ls') _ihe_words='--db --help --json --limit --patient --status --storage -h' ;;
         'ihe archive rejected') _ihe_words='--db --help --json --limit --storage -h' ;;
         'ihe archive rm') _ihe_words='--db --help --instance --json --patient --series --storage --study --yes -h -y' ;;
-        'ihe archive serve') _ihe_words='--aet --allow --bind --db --dest --duplicates --fuzzy-names --help --hl7-port --http-port --max-pdu --port --storage --workers -h -p' ;;
+        'ihe archive serve') _ihe_words='--aet --allow --bind --ca --cert --db --dest --duplicates --fuzzy-names --help --hl7-port --http-port --max-pdu --no-tls --port --storage --tls --tls-floor --tls-key --workers -h -p' ;;
         'ihe audit') _ihe_words='--help -h' ;;
         'ihe audit query') _ihe_words='--db --event --failed --help --json --limit --patient --since --user -h' ;;
         'ihe audit send') _ihe_words='--arr --ca --cert --event --help --json --no-tls --outcome --patient --timeout --tls --tls-floor --tls-key --user -h' ;;
@@ -133,6 +133,8 @@ _ihe_value() {
         'ihe archive serve --aet') _ihe_kind=text ;;
         'ihe archive serve --allow') _ihe_kind=text ;;
         'ihe archive serve --bind') _ihe_kind=text ;;
+        'ihe archive serve --ca') _ihe_kind=file ;;
+        'ihe archive serve --cert') _ihe_kind=file ;;
         'ihe archive serve --db') _ihe_kind=text ;;
         'ihe archive serve --dest') _ihe_kind=text ;;
         'ihe archive serve --duplicates') _ihe_kind=text ;;
@@ -141,6 +143,8 @@ _ihe_value() {
         'ihe archive serve --max-pdu') _ihe_kind=text ;;
         'ihe archive serve -p'|'ihe archive serve --port') _ihe_kind=text ;;
         'ihe archive serve --storage') _ihe_kind=dir ;;
+        'ihe archive serve --tls-floor') _ihe_kind=text ;;
+        'ihe archive serve --tls-key') _ihe_kind=file ;;
         'ihe archive serve --workers') _ihe_kind=text ;;
         'ihe audit query --db') _ihe_kind=text ;;
         'ihe audit query --event') _ihe_kind=text ;;

@@ -65,7 +65,7 @@ function __ihe_takes_value
             contains -- $argv[2] --db --instance --patient --series --storage --study
             return
         case 'ihe archive serve'
-            contains -- $argv[2] --aet --allow --bind --db --dest --duplicates --hl7-port --http-port --max-pdu -p --port --storage --workers
+            contains -- $argv[2] --aet --allow --bind --ca --cert --db --dest --duplicates --hl7-port --http-port --max-pdu -p --port --storage --tls-floor --tls-key --workers
             return
         case 'ihe audit query'
             contains -- $argv[2] --db --event --limit --patient --since --user
@@ -314,6 +314,8 @@ complete -c ihe -n "__ihe_at 'ihe archive rm'" -s y -l yes -d 'Do not ask for co
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -l aet -x -d 'Our AE title.'
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -l allow -x -d 'Accept associations only from these calling AE titles (repeatable).'
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -l bind -x -d 'Address to listen on (default 127.0.0.1; 0.0.0.0 for all).'
+complete -c ihe -n "__ihe_at 'ihe archive serve'" -l ca -r -F -d 'CA certificates to trust (PEM); servers then require client certificates. Implies --tls.'
+complete -c ihe -n "__ihe_at 'ihe archive serve'" -l cert -r -F -d 'Our TLS certificate chain (PEM; may hold the key). Implies --tls.'
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -l dest -x -d 'C-MOVE destination: AET@host:port, a profile node name, or (for a move) an AE title.'
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -l duplicates -x -d 'Same SOP Instance UID again: keep (default) or overwrite.'
@@ -322,8 +324,12 @@ complete -c ihe -n "__ihe_at 'ihe archive serve'" -s h -l help -d 'Show this mes
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -l hl7-port -x -d 'Also receive HL7 v2 over MLLP on this port: ADT A01/A04/A08/A31/A40/A47 patient updates, merges and ID changes, ORM^O01/OMI^O23 orders (0: any free port).'
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -l http-port -x -d 'Also serve DICOMweb on this port: QIDO-RS, WADO-RS, STOW-RS under /dicom-web/, WADO-URI at /wado.'
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -l max-pdu -x -d 'Largest PDU we accept (0: no limit).'
+complete -c ihe -n "__ihe_at 'ihe archive serve'" -l no-tls -d 'No secure transport, even when the profile turns TLS on.'
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -s p -l port -x -d 'Port to listen on (0: any free port).'
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -l storage -x -a '(__fish_complete_directories)' -d 'Archive storage folder (default: the profile\'s).'
+complete -c ihe -n "__ihe_at 'ihe archive serve'" -l tls -d 'Secure the link with TLS (the profile\'s certificate and CA unless --cert/--tls-key/--ca are given).'
+complete -c ihe -n "__ihe_at 'ihe archive serve'" -l tls-floor -x -d 'Lowest TLS version: 1.2 (BCP195, the default) or 1.0 (legacy peers only).'
+complete -c ihe -n "__ihe_at 'ihe archive serve'" -l tls-key -r -F -d 'Private key of --cert (PEM), when not in the same file.'
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -l workers -x -d 'Server processes sharing the port (default: the profile\'s, else one per CPU up to 4).'
 
 # ihe audit
@@ -499,7 +505,7 @@ complete -c ihe -n "__ihe_at 'ihe hl7 orders'" -l db -x -d 'Archive database URL
 complete -c ihe -n "__ihe_at 'ihe hl7 orders'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe hl7 orders'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
 complete -c ihe -n "__ihe_at 'ihe hl7 orders'" -l limit -x -d 'Show at most N matches.'
-complete -c ihe -n "__ihe_at 'ihe hl7 orders'" -l patient -x -d 'Patient ID.'
+complete -c ihe -n "__ihe_at 'ihe hl7 orders'" -l patient -x -d 'Patient ID (wildcards * ?).'
 complete -c ihe -n "__ihe_at 'ihe hl7 orders'" -l storage -x -a '(__fish_complete_directories)' -d 'Archive storage folder (default: the profile\'s).'
 
 # ihe hl7 send
@@ -663,11 +669,11 @@ complete -c ihe -n "__ihe_at 'ihe wic upload'" -l accession -x -d 'Accession num
 complete -c ihe -n "__ihe_at 'ihe wic upload'" -l birth-date -x -d 'Patient birth date.'
 complete -c ihe -n "__ihe_at 'ihe wic upload'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe wic upload'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
-complete -c ihe -n "__ihe_at 'ihe wic upload'" -l new-study -d 'Start a new study.'
+complete -c ihe -n "__ihe_at 'ihe wic upload'" -l new-study -d 'Start a new study (the default without --study or --accession).'
 complete -c ihe -n "__ihe_at 'ihe wic upload'" -l patient -x -d 'Patient ID.'
 complete -c ihe -n "__ihe_at 'ihe wic upload'" -l patient-name -x -d 'Patient name, e.g. DOE^JOHN.'
 complete -c ihe -n "__ihe_at 'ihe wic upload'" -l sex -x -d 'Patient sex.'
-complete -c ihe -n "__ihe_at 'ihe wic upload'" -l study -x -d 'Add to the study with this Study Instance UID.'
+complete -c ihe -n "__ihe_at 'ihe wic upload'" -l study -x -d 'Study Instance UID (default: a new one).'
 complete -c ihe -n "__ihe_at 'ihe wic upload'" -l study-description -x -d 'Study description.'
 complete -c ihe -n "__ihe_at 'ihe wic upload'" -l timeout -x -d 'Network timeout in seconds.'
 complete -c ihe -n "__ihe_at 'ihe wic upload'" -l url -x -d 'DICOMweb service root (default: IHE_DICOMWEB_URL, else http://127.0.0.1:8080/dicom-web).'

@@ -215,6 +215,23 @@ def _with_time_server(w: World) -> None:
         time.sleep(0.05)
 
 
+
+def _with_dicomweb(w: World) -> None:
+    """The data dir's archive served over DICOMweb on a free port, and a photo to upload."""
+    from PIL import Image
+
+    from ihecli.archive import Archive
+    from ihecli.config import load
+    from ihecli.web import DicomWebServer
+
+    st = load().archive
+    archive = Archive(st.db_url(), st.storage_dir())
+    web = DicomWebServer(archive)
+    web.start()
+    w._closers += [archive.close, web.stop]
+    w.web = web.base_url
+    Image.new("RGB", (8, 8)).save(w.tmp / "photo.jpg")
+
 # command -> (set-up, arguments); each a cheap invocation that succeeds
 JSON_RUNS = {
     "ihe config show": (None, lambda w: ["config", "show"]),
@@ -242,6 +259,8 @@ JSON_RUNS = {
                                         "start"]),
     "ihe audit query": (_with_audit_event, lambda w: ["audit", "query"]),
     "ihe time check": (_with_time_server, lambda w: ["time", "check", "--server", w.time_server]),
+    "ihe wic upload": (_with_dicomweb, lambda w: ["wic", "upload", str(w.tmp / "photo.jpg"), "--patient", "P1",
+                                                  "--url", w.web]),
 }
 
 

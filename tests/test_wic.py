@@ -173,7 +173,7 @@ def test_upload_to_another_patients_study_is_refused(world):
 
 def test_upload_usage_errors(world, tmp_path):
     f = photo(tmp_path / "a.jpg")
-    r = run_cli("wic", "upload", f, "--patient", "P1", "--to", world["url"])
+    r = run_cli("wic", "upload", f, "--patient", "P1", "--study", "1.2.3", "--new-study", "--to", world["url"])
     assert r.code == 2 and "--new-study" in r.stderr
     text = tmp_path / "notes.txt"
     text.write_text("hello")

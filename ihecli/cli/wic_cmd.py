@@ -25,9 +25,10 @@ def upload_cmd(
                                                       help="Patient birth date.")] = None,
     sex: Annotated[Optional[str], typer.Option("--sex", metavar="M|F|O", help="Patient sex.")] = None,
     study: Annotated[Optional[str], typer.Option("--study", metavar="UID",
-                                                 help="Add to the study with this Study Instance UID.")] = None,
+                                                 help="Study Instance UID (default: a new one).")] = None,
     accession: Annotated[Optional[str], typer.Option("--accession", metavar="ACC", help="Accession number.")] = None,
-    new_study: Annotated[bool, typer.Option("--new-study", help="Start a new study.")] = False,
+    new_study: Annotated[bool, typer.Option("--new-study", help="Start a new study (the default without --study "
+                                                                "or --accession).")] = False,
     description: Annotated[Optional[str], typer.Option("--study-description", metavar="TEXT",
                                                        help="Study description.")] = None,
     to: Annotated[Optional[str], typer.Option(
@@ -54,7 +55,8 @@ def upload_cmd(
     description = description or description_alias
     url = to or to_alias or os.environ.get("IHE_DICOMWEB_URL") or DEFAULT_URL
     rep = upload(url, list(files), patient=patient, name=patient_name, birth_date=birth_date, sex=sex, study=study,
-                 accession=accession, new_study=new_study, description=description, timeout=timeout)
+                 accession=accession, new_study=new_study or not (study or accession), description=description,
+                 timeout=timeout)
     if json:
         output.print_json({"status": rep.status, "study": rep.study_uid,
                            "created": [{"file": c.file, "kind": c.kind, "sop_class": c.sop_class,

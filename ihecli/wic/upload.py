@@ -96,7 +96,7 @@ def prepare(files: list[Path], *, patient: str, name: str | None = None, birth_d
     if not patient or not patient.strip():
         raise UsageError("--patient ID is required")
     if sum(bool(x) for x in (study, accession, new_study)) != 1:
-        raise UsageError("give exactly one of --study UID, --accession ACC or --new-study")
+        raise UsageError("give one of --study UID, --accession ACC or --new-study")
     if not files:
         raise UsageError("no files to upload")
     study_uid = study or (generate_uid() if new_study else None)
