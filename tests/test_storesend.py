@@ -196,3 +196,21 @@ def test_find_matches_larger_than_the_peers_pdu_arrive_whole(server, corpus, tmp
     assert r.returncode == 0, r.stderr
     got = [dcmread(p) for p in out.iterdir()]
     assert len(got) == 1 and got[0].PatientComments == ds.PatientComments
+
+
+@pytest.mark.parametrize("status", [0x0000, 0xB007, 0xA700])
+def test_store_response_command_set_is_what_pynetdicom_encodes(status):
+    from pynetdicom.dimse_messages import C_STORE_RSP
+    from pynetdicom.dimse_primitives import C_STORE
+    from pynetdicom.dsutils import encode
+
+    from ihecli.net.storesend import store_rsp
+
+    prim = C_STORE()
+    prim.MessageIDBeingRespondedTo = 7
+    prim.AffectedSOPClassUID = CTImageStorage
+    prim.AffectedSOPInstanceUID = "1.2.3.456"
+    prim.Status = status
+    msg = C_STORE_RSP()
+    msg.primitive_to_message(prim)
+    assert store_rsp(7, CTImageStorage, "1.2.3.456", status) == encode(msg.command_set, True, True)

@@ -94,6 +94,19 @@ def find_rsp(msg_id: int, sop_class: str, status: int, identifier: bool) -> byte
     return _element(0x00000000, struct.pack("<I", len(rest))) + rest
 
 
+def store_rsp(msg_id: int, sop_class: str, sop_uid: str, status: int) -> bytes:
+    """A C-STORE-RSP command set (PS3.7 9.3.1.2) without Error Comment, Implicit VR Little Endian."""
+    rest = b"".join([
+        _element(0x00000002, _uid(sop_class)),
+        _element(0x00000100, struct.pack("<H", 0x8001)),  # Command Field: C-STORE-RSP
+        _element(0x00000120, struct.pack("<H", msg_id & 0xFFFF)),
+        _element(0x00000800, struct.pack("<H", 0x0101)),  # no data set
+        _element(0x00000900, struct.pack("<H", status)),
+        _element(0x00001000, _uid(sop_uid)),
+    ])
+    return _element(0x00000000, struct.pack("<I", len(rest))) + rest
+
+
 def parse_command(data: bytes) -> dict[int, bytes]:
     """Elements of a command set (Implicit VR Little Endian): {tag: value bytes}."""
     out, i, n = {}, 0, len(data)
