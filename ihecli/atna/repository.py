@@ -108,12 +108,17 @@ class _Writer(threading.Thread):
         return True
 
     def _insert(self, rows) -> None:
+        """One transaction: the events in one statement (ids back in order), then their participants."""
+        if not rows:
+            return
+        keys = [c.name for c in audit_events.columns if c.name != "id"]
+        values = [{k: row.get(k) for k in keys} for row, _ in rows]
         with self.engine.begin() as conn:
-            for row, parts in rows:
-                eid = conn.execute(insert(audit_events), row).inserted_primary_key[0]
-                if parts:
-                    conn.execute(insert(audit_participants),
-                                 [{"event_fk": eid, "kind": k, "value": v} for k, v in parts])
+            ids = conn.execute(insert(audit_events).returning(audit_events.c.id, sort_by_parameter_order=True),
+                               values).scalars().all()
+            parts = [{"event_fk": eid, "kind": k, "value": v} for eid, (_, ps) in zip(ids, rows) for k, v in ps]
+            if parts:
+                conn.execute(insert(audit_participants), parts)
 
     def run(self) -> None:
         while True:

@@ -98,10 +98,3 @@ def parse(data: bytes) -> SyslogMessage:
     body = data[m.end():] if m else data
     return SyslogMessage(pri if pri is not None and pri < 192 else None, "", "", "", "", "", "", body)
 
-
-def send_udp(host: str, port: int, msg: bytes, *, timeout: float = 5.0) -> None:
-    """One message, one datagram (RFC 5426)."""
-    family = socket.AF_INET6 if ":" in host and not host.startswith("[") else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as s:
-        s.settimeout(timeout)
-        s.sendto(msg, (host.strip("[]"), port))
