@@ -17,6 +17,7 @@ import hashlib
 import logging
 import os
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 from lxml import etree
 from sqlalchemy import select
@@ -50,8 +51,10 @@ class XdsService:
         self.repository_unique_id = repository_unique_id
         self.home = home
         self.registry = Registry(archive.engine, archive.db_url)
+        self._io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ihe-xds-file")
 
     def close(self) -> None:
+        self._io.shutdown(wait=True)
         self.registry.close()
 
     def handlers(self) -> dict:
@@ -152,9 +155,20 @@ class XdsService:
             if len(set(uids)) != len(uids):
                 raise XdsError(RegistryError("XDSRepositoryDuplicateUniqueIdInMessage", "a uniqueId is given twice"))
             by_uuid = {sub.id_map.get(i, i): data for i, data in docs.items()}
-            for de, _el in sub.docs:
-                rel = self._write(by_uuid[de.entry_uuid])
-                written.append(rel)
+            # written and fsynced side by side: the disk's flushes overlap
+            rels = [self._name() for _ in sub.docs]
+            futures = [self._io.submit(self.blobs.write_new, rel, by_uuid[de.entry_uuid])
+                       for rel, (de, _el) in zip(rels, sub.docs)]
+            for f, rel in zip(futures, rels):
+                try:
+                    f.result()
+                    written.append(rel)
+                except OSError:
+                    for g in futures:
+                        g.exception()
+                    written[:] = rels
+                    raise
+            for rel, (de, _el) in zip(rels, sub.docs):
                 rows.append({"unique_id": de.unique_id, "repository_uid": self.repository_unique_id,
                              "mime_type": de.mime_type, "path": rel, "size": len(by_uuid[de.entry_uuid]),
                              "hash": sha1_hex(by_uuid[de.entry_uuid])})
@@ -178,11 +192,10 @@ class XdsService:
         audit.provide(audit.remote_host(msg.peer), audit.local("ihe-xds-repository"),
                       sub.ss.unique_id if sub else "", sub.ss.patient_id if sub else "", ok, sender=False)
 
-    def _write(self, data: bytes) -> str:
+    @staticmethod
+    def _name() -> str:
         name = uuid.uuid4().hex
-        rel = f"{DOC_DIR}/{name[:2]}/{name}"
-        self.blobs.write_new(rel, data)
-        return rel
+        return f"{DOC_DIR}/{name[:2]}/{name}"
 
     def _unwrite(self, rels: list[str]) -> None:
         for rel in rels:

@@ -1,0 +1,142 @@
+"""XDS.b: `ihe xds serve` answering find-documents in a large registry, and `ihe xds submit` throughput.
+
+1. Submit: 1,000 documents of 10 KB with the `ihe xds submit` command (a folder, one process,
+   ITI-41 over MTOM in submission sets of 100) to `ihe xds serve`, end to end; documents/s.
+2. Find: a registry of N document entries (default 100,000; 10 per patient) filled through the
+   registry's own register path, then ITI-18 FindDocuments for one patient over HTTP; p50/p95.
+
+No XDS peer runs here (there is no packaged XDS registry for Debian); the goals are absolute:
+find-documents p50 < 50 ms, submit >= 100 documents/s.
+
+    python bench/xds.py [--entries 100000] [--queries 200]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from ihecli.archive import Archive  # noqa: E402
+from ihecli.config import XdsSettings  # noqa: E402
+from ihecli.net.soap import SoapClient  # noqa: E402
+from ihecli.xds import client as xc  # noqa: E402
+from ihecli.xds import vocabulary as v  # noqa: E402
+from ihecli.xds.server import XdsServer  # noqa: E402
+from ihecli.xds.source import Options, make_submissions  # noqa: E402
+
+AUTH = "1.3.6.1.4.1.21367.2005.3.7"
+DOMAIN = XdsSettings(assigning_authority=AUTH)
+
+
+def ihe_bin() -> str:
+    return str(Path(sys.executable).with_name("ihe"))
+
+
+def bench_submit(tmp: Path, n: int = 1000, size: int = 10 * 1024) -> float:
+    folder = tmp / "docs"
+    folder.mkdir()
+    rnd = random.Random(1)
+    for i in range(n):
+        (folder / f"doc{i:05d}.txt").write_bytes(bytes(rnd.getrandbits(8) for _ in range(size)))
+    env = {**os.environ, "IHE_CONFIG": str(tmp / "none.toml"), "IHE_DATA_DIR": str(tmp / "data")}
+    with Archive(f"sqlite:///{tmp / 'submit.db'}", tmp / "submit-storage") as a:
+        srv = XdsServer(a, repository_unique_id="1.2.3.4")
+        srv.start()
+        try:
+            t = time.perf_counter()
+            subprocess.run([ihe_bin(), "-q", "xds", "submit", str(folder), "--patient", f"SUBMIT^^^&{AUTH}&ISO",
+                            "--repository", srv.url], env=env, check=True,
+                           stdout=subprocess.DEVNULL)
+            dt = time.perf_counter() - t
+        finally:
+            srv.stop()
+    return n / dt
+
+
+def fill(archive: Archive, entries: int, per_patient: int = 10, batch: int = 500) -> list[str]:
+    """Register ``entries`` document entries (``per_patient`` each) through the registry itself."""
+    from ihecli.xds.registry import Registry
+
+    reg = Registry(archive.engine, archive.db_url)
+    patients = []
+    done = 0
+    pno = 0
+    while done < entries:
+        files = []
+        while len(files) < batch and done + len(files) < entries:
+            pid = f"P{pno:06d}^^^&{AUTH}&ISO"
+            patients.append(pid)
+            pno += 1
+            for _ in range(min(per_patient, entries - done - len(files))):
+                files.append(pid)
+        by_patient: dict[str, int] = {}
+        for pid in files:
+            by_patient[pid] = by_patient.get(pid, 0) + 1
+        for pid, k in by_patient.items():
+            (sub,) = make_submissions([(f"d{i}.txt", b"x") for i in range(k)], DOMAIN, Options(patient=pid), batch=k)
+            for de, _ in sub.documents:
+                de.hash, de.size, de.repository_unique_id = "0" * 40, 1, "1.2.3.4"
+            from lxml import etree
+
+            from ihecli.net.soap.xml import LCM, q
+
+            sor = etree.Element(q(LCM, "SubmitObjectsRequest"))
+            sor.append(sub.object_list())
+            reg.register(reg.normalize(sor))
+        done += len(files)
+        print(f"\r  registered {done}/{entries}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    reg.close()
+    return patients
+
+
+def bench_find(tmp: Path, entries: int, queries: int) -> tuple[float, float, int]:
+    with Archive(f"sqlite:///{tmp / 'find.db'}", tmp / "find-storage") as a:
+        t = time.perf_counter()
+        patients = fill(a, entries)
+        print(f"  filled in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+        srv = XdsServer(a, repository_unique_id="1.2.3.4")
+        srv.start()
+        try:
+            client = SoapClient(srv.url)
+            rnd = random.Random(2)
+            times, found = [], 0
+            for _ in range(queries):
+                pid = rnd.choice(patients)
+                t = time.perf_counter()
+                res = xc.registry_stored_query(client, "find-documents", {
+                    "$XDSDocumentEntryPatientId": pid, "$XDSDocumentEntryStatus": [v.APPROVED]})
+                times.append(time.perf_counter() - t)
+                found += len(res.objects)
+        finally:
+            srv.stop()
+    times.sort()
+    return statistics.median(times) * 1000, times[int(len(times) * 0.95)] * 1000, found // queries
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--entries", type=int, default=100_000)
+    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--documents", type=int, default=1000)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="ihe-bench-xds-") as d:
+        tmp = Path(d)
+        rate = bench_submit(tmp, args.documents)
+        print(f"submit: {args.documents} documents of 10 KB: {rate:.0f} documents/s (goal >= 100)")
+        p50, p95, per = bench_find(tmp, args.entries, args.queries)
+        print(f"find-documents, one patient ({per} entries) of {args.entries}: p50 {p50:.1f} ms, p95 {p95:.1f} ms "
+              f"(goal p50 < 50 ms)")
+
+
+if __name__ == "__main__":
+    main()
