@@ -8,8 +8,11 @@ patient, starts `ihe archive serve --hl7-port` on it, then:
    (original mode, as senders do), and reports messages per second (goal >= 500);
 2. with a DICOM association already open, sends the A40 merging the big patient into the
    other and times the ACK, then the first C-FIND (PATIENT level) that shows the surviving
-   patient with every instance (goal < 1 s from sending the A40).
-Every ACK must be AA and the final C-FIND must count every instance, or the script fails.
+   patient with every instance (goal < 1 s from sending the A40);
+3. moves a 100-instance study of the merged patient (headers coerced on the way out) and one of
+   an untouched patient (sent as stored) to a DCMTK storescp, in instances per second.
+Every ACK must be AA, the final C-FIND must count every instance and storescp must receive
+every instance, or the script fails.
 
 usage: python bench/hl7.py [--instances 10000] [--messages 2000] [--repeat 3]
 """
@@ -64,7 +67,12 @@ def fill(db: Path, storage: Path, instances: int) -> None:
         other = other.replace(b"9." + b"1" * 62, uid(1, 10**9)).replace(b"9." + b"2" * 62, uid(2, 10**9)) \
             .replace(b"9." + b"3" * 62, uid(3, 10**9))
         archive.store(other)
-        assert archive.counts()["instances"] == instances + 1
+        for i in range(100):  # a patient HL7 never touches: its study is moved as stored
+            data = (tpl.replace(b"PRIOR^BIG", b"OTHER^P  ").replace(b"PRIOR", b"OTHER")
+                    .replace(b"9." + b"1" * 62, uid(1, 2 * 10**9)).replace(b"9." + b"2" * 62, uid(2, 2 * 10**9))
+                    .replace(b"9." + b"3" * 62, uid(3, 2 * 10**9 + i)))
+            archive.store(data)
+        assert archive.counts()["instances"] == instances + 101
 
 
 def a08(n: int) -> bytes:
@@ -126,6 +134,36 @@ def merge_visible(dicom_port: int, hl7_port: int, expected: int, n: int) -> tupl
         assoc.release()
 
 
+def move_rate(dicom_port: int, study_uid: str, dest_aet: str) -> float:
+    """Instances per second of one C-MOVE of a study to the DCMTK storescp."""
+    from pydicom.dataset import Dataset
+    from pynetdicom import AE
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove as MOVE
+
+    from ihecli.net import dimse
+
+    ae = AE(ae_title="BENCH")
+    ae.add_requested_context(MOVE)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 300
+    assoc = ae.associate(b.LOOPBACK, dicom_port, ae_title="IHE_ARCHIVE", evt_handlers=[dimse.NODELAY_HANDLER])
+    assert assoc.is_established
+    ds = Dataset()
+    ds.QueryRetrieveLevel, ds.StudyInstanceUID = "STUDY", study_uid
+    try:
+        t0 = time.perf_counter()
+        final = None
+        for status, _ in assoc.send_c_move(ds, dest_aet, MOVE):
+            if status and status.Status != 0xFF00:
+                final = status
+        took = time.perf_counter() - t0
+    finally:
+        assoc.release()
+    done = int(final.get("NumberOfCompletedSuboperations", 0) or 0) if final else 0
+    if final is None or final.Status != 0 or done != 100:
+        raise SystemExit(f"C-MOVE of {study_uid} failed: {final}")
+    return done / took
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--instances", type=int, default=10000, help="instances of the merged patient (10000)")
@@ -138,25 +176,35 @@ def main(argv=None) -> int:
     results: dict = {}
     try:
         with b.Workdir(a.workdir, a.keep) as work:
-            rates, acks, visible = [], [], []
+            rates, acks, visible, moved_reconciled, moved_plain = [], [], [], [], []
             for r in range(a.repeat):
                 db, storage = work / f"ihe-{r}.db", work / f"storage-{r}"
                 t = time.perf_counter()
                 fill(db, storage, a.instances)
                 b.note(f"run {r + 1}: archive of {a.instances + 1} instances filled in {time.perf_counter() - t:.1f} s")
                 hl7_port = b.free_port()
-                srv = b.start_ihe(procs, work, db, storage, extra=["--hl7-port", str(hl7_port)])
+                scp = b.start_storescp(procs, work / f"storescp-{r}")
+                srv = b.start_ihe(procs, work, db, storage, extra=["--hl7-port", str(hl7_port)],
+                                  dests=[f"STORESCP@{b.LOOPBACK}:{scp.port}"])
                 b.wait_port(hl7_port, srv.proc, log=srv.log)
                 rates.append(throughput(hl7_port, a.messages, r * 10**6))
                 t_ack, t_vis = merge_visible(srv.port, hl7_port, a.instances + 1, r)
                 acks.append(t_ack)
                 visible.append(t_vis)
+                moved_reconciled.append(move_rate(srv.port, uid(1, 0).decode(), "STORESCP"))
+                moved_plain.append(move_rate(srv.port, uid(1, 2 * 10**9).decode(), "STORESCP"))
+                check = sorted((work / f"storescp-{r}").iterdir())
+                if len(check) != 200:
+                    raise SystemExit(f"storescp received {len(check)} instances, not 200")
                 procs.stop(srv.proc)
+                procs.stop(scp.proc)
             results = {
                 "a08_per_s": {"median": round(statistics.median(rates)), "min": round(min(rates)),
                               "max": round(max(rates))},
                 "a40_ack_s": round(statistics.median(acks), 3),
                 "merge_visible_s": {"median": round(statistics.median(visible), 3), "max": round(max(visible), 3)},
+                "move_reconciled_per_s": round(statistics.median(moved_reconciled)),
+                "move_unchanged_per_s": round(statistics.median(moved_plain)),
                 "instances": a.instances + 1, "messages": a.messages, "runs": a.repeat,
             }
     finally:
@@ -169,6 +217,10 @@ def main(argv=None) -> int:
         ["A40 merge of a patient with %d instances: ACK" % a.instances, f"{results['a40_ack_s']:.3f} s", ""],
         ["A40 sent -> C-FIND shows the merged patient",
          f"{results['merge_visible_s']['median']:.3f} s (max {results['merge_visible_s']['max']:.3f})", "< 1 s"],
+        ["C-MOVE of 100 instances of the merged patient (headers coerced)",
+         f"{results['move_reconciled_per_s']} img/s", ""],
+        ["C-MOVE of 100 instances of an untouched patient (sent as stored)",
+         f"{results['move_unchanged_per_s']} img/s", ""],
     ]))
     if a.json:
         a.json.write_text(json.dumps(results, indent=2))

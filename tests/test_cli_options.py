@@ -216,6 +216,24 @@ def _with_time_server(w: World) -> None:
 
 
 
+def _with_hl7_feed(w: World) -> None:
+    """The data dir's archive receiving HL7 over MLLP on a free port, and an order file for it."""
+    from ihecli.archive import Archive
+    from ihecli.config import load
+    from ihecli.net.mllp import MllpServer
+    from ihecli.workflow.hl7 import Hl7Feed
+
+    st = load().archive
+    archive = Archive(st.db_url(), st.storage_dir())
+    srv = MllpServer(Hl7Feed(archive), port=0)
+    srv.start()
+    w._closers += [archive.close, srv.stop]
+    w.hl7 = f"127.0.0.1:{srv.port}"
+    (w.tmp / "orm.hl7").write_bytes(b"MSH|^~\\&|RIS|H|PACS|R|20240101||ORM^O01|1|P|2.3.1\rPID|1||P1\r"
+                                     b"ORC|NW|PL1|FL1\rOBR|1|PL1|FL1|CT1^CT HEAD\r")
+    assert run_cli("hl7", "send", w.hl7, str(w.tmp / "orm.hl7")).code == 0
+
+
 def _with_dicomweb(w: World) -> None:
     """The data dir's archive served over DICOMweb on a free port, and a photo to upload."""
     from PIL import Image
@@ -261,6 +279,8 @@ JSON_RUNS = {
     "ihe time check": (_with_time_server, lambda w: ["time", "check", "--server", w.time_server]),
     "ihe wic upload": (_with_dicomweb, lambda w: ["wic", "upload", str(w.tmp / "photo.jpg"), "--patient", "P1",
                                                   "--url", w.web]),
+    "ihe hl7 send": (_with_hl7_feed, lambda w: ["hl7", "send", w.hl7, str(w.tmp / "orm.hl7")]),
+    "ihe hl7 orders": (_with_hl7_feed, lambda w: ["hl7", "orders"]),
 }
 
 

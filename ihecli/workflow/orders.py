@@ -103,8 +103,12 @@ def list_orders(conn: Connection, *, pid: str | None = None, accession: str | No
     q = select(o.c.placer_order, o.c.filler_order, o.c.accession, o.c.status, o.c.pid, o.c.patient_name,
                o.c.modality, o.c.procedure, o.c.scheduled, o.c.study_uid, o.c.sps_id, o.c.message_type,
                o.c.updated).order_by(o.c.updated.desc(), o.c.id.desc())
-    if pid:
-        q = q.where(o.c.pid == pid)
+    if pid:  # DICOM-style wildcards
+        if "*" in pid or "?" in pid:
+            pattern = pid.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            q = q.where(o.c.pid.like(pattern.replace("*", "%").replace("?", "_"), escape="\\"))
+        else:
+            q = q.where(o.c.pid == pid)
     if accession:
         q = q.where(o.c.accession == accession)
     if limit:
