@@ -318,9 +318,10 @@ def test_orders_are_kept_updated_and_cancelled(archive, feed):
     r = run_cli("hl7", "orders", "--db", archive.db_url, "--storage", archive.blobs.root, "--json",
                 "--accession", "ACC1")
     assert [o["status"] for o in r.json] == ["CANCELED"]
-    r = run_cli("hl7", "orders", "--db", archive.db_url, "--storage", archive.blobs.root, "--json", "--patient", "PAT?")
+    where = ("--db", archive.db_url, "--storage", archive.blobs.root, "--json")
+    r = run_cli("hl7", "orders", *where, "--patient", "PAT?")
     assert sorted(o["sps_id"] for o in r.json) == ["SPS1", "SPS2a", "SPS2b"]
-    r = run_cli("hl7", "orders", "--db", archive.db_url, "--storage", archive.blobs.root, "--json", "--patient", "PAT8")
+    r = run_cli("hl7", "orders", *where, "--patient", "PAT8")
     assert sorted(o["sps_id"] for o in r.json) == ["SPS2a", "SPS2b"]
 
 

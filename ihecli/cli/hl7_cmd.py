@@ -123,7 +123,8 @@ def send_cmd(
 @app.command("orders")
 def orders_cmd(
     ctx: typer.Context,
-    patient: Annotated[Optional[str], typer.Option("--patient", metavar="ID", help="Patient ID (wildcards * ?).")] = None,
+    patient: Annotated[Optional[str], typer.Option("--patient", metavar="ID",
+                                                   help="Patient ID (wildcards * ?).")] = None,
     accession: Annotated[Optional[str], typer.Option("--accession", metavar="ACC", help="Accession number.")] = None,
     limit: Limit = None,
     db: Db = None, storage: Storage = None, json: Json = False,
