@@ -608,7 +608,7 @@ complete -c ihe -n "__ihe_at 'ihe pdi import'" -l issuer -x -d 'Issuer of the lo
 complete -c ihe -n "__ihe_at 'ihe pdi import'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
 complete -c ihe -n "__ihe_at 'ihe pdi import'" -l match-local -d 'Find the patient in the local archive by ID, name and birth date (asks when ambiguous).'
 complete -c ihe -n "__ihe_at 'ihe pdi import'" -l patient-id -x -d 'Patient ID.'
-complete -c ihe -n "__ihe_at 'ihe pdi import'" -l patient-name -x -d 'Local patient name, e.g. SMITH^JOHN (with --patient-id).'
+complete -c ihe -n "__ihe_at 'ihe pdi import'" -l patient-name -x -d 'Patient name, e.g. DOE^JOHN.'
 complete -c ihe -n "__ihe_at 'ihe pdi import'" -l storage -x -a '(__fish_complete_directories)' -d 'Archive storage folder (default: the profile\'s).'
 complete -c ihe -n "__ihe_at 'ihe pdi import'" -l timeout -x -d 'Network timeout in seconds.'
 complete -c ihe -n "__ihe_at 'ihe pdi import'" -l to -x -d 'Send to a DICOM node (C-STORE).'

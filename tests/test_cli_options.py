@@ -279,6 +279,9 @@ JSON_RUNS = {
     "ihe time check": (_with_time_server, lambda w: ["time", "check", "--server", w.time_server]),
     "ihe wic upload": (_with_dicomweb, lambda w: ["wic", "upload", str(w.tmp / "photo.jpg"), "--patient", "P1",
                                                   "--url", w.web]),
+    "ihe pdi burn": (None, lambda w: ["pdi", "burn", str(w.files), "--usb", str(w.tmp / "pdi-usb"), "--no-web"]),
+    "ihe pdi import": (None, lambda w: ["pdi", "import", str(w.files)]),
+    "ihe pdi view": (None, lambda w: ["pdi", "view", str(w.files)]),
     "ihe hl7 send": (_with_hl7_feed, lambda w: ["hl7", "send", w.hl7, str(w.tmp / "orm.hl7")]),
     "ihe hl7 orders": (_with_hl7_feed, lambda w: ["hl7", "orders"]),
 }

@@ -134,7 +134,7 @@ def import_cmd(
     issuer: Annotated[Optional[str], typer.Option("--issuer", metavar="ISSUER",
                                                   help="Issuer of the local Patient ID (with --patient-id).")] = None,
     patient_name: Annotated[Optional[str], typer.Option("--patient-name", metavar="NAME",
-                                                        help="Local patient name, e.g. SMITH^JOHN (with --patient-id).")
+                                                        help="Patient name, e.g. DOE^JOHN.")
                             ] = None,
     name_alias: Annotated[Optional[str], typer.Option("--name", hidden=True)] = None,
     accession: Annotated[Optional[str], typer.Option("--accession", metavar="ACC", help="Accession number.")] = None,
