@@ -133,6 +133,8 @@ def queries(port: int, aet: str, a) -> dict[str, dict]:
     """C-FINDs over one association (after the peers' find_bench.py); times in ms and matches."""
     from pydicom.dataset import Dataset
     from pynetdicom import AE, evt
+
+    from ihecli.net.dimse import hold_reactor
     from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
 
     warnings.filterwarnings("ignore", message="Invalid value for VR DA")  # a date range such as 2015- is valid here
@@ -157,7 +159,10 @@ def queries(port: int, aet: str, a) -> dict[str, dict]:
     ae = AE(ae_title="SCU")  # Orthanc answers C-FIND only from AETs in DicomModalities (orthanc.json: SCU)
     ae.add_requested_context(FIND)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 300
-    assoc = ae.associate(b.LOOPBACK, port, ae_title=aet, evt_handlers=[(evt.EVT_CONN_OPEN, nodelay)])
+    # pynetdicom's requestor race (see ihecli.net.dimse._HeldReactor) loses a response now and
+    # then, whichever archive answers: hold its reactor as ihe's own clients do
+    handlers = [(evt.EVT_CONN_OPEN, nodelay), (evt.EVT_ACCEPTED, hold_reactor)]
+    assoc = ae.associate(b.LOOPBACK, port, ae_title=aet, evt_handlers=handlers)
     if not assoc.is_established:
         raise SystemExit(f"{aet}: association rejected")
 

@@ -141,6 +141,8 @@ def move(srv: b.Server, studies: list[str], one_move: bool) -> tuple[float, int,
     went wrong (None when every C-MOVE ended with Success)."""
     from pydicom.dataset import Dataset
     from pynetdicom import AE, evt
+
+    from ihecli.net.dimse import hold_reactor
     from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove as MOVE
 
     def nodelay(event):
@@ -151,7 +153,10 @@ def move(srv: b.Server, studies: list[str], one_move: bool) -> tuple[float, int,
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 600
     groups = [studies] if one_move else [[u] for u in studies]
     t0 = time.perf_counter()
-    assoc = ae.associate(b.LOOPBACK, srv.port, ae_title=srv.aet, evt_handlers=[(evt.EVT_CONN_OPEN, nodelay)])
+    # pynetdicom's requestor race (see ihecli.net.dimse._HeldReactor) loses a response now and
+    # then, whichever archive answers: hold its reactor as ihe's own clients do
+    handlers = [(evt.EVT_CONN_OPEN, nodelay), (evt.EVT_ACCEPTED, hold_reactor)]
+    assoc = ae.associate(b.LOOPBACK, srv.port, ae_title=srv.aet, evt_handlers=handlers)
     if not assoc.is_established:
         raise SystemExit(f"{srv.aet}: association rejected")
     completed, problem = 0, None

@@ -96,7 +96,7 @@ class _HeldReactor:
 
 
 def hold_reactor(event) -> None:
-    """EVT_ACCEPTED handler for C-MOVE sub-associations: see _HeldReactor."""
+    """EVT_ACCEPTED handler for every association we request: see _HeldReactor."""
     assoc = event.assoc
     if assoc.is_requestor and hasattr(assoc, "_reactor_checkpoint") and hasattr(assoc, "_kill"):
         assoc._reactor_checkpoint = _HeldReactor(assoc)
@@ -203,7 +203,7 @@ def associate(ae: AE, node: Node, *, contexts=None, ext_neg=None, handlers=(), w
     try:
         assoc = ae.associate(node.host, node.port, contexts=contexts, ae_title=node.aet,
                              ext_neg=ext_neg, evt_handlers=[NODELAY_HANDLER, (evt.EVT_CONN_OPEN, opened.append),
-                                                            *handlers])
+                                                            (evt.EVT_ACCEPTED, hold_reactor), *handlers])
     except (OSError, ValueError) as e:
         raise PeerUnreachable(f"cannot reach {node}: {e}") from None
     if not opened:
