@@ -67,27 +67,24 @@ def schema() -> etree.XMLSchema:
 
 
 def validate(el: etree._Element) -> None:
-    """Raise SchemaError unless ``el`` (a document's root or a SOAP body child) is schema-valid."""
+    """Raise SchemaError unless ``el`` (a document's root or a SOAP body child) is schema-valid.
+
+    An element inside a document is validated in place as if it were the root (lxml validates a
+    subtree without copying it). An xop:Include stands for base64 content (the XOP infoset), so
+    it is taken out for the validation and put back."""
     s = schema()
-    # validate a copy as its own document: the SOAP envelope around it has no schema here.
-    # An xop:Include stands for base64 content (XOP infoset): validate as if it were empty.
-    includes = el.iter(_XOP_INCLUDE)
-    if next(includes, None) is not None:
-        el = _detached(el)
-        for inc in list(el.iter(_XOP_INCLUDE)):
-            inc.getparent().remove(inc)
-        el = etree.fromstring(etree.tostring(el))  # drop the now unused xop namespace declarations
-    doc = etree.ElementTree(el) if el.getparent() is None else etree.ElementTree(_detached(el))
-    with _lock:  # one XMLSchema object is not safe to use from several threads at once
-        ok = s.validate(doc)
-        log = s.error_log
+    includes = [(inc, inc.getparent(), inc.tail) for inc in el.iter(_XOP_INCLUDE)]
+    for inc, parent, _tail in includes:
+        parent.remove(inc)
+    try:
+        with _lock:  # one XMLSchema object is not safe to use from several threads at once
+            ok = s.validate(el)
+            log = s.error_log
+    finally:
+        for inc, parent, tail in includes:
+            parent.append(inc)
+            inc.tail = tail
     if not ok:
         first = log[0] if len(log) else None
         raise SchemaError(f"{etree.QName(el).localname}: {first.message if first else 'invalid'}"
                           + (f" (line {first.line})" if first else ""))
-
-
-def _detached(el: etree._Element) -> etree._Element:
-    import copy
-
-    return copy.deepcopy(el)
