@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.routing import Route
 
+from ihecli.atna import web as audit_web
 from ihecli.net.http import HttpServer
 from ihecli.web import qido, stow, wado, wado_uri
 from ihecli.web.common import WebError, accept_param_override, check_uid, json_response, text_error
@@ -24,6 +25,10 @@ log = logging.getLogger("ihe.web")
 
 ROOT = "/dicom-web"
 MAX_UPLOAD = 2 << 30  # bytes in one STOW-RS request
+
+
+def _client(request: Request) -> str | None:
+    return request.client.host if request.client else None
 
 
 def create_app(archive, *, root: str = ROOT, max_upload: int = MAX_UPLOAD) -> Starlette:
@@ -47,6 +52,7 @@ def create_app(archive, *, root: str = ROOT, max_upload: int = MAX_UPLOAD) -> St
             p = request.path_params
             rows = qido.search(archive, level, request.query_params, base(request),
                                study=p.get("study"), series=p.get("series"))
+            audit_web.query(_client(request), base(request), level, str(request.query_params))
             return json_response(rows)
         return endpoint
 
@@ -56,7 +62,9 @@ def create_app(archive, *, root: str = ROOT, max_upload: int = MAX_UPLOAD) -> St
         return wado.select_instances(archive, p["study"], p.get("series"), p.get("instance"))
 
     def retrieve(request: Request):
-        return wado.retrieve(archive, accept(request), _refs(request))
+        refs = _refs(request)
+        audit_web.retrieved(_client(request), base(request), refs)
+        return wado.retrieve(archive, accept(request), refs)
 
     def metadata(request: Request):
         return wado.metadata(archive, base(request), _refs(request))
@@ -87,7 +95,9 @@ def create_app(archive, *, root: str = ROOT, max_upload: int = MAX_UPLOAD) -> St
                     reader.feed(chunk)
             parts = reader.finish()
             return await run_in_threadpool(stow.store_parts, archive, parts, study, base(request),
-                                           request.headers.get("accept"))
+                                           request.headers.get("accept"),
+                                           on_outcomes=lambda outs: audit_web.stored(_client(request), base(request),
+                                                                                     outs))
         finally:
             reader.close()
 

@@ -204,8 +204,10 @@ def store_one(archive, data: bytes, study: str | None, coerced: bool = False) ->
         return Outcome(cls, uid, failure=PROCESSING_FAILURE, reason=f"{type(e).__name__}: {e}")
 
 
-def store_parts(archive, parts: list[InPart], study: str | None, base: str, accept: str | None = None):
-    """Store the parts of a STOW-RS request and build the response (PS3.18 10.5.3)."""
+def store_parts(archive, parts: list[InPart], study: str | None, base: str, accept: str | None = None,
+                on_outcomes=None):
+    """Store the parts of a STOW-RS request and build the response (PS3.18 10.5.3);
+    ``on_outcomes(outcomes)`` is told what happened to each (the audit trail)."""
     from ihecli.wic import convert
 
     outcomes: list[Outcome] = []
@@ -240,6 +242,8 @@ def store_parts(archive, parts: list[InPart], study: str | None, base: str, acce
                     continue
                 jobs.append(_pool.submit(store_one, archive, made.data, study, made.coerced))
     outcomes += [j.result() for j in jobs]
+    if on_outcomes is not None:
+        on_outcomes(outcomes)
     return response(outcomes, study, base, accept)
 
 
