@@ -44,6 +44,7 @@ class DirectoryFile(NotDicom):
 _TEXT_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "SH", "ST", "TM", "UI", "UC", "UT", "PN"}
 _MULTI = {"SpecificCharacterSet", "PatientOrientation"}
 _KEYWORDS = {int(Tag(k)): k for k in WANTED_KEYWORDS}
+_LAST = max(_KEYWORDS)  # the walk stops past the last wanted element
 
 
 def _fast_values(data: bytes) -> tuple[dict, str] | None:
@@ -70,7 +71,7 @@ def _fast_values(data: bytes) -> tuple[dict, str] | None:
     try:
         while pos + 8 <= n:
             tag, nxt, (vr, start, length) = _element(data, pos, implicit)
-            if tag >= PIXEL_DATA:
+            if tag > _LAST:
                 break
             if tag == 0x00041220:
                 raise DirectoryFile("a DICOMDIR (a directory of the medium, not an object)")
