@@ -4,6 +4,7 @@ from __future__ import annotations
 import mimetypes
 import signal
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -178,27 +179,56 @@ def submit_cmd(
                 raise UsageError(f"{p}: {e.strerror or e}") from None
         subs = make_submissions(files_data, x, opts, batch=batch)
     total = sum(len(s.documents) or len(s.metadata_documents) for s in subs)
-    with output.progress(total, "submitting", enabled=total > 1) as advance:
+    local = threading.local()
+
+    def send(sub):
+        c = getattr(local, "client", None)
+        if c is None:
+            c = local.client = cli if threading.current_thread() is threading.main_thread() else \
+                _client(ctx, repository, "repository", timeout, dict(cert=cert, key=tls_key, ca=ca, floor=tls_floor))
+        return xc.provide_and_register(c, sub)
+
+    # the first submission set goes alone (it may create the folder the others refer to), the
+    # others two at a time: the repository works on one while the next is on the wire
+    with output.progress(total, "submitting", enabled=total > 1) as advance, \
+            ThreadPoolExecutor(max_workers=2, thread_name_prefix="ihe-submit") as pool:
+        pending = []
         for i, sub in enumerate(subs):
-            try:
-                res = xc.provide_and_register(cli, sub)
-            except XdsError as e:
-                if i == 0 and len(subs) == 1:
-                    raise
-                failed.append(str(e))
-                output.error(f"submission set {i + 1}/{len(subs)}: {e}")
-                advance(len(sub.documents))
-                continue
-            _warn(res.errors)
-            ss = sub.submission_set
-            for de, data in sub.documents:
-                rows.append({"entryUUID": de.entry_uuid, "uniqueId": de.unique_id, "patientId": de.patient_id,
-                             "title": de.title, "mimeType": de.mime_type, "size": len(data),
-                             "submissionSetUniqueId": ss.unique_id if ss else "",
-                             "repository": cli.url})
-            if sub.metadata is not None:
-                rows += [{"entryUUID": k, "size": len(d)} for k, (d, _m) in sub.metadata_documents.items()]
-            advance(len(sub.documents) or len(sub.metadata_documents))
+            if i == 0:
+                try:
+                    first = send(sub)
+                except XdsError as e:
+                    if len(subs) == 1:
+                        raise
+                    first = e
+                pending.append((sub, None, first))
+            else:
+                pending.append((sub, pool.submit(send, sub), None))
+        try:
+            for i, (sub, fut, res) in enumerate(pending):
+                try:
+                    res = fut.result() if fut is not None else res
+                    if isinstance(res, XdsError):
+                        raise res
+                except XdsError as e:
+                    failed.append(str(e))
+                    output.error(f"submission set {i + 1}/{len(subs)}: {e}")
+                    advance(len(sub.documents))
+                    continue
+                _warn(res.errors)
+                ss = sub.submission_set
+                for de, data in sub.documents:
+                    rows.append({"entryUUID": de.entry_uuid, "uniqueId": de.unique_id, "patientId": de.patient_id,
+                                 "title": de.title, "mimeType": de.mime_type, "size": len(data),
+                                 "submissionSetUniqueId": ss.unique_id if ss else "", "repository": cli.url})
+                if sub.metadata is not None:
+                    rows += [{"entryUUID": k, "size": len(d)} for k, (d, _m) in sub.metadata_documents.items()]
+                advance(len(sub.documents) or len(sub.metadata_documents))
+        except BaseException:
+            for _sub, fut, _res in pending:
+                if fut is not None:
+                    fut.cancel()
+            raise
     if json:
         output.print_json(rows)
     else:
