@@ -222,7 +222,7 @@ class AuditSender:
     """The background sender behind ``atna.record``."""
 
     def __init__(self, target: Target, *, tls_config: tls.TlsConfig | None = None, spool_dir: str | os.PathLike,
-                 spool_max_bytes: int = 50 << 20, app: str = "ihe", timeout: float = 5.0,
+                 spool_max_bytes: int = 50 << 20, app: str = "ihe", timeout: float = 3.0,
                  build: Callable[[object], bytes] | None = None, queue_size: int = 10000):
         self.target = target
         self.ctx = tls.context(tls_config or tls.TlsConfig(), server=False) if target.scheme == "tls" else None
