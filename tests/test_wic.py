@@ -249,3 +249,37 @@ def test_exif_reader_reads_what_pillow_wrote(tmp_path):
 
     ex = read_exif(photo(tmp_path / "p.jpg", orientation=3, taken="2024:12:31 23:59:58").read_bytes())
     assert ex.taken == datetime(2024, 12, 31, 23, 59, 58) and ex.orientation == 3 and ex.make == "TestCam"
+
+
+def test_upload_and_query_over_mutual_tls(tmp_path):
+    """DICOMweb behind TLS with client certificates (ITI-19): wic upload with --cert/--ca gets in,
+    a client without a certificate does not."""
+    import ssl
+
+    import trustme
+
+    from ihecli.net import tls
+
+    ca = trustme.CA()
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+    ca.issue_cert("wic-client").private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "client.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    a = Archive(f"sqlite:///{tmp_path / 'i.db'}", tmp_path / "s")
+    srv = DicomWebServer(a, ssl_context=tls.context(tls.TlsConfig(cert=str(tmp_path / "server.pem"),
+                                                                  ca=str(tmp_path / "ca.pem")), server=True))
+    srv.start()
+    try:
+        assert srv.base_url.startswith("https://")
+        f = photo(tmp_path / "p.jpg")
+        r = run_cli("wic", "upload", f, "--patient", "TLS1", "--url", srv.base_url, "--cert", tmp_path / "client.pem",
+                    "--ca", tmp_path / "ca.pem", "--json")
+        assert r.code == 0, r.stderr
+        ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+        ctx.load_cert_chain(str(tmp_path / "client.pem"))
+        with httpx.Client(verify=ctx) as c:
+            assert c.get(srv.base_url + "/studies", params={"PatientID": "TLS1"}).json()
+        r = run_cli("wic", "upload", f, "--patient", "TLS1", "--url", srv.base_url, "--ca", tmp_path / "ca.pem")
+        assert r.code == 4 and "ihe: error:" in r.stderr  # refused: no client certificate
+    finally:
+        srv.stop()
+        a.close()

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ihecli.cli import output
-from ihecli.cli.options import Json, Timeout
+from ihecli.cli.options import Ca, Cert, Json, NoTls, Timeout, Tls, TlsFloor, TlsKey, tls_config
 from ihecli.errors import ExitStatus
 
 app = typer.Typer(help="Web-based Image Capture: send photos, videos and PDFs to an archive over STOW-RS.\n\n"
@@ -17,6 +17,7 @@ app = typer.Typer(help="Web-based Image Capture: send photos, videos and PDFs to
 
 @app.command("upload")
 def upload_cmd(
+    ctx: typer.Context,
     files: Annotated[list[Path], typer.Argument(metavar="FILE...", help="JPEG or PNG photos, MP4 videos, PDFs.")],
     patient: Annotated[str, typer.Option("--patient", metavar="ID", help="Patient ID.")],
     patient_name: Annotated[Optional[str], typer.Option("--patient-name", metavar="NAME",
@@ -35,6 +36,8 @@ def upload_cmd(
         "--url", metavar="URL", envvar="IHE_DICOMWEB_URL",
         help="DICOMweb service root (default: IHE_DICOMWEB_URL, else http://127.0.0.1:8080/dicom-web).")] = None,
     timeout: Timeout = 60,
+    tls: Tls = False, no_tls: NoTls = False, cert: Cert = None, tls_key: TlsKey = None, ca: Ca = None,
+    tls_floor: TlsFloor = None,
     json: Json = False,
     # short spellings, hidden: the listed names above keep one meaning across every command
     name_alias: Annotated[Optional[str], typer.Option("--name", hidden=True)] = None,
@@ -49,14 +52,19 @@ def upload_cmd(
 
     Example: ihe wic upload wound.jpg consent.pdf --patient PID001 --accession A123
     """
+    from ihecli.net import tls as tlsmod
     from ihecli.wic.upload import DEFAULT_URL, upload
 
     patient_name = patient_name or name_alias
     description = description or description_alias
     url = to or to_alias or os.environ.get("IHE_DICOMWEB_URL") or DEFAULT_URL
+    ssl_context = tlsmod.context(tls_config(ctx, tls=tls, no_tls=no_tls, cert=cert, key=tls_key, ca=ca,
+                                            floor=tls_floor), server=False)
+    if ssl_context is not None and url.startswith("http://"):
+        url = "https://" + url[len("http://"):]
     rep = upload(url, list(files), patient=patient, name=patient_name, birth_date=birth_date, sex=sex, study=study,
                  accession=accession, new_study=new_study or not (study or accession), description=description,
-                 timeout=timeout)
+                 timeout=timeout, ssl_context=ssl_context)
     if json:
         output.print_json({"status": rep.status, "study": rep.study_uid,
                            "created": [{"file": c.file, "kind": c.kind, "sop_class": c.sop_class,

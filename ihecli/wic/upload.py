@@ -165,7 +165,7 @@ def body_of(captures: list[Capture]) -> tuple[bytes, str]:
     return b"".join(chunks), ctype
 
 
-def _session():
+def _session(ssl_context=None):
     import requests
     from requests.adapters import HTTPAdapter
     from urllib3.connection import HTTPConnection
@@ -173,6 +173,8 @@ def _session():
     class NoDelay(HTTPAdapter):
         def init_poolmanager(self, *a, **kw):
             kw["socket_options"] = HTTPConnection.default_socket_options + [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+            if ssl_context is not None:  # the TLS options' context (ITI-19): floor, CA, our certificate
+                kw["ssl_context"] = ssl_context
             return super().init_poolmanager(*a, **kw)
 
     s = requests.Session()
@@ -181,8 +183,8 @@ def _session():
     return s
 
 
-def store_instances_over_web(url: str, captures: list[Capture], *, timeout: float = 60, verify=True,
-                   progress: Callable[[int], None] | None = None) -> UploadReport:
+def store_instances_over_web(url: str, captures: list[Capture], *, timeout: float = 60, ssl_context=None,
+                             progress: Callable[[int], None] | None = None) -> UploadReport:
     """Send captures to a STOW-RS service (RAD-108) and report what it created."""
     import requests
 
@@ -191,9 +193,11 @@ def store_instances_over_web(url: str, captures: list[Capture], *, timeout: floa
     body, ctype = body_of(captures)
     rep = UploadReport(url=target)
     try:
-        with _session() as s:
+        with _session(ssl_context) as s:
             r = s.post(target, data=body, headers={"Content-Type": ctype, "Accept": "application/dicom+json"},
-                       timeout=timeout, verify=verify)
+                       timeout=timeout)
+    except requests.exceptions.SSLError as e:
+        raise PeerUnreachable(f"TLS with {target} failed: {_short(e)}") from None
     except requests.ConnectionError as e:
         raise PeerUnreachable(f"cannot reach {target}: {_short(e)}") from None
     except requests.Timeout:
@@ -241,5 +245,5 @@ def _short(e: Exception) -> str:
 def upload(url: str, files: list[Path], **context) -> UploadReport:
     """Read photos, videos and PDFs and store them through STOW-RS (RAD-108) with their context."""
     timeout = context.pop("timeout", 60)
-    verify = context.pop("verify", True)
-    return store_instances_over_web(url, prepare(files, **context), timeout=timeout, verify=verify)
+    ssl_context = context.pop("ssl_context", None)
+    return store_instances_over_web(url, prepare(files, **context), timeout=timeout, ssl_context=ssl_context)
