@@ -383,3 +383,22 @@ def test_hostile_input(xds):
     assert r.status_code == 400 and "RetrieveDocumentSetRequest" in msg.fault().reason
     # the server still answers
     assert find(xds.url) == []
+
+
+def test_provide_and_register_without_mtom_is_refused(xds):
+    """ITI-41 must be MTOM/XOP: the same request with the document inline (base64) is refused
+    with a RegistryError, and nothing is stored."""
+    import base64
+
+    from ihecli.net.soap.xml import XDSB
+    from ihecli.xds.messages import provide_and_register_request
+
+    (sub,) = make_submissions([("a.txt", b"inline")], DOMAIN, Options(patient=PID))
+    body = provide_and_register_request(sub.object_list(), [], None)
+    doc = etree.SubElement(body, q(XDSB, "Document"), id=sub.documents[0][0].entry_uuid)
+    doc.text = base64.b64encode(b"inline").decode()
+    msg = SoapClient(xds.url).call(v.ITI41, body)
+    assert not msg.mtom
+    res = read_registry_response(msg.body)
+    assert res.status == v.FAILURE and check_codes("P", res.errors) == ["XDSRepositoryError"]
+    assert "MTOM" in res.errors[0].context and find(xds.url) == []
