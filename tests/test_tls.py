@@ -179,3 +179,40 @@ def test_bad_files_are_usage_errors(pki, tmp_path):
         tls.context(tls.TlsConfig(), server=True)
     with pytest.raises(UsageError, match="TLS floor"):
         tls.context(tls.TlsConfig(floor="1.1"), server=False)
+
+
+def _openssl(*args: str, cwd) -> None:
+    import subprocess
+
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def test_certificates_made_with_openssl(tmp_path, pki, refusals):
+    """The same mutual authentication with a CA and certificates made by the openssl command."""
+    d = tmp_path
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+             "-subj", "/CN=IHE Test CA", "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
+    for name, san in (("server", "IP:127.0.0.1,DNS:localhost"), ("client", "DNS:ihe-client")):
+        _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj",
+                 f"/CN={name}", cwd=d)
+        (d / f"{name}.ext").write_text(f"subjectAltName={san}\nbasicConstraints=CA:FALSE\n")
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                 "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext", cwd=d)
+    srv = Server(tls.context(tls.TlsConfig(cert=str(d / "server.pem"), key=str(d / "server.key"),
+                                           ca=str(d / "ca.pem")), server=True))
+    try:
+        ok = tls.context(tls.TlsConfig(cert=str(d / "client.pem"), key=str(d / "client.key"), ca=str(d / "ca.pem")),
+                         server=False)
+        assert connect(srv.port, ok) == b"ok"
+        assert srv.accepted == ["client"]
+        # a client whose certificate another CA signed (trustme's) is refused
+        with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+            connect(srv.port, tls.context(tls.TlsConfig(cert=pki["client"], ca=str(d / "ca.pem")), server=False))
+        for _ in range(50):
+            if srv.refused:
+                break
+            threading.Event().wait(0.05)
+        assert srv.refused and srv.refused[0].startswith("certificate not trusted")
+    finally:
+        srv.close()
