@@ -387,6 +387,36 @@ def _s(ds: Dataset, kw: str) -> str | None:
     return None if val is None else str(val)
 
 
+def _raw(ds: Dataset, tag: int) -> str | None:
+    """A text value without pydicom's conversion (thousands of records are read at once)."""
+    try:
+        elem = ds.get_item(tag)
+    except Exception:
+        return None
+    if elem is None:
+        return None
+    val = elem.value
+    if isinstance(val, bytes):
+        return val.decode("latin-1").strip("\x00 ") or None
+    if isinstance(val, (list, pydicom.multival.MultiValue)):
+        return "\\".join(str(x) for x in val)
+    return None if val is None else (str(val).strip() or None)
+
+
+def _ul(ds: Dataset, tag: int, little: bool) -> int:
+    """An offset (UL) without pydicom's conversion; 0 when absent."""
+    try:
+        elem = ds.get_item(tag)
+    except Exception:
+        return 0
+    if elem is None:
+        return 0
+    val = elem.value
+    if isinstance(val, bytes):
+        return struct.unpack("<I" if little else ">I", val[:4])[0] if len(val) >= 4 else 0
+    return int(val or 0)
+
+
 def file_id_components(value) -> list[str] | None:
     """A Referenced File ID's components, or None if it is not a path inside the medium."""
     if value is None:
@@ -423,6 +453,7 @@ def read_dicomdir(data: bytes) -> Directory:
     order_used = "offsets"
     try:
         first = int(ds.OffsetOfTheFirstDirectoryRecordOfTheRootDirectoryEntity)
+        little = bool(getattr(ds, "is_little_endian", True) if ds.is_little_endian is not None else True)
         seen: set[int] = set()
 
         def follow(offset: int, ancestors: list[Dataset]) -> None:
@@ -432,10 +463,10 @@ def read_dicomdir(data: bytes) -> Directory:
                 seen.add(offset)
                 rec = by_offset[offset]
                 visited.append((rec, ancestors))
-                lower = int(getattr(rec, "OffsetOfReferencedLowerLevelDirectoryEntity", 0) or 0)
+                lower = _ul(rec, 0x00041420, little)
                 if lower:
                     follow(lower, ancestors + [rec])
-                offset = int(getattr(rec, "OffsetOfTheNextDirectoryRecord", 0) or 0)
+                offset = _ul(rec, 0x00041400, little)
 
         follow(first, [])
         if len(seen) != len(records):
@@ -463,7 +494,7 @@ def read_dicomdir(data: bytes) -> Directory:
     def values_of(a: Dataset) -> dict:
         got = context.get(id(a))
         if got is None:
-            t = (_s(a, "DirectoryRecordType") or "").upper()
+            t = (_raw(a, 0x00041430) or "").upper()
             if t == "PATIENT":
                 got = {"patient_id": _s(a, "PatientID"), "patient_name": _s(a, "PatientName")}
             elif t == "STUDY":
@@ -478,20 +509,18 @@ def read_dicomdir(data: bytes) -> Directory:
         return got
 
     for rec, anc in visited:
-        if "ReferencedFileID" not in rec:
+        raw = _raw(rec, 0x00041500)
+        if raw is None:
             continue
         if rec.get("RecordInUseFlag", 0xFFFF) == 0:
             continue
-        raw = rec.ReferencedFileID
-        comps = file_id_components(raw)
+        comps = file_id_components(raw.split("\\"))
         if comps is None:
-            bad.append("\\".join(raw) if isinstance(raw, (list, pydicom.multival.MultiValue)) else str(raw))
+            bad.append(raw)
             continue
-        ref = Reference(file_id=comps, record_type=(_s(rec, "DirectoryRecordType") or "").upper(),
-                        sop_class=_s(rec, "ReferencedSOPClassUIDInFile"),
-                        sop_uid=_s(rec, "ReferencedSOPInstanceUIDInFile"),
-                        transfer_syntax=_s(rec, "ReferencedTransferSyntaxUIDInFile"),
-                        instance_number=_s(rec, "InstanceNumber"))
+        ref = Reference(file_id=comps, record_type=(_raw(rec, 0x00041430) or "").upper(),
+                        sop_class=_raw(rec, 0x00041510), sop_uid=_raw(rec, 0x00041511),
+                        transfer_syntax=_raw(rec, 0x00041512), instance_number=_raw(rec, 0x00200013))
         for a in anc:
             for k, val in values_of(a).items():
                 setattr(ref, k, val)
