@@ -173,6 +173,52 @@ def element_paths(ds: Dataset, prefix: str = "") -> dict[int, str]:
     return out
 
 
+_NUMBERS = {"IS": int, "DS": float, "US": int, "UL": int, "SS": int, "SL": int, "UV": int, "SV": int, "FL": float,
+            "FD": float}
+_STRINGS = {"AE", "AS", "CS", "DA", "DT", "LO", "LT", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
+
+
+def _json_value(vr: str, v):
+    if vr in _NUMBERS:
+        if isinstance(v, (int, float)):
+            return v
+        text = str(v).strip()
+        try:
+            n = float(text) if vr in ("DS", "FL", "FD") else int(text)
+        except ValueError:
+            raise TypeError(f"not a number: {text!r}") from None
+        return int(n) if vr == "DS" and n.is_integer() and "." not in text and "e" not in text.lower() else n
+    if vr == "PN":
+        groups = str(v).split("=")
+        out = {}
+        for name, g in zip(("Alphabetic", "Ideographic", "Phonetic"), groups):
+            if g:
+                out[name] = g
+        return out
+    return str(v)
+
+
+def flat_json(ds: Dataset) -> dict | None:
+    """DICOM JSON of a dataset of plain text and number values (query answers), written directly:
+    pydicom's to_json_dict costs several times more. None when an element needs pydicom."""
+    out = {}
+    for elem in ds:
+        vr = elem.VR
+        if vr not in _STRINGS and vr not in _NUMBERS and vr != "PN":
+            return None
+        v = elem.value
+        tag = f"{int(elem.tag):08X}"
+        if v is None or v == "" or (isinstance(v, (list, tuple)) or type(v).__name__ == "MultiValue") and not len(v):
+            out[tag] = {"vr": vr}
+            continue
+        values = list(v) if isinstance(v, (list, tuple)) or type(v).__name__ == "MultiValue" else [v]
+        try:
+            out[tag] = {"vr": vr, "Value": [None if x is None or x == "" else _json_value(vr, x) for x in values]}
+        except TypeError:
+            return None
+    return out
+
+
 def to_json(ds: Dataset, bulk_base: str | None = None, threshold: int = BULK_THRESHOLD) -> dict:
     """A dataset as DICOM JSON; binary values over ``threshold`` bytes become BulkDataURIs under
     ``bulk_base`` (the instance's URL + /bulkdata/), or are left out when there is no base."""

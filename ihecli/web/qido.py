@@ -10,7 +10,7 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from ihecli.web.common import WebError, check_uid, to_json
+from ihecli.web.common import WebError, check_uid, flat_json, to_json
 
 # Attributes returned by default (PS3.18 Tables 10.6.3-3 to -5), by level
 STUDY_KEYS = ["StudyDate", "StudyTime", "AccessionNumber", "InstanceAvailability", "ModalitiesInStudy",
@@ -178,5 +178,6 @@ def search(archive, level: str, params, base: str, *, study: str | None = None,
         if level == "IMAGE":
             url += f"/instances/{r.get('SOPInstanceUID', '')}"
         r.add_new(0x00081190, "UR", url)  # Retrieve URL
-        out.append(to_json(r))
+        j = flat_json(r)
+        out.append(j if j is not None else to_json(r))
     return out
