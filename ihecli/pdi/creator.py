@@ -27,6 +27,7 @@ from ihecli.pdi.web import Links, WebObject, WebPatient, home_page, index_page, 
 JPEG_FAMILY = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
                "1.2.840.10008.1.2.4.70"}
 J2K = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"}
+HEAD = 256 * 1024
 CAPACITY = {"cd": 737_280_000, "dvd": 4_700_000_000, "usb": None}  # bytes: CD-R 80 min, DVD-R
 PROFILES = {"cd": "STD-GEN-CD", "dvd": "STD-GEN-DVD-JPEG", "usb": "STD-GEN-USB-JPEG"}
 
@@ -156,22 +157,30 @@ def read_sources(paths: Iterable[str | os.PathLike], media: str, web: bool,
     for p in paths:
         p = str(p)
         try:
+            size = os.path.getsize(p)
             with open(p, "rb") as f:
-                data = f.read()
+                data = f.read(HEAD)  # the header; the pixel data is copied later, never held
+            if not looks_like_dicom(data):
+                skipped.append((p, "not DICOM"))
+                continue
+            try:
+                info = object_info(data, p)
+            except NotDicom:
+                if size <= len(data):
+                    raise
+                with open(p, "rb") as f:
+                    data = f.read()
+                info = object_info(data, p)
         except OSError as e:
             skipped.append((p, e.strerror or str(e)))
+            continue
+        except NotDicom as e:
+            skipped.append((p, str(e)))
             continue
         finally:
             if progress:
                 progress(1)
-        if not looks_like_dicom(data):
-            skipped.append((p, "not DICOM"))
-            continue
-        try:
-            info = object_info(data, p)
-        except NotDicom as e:
-            skipped.append((p, str(e)))
-            continue
+        info.size = size
         if info.sop_uid in seen:
             skipped.append((p, f"SOP Instance {info.sop_uid} already selected"))
             continue
