@@ -302,13 +302,15 @@ def _rss() -> int:
 
 def test_stow_oversized_upload_is_refused_while_streaming(tmp_path):
     a = Archive(f"sqlite:///{tmp_path / 'i.db'}", tmp_path / "s")
+    default = DicomWebServer(a)  # 512 MiB a request
     srv = DicomWebServer(a, max_upload=64 << 20)
     srv.start()
+    default.start()
     try:
         url = srv.base_url + "/studies"
         ct = 'multipart/related; type="application/dicom"; boundary=xx'
         # a declared 1 GiB body is refused before it is read
-        with socket.create_connection(("127.0.0.1", srv.port)) as sock:
+        with socket.create_connection(("127.0.0.1", default.port)) as sock:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.sendall(f"POST /dicom-web/studies HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ct}\r\n"
                          f"Content-Length: {1 << 30}\r\n\r\n".encode() + b"--xx\r\n")
@@ -351,6 +353,7 @@ def test_stow_oversized_upload_is_refused_while_streaming(tmp_path):
         assert a.counts()["instances"] == 0
     finally:
         srv.stop()
+        default.stop()
         a.close()
 
 

@@ -24,7 +24,7 @@ from ihecli.web.common import WebError, accept_param_override, check_uid, json_r
 log = logging.getLogger("ihe.web")
 
 ROOT = "/dicom-web"
-MAX_UPLOAD = 2 << 30  # bytes in one STOW-RS request
+MAX_UPLOAD = 512 << 20  # bytes in one STOW-RS request: larger ones are refused (413) as they arrive
 
 
 def _client(request: Request) -> str | None:
