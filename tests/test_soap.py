@@ -17,7 +17,7 @@ from ihecli.net.soap import (Attachments, Reply, SoapClient, SoapFault, SoapServ
                              envelope, parse_xml, validate)
 from ihecli.net.soap.envelope import fault_envelope, parse_envelope
 from ihecli.net.soap.schemas import SchemaError
-from ihecli.net.soap.xml import NS, SOAP12, WSA, q
+from ihecli.net.soap.xml import NS, SOAP12, q
 
 XDS = DATA / "xds"
 
@@ -56,7 +56,7 @@ def test_request_envelope_has_ws_addressing_with_must_understand():
     body = etree.Element("{urn:y}Ping")
     env = envelope(body, "urn:ihe:iti:2007:RegistryStoredQuery", to="http://h/xds")
     mu = q(SOAP12, "mustUnderstand")
-    action = env.find(f"soap:Header/wsa:Action", NS)
+    action = env.find("soap:Header/wsa:Action", NS)
     assert action.text == "urn:ihe:iti:2007:RegistryStoredQuery" and action.get(mu) == "true"
     assert re.fullmatch(r"urn:uuid:[0-9a-f-]{36}", env.findtext("soap:Header/wsa:MessageID", namespaces=NS))
     assert env.findtext("soap:Header/wsa:ReplyTo/wsa:Address", namespaces=NS).endswith("/anonymous")

@@ -251,7 +251,7 @@ def test_transactions_are_audited(srv, tmp_path):
         atna.configure(None)
 
 
-def test_mutual_tls(pki, tmp_path):  # noqa: F811
+def test_mutual_tls(pki, tmp_path):  # noqa: F811  (the fixture imported above)
     """https:// endpoints: BCP195 TLS with mutual authentication (ITI-19); a client without a
     trusted certificate is refused and told so (exit 4)."""
     from ihecli.net import tls

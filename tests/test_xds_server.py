@@ -16,7 +16,7 @@ from helpers import DATA
 from ihecli.archive import Archive
 from ihecli.config import XdsSettings
 from ihecli.net.soap import SoapClient, decode, schemas
-from ihecli.net.soap.xml import NS, RIM, SOAP12, q, parse_xml
+from ihecli.net.soap.xml import NS, RIM, q, parse_xml
 from ihecli.xds import client as xc
 from ihecli.xds import vocabulary as v
 from ihecli.xds.messages import DocumentRequest, XdsError, read_registry_response

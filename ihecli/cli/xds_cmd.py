@@ -32,6 +32,19 @@ CodeOpt = lambda name, what: Annotated[Optional[list[str]], typer.Option(  # noq
     name, metavar="CODE", help=CODE_HELP.format(what))]
 CodeOne = lambda name, what: Annotated[Optional[str], typer.Option(  # noqa: E731
     name, metavar="CODE", help=CODE_HELP.format(what))]
+ClassOne = CodeOne("--class", "classCode")
+TypeOne = CodeOne("--type", "typeCode")
+FormatOne = CodeOne("--format", "formatCode")
+ConfOne = CodeOne("--confidentiality", "confidentialityCode")
+Classes = CodeOpt("--class", "classCode")
+Types = CodeOpt("--type", "typeCode")
+Formats = CodeOpt("--format", "formatCode")
+Confs = CodeOpt("--confidentiality", "confidentialityCode")
+EventCodes = CodeOpt("--event-code", "eventCodeList")
+Practices = CodeOpt("--practice", "practiceSettingCode")
+Facilities = CodeOpt("--facility", "healthcareFacilityTypeCode")
+FolderCodes = CodeOpt("--folder-code", "Folder codeList")
+ContentTypes = CodeOpt("--content-type", "SubmissionSet contentTypeCode")
 RepositoryId = Annotated[Optional[str], typer.Option(
     "--repository-id", metavar="OID",
     help="repositoryUniqueId of the Document Repository (default: the profile's xds.repository_unique_id).")]
@@ -122,10 +135,10 @@ def submit_cmd(
     files: Annotated[list[Path], typer.Argument(metavar="FILE...", help="Documents, or folders of them.")],
     patient: Patient = None,
     title: Annotated[Optional[str], typer.Option("--title", metavar="TEXT", help="Title (default: file name).")] = None,
-    class_code: CodeOne("--class", "classCode") = None,
-    type_code: CodeOne("--type", "typeCode") = None,
-    format_code: CodeOne("--format", "formatCode") = None,
-    confidentiality: CodeOne("--confidentiality", "confidentialityCode") = None,
+    class_code: ClassOne = None,
+    type_code: TypeOne = None,
+    format_code: FormatOne = None,
+    confidentiality: ConfOne = None,
     mime: Annotated[Optional[str], typer.Option("--mime", metavar="TYPE",
                                                 help="MIME type (default: from the file).")] = None,
     folder: Annotated[Optional[str], typer.Option("--folder", metavar="NAME",
@@ -285,15 +298,15 @@ def query_cmd(
                                                       help="entryUUID (urn:uuid:...) of the object(s); repeatable.")] = None,
     unique_id: Annotated[Optional[list[str]], typer.Option("--unique-id", metavar="UID",
                                                            help="uniqueId of the object(s); repeatable.")] = None,
-    class_code: CodeOpt("--class", "classCode") = None,
-    type_code: CodeOpt("--type", "typeCode") = None,
-    format_code: CodeOpt("--format", "formatCode") = None,
-    confidentiality: CodeOpt("--confidentiality", "confidentialityCode") = None,
-    event: CodeOpt("--event-code", "eventCodeList") = None,
-    practice: CodeOpt("--practice", "practiceSettingCode") = None,
-    facility: CodeOpt("--facility", "healthcareFacilityTypeCode") = None,
-    folder_code: CodeOpt("--folder-code", "Folder codeList") = None,
-    content_type: CodeOpt("--content-type", "SubmissionSet contentTypeCode") = None,
+    class_code: Classes = None,
+    type_code: Types = None,
+    format_code: Formats = None,
+    confidentiality: Confs = None,
+    event: EventCodes = None,
+    practice: Practices = None,
+    facility: Facilities = None,
+    folder_code: FolderCodes = None,
+    content_type: ContentTypes = None,
     author: Annotated[Optional[list[str]], typer.Option("--author", metavar="PATTERN",
                                                         help="Author person, % and _ as wildcards; repeatable.")] = None,
     since: Annotated[Optional[str], typer.Option(

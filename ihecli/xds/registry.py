@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass, field
 
 from lxml import etree
-from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.engine import Engine
 
 from ihecli.archive.index import make_engine, now

@@ -13,9 +13,7 @@ path answers every action).
 """
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
