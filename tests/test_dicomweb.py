@@ -387,3 +387,34 @@ def test_qido_json_names_in_every_character_set(tmp_path):
     finally:
         srv.stop()
         a.close()
+
+
+def test_rejected_instances_stay_hidden(tmp_path):
+    """An IOCM rejection note (RAD-66) hides its instances from QIDO-RS, WADO-RS and WADO-URI too."""
+    from helpers import run_cli
+    from ihecli.config import load
+    from ihecli.workflow.service import attach
+
+    files = make_corpus(tmp_path / "c", studies=1, series=1, images=3)
+    assert run_cli("archive", "import", tmp_path / "c").code == 0
+    st, se, sop = (str(getattr(dcmread(files[0]), k)) for k in ("StudyInstanceUID", "SeriesInstanceUID",
+                                                                   "SOPInstanceUID"))
+    r = run_cli("iocm", "reject", "--reason", "quality", "--instance", sop, "--store", "--yes")
+    assert r.code == 0, r.stderr
+    s = load().archive
+    a = Archive(s.db_url(), s.storage_dir())
+    attach(a)
+    srv = DicomWebServer(a)
+    srv.start()
+    try:
+        c = DICOMwebClient(url=srv.base_url)
+        found = _uids(c.search_for_instances(st, se), "00080018")
+        assert sop not in found and len(found) == 2
+        assert HTTP.get(f"{srv.base_url}/studies/{st}/series/{se}/instances/{sop}").status_code == 404
+        assert HTTP.get(f"{srv.base_url}/studies/{st}/series/{se}/instances/{sop}/metadata").status_code == 404
+        assert HTTP.get(srv.url + "/wado", params={"requestType": "WADO", "studyUID": st, "seriesUID": se,
+                                                   "objectUID": sop}).status_code == 404
+        assert len(c.retrieve_series(st, se)) == 2
+    finally:
+        srv.stop()
+        a.close()
