@@ -316,3 +316,44 @@ def test_bad_usage(tmp_path):
     assert r.code == 2
     r = imp(tmp_path, medium, "--accession", "A1")
     assert r.code == 2 and "one study" in r.stderr
+
+
+MEMORY_SCRIPT = r"""
+import resource, sys
+from ihecli.archive import Archive
+from ihecli.pdi import burn, import_media, open_medium
+from pathlib import Path
+files, out = sorted(Path(sys.argv[1]).iterdir()), Path(sys.argv[2])
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+burn(files, iso=out / "big.iso", web=False, media="dvd")
+after_burn = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with Archive(f"sqlite:///{out / 'a.db'}", out / "storage") as a, open_medium(out / "big.iso") as m:
+    rep = import_media(m, archive=a)
+after_import = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(rep.counts["stored"], after_burn - base, after_import - base)
+"""
+
+
+def test_memory_stays_flat(tmp_path):
+    """A 120 MB medium of 1 MB objects: burning and importing it grows the process by far less."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    src = tmp_path / "src"
+    src.mkdir()
+    base = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    base.Rows, base.Columns = 1024, 512
+    base.PixelData = np.random.default_rng(1).integers(0, 4000, (1024, 512), dtype=np.uint16).tobytes()
+    for k in range(120):
+        base.SOPInstanceUID = base.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        base.InstanceNumber = k + 1
+        base.save_as(src / f"f{k:03d}.dcm")
+    p = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(src), str(tmp_path)], capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr
+    stored, burn_kib, import_kib = map(int, p.stdout.split())
+    assert stored == 120
+    assert burn_kib < 30_000, f"burn grew by {burn_kib} KiB"
+    assert import_kib < 40_000, f"import grew by {import_kib} KiB"

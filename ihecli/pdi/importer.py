@@ -299,6 +299,7 @@ def _collisions(archive, batch: list[Found], owner_of: Callable[[Found], tuple[s
 
 
 BATCH = 64  # objects whose UIDs are checked against the archive in one query
+BATCH_BYTES = 8 << 20  # and at most this much of them held at once: memory stays flat
 
 
 def import_media(medium: Medium, *, archive=None, node=None, calling_aet: str = "IHE", timeout: float = 30,
@@ -449,16 +450,18 @@ def import_media(medium: Medium, *, archive=None, node=None, calling_aet: str = 
                 to_send.append((p, o))
             else:
                 pending.append(pool.submit(store_one, o, encoded))
-                while len(pending) >= 4 * workers:  # bounded look-ahead: memory stays flat
+                while len(pending) >= 2 * workers:  # bounded look-ahead: memory stays flat
                     pending.pop(0).result()
 
     try:
         batch: list[tuple[Found, bytes | None]] = []
+        held = 0
         for item in iter_objects(medium, survey, whole=True):
             batch.append(item)
-            if len(batch) >= BATCH:
+            held += len(item[1] or b"")
+            if len(batch) >= BATCH or held >= BATCH_BYTES:
                 handle(batch)
-                batch = []
+                batch, held = [], 0
         handle(batch)
         for fut in pending:
             fut.result()
