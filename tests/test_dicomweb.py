@@ -418,3 +418,29 @@ def test_rejected_instances_stay_hidden(tmp_path):
     finally:
         srv.stop()
         a.close()
+
+
+def test_archive_serve_http_port(tmp_path):
+    """`ihe archive serve --http-port`: DICOMweb beside DICOM on the same archive, in one command."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from helpers import free_port, wait_port
+
+    web, dimse = free_port(), free_port()
+    p = subprocess.Popen([sys.executable, "-m", "ihecli", "archive", "serve", "--port", str(dimse), "--http-port",
+                          str(web), "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         env={**os.environ, "TCP_NODELAY": "1"})
+    try:
+        wait_port(web, 30)
+        wait_port(dimse, 30)
+        files = make_corpus(tmp_path / "c", studies=1, series=1, images=2)
+        run_dcmtk("storescu", "-aec", "IHE_ARCHIVE", "127.0.0.1", str(dimse), *map(str, files))
+        got = HTTP.get(f"http://127.0.0.1:{web}/dicom-web/studies").json()
+        assert [r["00201208"]["Value"] for r in got] == [[2]]
+    finally:
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=30)
+    assert p.returncode == 0 and "DICOMweb on http://127.0.0.1:" in err.decode()
