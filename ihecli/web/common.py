@@ -14,6 +14,7 @@ from typing import Iterable, Iterator
 
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from starlette.exceptions import HTTPException
 from starlette.responses import Response, StreamingResponse
 
@@ -202,16 +203,19 @@ def flat_json(ds: Dataset) -> dict | None:
     """DICOM JSON of a dataset of plain text and number values (query answers), written directly:
     pydicom's to_json_dict costs several times more. None when an element needs pydicom."""
     out = {}
-    for elem in ds:
+    for elem in ds.elements():  # in tag order, values as they are (no conversion of raw elements)
+        if not isinstance(elem, DataElement):
+            return None
         vr = elem.VR
         if vr not in _STRINGS and vr not in _NUMBERS and vr != "PN":
             return None
         v = elem.value
         tag = f"{int(elem.tag):08X}"
-        if v is None or v == "" or (isinstance(v, (list, tuple)) or type(v).__name__ == "MultiValue") and not len(v):
+        multi = isinstance(v, (list, tuple, MultiValue))
+        if v is None or v == "" or multi and not len(v):
             out[tag] = {"vr": vr}
             continue
-        values = list(v) if isinstance(v, (list, tuple)) or type(v).__name__ == "MultiValue" else [v]
+        values = list(v) if multi else [v]
         try:
             out[tag] = {"vr": vr, "Value": [None if x is None or x == "" else _json_value(vr, x) for x in values]}
         except TypeError:
