@@ -146,6 +146,33 @@ class XdsSettings:
 
 
 @dataclass
+class PixSettings:
+    """[pix]: the PIX Manager of `ihe pix query` (ITI-9) and the listener of `ihe pix listen` (ITI-10)."""
+
+    manager: str = "127.0.0.1:3600"  # HOST:PORT of the PIX Manager (MLLP)
+    domain: str = ""  # our patient ID domain (NAMESPACE, OID or NS&OID&ISO): default of --domain
+    domains: str = ""  # domains `ihe pix listen` follows, comma-separated; empty: every domain
+    application: str = "IHE"  # MSH-3 of our queries, MSH-5 of our acknowledgements
+    facility: str = ""  # MSH-4
+    manager_application: str = ""  # MSH-5 of our queries
+    manager_facility: str = ""  # MSH-6
+    timeout: float = 30.0  # seconds
+    bind: str = "127.0.0.1"  # `ihe pix listen`
+    port: int = 3600
+
+
+@dataclass
+class PdqSettings:
+    """[pdq]: the PDQ Supplier of `ihe pdq query` (ITI-47)."""
+
+    supplier: str = "http://127.0.0.1:8030/pdq"  # SOAP endpoint
+    sender: str = "1.3.6.1.4.1.21367.2017.2.5.9999"  # our device OID (sender/device/id)
+    receiver: str = "1.3.6.1.4.1.21367.2017.2.5.9998"  # the supplier's device OID
+    domain: str = ""  # OID of --id's domain when --domain is not given
+    timeout: float = 30.0  # seconds
+
+
+@dataclass
 class Settings:
     """The effective settings of one profile."""
 
@@ -159,6 +186,8 @@ class Settings:
     audit: AuditSettings = field(default_factory=AuditSettings)
     time: TimeSettings = field(default_factory=TimeSettings)
     xds: XdsSettings = field(default_factory=XdsSettings)
+    pix: PixSettings = field(default_factory=PixSettings)
+    pdq: PdqSettings = field(default_factory=PdqSettings)
 
     def tls_config(self):
         """The profile's certificate and trust as an ihecli.net.tls.TlsConfig."""
@@ -188,6 +217,8 @@ class Settings:
             "audit": {f.name: getattr(self.audit, f.name) for f in fields(AuditSettings)},
             "time": {f.name: getattr(self.time, f.name) for f in fields(TimeSettings)},
             "xds": {f.name: getattr(self.xds, f.name) for f in fields(XdsSettings)},
+            "pix": {f.name: getattr(self.pix, f.name) for f in fields(PixSettings)},
+            "pdq": {f.name: getattr(self.pdq, f.name) for f in fields(PdqSettings)},
         }
 
 
@@ -279,10 +310,11 @@ def load(path: str | os.PathLike | None = None, profile: str | None = None) -> S
             raise ConfigError(f"{p}: no profile named {profile!r} (profiles: {known})")
         raw = _merge(raw, profiles[profile])
 
-    unknown = set(raw) - {"archive", "nodes", "calling_aet", "tls", "audit", "time", "xds"}
+    unknown = set(raw) - {"archive", "nodes", "calling_aet", "tls", "audit", "time", "xds", "pix", "pdq"}
     if unknown:
         k = sorted(unknown)[0]
-        raise err(k, "unknown setting (known: archive, nodes, calling_aet, tls, audit, time, xds, profiles)")
+        raise err(k, "unknown setting (known: archive, nodes, calling_aet, tls, audit, time, xds, pix, pdq, "
+                      "profiles)")
 
     arch = ArchiveSettings()
     types = {f.name: f.type for f in fields(ArchiveSettings)}
@@ -349,8 +381,19 @@ def load(path: str | os.PathLike | None = None, profile: str | None = None) -> S
         raise err("assigning_authority", "must be an OID such as 1.3.6.1.4.1.21367.2005.3.7")
     if not 0 <= xds_s.port < 65536:
         raise err("port", f"port out of range: {xds_s.port}")
+    pix_s = _section(raw, "pix", PixSettings(), err)
+    if not re.match(r"^(\[[^\]]+\]|[^:/\s]+):\d{1,5}$", pix_s.manager):
+        raise err("manager", "must be HOST:PORT")
+    if not 0 <= pix_s.port < 65536:
+        raise err("port", f"port out of range: {pix_s.port}")
+    pdq_s = _section(raw, "pdq", PdqSettings(), err)
+    if not re.match(r"^https?://[^/\s]+", pdq_s.supplier):
+        raise err("supplier", "must be an http:// or https:// URL")
+    for k in ("sender", "receiver", "domain"):
+        if getattr(pdq_s, k) and not re.match(r"^[0-2](\.(0|[1-9]\d*))+$", getattr(pdq_s, k)):
+            raise err(k, "must be an OID")
     return Settings(path=p, profile=profile or "default", exists=exists, archive=arch, nodes=nodes,
-                    calling_aet=calling, tls=tls_s, audit=audit_s, time=time_s, xds=xds_s)
+                    calling_aet=calling, tls=tls_s, audit=audit_s, time=time_s, xds=xds_s, pix=pix_s, pdq=pdq_s)
 
 
 def _section(raw: dict, name: str, obj, err):
@@ -471,6 +514,27 @@ timeout = 60.0              # seconds
 bind = "127.0.0.1"
 port = 8020
 max_body_mb = 256           # larger requests are refused
+
+[pix]
+# PIX Manager of `ihe pix query` (ITI-9, MLLP; --to overrides) and the identifiers' domains
+manager = "127.0.0.1:3600"
+domain = ""                 # our patient ID domain: NAMESPACE, OID or NAMESPACE&OID&ISO (--domain)
+domains = ""                # `ihe pix listen` (ITI-10): domains followed, comma-separated; "": all
+application = "IHE"         # MSH-3/MSH-4 of our queries
+facility = ""
+manager_application = ""    # MSH-5/MSH-6 of our queries
+manager_facility = ""
+timeout = 30.0              # seconds
+bind = "127.0.0.1"          # `ihe pix listen`
+port = 3600
+
+[pdq]
+# PDQ Supplier of `ihe pdq query` (ITI-47, SOAP; --to overrides)
+supplier = "http://127.0.0.1:8030/pdq"
+sender = "1.3.6.1.4.1.21367.2017.2.5.9999"      # our device OID
+receiver = "1.3.6.1.4.1.21367.2017.2.5.9998"    # the supplier's device OID
+domain = ""                 # OID of --id's domain when --domain is not given
+timeout = 30.0              # seconds
 
 [nodes]
 # Remote DICOM nodes, usable by name wherever a command takes a node, and as

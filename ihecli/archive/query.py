@@ -23,12 +23,13 @@ from typing import Iterator
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from sqlalchemy import exists, func, select
+from sqlalchemy import exists, func, or_, select
 from sqlalchemy.engine import Connection
 
 from ihecli.archive import matching
 from ihecli.archive.ingest import unpack_header
 from ihecli.archive import schema as s
+from ihecli.archive import tables_pix
 
 LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
 TABLES = {"PATIENT": s.patients, "STUDY": s.studies, "SERIES": s.series, "IMAGE": s.instances}
@@ -172,6 +173,9 @@ def _condition(key: _Key, level: str, fuzzy: bool):
         if mode == "pn":
             c, m = _pn_col(table, col, fuzzy)
             return matching.to_sql(key.match, c, m), True
+        if kw == "PatientID" and key.match.kind == "single":  # also the patients PIX links to it
+            return or_(matching.to_sql(key.match, table.c[col], "exact"),
+                       s.patients.c.id.in_(tables_pix.linked_patient_ids(key.match.values[0]))), True
         return matching.to_sql(key.match, table.c[col], "exact"), True
     if kw in ("ModalitiesInStudy", "SOPClassesInStudy") and level != "PATIENT":
         if key.match is None or key.match.is_universal:

@@ -116,4 +116,4 @@ Index("ix_instances_series", instances.c.series_fk)
 
 # Tables of the actors that keep their own state in the archive database, one module each; they
 # add themselves to `metadata` above, so create_all makes them on a new or older database.
-from ihecli.archive import tables_audit, tables_hl7, tables_kos, tables_workflow, tables_xds  # noqa: E402,F401
+from ihecli.archive import tables_audit, tables_hl7, tables_kos, tables_pix, tables_workflow, tables_xds  # noqa: E402,F401,E501

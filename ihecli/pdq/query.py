@@ -1,0 +1,38 @@
+"""PDQ Consumer, Patient Demographics Query HL7 V3 (ITI-47, ITI TF-2b 3.47): PRPA_IN201305UV02
+over SOAP 1.2 with WS-Addressing to the PDQ Supplier, PRPA_IN201306UV02 back."""
+from __future__ import annotations
+
+import time
+import uuid
+
+from lxml import etree
+
+from ihecli.net.soap import SoapClient
+from ihecli.pdq.messages import QUERY_ACTION, PdqAnswer, PdqQuery, build_query, read_response
+
+
+def query_demographics(url: str, query: PdqQuery, *, sender: str, receiver: str, timeout: float = 30,
+                       tls_config=None) -> PdqAnswer:
+    """Patient Demographics Query (ITI-47): the patients the PDQ Supplier at ``url`` finds.
+    ``sender``/``receiver``: device OIDs. Raises PeerUnreachable, SoapFault (a fault) or IheError
+    (an answer that is no PRPA_IN201306UV02)."""
+    from ihecli import atna
+
+    message_id = uuid.uuid4().hex
+    body = build_query(query, sender=sender, receiver=receiver, receiver_url=url, message_id=message_id)
+    started = time.perf_counter()
+    outcome = atna.events.SERIOUS_FAILURE
+    client = SoapClient(url, timeout=timeout, tls_config=tls_config)
+    try:
+        msg = client.call(QUERY_ACTION, body)
+        out = read_response(msg.body)
+        out.ms = round((time.perf_counter() - started) * 1000, 1)
+        outcome = atna.events.SUCCESS if out.ack == "AA" else atna.events.MINOR_FAILURE
+        return out
+    finally:
+        client.close()
+        qbp = body.find("{urn:hl7-org:v3}controlActProcess/{urn:hl7-org:v3}queryByParameter")
+        atna.record(atna.events.pdq_query(
+            source=atna.events.Peer.local(sender), destination=atna.events.Peer(url),
+            query=etree.tostring(qbp) if qbp is not None else b"", message_id=message_id,
+            patient_ids=[f"{query.id}^^^&{query.id_domain}&ISO"] if query.id else [], outcome=outcome))
