@@ -223,6 +223,13 @@ class Registry:
                             rows.append(_row(fa, "AS", ebrim.association(fa), t))
                             conn.execute(update(xds_objects).where(xds_objects.c.entry_uuid == fd_uuid)
                                          .values(last_update_time=stamp))
+            # a folder already registered that gets a new member was updated now
+            new_ids = {r["entry_uuid"] for r in rows}
+            for a, _ in sub.assocs:
+                if a.association_type == v.HAS_MEMBER and a.source not in new_ids:
+                    conn.execute(update(xds_objects).where(xds_objects.c.entry_uuid == a.source,
+                                                           xds_objects.c.kind == "FD")
+                                 .values(last_update_time=stamp))
             conn.execute(insert(xds_objects), rows)
             if values:
                 conn.execute(insert(xds_values), values)

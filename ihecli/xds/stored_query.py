@@ -147,12 +147,16 @@ class StoredQuery:
         for r in rows:
             el = parse_xml(r.xml)
             el.set("status", "urn:oasis:names:tc:ebxml-regrep:StatusType:" + r.status)
+            if r.kind == "FD" and r.last_update_time:  # kept current in the column
+                for value in el.xpath("rim:Slot[@name='lastUpdateTime']/rim:ValueList/rim:Value",
+                                      namespaces={"rim": RIM}):
+                    value.text = r.last_update_time
             out.append(el)
         return out
 
     # -- helpers -----------------------------------------------------------------------------------
     def _select(self, *conds):
-        return self.conn.execute(select(o.entry_uuid, o.kind, o.status, o.xml, o.target, o.source)
+        return self.conn.execute(select(o.entry_uuid, o.kind, o.status, o.xml, o.target, o.source, o.last_update_time)
                                  .where(*conds).order_by(o.id)).all()
 
     def _docs(self, p: Params, *conds):
