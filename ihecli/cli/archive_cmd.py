@@ -18,6 +18,7 @@ from ihecli.cli import output
 from ihecli.cli.options import (Aet, Bind, Ca, CallingAet, Cert, Db, Dest, Json, Level, Limit, NoTls, OptionalOut, Port,
                                 Since, Storage, Timeout, Tls, TlsFloor, TlsKey, Yes, state, tls_config)
 from ihecli.cli.hl7_cmd import HL7_PORT_HELP, Hl7Service
+from ihecli.cli.pix_cmd import PIX_PORT_HELP, PixService, parse_domains
 from ihecli.config import Node, resolve_node
 from ihecli.dicom import scu
 from ihecli.errors import ExitStatus, IheError, UsageError
@@ -63,6 +64,8 @@ def serve_cmd(
         help="Server processes sharing the port (default: the profile's, else one per CPU up to 4).")] = None,
     hl7_port: Annotated[Optional[int], typer.Option("--hl7-port", min=0, max=65535, metavar="PORT",
                                                     help=HL7_PORT_HELP)] = None,
+    pix_port: Annotated[Optional[int], typer.Option("--pix-port", min=0, max=65535, metavar="PORT",
+                                                    help=PIX_PORT_HELP)] = None,
     http_port: Annotated[Optional[int], typer.Option(
         "--http-port", min=0, max=65535, metavar="PORT",
         help="Also serve DICOMweb on this port: QIDO-RS, WADO-RS, STOW-RS under /dicom-web/, WADO-URI at /wado.")] = None,
@@ -117,12 +120,17 @@ def serve_cmd(
         ssl_context=ssl_context)
     hl7 = None if hl7_port is None else Hl7Service(lambda: open_archive(ctx, db, storage), our_bind, hl7_port, our_aet,
                                                    ssl_context=ssl_context)
+    pix = None if pix_port is None else PixService(
+        lambda: open_archive(ctx, db, storage), our_bind, pix_port, app=st.pix.application, facility=st.pix.facility,
+        domains=parse_domains(st.pix.domains), ssl_context=ssl_context)
     stop = threading.Event()
     old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         if n_workers == 1:
             if hl7:
                 hl7.start()
+            if pix:
+                pix.start()
             if web:
                 output.info(f"DICOMweb on {web.start()}")
             with open_archive(ctx, db, storage, duplicates=duplicates, fuzzy_names=fuzzy_names) as archive:
@@ -160,6 +168,8 @@ def serve_cmd(
                 _audit_application(True, our_aet)
                 if hl7:  # after the workers forked: they do not inherit its threads
                     hl7.start()
+                if pix:
+                    pix.start()
                 if web:
                     output.info(f"DICOMweb on {web.start()}")
 
@@ -171,6 +181,8 @@ def serve_cmd(
     finally:
         if hl7:
             hl7.stop()
+        if pix:
+            pix.stop()
         if web:
             web.stop()
         for s, h in old.items():
