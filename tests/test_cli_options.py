@@ -250,6 +250,26 @@ def _with_dicomweb(w: World) -> None:
     w.web = web.base_url
     Image.new("RGB", (8, 8)).save(w.tmp / "photo.jpg")
 
+XDS_PID = "PID1^^^&1.3.6.1.4.1.21367.2005.3.7&ISO"
+
+
+def _with_xds(w: World) -> None:
+    """A Document Registry and Repository on the data dir's archive, holding one document."""
+    from ihecli.archive import Archive
+    from ihecli.config import load
+    from ihecli.xds.server import XdsServer
+
+    st = load()
+    archive = Archive(st.archive.db_url(), st.archive.storage_dir())
+    srv = XdsServer(archive, repository_unique_id=st.xds.repository_unique_id)
+    srv.start()
+    w._closers += [archive.close, srv.stop]
+    w.xds = srv.url
+    (w.tmp / "note.txt").write_text("note")
+    r = run_cli("xds", "submit", str(w.tmp / "note.txt"), "--patient", XDS_PID, "--repository", w.xds, "--json")
+    assert r.code == 0, r.stderr
+    w.xds_doc = json.loads(r.stdout)[0]
+
 # command -> (set-up, arguments); each a cheap invocation that succeeds
 JSON_RUNS = {
     "ihe config show": (None, lambda w: ["config", "show"]),
@@ -284,6 +304,13 @@ JSON_RUNS = {
     "ihe pdi view": (None, lambda w: ["pdi", "view", str(w.files)]),
     "ihe hl7 send": (_with_hl7_feed, lambda w: ["hl7", "send", w.hl7, str(w.tmp / "orm.hl7")]),
     "ihe hl7 orders": (_with_hl7_feed, lambda w: ["hl7", "orders"]),
+    "ihe xds submit": (_with_xds, lambda w: ["xds", "submit", str(w.tmp / "note.txt"), "--patient", XDS_PID,
+                                             "--repository", w.xds]),
+    "ihe xds query": (_with_xds, lambda w: ["xds", "query", "find-documents", "--patient", XDS_PID,
+                                            "--registry", w.xds]),
+    "ihe xds retrieve": (_with_xds, lambda w: ["xds", "retrieve", w.xds_doc["uniqueId"], "--out",
+                                               str(w.tmp / "docs"), "--repository", w.xds]),
+    "ihe xds delete": (_with_xds, lambda w: ["xds", "delete", w.xds_doc["entryUUID"], "--yes", "--registry", w.xds]),
 }
 
 
