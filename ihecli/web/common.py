@@ -129,7 +129,7 @@ class Part:
         elif self.path is not None:
             with open(self.path, "rb") as fh:
                 while True:
-                    b = fh.read(1 << 20)
+                    b = fh.read(4 << 20)
                     if not b:
                         break
                     yield b
@@ -143,14 +143,21 @@ def multipart_response(parts: Iterable[Part], part_type: str, status: int = 200,
     boundary = uuid.uuid4().hex
 
     def gen() -> Iterator[bytes]:
+        # one chunk per part where it is small: each chunk of a sync generator costs a thread hop
+        tail = b""
         for p in parts:
             head = f"--{boundary}\r\nContent-Type: {p.content_type}\r\n"
             if p.location:
                 head += f"Content-Location: {p.location}\r\n"
-            yield (head + "\r\n").encode("ascii")
-            yield from p.iter_bytes()
-            yield b"\r\n"
-        yield f"--{boundary}--\r\n".encode("ascii")
+            pending = tail + (head + "\r\n").encode("ascii")
+            for chunk in p.iter_bytes():
+                if pending:
+                    chunk, pending = pending + chunk, b""
+                yield chunk
+            if pending:
+                yield pending
+            tail = b"\r\n"
+        yield tail + f"--{boundary}--\r\n".encode("ascii")
 
     media = f'multipart/related; type="{part_type}"; boundary={boundary}{extra_params}'
     return StreamingResponse(gen(), status_code=status, media_type=media)
