@@ -10,7 +10,6 @@ NIST list allows for the transaction.
 """
 from __future__ import annotations
 
-import copy
 import re
 import threading
 from dataclasses import dataclass, field
@@ -65,11 +64,13 @@ class Registry:
 
     # -- ITI-42 / ITI-41 ----------------------------------------------------------------------------
     def normalize(self, sor: etree._Element, *, metadata_error: str = "XDSRegistryMetadataError") -> Submission:
-        """Check a SubmitObjectsRequest and rewrite it into a Submission (XdsError if refused)."""
+        """Check a SubmitObjectsRequest and rewrite it into a Submission (XdsError if refused).
+
+        The request's elements are changed in place (ids, classifications moved into their objects)."""
         rol = sor.find(R("RegistryObjectList"))
         if rol is None:
             raise XdsError(_err(metadata_error, "SubmitObjectsRequest without a RegistryObjectList"))
-        rol = copy.deepcopy(rol)
+        # rewritten in place: the request is this call's own
         id_map: dict[str, str] = {}
         for el in rol.iter():
             if el.tag in _OBJECT_TAGS:
