@@ -357,3 +357,48 @@ def test_memory_stays_flat(tmp_path):
     assert stored == 120
     assert burn_kib < 30_000, f"burn grew by {burn_kib} KiB"
     assert import_kib < 40_000, f"import grew by {import_kib} KiB"
+
+
+def test_real_world_objects_with_bad_values(tmp_path):
+    """A KOS whose Study Time is 13:45:00, a multi-frame US, a Latin-2 SR and an encapsulated PDF."""
+    medium = tmp_path / "cd"
+    medium.mkdir()
+    for f in ("xdsi/kos022.dcm", "xdsi/us022.dcm", "MarekLatin2.dcm", "sample-pdf.dcm"):
+        shutil.copy(PDI_DATA / f, medium / Path(f).name.upper().replace(".DCM", ""))
+    r = imp(tmp_path, medium)
+    assert r.code == 0, r.stderr
+    assert r.json["counts"]["stored"] == 4
+    with archive_of(tmp_path) as a:
+        names = patients(a)
+    assert names["P22"] == "Testowy^Teste" and "IDS-DEPT022-a" in names
+
+
+def test_choosing_among_local_patients(tmp_path):
+    """On a terminal the user picks; through the API a callback does."""
+    from ihecli.pdi import import_media, open_medium
+
+    files = make_corpus(tmp_path / "corpus", studies=1, series=1, images=1)
+    with archive_of(tmp_path) as a:
+        for pid in ("LOCA", "LOCB"):
+            ds = pydicom.dcmread(files[0])
+            ds.PatientID, ds.PatientBirthDate = pid, "19800101"
+            ds.StudyInstanceUID, ds.SeriesInstanceUID = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+            ds.save_as(tmp_path / f"{pid}.dcm")
+            a.store((tmp_path / f"{pid}.dcm").read_bytes())
+        medium = tmp_path / "cd"
+        medium.mkdir()
+        ds = pydicom.dcmread(files[0])
+        ds.PatientID, ds.PatientBirthDate = "THEIRS", "19800101"
+        ds.save_as(medium / "IM1")
+        asked = []
+
+        def choose(mp, candidates):
+            asked.append((mp.patient_id, [c.patient_id for c in candidates]))
+            return candidates[1]
+
+        with open_medium(medium) as m:
+            rep = import_media(m, archive=a, match=True, choose=choose)
+        assert asked == [("THEIRS", ["LOCA", "LOCB"])]
+        assert rep.counts["stored"] == 1
+        assert len(a.instances(_ident(PatientID="LOCB"))) == 2
