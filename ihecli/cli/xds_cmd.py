@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import mimetypes
+from collections import Counter
 import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -128,6 +129,9 @@ def serve_cmd(ctx: typer.Context, port: Port = None, bind: Bind = None, db: Db =
             signal.signal(s, h)
 
 
+TABLE_MAX = 100  # submit: more documents than this are summed up per submission set
+
+
 # -- submit ---------------------------------------------------------------------------------------
 @app.command("submit")
 def submit_cmd(
@@ -245,8 +249,13 @@ def submit_cmd(
     if json:
         output.print_json(rows)
     else:
-        output.table(rows, ["uniqueId", "entryUUID", "title", "mimeType", "size"])
-        output.info(f"{len(rows)} documents registered" + (f"; {len(failed)} submission sets failed" if failed else ""))
+        if len(rows) <= TABLE_MAX:
+            output.table(rows, ["uniqueId", "entryUUID", "title", "mimeType", "size"])
+        else:  # a table of thousands of rows helps nobody (and takes seconds to draw): --json lists them
+            output.table([{"submissionSet": k, "documents": n} for k, n in
+                          Counter(r["submissionSetUniqueId"] for r in rows).items()], ["submissionSet", "documents"])
+        output.info(f"{len(rows)} documents registered" + (f"; {len(failed)} submission sets failed" if failed else "")
+                    + ("; --json lists them" if len(rows) > TABLE_MAX else ""))
     if failed:
         raise typer.Exit(ExitStatus.PARTIAL if rows else ExitStatus.REFUSED)
 
