@@ -17,7 +17,10 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.tag import Tag
 from pydicom.valuerep import PersonName
 
-LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"}
+LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+# the VRs with a 2-byte length (PS3.5 7.1.2)
+VALID_VRS = {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN",
+             b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"}
 UNDEFINED = 0xFFFFFFFF
 PIXEL_DATA = 0x7FE00010
 ITEM, ITEM_END, SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
@@ -51,12 +54,13 @@ META_UIDS = {0x00020002: "MediaStorageSOPClassUID", 0x00020003: "MediaStorageSOP
              0x00020010: "TransferSyntaxUID"}
 
 
-def read_meta(data: bytes) -> tuple[FileMetaDataset, int] | None:
-    """The file meta UIDs of a Part-10 byte string and where the dataset starts (None: not Part 10)."""
+def meta_uids(data: bytes) -> tuple[dict[str, str], int] | None:
+    """The file meta UIDs of a Part-10 byte string, by keyword, and where the dataset starts
+    (None: not Part 10)."""
     if len(data) < 144 or data[128:132] != b"DICM":
         return None
     pos = 132
-    meta = FileMetaDataset()
+    meta: dict[str, str] = {}
     while pos + 8 <= len(data) and _tag(data, pos)[0] == 0x0002:
         try:  # file meta is always explicit VR little endian
             tag, nxt, (_vr, start, length) = _element(data, pos, False)
@@ -65,8 +69,20 @@ def read_meta(data: bytes) -> tuple[FileMetaDataset, int] | None:
         if length == UNDEFINED:
             return None
         if tag in META_UIDS:
-            setattr(meta, META_UIDS[tag], data[start:start + length].decode("ascii", "replace").strip("\x00 "))
+            meta[META_UIDS[tag]] = data[start:start + length].decode("ascii", "replace").strip("\x00 ")
         pos = nxt
+    return meta, pos
+
+
+def read_meta(data: bytes) -> tuple[FileMetaDataset, int] | None:
+    """As meta_uids, with the UIDs in a pydicom FileMetaDataset."""
+    got = meta_uids(data)
+    if got is None:
+        return None
+    uids, pos = got
+    meta = FileMetaDataset()
+    for keyword, value in uids.items():
+        setattr(meta, keyword, value)
     return meta, pos
 
 
@@ -134,15 +150,16 @@ def _element(data: bytes, pos: int, implicit: bool, depth: int = 0):
 
 
 def scan(data: bytes):
-    """(wanted values decoded, by keyword; file meta; offset of Pixel Data or end) or None.
+    """(wanted values decoded, by keyword; file meta UIDs by keyword; offset of Pixel Data or
+    end) or None.
 
     Raises Truncated when an element (Pixel Data included) runs past the end.
     """
-    got = read_meta(data)
+    got = meta_uids(data)
     if got is None:
         return None
     meta, pos = got
-    ts = str(meta.get("TransferSyntaxUID", ""))
+    ts = meta.get("TransferSyntaxUID", "")
     if ts == IMPLICIT_LE:
         implicit = True
     elif ts and ts != "1.2.840.10008.1.2.2" and ts != "1.2.840.10008.1.2.1.99":
@@ -151,12 +168,33 @@ def scan(data: bytes):
         return None
     raw = {}
     n = len(data)
+    tag_at, u16, u32, wanted, long_vrs, vrs_ok = _tag, _u16, _u32, WANTED, LONG_VRS, VALID_VRS
     try:
         while pos + 8 <= n:
+            # the common element inline (defined length, not an item, not Pixel Data): a CT
+            # header has hundreds of them, and a function call each was most of the scan
+            group, elem = tag_at(data, pos)
+            if not implicit and group != 0xFFFE and group != 0x7FE0:
+                vr = data[pos + 4:pos + 6]
+                if vr in long_vrs:
+                    length, start = u32(data, pos + 8)[0], pos + 12
+                elif vr in vrs_ok:
+                    length, start = u16(data, pos + 6)[0], pos + 8
+                else:
+                    return None  # not an explicit VR (e.g. implicit VR in an explicit-VR file)
+                if length != UNDEFINED:
+                    nxt = start + length
+                    if nxt > n:
+                        raise Truncated(f"element ({group:04X},{elem:04X}) runs past the end of the data")
+                    tag = (group << 16) | elem
+                    if tag in wanted:
+                        raw[tag] = (vr.decode("ascii"), data[start:nxt])
+                    pos = nxt
+                    continue
             tag, nxt, (vr, start, length) = _element(data, pos, implicit)
             if tag == PIXEL_DATA:
                 break  # the header ends here; _element checked that Pixel Data is complete
-            if tag in WANTED:
+            if tag in wanted:
                 if implicit or vr is None:
                     vrs = dictionary_VR(tag)
                 else:
@@ -191,7 +229,7 @@ def _decode(raw: dict[int, tuple[str, bytes]]) -> dict[str, str | None] | None:
             if encodings is None:
                 encodings = ["iso8859"]  # no Specific Character Set: the default repertoire, leniently
             if vr == "PN":
-                text = str(PersonName(value, encodings)).rstrip("=")  # as pydicom's reader gives it
+                text = str(PersonName(value, encodings))
             else:
                 text = decode_bytes(value, encodings, set())
         elif vr in ("US", "UL", "SS", "SL", "FL", "FD", "OB", "OW", "SQ", "UN"):
@@ -199,5 +237,7 @@ def _decode(raw: dict[int, tuple[str, bytes]]) -> dict[str, str | None] | None:
         else:
             text = value.decode("ascii", "replace")
         text = text.strip("\x00 ")
+        if vr == "PN":
+            text = text.rstrip("=")  # empty trailing component groups, as pydicom's reader drops them
         out[kw] = text or None
     return out
