@@ -4,7 +4,7 @@
 # Sets _ihe_words to the subcommands of the command in $1; fails for a command without any.
 _ihe_subcommands() {
     case $1 in
-        'ihe') _ihe_words='archive audit config dicom hl7 iocm kin pdi tce time wic xds' ;;
+        'ihe') _ihe_words='archive audit config dicom hl7 iocm kin pdi pdq pix tce time wic xds' ;;
         'ihe archive') _ihe_words='check export import ls mpps rejected rm serve' ;;
         'ihe archive mpps') _ihe_words='ls' ;;
         'ihe audit') _ihe_words='query send serve' ;;
@@ -15,6 +15,8 @@ _ihe_subcommands() {
         'ihe iocm') _ihe_words='reject' ;;
         'ihe kin') _ihe_words='create show' ;;
         'ihe pdi') _ihe_words='burn import view' ;;
+        'ihe pdq') _ihe_words='query' ;;
+        'ihe pix') _ihe_words='listen ls query' ;;
         'ihe tce') _ihe_words='export ls show' ;;
         'ihe time') _ihe_words='check' ;;
         'ihe wic') _ihe_words='upload' ;;
@@ -36,7 +38,7 @@ _ihe_options() {
         'ihe archive mpps ls') _ihe_words='--db --help --json --limit --patient --status --storage -h' ;;
         'ihe archive rejected') _ihe_words='--db --help --json --limit --storage -h' ;;
         'ihe archive rm') _ihe_words='--db --help --instance --json --patient --series --storage --study --yes -h -y' ;;
-        'ihe archive serve') _ihe_words='--aet --allow --bind --ca --cert --db --dest --duplicates --fuzzy-names --help --hl7-port --http-port --max-pdu --no-tls --port --storage --tls --tls-floor --tls-key --workers -h -p' ;;
+        'ihe archive serve') _ihe_words='--aet --allow --bind --ca --cert --db --dest --duplicates --fuzzy-names --help --hl7-port --http-port --max-pdu --no-tls --pix-port --port --storage --tls --tls-floor --tls-key --workers -h -p' ;;
         'ihe audit') _ihe_words='--help -h' ;;
         'ihe audit query') _ihe_words='--db --event --failed --help --json --limit --patient --since --user -h' ;;
         'ihe audit send') _ihe_words='--arr --ca --cert --event --help --json --no-tls --outcome --patient --timeout --tls --tls-floor --tls-key --user -h' ;;
@@ -67,6 +69,12 @@ _ihe_options() {
         'ihe pdi burn') _ihe_words='--accession --db --help --institution --iso --json --media --no-web --patient --size --storage --study --usb --volume-id --web -h' ;;
         'ihe pdi import') _ihe_words='--accession --calling-aet --db --dry-run --help --issuer --json --match-local --patient-id --patient-name --storage --timeout --to --yes -aet -h -y' ;;
         'ihe pdi view') _ihe_words='--bind --help --json --port --serve -h -p' ;;
+        'ihe pdq') _ihe_words='--help -h' ;;
+        'ihe pdq query') _ihe_words='--address --birth-date --ca --cert --domain --family --gender --given --help --id --json --limit --no-tls --supplier --target-domain --timeout --tls --tls-floor --tls-key -h' ;;
+        'ihe pix') _ihe_words='--help -h' ;;
+        'ihe pix listen') _ihe_words='--bind --ca --cert --db --domains --help --no-tls --port --storage --tls --tls-floor --tls-key -h -p' ;;
+        'ihe pix ls') _ihe_words='--db --domain --help --json --limit --storage -h' ;;
+        'ihe pix query') _ihe_words='--ca --cert --domain --help --json --manager --no-tls --target-domain --timeout --tls --tls-floor --tls-key -h' ;;
         'ihe tce') _ihe_words='--help -h' ;;
         'ihe tce export') _ihe_words='--db --help --json --out --storage -h -o' ;;
         'ihe tce ls') _ihe_words='--db --help --incomplete --json --storage -h' ;;
@@ -74,7 +82,7 @@ _ihe_options() {
         'ihe time') _ihe_words='--help -h' ;;
         'ihe time check') _ihe_words='--help --json --max-offset --server --timeout -h -s' ;;
         'ihe wic') _ihe_words='--help -h' ;;
-        'ihe wic upload') _ihe_words='--accession --birth-date --help --json --new-study --patient --patient-name --sex --study --study-description --timeout --url -h' ;;
+        'ihe wic upload') _ihe_words='--accession --birth-date --ca --cert --help --json --new-study --no-tls --patient --patient-name --sex --study --study-description --timeout --tls --tls-floor --tls-key --url -h' ;;
         'ihe xds') _ihe_words='--help -h' ;;
         'ihe xds delete') _ihe_words='--ca --cert --dry-run --help --json --registry --timeout --tls-floor --tls-key --yes -h -y' ;;
         'ihe xds query') _ihe_words='--association-type --author --ca --cert --class --confidentiality --content-type --event-code --facility --folder-code --format --help --json --object-ref --patient --practice --registry --source-id --status --time-from --time-to --timeout --tls-floor --tls-key --type --unique-id --uuid -h' ;;
@@ -141,6 +149,7 @@ _ihe_value() {
         'ihe archive serve --hl7-port') _ihe_kind=text ;;
         'ihe archive serve --http-port') _ihe_kind=text ;;
         'ihe archive serve --max-pdu') _ihe_kind=text ;;
+        'ihe archive serve --pix-port') _ihe_kind=text ;;
         'ihe archive serve -p'|'ihe archive serve --port') _ihe_kind=text ;;
         'ihe archive serve --storage') _ihe_kind=dir ;;
         'ihe archive serve --tls-floor') _ihe_kind=text ;;
@@ -278,6 +287,42 @@ _ihe_value() {
         'ihe pdi import --to') _ihe_kind=text ;;
         'ihe pdi view --bind') _ihe_kind=text ;;
         'ihe pdi view -p'|'ihe pdi view --port') _ihe_kind=text ;;
+        'ihe pdq query --address') _ihe_kind=text ;;
+        'ihe pdq query --birth-date') _ihe_kind=text ;;
+        'ihe pdq query --ca') _ihe_kind=file ;;
+        'ihe pdq query --cert') _ihe_kind=file ;;
+        'ihe pdq query --domain') _ihe_kind=text ;;
+        'ihe pdq query --family') _ihe_kind=text ;;
+        'ihe pdq query --gender') _ihe_kind=text ;;
+        'ihe pdq query --given') _ihe_kind=text ;;
+        'ihe pdq query --id') _ihe_kind=text ;;
+        'ihe pdq query --limit') _ihe_kind=text ;;
+        'ihe pdq query --supplier') _ihe_kind=text ;;
+        'ihe pdq query --target-domain') _ihe_kind=text ;;
+        'ihe pdq query --timeout') _ihe_kind=text ;;
+        'ihe pdq query --tls-floor') _ihe_kind=text ;;
+        'ihe pdq query --tls-key') _ihe_kind=file ;;
+        'ihe pix listen --bind') _ihe_kind=text ;;
+        'ihe pix listen --ca') _ihe_kind=file ;;
+        'ihe pix listen --cert') _ihe_kind=file ;;
+        'ihe pix listen --db') _ihe_kind=text ;;
+        'ihe pix listen --domains') _ihe_kind=text ;;
+        'ihe pix listen -p'|'ihe pix listen --port') _ihe_kind=text ;;
+        'ihe pix listen --storage') _ihe_kind=dir ;;
+        'ihe pix listen --tls-floor') _ihe_kind=text ;;
+        'ihe pix listen --tls-key') _ihe_kind=file ;;
+        'ihe pix ls --db') _ihe_kind=text ;;
+        'ihe pix ls --domain') _ihe_kind=text ;;
+        'ihe pix ls --limit') _ihe_kind=text ;;
+        'ihe pix ls --storage') _ihe_kind=dir ;;
+        'ihe pix query --ca') _ihe_kind=file ;;
+        'ihe pix query --cert') _ihe_kind=file ;;
+        'ihe pix query --domain') _ihe_kind=text ;;
+        'ihe pix query --manager') _ihe_kind=text ;;
+        'ihe pix query --target-domain') _ihe_kind=text ;;
+        'ihe pix query --timeout') _ihe_kind=text ;;
+        'ihe pix query --tls-floor') _ihe_kind=text ;;
+        'ihe pix query --tls-key') _ihe_kind=file ;;
         'ihe tce export --db') _ihe_kind=text ;;
         'ihe tce export -o'|'ihe tce export --out') _ihe_kind=dir ;;
         'ihe tce export --storage') _ihe_kind=dir ;;
@@ -290,12 +335,16 @@ _ihe_value() {
         'ihe time check --timeout') _ihe_kind=text ;;
         'ihe wic upload --accession') _ihe_kind=text ;;
         'ihe wic upload --birth-date') _ihe_kind=text ;;
+        'ihe wic upload --ca') _ihe_kind=file ;;
+        'ihe wic upload --cert') _ihe_kind=file ;;
         'ihe wic upload --patient') _ihe_kind=text ;;
         'ihe wic upload --patient-name') _ihe_kind=text ;;
         'ihe wic upload --sex') _ihe_kind=text ;;
         'ihe wic upload --study') _ihe_kind=text ;;
         'ihe wic upload --study-description') _ihe_kind=text ;;
         'ihe wic upload --timeout') _ihe_kind=text ;;
+        'ihe wic upload --tls-floor') _ihe_kind=text ;;
+        'ihe wic upload --tls-key') _ihe_kind=file ;;
         'ihe wic upload --url') _ihe_kind=text ;;
         'ihe xds delete --ca') _ihe_kind=file ;;
         'ihe xds delete --cert') _ihe_kind=file ;;
@@ -431,6 +480,14 @@ _ihe_argument() {
             fi ;;
         'ihe pdi view')
             if (( $2 == 0 )); then _ihe_kind=file
+            else return 1
+            fi ;;
+        'ihe pix ls')
+            if (( $2 == 0 )); then _ihe_kind=text
+            else return 1
+            fi ;;
+        'ihe pix query')
+            if (( $2 == 0 )); then _ihe_kind=text
             else return 1
             fi ;;
         'ihe tce export')

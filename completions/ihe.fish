@@ -5,7 +5,7 @@
 function __ihe_subcommands
     switch $argv[1]
         case 'ihe'
-            printf '%s\n' 'archive' 'audit' 'config' 'dicom' 'hl7' 'iocm' 'kin' 'pdi' 'tce' 'time' 'wic' 'xds'
+            printf '%s\n' 'archive' 'audit' 'config' 'dicom' 'hl7' 'iocm' 'kin' 'pdi' 'pdq' 'pix' 'tce' 'time' 'wic' 'xds'
         case 'ihe archive'
             printf '%s\n' 'check' 'export' 'import' 'ls' 'mpps' 'rejected' 'rm' 'serve'
         case 'ihe archive mpps'
@@ -26,6 +26,10 @@ function __ihe_subcommands
             printf '%s\n' 'create' 'show'
         case 'ihe pdi'
             printf '%s\n' 'burn' 'import' 'view'
+        case 'ihe pdq'
+            printf '%s\n' 'query'
+        case 'ihe pix'
+            printf '%s\n' 'listen' 'ls' 'query'
         case 'ihe tce'
             printf '%s\n' 'export' 'ls' 'show'
         case 'ihe time'
@@ -65,7 +69,7 @@ function __ihe_takes_value
             contains -- $argv[2] --db --instance --patient --series --storage --study
             return
         case 'ihe archive serve'
-            contains -- $argv[2] --aet --allow --bind --ca --cert --db --dest --duplicates --hl7-port --http-port --max-pdu -p --port --storage --tls-floor --tls-key --workers
+            contains -- $argv[2] --aet --allow --bind --ca --cert --db --dest --duplicates --hl7-port --http-port --max-pdu --pix-port -p --port --storage --tls-floor --tls-key --workers
             return
         case 'ihe audit query'
             contains -- $argv[2] --db --event --limit --patient --since --user
@@ -121,6 +125,18 @@ function __ihe_takes_value
         case 'ihe pdi view'
             contains -- $argv[2] --bind -p --port
             return
+        case 'ihe pdq query'
+            contains -- $argv[2] --address --birth-date --ca --cert --domain --family --gender --given --id --limit --supplier --target-domain --timeout --tls-floor --tls-key
+            return
+        case 'ihe pix listen'
+            contains -- $argv[2] --bind --ca --cert --db --domains -p --port --storage --tls-floor --tls-key
+            return
+        case 'ihe pix ls'
+            contains -- $argv[2] --db --domain --limit --storage
+            return
+        case 'ihe pix query'
+            contains -- $argv[2] --ca --cert --domain --manager --target-domain --timeout --tls-floor --tls-key
+            return
         case 'ihe tce export'
             contains -- $argv[2] --db -o --out --storage
             return
@@ -134,7 +150,7 @@ function __ihe_takes_value
             contains -- $argv[2] --max-offset -s --server --timeout
             return
         case 'ihe wic upload'
-            contains -- $argv[2] --accession --birth-date --patient --patient-name --sex --study --study-description --timeout --url
+            contains -- $argv[2] --accession --birth-date --ca --cert --patient --patient-name --sex --study --study-description --timeout --tls-floor --tls-key --url
             return
         case 'ihe xds delete'
             contains -- $argv[2] --ca --cert --registry --timeout --tls-floor --tls-key
@@ -212,6 +228,8 @@ complete -c ihe -n "__ihe_arg 'ihe' 0 0" -a 'hl7' -d 'HL7 v2 over MLLP: send mes
 complete -c ihe -n "__ihe_arg 'ihe' 0 0" -a 'iocm' -d 'Image Object Change Management: reject instances with a rejection note.'
 complete -c ihe -n "__ihe_arg 'ihe' 0 0" -a 'kin' -d 'Key Image Notes: select key images of a study, title and describe them, send or store.'
 complete -c ihe -n "__ihe_arg 'ihe' 0 0" -a 'pdi' -d 'Portable Data for Imaging (CD, DVD, USB): write media, import them, look at them.'
+complete -c ihe -n "__ihe_arg 'ihe' 0 0" -a 'pdq' -d 'PDQ Consumer (HL7 V3): find patients by demographics (ITI-47).'
+complete -c ihe -n "__ihe_arg 'ihe' 0 0" -a 'pix' -d 'PIX Consumer: cross-referenced patient identifiers (ITI-9 query, ITI-10 updates).'
 complete -c ihe -n "__ihe_arg 'ihe' 0 0" -a 'tce' -d 'Teaching file and clinical trial export cases received by the archive: list, export.'
 complete -c ihe -n "__ihe_arg 'ihe' 0 0" -a 'time' -d 'Consistent Time (CT): check the local clock against an NTP server.'
 complete -c ihe -n "__ihe_arg 'ihe' 0 0" -a 'wic' -d 'Web-based Image Capture: send photos, videos and PDFs to an archive over STOW-RS.'
@@ -325,6 +343,7 @@ complete -c ihe -n "__ihe_at 'ihe archive serve'" -l hl7-port -x -d 'Also receiv
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -l http-port -x -d 'Also serve DICOMweb on this port: QIDO-RS, WADO-RS, STOW-RS under /dicom-web/, WADO-URI at /wado.'
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -l max-pdu -x -d 'Largest PDU we accept (0: no limit).'
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -l no-tls -d 'No secure transport, even when the profile turns TLS on.'
+complete -c ihe -n "__ihe_at 'ihe archive serve'" -l pix-port -x -d 'Also receive PIX Update Notifications (ITI-10, ADT^A31 over MLLP) on this port and keep the cross-references (0: any free port).'
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -s p -l port -x -d 'Port to listen on (0: any free port).'
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -l storage -x -a '(__fish_complete_directories)' -d 'Archive storage folder (default: the profile\'s).'
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -l tls -d 'Secure the link with TLS (the profile\'s certificate and CA unless --cert/--tls-key/--ca are given).'
@@ -623,6 +642,73 @@ complete -c ihe -n "__ihe_at 'ihe pdi view'" -s p -l port -x -d 'Port to listen 
 complete -c ihe -n "__ihe_at 'ihe pdi view'" -l serve -d 'Serve a read-only web view of the medium until Ctrl-C.'
 complete -c ihe -n "__ihe_arg 'ihe pdi view' 0 0" -F
 
+# ihe pdq
+complete -c ihe -n "__ihe_arg 'ihe pdq' 0 0" -a 'query' -d 'Find patients by demographics at a PDQ Supplier (ITI-47, PRPA_IN201305UV02 over SOAP 1.2) and print the matches with their identifiers.'
+complete -c ihe -n "__ihe_at 'ihe pdq'" -s h -l help -d 'Show this message and exit.'
+
+# ihe pdq query
+complete -c ihe -n "__ihe_at 'ihe pdq query'" -l address -x -d 'Address part: street=, city=, state=, postal=, country= (a value alone: the street). Repeatable.'
+complete -c ihe -n "__ihe_at 'ihe pdq query'" -l birth-date -x -d 'Patient birth date.'
+complete -c ihe -n "__ihe_at 'ihe pdq query'" -l ca -r -F -d 'CA certificates to trust (PEM); servers then require client certificates. Implies --tls.'
+complete -c ihe -n "__ihe_at 'ihe pdq query'" -l cert -r -F -d 'Our TLS certificate chain (PEM; may hold the key). Implies --tls.'
+complete -c ihe -n "__ihe_at 'ihe pdq query'" -l domain -x -d 'Assigning authority of the patient ID: NAMESPACE, OID or NAMESPACE&OID&ISO (default: the profile\'s).'
+complete -c ihe -n "__ihe_at 'ihe pdq query'" -l family -x -d 'Family name.'
+complete -c ihe -n "__ihe_at 'ihe pdq query'" -l gender -x -d 'Administrative gender.'
+complete -c ihe -n "__ihe_at 'ihe pdq query'" -l given -x -d 'Given name.'
+complete -c ihe -n "__ihe_at 'ihe pdq query'" -s h -l help -d 'Show this message and exit.'
+complete -c ihe -n "__ihe_at 'ihe pdq query'" -l id -x -d 'A patient identifier (with --domain).'
+complete -c ihe -n "__ihe_at 'ihe pdq query'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
+complete -c ihe -n "__ihe_at 'ihe pdq query'" -l limit -x -d 'Show at most N matches.'
+complete -c ihe -n "__ihe_at 'ihe pdq query'" -l no-tls -d 'No secure transport, even when the profile turns TLS on.'
+complete -c ihe -n "__ihe_at 'ihe pdq query'" -l supplier -x -d 'The PDQ Supplier\'s SOAP endpoint (default: the profile\'s pdq.supplier).'
+complete -c ihe -n "__ihe_at 'ihe pdq query'" -l target-domain -x -d 'Only identifiers of this domain (NAMESPACE, OID or NS&OID&ISO; repeatable; default: all).'
+complete -c ihe -n "__ihe_at 'ihe pdq query'" -l timeout -x -d 'Network timeout in seconds.'
+complete -c ihe -n "__ihe_at 'ihe pdq query'" -l tls -d 'Secure the link with TLS (the profile\'s certificate and CA unless --cert/--tls-key/--ca are given).'
+complete -c ihe -n "__ihe_at 'ihe pdq query'" -l tls-floor -x -d 'Lowest TLS version: 1.2 (BCP195, the default) or 1.0 (legacy peers only).'
+complete -c ihe -n "__ihe_at 'ihe pdq query'" -l tls-key -r -F -d 'Private key of --cert (PEM), when not in the same file.'
+
+# ihe pix
+complete -c ihe -n "__ihe_arg 'ihe pix' 0 0" -a 'listen' -d 'Receive PIX Update Notifications (ITI-10, ADT^A31 over MLLP) in the foreground (Ctrl-C stops) and keep the cross-references in the archive database, where C-FIND, `ihe archive ls` and `ihe pix ls` find them.'
+complete -c ihe -n "__ihe_arg 'ihe pix' 0 0" -a 'ls' -d 'Show the cross-references known here (from PIX Update Notifications): the identifiers linked with ID, or all of them.'
+complete -c ihe -n "__ihe_arg 'ihe pix' 0 0" -a 'query' -d 'Ask the PIX Manager which identifiers it cross-references with a patient ID (ITI-9, QBP^Q23 -> RSP^K23) and print them.'
+complete -c ihe -n "__ihe_at 'ihe pix'" -s h -l help -d 'Show this message and exit.'
+
+# ihe pix listen
+complete -c ihe -n "__ihe_at 'ihe pix listen'" -l bind -x -d 'Address to listen on (default 127.0.0.1; 0.0.0.0 for all).'
+complete -c ihe -n "__ihe_at 'ihe pix listen'" -l ca -r -F -d 'CA certificates to trust (PEM); servers then require client certificates. Implies --tls.'
+complete -c ihe -n "__ihe_at 'ihe pix listen'" -l cert -r -F -d 'Our TLS certificate chain (PEM; may hold the key). Implies --tls.'
+complete -c ihe -n "__ihe_at 'ihe pix listen'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
+complete -c ihe -n "__ihe_at 'ihe pix listen'" -l domains -x -d 'Accept identifiers of these domains only (comma-separated; default: the profile\'s, else all).'
+complete -c ihe -n "__ihe_at 'ihe pix listen'" -s h -l help -d 'Show this message and exit.'
+complete -c ihe -n "__ihe_at 'ihe pix listen'" -l no-tls -d 'No secure transport, even when the profile turns TLS on.'
+complete -c ihe -n "__ihe_at 'ihe pix listen'" -s p -l port -x -d 'Port to listen on (0: any free port).'
+complete -c ihe -n "__ihe_at 'ihe pix listen'" -l storage -x -a '(__fish_complete_directories)' -d 'Archive storage folder (default: the profile\'s).'
+complete -c ihe -n "__ihe_at 'ihe pix listen'" -l tls -d 'Secure the link with TLS (the profile\'s certificate and CA unless --cert/--tls-key/--ca are given).'
+complete -c ihe -n "__ihe_at 'ihe pix listen'" -l tls-floor -x -d 'Lowest TLS version: 1.2 (BCP195, the default) or 1.0 (legacy peers only).'
+complete -c ihe -n "__ihe_at 'ihe pix listen'" -l tls-key -r -F -d 'Private key of --cert (PEM), when not in the same file.'
+
+# ihe pix ls
+complete -c ihe -n "__ihe_at 'ihe pix ls'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
+complete -c ihe -n "__ihe_at 'ihe pix ls'" -l domain -x -d 'Assigning authority of the patient ID: NAMESPACE, OID or NAMESPACE&OID&ISO (default: the profile\'s).'
+complete -c ihe -n "__ihe_at 'ihe pix ls'" -s h -l help -d 'Show this message and exit.'
+complete -c ihe -n "__ihe_at 'ihe pix ls'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
+complete -c ihe -n "__ihe_at 'ihe pix ls'" -l limit -x -d 'Show at most N matches.'
+complete -c ihe -n "__ihe_at 'ihe pix ls'" -l storage -x -a '(__fish_complete_directories)' -d 'Archive storage folder (default: the profile\'s).'
+
+# ihe pix query
+complete -c ihe -n "__ihe_at 'ihe pix query'" -l ca -r -F -d 'CA certificates to trust (PEM); servers then require client certificates. Implies --tls.'
+complete -c ihe -n "__ihe_at 'ihe pix query'" -l cert -r -F -d 'Our TLS certificate chain (PEM; may hold the key). Implies --tls.'
+complete -c ihe -n "__ihe_at 'ihe pix query'" -l domain -x -d 'Assigning authority of the patient ID: NAMESPACE, OID or NAMESPACE&OID&ISO (default: the profile\'s).'
+complete -c ihe -n "__ihe_at 'ihe pix query'" -s h -l help -d 'Show this message and exit.'
+complete -c ihe -n "__ihe_at 'ihe pix query'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
+complete -c ihe -n "__ihe_at 'ihe pix query'" -l manager -x -d 'The PIX Manager (default: the profile\'s pix.manager).'
+complete -c ihe -n "__ihe_at 'ihe pix query'" -l no-tls -d 'No secure transport, even when the profile turns TLS on.'
+complete -c ihe -n "__ihe_at 'ihe pix query'" -l target-domain -x -d 'Only identifiers of this domain (NAMESPACE, OID or NS&OID&ISO; repeatable; default: all).'
+complete -c ihe -n "__ihe_at 'ihe pix query'" -l timeout -x -d 'Network timeout in seconds.'
+complete -c ihe -n "__ihe_at 'ihe pix query'" -l tls -d 'Secure the link with TLS (the profile\'s certificate and CA unless --cert/--tls-key/--ca are given).'
+complete -c ihe -n "__ihe_at 'ihe pix query'" -l tls-floor -x -d 'Lowest TLS version: 1.2 (BCP195, the default) or 1.0 (legacy peers only).'
+complete -c ihe -n "__ihe_at 'ihe pix query'" -l tls-key -r -F -d 'Private key of --cert (PEM), when not in the same file.'
+
 # ihe tce
 complete -c ihe -n "__ihe_arg 'ihe tce' 0 0" -a 'export' -d 'Write a case\'s manifest (MANIFEST.dcm), its instances (Study/Series/SOP.dcm) and case.json.'
 complete -c ihe -n "__ihe_arg 'ihe tce' 0 0" -a 'ls' -d 'List the received TCE cases: manifest title, key text, and how many instances arrived.'
@@ -667,15 +753,21 @@ complete -c ihe -n "__ihe_at 'ihe wic'" -s h -l help -d 'Show this message and e
 # ihe wic upload
 complete -c ihe -n "__ihe_at 'ihe wic upload'" -l accession -x -d 'Accession number.'
 complete -c ihe -n "__ihe_at 'ihe wic upload'" -l birth-date -x -d 'Patient birth date.'
+complete -c ihe -n "__ihe_at 'ihe wic upload'" -l ca -r -F -d 'CA certificates to trust (PEM); servers then require client certificates. Implies --tls.'
+complete -c ihe -n "__ihe_at 'ihe wic upload'" -l cert -r -F -d 'Our TLS certificate chain (PEM; may hold the key). Implies --tls.'
 complete -c ihe -n "__ihe_at 'ihe wic upload'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe wic upload'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
 complete -c ihe -n "__ihe_at 'ihe wic upload'" -l new-study -d 'Start a new study (the default without --study or --accession).'
+complete -c ihe -n "__ihe_at 'ihe wic upload'" -l no-tls -d 'No secure transport, even when the profile turns TLS on.'
 complete -c ihe -n "__ihe_at 'ihe wic upload'" -l patient -x -d 'Patient ID.'
 complete -c ihe -n "__ihe_at 'ihe wic upload'" -l patient-name -x -d 'Patient name, e.g. DOE^JOHN.'
 complete -c ihe -n "__ihe_at 'ihe wic upload'" -l sex -x -d 'Patient sex.'
 complete -c ihe -n "__ihe_at 'ihe wic upload'" -l study -x -d 'Study Instance UID (default: a new one).'
 complete -c ihe -n "__ihe_at 'ihe wic upload'" -l study-description -x -d 'Study description.'
 complete -c ihe -n "__ihe_at 'ihe wic upload'" -l timeout -x -d 'Network timeout in seconds.'
+complete -c ihe -n "__ihe_at 'ihe wic upload'" -l tls -d 'Secure the link with TLS (the profile\'s certificate and CA unless --cert/--tls-key/--ca are given).'
+complete -c ihe -n "__ihe_at 'ihe wic upload'" -l tls-floor -x -d 'Lowest TLS version: 1.2 (BCP195, the default) or 1.0 (legacy peers only).'
+complete -c ihe -n "__ihe_at 'ihe wic upload'" -l tls-key -r -F -d 'Private key of --cert (PEM), when not in the same file.'
 complete -c ihe -n "__ihe_at 'ihe wic upload'" -l url -x -d 'DICOMweb service root (default: IHE_DICOMWEB_URL, else http://127.0.0.1:8080/dicom-web).'
 complete -c ihe -n "__ihe_arg 'ihe wic upload' 0 -1" -F
 

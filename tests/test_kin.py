@@ -162,7 +162,8 @@ def test_send_to_dcmtk_storescp(study, archive, storescp):
     files, info = study
     a = info[1]
     r = run_cli("kin", "create", "--study", a.StudyInstanceUID, "--instance", a.SOPInstanceUID, "--title",
-                "for-surgery", "--description", "Left knee", "--to", f"{node.aet}@127.0.0.1:{node.port}", *db_args(archive))
+                "for-surgery", "--description", "Left knee", "--to", f"{node.aet}@127.0.0.1:{node.port}",
+                *db_args(archive))
     assert r.code == 0, r.stderr
     received = list(folder.iterdir())
     assert len(received) == 1

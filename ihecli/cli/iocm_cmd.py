@@ -45,8 +45,9 @@ def reject_cmd(
     """Reject studies, series or instances: shows what will be rejected, asks, then sends the note.
 
     With --to, what is rejected is found on that Image Manager by C-FIND (or, with
-    --from-archive, in the local archive); with --store, in the local archive. One rejection note per study references every rejected instance; the Image
-    Manager that receives it hides (or, for data-retention, deletes) them.
+    --from-archive, in the local archive); with --store, in the local archive. One rejection
+    note per study references every rejected instance; the Image Manager that receives it
+    hides (or, for data-retention, deletes) them.
 
     Example: ihe iocm reject --reason quality --quality-reason motion-blur --instance 1.2.3.4 --to PACS --yes
     """
@@ -93,8 +94,8 @@ def reject_cmd(
         typer.confirm(f"Reject {what}?", abort=True, err=True)
     docs = iocm.rejection_notes(sel.found, code, quality_reasons=mods, description=description, observer=observer,
                                 retrieve_aet=retrieve_aet)
-    where = deliver(ctx, docs, to=to, store=store, out_file=None, db=db, storage=storage,
-                    calling_aet=calling_aet, timeout=timeout)
+    where = deliver(ctx, docs, iocm.store_rejection_notes, to=to, store=store, out_file=None, db=db,
+                    storage=storage, calling_aet=calling_aet, timeout=timeout)
     result = kos_result(docs, where=where)
     result["rejected"] = [str(ds.SOPInstanceUID) for ds in sel.found]
     if json:

@@ -42,19 +42,19 @@ def kos_result(docs, *, where: str) -> dict:
     return {"documents": out, "to": where}
 
 
-def deliver(ctx: typer.Context, docs, *, to, store, out_file, db, storage, calling_aet, timeout) -> str:
-    """Send, store or write the documents; returns where they went."""
+def deliver(ctx: typer.Context, docs, send, *, to, store, out_file, db, storage, calling_aet, timeout) -> str:
+    """Send (``send``: the transaction's function), store or write the documents; returns where
+    they went."""
     from ihecli.kos.document import encode
-    from ihecli.kos.send import send_documents, store_documents
 
     if to:
         st = state(ctx).settings()
         node = st.node(to)
-        send_documents(node, docs, calling_aet=calling_aet or st.calling_aet, timeout=timeout)
+        send(docs, node=node, calling_aet=calling_aet or st.calling_aet, timeout=timeout)
         return str(node)
     if store:
         with open_archive(ctx, db, storage) as archive:
-            store_documents(archive, docs)
+            send(docs, archive=archive)
         return "the local archive"
     assert out_file is not None
     from ihecli.archive.store import safe_name
@@ -99,8 +99,9 @@ def create_cmd(
 ) -> None:
     """Create a Key Image Note for images of one study and send, store or write it.
 
-    With --out DIR it is written as DIR/SOPInstanceUID.dcm. The references are checked against the local archive (or --from-files); each series is
-    referenced with the AE title to retrieve it from.
+    The references are checked against the local archive (or --from-files); each series is
+    referenced with the AE title to retrieve it from. With --out DIR the note is written as
+    DIR/SOPInstanceUID.dcm.
 
     Example: ihe kin create --study 1.2.3 --instance 1.2.3.4.5 --title for-surgery --description 'Fracture' --to PACS
     """
@@ -124,8 +125,8 @@ def create_cmd(
         output.warn(f"left out, not found: {uid}")
     doc = kin.key_image_note(sel.found, title=code, description=description, observer=observer,
                              retrieve_aet=retrieve_aet)
-    where = deliver(ctx, [doc], to=to, store=store, out_file=out_file, db=db, storage=storage,
-                    calling_aet=calling_aet, timeout=timeout)
+    where = deliver(ctx, [doc], lambda docs, **kw: kin.store_key_image_note(docs[0], **kw), to=to, store=store,
+                    out_file=out_file, db=db, storage=storage, calling_aet=calling_aet, timeout=timeout)
     result = kos_result([doc], where=where)
     if json:
         output.print_json(result)

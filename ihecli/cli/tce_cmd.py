@@ -13,7 +13,8 @@ from ihecli.errors import ExitStatus
 app = typer.Typer(help="Teaching file and clinical trial export cases received by the archive: list, export.\n\n"
                        "Example: ihe tce ls", no_args_is_help=True)
 
-Case = Annotated[str, typer.Argument(metavar="CASE", help="Case number (ihe tce ls) or the manifest's SOP Instance UID.")]
+Case = Annotated[str, typer.Argument(metavar="CASE",
+                                     help="Case number (ihe tce ls) or the manifest's SOP Instance UID.")]
 
 
 @app.command("ls")

@@ -75,3 +75,14 @@ def drop_rejection_notes(archive, found: Sequence[Dataset]) -> list[Dataset]:
             kos_documents.c.sop_uid.in_(kos), kos_documents.c.title_scheme == "DCM",
             kos_documents.c.title_value.in_(list(codes.REJECTION_TITLES)))).scalars())
     return [ds for ds in found if str(ds.SOPInstanceUID) not in notes]
+
+
+def store_rejection_notes(notes: Sequence[Dataset], *, node=None, archive=None, calling_aet: str = "IHE",
+                          timeout: float = 30) -> None:
+    """RAD-66 Rejection Note Stored: C-STORE to the Image Manager ``node``, or into the local ``archive``."""
+    from ihecli.kos.send import send_documents, store_documents
+
+    if node is not None:
+        send_documents(node, notes, calling_aet=calling_aet, timeout=timeout)
+    else:
+        store_documents(archive, notes)

@@ -35,3 +35,14 @@ def key_image_note(selected: Sequence[Dataset], *, title: Code = codes.OF_INTERE
     """Build the Key Image Note stored by RAD-29 Store Key Image Note."""
     return build_kos(title, selected, description=description, observer=observer, retrieve_aet=retrieve_aet,
                      series_description=SERIES_DESCRIPTION)
+
+
+def store_key_image_note(note: Dataset, *, node=None, archive=None, calling_aet: str = "IHE",
+                         timeout: float = 30) -> None:
+    """RAD-29 Store Key Image Note: C-STORE to ``node``, or into the local ``archive``."""
+    from ihecli.kos.send import send_documents, store_documents
+
+    if node is not None:
+        send_documents(node, [note], calling_aet=calling_aet, timeout=timeout)
+    else:
+        store_documents(archive, [note])
