@@ -18,7 +18,7 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 
-from sqlalchemy import delete, insert, select, tuple_
+from sqlalchemy import select
 
 from ihecli.archive.index import now
 from ihecli.archive.tables_pix import pix_links as t
@@ -27,7 +27,6 @@ from ihecli.hl7.v2 import Hl7Error, Message
 from ihecli.pix.ids import Domain, Identifier, cx_list
 
 log = logging.getLogger("ihe.pix")
-I_LINK = insert(t)
 
 
 @dataclass
@@ -64,16 +63,34 @@ def read_notification(msg: Message, domains: list[Domain] = ()) -> list[Identifi
     return list(seen.values())
 
 
+def _upsert(dialect: str):
+    """INSERT ... ON CONFLICT (pid, domain) DO UPDATE: an identifier seen before changes group
+    in the same statement (SQLite and PostgreSQL)."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    stmt = dialect_insert(t)
+    cols = ("grp", "namespace", "oid", "oid_type", "id_type", "sender", "control_id", "updated")
+    return stmt.on_conflict_do_update(index_elements=[t.c.pid, t.c.domain],
+                                      set_={c: getattr(stmt.excluded, c) for c in cols})
+
+
+_UPSERT: dict[str, object] = {}
+
+
 def store_cross_reference(conn, ids: list[Identifier], *, sender: str = "", control_id: str = "") -> str:
     """Make ``ids`` one cross-reference (and take them out of any other); returns its group id."""
-    keys = [(i.id[:200], i.domain.key[:200]) for i in ids]
-    conn.execute(delete(t).where(tuple_(t.c.pid, t.c.domain).in_(keys)))
+    name = conn.dialect.name
+    stmt = _UPSERT.get(name)
+    if stmt is None:
+        stmt = _UPSERT[name] = _upsert(name)
     grp = uuid.uuid4().hex
     at = now()
-    conn.execute(I_LINK, [{"grp": grp, "pid": pid, "domain": dom, "namespace": i.domain.namespace[:200],
-                           "oid": i.domain.oid[:200], "oid_type": i.domain.oid_type[:20],
-                           "id_type": i.type_code[:20], "sender": sender[:200], "control_id": control_id[:200],
-                           "updated": at} for (pid, dom), i in zip(keys, ids)])
+    conn.execute(stmt, [{"grp": grp, "pid": i.id[:200], "domain": i.domain.key[:200],
+                         "namespace": i.domain.namespace[:200], "oid": i.domain.oid[:200],
+                         "oid_type": i.domain.oid_type[:20], "id_type": i.type_code[:20], "sender": sender[:200],
+                         "control_id": control_id[:200], "updated": at} for i in ids])
     return grp
 
 
