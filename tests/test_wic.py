@@ -138,6 +138,10 @@ def test_upload_photo_video_pdf_png_new_study(world, tmp_path):
     assert arr.shape == (40, 30, 3)
     video = by_class[VIDEO]
     assert (video.Rows, video.Columns, int(video.NumberOfFrames)) == (48, 64, 12)
+    # the video back as sent, through its bulk data URI
+    vmeta = HTTP.get(next(c["url"] for c in out["created"] if c["sop_class"] == VIDEO) + "/metadata").json()[0]
+    r = HTTP.get(vmeta["7FE00010"]["BulkDataURI"], headers={"Accept": 'multipart/related; type="video/mp4"'})
+    assert r.status_code == 200 and files[1].read_bytes() in r.content
     assert video.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.102" and float(video.FrameTime) == 100.0
     doc = by_class[PDF]
     assert bytes(doc.EncapsulatedDocument).rstrip(b"\0") == files[2].read_bytes().rstrip(b"\0")
@@ -210,6 +214,7 @@ def test_stow_wic_bad_input_stores_nothing(world):
         (b"{not json", [("img", "image/jpeg", jpeg)], "not JSON"),
         (_meta(), [("img", "application/pdf", b"%PDF-1.4 no trailer")], "broken PDF"),
         (_meta(), [("img", "video/mp4", b"\0\0\0\x18ftypisom" + b"\0" * 20)], "broken MP4"),
+        (b"[" * 100_000, [("img", "image/jpeg", jpeg)], "not JSON"),
     ]
     for meta, parts, why in cases:
         body, ct = _wic_body(meta, parts)

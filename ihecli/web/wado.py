@@ -181,6 +181,8 @@ def _frame_bytes(ds: Dataset, frames: list[int]) -> list[bytes]:
     if ts.is_compressed:
         from pydicom.encaps import generate_frames
 
+        if FRAME_MEDIA.get(str(ts), "").startswith("video/"):  # one stream holds every frame
+            return [next(generate_frames(ds.PixelData, number_of_frames=1))]
         all_frames = list(generate_frames(ds.PixelData, number_of_frames=n))
         return [all_frames[f - 1] for f in frames]
     return [_native_frame(ds, f) for f in frames]

@@ -91,8 +91,8 @@ def read_metadata(data: bytes, media: str) -> list[Metadata]:
         return [Metadata(ds, bulk)]
     try:
         obj = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise ConversionError(f"metadata is not JSON: {e}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ConversionError(f"metadata is not JSON: {type(e).__name__}: {e}"[:300]) from None
     items = obj if isinstance(obj, list) else [obj]
     out = []
     for item in items:
