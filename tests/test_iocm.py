@@ -131,8 +131,8 @@ def test_rejected_instance_vanishes_from_findscu(server, tmp_path):
     archive.import_paths(files)
     info = corpus_info(files)
     victim = info[0]
-    r = run_cli("iocm", "reject", "--reason", "quality", "--study", victim.StudyInstanceUID, "--instance",
-                victim.SOPInstanceUID, "--to", server.spec, "--yes", "--json")
+    r = run_cli("iocm", "reject", "--reason", "quality", "--instance", victim.SOPInstanceUID, "--to", server.spec,
+                "--yes", "--json")  # the instance alone: found by a relational C-FIND
     assert r.code == 0, r.stderr
     assert r.json["rejected"] == [victim.SOPInstanceUID]
     p = run_dcmtk("findscu", "-S", "-aec", server.aet, "127.0.0.1", str(server.port), "-k",

@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 import pydicom
 from pydicom.dataset import Dataset
 
-from ihecli.errors import IheError, UsageError
+from ihecli.errors import IheError, PeerUnreachable, UsageError
 
 # Keys asked for at image level: the references, the inherited attributes and the image size
 IMAGE_KEYS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "PatientName", "PatientID",
@@ -125,12 +125,18 @@ def from_node(node, sel: Selection, *, calling_aet: str, timeout: float = 30) ->
 
     level = _level(sel)
     found: list[Dataset] = []
-    if level == "STUDY" or level == "IMAGE" and not sel.series:
+    if level == "IMAGE" and not sel.series and not sel.studies:
+        # instances alone: a relational query, which many peers (this archive too) answer
+        try:
+            found = scu.find(node, _identifier("IMAGE", sel), calling_aet=calling_aet, timeout=timeout)
+        except PeerUnreachable:
+            raise
+        except IheError as e:
+            raise UsageError(f"{node} does not find instances by SOP Instance UID alone ({e}): "
+                             "give their --study or --series too") from None
+    elif level == "STUDY" or level == "IMAGE" and not sel.series:
         # hierarchical peers need the upper levels' unique keys: step down study by study
-        studies = sel.studies
-        if not studies:
-            raise UsageError("with --instance, give its --study (or --series) too when asking a DICOM node")
-        for st in studies:
+        for st in sel.studies:
             sub = Selection([st], [], sel.instances)
             if level == "STUDY":
                 series_q = Dataset()
