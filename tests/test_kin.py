@@ -278,6 +278,14 @@ def test_builder_identical_documents_and_retrieve_location(tmp_path):
     assert (series.RetrieveAETitle, series.RetrieveLocationUID) == ("IHE_ARCHIVE", "1.2.3.4.5.6")
     same = back.IdenticalDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
     assert same.ReferencedSOPInstanceUID == "1.2.3.4.5.8"
+    # from references alone (what a manifest reader gives): the patient and study from a header
+    from ihecli.kos.builder import evidence_dataset, read_kos
+
+    refs = read_kos(back).references
+    again = build_kos(codes.MANIFEST, [evidence_dataset(r, one_study[0]) for r in refs])
+    assert [(r.sop_uid, r.retrieve_aet, r.value_type) for r in read_kos(again).references] == \
+           [(r.sop_uid, r.retrieve_aet, "IMAGE") for r in refs]
+    assert again.PatientID == one_study[0].PatientID
     with pytest.raises(IheError, match="spans 2 studies"):
         build_kos(codes.OF_INTEREST, info)
     with pytest.raises(UsageError, match="nothing selected"):
