@@ -62,8 +62,12 @@ class PdqQuery:
             raise UsageError("say what to look for: --family, --given, --birth-date, --gender, --id or --address")
         if self.birth_date:
             d = self.birth_date.replace("-", "")
-            if not re.fullmatch(r"\d{4}(\d{2}(\d{2})?)?", d):
-                raise UsageError(f"bad birth date {self.birth_date!r}: give YYYYMMDD or YYYY-MM-DD")
+            try:
+                if not re.fullmatch(r"\d{4}(\d{2}(\d{2})?)?", d):
+                    raise ValueError
+                datetime.strptime(d, {4: "%Y", 6: "%Y%m", 8: "%Y%m%d"}[len(d)])
+            except ValueError:
+                raise UsageError(f"bad birth date {self.birth_date!r}: give YYYYMMDD or YYYY-MM-DD") from None
             self.birth_date = d
         if self.gender:
             g = GENDERS.get(self.gender.strip().upper())
