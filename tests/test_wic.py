@@ -288,3 +288,52 @@ def test_upload_and_query_over_mutual_tls(tmp_path):
     finally:
         srv.stop()
         a.close()
+
+
+class _Part:
+    def __init__(self, media, data):
+        self.media, self.data = media, data
+
+    def read(self):
+        return self.data
+
+
+def _image_bytes(mode: str, fmt: str, **save) -> bytes:
+    size = (37, 23)
+    if mode == "I;16":
+        img = Image.fromarray((np.arange(23 * 37, dtype=np.uint16).reshape(23, 37) * 50).astype(np.uint16))
+    else:
+        img = Image.new(mode, size, {"L": 90, "RGB": (200, 10, 10), "RGBA": (1, 2, 3, 128), "CMYK": (0, 50, 50, 0),
+                                     "P": 3}[mode])
+    buf = io.BytesIO()
+    img.save(buf, fmt, **save)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("media,data,sop_class,want", [
+    ("image/jpeg", _image_bytes("L", "JPEG"), None, (VL_PHOTO, "MONOCHROME2", "1.2.840.10008.1.2.4.50")),
+    ("image/jpeg", _image_bytes("RGB", "JPEG", progressive=True), None, (VL_PHOTO, "RGB", "1.2.840.10008.1.2.1")),
+    ("image/jpeg", _image_bytes("CMYK", "JPEG"), None, (VL_PHOTO, "RGB", "1.2.840.10008.1.2.1")),
+    ("image/jpeg", _image_bytes("RGB", "JPEG", subsampling=0), SC, (SC, "RGB", "1.2.840.10008.1.2.1")),
+    ("image/jpeg", _image_bytes("RGB", "JPEG", subsampling=0), None, (VL_PHOTO, "RGB", "1.2.840.10008.1.2.1")),
+    ("image/jpeg", _image_bytes("RGB", "JPEG"), SC, (SC, "YBR_FULL_422", "1.2.840.10008.1.2.4.50")),
+    ("image/png", _image_bytes("I;16", "PNG"), None, (SC, "MONOCHROME2", "1.2.840.10008.1.2.1")),
+    ("image/png", _image_bytes("RGBA", "PNG"), VL_PHOTO, (VL_PHOTO, "RGB", "1.2.840.10008.1.2.1")),
+    ("image/png", _image_bytes("P", "PNG"), None, (SC, "RGB", "1.2.840.10008.1.2.1")),
+], ids=["jpeg-grey", "jpeg-progressive", "jpeg-cmyk", "jpeg-444-sc", "jpeg-444", "jpeg-420-sc", "png-16bit",
+        "png-alpha-vl", "png-palette"])
+def test_conversions_pass_dciodvfy(world, tmp_path, media, data, sop_class, want):
+    from ihecli.wic import convert
+    from pydicom.dataset import Dataset
+
+    meta = Dataset()
+    meta.PatientID, meta.PatientName = "CONV1", "Conv^Test"
+    if sop_class:
+        meta.SOPClassUID = sop_class
+    made = convert.instance_from_metadata(world["archive"], convert.Metadata(meta, {0x7FE00010: "x"}),
+                                          {"x": _Part(media, data)})
+    assert dciodvfy(made.data, tmp_path) == []
+    ds = dcmread(io.BytesIO(made.data))
+    assert (ds.SOPClassUID, ds.PhotometricInterpretation, ds.file_meta.TransferSyntaxUID) == want
+    assert ds.pixel_array.shape[:2] == (23, 37)
+    assert not made.coerced

@@ -330,14 +330,16 @@ def _jpeg(ds: Dataset, co: Coercions, data: bytes) -> str:
     _exif_times(ds, data)
     progressive = img.info.get("progressive") or img.info.get("progression")
     adobe_rgb = img.info.get("adobe_transform") == 0 and img.mode == "RGB"
-    if img.mode in ("L", "RGB") and not progressive:
-        if img.mode == "L":
-            pi, spp = "MONOCHROME2", 1
-        elif adobe_rgb:
-            pi, spp = "RGB", 3
-        else:  # JFIF YCbCr: full range, subsampled or not (PS3.5 8.2.1)
-            pi = "YBR_FULL" if JpegImagePlugin.get_sampling(img) == 0 else "YBR_FULL_422"
-            spp = 3
+    if img.mode == "L":
+        pi, spp = "MONOCHROME2", 1
+    elif adobe_rgb:
+        pi, spp = "RGB", 3
+    else:  # JFIF YCbCr: full range, subsampled or not (PS3.5 8.2.1)
+        pi = "YBR_FULL" if JpegImagePlugin.get_sampling(img) == 0 else "YBR_FULL_422"
+        spp = 3
+    # neither VL Photographic nor Secondary Capture lists YBR_FULL (a JPEG without chroma
+    # subsampling): such a JPEG is decoded, as progressive ones are
+    if img.mode in ("L", "RGB") and not progressive and pi != "YBR_FULL":
         values = {"Rows": img.height, "Columns": img.width, "SamplesPerPixel": spp, "PhotometricInterpretation": pi,
                   "BitsAllocated": 8, "BitsStored": 8, "HighBit": 7, "PixelRepresentation": 0}
         if spp == 3:
