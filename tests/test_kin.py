@@ -316,3 +316,28 @@ def test_sending_is_audited(study, archive, storescp, tmp_path):
         atna.configure(None)
         sock.close()
     assert "110104" in message and a.StudyInstanceUID in message and node.aet in message
+
+
+def test_reader_survives_damaged_manifests():
+    """Truncated and bit-flipped manifests: a clear IheError, never another exception."""
+    import random
+
+    from ihecli.errors import IheError
+    from ihecli.kos.document import load, read_kos
+
+    data = (KOS_DATA / "IDS-DEPT002-a-kos.dcm").read_bytes()
+    assert len(read_kos(load(data)).references) == 36
+    rnd = random.Random(7)
+    damaged = [data[:cut] for cut in range(132, len(data), 97)]
+    for _ in range(150):
+        b = bytearray(data)
+        for _ in range(4):
+            b[rnd.randrange(132, len(b))] = rnd.randrange(256)
+        damaged.append(bytes(b))
+    errors = 0
+    for d in damaged:
+        try:
+            read_kos(load(d))
+        except IheError:
+            errors += 1
+    assert errors > 0  # damage was noticed; nothing else escaped

@@ -74,7 +74,7 @@ def record_kos(engine, data: bytes, sop_uid: str, *, replace: bool = True) -> bo
     refs = []
     try:
         info = read_kos(load(data))
-    except IheError as e:
+    except (IheError, RecursionError, MemoryError) as e:
         log.warning("Key Object Selection Document %s not understood: %s", sop_uid, e)
         info = None
     if info is not None:

@@ -78,6 +78,17 @@ def read_kos(ds: Dataset) -> KosInfo:
     Tolerant of real-world manifests: references come from the Current Requested Procedure
     Evidence and the Pertinent Other Evidence sequences, whatever the content tree names them.
     """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _read_kos(ds)
+    except IheError:
+        raise
+    except Exception as e:  # values that do not decode: truncated sequences, wrong VRs
+        raise IheError(f"unreadable Key Object Selection Document ({type(e).__name__}: {e})") from None
+
+
+def _read_kos(ds: Dataset) -> KosInfo:
     if str(ds.get("SOPClassUID", "")) != KOS_SOP_CLASS:
         raise IheError(f"not a Key Object Selection Document (SOP Class {ds.get('SOPClassUID', 'missing')})")
     try:
@@ -122,8 +133,6 @@ def read_kos(ds: Dataset) -> KosInfo:
 
 def load(source: bytes | str) -> Dataset:
     """A DICOM object from a file path or Part-10 bytes; IheError naming the file otherwise."""
-    from pydicom.errors import InvalidDicomError
-
     where = ""
     if not isinstance(source, (bytes, bytearray)):
         where = f"{source}: "
@@ -137,6 +146,6 @@ def load(source: bytes | str) -> Dataset:
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(io.BytesIO(source), force=True)
             ds.SOPClassUID  # noqa: B018 (decodes now: a garbage file fails here)
-    except (InvalidDicomError, OSError, AttributeError, ValueError, EOFError, KeyError, TypeError):
+    except Exception:  # pydicom's many ways of failing on bytes that are not DICOM
         raise IheError(f"{where}not a DICOM file") from None
     return ds
