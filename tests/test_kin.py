@@ -341,3 +341,20 @@ def test_reader_survives_damaged_manifests():
         except IheError:
             errors += 1
     assert errors > 0  # damage was noticed; nothing else escaped
+
+
+def test_non_ascii_names_and_text(tmp_path):
+    """A Japanese patient name and a German/Japanese description: the note is UTF-8, valid, readable."""
+    src = DATA / "charset" / "SCSH31"
+    img = dcmread(src, stop_before_pixels=True)
+    text = "Überprüfung – 確認"
+    r = run_cli("kin", "create", "--study", img.StudyInstanceUID, "--instance", img.SOPInstanceUID, "--from-files",
+                src, "--description", text, "--observer", "Müller^Jürgen", "--out", tmp_path / "k")
+    assert r.code == 0, r.stderr
+    path = _one(list((tmp_path / "k").iterdir()))
+    assert dciodvfy(path) == []
+    ds = dcmread(path)
+    assert ds.SpecificCharacterSet == "ISO_IR 192" and str(ds.PatientName) == str(img.PatientName)
+    r = run_cli("kin", "show", path, "--json")
+    assert r.json[0]["description"] == text and r.json[0]["observers"] == ["Müller^Jürgen"]
+    assert text in run_dcmtk("dsrdump", "+U8", str(path)).stdout

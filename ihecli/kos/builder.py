@@ -103,7 +103,8 @@ def build_kos(title: Code, selected: Sequence[Dataset], *, description: str | No
         doc = hd.ko.KeyObjectSelectionDocument(
             evidence=evidence, content=content, series_instance_uid=series_uid or generate_uid(),
             series_number=series_number, sop_instance_uid=sop_uid or generate_uid(),
-            instance_number=instance_number, manufacturer=MANUFACTURER, institution_name=institution)
+            instance_number=instance_number, manufacturer=MANUFACTURER, institution_name=institution,
+            specific_character_set=_charset(evidence[0], description, observer, institution))
     ds = doc
     _fill_retrieve(ds, selected, retrieve_aet, retrieve_location_uid)
     if codes.TCE_SCHEME in {title.scheme_designator, *(m.scheme_designator for m in modifiers)}:
@@ -118,6 +119,12 @@ def build_kos(title: Code, selected: Sequence[Dataset], *, description: str | No
     if identical_documents:
         ds.IdenticalDocumentsSequence = [_study_item(st, se, sop) for st, se, sop in identical_documents]
     return ds
+
+
+def _charset(first: Dataset, *texts: str | None) -> str | None:
+    """UTF-8 (ISO_IR 192) when any text the document carries is not ASCII, else the default."""
+    values = [str(first.get(kw) or "") for kw in _INHERITED] + [t or "" for t in texts]
+    return None if all(v.isascii() for v in values) else "ISO_IR 192"
 
 
 def _study_item(study: str, series: str, sop: str) -> Dataset:
