@@ -21,8 +21,9 @@ import pytest
 from dicomweb_client.api import DICOMwebClient
 from pydicom import dcmread
 
-from helpers import DATA, DCMTK_ENV, free_port, make_corpus, wait_port
+from helpers import DATA, DCMTK_ENV, free_port, make_corpus, run_cli, wait_port
 from ihecli.archive import Archive
+from ihecli.archive.server import DicomServer
 from ihecli.web import DicomWebServer
 from test_wic import mp4, pdf, photo
 
@@ -45,7 +46,10 @@ def orthanc(tmp_path_factory):
     p = subprocess.Popen([exe, str(d / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT, env=DCMTK_ENV)
     try:
         wait_port(cfg["HttpPort"], 30)
-        yield DICOMwebClient(url=f"http://127.0.0.1:{cfg['HttpPort']}/dicom-web")
+        wait_port(cfg["DicomPort"], 30)
+        client = DICOMwebClient(url=f"http://127.0.0.1:{cfg['HttpPort']}/dicom-web")
+        client.dicom = f"ORTHANC@127.0.0.1:{cfg['DicomPort']}"
+        yield client
     finally:
         p.terminate()
         p.wait(20)
@@ -58,17 +62,20 @@ def both(orthanc, tmp_path_factory):
     a = Archive(f"sqlite:///{d / 'index.db'}", d / "storage")
     srv = DicomWebServer(a)
     srv.start()
+    dimse = DicomServer(a, aet="IHE_ARCHIVE", port=0)
+    dimse.start()
     ours = DICOMwebClient(url=srv.base_url)
-    files = make_corpus(d / "ct", studies=3, series=2, images=2)
-    # non-ASCII names in three character sets (Orthanc 1.10 answers ideographic and phonetic name
-    # groups as empty, and drops the Cyrillic letters of ISO_IR 144 names: only the alphabetic group
-    # is compared, SCSRUSS is left out; test_dicomweb checks those against the files themselves)
-    files += [DATA / "charset" / n for n in ("SCSGERM", "SCSX1", "SCSH31")]
-    datasets = [dcmread(f) for f in files]
+    # CT studies through `ihe dicom store` (C-STORE) into both
+    make_corpus(d / "ct", studies=3, series=2, images=2)
+    for node in (f"IHE_ARCHIVE@127.0.0.1:{dimse.port}", orthanc.dicom):
+        r = run_cli("dicom", "store", node, d / "ct")
+        assert r.code == 0, r.stderr
+    # non-ASCII names in three character sets through STOW-RS (Orthanc 1.10 answers ideographic and
+    # phonetic name groups as empty, and drops the Cyrillic letters of ISO_IR 144 names: only the
+    # alphabetic group is compared, SCSRUSS is left out; test_dicomweb checks those against the files)
+    datasets = [dcmread(DATA / "charset" / n) for n in ("SCSGERM", "SCSX1", "SCSH31")]
     ours.store_instances(datasets)
     # WIC uploads converted by the archive go to Orthanc as the archive made them
-    from helpers import run_cli
-
     r = run_cli("wic", "upload", photo(d / "p.jpg"), pdf(d / "d.pdf"), mp4(d / "v.mp4"), "--patient", "WICO",
                 "--name", "Photo^Pat", "--new-study", "--to", srv.base_url, "--json")
     assert r.code == 0, r.stderr
@@ -76,6 +83,7 @@ def both(orthanc, tmp_path_factory):
     converted = ours.retrieve_study(study)
     orthanc.store_instances(datasets + converted)
     yield ours, orthanc, study
+    dimse.stop()
     srv.stop()
     a.close()
 
