@@ -270,6 +270,41 @@ def _with_xds(w: World) -> None:
     assert r.code == 0, r.stderr
     w.xds_doc = json.loads(r.stdout)[0]
 
+def _with_pix_manager(w: World) -> None:
+    """The test PIX Manager (tests/pixmgr.py) on a free port."""
+    from pixmgr import PixManager
+
+    m = PixManager()
+    m.start()
+    w._closers.append(m.stop)
+    w.pix = m.peer
+
+
+def _with_pix_links(w: World) -> None:
+    """The IPF A31 cross-references in the data dir's archive database."""
+    from pixmgr import A31_FILES
+
+    from ihecli.archive import Archive
+    from ihecli.config import load
+    from ihecli.pix import UpdateNotificationReceiver
+
+    st = load().archive
+    with Archive(st.db_url(), st.storage_dir()) as archive:
+        receiver = UpdateNotificationReceiver(archive)
+        for p in A31_FILES:
+            assert b"MSA|AA" in receiver(p.read_bytes())
+
+
+def _with_pdq_supplier(w: World) -> None:
+    """The test PDQ Supplier (tests/pdqsupplier.py) on a free port."""
+    from pdqsupplier import PdqSupplier
+
+    s = PdqSupplier()
+    s.start()
+    w._closers.append(s.stop)
+    w.pdq = s.url
+
+
 # command -> (set-up, arguments); each a cheap invocation that succeeds
 JSON_RUNS = {
     "ihe config show": (None, lambda w: ["config", "show"]),
@@ -304,6 +339,10 @@ JSON_RUNS = {
     "ihe pdi view": (None, lambda w: ["pdi", "view", str(w.files)]),
     "ihe hl7 send": (_with_hl7_feed, lambda w: ["hl7", "send", w.hl7, str(w.tmp / "orm.hl7")]),
     "ihe hl7 orders": (_with_hl7_feed, lambda w: ["hl7", "orders"]),
+    "ihe pix query": (_with_pix_manager, lambda w: ["pix", "query", "13278", "--domain", "HIMSS2005", "--manager",
+                                                    w.pix]),
+    "ihe pix ls": (_with_pix_links, lambda w: ["pix", "ls"]),
+    "ihe pdq query": (_with_pdq_supplier, lambda w: ["pdq", "query", "--family", "Jones", "--supplier", w.pdq]),
     "ihe xds submit": (_with_xds, lambda w: ["xds", "submit", str(w.tmp / "note.txt"), "--patient", XDS_PID,
                                              "--repository", w.xds]),
     "ihe xds query": (_with_xds, lambda w: ["xds", "query", "find-documents", "--patient", XDS_PID,
