@@ -56,6 +56,7 @@ def create_app(archive, *, root: str = ROOT, max_upload: int = MAX_UPLOAD) -> St
     def _search(level):
         def endpoint(request: Request):
             p = request.path_params
+            qido.check_accept(accept(request))
             rows = qido.search(archive, level, request.query_params, base(request),
                                study=p.get("study"), series=p.get("series"))
             audit_web.query(_client(request), base(request), level, str(request.query_params))

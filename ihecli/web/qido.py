@@ -149,6 +149,15 @@ def build_query(level: str, params, *, study: str | None = None, series: str | N
     return ds, opts
 
 
+def check_accept(header: str | None) -> None:
+    """QIDO-RS answers in DICOM JSON: 406 for a client that takes nothing of the kind."""
+    from ihecli.web.common import parse_accept
+
+    ok = {"application/dicom+json", "application/json", "*/*", "application/*"}
+    if not any(m.type in ok for m in parse_accept(header)):
+        raise WebError(406, "QIDO-RS answers are application/dicom+json")
+
+
 def search(archive, level: str, params, base: str, *, study: str | None = None,
            series: str | None = None) -> list[dict]:
     """QIDO-RS search for studies, series or instances: a list of DICOM JSON objects."""
