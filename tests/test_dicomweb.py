@@ -293,6 +293,9 @@ def test_stow_statuses(world):
     r = HTTP.post(url, content=body, headers={"Content-Type": ct.replace("b0undary", "other")})
     assert r.status_code == 400
     assert HTTP.post(url, headers={"Content-Type": ct}).status_code == 400
+    many = b"".join(b"--b0undary\r\nContent-Type: application/dicom\r\n\r\nx\r\n" for _ in range(6000))
+    r = HTTP.post(url, content=many + b"--b0undary--\r\n", headers={"Content-Type": ct})
+    assert r.status_code == 413 and "parts" in r.text
     assert a.counts()["instances"] == before + 2  # nothing half-stored
 
 

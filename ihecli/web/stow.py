@@ -33,6 +33,7 @@ DICOM_TYPES = {"application/dicom"}
 META_TYPES = {"application/dicom+json", "application/json", "application/dicom+xml"}
 BULK_TYPES = {"image/jpeg", "image/jpg", "image/png", "video/mp4", "application/pdf", "application/octet-stream"}
 SPOOL = 8 << 20  # a part larger than this goes to a temporary file while it arrives
+MAX_PARTS = 5000  # parts in one request (each costs a spooled file object)
 
 # Failure Reason values (PS3.18 Table I.2-1 / PS3.4 Annex B)
 PROCESSING_FAILURE = 0x0110
@@ -84,6 +85,8 @@ class BodyReader:
         })
 
     def _begin(self):
+        if len(self.parts) >= MAX_PARTS:
+            raise WebError(413, f"more than {MAX_PARTS} parts in one request")
         self.parts.append(InPart(file=tempfile.SpooledTemporaryFile(SPOOL)))
         self._field = self._value = b""
 
