@@ -130,6 +130,14 @@ class MessageTooLarge(Exception):
     pass
 
 
+_current = threading.local()
+
+
+def current_peer() -> str:
+    """In a handler: the address (host:port) of the peer whose message it handles ('' elsewhere)."""
+    return getattr(_current, "peer", "")
+
+
 def _default_on_error(message: bytes, exc: BaseException) -> bytes:
     from ihecli.hl7.v2 import Hl7Error, nak
 
@@ -238,6 +246,7 @@ class MllpServer:
             self._conns.add(sock)
         deframer = Deframer(self.max_size)
         count = 0
+        _current.peer = where
         try:
             while True:
                 try:

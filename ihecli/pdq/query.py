@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from urllib.parse import urlsplit
 
 from lxml import etree
 
@@ -33,6 +34,6 @@ def query_demographics(url: str, query: PdqQuery, *, sender: str, receiver: str,
         client.close()
         qbp = body.find("{urn:hl7-org:v3}controlActProcess/{urn:hl7-org:v3}queryByParameter")
         atna.record(atna.events.pdq_query(
-            source=atna.events.Peer.local(sender), destination=atna.events.Peer(url),
+            source=atna.events.Peer.local(sender), destination=atna.events.Peer(url, host=urlsplit(url).hostname or ""),
             query=etree.tostring(qbp) if qbp is not None else b"", message_id=message_id,
             patient_ids=[f"{query.id}^^^&{query.id_domain}&ISO"] if query.id else [], outcome=outcome))

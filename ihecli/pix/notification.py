@@ -173,8 +173,11 @@ class UpdateNotificationReceiver:
 
         if not atna.enabled():
             return
+        from ihecli.net.mllp import current_peer
+
         ev = atna.events
+        host = current_peer().rsplit(":", 1)[0].strip("[]")
         atna.record(ev.pix_update_notification(
-            source=ev.Peer(f"{msg.value('MSH', 3)}|{msg.value('MSH', 4)}"),
+            source=ev.Peer(f"{msg.value('MSH', 3)}|{msg.value('MSH', 4)}", host=host),
             destination=ev.Peer.local(f"{self.app}|{self.facility}"),
             patient_ids=[str(i) for i in ids], message_id=msg.control_id))
