@@ -34,11 +34,12 @@ def groups_from_a31(paths=A31_FILES) -> list[list[Identifier]]:
 class PixManager:
     """Controller: start() returns the port, stop() is idempotent."""
 
-    def __init__(self, groups: list[list[Identifier]] | None = None, replay: dict[str, str] | None = None):
+    def __init__(self, groups: list[list[Identifier]] | None = None, replay: dict[str, str] | None = None,
+                 ssl_context=None):
         self.groups = groups if groups is not None else groups_from_a31()
         self.replay = replay or {}  # CX-1 of QPD-3 -> file name in tests/data/pix
         self.queries: list[v2.Message] = []
-        self.server = MllpServer(self.handle, port=0, name="PIXMGR")
+        self.server = MllpServer(self.handle, port=0, name="PIXMGR", ssl_context=ssl_context)
         self.port = 0
 
     def start(self) -> int:
@@ -114,10 +115,10 @@ class PixManager:
 
     # -- ITI-10 ------------------------------------------------------------------------------
     @staticmethod
-    def notify(host: str, port: int, paths=A31_FILES) -> list[v2.AckResult]:
+    def notify(host: str, port: int, paths=A31_FILES, ssl_context=None) -> list[v2.AckResult]:
         """Send the A31 messages of ``paths`` to a PIX Consumer over one connection."""
         acks = []
-        with MllpClient(host, port, timeout=10) as c:
+        with MllpClient(host, port, timeout=10, ssl_context=ssl_context) as c:
             for p in paths:
                 for raw in split_messages(Path(p).read_bytes()):
                     acks.append(v2.read_ack(c.send(raw)))

@@ -149,3 +149,41 @@ def test_domain_from_the_profile(mgr, tmp_path):
     Path(os.environ["IHE_CONFIG"]).write_text(f'[pix]\nmanager = "{mgr.peer}"\ndomain = "{HIMSS}"\n')
     r = run_cli("pix", "query", "13278", "--json")
     assert r.code == 0 and len(r.json["identifiers"]) == 2, r.stderr
+
+
+def test_mllp_over_tls_with_mutual_authentication(tmp_path):
+    """ITI-9 and ITI-10 over TLS (ITI-19): the shared TLS options, certificates from one CA."""
+    import trustme
+
+    from ihecli.archive import Archive
+    from ihecli.net import tls
+    from ihecli.net.mllp import MllpServer
+    from ihecli.pix import UpdateNotificationReceiver
+    from pixmgr import A31_FILES
+
+    ca = trustme.CA()
+    for name, cert in (("server", ca.issue_cert("localhost", "127.0.0.1")), ("client", ca.issue_cert("ihe"))):
+        cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / f"{name}.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    server_ctx = tls.context(tls.TlsConfig(cert=str(tmp_path / "server.pem"), ca=str(tmp_path / "ca.pem")),
+                             server=True)
+    m = PixManager(ssl_context=server_ctx)
+    m.start()
+    try:
+        args = ["pix", "query", "13278", "--domain", HIMSS, "--manager", m.peer, "--json"]
+        r = run_cli(*args, "--cert", tmp_path / "client.pem", "--ca", tmp_path / "ca.pem")
+        assert r.code == 0 and len(r.json["identifiers"]) == 2, r.stderr
+        r = run_cli(*args, "--ca", tmp_path / "ca.pem", "--timeout", "3")  # no client certificate: refused
+        assert r.code == 4, r.stderr
+    finally:
+        m.stop()
+    with Archive(f"sqlite:///{tmp_path / 'i.db'}", tmp_path / "st") as archive:
+        srv = MllpServer(UpdateNotificationReceiver(archive), port=0, ssl_context=server_ctx)
+        srv.start()
+        try:
+            client_ctx = tls.context(tls.TlsConfig(cert=str(tmp_path / "client.pem"), ca=str(tmp_path / "ca.pem")),
+                                     server=False)
+            acks = PixManager.notify("127.0.0.1", srv.port, A31_FILES, ssl_context=client_ctx)
+            assert [a.code for a in acks] == ["AA"] * 3
+        finally:
+            srv.stop()
