@@ -263,3 +263,31 @@ def test_rate_over_one_connection(tmp_path):
         srv.stop()
         archive.close()
     assert rate > 150, f"{rate:.0f} messages/s"
+
+
+def test_xds_query_by_a_linked_id(tmp_path, monkeypatch):
+    """A Registry Stored Query by a local identifier finds the documents filed under the affinity
+    domain identifier PIX links it to (one archive database: `ihe xds serve` and `ihe pix listen`)."""
+    from ihecli.net.soap import schemas
+    from ihecli.xds.server import XdsServer
+
+    monkeypatch.setattr(schemas, "STRICT", True)
+    archive = Archive(f"sqlite:///{tmp_path / 'x.db'}", tmp_path / "st")
+    xds = XdsServer(archive, repository_unique_id="1.3.6.1.4.1.21367.2017.2.3.9999")
+    xds.start()
+    try:
+        (tmp_path / "report.txt").write_text("report")
+        affinity, local = "E-77^^^&1.3.6.1.4.1.21367.2005.3.7&ISO", "L-1^^^&1.2.9&ISO"
+        r = run_cli("xds", "submit", tmp_path / "report.txt", "--patient", affinity, "--repository", xds.url)
+        assert r.code == 0, r.stderr
+        query = ["xds", "query", "find-documents", "--patient", local, "--registry", xds.url, "--json"]
+        assert run_cli(*query).json == []
+        recv = UpdateNotificationReceiver(archive)
+        assert b"MSA|AA" in recv(a31("L-1^^^LOCAL&1.2.9&ISO", "E-77^^^XREF&1.3.6.1.4.1.21367.2005.3.7&ISO"))
+        r = run_cli(*query)
+        assert r.code == 0 and len(r.json) == 1 and affinity in str(r.json[0]), r.stdout + r.stderr
+        r = run_cli("xds", "query", "get-all", "--patient", local, "--registry", xds.url, "--json")
+        assert r.code == 0 and len(r.json) >= 2, r.stderr  # the document entry and its submission set
+    finally:
+        xds.stop()
+        archive.close()

@@ -50,3 +50,17 @@ def linked_patient_ids(pid: str):
                                          or_(pat.c.issuer == "", pat.c.issuer == other.c.namespace,
                                              pat.c.issuer == other.c.oid))))
             .where(mine.c.pid == pid))
+
+
+def linked_cx(cx: str):
+    """SELECT of the XDS patient IDs (``ID^^^&OID&ISO``) cross-referenced with the XDS patient ID
+    ``cx``: what a Registry Stored Query by one identifier also matches (indexed by uq_pix_link)."""
+    parts = cx.split("^")
+    pid = parts[0]
+    hd = parts[3].split("&") if len(parts) > 3 else []
+    oid = hd[1] if len(hd) > 1 else ""
+    mine = pix_links.alias("pix_mine")
+    other = pix_links.alias("pix_other")
+    return (select(other.c.pid + "^^^&" + other.c.oid + "&ISO")
+            .select_from(mine.join(other, other.c.grp == mine.c.grp))
+            .where(mine.c.pid == pid, mine.c.domain == oid, other.c.oid != ""))

@@ -14,6 +14,7 @@ from lxml import etree
 from sqlalchemy import and_, exists, or_, select
 from sqlalchemy.engine import Connection
 
+from ihecli.archive.tables_pix import linked_cx
 from ihecli.archive.tables_xds import xds_objects, xds_values
 from ihecli.net.soap.xml import RIM, parse_xml, q
 from ihecli.xds import vocabulary as v
@@ -23,6 +24,11 @@ from ihecli.xds.model import valid_cx
 o = xds_objects.c
 MAX_RESULTS = 10_000
 _ITEM = re.compile(r"\s*(?:'((?:[^']|'')*)'|([^,'()\s][^,()]*?))\s*(?:,|$)")
+
+
+def _patient(pid: str):
+    """The patient ID, or one PIX cross-references with it (ihe pix listen)."""
+    return or_(o.patient_id == pid, o.patient_id.in_(linked_cx(pid)))
 
 
 def _bad(code: str, context: str) -> XdsError:
@@ -183,7 +189,7 @@ class StoredQuery:
     # -- the queries -------------------------------------------------------------------------------
     def q_FindDocuments(self, p: Params):
         pid = p.patient("$XDSDocumentEntryPatientId")
-        conds = [o.kind == "DE", o.patient_id == pid, o.status.in_(p.statuses("$XDSDocumentEntryStatus"))]
+        conds = [o.kind == "DE", _patient(pid), o.status.in_(p.statuses("$XDSDocumentEntryStatus"))]
         for param, col in (("ClassCode", o.class_code), ("TypeCode", o.type_code),
                            ("PracticeSettingCode", o.practice_code), ("HealthcareFacilityTypeCode", o.hcft_code),
                            ("FormatCode", o.format_code)):
@@ -205,7 +211,7 @@ class StoredQuery:
 
     def q_FindSubmissionSets(self, p: Params):
         pid = p.patient("$XDSSubmissionSetPatientId")
-        conds = [o.kind == "SS", o.patient_id == pid, o.status.in_(p.statuses("$XDSSubmissionSetStatus"))]
+        conds = [o.kind == "SS", _patient(pid), o.status.in_(p.statuses("$XDSSubmissionSetStatus"))]
         if p.has("$XDSSubmissionSetSourceId"):
             conds.append(o.source_id.in_(p.list("$XDSSubmissionSetSourceId")))
         _range(conds, p, "$XDSSubmissionSetSubmissionTime", o.submission_time)
@@ -217,7 +223,7 @@ class StoredQuery:
 
     def q_FindFolders(self, p: Params):
         pid = p.patient("$XDSFolderPatientId")
-        conds = [o.kind == "FD", o.patient_id == pid, o.status.in_(p.statuses("$XDSFolderStatus"))]
+        conds = [o.kind == "FD", _patient(pid), o.status.in_(p.statuses("$XDSFolderStatus"))]
         _range(conds, p, "$XDSFolderLastUpdateTime", o.last_update_time)
         if p.has("$XDSFolderCodeList"):
             conds.append(_multi("fdcode", p.groups("$XDSFolderCodeList")))
@@ -225,9 +231,9 @@ class StoredQuery:
 
     def q_GetAll(self, p: Params):
         pid = p.patient("$patientId")
-        docs = self._docs(p, o.patient_id == pid, o.status.in_(p.statuses("$XDSDocumentEntryStatus")))
-        sets = self._select(o.kind == "SS", o.patient_id == pid, o.status.in_(p.statuses("$XDSSubmissionSetStatus")))
-        fols = self._select(o.kind == "FD", o.patient_id == pid, o.status.in_(p.statuses("$XDSFolderStatus")))
+        docs = self._docs(p, _patient(pid), o.status.in_(p.statuses("$XDSDocumentEntryStatus")))
+        sets = self._select(o.kind == "SS", _patient(pid), o.status.in_(p.statuses("$XDSSubmissionSetStatus")))
+        fols = self._select(o.kind == "FD", _patient(pid), o.status.in_(p.statuses("$XDSFolderStatus")))
         ids = {r.entry_uuid for r in docs + sets + fols}
         assocs = self._assocs_between(ids)
         # SubmissionSet -> (Folder -> DocumentEntry) associations too
