@@ -118,3 +118,18 @@ def test_usage_and_unreachable(supplier):
     r = run_cli("pdq", "query", "--family", "X", "--supplier", f"http://127.0.0.1:{free_port()}/pdq")
     assert r.code == 4 and "cannot reach" in r.stderr
     assert run_cli("pdq", "query", "--family", "X", "--supplier", "ftp://x").code == 2
+
+
+def test_silent_supplier_times_out():
+    """A supplier that accepts the connection and never answers: exit 4 after --timeout."""
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        started = time.monotonic()
+        r = run_cli("pdq", "query", "--family", "X", "--supplier", f"http://127.0.0.1:{s.getsockname()[1]}/pdq",
+                    "--timeout", "0.5")
+        assert r.code == 4 and "no answer within 0.5 s" in r.stderr, r.stderr
+        assert time.monotonic() - started < 5

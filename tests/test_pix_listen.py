@@ -291,3 +291,20 @@ def test_xds_query_by_a_linked_id(tmp_path, monkeypatch):
     finally:
         xds.stop()
         archive.close()
+
+
+def test_acknowledgements_are_valid_hl7(tmp_path):
+    """hl7apy (strict) reads our AA and AE acknowledgements of A31s as valid v2.5 ACKs."""
+    from hl7apy.consts import VALIDATION_LEVEL
+    from hl7apy.parser import parse_message
+
+    archive = Archive(f"sqlite:///{tmp_path / 'i.db'}", tmp_path / "st")
+    try:
+        recv = UpdateNotificationReceiver(archive, app="IHE", facility="RAD")
+        for raw, code in ((A31_FILES[0].read_bytes(), "AA"), (a31("NODOMAIN"), "AE")):
+            ack = recv(raw).decode()
+            m = parse_message(ack, validation_level=VALIDATION_LEVEL.STRICT, find_groups=True)
+            assert m.validate() and m.msa.msa_1.value == code
+            assert m.msh.msh_9.to_er7() == "ACK^A31^ACK"
+    finally:
+        archive.close()
