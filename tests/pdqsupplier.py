@@ -119,6 +119,7 @@ class PdqSupplier:
             if not any(i.get("extension") == ext and i.get("root") == root for i in ids):
                 return False
         city = want("v3:patientAddress/v3:value/v3:city")
-        if city and not any((a.findtext("v3:city", namespaces=NS) or "") == city for a in person.findall("v3:addr", NS)):
+        cities = [a.findtext("v3:city", namespaces=NS) or "" for a in person.findall("v3:addr", NS)]
+        if city and city not in cities:
             return False
         return True

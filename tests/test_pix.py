@@ -53,7 +53,7 @@ def test_table_and_target_domain(mgr):
     assert "5555" in r.stdout and "HZLN" in r.stdout and "02777" not in r.stdout
     assert mgr.queries[-1].raw("QPD", 4) == "^^^HZLN"
     # a CX on the command line needs no --domain
-    r = run_cli("pix", "query", f"02777^^^XREF2005", "--target-domain", "1.3.6.1.4.1.21367.2005.1.1",
+    r = run_cli("pix", "query", "02777^^^XREF2005", "--target-domain", "1.3.6.1.4.1.21367.2005.1.1",
                 "--manager", mgr.peer, "--json")
     assert r.code == 0 and [i["id"] for i in r.json["identifiers"]] == ["13278"], r.stderr
     assert mgr.queries[-1].raw("QPD", 4) == "^^^&1.3.6.1.4.1.21367.2005.1.1&ISO"

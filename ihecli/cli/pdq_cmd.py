@@ -50,7 +50,8 @@ def query_cmd(
         help="Only identifiers of this domain (NAMESPACE, OID or NS&OID&ISO; repeatable; default: all).")] = None,
     limit: Limit = None,
     supplier: Annotated[Optional[str], typer.Option(
-        "--supplier", metavar="URL", help="The PDQ Supplier's SOAP endpoint (default: the profile's pdq.supplier).")
+        "--supplier", metavar="URL",
+        help="The PDQ Supplier's SOAP endpoint (default: the profile's pdq.supplier; --to is the same).")
     ] = None,
     timeout: Timeout = 30,
     tls: Tls = False, no_tls: NoTls = False, cert: Cert = None, tls_key: TlsKey = None, ca: Ca = None,

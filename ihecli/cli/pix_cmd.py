@@ -85,7 +85,8 @@ def query_cmd(
         "--target-domain", metavar="DOMAIN",
         help="Only identifiers of this domain (NAMESPACE, OID or NS&OID&ISO; repeatable; default: all).")] = None,
     manager: Annotated[Optional[str], typer.Option(
-        "--manager", metavar="HOST:PORT", help="The PIX Manager (default: the profile's pix.manager).")] = None,
+        "--manager", metavar="HOST:PORT",
+        help="The PIX Manager (default: the profile's pix.manager; --to is the same).")] = None,
     timeout: Timeout = 30,
     tls: Tls = False, no_tls: NoTls = False, cert: Cert = None, tls_key: TlsKey = None, ca: Ca = None,
     tls_floor: TlsFloor = None,
@@ -156,7 +157,8 @@ def listen_cmd(
     ssl_context = tlsmod.context(tls_config(ctx, tls=tls, no_tls=no_tls, cert=cert, key=tls_key, ca=ca,
                                             floor=tls_floor), server=True)
     svc = PixService(lambda: open_archive(ctx, db, storage), bind or p.bind, p.port if port is None else port,
-                     app=p.application, facility=p.facility, domains=parse_domains(p.domains if domains is None else domains),
+                     app=p.application, facility=p.facility,
+                     domains=parse_domains(p.domains if domains is None else domains),
                      ssl_context=ssl_context)
     stop = threading.Event()
     old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
