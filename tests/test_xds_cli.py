@@ -277,3 +277,18 @@ def test_mutual_tls(pki, tmp_path):  # noqa: F811  (the fixture imported above)
     finally:
         s.stop()
         a.close()
+
+
+def test_profile_xds_table(tmp_path):
+    """`ihe config init` writes the [xds] table with comments; mistakes name the file and line."""
+    cfg = tmp_path / "c.toml"
+    assert run_cli("--config", str(cfg), "config", "init").code == 0
+    assert "[xds]" in cfg.read_text() and "assigning_authority" in cfg.read_text()
+    shown = js(run_cli("--config", str(cfg), "config", "show", "--json"))
+    assert shown["xds"]["registry"] == "http://127.0.0.1:8020/xds" and shown["xds"]["port"] == 8020
+    cfg.write_text('[xds]\nregistry = "ftp://x"\n')
+    r = run_cli("--config", str(cfg), "xds", "query", "find-documents", "--patient", PID)
+    assert r.code == 2 and "line 2" in r.stderr and "registry" in r.stderr
+    cfg.write_text('[xds]\nassigning_authority = "not an oid"\n')
+    r = run_cli("--config", str(cfg), "xds", "submit", str(cfg), "--patient", "P1")
+    assert r.code == 2 and "assigning_authority" in r.stderr
