@@ -161,7 +161,7 @@ def test_usage_errors_and_unreachable(srv, tmp_path):
     r = ihe(srv, "xds", "query", "find-everything", "--patient", PID)
     assert r.code == 2 and "find-documents" in r.stderr
     r = ihe(srv, "xds", "query", "get-documents")
-    assert r.code == 2 and "--uuid or --unique-id" in r.stderr
+    assert r.code == 2 and "entryUUIDs or uniqueIds" in r.stderr
     r = ihe(srv, "xds", "delete", "1.2.3", "--yes")
     assert r.code == 2 and "urn:uuid" in r.stderr
     port = free_port()

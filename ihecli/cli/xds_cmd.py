@@ -172,7 +172,7 @@ def submit_cmd(
     """
     from ihecli.xds import client as xc
     from ihecli.xds.messages import XdsError
-    from ihecli.xds.source import Options, make_submissions, read_files
+    from ihecli.xds.source import Options, make_submissions, metadata_submission, read_files
 
     x = _xds(ctx)
     paths = read_files(files)
@@ -180,7 +180,7 @@ def submit_cmd(
     rows: list[dict] = []
     failed: list[str] = []
     if metadata is not None:
-        subs = [_metadata_submission(metadata, paths)]
+        subs = [metadata_submission(metadata, paths)]
     else:
         opts = Options(patient=patient or "", title=title or "", class_code=class_code or "",
                        type_code=type_code or "", format_code=format_code or "",
@@ -260,31 +260,6 @@ def submit_cmd(
         raise typer.Exit(ExitStatus.PARTIAL if rows else ExitStatus.REFUSED)
 
 
-def _metadata_submission(path: Path, files: list[Path]):
-    from ihecli.net.soap.xml import RIM, XmlError, parse_xml, q
-    from ihecli.xds.client import Submission
-    try:
-        root = parse_xml(path.read_bytes())
-    except (OSError, XmlError) as e:
-        raise UsageError(f"{path}: {e}") from None
-    rol = root if root.tag == q(RIM, "RegistryObjectList") else root.find(f".//{q(RIM, 'RegistryObjectList')}")
-    if rol is None:
-        raise UsageError(f"{path}: no rim:RegistryObjectList (give a SubmitObjectsRequest, a "
-                         "ProvideAndRegisterDocumentSetRequest or a RegistryObjectList)")
-    entries = [el for el in rol.iter(q(RIM, "ExtrinsicObject"))]
-    if len(entries) != len(files):
-        raise UsageError(f"{path} has {len(entries)} ExtrinsicObjects but {len(files)} files were given")
-    sub = Submission(None, metadata=rol)
-    for el, f in zip(entries, files):
-        try:
-            data = f.read_bytes()
-        except OSError as e:
-            raise UsageError(f"{f}: {e.strerror or e}") from None
-        sub.metadata_documents[el.get("id")] = (data, el.get("mimeType") or mimetypes.guess_type(f.name)[0]
-                                                or "application/octet-stream")
-    return sub
-
-
 # -- query ----------------------------------------------------------------------------------------
 QUERY_NAMES = ["find-documents", "find-submission-sets", "find-folders", "get-all", "get-documents", "get-folders",
                "get-associations", "get-documents-and-associations", "get-submission-sets",
@@ -350,60 +325,13 @@ def query_cmd(
         raise UsageError(f"unknown stored query {name!r}: one of {', '.join(QUERY_NAMES)}")
     pid = _patient(ctx, patient, required=name in ("find-documents", "find-submission-sets", "find-folders",
                                                     "get-all"))
-    statuses = [v.status_long(s) for s in (status or ["approved"])]
-    codes = lambda xs: list(xs) if xs else None  # noqa: E731
-    ids, uids = uuid or [], unique_id or []
-    p: dict = {}
-    de = "$XDSDocumentEntry"
-    if name == "find-documents":
-        p = {de + "PatientId": pid, de + "Status": statuses, de + "ClassCode": codes(class_code),
-             de + "TypeCode": codes(type_code), de + "FormatCode": codes(format_code),
-             de + "PracticeSettingCode": codes(practice), de + "HealthcareFacilityTypeCode": codes(facility),
-             de + "CreationTimeFrom": since, de + "CreationTimeTo": until, de + "AuthorPerson": author}
-        if confidentiality:
-            p[de + "ConfidentialityCode"] = confidentiality
-        if event:
-            p[de + "EventCodeList"] = event
-    elif name == "find-submission-sets":
-        p = {"$XDSSubmissionSetPatientId": pid, "$XDSSubmissionSetStatus": statuses,
-             "$XDSSubmissionSetSourceId": source_id, "$XDSSubmissionSetSubmissionTimeFrom": since,
-             "$XDSSubmissionSetSubmissionTimeTo": until, "$XDSSubmissionSetAuthorPerson": author,
-             "$XDSSubmissionSetContentType": codes(content_type)}
-    elif name == "find-folders":
-        p = {"$XDSFolderPatientId": pid, "$XDSFolderStatus": statuses, "$XDSFolderLastUpdateTimeFrom": since,
-             "$XDSFolderLastUpdateTimeTo": until}
-        if folder_code:
-            p["$XDSFolderCodeList"] = folder_code
-    elif name == "get-all":
-        p = {"$patientId": pid, de + "Status": statuses, "$XDSSubmissionSetStatus": statuses,
-             "$XDSFolderStatus": statuses, de + "FormatCode": codes(format_code)}
-        if confidentiality:
-            p[de + "ConfidentialityCode"] = confidentiality
-    elif name in ("get-documents", "get-documents-and-associations", "get-folders-for-document",
-                  "get-related-documents"):
-        _one_of(ids, uids)
-        p = {de + "EntryUUID": ids} if ids else {de + "UniqueId": uids}
-        if name == "get-related-documents":
-            p["$AssociationTypes"] = [v.ASSOCIATION_NAMES.get(t, t) for t in
-                                      (association_type or ["RPLC", "APND", "XFRM", "XFRM_RPLC", "signs"])]
-    elif name in ("get-folders", "get-folder-and-contents"):
-        _one_of(ids, uids)
-        p = {"$XDSFolderEntryUUID": ids} if ids else {"$XDSFolderUniqueId": uids}
-    elif name == "get-submission-set-and-contents":
-        _one_of(ids, uids)
-        p = {"$XDSSubmissionSetEntryUUID": ids} if ids else {"$XDSSubmissionSetUniqueId": uids}
-    elif name in ("get-associations", "get-submission-sets"):
-        if not ids:
-            raise UsageError(f"{name} needs --uuid")
-        p = {"$uuid": ids}
-    if name in ("get-submission-set-and-contents", "get-folder-and-contents") and (format_code or confidentiality):
-        p[de + "FormatCode"] = codes(format_code)
-        if confidentiality:
-            p[de + "ConfidentialityCode"] = confidentiality
-    for k in [k for k, val in p.items() if k.endswith(("EntryUUID", "UniqueId")) and len(val or []) > 1
-              and name in ("get-folders-for-document", "get-related-documents", "get-submission-set-and-contents",
-                           "get-folder-and-contents")]:
-        raise UsageError(f"{name} takes one --uuid or --unique-id")
+    p = xc.stored_query_params(name, xc.QueryOptions(
+        patient=pid, statuses=status or ["approved"], uuids=uuid or [], unique_ids=unique_id or [],
+        class_codes=class_code or [], type_codes=type_code or [], format_codes=format_code or [],
+        confidentiality_codes=confidentiality or [], event_codes=event or [], practice_codes=practice or [],
+        facility_codes=facility or [], folder_codes=folder_code or [], content_types=content_type or [],
+        authors=author or [], time_from=since, time_to=until, source_ids=source_id or [],
+        association_types=association_type or []))
     cli = _client(ctx, registry, "registry", timeout, dict(cert=cert, key=tls_key, ca=ca, floor=tls_floor))
     res = xc.registry_stored_query(cli, name, p, object_ref=object_ref)
     _warn(res.errors)
@@ -412,11 +340,6 @@ def query_cmd(
         output.print_json(rows)
         return
     _print_objects(rows)
-
-
-def _one_of(ids, uids) -> None:
-    if bool(ids) == bool(uids):
-        raise UsageError("give --uuid or --unique-id (one of them)")
 
 
 COLUMNS = {
@@ -524,7 +447,7 @@ def delete_cmd(
         if not u.startswith("urn:uuid:"):
             raise UsageError(f"{u!r} is not an entryUUID (urn:uuid:...)")
     cli = _client(ctx, registry, "registry", timeout, dict(cert=cert, key=tls_key, ca=ca, floor=tls_floor))
-    plan = removal_plan(cli, uuids)
+    plan = xc.removal_plan(cli, uuids)
     rows = [o.as_dict() for o in plan]
     if json and dry_run:
         output.print_json(rows)
@@ -550,41 +473,3 @@ def _describe(r: dict) -> str:
     if r["objectType"] == "Association":
         return f"{r['associationType']} {r['sourceObject']} -> {r['targetObject']}"
     return " ".join(str(r.get(k) or "") for k in ("uniqueId", "title", "status")).strip()
-
-
-def removal_plan(cli, uuids: list[str]) -> list:
-    """The objects named, the associations referring to them (to any depth) and the submission
-    sets that would be left without members, as registry objects (ObjectRefs for unknown ids)."""
-    from ihecli.xds import client as xc
-    from ihecli.xds.model import Association, ObjectRef, SubmissionSet
-
-    named = list(dict.fromkeys(uuids))
-    objs = {o.entry_uuid: o for o in xc.registry_stored_query(cli, "get-documents",
-                                                             {"$XDSDocumentEntryEntryUUID": named}).objects}
-    rest = [u for u in named if u not in objs]
-    if rest:
-        objs.update({o.entry_uuid: o for o in xc.registry_stored_query(cli, "get-folders",
-                                                                      {"$XDSFolderEntryUUID": rest}).objects})
-    rest = [u for u in named if u not in objs]
-    if rest:
-        for u in rest:
-            got = xc.registry_stored_query(cli, "get-submission-set-and-contents",
-                                           {"$XDSSubmissionSetEntryUUID": [u]}).objects
-            objs.update({o.entry_uuid: o for o in got if o.entry_uuid == u})
-    plan = {u: objs.get(u) or ObjectRef(u) for u in named}
-    frontier = list(named)
-    while frontier:
-        found = xc.registry_stored_query(cli, "get-associations", {"$uuid": frontier}).objects
-        frontier = []
-        for a in found:
-            if a.entry_uuid not in plan:
-                plan[a.entry_uuid] = a
-                frontier.append(a.entry_uuid)
-    members = [u for u, o in plan.items() if not isinstance(o, (Association, SubmissionSet))]
-    if members:
-        got = xc.registry_stored_query(cli, "get-submission-sets", {"$uuid": members}).objects
-        for ss in [o for o in got if isinstance(o, SubmissionSet) and o.entry_uuid not in plan]:
-            own = xc.registry_stored_query(cli, "get-associations", {"$uuid": [ss.entry_uuid]}).objects
-            if all(a.entry_uuid in plan for a in own if isinstance(a, Association) and a.source == ss.entry_uuid):
-                plan[ss.entry_uuid] = ss
-    return list(plan.values())

@@ -26,7 +26,7 @@ from ihecli.xds import vocabulary as v
 from ihecli.xds.messages import (DocumentRequest, Result, RetrievedDocument, XdsError, adhoc_query_request,
                                  provide_and_register_request, read_errors, read_registry_response,
                                  remove_objects_request, retrieve_request)
-from ihecli.xds.model import Association, DocumentEntry, Folder, SubmissionSet, new_uuid
+from ihecli.xds.model import Association, DocumentEntry, Folder, ObjectRef, SubmissionSet, new_uuid
 
 
 @dataclass
@@ -55,6 +55,97 @@ class Submission:
             objs.append(fd)
             assocs.append(Association(new_uuid(), v.HAS_MEMBER, ss.entry_uuid, fd.entry_uuid))
         return ebrim.object_list(objs + assocs)
+
+
+@dataclass
+class QueryOptions:
+    """What a user asks a stored query for, in the terms of the ITI metadata."""
+
+    patient: str | None = None
+    statuses: list[str] = field(default_factory=lambda: ["approved"])
+    uuids: list[str] = field(default_factory=list)
+    unique_ids: list[str] = field(default_factory=list)
+    class_codes: list[str] = field(default_factory=list)
+    type_codes: list[str] = field(default_factory=list)
+    format_codes: list[str] = field(default_factory=list)
+    confidentiality_codes: list[str] = field(default_factory=list)
+    event_codes: list[str] = field(default_factory=list)
+    practice_codes: list[str] = field(default_factory=list)
+    facility_codes: list[str] = field(default_factory=list)
+    folder_codes: list[str] = field(default_factory=list)
+    content_types: list[str] = field(default_factory=list)
+    authors: list[str] = field(default_factory=list)
+    time_from: str | None = None
+    time_to: str | None = None
+    source_ids: list[str] = field(default_factory=list)
+    association_types: list[str] = field(default_factory=list)
+
+
+PATIENT_QUERIES = ("find-documents", "find-submission-sets", "find-folders", "get-all")
+_ONE_OBJECT = ("get-folders-for-document", "get-related-documents", "get-submission-set-and-contents",
+               "get-folder-and-contents")
+
+
+def stored_query_params(name: str, o: QueryOptions) -> dict:
+    """The $parameters of stored query ``name`` (find-documents, ...) for the options given.
+
+    Repeated confidentiality and event codes are ORed in one Value (ITI TF-2a 3.18.4.1.2.3.7.2)."""
+    from ihecli.errors import UsageError
+
+    if name not in v.STORED_QUERIES:
+        raise UsageError(f"unknown stored query {name!r}: one of {', '.join(v.STORED_QUERIES)}")
+    if name in PATIENT_QUERIES and not o.patient:
+        raise UsageError(f"{name} needs a patient ID (ID^^^&OID&ISO)")
+    statuses = [v.status_long(s) for s in o.statuses or ["approved"]]
+    ids, uids = o.uuids, o.unique_ids
+    lst = lambda xs: list(xs) or None  # noqa: E731
+
+    def one_of(prefix: str) -> dict:
+        if bool(ids) == bool(uids):
+            raise UsageError(f"{name} needs entryUUIDs or uniqueIds (one of them)")
+        if name in _ONE_OBJECT and len(ids or uids) > 1:
+            raise UsageError(f"{name} takes one entryUUID or uniqueId")
+        return {prefix + "EntryUUID": ids} if ids else {prefix + "UniqueId": uids}
+
+    de = "$XDSDocumentEntry"
+    p: dict = {}
+    if name == "find-documents":
+        p = {de + "PatientId": o.patient, de + "Status": statuses, de + "ClassCode": lst(o.class_codes),
+             de + "TypeCode": lst(o.type_codes), de + "FormatCode": lst(o.format_codes),
+             de + "PracticeSettingCode": lst(o.practice_codes),
+             de + "HealthcareFacilityTypeCode": lst(o.facility_codes), de + "CreationTimeFrom": o.time_from,
+             de + "CreationTimeTo": o.time_to, de + "AuthorPerson": lst(o.authors),
+             de + "ConfidentialityCode": lst(o.confidentiality_codes), de + "EventCodeList": lst(o.event_codes)}
+    elif name == "find-submission-sets":
+        p = {"$XDSSubmissionSetPatientId": o.patient, "$XDSSubmissionSetStatus": statuses,
+             "$XDSSubmissionSetSourceId": lst(o.source_ids), "$XDSSubmissionSetSubmissionTimeFrom": o.time_from,
+             "$XDSSubmissionSetSubmissionTimeTo": o.time_to, "$XDSSubmissionSetAuthorPerson": lst(o.authors),
+             "$XDSSubmissionSetContentType": lst(o.content_types)}
+    elif name == "find-folders":
+        p = {"$XDSFolderPatientId": o.patient, "$XDSFolderStatus": statuses,
+             "$XDSFolderLastUpdateTimeFrom": o.time_from, "$XDSFolderLastUpdateTimeTo": o.time_to,
+             "$XDSFolderCodeList": lst(o.folder_codes)}
+    elif name == "get-all":
+        p = {"$patientId": o.patient, de + "Status": statuses, "$XDSSubmissionSetStatus": statuses,
+             "$XDSFolderStatus": statuses}
+    elif name in ("get-documents", "get-documents-and-associations", "get-folders-for-document",
+                  "get-related-documents"):
+        p = one_of(de)
+        if name == "get-related-documents":
+            p["$AssociationTypes"] = [v.ASSOCIATION_NAMES.get(t, t) for t in
+                                      (o.association_types or ["RPLC", "APND", "XFRM", "XFRM_RPLC", "signs"])]
+    elif name in ("get-folders", "get-folder-and-contents"):
+        p = one_of("$XDSFolder")
+    elif name == "get-submission-set-and-contents":
+        p = one_of("$XDSSubmissionSet")
+    elif name in ("get-associations", "get-submission-sets"):
+        if not ids:
+            raise UsageError(f"{name} needs entryUUIDs")
+        p = {"$uuid": ids}
+    if name in ("get-all", "get-submission-set-and-contents", "get-folder-and-contents"):
+        p[de + "FormatCode"] = lst(o.format_codes)
+        p[de + "ConfidentialityCode"] = lst(o.confidentiality_codes)
+    return {k: val for k, val in p.items() if val not in (None, [], "")}
 
 
 def _check(status_el, what: str) -> Result:
@@ -138,5 +229,40 @@ def remove_metadata(client: SoapClient, uuids: list[str]) -> Result:
         audit.delete(audit.local(), audit.remote_url(client.url), uuids, ok)
 
 
+def removal_plan(cli: SoapClient, uuids: list[str]) -> list:
+    """The objects named, the associations referring to them (to any depth) and the submission
+    sets that would be left without members, as registry objects (ObjectRefs for unknown ids)."""
+    named = list(dict.fromkeys(uuids))
+    objs = {o.entry_uuid: o for o in registry_stored_query(cli, "get-documents",
+                                                             {"$XDSDocumentEntryEntryUUID": named}).objects}
+    rest = [u for u in named if u not in objs]
+    if rest:
+        objs.update({o.entry_uuid: o for o in registry_stored_query(cli, "get-folders",
+                                                                      {"$XDSFolderEntryUUID": rest}).objects})
+    rest = [u for u in named if u not in objs]
+    if rest:
+        for u in rest:
+            got = registry_stored_query(cli, "get-submission-set-and-contents",
+                                           {"$XDSSubmissionSetEntryUUID": [u]}).objects
+            objs.update({o.entry_uuid: o for o in got if o.entry_uuid == u})
+    plan = {u: objs.get(u) or ObjectRef(u) for u in named}
+    frontier = list(named)
+    while frontier:
+        found = registry_stored_query(cli, "get-associations", {"$uuid": frontier}).objects
+        frontier = []
+        for a in found:
+            if a.entry_uuid not in plan:
+                plan[a.entry_uuid] = a
+                frontier.append(a.entry_uuid)
+    members = [u for u, o in plan.items() if not isinstance(o, (Association, SubmissionSet))]
+    if members:
+        got = registry_stored_query(cli, "get-submission-sets", {"$uuid": members}).objects
+        for ss in [o for o in got if isinstance(o, SubmissionSet) and o.entry_uuid not in plan]:
+            own = registry_stored_query(cli, "get-associations", {"$uuid": [ss.entry_uuid]}).objects
+            if all(a.entry_uuid in plan for a in own if isinstance(a, Association) and a.source == ss.entry_uuid):
+                plan[ss.entry_uuid] = ss
+    return list(plan.values())
+
+
 __all__ = ["Submission", "provide_and_register", "registry_stored_query", "retrieve_document_set",
-           "remove_metadata", "read_errors", "DocumentRequest"]
+           "remove_metadata", "removal_plan", "stored_query_params", "QueryOptions", "read_errors", "DocumentRequest"]

@@ -122,3 +122,29 @@ def read_files(paths: list[str | os.PathLike]) -> list[Path]:
         else:
             raise UsageError(f"{p}: no such file or folder")
     return out
+
+
+def metadata_submission(path: Path, files: list[Path]) -> Submission:
+    """A submission from full ebRIM metadata (a SubmitObjectsRequest, a ProvideAndRegister request or
+    a RegistryObjectList): the files go to its ExtrinsicObjects in document order."""
+    from ihecli.net.soap.xml import RIM, XmlError, parse_xml, q
+    try:
+        root = parse_xml(path.read_bytes())
+    except (OSError, XmlError) as e:
+        raise UsageError(f"{path}: {e}") from None
+    rol = root if root.tag == q(RIM, "RegistryObjectList") else root.find(f".//{q(RIM, 'RegistryObjectList')}")
+    if rol is None:
+        raise UsageError(f"{path}: no rim:RegistryObjectList (give a SubmitObjectsRequest, a "
+                         "ProvideAndRegisterDocumentSetRequest or a RegistryObjectList)")
+    entries = [el for el in rol.iter(q(RIM, "ExtrinsicObject"))]
+    if len(entries) != len(files):
+        raise UsageError(f"{path} has {len(entries)} ExtrinsicObjects but {len(files)} files were given")
+    sub = Submission(None, metadata=rol)
+    for el, f in zip(entries, files):
+        try:
+            data = f.read_bytes()
+        except OSError as e:
+            raise UsageError(f"{f}: {e.strerror or e}") from None
+        sub.metadata_documents[el.get("id")] = (data, el.get("mimeType") or mimetypes.guess_type(f.name)[0]
+                                                or "application/octet-stream")
+    return sub

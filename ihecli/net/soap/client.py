@@ -78,6 +78,9 @@ class SoapClient:
             why = str(e.__context__ or e)
             if "Connection refused" in why or "refused" in why.lower():
                 why = "connection refused"
+            elif self.url.startswith("https://") and ("aborted" in why or "reset" in why.lower()):
+                # with TLS 1.3 a server refuses our certificate after the client's side of the handshake
+                why = f"the server closed the connection (TLS: does it trust our certificate?): {why}"
             raise PeerUnreachable(f"cannot reach {self.url}: {why}") from None
         except requests.exceptions.RequestException as e:
             raise PeerUnreachable(f"{self.url}: {e}") from None
