@@ -56,6 +56,7 @@ class PixService:
             self.port = self.server.start()
         except OSError as e:
             self.archive.close()
+            self.archive = self.server = None
             raise UsageError(f"cannot listen for PIX updates on {self.bind}:{self.port}: {e.strerror or e}") from None
         output.info(f"PIX Update Notification (MLLP) listening on {self.bind}:{self.port}"
                     + (" with TLS" if self.ssl_context is not None else ""))
