@@ -187,3 +187,19 @@ def test_mllp_over_tls_with_mutual_authentication(tmp_path):
             assert [a.code for a in acks] == ["AA"] * 3
         finally:
             srv.stop()
+
+
+def test_answers_that_are_not_ours():
+    """A recorded answer to another query (MSA-2 names another message), or no HL7 at all: exit 1."""
+    from ihecli.net.mllp import MllpServer
+
+    answers = iter([(DATA / "ipf-iti9-rsp-k23-ok-1.hl7").read_bytes(), b"HTTP/1.1 400 Bad Request\r\n\r\n"])
+    srv = MllpServer(lambda raw: next(answers), port=0)
+    srv.start()
+    try:
+        r = run_cli("pix", "query", "79471", "--domain", "HZLN", "--manager", f"127.0.0.1:{srv.port}")
+        assert r.code == 1 and "answered another message (MSA-2 '10501108'" in r.stderr
+        r = run_cli("pix", "query", "79471", "--domain", "HZLN", "--manager", f"127.0.0.1:{srv.port}")
+        assert r.code == 1 and "cannot be read" in r.stderr
+    finally:
+        srv.stop()
