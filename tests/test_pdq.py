@@ -133,3 +133,19 @@ def test_silent_supplier_times_out():
                     "--timeout", "0.5")
         assert r.code == 4 and "no answer within 0.5 s" in r.stderr, r.stderr
         assert time.monotonic() - started < 5
+
+
+def test_an_answer_that_is_no_pdq_response():
+    from ihecli.net.http import HttpServer
+    from ihecli.net.soap import Reply, SoapService
+    from ihecli.pdq.messages import QUERY_ACTION
+
+    app = SoapService({QUERY_ACTION: lambda msg: Reply(etree.Element("{urn:hl7-org:v3}MCCI_IN000002UV01"),
+                                                       "urn:hl7-org:v3:MCCI_IN000002UV01")})
+    http = HttpServer(app, port=0)
+    http.start()
+    try:
+        r = run_cli("pdq", "query", "--family", "Jones", "--supplier", http.url + "/pdq")
+        assert r.code == 1 and "answered MCCI_IN000002UV01, not PRPA_IN201306UV02" in r.stderr, r.stderr
+    finally:
+        http.stop()
