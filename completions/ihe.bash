@@ -4,7 +4,7 @@
 # Sets _ihe_words to the subcommands of the command in $1; fails for a command without any.
 _ihe_subcommands() {
     case $1 in
-        'ihe') _ihe_words='archive audit config dicom hl7 iocm kin pdi pdq pix tce time wic xds' ;;
+        'ihe') _ihe_words='archive audit config dicom hl7 iocm kin pdi pdq pix tce time wic xds xdsi' ;;
         'ihe archive') _ihe_words='check export import ls mpps rejected rm serve' ;;
         'ihe archive mpps') _ihe_words='ls' ;;
         'ihe audit') _ihe_words='query send serve' ;;
@@ -21,6 +21,7 @@ _ihe_subcommands() {
         'ihe time') _ihe_words='check' ;;
         'ihe wic') _ihe_words='upload' ;;
         'ihe xds') _ihe_words='delete query retrieve serve submit' ;;
+        'ihe xdsi') _ihe_words='publish retrieve' ;;
         *) _ihe_words=; return 1 ;;
     esac
 }
@@ -89,6 +90,9 @@ _ihe_options() {
         'ihe xds retrieve') _ihe_words='--ca --cert --help --json --out --repository --repository-id --timeout --tls-floor --tls-key -h -o' ;;
         'ihe xds serve') _ihe_words='--bind --ca --cert --db --help --max-body-mb --no-tls --port --repository-id --storage --tls --tls-floor --tls-key -h -p' ;;
         'ihe xds submit') _ihe_words='--batch --ca --cert --class --confidentiality --folder --format --help --json --metadata --mime --patient --replace --repository --timeout --title --tls-floor --tls-key --type -h' ;;
+        'ihe xdsi') _ihe_words='--help -h' ;;
+        'ihe xdsi publish') _ihe_words='--ca --cert --db --help --json --no-store --patient --repository --storage --study --timeout --tls-floor --tls-key -h' ;;
+        'ihe xdsi retrieve') _ihe_words='--ca --cert --db --help --json --manifest --out --repository --repository-id --source --storage --store --timeout --tls-floor --tls-key --transfer-syntax -h -o' ;;
         *) _ihe_words= ;;
     esac
 }
@@ -411,6 +415,29 @@ _ihe_value() {
         'ihe xds submit --tls-floor') _ihe_kind=text ;;
         'ihe xds submit --tls-key') _ihe_kind=file ;;
         'ihe xds submit --type') _ihe_kind=text ;;
+        'ihe xdsi publish --ca') _ihe_kind=file ;;
+        'ihe xdsi publish --cert') _ihe_kind=file ;;
+        'ihe xdsi publish --db') _ihe_kind=text ;;
+        'ihe xdsi publish --patient') _ihe_kind=text ;;
+        'ihe xdsi publish --repository') _ihe_kind=text ;;
+        'ihe xdsi publish --storage') _ihe_kind=dir ;;
+        'ihe xdsi publish --study') _ihe_kind=text ;;
+        'ihe xdsi publish --timeout') _ihe_kind=text ;;
+        'ihe xdsi publish --tls-floor') _ihe_kind=text ;;
+        'ihe xdsi publish --tls-key') _ihe_kind=file ;;
+        'ihe xdsi retrieve --ca') _ihe_kind=file ;;
+        'ihe xdsi retrieve --cert') _ihe_kind=file ;;
+        'ihe xdsi retrieve --db') _ihe_kind=text ;;
+        'ihe xdsi retrieve --manifest') _ihe_kind=file ;;
+        'ihe xdsi retrieve -o'|'ihe xdsi retrieve --out') _ihe_kind=file ;;
+        'ihe xdsi retrieve --repository') _ihe_kind=text ;;
+        'ihe xdsi retrieve --repository-id') _ihe_kind=text ;;
+        'ihe xdsi retrieve --source') _ihe_kind=text ;;
+        'ihe xdsi retrieve --storage') _ihe_kind=dir ;;
+        'ihe xdsi retrieve --timeout') _ihe_kind=text ;;
+        'ihe xdsi retrieve --tls-floor') _ihe_kind=text ;;
+        'ihe xdsi retrieve --tls-key') _ihe_kind=file ;;
+        'ihe xdsi retrieve --transfer-syntax') _ihe_kind=text ;;
         *) return 1 ;;
     esac
 }
@@ -516,6 +543,10 @@ _ihe_argument() {
             fi ;;
         'ihe xds submit')
             if (( $2 >= 0 )); then _ihe_kind=file
+            else return 1
+            fi ;;
+        'ihe xdsi retrieve')
+            if (( $2 == 0 )); then _ihe_kind=text
             else return 1
             fi ;;
         *) return 1 ;;

@@ -5,7 +5,7 @@
 function __ihe_subcommands
     switch $argv[1]
         case 'ihe'
-            printf '%s\n' 'archive' 'audit' 'config' 'dicom' 'hl7' 'iocm' 'kin' 'pdi' 'pdq' 'pix' 'tce' 'time' 'wic' 'xds'
+            printf '%s\n' 'archive' 'audit' 'config' 'dicom' 'hl7' 'iocm' 'kin' 'pdi' 'pdq' 'pix' 'tce' 'time' 'wic' 'xds' 'xdsi'
         case 'ihe archive'
             printf '%s\n' 'check' 'export' 'import' 'ls' 'mpps' 'rejected' 'rm' 'serve'
         case 'ihe archive mpps'
@@ -38,6 +38,8 @@ function __ihe_subcommands
             printf '%s\n' 'upload'
         case 'ihe xds'
             printf '%s\n' 'delete' 'query' 'retrieve' 'serve' 'submit'
+        case 'ihe xdsi'
+            printf '%s\n' 'publish' 'retrieve'
     end
 end
 
@@ -167,6 +169,12 @@ function __ihe_takes_value
         case 'ihe xds submit'
             contains -- $argv[2] --batch --ca --cert --class --confidentiality --folder --format --metadata --mime --patient --replace --repository --timeout --title --tls-floor --tls-key --type
             return
+        case 'ihe xdsi publish'
+            contains -- $argv[2] --ca --cert --db --patient --repository --storage --study --timeout --tls-floor --tls-key
+            return
+        case 'ihe xdsi retrieve'
+            contains -- $argv[2] --ca --cert --db --manifest -o --out --repository --repository-id --source --storage --timeout --tls-floor --tls-key --transfer-syntax
+            return
     end
     return 1
 end
@@ -234,6 +242,7 @@ complete -c ihe -n "__ihe_arg 'ihe' 0 0" -a 'tce' -d 'Teaching file and clinical
 complete -c ihe -n "__ihe_arg 'ihe' 0 0" -a 'time' -d 'Consistent Time (CT): check the local clock against an NTP server.'
 complete -c ihe -n "__ihe_arg 'ihe' 0 0" -a 'wic' -d 'Web-based Image Capture: send photos, videos and PDFs to an archive over STOW-RS.'
 complete -c ihe -n "__ihe_arg 'ihe' 0 0" -a 'xds' -d 'XDS.b: submit, query, retrieve and delete documents; serve a registry and repository.'
+complete -c ihe -n "__ihe_arg 'ihe' 0 0" -a 'xdsi' -d 'XDS-I.b: publish archive studies as imaging manifests; retrieve manifests and their images.'
 complete -c ihe -n "__ihe_at 'ihe'" -s c -l config -r -F -d 'Profile file (default: ihe config path).'
 complete -c ihe -n "__ihe_at 'ihe'" -l debug -d 'Show tracebacks of errors.'
 complete -c ihe -n "__ihe_at 'ihe'" -s h -l help -d 'Show this message and exit.'
@@ -868,3 +877,41 @@ complete -c ihe -n "__ihe_at 'ihe xds submit'" -l tls-floor -x -d 'Lowest TLS ve
 complete -c ihe -n "__ihe_at 'ihe xds submit'" -l tls-key -r -F -d 'Private key of --cert (PEM), when not in the same file.'
 complete -c ihe -n "__ihe_at 'ihe xds submit'" -l type -x -d 'typeCode: CODE^DISPLAY^SCHEME (queries also take CODE^^SCHEME or CODE alone, repeatable: any of them).'
 complete -c ihe -n "__ihe_arg 'ihe xds submit' 0 -1" -F
+
+# ihe xdsi
+complete -c ihe -n "__ihe_arg 'ihe xdsi' 0 0" -a 'publish' -d 'Publish studies of the archive: a KOS manifest per study, registered with Provide and Register Imaging Document Set (RAD-68).'
+complete -c ihe -n "__ihe_arg 'ihe xdsi' 0 0" -a 'retrieve' -d 'Fetch a manifest (Retrieve Document Set, ITI-43) and the images it references (Retrieve Imaging Document Set, RAD-69).'
+complete -c ihe -n "__ihe_at 'ihe xdsi'" -s h -l help -d 'Show this message and exit.'
+
+# ihe xdsi publish
+complete -c ihe -n "__ihe_at 'ihe xdsi publish'" -l ca -r -F -d 'CA certificates to trust (PEM); servers then require client certificates. Implies --tls.'
+complete -c ihe -n "__ihe_at 'ihe xdsi publish'" -l cert -r -F -d 'Our TLS certificate chain (PEM; may hold the key). Implies --tls.'
+complete -c ihe -n "__ihe_at 'ihe xdsi publish'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
+complete -c ihe -n "__ihe_at 'ihe xdsi publish'" -s h -l help -d 'Show this message and exit.'
+complete -c ihe -n "__ihe_at 'ihe xdsi publish'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
+complete -c ihe -n "__ihe_at 'ihe xdsi publish'" -l no-store -d 'Do not keep the manifest in the archive too.'
+complete -c ihe -n "__ihe_at 'ihe xdsi publish'" -l patient -x -d 'Patient ID, ID^^^&OID&ISO (or ID alone with xds.assigning_authority set).'
+complete -c ihe -n "__ihe_at 'ihe xdsi publish'" -l repository -x -d 'Document Repository endpoint (default: the profile\'s xds.repository).'
+complete -c ihe -n "__ihe_at 'ihe xdsi publish'" -l storage -x -a '(__fish_complete_directories)' -d 'Archive storage folder (default: the profile\'s).'
+complete -c ihe -n "__ihe_at 'ihe xdsi publish'" -l study -x -d 'Study Instance UID (repeatable).'
+complete -c ihe -n "__ihe_at 'ihe xdsi publish'" -l timeout -x -d 'Network timeout in seconds.'
+complete -c ihe -n "__ihe_at 'ihe xdsi publish'" -l tls-floor -x -d 'Lowest TLS version: 1.2 (BCP195, the default) or 1.0 (legacy peers only).'
+complete -c ihe -n "__ihe_at 'ihe xdsi publish'" -l tls-key -r -F -d 'Private key of --cert (PEM), when not in the same file.'
+
+# ihe xdsi retrieve
+complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l ca -r -F -d 'CA certificates to trust (PEM); servers then require client certificates. Implies --tls.'
+complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l cert -r -F -d 'Our TLS certificate chain (PEM; may hold the key). Implies --tls.'
+complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
+complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -s h -l help -d 'Show this message and exit.'
+complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
+complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l manifest -r -F -d 'A manifest (KOS) file instead of fetching one.'
+complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -s o -l out -r -F -d 'Folder to write the manifest and images to.'
+complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l repository -x -d 'Document Repository endpoint (default: the profile\'s xds.repository).'
+complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l repository-id -x -d 'repositoryUniqueId of the Document Repository (default: the profile\'s xds.repository_unique_id).'
+complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l source -x -d 'RAD-69 endpoint of the Imaging Document Source the manifest points at, e.g. http://pacs:8080/xdsi (`ihe archive serve --http-port 8080`).'
+complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l storage -x -a '(__fish_complete_directories)' -d 'Archive storage folder (default: the profile\'s).'
+complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l store -d 'Store them in the local archive.'
+complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l timeout -x -d 'Network timeout in seconds.'
+complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l tls-floor -x -d 'Lowest TLS version: 1.2 (BCP195, the default) or 1.0 (legacy peers only).'
+complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l tls-key -r -F -d 'Private key of --cert (PEM), when not in the same file.'
+complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l transfer-syntax -x -d 'Transfer syntaxes to ask the images in (repeatable; default: Explicit and Implicit VR Little Endian, and the stored ones).'

@@ -72,6 +72,7 @@ class ArchiveSettings:
     commit_reply: list[str] = field(default_factory=list)  # "CALLING_AET=NODE": where reports go
     commit_new_association: list[str] = field(default_factory=list)  # AETs whose reports go on a new one
     hide_quality_rejects: bool = True  # 113001 rejection notes hide the instances
+    repository_uid: str = ""  # XDS-I Imaging Document Source repositoryUniqueId; empty: fixed per AE title
 
     def db_url(self) -> str:
         if self.db:
@@ -460,6 +461,9 @@ commit_new_association = []         # e.g. ["CT1"]
 # Rejection notes: 113001 (Rejected for Quality Reasons) hides the instances from C-FIND,
 # C-MOVE and C-GET like 113037/113038 do; false keeps them visible (the note is still stored)
 hide_quality_rejects = true
+# XDS-I.b: the repositoryUniqueId the archive answers Retrieve Imaging Document Set (RAD-69) as,
+# at http://HOST:HTTP_PORT/xdsi, and puts in its manifests; empty: one fixed for the AE title
+repository_uid = ""
 
 [tls]
 # Our certificate for every secured link (DICOM, HL7/MLLP, HTTP/SOAP, syslog), PEM files.

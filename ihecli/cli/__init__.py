@@ -78,6 +78,9 @@ def _register() -> None:
     from ihecli.cli import wic_cmd
 
     app.add_typer(wic_cmd.app, name="wic")
+    from ihecli.cli import xdsi_cmd
+
+    app.add_typer(xdsi_cmd.app, name="xdsi")
     from ihecli.cli import pdq_cmd, pix_cmd
 
     app.add_typer(pix_cmd.app, name="pix")

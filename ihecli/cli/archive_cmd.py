@@ -110,6 +110,7 @@ def serve_cmd(
 
     from ihecli.net import tls as tlsmod
     from ihecli.web import DicomWebService
+    from ihecli.xdsi.manifest import default_repository_uid
 
     # one TLS context (ITI-19) for the DICOM, HL7 and DICOMweb listeners
     ssl_context = tlsmod.context(tls_config(ctx, tls=tls, no_tls=no_tls, cert=cert, key=tls_key, ca=ca,
@@ -117,7 +118,7 @@ def serve_cmd(
     _check_time(st)
     web = None if http_port is None else DicomWebService(
         lambda: open_archive(ctx, db, storage, duplicates=duplicates, fuzzy_names=fuzzy_names), our_bind, http_port,
-        ssl_context=ssl_context)
+        ssl_context=ssl_context, imaging_source_uid=a.repository_uid or default_repository_uid(our_aet))
     hl7 = None if hl7_port is None else Hl7Service(lambda: open_archive(ctx, db, storage), our_bind, hl7_port, our_aet,
                                                    ssl_context=ssl_context)
     pix = None if pix_port is None else PixService(

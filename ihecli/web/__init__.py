@@ -31,8 +31,10 @@ def _client(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
-def create_app(archive, *, root: str = ROOT, max_upload: int = MAX_UPLOAD) -> Starlette:
-    """The DICOMweb services of one archive as an ASGI application."""
+def create_app(archive, *, root: str = ROOT, max_upload: int = MAX_UPLOAD,
+               imaging_source_uid: str | None = None) -> Starlette:
+    """The DICOMweb services of one archive as an ASGI application; with ``imaging_source_uid``
+    also XDS-I.b Retrieve Imaging Document Set (RAD-69) at /xdsi, as that repositoryUniqueId."""
     from pydicom import config as pydicom_config
 
     # as the DICOM server does: answers are built from values checked at ingest, and pydicom's
@@ -136,6 +138,12 @@ def create_app(archive, *, root: str = ROOT, max_upload: int = MAX_UPLOAD) -> St
         Route("/wado", wado_get, methods=["GET"]),
         Route(root + "/wado", wado_get, methods=["GET"]),
     ]
+    if imaging_source_uid:
+        from ihecli.net.soap import SoapService
+        from ihecli.xdsi.rad69 import ImagingDocumentSource
+
+        rad69 = SoapService(ImagingDocumentSource(archive, imaging_source_uid).handlers(), name="XDS-I.b")
+        routes.append(Route("/xdsi", rad69, methods=["GET", "POST"]))
 
     async def http_error(request: Request, exc: HTTPException):
         if exc.status_code >= 500:
@@ -154,8 +162,9 @@ class DicomWebServer(HttpServer):
     """The archive's DICOMweb services on an HTTP port (a controller)."""
 
     def __init__(self, archive, *, bind: str = "127.0.0.1", port: int = 0, ssl_context: ssl.SSLContext | None = None,
-                 root: str = ROOT, max_upload: int = MAX_UPLOAD):
-        super().__init__(create_app(archive, root=root, max_upload=max_upload), bind=bind, port=port,
+                 root: str = ROOT, max_upload: int = MAX_UPLOAD, imaging_source_uid: str | None = None):
+        super().__init__(create_app(archive, root=root, max_upload=max_upload, imaging_source_uid=imaging_source_uid),
+                         bind=bind, port=port,
                          ssl_context=ssl_context, name="dicomweb")
         self.archive = archive
         self.root = root
@@ -169,8 +178,10 @@ class DicomWebService:
     """DICOMweb beside the archive's DICOM listener (``ihe archive serve --http-port``): opens its
     own archive handle on start, closes it on stop. ``start()`` returns the service's root URL."""
 
-    def __init__(self, open_archive, bind: str, port: int, *, ssl_context: ssl.SSLContext | None = None):
+    def __init__(self, open_archive, bind: str, port: int, *, ssl_context: ssl.SSLContext | None = None,
+                 imaging_source_uid: str | None = None):
         self.open_archive, self.bind, self.port, self.ssl_context = open_archive, bind, port, ssl_context
+        self.imaging_source_uid = imaging_source_uid
         self.archive = None
         self.server: DicomWebServer | None = None
 
@@ -180,7 +191,8 @@ class DicomWebService:
         if self.server is not None:
             return self.server.base_url + "/"
         self.archive = self.open_archive()
-        server = DicomWebServer(self.archive, bind=self.bind, port=self.port, ssl_context=self.ssl_context)
+        server = DicomWebServer(self.archive, bind=self.bind, port=self.port, ssl_context=self.ssl_context,
+                                imaging_source_uid=self.imaging_source_uid)
         try:
             server.start()
         except OSError as e:

@@ -1,0 +1,204 @@
+"""`ihe xdsi`: XDS-I.b Imaging Document Source (publish) and Imaging Document Consumer (retrieve)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ihecli.cli import output
+from ihecli.cli.archive_cmd import StudyOpt, open_archive
+from ihecli.cli.options import Ca, Cert, Db, Json, Storage, TlsFloor, TlsKey, state
+from ihecli.cli.xds_cmd import Patient, Repository, RepositoryId, _client, _xds
+from ihecli.errors import ExitStatus, UsageError
+
+app = typer.Typer(help="XDS-I.b: publish archive studies as imaging manifests; retrieve manifests and their "
+                       "images.\n\nExample: ihe xdsi publish --study 1.2.3.4 --patient 'PID1^^^&1.2.3&ISO'",
+                  no_args_is_help=True)
+
+Timeout = Annotated[Optional[float], typer.Option("--timeout", min=0.1, metavar="SECONDS",
+                                                  help="Network timeout in seconds.")]
+Source = Annotated[Optional[str], typer.Option(
+    "--source", metavar="URL",
+    help="RAD-69 endpoint of the Imaging Document Source the manifest points at, e.g. "
+         "http://pacs:8080/xdsi (`ihe archive serve --http-port 8080`).")]
+
+
+def _repository_uid(ctx: typer.Context) -> tuple[str, str]:
+    from ihecli.xdsi.manifest import default_repository_uid
+
+    a = state(ctx).settings().archive
+    return a.aet, a.repository_uid or default_repository_uid(a.aet)
+
+
+@app.command("publish")
+def publish_cmd(
+    ctx: typer.Context,
+    study: StudyOpt = None,
+    patient: Patient = None,
+    repository: Repository = None,
+    db: Db = None,
+    storage: Storage = None,
+    no_store: Annotated[bool, typer.Option("--no-store", help="Do not keep the manifest in the archive too.")] = False,
+    timeout: Timeout = None,
+    cert: Cert = None,
+    tls_key: TlsKey = None,
+    ca: Ca = None,
+    tls_floor: TlsFloor = None,
+    json: Json = False,
+) -> None:
+    """Publish studies of the archive: a KOS manifest per study, registered with Provide and
+    Register Imaging Document Set (RAD-68).
+
+    The manifest references every instance of the study with the archive's AE title and
+    repositoryUniqueId (archive.repository_uid), which answers Retrieve Imaging Document Set
+    (RAD-69) on `ihe archive serve --http-port`. Its DocumentEntry: uniqueId = the KOS SOP
+    Instance UID, formatCode 1.2.840.10008.5.1.4.1.1.88.59, the Accession Number in
+    referenceIdList, the modalities in eventCodeList.
+
+    Example: ihe xdsi publish --study 1.2.840.113619.2.1.1 --patient 'PID1^^^&1.2.3&ISO'
+    """
+    from ihecli.xdsi.manifest import publish
+
+    if not study:
+        raise UsageError("give the study to publish with --study UID")
+    aet, repo_uid = _repository_uid(ctx)
+    cli = _client(ctx, repository, "repository", timeout, dict(cert=cert, key=tls_key, ca=ca, floor=tls_floor))
+    rows = []
+    with open_archive(ctx, db, storage) as archive:
+        for uid in study:
+            p = publish(cli, archive, uid, domain=_xds(ctx), patient=patient, retrieve_aet=aet,
+                        repository_uid=repo_uid, store=not no_store)
+            rows.append({"studyInstanceUID": uid, "uniqueId": p.unique_id, "entryUUID": p.entry_uuid,
+                         "patientId": p.patient_id, "instances": p.manifest.instances,
+                         "accession": p.manifest.accession, "status": p.status.rsplit(":", 1)[-1]})
+    if json:
+        output.print_json(rows)
+    else:
+        output.table(rows, ["studyInstanceUID", "uniqueId", "instances", "accession", "status"])
+
+
+@app.command("retrieve")
+def retrieve_cmd(
+    ctx: typer.Context,
+    unique_id: Annotated[Optional[str], typer.Argument(metavar="MANIFEST_UNIQUE_ID",
+                                                       help="uniqueId of the manifest's DocumentEntry.")] = None,
+    manifest: Annotated[Optional[Path], typer.Option("--manifest", metavar="FILE", exists=True, dir_okay=False,
+                                                     help="A manifest (KOS) file instead of fetching one.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", metavar="DIR",
+                                                help="Folder to write the manifest and images to.")] = None,
+    store: Annotated[bool, typer.Option("--store", help="Store them in the local archive.")] = False,
+    repository_id: RepositoryId = None,
+    repository: Repository = None,
+    source: Source = None,
+    transfer_syntax: Annotated[Optional[list[str]], typer.Option(
+        "--transfer-syntax", metavar="UID",
+        help="Transfer syntaxes to ask the images in (repeatable; default: Explicit and Implicit VR Little "
+             "Endian, and the stored ones).")] = None,
+    db: Db = None,
+    storage: Storage = None,
+    timeout: Timeout = None,
+    cert: Cert = None,
+    tls_key: TlsKey = None,
+    ca: Ca = None,
+    tls_floor: TlsFloor = None,
+    json: Json = False,
+) -> None:
+    """Fetch a manifest (Retrieve Document Set, ITI-43) and the images it references (Retrieve
+    Imaging Document Set, RAD-69).
+
+    Exit status 3 when only some images came (each missing one is named).
+
+    Example: ihe xdsi retrieve 1.2.826.0.1.3680043.8.498.1 --source http://pacs:8080/xdsi --out ./study
+    """
+    import pydicom
+
+    from ihecli.kos.document import read_kos
+    from ihecli.net.soap import SoapClient
+    from ihecli.xds import client as xc
+    from ihecli.xds.messages import DocumentRequest
+    from ihecli.xdsi.rad69 import ImageRequest, retrieve_imaging_document_set
+
+    if (unique_id is None) == (manifest is None):
+        raise UsageError("give either the manifest's uniqueId or --manifest FILE")
+    if out is None and not store:
+        raise UsageError("say where the images go: --out DIR and/or --store")
+    tls = dict(cert=cert, key=tls_key, ca=ca, floor=tls_floor)
+    if manifest is not None:
+        data = manifest.read_bytes()
+    else:
+        repo = repository_id or _xds(ctx).repository_unique_id
+        res = xc.retrieve_document_set(_client(ctx, repository, "repository", timeout, tls),
+                                       [DocumentRequest(repo, unique_id)])
+        if not res.documents:
+            raise UsageError(f"the repository returned no document {unique_id}")
+        data = res.documents[0].data
+    try:
+        from io import BytesIO
+
+        kos = read_kos(pydicom.dcmread(BytesIO(data)))
+    except Exception as e:
+        raise UsageError(f"the manifest is not a Key Object Selection Document: {e}") from None
+    locations = _locations(data)
+    images = [ImageRequest(r.study_uid, r.series_uid, r.sop_uid, locations.get(r.series_uid, "")) for r in kos.references]
+    if not images:
+        raise UsageError("the manifest references no image")
+    unknown = sorted({i.series_uid for i in images if not i.repository_uid})
+    if unknown:
+        raise UsageError(f"the manifest gives no Retrieve Location UID for series {unknown[0]}")
+    url = source or _default_source({i.repository_uid for i in images})
+    tss = transfer_syntax or ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
+    cfg = None
+    if url.startswith("https://"):
+        from ihecli.cli.options import tls_config
+
+        cfg = tls_config(ctx, **tls, default_on=True)
+    res = retrieve_imaging_document_set(SoapClient(url, timeout=timeout or _xds(ctx).timeout, tls_config=cfg),
+                                        images, tss)
+    rows = []
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "manifest.dcm").write_bytes(data)
+        for d in res.documents:
+            path = out / f"{d.document_unique_id}.dcm"
+            path.write_bytes(d.data)
+            rows.append({"sopInstanceUID": d.document_unique_id, "size": len(d.data), "path": str(path)})
+    if store:
+        with open_archive(ctx, db, storage) as archive:
+            archive.store(data)
+            for d in res.documents:
+                archive.store(d.data)
+        if out is None:
+            rows = [{"sopInstanceUID": d.document_unique_id, "size": len(d.data), "path": ""} for d in res.documents]
+    errors = [e for e in res.errors if e.is_error]
+    if json:
+        output.print_json({"manifest": kos.sop_uid, "study": kos.study_uid, "images": rows,
+                           "errors": [{"code": e.code, "location": e.location, "context": e.context} for e in errors]})
+    else:
+        output.table(rows, ["sopInstanceUID", "size", "path"])
+        output.info(f"{len(res.documents)} of {len(images)} images of study {kos.study_uid}")
+    for e in errors:
+        output.error(f"{e.location or ''} {e.code}: {e.context}".strip())
+    if errors:
+        raise typer.Exit(ExitStatus.PARTIAL)
+
+
+def _locations(data: bytes) -> dict[str, str]:
+    """Retrieve Location UID (0040,E011) of each referenced series of a manifest."""
+    from io import BytesIO
+
+    import pydicom
+
+    ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True)
+    out = {}
+    for study in ds.get("CurrentRequestedProcedureEvidenceSequence", []):
+        for se in study.get("ReferencedSeriesSequence", []):
+            uid = str(se.get("RetrieveLocationUID", "") or "")
+            if uid:
+                out[str(se.SeriesInstanceUID)] = uid
+    return out
+
+
+def _default_source(repository_uids: set[str]) -> str:
+    raise UsageError(f"give the RAD-69 endpoint of Imaging Document Source {sorted(repository_uids)[0]} "
+                     "with --source URL")

@@ -1,0 +1,162 @@
+"""XDS-I.b: `ihe xdsi publish` (RAD-68) into a real `ihe xds serve` registry/repository, the
+archive answering Retrieve Imaging Document Set (RAD-69) on its HTTP port, `ihe xdsi retrieve`
+(ITI-43 then RAD-69); the manifest checked by dciodvfy, responses by the official XDS.b schema."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from lxml import etree
+from pydicom import dcmread
+
+from helpers import run_cli
+from ihecli.archive import Archive
+from ihecli.net.soap import SoapClient, schemas
+from ihecli.web import DicomWebServer
+from ihecli.xds.server import XdsServer
+from ihecli.xdsi.manifest import default_repository_uid
+from ihecli.xdsi.rad69 import RAD69, XDSI, ImageRequest, request
+from test_kin import dciodvfy
+
+PID = "PID7^^^&1.3.6.1.4.1.21367.2005.3.7&ISO"
+REPO = "1.3.6.1.4.1.21367.2017.2.3.9999"
+SOURCE = default_repository_uid("IHE_ARCHIVE")
+
+
+@pytest.fixture
+def xds(tmp_path):
+    a = Archive(f"sqlite:///{tmp_path / 'xds.db'}", tmp_path / "xds-storage")
+    s = XdsServer(a, repository_unique_id=REPO)
+    s.start()
+    yield s
+    s.stop()
+    a.close()
+
+
+@pytest.fixture
+def imaging(tmp_path, corpus):
+    """The archive with the corpus, answering RAD-69 at /xdsi as the default repositoryUniqueId."""
+    a = Archive(f"sqlite:///{tmp_path / 'img.db'}", tmp_path / "img-storage")
+    for p in corpus:
+        a.store(p.read_bytes())
+    web = DicomWebServer(a, imaging_source_uid=SOURCE)
+    web.start()
+    yield a, web
+    web.stop()
+    a.close()
+
+
+def _arc(tmp_path):
+    return ("--db", f"sqlite:///{tmp_path / 'img.db'}", "--storage", str(tmp_path / "img-storage"))
+
+
+def _study(corpus) -> tuple[str, list]:
+    study = str(dcmread(corpus[0]).StudyInstanceUID)
+    return study, [p for p in corpus if str(dcmread(p).StudyInstanceUID) == study]
+
+
+def test_publish_then_retrieve_manifest_and_images(xds, imaging, corpus, tmp_path):
+    archive, web = imaging
+    study, files = _study(corpus)
+    r = run_cli("xdsi", "publish", "--study", study, "--patient", PID, "--repository", xds.url, *_arc(tmp_path),
+                "--json")
+    assert r.code == 0, r.stderr
+    pub = json.loads(r.stdout)[0]
+    assert pub["instances"] == len(files) == 6 and pub["status"] == "Success"
+
+    # the registry holds it as an XDS-I manifest
+    r = run_cli("xds", "query", "find-documents", "--patient", PID, "--registry", xds.url, "--json")
+    entries = json.loads(r.stdout)
+    assert len(entries) == 1 and entries[0]["uniqueId"] == pub["uniqueId"]
+    assert entries[0]["mimeType"] == "application/dicom"
+    assert entries[0]["formatCode"].startswith("1.2.840.10008.5.1.4.1.1.88.59")
+
+    out = tmp_path / "got"
+    r = run_cli("xdsi", "retrieve", pub["uniqueId"], "--repository", xds.url, "--repository-id", REPO,
+                "--source", web.url + "/xdsi", "--out", str(out), "--json")
+    assert r.code == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got["study"] == study and len(got["images"]) == 6 and not got["errors"]
+    manifest = out / "manifest.dcm"
+    assert dciodvfy(manifest) == []
+    kos = dcmread(manifest)
+    assert kos.ConceptNameCodeSequence[0].CodeValue == "113030"
+    series = kos.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
+    assert {s.RetrieveLocationUID for s in series} == {SOURCE} and {s.RetrieveAETitle for s in series} == {"IHE_ARCHIVE"}
+    originals = {str(dcmread(p).SOPInstanceUID): dcmread(p) for p in files}
+    for row in got["images"]:
+        ds = dcmread(row["path"])
+        assert ds.PixelData == originals[str(ds.SOPInstanceUID)].PixelData
+    # the manifest is also in the archive, where C-FIND finds it
+    assert len(archive.find(_kos_query(study))) == 1
+
+
+def _kos_query(study):
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "IMAGE"
+    ds.StudyInstanceUID = study
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.59"
+    ds.SOPInstanceUID = ""
+    return ds
+
+
+def test_rad69_answers_validate_and_name_what_is_missing(imaging, corpus):
+    archive, web = imaging
+    study, files = _study(corpus)
+    ds = dcmread(files[0])
+    good = ImageRequest(study, str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID), SOURCE)
+    gone = ImageRequest(study, str(ds.SeriesInstanceUID), "1.2.3.999", SOURCE)
+    elsewhere = ImageRequest(study, str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID), "1.2.3.4.5")
+    msg = SoapClient(web.url + "/xdsi").call(RAD69, request([good, gone, elsewhere], ["1.2.840.10008.1.2"]))
+    schemas.validate(msg.body)  # an XDS.b RetrieveDocumentSetResponse
+    rr = msg.body[0]
+    assert rr.get("status").endswith(":PartialSuccess")
+    errors = {e.get("location"): e.get("errorCode") for e in rr.iter("{*}RegistryError")}
+    assert errors == {"1.2.3.999": "XDSDocumentUniqueIdError", str(ds.SOPInstanceUID): "XDSUnknownRepositoryId"}
+    docs = msg.body.findall("{*}DocumentResponse")
+    assert len(docs) == 1
+    data = msg.binary(docs[0].find("{*}Document"))
+    from io import BytesIO
+
+    back = dcmread(BytesIO(data))
+    # asked for Implicit VR Little Endian only: the stored Explicit VR file is re-encoded
+    assert back.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2" and back.PixelData == ds.PixelData
+
+
+def test_real_rad69_request_is_read():
+    """NIST's RAD-69 request (XCA-I test iig_5409) parses: 7 images of 2 studies."""
+    from helpers import DATA
+    from ihecli.xdsi.rad69 import read_request
+
+    el = etree.parse(str(DATA / "xdsi" / "RAD-69Request.xml"),
+                     etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)).getroot()
+    assert el.tag == f"{{{XDSI}}}RetrieveImagingDocumentSetRequest"
+    images, tss = read_request(el)
+    assert len(images) == 7 and len({i.study_uid for i in images}) == 2
+    assert all(i.home.startswith("urn:oid:") and i.repository_uid for i in images)
+
+
+def test_partial_retrieve_exits_3_and_names_the_missing_image(xds, imaging, corpus, tmp_path):
+    archive, web = imaging
+    study, files = _study(corpus)
+    r = run_cli("xdsi", "publish", "--study", study, "--patient", PID, "--repository", xds.url, *_arc(tmp_path),
+                "--json")
+    uid = json.loads(r.stdout)[0]["uniqueId"]
+    lost = dcmread(files[1])
+    archive.blobs.path(archive.blobs.rel_path(str(lost.SOPInstanceUID))).unlink()
+    r = run_cli("xdsi", "retrieve", uid, "--repository", xds.url, "--repository-id", REPO,
+                "--source", web.url + "/xdsi", "--out", str(tmp_path / "part"))
+    assert r.code == 3, r.stderr
+    assert str(lost.SOPInstanceUID) in r.stderr and "XDSRepositoryError" in r.stderr
+    assert len(list((tmp_path / "part").glob("*.dcm"))) == 6  # the manifest and 5 images
+
+
+def test_usage_errors(xds, tmp_path):
+    r = run_cli("xdsi", "publish", "--repository", xds.url)
+    assert r.code == 2 and "--study" in r.stderr
+    r = run_cli("xdsi", "retrieve", "--out", str(tmp_path))
+    assert r.code == 2 and "uniqueId or --manifest" in r.stderr
+    r = run_cli("xdsi", "publish", "--study", "1.2.3", "--patient", PID, "--repository", xds.url, *_arc(tmp_path))
+    assert r.code == 1 and "not in the archive" in r.stderr
