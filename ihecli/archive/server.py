@@ -38,6 +38,7 @@ from ihecli.config import Node
 from ihecli.errors import ArchiveError
 from ihecli.net import dimse
 from ihecli.net.storesend import DirectStoreAssociation
+from ihecli.workflow import pir
 
 log = logging.getLogger("ihe.archive")
 
@@ -254,12 +255,17 @@ class DicomServer:
             raise
 
     def _datasets(self, event, refs, st):
+        # PIR: instances of patients that HL7 updated or merged carry the index's patient (decoded
+        # only when their stored header differs); all others go out as stored
+        current = pir.reconciled_for(self.archive, refs)
         for ref in refs:
             if event.is_cancelled:
                 yield 0xFE00, None
                 return
             try:
                 ds = StoredDataset(self.archive.file_path(ref), ref)
+                if current and ref.study_uid in current:
+                    ds = pir.coerce(ds, current[ref.study_uid], modifying_system=self.aet)
             except Exception as e:
                 st.move_failed += 1
                 log.error("cannot read %s for retrieve: %s", ref.sop_uid, e)
