@@ -220,7 +220,7 @@ def test_unknown_domain_when_domains_are_followed(tmp_path):
         archive.close()
 
 
-@pytest.mark.parametrize("how", ["listen", "archive serve"])
+@pytest.mark.parametrize("how", ["listen", "archive serve", "archive serve, 2 workers"])
 def test_the_commands(tmp_path, how):
     """`ihe pix listen` and `ihe archive serve --pix-port` as a user runs them."""
     db, storage = f"sqlite:///{tmp_path / 'i.db'}", tmp_path / "st"
@@ -229,7 +229,8 @@ def test_the_commands(tmp_path, how):
     if how == "listen":
         args = ["pix", "listen", "--port", str(port)]
     else:
-        args = ["archive", "serve", "--port", str(free_port()), "--workers", "1", "--pix-port", str(port)]
+        workers = "2" if "2 workers" in how else "1"  # 2: the listener runs in the supervising process
+        args = ["archive", "serve", "--port", str(free_port()), "--workers", workers, "--pix-port", str(port)]
     p = subprocess.Popen([sys.executable, "-m", "ihecli", *args, "--db", db, "--storage", str(storage)],
                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
