@@ -151,6 +151,8 @@ def test_cli_ls(listener, monkeypatch):
     assert r.code == 0 and "52231059" in r.stdout and "LOCAL01" in r.stdout, r.stderr
     r = run_cli("pix", "ls", "02777", "--domain", "HZLN", "--db", db)
     assert r.code == 1 and "no cross-reference holds 02777 in HZLN" in r.stderr
+    r = run_cli("pix", "ls", "02777", "--domain", "XREF2005", "--db", db, "--json")  # by namespace, OID stored
+    assert r.code == 0 and len(r.json) == 3, r.stderr
 
 
 def _send_raw(port: int, data: bytes, timeout: float = 5) -> bytes:

@@ -18,7 +18,7 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from ihecli.archive.index import now
 from ihecli.archive.tables_pix import pix_links as t
@@ -113,8 +113,13 @@ def links(conn, pid: str | None = None, domain: Domain | None = None, *, limit: 
     q = select(t)
     if pid is not None:
         mine = select(t.c.grp).where(t.c.pid == pid)
-        if domain is not None:
-            mine = mine.where(t.c.domain.in_([x for x in (domain.oid, domain.namespace) if x]))
+        if domain is not None:  # the namespace or the OID the user knows the domain by
+            conds = [t.c.domain == domain.key]
+            if domain.namespace:
+                conds.append(t.c.namespace == domain.namespace)
+            if domain.oid:
+                conds.append(t.c.oid == domain.oid)
+            mine = mine.where(or_(*conds))
         q = q.where(t.c.grp.in_(mine))
     q = q.order_by(t.c.grp, t.c.id)
     rows = conn.execute(q).all()
