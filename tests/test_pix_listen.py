@@ -237,8 +237,12 @@ def test_the_commands(tmp_path, how):
                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_port(port, timeout=30)
-        acks = PixManager.notify("127.0.0.1", port, A31_FILES[2:])
-        assert [a.code for a in acks] == ["AA"]
+        if how == "listen":  # any MLLP sender will do, `ihe hl7 send` too
+            r = run_cli("hl7", "send", f"127.0.0.1:{port}", A31_FILES[2], "--json")
+            assert r.code == 0 and [a["ack_code"] for a in r.json] == ["AA"], r.stderr
+        else:
+            acks = PixManager.notify("127.0.0.1", port, A31_FILES[2:])
+            assert [a.code for a in acks] == ["AA"]
     finally:
         p.terminate()
         _, err = p.communicate(timeout=30)
