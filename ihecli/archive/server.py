@@ -31,12 +31,17 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
+from ihecli import atna
 from ihecli.archive import Archive, QueryError
 from ihecli.archive.ingest import part10
 from ihecli.archive.scan import read_meta
+from ihecli.atna import events as ev
+from ihecli.atna.dicom import Tally, header_keys
+from ihecli.atna.dicom import outcome as audit_outcome
+from ihecli.atna.events import Peer
 from ihecli.config import Node
 from ihecli.errors import ArchiveError
-from ihecli.net import dimse
+from ihecli.net import dimse, tls
 from ihecli.net.storesend import DirectStoreAssociation
 from ihecli.workflow import pir
 
@@ -60,6 +65,8 @@ class _AssocStats:
     moved: int = 0
     move_failed: int = 0
     echoes: int = 0
+    tally: Tally | None = None  # instances stored, for the audit trail (when a repository is configured)
+    peer_node: Peer | None = None
 
 
 class DicomServer:
@@ -67,7 +74,8 @@ class DicomServer:
 
     def __init__(self, archive: Archive, *, aet: str = "IHE_ARCHIVE", bind: str = "127.0.0.1", port: int = 11112,
                  destinations: dict[str, Node] | None = None, allow: list[str] | None = None,
-                 max_pdu: int = 0, reuse_port: bool = False, services: list | None = None):
+                 max_pdu: int = 0, reuse_port: bool = False, services: list | None = None,
+                 ssl_context=None):
         dimse.configure()
         # Responses are built from indexed values that were checked at ingest; pydicom's check
         # of every value set (regular expressions per element) was half the cost of building a
@@ -82,6 +90,7 @@ class DicomServer:
         self.reuse_port = reuse_port
         # more services (workflow): each adds its contexts and handlers, and starts and stops with us
         self.services = list(services or [])
+        self.ssl_context = ssl_context  # TLS (ITI-19): a server context from ihecli.net.tls, or None
         self.server = None
         self._stats: dict[int, _AssocStats] = {}
         self._lock = threading.Lock()
@@ -130,10 +139,12 @@ class DicomServer:
         for svc in self.services:
             handlers += svc.handlers()
             svc.start()
-        if self.reuse_port:
-            # several worker processes listen on one port; the kernel spreads associations over them
+        if self.reuse_port or self.ssl_context is not None:
+            # several worker processes listen on one port (the kernel spreads associations over
+            # them); TLS handshakes run in each association's thread (see _Server)
             self.server = ae.make_server((self.bind, self.port), evt_handlers=handlers,
-                                         server_class=_ReusePortServer)
+                                         server_class=_ReusePortServer if self.reuse_port else _Server)
+            self.server.tls_context = self.ssl_context
             ae._servers.append(self.server)  # as start_server() does; shutdown() removes it
             threading.Thread(target=self.server.serve_forever, name="ihe-dicom-acceptor", daemon=True).start()
         else:
@@ -164,6 +175,8 @@ class DicomServer:
         if st is None:
             r = event.assoc.requestor
             st = self._stats.setdefault(key, _AssocStats(f"{r.ae_title}@{r.address}:{r.port}"))
+            if atna.enabled():
+                st.tally, st.peer_node = Tally(), Peer(str(r.ae_title).strip(), r.address)
         return st
 
     def _on_accepted(self, event) -> None:
@@ -190,6 +203,11 @@ class DicomServer:
             parts.append(f"{st.echoes} echo")
         log.info("association %s %s: %s in %.1f s", st.peer, how, "; ".join(parts) or "nothing done",
                  time.monotonic() - st.started)
+        if st.tally is not None and (st.tally.count or st.failed):
+            # DICOM Instances Transferred (PS3.15 A.5.3.4), as the receiver: action Create
+            atna.record(ev.instances_transferred(source=st.peer_node, destination=Peer.local(self.aet),
+                                                 studies=st.tally.studies, patients=st.tally.patients, action="C",
+                                                 requestor="source", outcome=audit_outcome(st.stored, st.failed)))
 
     # -- services ------------------------------------------------------------------------------
     def _on_echo(self, event) -> int:
@@ -206,7 +224,9 @@ class DicomServer:
                 raise ArchiveError("C-STORE request without Affected SOP Class/Instance UID", 0xC000)
             data = part10(event.encoded_dataset(include_meta=False), sop_class, sop_uid,
                           str(event.context.transfer_syntax), event.assoc.requestor.ae_title)
-            self.archive.store(data, expect_sop_uid=sop_uid, expect_sop_class=sop_class)
+            stored = self.archive.store(data, expect_sop_uid=sop_uid, expect_sop_class=sop_class)
+            if st.tally is not None:
+                self._tally(st.tally, stored.study_uid, data, sop_class)
         except ArchiveError as e:
             st.failed += 1
             log.warning("C-STORE from %s refused (0x%04X): %s", st.peer, e.status, e)
@@ -218,10 +238,20 @@ class DicomServer:
         st.stored += 1
         return 0x0000
 
+    def _tally(self, tally: Tally, study_uid: str, data: bytes, sop_class: str) -> None:
+        """Count a stored instance; its patient and accession are read once per study."""
+        if study_uid in tally.studies:
+            tally.add(study_uid, sop_class=sop_class)
+        else:
+            _study, pid, acc, _cls = header_keys(data)
+            tally.add(study_uid, pid, acc, sop_class)
+
     def _on_find(self, event):
         st = self._stats_for(event)
         st.finds += 1
         root = _root(event.request.AffectedSOPClassUID)
+        if atna.enabled():
+            self._audit_query(event, st)
         try:
             ident = event.identifier
             with self.archive.connect() as conn:
@@ -274,6 +304,51 @@ class DicomServer:
             st.moved += 1
             yield 0xFF00, ds
 
+    def _audit_query(self, event, st) -> None:
+        """Query (PS3.15 A.5.3.10): the C-FIND as received."""
+        try:
+            raw = event.request.Identifier.getvalue() if event.request.Identifier is not None else b""
+        except Exception:
+            raw = b""
+        atna.record(ev.dicom_query(source=st.peer_node or Peer(st.peer), destination=Peer.local(self.aet),
+                                   sop_class=str(event.request.AffectedSOPClassUID), query=raw,
+                                   transfer_syntax=str(event.context.transfer_syntax)))
+
+    def _patients_of(self, study_uids) -> list[str]:
+        from sqlalchemy import select
+
+        from ihecli.archive import schema as s
+
+        uids = list(study_uids)[:1000]
+        try:
+            with self.archive.connect() as conn:
+                rows = conn.execute(select(s.patients.c.pid).join(s.studies, s.studies.c.patient_fk == s.patients.c.id)
+                                    .where(s.studies.c.study_uid.in_(uids)).distinct())
+                return [r[0] for r in rows if r[0]]
+        except Exception:
+            return []
+
+    def _retrieved(self, event, st, refs, dest: Peer, what: str):
+        """Send the instances (C-MOVE, C-GET) between two audit events: Begin Transferring before,
+        Instances Transferred (action Read) after (PS3.15 A.5.3.3, A.5.3.4)."""
+        if st.tally is None:
+            yield from self._datasets(event, refs, st)
+            return
+        tally = Tally()
+        for r in refs:
+            tally.add(r.study_uid, sop_class=r.sop_class)
+        patients = self._patients_of(tally.studies)
+        atna.record(ev.begin_transferring(source=Peer.local(self.aet), destination=dest, studies=tally.studies,
+                                          patients=patients, requestor=st.peer_node))
+        moved, failed = st.moved, st.move_failed
+        try:
+            yield from self._datasets(event, refs, st)
+        finally:
+            atna.record(ev.instances_transferred(
+                source=Peer.local(self.aet), destination=dest, studies=tally.studies, patients=patients, action="R",
+                requestor="destination" if dest is st.peer_node else "none",
+                outcome=audit_outcome(st.moved - moved, st.move_failed - failed)))
+
     def _on_move(self, event):
         st = self._stats_for(event)
         dest_aet = (event.move_destination or b"")
@@ -290,13 +365,13 @@ class DicomServer:
         # "direct": the sub-operations go out on our own synchronous sender (net.storesend)
         yield node.host, node.port, {"contexts": contexts or [build_context(Verification)], "direct": True}
         yield len(refs)
-        yield from self._datasets(event, refs, st)
+        yield from self._retrieved(event, st, refs, Peer(dest_aet, node.host), "C-MOVE")
 
     def _on_get(self, event):
         st = self._stats_for(event)
         refs = self._refs_or_raise(event, st, "C-GET")  # pynetdicom answers a raise with 0xC411
         yield len(refs)
-        yield from self._datasets(event, refs, st)
+        yield from self._retrieved(event, st, refs, st.peer_node or Peer(st.peer), "C-GET")
 
 
 def move_contexts(pairs, limit: int = 128) -> list:
@@ -326,7 +401,25 @@ class _ArchiveAE(AE):
         return super().associate(addr, port, contexts, ae_title, *args, **kwargs)
 
 
-class _ReusePortServer(ThreadedAssociationServer):
+class _Server(ThreadedAssociationServer):
+    """pynetdicom's server, with the TLS handshake done in the association's own thread: its
+    server does it in the accepting thread, where one slow peer holds up every other and a
+    refused peer goes unrecorded. ``ihecli.net.tls.server_handshake`` reports refusals, which
+    the audit hook records as Security Alerts."""
+
+    tls_context = None
+
+    def process_request_thread(self, request, client_address) -> None:
+        if self.tls_context is not None:
+            try:
+                request = tls.server_handshake(request, self.tls_context, service="DICOM",
+                                               peer=f"{client_address[0]}:{client_address[1]}")
+            except ConnectionError:
+                return
+        super().process_request_thread(request, client_address)
+
+
+class _ReusePortServer(_Server):
     def server_bind(self) -> None:
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()

@@ -8,7 +8,8 @@ import typer
 from pydicom.dataset import Dataset
 
 from ihecli.cli import output
-from ihecli.cli.options import DEST_HELP, CallingAet, Json, Keys, Level, Limit, Node, Out, Root, Timeout, state
+from ihecli.cli.options import (DEST_HELP, Ca, CallingAet, Cert, Json, Keys, Level, Limit, Node, NoTls, Out, Root,
+                                Timeout, Tls, TlsFloor, TlsKey, state, tls_config)
 from ihecli.config import AET_RE, resolve_node
 from ihecli.dicom import scu
 from ihecli.errors import ExitStatus, UsageError
@@ -22,6 +23,13 @@ HIDDEN = {"QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle"}
 def _ctx(ctx: typer.Context, node: str, calling_aet: Optional[str]):
     st = state(ctx).settings()
     return st.node(node), calling_aet or st.calling_aet
+
+
+def _tls(ctx: typer.Context, tls: bool, no_tls: bool, cert, key, ca, floor):
+    """The client TLS context the options and the profile ask for (ITI-19), or None."""
+    from ihecli.net import tls as tlsmod
+
+    return tlsmod.context(tls_config(ctx, tls=tls, no_tls=no_tls, cert=cert, key=key, ca=ca, floor=floor), server=False)
 
 
 def element_json(elem) -> Any:
@@ -52,13 +60,15 @@ def dataset_json(ds: Dataset) -> dict:
 
 @app.command("echo")
 def echo_cmd(ctx: typer.Context, node: Node, calling_aet: CallingAet = None, timeout: Timeout = 30,
-             json: Json = False) -> None:
+             json: Json = False,
+             tls: Tls = False, no_tls: NoTls = False, cert: Cert = None, tls_key: TlsKey = None, ca: Ca = None,
+             tls_floor: TlsFloor = None) -> None:
     """Verify a node answers (C-ECHO).
 
     Example: ihe dicom echo ORTHANC@127.0.0.1:4242
     """
     n, aet = _ctx(ctx, node, calling_aet)
-    r = scu.echo(n, calling_aet=aet, timeout=timeout)
+    r = scu.echo(n, calling_aet=aet, timeout=timeout, tls=_tls(ctx, tls, no_tls, cert, tls_key, ca, tls_floor))
     if json:
         output.print_json(r)
     else:
@@ -68,7 +78,9 @@ def echo_cmd(ctx: typer.Context, node: Node, calling_aet: CallingAet = None, tim
 @app.command("store")
 def store_cmd(ctx: typer.Context, node: Node,
               paths: Annotated[list[Path], typer.Argument(metavar="PATH...", help="Files and folders to send.")],
-              calling_aet: CallingAet = None, timeout: Timeout = 30, json: Json = False) -> None:
+              calling_aet: CallingAet = None, timeout: Timeout = 30, json: Json = False,
+             tls: Tls = False, no_tls: NoTls = False, cert: Cert = None, tls_key: TlsKey = None, ca: Ca = None,
+             tls_floor: TlsFloor = None) -> None:
     """Send DICOM files and folders over one association (C-STORE).
 
     Example: ihe dicom store PACS /media/cdrom --calling-aet MODALITY
@@ -84,7 +96,8 @@ def store_cmd(ctx: typer.Context, node: Node,
         holder["advance"]()
 
     try:
-        rep = scu.store(n, paths, calling_aet=aet, timeout=timeout, progress=step, on_plan=plan)
+        rep = scu.store(n, paths, calling_aet=aet, timeout=timeout, progress=step, on_plan=plan,
+                        tls=_tls(ctx, tls, no_tls, cert, tls_key, ca, tls_floor))
     finally:
         if "bar" in holder:
             holder["bar"].__exit__(None, None, None)
@@ -103,7 +116,9 @@ def store_cmd(ctx: typer.Context, node: Node,
 @app.command("find")
 def find_cmd(ctx: typer.Context, node: Node, level: Level = "study", keys: Keys = None, root: Root = "study",
              limit: Limit = None,
-             calling_aet: CallingAet = None, timeout: Timeout = 30, json: Json = False) -> None:
+             calling_aet: CallingAet = None, timeout: Timeout = 30, json: Json = False,
+             tls: Tls = False, no_tls: NoTls = False, cert: Cert = None, tls_key: TlsKey = None, ca: Ca = None,
+             tls_floor: TlsFloor = None) -> None:
     """Query a node (C-FIND); the level's usual keys are always returned.
 
     Example: ihe dicom find PACS -L study -k PatientName='SMITH*' -k StudyDate=20240101-20241231
@@ -112,7 +127,8 @@ def find_cmd(ctx: typer.Context, node: Node, level: Level = "study", keys: Keys 
     lvl = level.strip().upper()
     ident = scu.build_identifier(lvl, keys, defaults=scu.LEVEL_DEFAULTS.get("IMAGE" if lvl == "INSTANCE" else lvl,
                                                                               ()))
-    results = scu.find(n, ident, root=root, calling_aet=aet, timeout=timeout, limit=limit)
+    results = scu.find(n, ident, root=root, calling_aet=aet, timeout=timeout, limit=limit,
+                       tls=_tls(ctx, tls, no_tls, cert, tls_key, ca, tls_floor))
     rows = [dataset_json(r) for r in results]
     if json:
         output.print_json(rows)
@@ -159,7 +175,9 @@ def _retrieve_exit(r: scu.RetrieveResult, json: bool, what: str) -> None:
 def move_cmd(ctx: typer.Context, node: Node,
              dest: Annotated[str, typer.Option("--dest", metavar="DEST", help=DEST_HELP)],
              level: Level = "study", keys: Keys = None, root: Root = "study", calling_aet: CallingAet = None,
-             timeout: Timeout = 600, json: Json = False) -> None:
+             timeout: Timeout = 600, json: Json = False,
+             tls: Tls = False, no_tls: NoTls = False, cert: Cert = None, tls_key: TlsKey = None, ca: Ca = None,
+             tls_floor: TlsFloor = None) -> None:
     """Ask a node to send matching instances to a destination (C-MOVE).
 
     Example: ihe dicom move PACS --dest VIEWER -k StudyInstanceUID=1.2.3.4
@@ -174,7 +192,8 @@ def move_cmd(ctx: typer.Context, node: Node,
             advance(done - seen["done"])
             seen["done"] = done
 
-        r = scu.move(n, dest, ident, root=root, calling_aet=aet, timeout=timeout, progress=prog)
+        r = scu.move(n, dest, ident, root=root, calling_aet=aet, timeout=timeout, progress=prog,
+                     tls=_tls(ctx, tls, no_tls, cert, tls_key, ca, tls_floor))
     _retrieve_exit(r, json, f"C-MOVE to {dest}")
 
 
@@ -182,7 +201,9 @@ def move_cmd(ctx: typer.Context, node: Node,
 def get_cmd(ctx: typer.Context, node: Node,
             out: Out,
             level: Level = "study", keys: Keys = None, root: Root = "study", calling_aet: CallingAet = None,
-            timeout: Timeout = 600, json: Json = False) -> None:
+            timeout: Timeout = 600, json: Json = False,
+            tls: Tls = False, no_tls: NoTls = False, cert: Cert = None, tls_key: TlsKey = None, ca: Ca = None,
+            tls_floor: TlsFloor = None) -> None:
     """Retrieve matching instances over the same association into a folder (C-GET).
 
     Files are written as DIR/SOPInstanceUID.dcm.
@@ -192,7 +213,8 @@ def get_cmd(ctx: typer.Context, node: Node,
     n, aet = _ctx(ctx, node, calling_aet)
     ident = scu.build_identifier(level, keys)
     with output.progress(None, "receiving", enabled=not json) as advance:
-        r = scu.get(n, ident, out, root=root, calling_aet=aet, timeout=timeout, progress=lambda p: advance())
+        r = scu.get(n, ident, out, root=root, calling_aet=aet, timeout=timeout, progress=lambda p: advance(),
+                    tls=_tls(ctx, tls, no_tls, cert, tls_key, ca, tls_floor))
     _retrieve_exit(r, json, f"C-GET into {out}")
 
 

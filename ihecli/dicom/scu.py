@@ -61,12 +61,12 @@ class EchoResult:
     ms: float
 
 
-def echo(node: Node, *, calling_aet: str = "IHE", timeout: float = 30) -> EchoResult:
+def echo(node: Node, *, calling_aet: str = "IHE", timeout: float = 30, tls=None) -> EchoResult:
     """C-ECHO (Verification)."""
     ae = dimse.client_ae(calling_aet, timeout=timeout)
     ae.add_requested_context(Verification)
     t0 = time.perf_counter()
-    assoc = dimse.associate(ae, node)
+    assoc = dimse.associate(ae, node, tls=tls)
     try:
         rsp = assoc.send_c_echo()
         if not rsp or "Status" not in rsp:
@@ -120,8 +120,8 @@ def _sop_and_ts(path: Path) -> tuple[str, str] | None:
 
 
 def store(node: Node, paths: Iterable[str | os.PathLike], *, calling_aet: str = "IHE", timeout: float = 30,
-          progress: Callable[[str, str], None] | None = None, on_plan: Callable[[int], None] | None = None
-          ) -> StoreReport:
+          progress: Callable[[str, str], None] | None = None, on_plan: Callable[[int], None] | None = None,
+          tls=None) -> StoreReport:
     """C-STORE every DICOM file under ``paths`` over one association."""
     report = StoreReport(str(node))
     files: list[tuple[Path, str, str]] = []
@@ -138,7 +138,7 @@ def store(node: Node, paths: Iterable[str | os.PathLike], *, calling_aet: str = 
     ae = dimse.client_ae(calling_aet, timeout=timeout)
     contexts = dimse.storage_contexts((c, t) for _, c, t in files)
     t0 = time.perf_counter()
-    assoc = dimse.associate(ae, node, contexts=contexts)
+    assoc = dimse.associate(ae, node, contexts=contexts, tls=tls)
     accepted = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts}
     tally = _audit_tally()
     try:
@@ -206,12 +206,12 @@ def _has_meta(path: Path) -> bool:
 
 
 def find(node: Node, ident: Dataset, *, root: str = "study", calling_aet: str = "IHE", timeout: float = 30,
-         limit: int | None = None) -> list[Dataset]:
+         limit: int | None = None, tls=None) -> list[Dataset]:
     """C-FIND: every matching identifier (raises DimseFailure on a failure status)."""
     model = _model(root, "find")
     ae = dimse.client_ae(calling_aet, timeout=timeout)
     ae.add_requested_context(model)
-    assoc = dimse.associate(ae, node)
+    assoc = dimse.associate(ae, node, tls=tls)
     results: list[Dataset] = []
     failed = True
     try:
@@ -281,13 +281,13 @@ def _check(result: RetrieveResult, node: Node, op: str) -> RetrieveResult:
 
 
 def move(node: Node, dest_aet: str, ident: Dataset, *, root: str = "study", calling_aet: str = "IHE",
-         timeout: float = 60, progress: Callable[[int, int], None] | None = None) -> RetrieveResult:
+         timeout: float = 60, progress: Callable[[int, int], None] | None = None, tls=None) -> RetrieveResult:
     """C-MOVE to ``dest_aet`` (which ``node`` must know)."""
     model = _model(root, "move")
     ae = dimse.client_ae(calling_aet, timeout=timeout)
     ae.add_requested_context(model)
     t0 = time.perf_counter()
-    assoc = dimse.associate(ae, node)
+    assoc = dimse.associate(ae, node, tls=tls)
 
     def pending(status) -> None:
         if progress:
@@ -327,7 +327,7 @@ def _retrieve(assoc, responses, result: RetrieveResult, node: Node, op: str, t0:
 
 
 def get(node: Node, ident: Dataset, out_dir: str | os.PathLike, *, root: str = "study", calling_aet: str = "IHE",
-        timeout: float = 60, progress: Callable[[str], None] | None = None) -> RetrieveResult:
+        timeout: float = 60, progress: Callable[[str], None] | None = None, tls=None) -> RetrieveResult:
     """C-GET: the instances come back on the same association and are written to ``out_dir``."""
     model = _model(root, "get")
     out = Path(out_dir)
@@ -358,7 +358,7 @@ def get(node: Node, ident: Dataset, out_dir: str | os.PathLike, *, root: str = "
         return 0x0000
 
     t0 = time.perf_counter()
-    assoc = dimse.associate(ae, node, ext_neg=roles, handlers=[(evt.EVT_C_STORE, on_store)])
+    assoc = dimse.associate(ae, node, ext_neg=roles, handlers=[(evt.EVT_C_STORE, on_store)], tls=tls)
     try:
         return _retrieve(assoc, assoc.send_c_get(ident, model), result, node, "C-GET", t0)
     finally:

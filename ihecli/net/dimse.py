@@ -197,11 +197,13 @@ def client_ae(calling_aet: str, *, timeout: float = 30) -> AE:
     return ae
 
 
-def associate(ae: AE, node: Node, *, contexts=None, ext_neg=None, handlers=(), what: str = "") -> Association:
+def associate(ae: AE, node: Node, *, contexts=None, ext_neg=None, handlers=(), what: str = "",
+              tls=None) -> Association:
     """Open an association or raise a one-line error (unreachable: exit 4; rejected: exit 1)."""
     opened = []
     try:
         assoc = ae.associate(node.host, node.port, contexts=contexts, ae_title=node.aet,
+                             tls_args=(tls, node.host) if tls is not None else None,
                              ext_neg=ext_neg, evt_handlers=[NODELAY_HANDLER, (evt.EVT_CONN_OPEN, opened.append),
                                                             (evt.EVT_ACCEPTED, hold_reactor), *handlers])
     except (OSError, ValueError) as e:
@@ -217,6 +219,9 @@ def associate(ae: AE, node: Node, *, contexts=None, ext_neg=None, handlers=(), w
             reason = f": {rsp.result_str}, {rsp.source_str}, {rsp.reason_str}"
         raise IheError(f"{node} rejected the association{reason} (calling AE title {ae.ae_title!r}{what})")
     if assoc.is_aborted:
+        if tls is not None:
+            raise IheError(f"{node} refused or aborted the association (over TLS: check our certificate, "
+                           "AE titles and supported services)")
         raise IheError(f"{node} aborted the association (check AE titles and supported services)")
     raise PeerUnreachable(f"cannot reach {node}: no association (connection refused or timed out)")
 
