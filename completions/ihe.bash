@@ -4,7 +4,7 @@
 # Sets _ihe_words to the subcommands of the command in $1; fails for a command without any.
 _ihe_subcommands() {
     case $1 in
-        'ihe') _ihe_words='archive audit config dicom hl7 iocm kin pdi pdq pix tce time wic xds xdsi' ;;
+        'ihe') _ihe_words='archive audit config dicom hl7 iocm kin pdi pdq pix tce time wic xca xds xdsi' ;;
         'ihe archive') _ihe_words='check export import ls mpps rejected rm serve' ;;
         'ihe archive mpps') _ihe_words='ls' ;;
         'ihe audit') _ihe_words='query send serve' ;;
@@ -20,6 +20,7 @@ _ihe_subcommands() {
         'ihe tce') _ihe_words='export ls show' ;;
         'ihe time') _ihe_words='check' ;;
         'ihe wic') _ihe_words='upload' ;;
+        'ihe xca') _ihe_words='query retrieve serve' ;;
         'ihe xds') _ihe_words='delete query retrieve serve submit' ;;
         'ihe xdsi') _ihe_words='publish retrieve' ;;
         *) _ihe_words=; return 1 ;;
@@ -50,14 +51,14 @@ _ihe_options() {
         'ihe config show') _ihe_words='--help --json -h' ;;
         'ihe dicom') _ihe_words='--help -h' ;;
         'ihe dicom commit') _ihe_words='--bind --calling-aet --db --help --json --port --storage --study --timeout -aet -h -p' ;;
-        'ihe dicom echo') _ihe_words='--calling-aet --help --json --timeout -aet -h' ;;
-        'ihe dicom find') _ihe_words='--calling-aet --help --json --key --level --limit --root --timeout -L -aet -h -k' ;;
-        'ihe dicom get') _ihe_words='--calling-aet --help --json --key --level --out --root --timeout -L -aet -h -k -o' ;;
-        'ihe dicom move') _ihe_words='--calling-aet --dest --help --json --key --level --root --timeout -L -aet -h -k' ;;
+        'ihe dicom echo') _ihe_words='--ca --calling-aet --cert --help --json --no-tls --timeout --tls --tls-floor --tls-key -aet -h' ;;
+        'ihe dicom find') _ihe_words='--ca --calling-aet --cert --help --json --key --level --limit --no-tls --root --timeout --tls --tls-floor --tls-key -L -aet -h -k' ;;
+        'ihe dicom get') _ihe_words='--ca --calling-aet --cert --help --json --key --level --no-tls --out --root --timeout --tls --tls-floor --tls-key -L -aet -h -k -o' ;;
+        'ihe dicom move') _ihe_words='--ca --calling-aet --cert --dest --help --json --key --level --no-tls --root --timeout --tls --tls-floor --tls-key -L -aet -h -k' ;;
         'ihe dicom mpps') _ihe_words='--help -h' ;;
         'ihe dicom mpps create') _ihe_words='--accession --calling-aet --description --from-json --help --json --key --modality --patient-id --patient-name --pps-id --study --timeout --uid -aet -h -k' ;;
         'ihe dicom mpps set') _ihe_words='--calling-aet --from-json --help --json --key --series-from --status --timeout -aet -h -k' ;;
-        'ihe dicom store') _ihe_words='--calling-aet --help --json --timeout -aet -h' ;;
+        'ihe dicom store') _ihe_words='--ca --calling-aet --cert --help --json --no-tls --timeout --tls --tls-floor --tls-key -aet -h' ;;
         'ihe hl7') _ihe_words='--help -h' ;;
         'ihe hl7 orders') _ihe_words='--accession --db --help --json --limit --patient --storage -h' ;;
         'ihe hl7 send') _ihe_words='--ca --cert --help --json --no-tls --timeout --tls --tls-floor --tls-key -h' ;;
@@ -71,7 +72,7 @@ _ihe_options() {
         'ihe pdi import') _ihe_words='--accession --calling-aet --db --dry-run --help --issuer --json --match-local --patient-id --patient-name --storage --timeout --to --yes -aet -h -y' ;;
         'ihe pdi view') _ihe_words='--bind --help --json --port --serve -h -p' ;;
         'ihe pdq') _ihe_words='--help -h' ;;
-        'ihe pdq query') _ihe_words='--address --birth-date --ca --cert --domain --family --gender --given --help --id --json --limit --no-tls --supplier --target-domain --timeout --tls --tls-floor --tls-key -h' ;;
+        'ihe pdq query') _ihe_words='--address --all --birth-date --ca --cert --domain --family --gender --given --help --id --json --limit --no-tls --supplier --target-domain --timeout --tls --tls-floor --tls-key -h' ;;
         'ihe pix') _ihe_words='--help -h' ;;
         'ihe pix listen') _ihe_words='--bind --ca --cert --db --domains --help --no-tls --port --storage --tls --tls-floor --tls-key -h -p' ;;
         'ihe pix ls') _ihe_words='--db --domain --help --json --limit --storage -h' ;;
@@ -84,6 +85,10 @@ _ihe_options() {
         'ihe time check') _ihe_words='--help --json --max-offset --server --timeout -h -s' ;;
         'ihe wic') _ihe_words='--help -h' ;;
         'ihe wic upload') _ihe_words='--accession --birth-date --ca --cert --help --json --new-study --no-tls --patient --patient-name --sex --study --study-description --timeout --tls --tls-floor --tls-key --url -h' ;;
+        'ihe xca') _ihe_words='--help -h' ;;
+        'ihe xca query') _ihe_words='--class --community --event-code --format --help --json --object-ref --patient --status --timeout --type --unique-id --uuid -h' ;;
+        'ihe xca retrieve') _ihe_words='--community --help --home --json --out --repository-id --timeout -h -o' ;;
+        'ihe xca serve') _ihe_words='--bind --ca --cert --db --help --home --no-tls --port --repository-id --storage --tls --tls-floor --tls-key -h -p' ;;
         'ihe xds') _ihe_words='--help -h' ;;
         'ihe xds delete') _ihe_words='--ca --cert --dry-run --help --json --registry --timeout --tls-floor --tls-key --yes -h -y' ;;
         'ihe xds query') _ihe_words='--association-type --author --ca --cert --class --confidentiality --content-type --event-code --facility --folder-code --format --help --json --object-ref --patient --practice --registry --source-id --status --time-from --time-to --timeout --tls-floor --tls-key --type --unique-id --uuid -h' ;;
@@ -191,26 +196,42 @@ _ihe_value() {
         'ihe dicom commit --storage') _ihe_kind=dir ;;
         'ihe dicom commit --study') _ihe_kind=text ;;
         'ihe dicom commit --timeout') _ihe_kind=text ;;
+        'ihe dicom echo --ca') _ihe_kind=file ;;
         'ihe dicom echo -aet'|'ihe dicom echo --calling-aet') _ihe_kind=text ;;
+        'ihe dicom echo --cert') _ihe_kind=file ;;
         'ihe dicom echo --timeout') _ihe_kind=text ;;
+        'ihe dicom echo --tls-floor') _ihe_kind=text ;;
+        'ihe dicom echo --tls-key') _ihe_kind=file ;;
+        'ihe dicom find --ca') _ihe_kind=file ;;
         'ihe dicom find -aet'|'ihe dicom find --calling-aet') _ihe_kind=text ;;
+        'ihe dicom find --cert') _ihe_kind=file ;;
         'ihe dicom find -k'|'ihe dicom find --key') _ihe_kind=text ;;
         'ihe dicom find -L'|'ihe dicom find --level') _ihe_kind=text ;;
         'ihe dicom find --limit') _ihe_kind=text ;;
         'ihe dicom find --root') _ihe_kind=text ;;
         'ihe dicom find --timeout') _ihe_kind=text ;;
+        'ihe dicom find --tls-floor') _ihe_kind=text ;;
+        'ihe dicom find --tls-key') _ihe_kind=file ;;
+        'ihe dicom get --ca') _ihe_kind=file ;;
         'ihe dicom get -aet'|'ihe dicom get --calling-aet') _ihe_kind=text ;;
+        'ihe dicom get --cert') _ihe_kind=file ;;
         'ihe dicom get -k'|'ihe dicom get --key') _ihe_kind=text ;;
         'ihe dicom get -L'|'ihe dicom get --level') _ihe_kind=text ;;
         'ihe dicom get -o'|'ihe dicom get --out') _ihe_kind=dir ;;
         'ihe dicom get --root') _ihe_kind=text ;;
         'ihe dicom get --timeout') _ihe_kind=text ;;
+        'ihe dicom get --tls-floor') _ihe_kind=text ;;
+        'ihe dicom get --tls-key') _ihe_kind=file ;;
+        'ihe dicom move --ca') _ihe_kind=file ;;
         'ihe dicom move -aet'|'ihe dicom move --calling-aet') _ihe_kind=text ;;
+        'ihe dicom move --cert') _ihe_kind=file ;;
         'ihe dicom move --dest') _ihe_kind=text ;;
         'ihe dicom move -k'|'ihe dicom move --key') _ihe_kind=text ;;
         'ihe dicom move -L'|'ihe dicom move --level') _ihe_kind=text ;;
         'ihe dicom move --root') _ihe_kind=text ;;
         'ihe dicom move --timeout') _ihe_kind=text ;;
+        'ihe dicom move --tls-floor') _ihe_kind=text ;;
+        'ihe dicom move --tls-key') _ihe_kind=file ;;
         'ihe dicom mpps create --accession') _ihe_kind=text ;;
         'ihe dicom mpps create -aet'|'ihe dicom mpps create --calling-aet') _ihe_kind=text ;;
         'ihe dicom mpps create --description') _ihe_kind=text ;;
@@ -229,8 +250,12 @@ _ihe_value() {
         'ihe dicom mpps set --series-from') _ihe_kind=file ;;
         'ihe dicom mpps set --status') _ihe_kind=text ;;
         'ihe dicom mpps set --timeout') _ihe_kind=text ;;
+        'ihe dicom store --ca') _ihe_kind=file ;;
         'ihe dicom store -aet'|'ihe dicom store --calling-aet') _ihe_kind=text ;;
+        'ihe dicom store --cert') _ihe_kind=file ;;
         'ihe dicom store --timeout') _ihe_kind=text ;;
+        'ihe dicom store --tls-floor') _ihe_kind=text ;;
+        'ihe dicom store --tls-key') _ihe_kind=file ;;
         'ihe hl7 orders --accession') _ihe_kind=text ;;
         'ihe hl7 orders --db') _ihe_kind=text ;;
         'ihe hl7 orders --limit') _ihe_kind=text ;;
@@ -350,6 +375,31 @@ _ihe_value() {
         'ihe wic upload --tls-floor') _ihe_kind=text ;;
         'ihe wic upload --tls-key') _ihe_kind=file ;;
         'ihe wic upload --url') _ihe_kind=text ;;
+        'ihe xca query --class') _ihe_kind=text ;;
+        'ihe xca query --community') _ihe_kind=text ;;
+        'ihe xca query --event-code') _ihe_kind=text ;;
+        'ihe xca query --format') _ihe_kind=text ;;
+        'ihe xca query --patient') _ihe_kind=text ;;
+        'ihe xca query --status') _ihe_kind=text ;;
+        'ihe xca query --timeout') _ihe_kind=text ;;
+        'ihe xca query --type') _ihe_kind=text ;;
+        'ihe xca query --unique-id') _ihe_kind=text ;;
+        'ihe xca query --uuid') _ihe_kind=text ;;
+        'ihe xca retrieve --community') _ihe_kind=text ;;
+        'ihe xca retrieve --home') _ihe_kind=text ;;
+        'ihe xca retrieve -o'|'ihe xca retrieve --out') _ihe_kind=dir ;;
+        'ihe xca retrieve --repository-id') _ihe_kind=text ;;
+        'ihe xca retrieve --timeout') _ihe_kind=text ;;
+        'ihe xca serve --bind') _ihe_kind=text ;;
+        'ihe xca serve --ca') _ihe_kind=file ;;
+        'ihe xca serve --cert') _ihe_kind=file ;;
+        'ihe xca serve --db') _ihe_kind=text ;;
+        'ihe xca serve --home') _ihe_kind=text ;;
+        'ihe xca serve -p'|'ihe xca serve --port') _ihe_kind=text ;;
+        'ihe xca serve --repository-id') _ihe_kind=text ;;
+        'ihe xca serve --storage') _ihe_kind=dir ;;
+        'ihe xca serve --tls-floor') _ihe_kind=text ;;
+        'ihe xca serve --tls-key') _ihe_kind=file ;;
         'ihe xds delete --ca') _ihe_kind=file ;;
         'ihe xds delete --cert') _ihe_kind=file ;;
         'ihe xds delete --registry') _ihe_kind=text ;;
@@ -527,6 +577,14 @@ _ihe_argument() {
             fi ;;
         'ihe wic upload')
             if (( $2 >= 0 )); then _ihe_kind=file
+            else return 1
+            fi ;;
+        'ihe xca query')
+            if (( $2 == 0 )); then _ihe_kind=text
+            else return 1
+            fi ;;
+        'ihe xca retrieve')
+            if (( $2 >= 0 )); then _ihe_kind=text
             else return 1
             fi ;;
         'ihe xds delete')

@@ -5,7 +5,7 @@
 function __ihe_subcommands
     switch $argv[1]
         case 'ihe'
-            printf '%s\n' 'archive' 'audit' 'config' 'dicom' 'hl7' 'iocm' 'kin' 'pdi' 'pdq' 'pix' 'tce' 'time' 'wic' 'xds' 'xdsi'
+            printf '%s\n' 'archive' 'audit' 'config' 'dicom' 'hl7' 'iocm' 'kin' 'pdi' 'pdq' 'pix' 'tce' 'time' 'wic' 'xca' 'xds' 'xdsi'
         case 'ihe archive'
             printf '%s\n' 'check' 'export' 'import' 'ls' 'mpps' 'rejected' 'rm' 'serve'
         case 'ihe archive mpps'
@@ -36,6 +36,8 @@ function __ihe_subcommands
             printf '%s\n' 'check'
         case 'ihe wic'
             printf '%s\n' 'upload'
+        case 'ihe xca'
+            printf '%s\n' 'query' 'retrieve' 'serve'
         case 'ihe xds'
             printf '%s\n' 'delete' 'query' 'retrieve' 'serve' 'submit'
         case 'ihe xdsi'
@@ -86,16 +88,16 @@ function __ihe_takes_value
             contains -- $argv[2] --bind -aet --calling-aet --db -p --port --storage --study --timeout
             return
         case 'ihe dicom echo'
-            contains -- $argv[2] -aet --calling-aet --timeout
+            contains -- $argv[2] --ca -aet --calling-aet --cert --timeout --tls-floor --tls-key
             return
         case 'ihe dicom find'
-            contains -- $argv[2] -aet --calling-aet -k --key -L --level --limit --root --timeout
+            contains -- $argv[2] --ca -aet --calling-aet --cert -k --key -L --level --limit --root --timeout --tls-floor --tls-key
             return
         case 'ihe dicom get'
-            contains -- $argv[2] -aet --calling-aet -k --key -L --level -o --out --root --timeout
+            contains -- $argv[2] --ca -aet --calling-aet --cert -k --key -L --level -o --out --root --timeout --tls-floor --tls-key
             return
         case 'ihe dicom move'
-            contains -- $argv[2] -aet --calling-aet --dest -k --key -L --level --root --timeout
+            contains -- $argv[2] --ca -aet --calling-aet --cert --dest -k --key -L --level --root --timeout --tls-floor --tls-key
             return
         case 'ihe dicom mpps create'
             contains -- $argv[2] --accession -aet --calling-aet --description --from-json -k --key --modality --patient-id --patient-name --pps-id --study --timeout --uid
@@ -104,7 +106,7 @@ function __ihe_takes_value
             contains -- $argv[2] -aet --calling-aet --from-json -k --key --series-from --status --timeout
             return
         case 'ihe dicom store'
-            contains -- $argv[2] -aet --calling-aet --timeout
+            contains -- $argv[2] --ca -aet --calling-aet --cert --timeout --tls-floor --tls-key
             return
         case 'ihe hl7 orders'
             contains -- $argv[2] --accession --db --limit --patient --storage
@@ -153,6 +155,15 @@ function __ihe_takes_value
             return
         case 'ihe wic upload'
             contains -- $argv[2] --accession --birth-date --ca --cert --patient --patient-name --sex --study --study-description --timeout --tls-floor --tls-key --url
+            return
+        case 'ihe xca query'
+            contains -- $argv[2] --class --community --event-code --format --patient --status --timeout --type --unique-id --uuid
+            return
+        case 'ihe xca retrieve'
+            contains -- $argv[2] --community --home -o --out --repository-id --timeout
+            return
+        case 'ihe xca serve'
+            contains -- $argv[2] --bind --ca --cert --db --home -p --port --repository-id --storage --tls-floor --tls-key
             return
         case 'ihe xds delete'
             contains -- $argv[2] --ca --cert --registry --timeout --tls-floor --tls-key
@@ -241,6 +252,7 @@ complete -c ihe -n "__ihe_arg 'ihe' 0 0" -a 'pix' -d 'PIX Consumer: cross-refere
 complete -c ihe -n "__ihe_arg 'ihe' 0 0" -a 'tce' -d 'Teaching file and clinical trial export cases received by the archive: list, export.'
 complete -c ihe -n "__ihe_arg 'ihe' 0 0" -a 'time' -d 'Consistent Time (CT): check the local clock against an NTP server.'
 complete -c ihe -n "__ihe_arg 'ihe' 0 0" -a 'wic' -d 'Web-based Image Capture: send photos, videos and PDFs to an archive over STOW-RS.'
+complete -c ihe -n "__ihe_arg 'ihe' 0 0" -a 'xca' -d 'XCA: query and retrieve across communities; serve this community as a responding gateway.'
 complete -c ihe -n "__ihe_arg 'ihe' 0 0" -a 'xds' -d 'XDS.b: submit, query, retrieve and delete documents; serve a registry and repository.'
 complete -c ihe -n "__ihe_arg 'ihe' 0 0" -a 'xdsi' -d 'XDS-I.b: publish archive studies as imaging manifests; retrieve manifests and their images.'
 complete -c ihe -n "__ihe_at 'ihe'" -s c -l config -r -F -d 'Profile file (default: ihe config path).'
@@ -449,40 +461,64 @@ complete -c ihe -n "__ihe_at 'ihe dicom commit'" -l timeout -x -d 'Network timeo
 complete -c ihe -n "__ihe_arg 'ihe dicom commit' 1 -1" -F
 
 # ihe dicom echo
+complete -c ihe -n "__ihe_at 'ihe dicom echo'" -l ca -r -F -d 'CA certificates to trust (PEM); servers then require client certificates. Implies --tls.'
 complete -c ihe -n "__ihe_at 'ihe dicom echo'" -o aet -l calling-aet -x -d 'Calling AE title (default: the profile\'s, IHE).'
+complete -c ihe -n "__ihe_at 'ihe dicom echo'" -l cert -r -F -d 'Our TLS certificate chain (PEM; may hold the key). Implies --tls.'
 complete -c ihe -n "__ihe_at 'ihe dicom echo'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe dicom echo'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
+complete -c ihe -n "__ihe_at 'ihe dicom echo'" -l no-tls -d 'No secure transport, even when the profile turns TLS on.'
 complete -c ihe -n "__ihe_at 'ihe dicom echo'" -l timeout -x -d 'Network timeout in seconds.'
+complete -c ihe -n "__ihe_at 'ihe dicom echo'" -l tls -d 'Secure the link with TLS (the profile\'s certificate and CA unless --cert/--tls-key/--ca are given).'
+complete -c ihe -n "__ihe_at 'ihe dicom echo'" -l tls-floor -x -d 'Lowest TLS version: 1.2 (BCP195, the default) or 1.0 (legacy peers only).'
+complete -c ihe -n "__ihe_at 'ihe dicom echo'" -l tls-key -r -F -d 'Private key of --cert (PEM), when not in the same file.'
 
 # ihe dicom find
+complete -c ihe -n "__ihe_at 'ihe dicom find'" -l ca -r -F -d 'CA certificates to trust (PEM); servers then require client certificates. Implies --tls.'
 complete -c ihe -n "__ihe_at 'ihe dicom find'" -o aet -l calling-aet -x -d 'Calling AE title (default: the profile\'s, IHE).'
+complete -c ihe -n "__ihe_at 'ihe dicom find'" -l cert -r -F -d 'Our TLS certificate chain (PEM; may hold the key). Implies --tls.'
 complete -c ihe -n "__ihe_at 'ihe dicom find'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe dicom find'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
 complete -c ihe -n "__ihe_at 'ihe dicom find'" -s k -l key -x -d 'Query key: keyword or (gggg,eeee), \'=\' and a value (empty: return it). Repeatable. Sequences as Seq[0].Keyword=.'
 complete -c ihe -n "__ihe_at 'ihe dicom find'" -s L -l level -x -d 'Level: patient, study, series or instance (image).'
 complete -c ihe -n "__ihe_at 'ihe dicom find'" -l limit -x -d 'Show at most N matches.'
+complete -c ihe -n "__ihe_at 'ihe dicom find'" -l no-tls -d 'No secure transport, even when the profile turns TLS on.'
 complete -c ihe -n "__ihe_at 'ihe dicom find'" -l root -x -d 'Information model: study or patient (root).'
 complete -c ihe -n "__ihe_at 'ihe dicom find'" -l timeout -x -d 'Network timeout in seconds.'
+complete -c ihe -n "__ihe_at 'ihe dicom find'" -l tls -d 'Secure the link with TLS (the profile\'s certificate and CA unless --cert/--tls-key/--ca are given).'
+complete -c ihe -n "__ihe_at 'ihe dicom find'" -l tls-floor -x -d 'Lowest TLS version: 1.2 (BCP195, the default) or 1.0 (legacy peers only).'
+complete -c ihe -n "__ihe_at 'ihe dicom find'" -l tls-key -r -F -d 'Private key of --cert (PEM), when not in the same file.'
 
 # ihe dicom get
+complete -c ihe -n "__ihe_at 'ihe dicom get'" -l ca -r -F -d 'CA certificates to trust (PEM); servers then require client certificates. Implies --tls.'
 complete -c ihe -n "__ihe_at 'ihe dicom get'" -o aet -l calling-aet -x -d 'Calling AE title (default: the profile\'s, IHE).'
+complete -c ihe -n "__ihe_at 'ihe dicom get'" -l cert -r -F -d 'Our TLS certificate chain (PEM; may hold the key). Implies --tls.'
 complete -c ihe -n "__ihe_at 'ihe dicom get'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe dicom get'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
 complete -c ihe -n "__ihe_at 'ihe dicom get'" -s k -l key -x -d 'Query key: keyword or (gggg,eeee), \'=\' and a value (empty: return it). Repeatable. Sequences as Seq[0].Keyword=.'
 complete -c ihe -n "__ihe_at 'ihe dicom get'" -s L -l level -x -d 'Level: patient, study, series or instance (image).'
+complete -c ihe -n "__ihe_at 'ihe dicom get'" -l no-tls -d 'No secure transport, even when the profile turns TLS on.'
 complete -c ihe -n "__ihe_at 'ihe dicom get'" -s o -l out -x -a '(__fish_complete_directories)' -d 'Folder to write the instances to.'
 complete -c ihe -n "__ihe_at 'ihe dicom get'" -l root -x -d 'Information model: study or patient (root).'
 complete -c ihe -n "__ihe_at 'ihe dicom get'" -l timeout -x -d 'Network timeout in seconds.'
+complete -c ihe -n "__ihe_at 'ihe dicom get'" -l tls -d 'Secure the link with TLS (the profile\'s certificate and CA unless --cert/--tls-key/--ca are given).'
+complete -c ihe -n "__ihe_at 'ihe dicom get'" -l tls-floor -x -d 'Lowest TLS version: 1.2 (BCP195, the default) or 1.0 (legacy peers only).'
+complete -c ihe -n "__ihe_at 'ihe dicom get'" -l tls-key -r -F -d 'Private key of --cert (PEM), when not in the same file.'
 
 # ihe dicom move
+complete -c ihe -n "__ihe_at 'ihe dicom move'" -l ca -r -F -d 'CA certificates to trust (PEM); servers then require client certificates. Implies --tls.'
 complete -c ihe -n "__ihe_at 'ihe dicom move'" -o aet -l calling-aet -x -d 'Calling AE title (default: the profile\'s, IHE).'
+complete -c ihe -n "__ihe_at 'ihe dicom move'" -l cert -r -F -d 'Our TLS certificate chain (PEM; may hold the key). Implies --tls.'
 complete -c ihe -n "__ihe_at 'ihe dicom move'" -l dest -x -d 'C-MOVE destination: AET@host:port, a profile node name, or (for a move) an AE title.'
 complete -c ihe -n "__ihe_at 'ihe dicom move'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe dicom move'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
 complete -c ihe -n "__ihe_at 'ihe dicom move'" -s k -l key -x -d 'Query key: keyword or (gggg,eeee), \'=\' and a value (empty: return it). Repeatable. Sequences as Seq[0].Keyword=.'
 complete -c ihe -n "__ihe_at 'ihe dicom move'" -s L -l level -x -d 'Level: patient, study, series or instance (image).'
+complete -c ihe -n "__ihe_at 'ihe dicom move'" -l no-tls -d 'No secure transport, even when the profile turns TLS on.'
 complete -c ihe -n "__ihe_at 'ihe dicom move'" -l root -x -d 'Information model: study or patient (root).'
 complete -c ihe -n "__ihe_at 'ihe dicom move'" -l timeout -x -d 'Network timeout in seconds.'
+complete -c ihe -n "__ihe_at 'ihe dicom move'" -l tls -d 'Secure the link with TLS (the profile\'s certificate and CA unless --cert/--tls-key/--ca are given).'
+complete -c ihe -n "__ihe_at 'ihe dicom move'" -l tls-floor -x -d 'Lowest TLS version: 1.2 (BCP195, the default) or 1.0 (legacy peers only).'
+complete -c ihe -n "__ihe_at 'ihe dicom move'" -l tls-key -r -F -d 'Private key of --cert (PEM), when not in the same file.'
 
 # ihe dicom mpps
 complete -c ihe -n "__ihe_arg 'ihe dicom mpps' 0 0" -a 'create' -d 'Start a step: MPPS N-CREATE with status IN PROGRESS (RAD-6); prints its SOP Instance UID.'
@@ -516,10 +552,16 @@ complete -c ihe -n "__ihe_at 'ihe dicom mpps set'" -l status -x -d 'COMPLETED, D
 complete -c ihe -n "__ihe_at 'ihe dicom mpps set'" -l timeout -x -d 'Network timeout in seconds.'
 
 # ihe dicom store
+complete -c ihe -n "__ihe_at 'ihe dicom store'" -l ca -r -F -d 'CA certificates to trust (PEM); servers then require client certificates. Implies --tls.'
 complete -c ihe -n "__ihe_at 'ihe dicom store'" -o aet -l calling-aet -x -d 'Calling AE title (default: the profile\'s, IHE).'
+complete -c ihe -n "__ihe_at 'ihe dicom store'" -l cert -r -F -d 'Our TLS certificate chain (PEM; may hold the key). Implies --tls.'
 complete -c ihe -n "__ihe_at 'ihe dicom store'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe dicom store'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
+complete -c ihe -n "__ihe_at 'ihe dicom store'" -l no-tls -d 'No secure transport, even when the profile turns TLS on.'
 complete -c ihe -n "__ihe_at 'ihe dicom store'" -l timeout -x -d 'Network timeout in seconds.'
+complete -c ihe -n "__ihe_at 'ihe dicom store'" -l tls -d 'Secure the link with TLS (the profile\'s certificate and CA unless --cert/--tls-key/--ca are given).'
+complete -c ihe -n "__ihe_at 'ihe dicom store'" -l tls-floor -x -d 'Lowest TLS version: 1.2 (BCP195, the default) or 1.0 (legacy peers only).'
+complete -c ihe -n "__ihe_at 'ihe dicom store'" -l tls-key -r -F -d 'Private key of --cert (PEM), when not in the same file.'
 complete -c ihe -n "__ihe_arg 'ihe dicom store' 1 -1" -F
 
 # ihe hl7
@@ -657,6 +699,7 @@ complete -c ihe -n "__ihe_at 'ihe pdq'" -s h -l help -d 'Show this message and e
 
 # ihe pdq query
 complete -c ihe -n "__ihe_at 'ihe pdq query'" -l address -x -d 'Address part: street=, city=, state=, postal=, country= (a value alone: the street). Repeatable.'
+complete -c ihe -n "__ihe_at 'ihe pdq query'" -l all -d 'Fetch every match, page after page (query continuation), not only the first page.'
 complete -c ihe -n "__ihe_at 'ihe pdq query'" -l birth-date -x -d 'Patient birth date.'
 complete -c ihe -n "__ihe_at 'ihe pdq query'" -l ca -r -F -d 'CA certificates to trust (PEM); servers then require client certificates. Implies --tls.'
 complete -c ihe -n "__ihe_at 'ihe pdq query'" -l cert -r -F -d 'Our TLS certificate chain (PEM; may hold the key). Implies --tls.'
@@ -779,6 +822,51 @@ complete -c ihe -n "__ihe_at 'ihe wic upload'" -l tls-floor -x -d 'Lowest TLS ve
 complete -c ihe -n "__ihe_at 'ihe wic upload'" -l tls-key -r -F -d 'Private key of --cert (PEM), when not in the same file.'
 complete -c ihe -n "__ihe_at 'ihe wic upload'" -l url -x -d 'DICOMweb service root (default: IHE_DICOMWEB_URL, else http://127.0.0.1:8080/dicom-web).'
 complete -c ihe -n "__ihe_arg 'ihe wic upload' 0 -1" -F
+
+# ihe xca
+complete -c ihe -n "__ihe_arg 'ihe xca' 0 0" -a 'query' -d 'Ask every community at once: Cross Gateway Query (ITI-38).'
+complete -c ihe -n "__ihe_arg 'ihe xca' 0 0" -a 'retrieve' -d 'Fetch documents of another community: Cross Gateway Retrieve (ITI-39).'
+complete -c ihe -n "__ihe_arg 'ihe xca' 0 0" -a 'serve' -d 'Answer other communities: a Responding Gateway for ITI-38 and ITI-39 at /xca, over the registry and repository data of `ihe xds serve` (the same archive database).'
+complete -c ihe -n "__ihe_at 'ihe xca'" -s h -l help -d 'Show this message and exit.'
+
+# ihe xca query
+complete -c ihe -n "__ihe_at 'ihe xca query'" -l class -x -d 'classCode: CODE^DISPLAY^SCHEME (queries also take CODE^^SCHEME or CODE alone, repeatable: any of them).'
+complete -c ihe -n "__ihe_at 'ihe xca query'" -l community -x -d 'A responding gateway, urn:oid:OID=http://host:port/xca (repeatable; default: the profile\'s xds.communities).'
+complete -c ihe -n "__ihe_at 'ihe xca query'" -l event-code -x -d 'eventCodeList: CODE^DISPLAY^SCHEME (queries also take CODE^^SCHEME or CODE alone, repeatable: any of them).'
+complete -c ihe -n "__ihe_at 'ihe xca query'" -l format -x -d 'formatCode: CODE^DISPLAY^SCHEME (queries also take CODE^^SCHEME or CODE alone, repeatable: any of them).'
+complete -c ihe -n "__ihe_at 'ihe xca query'" -s h -l help -d 'Show this message and exit.'
+complete -c ihe -n "__ihe_at 'ihe xca query'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
+complete -c ihe -n "__ihe_at 'ihe xca query'" -l object-ref -d 'Ask for ObjectRefs (entryUUIDs) only.'
+complete -c ihe -n "__ihe_at 'ihe xca query'" -l patient -x -d 'Patient ID, ID^^^&OID&ISO (or ID alone with xds.assigning_authority set).'
+complete -c ihe -n "__ihe_at 'ihe xca query'" -l status -x -d 'approved (default) or deprecated; repeatable.'
+complete -c ihe -n "__ihe_at 'ihe xca query'" -l timeout -x -d 'Network timeout in seconds.'
+complete -c ihe -n "__ihe_at 'ihe xca query'" -l type -x -d 'typeCode: CODE^DISPLAY^SCHEME (queries also take CODE^^SCHEME or CODE alone, repeatable: any of them).'
+complete -c ihe -n "__ihe_at 'ihe xca query'" -l unique-id -x -d 'uniqueId of the object(s); repeatable.'
+complete -c ihe -n "__ihe_at 'ihe xca query'" -l uuid -x -d 'entryUUID (urn:uuid:...) of the object(s); repeatable.'
+
+# ihe xca retrieve
+complete -c ihe -n "__ihe_at 'ihe xca retrieve'" -l community -x -d 'A responding gateway, urn:oid:OID=http://host:port/xca (repeatable; default: the profile\'s xds.communities).'
+complete -c ihe -n "__ihe_at 'ihe xca retrieve'" -s h -l help -d 'Show this message and exit.'
+complete -c ihe -n "__ihe_at 'ihe xca retrieve'" -l home -x -d 'homeCommunityId holding the documents.'
+complete -c ihe -n "__ihe_at 'ihe xca retrieve'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
+complete -c ihe -n "__ihe_at 'ihe xca retrieve'" -s o -l out -x -a '(__fish_complete_directories)' -d 'Folder to write the instances to.'
+complete -c ihe -n "__ihe_at 'ihe xca retrieve'" -l repository-id -x -d 'repositoryUniqueId of the documents (as the query gave it).'
+complete -c ihe -n "__ihe_at 'ihe xca retrieve'" -l timeout -x -d 'Network timeout in seconds.'
+
+# ihe xca serve
+complete -c ihe -n "__ihe_at 'ihe xca serve'" -l bind -x -d 'Address to listen on (default 127.0.0.1; 0.0.0.0 for all).'
+complete -c ihe -n "__ihe_at 'ihe xca serve'" -l ca -r -F -d 'CA certificates to trust (PEM); servers then require client certificates. Implies --tls.'
+complete -c ihe -n "__ihe_at 'ihe xca serve'" -l cert -r -F -d 'Our TLS certificate chain (PEM; may hold the key). Implies --tls.'
+complete -c ihe -n "__ihe_at 'ihe xca serve'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
+complete -c ihe -n "__ihe_at 'ihe xca serve'" -s h -l help -d 'Show this message and exit.'
+complete -c ihe -n "__ihe_at 'ihe xca serve'" -l home -x -d 'This community\'s homeCommunityId (default: xds.home).'
+complete -c ihe -n "__ihe_at 'ihe xca serve'" -l no-tls -d 'No secure transport, even when the profile turns TLS on.'
+complete -c ihe -n "__ihe_at 'ihe xca serve'" -s p -l port -x -d 'Port to listen on (0: any free port).'
+complete -c ihe -n "__ihe_at 'ihe xca serve'" -l repository-id -x -d 'repositoryUniqueId of the Document Repository (default: the profile\'s xds.repository_unique_id).'
+complete -c ihe -n "__ihe_at 'ihe xca serve'" -l storage -x -a '(__fish_complete_directories)' -d 'Archive storage folder (default: the profile\'s).'
+complete -c ihe -n "__ihe_at 'ihe xca serve'" -l tls -d 'Secure the link with TLS (the profile\'s certificate and CA unless --cert/--tls-key/--ca are given).'
+complete -c ihe -n "__ihe_at 'ihe xca serve'" -l tls-floor -x -d 'Lowest TLS version: 1.2 (BCP195, the default) or 1.0 (legacy peers only).'
+complete -c ihe -n "__ihe_at 'ihe xca serve'" -l tls-key -r -F -d 'Private key of --cert (PEM), when not in the same file.'
 
 # ihe xds
 complete -c ihe -n "__ihe_arg 'ihe xds' 0 0" -a 'delete' -d 'Remove metadata from the registry: Delete Document Set (ITI-62, Remove Metadata).'
