@@ -112,3 +112,40 @@ def test_archive_services_are_audited(arr, server, storescp, corpus, tmp_path):
     assert "STORESCP" in sent.users and sent.patients == ["PID000000"]
     for e in got:
         assert problems(e.message.encode("utf-8")) == [], e.event
+
+
+def test_archive_serve_with_tls_and_workers(arr, dicom_pki, tmp_path, corpus):
+    """`ihe archive serve --cert --ca` with two worker processes: TLS on the shared port, the
+    refusal recorded by the worker that refused, start and stop by the server."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers import free_port, wait_port
+
+    k = dicom_pki
+    port = free_port()
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[audit]\nrepository = "tcp://127.0.0.1:{arr.tcp_port}"\nspool = "{tmp_path / "spool"}"\n')
+    env = {**os.environ, "IHE_CONFIG": str(cfg), "IHE_DATA_DIR": str(tmp_path / "data")}
+    p = subprocess.Popen([sys.executable, "-m", "ihecli", "archive", "serve", "--port", str(port), "--workers", "2",
+                          "--cert", k["server"], "--ca", k["ca"]], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_port(port, 30)
+        node = f"IHE_ARCHIVE@127.0.0.1:{port}"
+        ok = run_cli("--config", str(cfg), "dicom", "store", node, str(corpus[0]), "--cert", k["client"], "--ca",
+                     k["ca"])
+        assert ok.code == 0, ok.stderr
+        refused = run_cli("--config", str(cfg), "dicom", "echo", node, "--cert", k["rogue"], "--ca", k["ca"],
+                          "--timeout", "5")
+        assert refused.code == 1, refused.stderr
+    finally:
+        p.terminate()
+        err = p.communicate(timeout=30)[1]
+    assert p.returncode == 0, err
+    assert "with TLS" in err
+    got = events(arr, 5)
+    types = [e.types for e in got]
+    assert "110120 Application Start" in types and "110121 Application Stop" in types
+    assert "110126 Node Authentication" in types
+    assert sorted(e.action for e in got if e.event == "110104 DICOM Instances Transferred") == ["C", "R"]

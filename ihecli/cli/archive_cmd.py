@@ -97,12 +97,12 @@ def serve_cmd(
         workflow = WorkflowServices(archive, WorkflowConfig.from_settings(st, aet=our_aet, nodes=dests))
         return DicomServer(archive, aet=our_aet, bind=our_bind, port=at_port, destinations=dests,
                            allow=allow or a.allow, max_pdu=a.max_pdu if max_pdu is None else max_pdu,
-                           reuse_port=shared, services=[workflow])
+                           reuse_port=shared, services=[workflow], ssl_context=ssl_context)
 
     def announce(archive: Archive, at_port: int) -> None:
         counts = archive.counts()
         procs = f"{n_workers} processes; " if n_workers > 1 else ""
-        output.info(f"{our_aet} listening on {our_bind}:{at_port} "
+        output.info(f"{our_aet} listening on {our_bind}:{at_port}{' with TLS' if ssl_context else ''} "
                     f"({counts['instances']} instances in {counts['studies']} studies; "
                     f"storage {archive.blobs.root}; {procs}Ctrl-C stops)")
         if dests:
