@@ -402,3 +402,13 @@ def test_provide_and_register_without_mtom_is_refused(xds):
     res = read_registry_response(msg.body)
     assert res.status == v.FAILURE and check_codes("P", res.errors) == ["XDSRepositoryError"]
     assert "MTOM" in res.errors[0].context and find(xds.url) == []
+
+
+def test_archive_check_leaves_documents_alone(xds):
+    """The repository's files live beside the DICOM files: `archive check --repair` must not take
+    them for orphans."""
+    (de,) = submit(xds.url, [b"keep me"])
+    rep = xds.service.archive.check(repair=True)
+    assert rep.orphan_files == []
+    res = xc.retrieve_document_set(SoapClient(xds.url), [DocumentRequest(REPO, de.unique_id)])
+    assert res.documents[0].data == b"keep me"
