@@ -131,6 +131,7 @@ class XdsSettings:
     source_id: str = "1.3.6.1.4.1.21367.2017.2.4.9999"  # our Document Source OID
     unique_id_root: str = "2.25"  # uniqueIds: 2.25.<UUID>, or <root>.<time>.<random>
     home: str = ""  # homeCommunityId (urn:oid:...) put on query results when serving; empty: none
+    communities: str = ""  # XCA responding gateways: "urn:oid:1.2=http://host:8021/xca, urn:oid:..."
     class_code: str = "REPORTS^Reports^1.3.6.1.4.1.19376.1.2.6.1"
     type_code: str = "11488-4^Consultation Note^2.16.840.1.113883.6.1"
     format_code: str = "urn:ihe:iti:xds:2017:mimeTypeSufficient^mimeType Sufficient^1.3.6.1.4.1.19376.1.2.3"
@@ -503,6 +504,8 @@ source_id = "1.3.6.1.4.1.21367.2017.2.4.9999"
 repository_unique_id = "1.3.6.1.4.1.21367.2017.2.3.9999"
 unique_id_root = "2.25"     # 2.25.<UUID>; or your OID: <root>.<time>.<random>
 home = ""                   # homeCommunityId put on query results by `ihe xds serve` (urn:oid:...)
+# XCA: the responding gateways `ihe xca query|retrieve` ask, homeCommunityId=endpoint
+communities = ""            # e.g. "urn:oid:1.3.6.1.4.1.21367.13.70.101=http://gw-a:8021/xca"
 # Default codes of a submission, CODE^DISPLAY^SCHEME (the NIST connectathon code set)
 class_code = "REPORTS^Reports^1.3.6.1.4.1.19376.1.2.6.1"
 type_code = "11488-4^Consultation Note^2.16.840.1.113883.6.1"

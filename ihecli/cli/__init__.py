@@ -81,6 +81,9 @@ def _register() -> None:
     from ihecli.cli import xdsi_cmd
 
     app.add_typer(xdsi_cmd.app, name="xdsi")
+    from ihecli.cli import xca_cmd
+
+    app.add_typer(xca_cmd.app, name="xca")
     from ihecli.cli import pdq_cmd, pix_cmd
 
     app.add_typer(pix_cmd.app, name="pix")

@@ -1,0 +1,199 @@
+"""`ihe xca`: XCA Initiating Gateway (query, retrieve) and Responding Gateway (serve)."""
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ihecli.cli import output
+from ihecli.cli.options import Bind, Ca, Cert, Db, Json, NoTls, Out, Port, Storage, Tls, TlsFloor, TlsKey, state, tls_config
+from ihecli.cli.xds_cmd import (EXT, Classes, EventCodes, Formats, Patient, RepositoryId, Statuses, Types, _patient,
+                                _print_objects, _xds)
+from ihecli.errors import ExitStatus, UsageError
+
+app = typer.Typer(help="XCA: query and retrieve across communities; serve this community as a responding "
+                       "gateway.\n\nExample: ihe xca query find-documents --patient 'PID1^^^&1.2.3&ISO'",
+                  no_args_is_help=True)
+
+Community = Annotated[Optional[list[str]], typer.Option(
+    "--community", metavar="HOME=URL",
+    help="A responding gateway, urn:oid:OID=http://host:port/xca (repeatable; default: the profile's "
+         "xds.communities).")]
+Timeout = Annotated[Optional[float], typer.Option("--timeout", min=0.1, metavar="SECONDS",
+                                                  help="Network timeout in seconds.")]
+
+
+def _communities(ctx: typer.Context, given: Optional[list[str]]) -> dict[str, str]:
+    from ihecli.errors import IheError
+    from ihecli.xca.initiating import parse_communities
+
+    try:
+        found = parse_communities(given or _xds(ctx).communities)
+    except IheError as e:
+        raise UsageError(str(e)) from None
+    if not found:
+        raise UsageError("no responding gateway: give --community urn:oid:OID=URL or set xds.communities")
+    return found
+
+
+def _report(results) -> int:
+    """Per-community errors on stderr; the exit status: 0 all answered, 3 some, 1 none."""
+    failed = [r for r in results if r.failed]
+    for r in results:
+        for e in r.errors:
+            say = output.error if e.is_error else output.warn
+            say(f"{r.home}: {e.code}: {e.context}")
+    if failed and len(failed) == len(results):
+        return ExitStatus.REFUSED
+    if failed or any(e.is_error for r in results for e in r.errors):
+        return ExitStatus.PARTIAL
+    return ExitStatus.OK
+
+
+@app.command("query")
+def query_cmd(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(metavar="QUERY", help="Stored query, as for ihe xds query.")],
+    patient: Patient = None,
+    status: Statuses = None,
+    uuid: Annotated[Optional[list[str]], typer.Option("--uuid", metavar="UUID",
+                                                      help="entryUUID (urn:uuid:...) of the object(s); repeatable.")] = None,
+    unique_id: Annotated[Optional[list[str]], typer.Option("--unique-id", metavar="UID",
+                                                           help="uniqueId of the object(s); repeatable.")] = None,
+    class_code: Classes = None,
+    type_code: Types = None,
+    format_code: Formats = None,
+    event: EventCodes = None,
+    object_ref: Annotated[bool, typer.Option("--object-ref", help="Ask for ObjectRefs (entryUUIDs) only.")] = False,
+    community: Community = None,
+    timeout: Timeout = None,
+    json: Json = False,
+) -> None:
+    """Ask every community at once: Cross Gateway Query (ITI-38).
+
+    The answers are merged; each object carries the homeCommunityId its gateway gave it (home)
+    and the community whose gateway answered (community). Exit
+    status 3 when some communities failed or did not answer (each is named), 1 when all did.
+
+    Example: ihe xca query find-documents --patient 'PID1^^^&1.2.3&ISO' --community urn:oid:1.2.3=http://gw:8021/xca
+    """
+    from ihecli.xca.initiating import cross_gateway_query
+    from ihecli.xds import client as xc
+    from ihecli.xds import vocabulary as v
+
+    if name not in v.STORED_QUERIES:
+        raise UsageError(f"unknown stored query {name!r}: one of {', '.join(v.STORED_QUERIES)}")
+    comms = _communities(ctx, community)
+    pid = _patient(ctx, patient, required=name in ("find-documents", "find-submission-sets", "find-folders", "get-all"))
+    params = xc.stored_query_params(name, xc.QueryOptions(
+        patient=pid, statuses=status or ["approved"], uuids=uuid or [], unique_ids=unique_id or [],
+        class_codes=class_code or [], type_codes=type_code or [], format_codes=format_code or [],
+        event_codes=event or []))
+    results = cross_gateway_query(comms, v.STORED_QUERIES[name][0], params, object_ref=object_ref,
+                                  timeout=timeout or _xds(ctx).timeout)
+    rows = [dict(o.as_dict(), community=r.home) for r in results for o in r.objects]
+    if json:
+        output.print_json(rows)
+    else:
+        _print_objects(rows)
+    code = _report(results)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command("retrieve")
+def retrieve_cmd(
+    ctx: typer.Context,
+    unique_ids: Annotated[list[str], typer.Argument(metavar="UNIQUE_ID...", help="Document uniqueIds.")],
+    home: Annotated[str, typer.Option("--home", metavar="URN", help="homeCommunityId holding the documents.")],
+    repository_id: Annotated[str, typer.Option("--repository-id", metavar="OID",
+                                               help="repositoryUniqueId of the documents (as the query gave it).")],
+    out: Out,
+    community: Community = None,
+    timeout: Timeout = None,
+    json: Json = False,
+) -> None:
+    """Fetch documents of another community: Cross Gateway Retrieve (ITI-39).
+
+    Example: ihe xca retrieve 2.25.1234 --home urn:oid:1.2.3 --repository-id 1.2.3.4 --out ./docs
+    """
+    from ihecli.xca.initiating import cross_gateway_retrieve
+    from ihecli.xds.messages import DocumentRequest
+    from ihecli.xds.model import OID_RE
+
+    comms = _communities(ctx, community)
+    reqs = [DocumentRequest(repository_id, u.strip(), home) for u in unique_ids]
+    results = cross_gateway_retrieve(comms, reqs, timeout=timeout or _xds(ctx).timeout)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for r in results:
+        for d in r.documents:
+            safe = d.document_unique_id if OID_RE.match(d.document_unique_id) else "document"
+            path = out / (safe + (EXT.get(d.mime_type) or ".bin"))
+            path.write_bytes(d.data)
+            rows.append({"uniqueId": d.document_unique_id, "home": d.home, "mimeType": d.mime_type,
+                         "size": len(d.data), "path": str(path)})
+    if json:
+        output.print_json(rows)
+    else:
+        output.table(rows, ["uniqueId", "home", "mimeType", "size", "path"])
+    code = _report(results)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command("serve")
+def serve_cmd(
+    ctx: typer.Context,
+    home: Annotated[Optional[str], typer.Option("--home", metavar="URN",
+                                                help="This community's homeCommunityId (default: xds.home).")] = None,
+    port: Port = None,
+    bind: Bind = None,
+    db: Db = None,
+    storage: Storage = None,
+    repository_id: RepositoryId = None,
+    tls: Tls = False,
+    no_tls: NoTls = False,
+    cert: Cert = None,
+    tls_key: TlsKey = None,
+    ca: Ca = None,
+    tls_floor: TlsFloor = None,
+) -> None:
+    """Answer other communities: a Responding Gateway for ITI-38 and ITI-39 at /xca, over the
+    registry and repository data of `ihe xds serve` (the same archive database).
+
+    Example: ihe xca serve --home urn:oid:1.3.6.1.4.1.21367.13.70.101 --port 8021
+    """
+    from ihecli.cli.archive_cmd import open_archive
+    from ihecli.net import tls as tlsmod
+    from ihecli.xca.responding import XcaServer
+
+    x = _xds(ctx)
+    home = home or x.home
+    if not home or not home.startswith("urn:oid:"):
+        raise UsageError("give this community's homeCommunityId: --home urn:oid:OID (or set xds.home)")
+    ssl_context = tlsmod.context(tls_config(ctx, tls=tls, no_tls=no_tls, cert=cert, key=tls_key, ca=ca,
+                                            floor=tls_floor), server=True)
+    stop = threading.Event()
+    old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with open_archive(ctx, db, storage) as archive:
+            srv = XcaServer(archive, home=home, repository_unique_id=repository_id or x.repository_unique_id,
+                            bind=bind or x.bind, port=8021 if port is None else port, ssl_context=ssl_context)
+            try:
+                srv.start()
+            except OSError as e:
+                raise UsageError(f"cannot listen on port {port}: {e.strerror or e}") from None
+            output.info(f"XCA Responding Gateway of {home} on {srv.url} (Ctrl-C stops)")
+            try:
+                while not stop.wait(0.5):
+                    pass
+            finally:
+                srv.stop()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    output.info("stopped")

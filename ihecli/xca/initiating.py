@@ -1,0 +1,119 @@
+"""XCA Initiating Gateway fan-out: Cross Gateway Query (ITI-38) and Cross Gateway Retrieve (ITI-39)
+to the responding gateways of the profile, in parallel, answers merged.
+
+``communities`` maps homeCommunityId (urn:oid:...) to the responding gateway's endpoint. Each
+community's answer is kept apart in ``CommunityResult``: its status, its objects or documents,
+its errors. A community that cannot be reached or does not answer in time becomes one
+XDSUnavailableCommunity error of that community (ITI TF-2b 3.38.4.1.3), so the others' answers
+still come back (PartialSuccess).
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from lxml import etree
+
+from ihecli.errors import IheError, PeerUnreachable
+from ihecli.net.soap import SoapClient
+from ihecli.net.soap.xml import RIM, XDSB, q
+from ihecli.xca.responding import ITI38, ITI39
+from ihecli.xds import ebrim
+from ihecli.xds import vocabulary as v
+from ihecli.xds.messages import (DocumentRequest, RegistryError, RetrievedDocument, XdsError, adhoc_query_request,
+                                 read_registry_response, retrieve_request)
+
+
+@dataclass
+class CommunityResult:
+    home: str
+    url: str
+    status: str = ""
+    objects: list = field(default_factory=list)
+    documents: list = field(default_factory=list)
+    errors: list[RegistryError] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return self.status not in (v.SUCCESS, v.PARTIAL)
+
+
+def parse_communities(spec: str | list[str]) -> dict[str, str]:
+    """``urn:oid:1.2=http://host:port/xca`` items (comma or whitespace separated) -> {home: url}."""
+    items = spec.replace(",", " ").split() if isinstance(spec, str) else [x for s in spec for x in s.replace(",", " ").split()]
+    out = {}
+    for item in items:
+        home, sep, url = item.partition("=")
+        if not sep or not home.startswith("urn:oid:") or not url.startswith(("http://", "https://")):
+            raise IheError(f"bad community {item!r}: give urn:oid:OID=http://host:port/path")
+        out[home] = url
+    return out
+
+
+def _fan_out(communities: dict[str, str], call, timeout: float) -> list[CommunityResult]:
+    def one(home: str, url: str) -> CommunityResult:
+        res = CommunityResult(home, url)
+        try:
+            call(res, SoapClient(url, timeout=timeout))
+        except XdsError as e:
+            res.status, res.errors = e.status or v.FAILURE, list(e.errors)
+        except (PeerUnreachable, IheError) as e:
+            res.status = v.FAILURE
+            res.errors = [RegistryError("XDSUnavailableCommunity", str(e), home)]
+        for err in res.errors:
+            if not err.location:
+                err.location = home
+        return res
+
+    if not communities:
+        raise IheError("no responding gateway: give --community urn:oid:OID=URL or set xds.communities")
+    with ThreadPoolExecutor(max_workers=min(16, len(communities)), thread_name_prefix="ihe-xca") as pool:
+        futures = [pool.submit(one, h, u) for h, u in communities.items()]
+        return [f.result() for f in futures]
+
+
+def cross_gateway_query(communities: dict[str, str], query_id: str, params: dict, *, object_ref: bool = False,
+                        timeout: float = 60) -> list[CommunityResult]:
+    """ITI-38 to every community at once; each result holds the objects its gateway returned
+    (each carrying the ``home`` that gateway put on it)."""
+    def call(res: CommunityResult, client: SoapClient) -> None:
+        body = adhoc_query_request(query_id, params, return_type="ObjectRef" if object_ref else "LeafClass",
+                                   home=res.home)
+        msg = client.call(ITI38, body)
+        r = read_registry_response(msg.body)
+        res.status, res.errors = r.status, r.errors
+        rol = msg.body.find(q(RIM, "RegistryObjectList"))
+        res.objects = ebrim.from_rim(rol) if rol is not None else []
+
+    return _fan_out(communities, call, timeout)
+
+
+def cross_gateway_retrieve(communities: dict[str, str], requests: list[DocumentRequest], *,
+                           timeout: float = 60) -> list[CommunityResult]:
+    """ITI-39: the requests grouped by homeCommunityId, one message per community, in parallel."""
+    by_home: dict[str, list[DocumentRequest]] = {}
+    for r in requests:
+        by_home.setdefault(r.home, []).append(r)
+    unknown = [h for h in by_home if h not in communities]
+    targets = {h: communities[h] for h in by_home if h in communities}
+    results = []
+    for h in unknown:
+        results.append(CommunityResult(h, "", v.FAILURE, errors=[RegistryError(
+            "XDSUnknownCommunity", f"no responding gateway for homeCommunityId {h or '(none)'}", h)]))
+
+    def call(res: CommunityResult, client: SoapClient) -> None:
+        msg = client.call(ITI39, retrieve_request(by_home[res.home]))
+        if msg.body.tag != q(XDSB, "RetrieveDocumentSetResponse"):
+            raise IheError(f"unexpected ITI-39 answer {etree.QName(msg.body).localname}")
+        r = read_registry_response(msg.body)
+        res.status, res.errors = r.status, r.errors
+        for dr in msg.body.findall(q(XDSB, "DocumentResponse")):
+            doc = dr.find(q(XDSB, "Document"))
+            res.documents.append(RetrievedDocument(
+                repository_unique_id=(dr.findtext(q(XDSB, "RepositoryUniqueId")) or "").strip(),
+                document_unique_id=(dr.findtext(q(XDSB, "DocumentUniqueId")) or "").strip(),
+                mime_type=(dr.findtext(q(XDSB, "mimeType")) or "").strip(),
+                data=msg.binary(doc) if doc is not None else b"",
+                home=(dr.findtext(q(XDSB, "HomeCommunityId")) or "").strip() or res.home))
+
+    return results + (_fan_out(targets, call, timeout) if targets else [])

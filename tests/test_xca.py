@@ -1,0 +1,130 @@
+"""XCA: two communities on loopback, each an `ihe xds serve` registry/repository with an
+`ihe xca serve` Responding Gateway over the same archive; `ihe xca query|retrieve` fans out to
+both (and to a third that is down). Every message is checked against the official schemas
+(schemas.STRICT); NIST's ITI-38/39 requests are answered."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import requests
+from lxml import etree
+
+from helpers import DATA, free_port, run_cli
+from ihecli.archive import Archive
+from ihecli.net.soap import schemas
+from ihecli.xca.responding import XcaServer
+from ihecli.xds.server import XdsServer
+
+PID = "PID7^^^&1.3.6.1.4.1.21367.2005.3.7&ISO"
+HOME_A, HOME_B = "urn:oid:1.3.6.1.4.1.21367.13.70.101", "urn:oid:1.3.6.1.4.1.21367.13.70.102"
+REPO_A, REPO_B = "1.3.6.1.4.1.21367.13.71.101", "1.3.6.1.4.1.21367.13.71.102"
+
+
+@pytest.fixture(autouse=True)
+def strict():
+    schemas.STRICT = True
+    yield
+    schemas.STRICT = False
+
+
+class Community:
+    def __init__(self, tmp_path, name, home, repo):
+        self.archive = Archive(f"sqlite:///{tmp_path / (name + '.db')}", tmp_path / (name + "-storage"))
+        self.xds = XdsServer(self.archive, repository_unique_id=repo)
+        self.xca = XcaServer(self.archive, home=home, repository_unique_id=repo)
+        self.home, self.repo = home, repo
+        self.xds.start()
+        self.xca.start()
+
+    def stop(self):
+        self.xca.stop()
+        self.xds.stop()
+        self.archive.close()
+
+
+@pytest.fixture
+def two(tmp_path):
+    a, b = Community(tmp_path, "a", HOME_A, REPO_A), Community(tmp_path, "b", HOME_B, REPO_B)
+    for c, text in ((a, "from A"), (b, "from B")):
+        f = tmp_path / f"{c.repo}.txt"
+        f.write_text(text + "\n")
+        r = run_cli("xds", "submit", str(f), "--patient", PID, "--repository", c.xds.url, "--json")
+        assert r.code == 0, r.stderr
+    yield a, b
+    a.stop()
+    b.stop()
+
+
+def _comms(*cs):
+    out = []
+    for c in cs:
+        out += ["--community", f"{c.home}={c.xca.url}" if hasattr(c, "xca") else c]
+    return out
+
+
+def test_query_both_communities_then_retrieve_from_one(two, tmp_path):
+    a, b = two
+    r = run_cli("xca", "query", "find-documents", "--patient", PID, *_comms(a, b), "--json")
+    assert r.code == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert sorted(x["community"] for x in rows) == [HOME_A, HOME_B]
+    assert all(x["homeCommunityId"] == x["community"] for x in rows)  # the gateways marked their objects
+    from_b = next(x for x in rows if x["community"] == HOME_B)
+    r = run_cli("xca", "retrieve", from_b["uniqueId"], "--home", HOME_B, "--repository-id", REPO_B,
+                "--out", str(tmp_path / "docs"), *_comms(a, b), "--json")
+    assert r.code == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert len(got) == 1 and got[0]["home"] == HOME_B
+    assert (tmp_path / "docs" / (from_b["uniqueId"] + ".txt")).read_text() == "from B\n"
+
+
+def test_a_community_that_is_down_is_named_and_the_others_answer(two):
+    a, b = two
+    down = f"urn:oid:1.2.3.999=http://127.0.0.1:{free_port()}/xca"
+    r = run_cli("xca", "query", "find-documents", "--patient", PID, *_comms(a, b, down), "--json", "--timeout", "5")
+    assert r.code == 3, r.stderr
+    assert len(json.loads(r.stdout)) == 2
+    assert "urn:oid:1.2.3.999: XDSUnavailableCommunity" in r.stderr
+
+
+def test_retrieve_from_an_unknown_community_is_refused(two, tmp_path):
+    a, b = two
+    r = run_cli("xca", "retrieve", "1.2.3", "--home", "urn:oid:9.9.9", "--repository-id", REPO_A,
+                "--out", str(tmp_path / "x"), *_comms(a, b))
+    assert r.code == 1 and "XDSUnknownCommunity" in r.stderr
+
+
+def test_gateway_marks_its_home_and_refuses_other_communities(two):
+    a, b = two
+    from ihecli.net.soap import SoapClient
+    from ihecli.xca.responding import ITI39
+    from ihecli.xds.messages import DocumentRequest, retrieve_request
+
+    # a document of A asked from A with B's homeCommunityId: XDSUnknownCommunity, located
+    msg = SoapClient(a.xca.url).call(ITI39, retrieve_request([DocumentRequest(REPO_A, "1.2.3.4", HOME_B)]))
+    rr = msg.body[0]
+    assert rr.get("status").endswith(":Failure")
+    errs = [(e.get("errorCode"), e.get("location")) for e in rr.iter("{*}RegistryError")]
+    assert errs == [("XDSUnknownCommunity", "1.2.3.4")]
+
+
+@pytest.mark.parametrize("name,action", [("nist-soap-xcq-req.xml", "CrossGatewayQueryResponse"),
+                                         ("nist-soap-xcr-req.xml", "CrossGatewayRetrieveResponse")])
+def test_nist_requests_are_answered(two, name, action):
+    a, _ = two
+    body = (DATA / "xca" / name).read_bytes()
+    r = requests.post(a.xca.url, data=body, headers={"Content-Type": "application/soap+xml; charset=UTF-8"},
+                      timeout=30)
+    assert r.status_code == 200, r.text[:300]
+    from ihecli.net.soap import mtom
+
+    msg = mtom.decode(r.content, r.headers["Content-Type"])
+    assert msg.action == "urn:ihe:iti:2007:" + action
+    schemas.validate(msg.body)
+    rr = msg.body if msg.body.get("status") else msg.body.find("{*}RegistryResponse")
+    if "Query" in action:  # NIST's patient is unknown here: Success with nothing found
+        assert rr.get("status").endswith(":Success")
+    else:  # its homeCommunityId urn:oid:1.2.3.5 is not community A's
+        assert {e.get("errorCode") for e in rr.iter("{*}RegistryError")} == {"XDSUnknownCommunity"}
+    assert etree.QName(msg.body).localname in ("AdhocQueryResponse", "RetrieveDocumentSetResponse")
