@@ -10,21 +10,25 @@ Used by XDS.b (ITI-18/41/43/62) and meant for XCA (ITI-38/39), XDS-I (RAD-68/69)
     parts = Attachments()
     doc = etree.Element("{urn:ihe:iti:xds-b:2007}Document", id="Doc1")
     parts.include(doc, b"...", "text/plain")
-    msg = SoapClient(url, timeout=30).call(action, body, attachments=parts)
+    client = SoapClient(url, timeout=30, tls_config=cfg)   # cfg: ihecli.net.tls.TlsConfig for https://
+    msg = client.call(action, body, attachments=parts)     # force_mtom=True: MTOM without parts
     msg.body            # first element of the response Body
     msg.binary(el)      # bytes of an element with xop:Include or base64 content
     # faults raise SoapFault (code, subcode, reason); no connection raises PeerUnreachable
 
-    # server: an ASGI app; handlers run in worker threads and return Reply(body, action[, attachments])
+    # server: an ASGI app; handlers run in worker threads, get the SoapMessage (msg.peer: the
+    # client's address) and return Reply(body, action[, attachments]); raising SoapFault answers
+    # a fault, any other exception a Receiver fault without details
     app = SoapService({"urn:ihe:iti:2007:RegistryStoredQuery": handler}, max_body=256 << 20)
-    HttpServer(app, port=0).start()          # ihecli.net.http
+    HttpServer(app, port=0, ssl_context=ctx).start()       # ihecli.net.http
 
 - ``parse_xml(bytes)``: the only XML parser for input from the network: no entities, no DTD
   (a DOCTYPE is refused), no network access.
 - ``validate(element)``: lxml schema validation against the local official schemas
   (``xsd/``: ebRS 3.0, IHE XDS.b; ``schemas.register(ns, path)`` adds more). With
   ``schemas.STRICT = True`` (the tests) the client and server validate everything they send.
-- ``http_session()``: the one place that builds the HTTP session (TLS settings go there).
+- ``http_session(tls_config)``: the one place that builds the HTTP session (BCP195 TLS and
+  mutual authentication through ``ihecli.net.tls.context``; host names not checked unless asked).
 - Requests carry wsa:Action with mustUnderstand="true", MessageID, ReplyTo and To; responses
   wsa:RelatesTo. A server answers MTOM to MTOM requests.
 """
