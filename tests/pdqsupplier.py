@@ -4,7 +4,8 @@ speaking the real wire protocol: SOAP 1.2 with WS-Addressing over HTTP (ihecli.n
 It answers from IPF's recorded response (tests/data/pdq/ipf-02_PDQQuery1Response.xml): the
 candidates that fit the query's name, birth date, gender and identifier stay, the others are
 taken out, and the acknowledgement names the request (targetMessage) and echoes its query. No
-candidate left: NF. A family name of ``ERROR`` gets an AE answer with an acknowledgementDetail,
+candidate left: NF. With initialQuantity, the first that many, and the rest in pages to query
+continuations (QUQI_IN000003UV01_Continue). A family name of ``ERROR`` gets an AE answer with an acknowledgementDetail,
 ``FAULT`` a SOAP fault. Every request is validated against the HL7 V3 schemas first (an invalid
 one is a Sender fault); ``requests`` keeps them.
 """
@@ -17,7 +18,7 @@ from lxml import etree
 
 from ihecli.net.http import HttpServer
 from ihecli.net.soap import Reply, SoapFault, SoapService, validate
-from ihecli.pdq.messages import NS, QUERY_ACTION, RESPONSE_ACTION, V3
+from ihecli.pdq.messages import CONTINUE_ACTION, NS, QUERY_ACTION, RESPONSE_ACTION, V3
 
 DATA = Path(__file__).parent / "data" / "pdq"
 RECORDED = DATA / "ipf-02_PDQQuery1Response.xml"
@@ -33,7 +34,10 @@ class PdqSupplier:
     def __init__(self, recorded: Path = RECORDED):
         self.template = etree.parse(str(recorded)).getroot()
         self.requests: list[etree._Element] = []
-        self.http = HttpServer(SoapService({QUERY_ACTION: self.handle}), port=0, name="pdq")
+        self.pending: dict[str, tuple] = {}  # queryId extension -> (queryByParameter, matches left, total)
+        self.continuations = 0
+        self.http = HttpServer(SoapService({QUERY_ACTION: self.handle, CONTINUE_ACTION: self.handle_continue}),
+                               port=0, name="pdq")
 
     def start(self) -> int:
         return self.http.start()
@@ -46,47 +50,69 @@ class PdqSupplier:
         return self.http.url + "/pdq"
 
     def handle(self, msg) -> Reply:
-        req = msg.body
-        try:
-            validate(req)
-        except Exception as e:
-            raise SoapFault(f"invalid PRPA_IN201305UV02: {e}") from None
-        self.requests.append(req)
+        req = self._valid(msg)
         params = req.find("v3:controlActProcess/v3:queryByParameter/v3:parameterList", NS)
         family = (params.findtext("v3:livingSubjectName/v3:value/v3:family", namespaces=NS) or "").strip()
         if family.upper() == "FAULT":
             raise SoapFault("the supplier is broken today", code="Receiver")
-        out = copy.deepcopy(self.template)
-        out.find("v3:acknowledgement/v3:targetMessage/v3:id", NS).attrib.update(req.find("v3:id", NS).attrib)
-        cap = out.find("v3:controlActProcess", NS)
-        qack = cap.find("v3:queryAck", NS)
-        qbp = cap.find("v3:queryByParameter", NS)
-        qbp.getparent().replace(qbp, copy.deepcopy(req.find("v3:controlActProcess/v3:queryByParameter", NS)))
-        qack.find("v3:queryId", NS).attrib.update(req.find(".//v3:queryByParameter/v3:queryId", NS).attrib)
-        for tag in ("resultCurrentQuantity", "resultRemainingQuantity"):
-            e = qack.find(f"v3:{tag}", NS)
-            if e is not None:
-                qack.remove(e)
+        qbp = copy.deepcopy(req.find("v3:controlActProcess/v3:queryByParameter", NS))
         if family.upper() == "ERROR":
-            for s in cap.findall("v3:subject", NS):
-                cap.remove(s)
+            out = self._page(req, qbp, [], total=0, remaining=0)
             ack = out.find("v3:acknowledgement", NS)
             ack.find("v3:typeCode", NS).set("code", "AE")
             det = etree.SubElement(ack, _q("acknowledgementDetail"), typeCode="E")
             etree.SubElement(det, _q("code"), code="VALIDATION", codeSystem="2.16.840.1.113883.5.1100")
             etree.SubElement(det, _q("text")).text = "livingSubjectName: ERROR is not a name"
-            qack.find("v3:queryResponseCode", NS).set("code", "AE")
-            qack.find("v3:resultTotalQuantity", NS).set("value", "0")
+            out.find(".//v3:queryAck/v3:queryResponseCode", NS).set("code", "AE")
             return Reply(out, RESPONSE_ACTION)
-        kept = 0
+        matches = [copy.deepcopy(s) for s in self.template.findall("v3:controlActProcess/v3:subject", NS)
+                   if self._fits(s.find("v3:registrationEvent/v3:subject1/v3:patient", NS), params)]
+        first = qbp.find("v3:initialQuantity", NS)
+        n = int(first.get("value")) if first is not None else len(matches)
+        self.pending[qbp.find("v3:queryId", NS).get("extension")] = (qbp, matches[n:], len(matches))
+        return Reply(self._page(req, qbp, matches[:n], total=len(matches), remaining=len(matches[n:])),
+                     RESPONSE_ACTION)
+
+    def handle_continue(self, msg) -> Reply:
+        """QUQI_IN000003UV01: the next continuationQuantity matches of a query."""
+        req = self._valid(msg)
+        qc = req.find("v3:controlActProcess/v3:queryContinuation", NS)
+        key = qc.find("v3:queryId", NS).get("extension")
+        if key not in self.pending:
+            raise SoapFault(f"no query {key} to continue")
+        qbp, rest, total = self.pending[key]
+        k = int(qc.find("v3:continuationQuantity", NS).get("value"))
+        self.pending[key] = (qbp, rest[k:], total)
+        self.continuations += 1
+        return Reply(self._page(req, qbp, rest[:k], total=total, remaining=len(rest[k:])), RESPONSE_ACTION)
+
+    def _valid(self, msg) -> etree._Element:
+        try:
+            validate(msg.body)
+        except Exception as e:
+            raise SoapFault(f"invalid {etree.QName(msg.body).localname}: {e}") from None
+        self.requests.append(msg.body)
+        return msg.body
+
+    def _page(self, req, qbp, subjects, *, total: int, remaining: int) -> etree._Element:
+        """The recorded response with these subjects, naming the request and echoing the query."""
+        out = copy.deepcopy(self.template)
+        out.find("v3:acknowledgement/v3:targetMessage/v3:id", NS).attrib.update(req.find("v3:id", NS).attrib)
+        cap = out.find("v3:controlActProcess", NS)
         for s in cap.findall("v3:subject", NS):
-            if self._fits(s.find("v3:registrationEvent/v3:subject1/v3:patient", NS), params):
-                kept += 1
-            else:
-                cap.remove(s)
-        qack.find("v3:queryResponseCode", NS).set("code", "OK" if kept else "NF")
-        qack.find("v3:resultTotalQuantity", NS).set("value", str(kept))
-        return Reply(out, RESPONSE_ACTION)
+            cap.remove(s)
+        qack = cap.find("v3:queryAck", NS)
+        at = cap.index(qack)
+        for i, s in enumerate(subjects):
+            cap.insert(at + i, copy.deepcopy(s))
+        old = cap.find("v3:queryByParameter", NS)
+        cap.replace(old, copy.deepcopy(qbp))
+        qack.find("v3:queryId", NS).attrib.update(qbp.find("v3:queryId", NS).attrib)
+        qack.find("v3:queryResponseCode", NS).set("code", "OK" if total else "NF")
+        qack.find("v3:resultTotalQuantity", NS).set("value", str(total))
+        qack.find("v3:resultCurrentQuantity", NS).set("value", str(len(subjects)))
+        qack.find("v3:resultRemainingQuantity", NS).set("value", str(remaining))
+        return out
 
     @staticmethod
     def _fits(patient, params) -> bool:

@@ -149,3 +149,20 @@ def test_an_answer_that_is_no_pdq_response():
         assert r.code == 1 and "answered MCCI_IN000002UV01, not PRPA_IN201306UV02" in r.stderr, r.stderr
     finally:
         http.stop()
+
+
+def test_pages_and_query_continuation(supplier, strict):
+    """--limit asks for a first page (initialQuantity); --all fetches the rest with query
+    continuations (QUQI_IN000003UV01), each schema-valid."""
+    r = run_cli("pdq", "query", "--family", "Jones", "--limit", "2", "--supplier", supplier.url, "--json")
+    assert r.code == 0, r.stderr
+    assert len(r.json["patients"]) == 2 and r.json["total"] == 7 and r.json["remaining"] == 5
+    before = supplier.continuations
+    r = run_cli("pdq", "query", "--family", "Jones", "--limit", "2", "--all", "--supplier", supplier.url, "--json")
+    assert r.code == 0, r.stderr
+    ids = [p["ids"][0].split("^")[0] for p in r.json["patients"]]
+    assert ids == ["1", "2", "3", "4", "5", "6", "7"] and r.json["remaining"] == 0
+    assert supplier.continuations - before == 3  # 2 + 2 + 2 + 1
+    last = supplier.requests[-1]
+    assert etree.QName(last).localname == "QUQI_IN000003UV01"
+    assert last.find(".//v3:queryContinuation/v3:continuationQuantity", NS).get("value") == "2"

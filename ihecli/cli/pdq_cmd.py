@@ -49,6 +49,8 @@ def query_cmd(
         "--target-domain", metavar="DOMAIN",
         help="Only identifiers of this domain (NAMESPACE, OID or NS&OID&ISO; repeatable; default: all).")] = None,
     limit: Limit = None,
+    all_pages: Annotated[bool, typer.Option(
+        "--all", help="Fetch every match, page after page (query continuation), not only the first page.")] = False,
     supplier: Annotated[Optional[str], typer.Option(
         "--supplier", metavar="URL",
         help="The PDQ Supplier's SOAP endpoint (default: the profile's pdq.supplier; --to is the same).")
@@ -94,7 +96,7 @@ def query_cmd(
     cfg = tls_config(ctx, tls=tls, no_tls=no_tls, cert=cert, key=tls_key, ca=ca, floor=tls_floor) \
         if url.startswith("https://") or tls or cert or ca else None
     ans = query_demographics(url, q, sender=p.sender, receiver=p.receiver,
-                             timeout=timeout if timeout != 30 else p.timeout, tls_config=cfg)
+                             timeout=timeout if timeout != 30 else p.timeout, tls_config=cfg, all_pages=all_pages)
     if ans.ack in ("AE", "AR") or ans.status in ("AE", "QE"):
         why = "; ".join(ans.errors) or "no reason given"
         raise IheError(f"the PDQ Supplier refused the query ({ans.ack or '-'}/{ans.status or '-'}): {why}")
@@ -109,5 +111,5 @@ def query_cmd(
     output.table(rows, ["ids", "name", "birth", "gender", "address", "other", "score"],
                  headers={"ids": "ID", "name": "Name", "birth": "Birth date", "gender": "Gender",
                           "address": "Address", "other": "Other IDs", "score": "Match"})
-    more = f", {ans.remaining} more at the supplier" if ans.remaining else ""
+    more = f", {ans.remaining} more at the supplier (--all fetches them)" if ans.remaining else ""
     output.info(f"{len(ans.patients)} patient(s){more} ({ans.ms:g} ms)")

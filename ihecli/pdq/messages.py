@@ -20,6 +20,7 @@ V3 = "urn:hl7-org:v3"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
 NS = {"v3": V3}
 QUERY_ACTION = "urn:hl7-org:v3:PRPA_IN201305UV02"
+CONTINUE_ACTION = "urn:hl7-org:v3:QUQI_IN000003UV01_Continue"
 RESPONSE_ACTION = "urn:hl7-org:v3:PRPA_IN201306UV02"
 INTERACTIONS = "2.16.840.1.113883.1.6"  # HL7 interaction and trigger event ids
 
@@ -86,14 +87,13 @@ class PdqQuery:
                 raise UsageError(f"bad address part {k!r}: {', '.join(ADDRESS_PARTS)}")
 
 
-def build_query(p: PdqQuery, *, sender: str, receiver: str, receiver_url: str = "", message_id: str | None = None,
-                query_id: str | None = None) -> etree._Element:
-    """PRPA_IN201305UV02 for ``p``; ``sender``/``receiver`` are the device OIDs."""
-    p.check()
-    root = etree.Element(_q("PRPA_IN201305UV02"), nsmap={None: V3, "xsi": XSI}, ITSVersion="XML_1.0")
+def _transmission(interaction: str, *, sender: str, receiver: str, receiver_url: str,
+                  message_id: str | None) -> etree._Element:
+    """The message wrapper (MCCI_MT000100UV01 / MCCI_MT000300UV01) of an interaction."""
+    root = etree.Element(_q(interaction), nsmap={None: V3, "xsi": XSI}, ITSVersion="XML_1.0")
     _el(root, "id", root=sender, extension=message_id or uuid.uuid4().hex)
     _el(root, "creationTime", value=datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S"))
-    _el(root, "interactionId", root=INTERACTIONS, extension="PRPA_IN201305UV02")
+    _el(root, "interactionId", root=INTERACTIONS, extension=interaction)
     _el(root, "processingCode", code="P")
     _el(root, "processingModeCode", code="T")
     _el(root, "acceptAckCode", code="AL")
@@ -103,6 +103,16 @@ def build_query(p: PdqQuery, *, sender: str, receiver: str, receiver_url: str = 
         _el(dev, "telecom", value=receiver_url)
     dev = _el(_el(root, "sender", typeCode="SND"), "device", classCode="DEV", determinerCode="INSTANCE")
     _el(dev, "id", root=sender)
+    return root
+
+
+def build_query(p: PdqQuery, *, sender: str, receiver: str, receiver_url: str = "", message_id: str | None = None,
+                query_id: str | None = None) -> etree._Element:
+    """PRPA_IN201305UV02 for ``p``; ``sender``/``receiver`` are the device OIDs; the queryId is
+    ``sender``/``query_id``."""
+    p.check()
+    root = _transmission("PRPA_IN201305UV02", sender=sender, receiver=receiver, receiver_url=receiver_url,
+                         message_id=message_id)
     cap = _el(root, "controlActProcess", classCode="CACT", moodCode="EVN")
     _el(cap, "code", code="PRPA_TE201305UV02", codeSystem=INTERACTIONS)
     qbp = _el(cap, "queryByParameter")
@@ -149,6 +159,20 @@ def build_query(p: PdqQuery, *, sender: str, receiver: str, receiver_url: str = 
             if p.address.get(k):
                 _el(v, ADDRESS_PARTS[k], p.address[k])
         _el(e, "semanticsText", s)
+    return root
+
+
+def build_continuation(query_root: str, query_ext: str, quantity: int, *, sender: str, receiver: str,
+                       receiver_url: str = "") -> etree._Element:
+    """QUQI_IN000003UV01 asking for the next ``quantity`` matches of a query (ITI-47 continuation)."""
+    root = _transmission("QUQI_IN000003UV01", sender=sender, receiver=receiver, receiver_url=receiver_url,
+                         message_id=None)
+    cap = _el(root, "controlActProcess", classCode="CACT", moodCode="EVN")
+    _el(cap, "code", code="PRPA_TE000003UV01", codeSystem=INTERACTIONS)
+    qc = _el(cap, "queryContinuation")
+    _el(qc, "queryId", root=query_root, extension=query_ext)
+    _el(qc, "continuationQuantity", value=str(quantity))
+    _el(qc, "statusCode", code="waitContinuedQueryResponse")
     return root
 
 
