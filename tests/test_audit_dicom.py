@@ -135,3 +135,18 @@ def test_dicomweb_services_are_audited(arr, corpus, tmp_path):
     assert all("127.0.0.1" in e.users for e in got)
     for e in got:
         assert problems(e.message.encode("utf-8")) == [], e.event
+
+
+def test_pdi_export_and_import_are_audited(arr, profile, corpus, tmp_path):
+    r = run_cli("--config", profile, "pdi", "burn", *map(str, corpus[:3]), "--usb", str(tmp_path / "usb"), "--no-web")
+    assert r.code == 0, r.stderr
+    r = run_cli("--config", profile, "pdi", "import", str(tmp_path / "usb"), "--db",
+                f"sqlite:///{tmp_path / 'imp.db'}", "--storage", str(tmp_path / "imp"))
+    assert r.code == 0, r.stderr
+    got = events(arr, 2)
+    assert [(e.event, e.action) for e in got] == [("110106 Export", "R"), ("110107 Import", "C")]
+    assert all(e.patients == ["PID000000"] for e in got)
+    for e in got:
+        assert problems(e.message.encode("utf-8")) == [], e.event
+        doc = etree.fromstring(e.message.encode("utf-8"))
+        assert doc.find("ActiveParticipant/MediaIdentifier/MediaType").get("csd-code") == "110030"  # USB

@@ -69,3 +69,28 @@ def outcome(done: int, failed: int) -> int:
     if not failed:
         return ev.SUCCESS
     return ev.MINOR_FAILURE if done else ev.SERIOUS_FAILURE
+
+
+def _media_event(export: bool, media: str, media_id: str, objects, failed: int) -> None:
+    from ihecli import atna
+
+    if not atna.enabled():
+        return
+    import os
+
+    media = {"iso": "cd", "folder": "usb", "zip": "uri"}.get(media.lower(), media)  # PDI media kinds
+    tally = Tally()
+    for study_uid, patient_id, sop_class in objects:
+        tally.add(study_uid, patient_id, sop_class=sop_class)
+    atna.record(ev.media_event(export, media=media, media_id=media_id, user=os.environ.get("USER", "") or "ihe",
+                               studies=tally.studies, patients=tally.patients, outcome=outcome(tally.count, failed)))
+
+
+def media_exported(media: str, media_id: str, objects, failed: int = 0) -> None:
+    """Export (PS3.15 A.5.3.6) of (study UID, patient ID, SOP class) objects to a PDI medium."""
+    _media_event(True, media, media_id, objects, failed)
+
+
+def media_imported(media: str, media_id: str, objects, failed: int = 0) -> None:
+    """Import (PS3.15 A.5.3.7) of (study UID, patient ID, SOP class) objects from a PDI medium."""
+    _media_event(False, media, media_id, objects, failed)

@@ -49,6 +49,10 @@ def root(
     """
     ctx.obj = State(config=config, profile=profile, debug=debug)
     output.configure(quiet=quiet, verbose=verbose)
+    try:
+        ctx.obj.settings()  # read once; it also points the audit hook (ATNA) at the profile's repository
+    except IheError:
+        pass  # a command that needs the profile reports what is wrong with it
 
 
 def _register() -> None:

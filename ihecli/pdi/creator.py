@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ihecli import __version__
+from ihecli.atna import dicom as audit_dicom
 from ihecli.errors import IheError, UsageError
 from ihecli.pdi import values as v
 from ihecli.pdi.dicomdir import Entry, clean_fileset_id, encode_dicomdir
@@ -376,6 +377,10 @@ def burn(paths: Iterable[str | os.PathLike], *, iso: Path | None = None, usb: Pa
             pool.shutdown(wait=True, cancel_futures=True)
     report.seconds = round(time.perf_counter() - t0, 3)
     report.render_seconds = round(report.render_seconds, 3)
+    # Export (ITI-20 audit trail)
+    audit_dicom.media_exported(media, ", ".join(v.fileset_id for v in report.volumes),
+                               ((i.info.study_uid, i.info.patient_id or "", i.info.sop_class) for i in items if i.ts),
+                               failed=len(report.failed))
     return report
 
 

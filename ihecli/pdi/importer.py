@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Callable
 
 from ihecli import __version__
+from ihecli.atna import dicom as audit_dicom
 from ihecli.archive.ingest import ensure_part10, fold
 from ihecli.errors import ArchiveError, IheError, UsageError
 from ihecli.pdi.media import Found, Medium, Survey, iter_objects
@@ -480,6 +481,10 @@ def import_media(medium: Medium, *, archive=None, node=None, calling_aet: str = 
     report.objects = results
     report.count()
     report.seconds = round(time.perf_counter() - t0, 3)
+    if not dry_run:  # Import (ITI-20 audit trail)
+        audit_dicom.media_imported(medium.kind, report.fileset_id or medium.name,
+                                   ((o.study_uid or "", o.patient_id or "", o.sop_class or "") for o in results
+                                    if o.outcome in ("stored", "duplicate", "overwritten")), failed=report.problems)
     return report
 
 
