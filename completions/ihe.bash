@@ -4,7 +4,7 @@
 # Sets _ihe_words to the subcommands of the command in $1; fails for a command without any.
 _ihe_subcommands() {
     case $1 in
-        'ihe') _ihe_words='archive audit config dicom hl7 iocm kin pdi pdq pix tce time wic xca xds xdsi' ;;
+        'ihe') _ihe_words='archive audit config dicom hl7 iocm kin pdi pdq pix tce time wic xca xcai xds xdsi' ;;
         'ihe archive') _ihe_words='check export import ls mpps rejected rm serve' ;;
         'ihe archive mpps') _ihe_words='ls' ;;
         'ihe audit') _ihe_words='query send serve' ;;
@@ -21,6 +21,7 @@ _ihe_subcommands() {
         'ihe time') _ihe_words='check' ;;
         'ihe wic') _ihe_words='upload' ;;
         'ihe xca') _ihe_words='query retrieve serve' ;;
+        'ihe xcai') _ihe_words='gateway serve' ;;
         'ihe xds') _ihe_words='delete query retrieve serve submit' ;;
         'ihe xdsi') _ihe_words='publish retrieve' ;;
         *) _ihe_words=; return 1 ;;
@@ -89,6 +90,9 @@ _ihe_options() {
         'ihe xca query') _ihe_words='--class --community --event-code --format --help --json --object-ref --patient --status --timeout --type --unique-id --uuid -h' ;;
         'ihe xca retrieve') _ihe_words='--community --help --home --json --out --repository-id --timeout -h -o' ;;
         'ihe xca serve') _ihe_words='--bind --ca --cert --db --help --home --no-tls --port --repository-id --storage --tls --tls-floor --tls-key -h -p' ;;
+        'ihe xcai') _ihe_words='--help -h' ;;
+        'ihe xcai gateway') _ihe_words='--bind --ca --cert --community --help --no-tls --port --timeout --tls --tls-floor --tls-key -h -p' ;;
+        'ihe xcai serve') _ihe_words='--bind --ca --cert --help --home --no-tls --port --source --timeout --tls --tls-floor --tls-key -h -p' ;;
         'ihe xds') _ihe_words='--help -h' ;;
         'ihe xds delete') _ihe_words='--ca --cert --dry-run --help --json --registry --timeout --tls-floor --tls-key --yes -h -y' ;;
         'ihe xds query') _ihe_words='--association-type --author --ca --cert --class --confidentiality --content-type --event-code --facility --folder-code --format --help --json --object-ref --patient --practice --registry --source-id --status --time-from --time-to --timeout --tls-floor --tls-key --type --unique-id --uuid -h' ;;
@@ -97,7 +101,7 @@ _ihe_options() {
         'ihe xds submit') _ihe_words='--batch --ca --cert --class --confidentiality --folder --format --help --json --metadata --mime --patient --replace --repository --timeout --title --tls-floor --tls-key --type -h' ;;
         'ihe xdsi') _ihe_words='--help -h' ;;
         'ihe xdsi publish') _ihe_words='--ca --cert --db --help --json --no-store --patient --repository --storage --study --timeout --tls-floor --tls-key -h' ;;
-        'ihe xdsi retrieve') _ihe_words='--ca --cert --db --help --json --manifest --out --repository --repository-id --source --storage --store --timeout --tls-floor --tls-key --transfer-syntax -h -o' ;;
+        'ihe xdsi retrieve') _ihe_words='--ca --cert --db --help --home --json --manifest --out --repository --repository-id --source --storage --store --timeout --tls-floor --tls-key --transfer-syntax -h -o' ;;
         *) _ihe_words= ;;
     esac
 }
@@ -400,6 +404,23 @@ _ihe_value() {
         'ihe xca serve --storage') _ihe_kind=dir ;;
         'ihe xca serve --tls-floor') _ihe_kind=text ;;
         'ihe xca serve --tls-key') _ihe_kind=file ;;
+        'ihe xcai gateway --bind') _ihe_kind=text ;;
+        'ihe xcai gateway --ca') _ihe_kind=file ;;
+        'ihe xcai gateway --cert') _ihe_kind=file ;;
+        'ihe xcai gateway --community') _ihe_kind=text ;;
+        'ihe xcai gateway -p'|'ihe xcai gateway --port') _ihe_kind=text ;;
+        'ihe xcai gateway --timeout') _ihe_kind=text ;;
+        'ihe xcai gateway --tls-floor') _ihe_kind=text ;;
+        'ihe xcai gateway --tls-key') _ihe_kind=file ;;
+        'ihe xcai serve --bind') _ihe_kind=text ;;
+        'ihe xcai serve --ca') _ihe_kind=file ;;
+        'ihe xcai serve --cert') _ihe_kind=file ;;
+        'ihe xcai serve --home') _ihe_kind=text ;;
+        'ihe xcai serve -p'|'ihe xcai serve --port') _ihe_kind=text ;;
+        'ihe xcai serve --source') _ihe_kind=text ;;
+        'ihe xcai serve --timeout') _ihe_kind=text ;;
+        'ihe xcai serve --tls-floor') _ihe_kind=text ;;
+        'ihe xcai serve --tls-key') _ihe_kind=file ;;
         'ihe xds delete --ca') _ihe_kind=file ;;
         'ihe xds delete --cert') _ihe_kind=file ;;
         'ihe xds delete --registry') _ihe_kind=text ;;
@@ -478,6 +499,7 @@ _ihe_value() {
         'ihe xdsi retrieve --ca') _ihe_kind=file ;;
         'ihe xdsi retrieve --cert') _ihe_kind=file ;;
         'ihe xdsi retrieve --db') _ihe_kind=text ;;
+        'ihe xdsi retrieve --home') _ihe_kind=text ;;
         'ihe xdsi retrieve --manifest') _ihe_kind=file ;;
         'ihe xdsi retrieve -o'|'ihe xdsi retrieve --out') _ihe_kind=file ;;
         'ihe xdsi retrieve --repository') _ihe_kind=text ;;

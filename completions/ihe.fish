@@ -5,7 +5,7 @@
 function __ihe_subcommands
     switch $argv[1]
         case 'ihe'
-            printf '%s\n' 'archive' 'audit' 'config' 'dicom' 'hl7' 'iocm' 'kin' 'pdi' 'pdq' 'pix' 'tce' 'time' 'wic' 'xca' 'xds' 'xdsi'
+            printf '%s\n' 'archive' 'audit' 'config' 'dicom' 'hl7' 'iocm' 'kin' 'pdi' 'pdq' 'pix' 'tce' 'time' 'wic' 'xca' 'xcai' 'xds' 'xdsi'
         case 'ihe archive'
             printf '%s\n' 'check' 'export' 'import' 'ls' 'mpps' 'rejected' 'rm' 'serve'
         case 'ihe archive mpps'
@@ -38,6 +38,8 @@ function __ihe_subcommands
             printf '%s\n' 'upload'
         case 'ihe xca'
             printf '%s\n' 'query' 'retrieve' 'serve'
+        case 'ihe xcai'
+            printf '%s\n' 'gateway' 'serve'
         case 'ihe xds'
             printf '%s\n' 'delete' 'query' 'retrieve' 'serve' 'submit'
         case 'ihe xdsi'
@@ -165,6 +167,12 @@ function __ihe_takes_value
         case 'ihe xca serve'
             contains -- $argv[2] --bind --ca --cert --db --home -p --port --repository-id --storage --tls-floor --tls-key
             return
+        case 'ihe xcai gateway'
+            contains -- $argv[2] --bind --ca --cert --community -p --port --timeout --tls-floor --tls-key
+            return
+        case 'ihe xcai serve'
+            contains -- $argv[2] --bind --ca --cert --home -p --port --source --timeout --tls-floor --tls-key
+            return
         case 'ihe xds delete'
             contains -- $argv[2] --ca --cert --registry --timeout --tls-floor --tls-key
             return
@@ -184,7 +192,7 @@ function __ihe_takes_value
             contains -- $argv[2] --ca --cert --db --patient --repository --storage --study --timeout --tls-floor --tls-key
             return
         case 'ihe xdsi retrieve'
-            contains -- $argv[2] --ca --cert --db --manifest -o --out --repository --repository-id --source --storage --timeout --tls-floor --tls-key --transfer-syntax
+            contains -- $argv[2] --ca --cert --db --home --manifest -o --out --repository --repository-id --source --storage --timeout --tls-floor --tls-key --transfer-syntax
             return
     end
     return 1
@@ -253,6 +261,7 @@ complete -c ihe -n "__ihe_arg 'ihe' 0 0" -a 'tce' -d 'Teaching file and clinical
 complete -c ihe -n "__ihe_arg 'ihe' 0 0" -a 'time' -d 'Consistent Time (CT): check the local clock against an NTP server.'
 complete -c ihe -n "__ihe_arg 'ihe' 0 0" -a 'wic' -d 'Web-based Image Capture: send photos, videos and PDFs to an archive over STOW-RS.'
 complete -c ihe -n "__ihe_arg 'ihe' 0 0" -a 'xca' -d 'XCA: query and retrieve across communities; serve this community as a responding gateway.'
+complete -c ihe -n "__ihe_arg 'ihe' 0 0" -a 'xcai' -d 'XCA-I: imaging gateways between communities (RAD-69 in, RAD-75 out, and back).'
 complete -c ihe -n "__ihe_arg 'ihe' 0 0" -a 'xds' -d 'XDS.b: submit, query, retrieve and delete documents; serve a registry and repository.'
 complete -c ihe -n "__ihe_arg 'ihe' 0 0" -a 'xdsi' -d 'XDS-I.b: publish archive studies as imaging manifests; retrieve manifests and their images.'
 complete -c ihe -n "__ihe_at 'ihe'" -s c -l config -r -F -d 'Profile file (default: ihe config path).'
@@ -868,6 +877,38 @@ complete -c ihe -n "__ihe_at 'ihe xca serve'" -l tls -d 'Secure the link with TL
 complete -c ihe -n "__ihe_at 'ihe xca serve'" -l tls-floor -x -d 'Lowest TLS version: 1.2 (BCP195, the default) or 1.0 (legacy peers only).'
 complete -c ihe -n "__ihe_at 'ihe xca serve'" -l tls-key -r -F -d 'Private key of --cert (PEM), when not in the same file.'
 
+# ihe xcai
+complete -c ihe -n "__ihe_arg 'ihe xcai' 0 0" -a 'gateway' -d 'Initiating Imaging Gateway: take Retrieve Imaging Document Set (RAD-69) at /xcai from this community\'s consumers and fetch each image from its community (RAD-75), in parallel.'
+complete -c ihe -n "__ihe_arg 'ihe xcai' 0 0" -a 'serve' -d 'Responding Imaging Gateway: answer Cross Gateway Retrieve Imaging Document Set (RAD-75) at /xcai from this community\'s Imaging Document Sources (RAD-69).'
+complete -c ihe -n "__ihe_at 'ihe xcai'" -s h -l help -d 'Show this message and exit.'
+
+# ihe xcai gateway
+complete -c ihe -n "__ihe_at 'ihe xcai gateway'" -l bind -x -d 'Address to listen on (default 127.0.0.1; 0.0.0.0 for all).'
+complete -c ihe -n "__ihe_at 'ihe xcai gateway'" -l ca -r -F -d 'CA certificates to trust (PEM); servers then require client certificates. Implies --tls.'
+complete -c ihe -n "__ihe_at 'ihe xcai gateway'" -l cert -r -F -d 'Our TLS certificate chain (PEM; may hold the key). Implies --tls.'
+complete -c ihe -n "__ihe_at 'ihe xcai gateway'" -l community -x -d 'A responding gateway, urn:oid:OID=http://host:port/xca (repeatable; default: the profile\'s xds.communities).'
+complete -c ihe -n "__ihe_at 'ihe xcai gateway'" -s h -l help -d 'Show this message and exit.'
+complete -c ihe -n "__ihe_at 'ihe xcai gateway'" -l no-tls -d 'No secure transport, even when the profile turns TLS on.'
+complete -c ihe -n "__ihe_at 'ihe xcai gateway'" -s p -l port -x -d 'Port to listen on (0: any free port).'
+complete -c ihe -n "__ihe_at 'ihe xcai gateway'" -l timeout -x -d 'Network timeout in seconds.'
+complete -c ihe -n "__ihe_at 'ihe xcai gateway'" -l tls -d 'Secure the link with TLS (the profile\'s certificate and CA unless --cert/--tls-key/--ca are given).'
+complete -c ihe -n "__ihe_at 'ihe xcai gateway'" -l tls-floor -x -d 'Lowest TLS version: 1.2 (BCP195, the default) or 1.0 (legacy peers only).'
+complete -c ihe -n "__ihe_at 'ihe xcai gateway'" -l tls-key -r -F -d 'Private key of --cert (PEM), when not in the same file.'
+
+# ihe xcai serve
+complete -c ihe -n "__ihe_at 'ihe xcai serve'" -l bind -x -d 'Address to listen on (default 127.0.0.1; 0.0.0.0 for all).'
+complete -c ihe -n "__ihe_at 'ihe xcai serve'" -l ca -r -F -d 'CA certificates to trust (PEM); servers then require client certificates. Implies --tls.'
+complete -c ihe -n "__ihe_at 'ihe xcai serve'" -l cert -r -F -d 'Our TLS certificate chain (PEM; may hold the key). Implies --tls.'
+complete -c ihe -n "__ihe_at 'ihe xcai serve'" -s h -l help -d 'Show this message and exit.'
+complete -c ihe -n "__ihe_at 'ihe xcai serve'" -l home -x -d 'This community\'s homeCommunityId (default: xds.home).'
+complete -c ihe -n "__ihe_at 'ihe xcai serve'" -l no-tls -d 'No secure transport, even when the profile turns TLS on.'
+complete -c ihe -n "__ihe_at 'ihe xcai serve'" -s p -l port -x -d 'Port to listen on (0: any free port).'
+complete -c ihe -n "__ihe_at 'ihe xcai serve'" -l source -x -d 'An Imaging Document Source of this community: repositoryUniqueId=its RAD-69 endpoint (repeatable).'
+complete -c ihe -n "__ihe_at 'ihe xcai serve'" -l timeout -x -d 'Network timeout in seconds.'
+complete -c ihe -n "__ihe_at 'ihe xcai serve'" -l tls -d 'Secure the link with TLS (the profile\'s certificate and CA unless --cert/--tls-key/--ca are given).'
+complete -c ihe -n "__ihe_at 'ihe xcai serve'" -l tls-floor -x -d 'Lowest TLS version: 1.2 (BCP195, the default) or 1.0 (legacy peers only).'
+complete -c ihe -n "__ihe_at 'ihe xcai serve'" -l tls-key -r -F -d 'Private key of --cert (PEM), when not in the same file.'
+
 # ihe xds
 complete -c ihe -n "__ihe_arg 'ihe xds' 0 0" -a 'delete' -d 'Remove metadata from the registry: Delete Document Set (ITI-62, Remove Metadata).'
 complete -c ihe -n "__ihe_arg 'ihe xds' 0 0" -a 'query' -d 'Ask the registry with a stored query: Registry Stored Query (ITI-18).'
@@ -991,6 +1032,7 @@ complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l ca -r -F -d 'CA certificate
 complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l cert -r -F -d 'Our TLS certificate chain (PEM; may hold the key). Implies --tls.'
 complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
 complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -s h -l help -d 'Show this message and exit.'
+complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l home -x -d 'homeCommunityId of the images (XCA-I: --source is then this community\'s Initiating Imaging Gateway).'
 complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
 complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l manifest -r -F -d 'A manifest (KOS) file instead of fetching one.'
 complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -s o -l out -r -F -d 'Folder to write the manifest and images to.'

@@ -88,6 +88,9 @@ def _register() -> None:
     from ihecli.cli import xca_cmd
 
     app.add_typer(xca_cmd.app, name="xca")
+    from ihecli.cli import xcai_cmd
+
+    app.add_typer(xcai_cmd.app, name="xcai")
     from ihecli.cli import pdq_cmd, pix_cmd
 
     app.add_typer(pix_cmd.app, name="pix")

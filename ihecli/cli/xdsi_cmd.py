@@ -91,6 +91,10 @@ def retrieve_cmd(
     repository_id: RepositoryId = None,
     repository: Repository = None,
     source: Source = None,
+    home: Annotated[Optional[str], typer.Option(
+        "--home", metavar="URN",
+        help="homeCommunityId of the images (XCA-I: --source is then this community's Initiating Imaging "
+             "Gateway).")] = None,
     transfer_syntax: Annotated[Optional[list[str]], typer.Option(
         "--transfer-syntax", metavar="UID",
         help="Transfer syntaxes to ask the images in (repeatable; default: Explicit and Implicit VR Little "
@@ -140,7 +144,8 @@ def retrieve_cmd(
     except Exception as e:
         raise UsageError(f"the manifest is not a Key Object Selection Document: {e}") from None
     locations = _locations(data)
-    images = [ImageRequest(r.study_uid, r.series_uid, r.sop_uid, locations.get(r.series_uid, "")) for r in kos.references]
+    images = [ImageRequest(r.study_uid, r.series_uid, r.sop_uid, locations.get(r.series_uid, ""), home or "")
+              for r in kos.references]
     if not images:
         raise UsageError("the manifest references no image")
     unknown = sorted({i.series_uid for i in images if not i.repository_uid})

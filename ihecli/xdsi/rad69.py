@@ -153,10 +153,12 @@ class ImagingDocumentSource:
         return RetrievedDocument(self.repository_uid, uid, "application/dicom", out, im.home or self.home)
 
 
-def retrieve_imaging_document_set(client, images: list[ImageRequest], transfer_syntaxes: list[str]) -> Result:
-    """RAD-69 as the Imaging Document Consumer: the images that came, and the errors of those
-    that did not (PartialSuccess keeps what came; Failure raises XdsError)."""
-    msg = client.call(RAD69, request(images, transfer_syntaxes))
+def retrieve_imaging_document_set(client, images: list[ImageRequest], transfer_syntaxes: list[str], *,
+                                  action: str = RAD69) -> Result:
+    """RAD-69 as the Imaging Document Consumer (or RAD-75 with that ``action``, as a gateway):
+    the images that came, and the errors of those that did not (PartialSuccess keeps what came;
+    Failure raises XdsError)."""
+    msg = client.call(action, request(images, transfer_syntaxes))
     if msg.body.tag != q(XDSB, "RetrieveDocumentSetResponse"):
         raise IheError(f"unexpected RAD-69 answer {etree.QName(msg.body).localname}")
     res = read_registry_response(msg.body)
