@@ -133,8 +133,12 @@ def test_coerce_passes_unchanged_instances_through(tmp_path):
     assert pir.coerce(stored, cur) is stored  # the file's bytes go out undecoded
     assert pir.coerce(stored, None) is stored
     changed = pir.coerce(StoredDataset(p), pir.CurrentPatient("SAME1", "HOSP", "SAME^NAME", "20000101", "M"))
-    assert changed.IssuerOfPatientID == "HOSP"
-    assert changed.OriginalAttributesSequence[0].ModifiedAttributesSequence[0].IssuerOfPatientID in (None, "")
+    assert isinstance(changed, pir.CoercedDataset)  # patient elements rewritten in the stored bytes
+    ds = changed.decoded()
+    assert ds.IssuerOfPatientID == "HOSP" and ds.PatientID == "SAME1" and ds.PixelData == dcmread(p).PixelData
+    assert ds.OriginalAttributesSequence[0].ModifiedAttributesSequence[0].IssuerOfPatientID in (None, "")
+    assert changed.encoded_as(False, True, False) is not None  # sent without decoding
+    assert changed.encoded_as(True, True, False) is None  # another encoding: decoded() is used
 
 
 def test_coerce_to_a_name_outside_the_files_character_set(tmp_path):

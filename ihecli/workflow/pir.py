@@ -12,6 +12,7 @@ differ from the index.
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -25,6 +26,7 @@ from sqlalchemy import select
 from ihecli.archive import schema as s
 from ihecli.archive import tables_hl7 as t
 from ihecli.archive.ingest import index_values
+from ihecli.archive.scan import read_meta
 
 # keyword, tag, VR, index column
 PATIENT_ATTRIBUTES = (
@@ -115,10 +117,19 @@ def coerce(stored: Dataset, current: CurrentPatient | None, *, modifying_system:
     changed = differences(stored_patient(stored), current)
     if not changed:
         return stored
+    item = _history_item(stored, modifying_system, when)
+    fast = _spliced(stored, changed, current, item)
+    if fast is not None:
+        return fast
     ds = stored.decoded() if hasattr(stored, "decoded") else stored
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds.decode()  # every text value to str in its own character set, before that may change
+    texts = [current.name or "", current.pid, current.issuer]
+    if not all(x.isascii() for x in texts):
+        cs = ds.get("SpecificCharacterSet")
+        if cs is None or "ISO_IR 192" not in ([cs] if isinstance(cs, str) else list(cs)):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds.decode()  # every text value to str in its own character set, before that changes
+            ds.SpecificCharacterSet = "ISO_IR 192"  # the values are str now: written again in UTF-8
     original = Dataset()
     for kw, tag, vr, col in PATIENT_ATTRIBUTES:
         if kw not in changed:
@@ -130,19 +141,150 @@ def coerce(stored: Dataset, current: CurrentPatient | None, *, modifying_system:
         value = current.column(col)
         if value or tag in ds or kw == "PatientID":
             ds.add_new(tag, vr, value or None)
-    texts = [current.name or "", current.pid, current.issuer]
-    if not all(x.isascii() for x in texts):
-        cs = ds.get("SpecificCharacterSet")
-        if cs is None or "ISO_IR 192" not in ([cs] if isinstance(cs, str) else list(cs)):
-            ds.SpecificCharacterSet = "ISO_IR 192"  # the values are str now: written again in UTF-8
-    item = Dataset()
-    item.AttributeModificationDateTime = (when or datetime.now(timezone.utc)).strftime("%Y%m%d%H%M%S.%f+0000")
-    item.ModifyingSystem = modifying_system[:64]
-    meta = getattr(ds, "file_meta", None)
-    item.SourceOfPreviousValues = str(getattr(meta, "SourceApplicationEntityTitle", "") or "").strip()[:64]
-    item.ReasonForTheAttributeModification = "CORRECT"
     item.ModifiedAttributesSequence = Sequence([original])
     seq = ds.get("OriginalAttributesSequence")
     items = list(seq.value) if seq is not None else []
     ds.OriginalAttributesSequence = Sequence([*items, item])
     return ds
+
+
+def _history_item(stored: Dataset, modifying_system: str, when: datetime | None) -> Dataset:
+    """An Original Attributes Sequence item, without its Modified Attributes Sequence yet."""
+    item = Dataset()
+    item.AttributeModificationDateTime = (when or datetime.now(timezone.utc)).strftime("%Y%m%d%H%M%S.%f+0000")
+    item.ModifyingSystem = modifying_system[:64]
+    meta = getattr(stored, "file_meta", None)
+    source = str(getattr(meta, "SourceApplicationEntityTitle", "") or "").strip()
+    if not source and hasattr(stored, "_path"):  # the index's UIDs stood in for the file meta: read it
+        try:
+            with open(stored._path, "rb") as fh:
+                got = read_meta(fh.read(4096))
+            source = str(got[0].get("SourceApplicationEntityTitle", "") or "").strip() if got else ""
+        except OSError:
+            source = ""
+    item.SourceOfPreviousValues = source[:64]
+    item.ReasonForTheAttributeModification = "CORRECT"
+    return item
+
+
+ORIGINAL_ATTRIBUTES = 0x04000561
+
+
+class CoercedDataset(Dataset):
+    """A stored instance with its patient attributes rewritten in its encoded bytes: sent as is
+    (``encoded_as``) when the presentation context has the file's transfer syntax, decoded
+    (``decoded``) otherwise, like ihecli.archive.server.StoredDataset."""
+
+    def __init__(self, meta, body: bytes):
+        super().__init__()
+        self.file_meta = meta
+        self.SOPClassUID = meta.MediaStorageSOPClassUID
+        self.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        self._body = body
+
+    def encoded_as(self, implicit: bool, little: bool, deflated: bool) -> bytes | None:
+        ts = UID(self.file_meta.TransferSyntaxUID)
+        if deflated or ts.is_deflated or (ts.is_implicit_VR, ts.is_little_endian) != (implicit, little):
+            return None
+        return self._body
+
+    def decoded(self) -> Dataset:
+        ts = UID(self.file_meta.TransferSyntaxUID)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = read_dataset(io.BytesIO(self._body), ts.is_implicit_VR, ts.is_little_endian)
+        ds.file_meta = self.file_meta
+        return ds
+
+
+def _spliced(stored: Dataset, changed: list[str], current: CurrentPatient, item: Dataset) -> Dataset | None:
+    """The coerced object made by rewriting only the patient elements and adding the Original
+    Attributes Sequence in the stored bytes (no decoding of the rest); None when that is not
+    simple: deflated data, group length elements, an Original Attributes Sequence already there,
+    or new values outside the object's character set."""
+    from pydicom.charset import convert_encodings
+    from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
+    from pydicom.tag import BaseTag
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_data_element
+
+    body = getattr(stored, "_body", None)
+    meta = getattr(stored, "file_meta", None)
+    ts = UID(str(getattr(meta, "TransferSyntaxUID", "") or "")) if meta is not None else None
+    if body is None or not ts or ts.is_deflated:
+        return None
+    implicit, little = ts.is_implicit_VR, ts.is_little_endian
+    looks_explicit = len(body) >= 6 and body[4:6].isalpha() and body[4:6].isupper()
+    if looks_explicit == implicit:  # encoded otherwise than its transfer syntax says: let pydicom sort it out
+        return None
+    if not little:
+        return None
+    from ihecli.archive.scan import _element  # the archive's walker over element lengths (little endian)
+
+    spans: list[tuple[int, int, int]] = []  # (tag, start, end) of the top-level elements before the sequence
+    raws: dict[int, RawDataElement] = {}
+    pos, n = 0, len(body)
+    wanted = {tag for _kw, tag, _vr, _col in PATIENT_ATTRIBUTES} | {0x00080005}
+    try:
+        while pos + 8 <= n:
+            group, elem = struct.unpack_from("<HH", body, pos)
+            if (group << 16) | elem >= ORIGINAL_ATTRIBUTES:
+                break
+            tag, end, (vr, start, length) = _element(body, pos, implicit)
+            if elem == 0 and group in (0x0008, 0x0010, 0x0400):
+                return None  # a group length would no longer be right
+            spans.append((tag, pos, end))
+            if tag in wanted:
+                raws[tag] = RawDataElement(BaseTag(tag), vr.decode("ascii") if vr else None, length,
+                                           body[start:start + length], start, implicit, True)
+            pos = end
+    except Exception:  # anything odd: the decoding path copes
+        return None
+    head = body[pos:pos + 4]
+    if len(head) == 4:
+        group = int.from_bytes(head[:2], "little" if little else "big")
+        elem = int.from_bytes(head[2:], "little" if little else "big")
+        if (group << 16) | elem == ORIGINAL_ATTRIBUTES:
+            return None  # earlier history: the decoding path appends to it
+    cs_raw = raws.get(0x00080005)
+    charset = None
+    if cs_raw is not None:
+        cs_elem = convert_raw_data_element(cs_raw)
+        charset = cs_elem.value
+    encodings = convert_encodings(charset)
+    if not all(x.isascii() for x in (current.name or "", current.pid, current.issuer)):
+        if not any(e in ("utf_8", "UTF8") for e in encodings):
+            return None
+
+    def encode(elem) -> bytes:
+        out = DicomBytesIO()
+        out.is_little_endian, out.is_implicit_VR = little, implicit
+        write_data_element(out, elem, encodings)
+        return out.getvalue()
+
+    original = Dataset()
+    replace: dict[int, bytes] = {}
+    for kw, tag, vr, col in PATIENT_ATTRIBUTES:
+        if kw not in changed:
+            continue
+        if tag in raws:
+            original.add(convert_raw_data_element(raws[tag], encoding=encodings))
+        else:
+            original.add_new(tag, vr, None)
+        value = current.column(col)
+        if value or tag in raws or kw == "PatientID":
+            replace[tag] = encode(DataElement(tag, vr, value or None))
+    item.ModifiedAttributesSequence = Sequence([original])
+    replace[ORIGINAL_ATTRIBUTES] = encode(DataElement(ORIGINAL_ATTRIBUTES, "SQ", Sequence([item])))
+    parts = []
+    pending = sorted(replace.items())
+    for tag, start, end in spans:
+        while pending and pending[0][0] < tag:
+            parts.append(pending.pop(0)[1])
+        if pending and pending[0][0] == tag:
+            parts.append(pending.pop(0)[1])
+        else:
+            parts.append(body[start:end])
+    parts += [b for _t, b in pending]
+    parts.append(body[pos:])
+    return CoercedDataset(meta, b"".join(parts))
