@@ -269,3 +269,17 @@ def test_cli_serve_in_a_process(pki, tmp_path):  # noqa: F811
         p.terminate()
         out = p.communicate(timeout=15)[1]
     assert p.returncode == 0 and "1 messages stored" in out
+
+
+def test_serve_on_a_busy_port_is_one_clear_line(pki, tmp_path):  # noqa: F811
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        taken = busy.getsockname()[1]
+        r = run_cli("audit", "serve", "--tls-port", "0", "--udp-port", str(taken), "--cert", pki["server"], "--db",
+                    f"sqlite:///{tmp_path / 'a.db'}")
+    assert r.code == 2 and f"udp port {taken}: Address already in use" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = run_cli("audit", "serve", "--no-tls", "--no-udp")
+    assert r.code == 2 and "every listener is off" in r.stderr
+    r = run_cli("audit", "serve", "--tls-port", "0")
+    assert r.code == 2 and "needs a certificate" in r.stderr

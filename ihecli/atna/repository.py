@@ -224,6 +224,9 @@ class AuditRepository:
             try:
                 self._loop.run_until_complete(self._bind())
             except BaseException as e:
+                for srv in self._servers:  # the listeners already bound
+                    srv.close()
+                self._servers.clear()
                 failure.append(e)
                 ready.set()
                 return
@@ -248,22 +251,41 @@ class AuditRepository:
                 if v is not None}
 
     async def _bind(self) -> None:
-        loop = asyncio.get_running_loop()
+        for kind, bind in (("tls", self._bind_tls), ("tcp", self._bind_tcp), ("udp", self._bind_udp)):
+            port = {"tls": self.tls_port, "tcp": self.tcp_port, "udp": self.udp_port}[kind]
+            if port is None:
+                continue
+            try:
+                await bind()
+            except OSError as e:
+                hint = " (ports below 1024 need root)" if e.errno == 13 and 0 < port < 1024 else ""
+                raise OSError(e.errno, f"{kind} port {port}: {e.strerror or e}{hint}") from None
+
+    async def _bind_tls(self) -> None:
         if self.tls_port is not None:
             srv = await asyncio.start_server(lambda r, w: self._serve(r, w, "tls"), self.bind, self.tls_port,
                                              limit=self.max_frame + 64, reuse_address=True)
             self._servers.append(srv)
             self.tls_port = srv.sockets[0].getsockname()[1]
+
+    async def _bind_tcp(self) -> None:
         if self.tcp_port is not None:
             srv = await asyncio.start_server(lambda r, w: self._serve(r, w, "tcp"), self.bind, self.tcp_port,
                                              limit=self.max_frame + 64, reuse_address=True)
             self._servers.append(srv)
             self.tcp_port = srv.sockets[0].getsockname()[1]
+
+    async def _bind_udp(self) -> None:
+        loop = asyncio.get_running_loop()
         if self.udp_port is not None:
             family = socket.AF_INET6 if ":" in self.bind else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_DGRAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-            sock.bind((self.bind, self.udp_port))
+            try:
+                sock.bind((self.bind, self.udp_port))
+            except OSError:
+                sock.close()
+                raise
             transport, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), sock=sock)
             self._servers.append(transport)
             self.udp_port = sock.getsockname()[1]
