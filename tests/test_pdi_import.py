@@ -402,3 +402,22 @@ def test_choosing_among_local_patients(tmp_path):
         assert asked == [("THEIRS", ["LOCA", "LOCB"])]
         assert rep.counts["stored"] == 1
         assert len(a.instances(_ident(PatientID="LOCB"))) == 2
+
+
+def test_dcmtk_dicomdir_on_a_plain_iso9660_image(tmp_path):
+    """dcmmkdir's DICOMDIR in an image xorriso wrote without Joliet or Rock Ridge names (NAME.;1)."""
+    import subprocess
+
+    stage = tmp_path / "stage"
+    (stage / "DICOM").mkdir(parents=True)
+    for k, f in enumerate(make_corpus(tmp_path / "corpus", studies=1, series=1, images=3)):
+        shutil.copy(f, stage / "DICOM" / f"IM{k:06d}")
+    run_dcmtk("dcmmkdir", "+r", "-q", "+id", str(stage), "--output-file", str(stage / "DICOMDIR"))
+    iso = tmp_path / "plain.iso"
+    p = subprocess.run(["xorriso", "-as", "mkisofs", "-quiet", "-V", "PLAIN", "-o", str(iso), str(stage)],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    r = imp(tmp_path, iso)
+    assert r.code == 0, r.stderr
+    assert r.json["counts"] == {"stored": 3, "files_skipped": 0} and r.json["dicomdirs"] == ["DICOMDIR"]
+    assert all(o["path"].startswith("DICOM/IM") for o in r.json["objects"])
