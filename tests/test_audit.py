@@ -283,3 +283,10 @@ def test_serve_on_a_busy_port_is_one_clear_line(pki, tmp_path):  # noqa: F811
     assert r.code == 2 and "every listener is off" in r.stderr
     r = run_cli("audit", "serve", "--tls-port", "0")
     assert r.code == 2 and "needs a certificate" in r.stderr
+
+
+def test_a_broken_audit_setting_is_said_not_silent(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[audit]\nrepository = "tls://127.0.0.1:{free_port()}"\n[tls]\nca = "{tmp_path / "nope.pem"}"\n')
+    r = run_cli("--config", str(cfg), "config", "path")
+    assert r.code == 0 and "no audit trail: CA file" in r.stderr and not atna.enabled()

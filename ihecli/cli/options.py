@@ -93,9 +93,15 @@ class State:
     def settings(self) -> cfg.Settings:
         if self._settings is None:
             self._settings = cfg.load(self.config, self.profile)
-            from ihecli import atna
+            import logging
 
-            atna.configure_from(self._settings)  # audit events go to the profile's repository, if any
+            from ihecli import atna
+            from ihecli.errors import IheError
+
+            try:
+                atna.configure_from(self._settings)  # audit events go to the profile's repository, if any
+            except IheError as e:  # say so, but let the command run
+                logging.getLogger("ihe.audit").warning("no audit trail: %s", e)
         return self._settings
 
 
