@@ -198,14 +198,18 @@ def client_ae(calling_aet: str, *, timeout: float = 30) -> AE:
 
 
 def associate(ae: AE, node: Node, *, contexts=None, ext_neg=None, handlers=(), what: str = "",
-              tls=None) -> Association:
-    """Open an association or raise a one-line error (unreachable: exit 4; rejected: exit 1)."""
+              tls=None, serve_requests: bool = False) -> Association:
+    """Open an association or raise a one-line error (unreachable: exit 4; rejected: exit 1).
+
+    ``serve_requests``: the peer sends requests on it too (a storage commitment report), so
+    pynetdicom's reactor runs to serve them instead of being held (see _HeldReactor)."""
     opened = []
+    held = [] if serve_requests else [(evt.EVT_ACCEPTED, hold_reactor)]
     try:
         assoc = ae.associate(node.host, node.port, contexts=contexts, ae_title=node.aet,
                              tls_args=(tls, node.host) if tls is not None else None,
                              ext_neg=ext_neg, evt_handlers=[NODELAY_HANDLER, (evt.EVT_CONN_OPEN, opened.append),
-                                                            (evt.EVT_ACCEPTED, hold_reactor), *handlers])
+                                                            *held, *handlers])
     except (OSError, ValueError) as e:
         raise PeerUnreachable(f"cannot reach {node}: {e}") from None
     if not opened:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
@@ -184,8 +185,13 @@ class WorkflowServices:
                 assoc.unbind(evt.EVT_DIMSE_SENT, on_sent)
             except Exception:
                 pass
+            # a requester that releases at once after the response does so within a few ms; its
+            # A-RELEASE must reach the association before the report is sent, or the two cross
+            time.sleep(0.2)
             if calling.upper() not in self.config.commit_new_association and assoc.is_established:
                 try:
+                    # a report crossing a release gets no answer: try a new association soon
+                    assoc.dimse_timeout = min(assoc.dimse_timeout or 10, 10)
                     rsp = assoc.send_n_event_report(info, event_type, StorageCommitmentPushModel,
                                                     stgcmt.WELL_KNOWN_INSTANCE)
                     status = rsp[0].Status if rsp and rsp[0] is not None and "Status" in rsp[0] else None

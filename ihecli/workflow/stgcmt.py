@@ -224,7 +224,7 @@ def request_commitment(node: Node, refs: list[Ref], *, calling_aet: str = "IHE",
         info = event.event_information
         if str(info.get("TransactionUID", "")) != uid:
             return 0x0000, None  # another transaction's report: acknowledged, not ours
-        got.update(event_type=event.event_type_id, info=info, same=same)
+        got.update(event_type=event.event_type, info=info, same=same)
         arrived.set()
         return 0x0000, None
 
@@ -236,13 +236,17 @@ def request_commitment(node: Node, refs: list[Ref], *, calling_aet: str = "IHE",
         sae.acse_timeout = sae.dimse_timeout = sae.network_timeout = timeout
         try:
             server = sae.start_server(listen, block=False, evt_handlers=[
-                dimse.NODELAY_HANDLER, (evt.EVT_N_EVENT_REPORT, lambda e: on_report(e, False))])
+                dimse.NODELAY_HANDLER, (evt.EVT_N_EVENT_REPORT,
+                                        lambda e: on_report(_Report(e.request.EventTypeID, e.event_information),
+                                                            False))])
         except OSError as e:
             raise IheError(f"cannot listen on {listen[0]}:{listen[1]} for the report: {e.strerror or e}") from None
     try:
         ae = dimse.client_ae(calling_aet, timeout=timeout)
         ae.add_requested_context(StorageCommitmentPushModel)
-        assoc = dimse.associate(ae, node, handlers=[(evt.EVT_N_EVENT_REPORT, lambda e: on_report(e, True))])
+        # the report arrives as a request on this association: pynetdicom's reactor serves it
+        assoc = dimse.associate(ae, node, serve_requests=True, handlers=[(evt.EVT_N_EVENT_REPORT, lambda e: on_report(
+            _Report(e.request.EventTypeID, e.event_information), True))])
         try:
             info = Dataset()
             info.TransactionUID = uid
@@ -286,3 +290,10 @@ def request_commitment(node: Node, refs: list[Ref], *, calling_aet: str = "IHE",
         res.failed.append(Ref(str(it.get("ReferencedSOPClassUID", "")), str(it.get("ReferencedSOPInstanceUID", "")),
                               int(reason) if reason is not None else PROCESSING_FAILURE))
     return res
+
+
+@dataclass
+class _Report:
+    event_type: int
+    event_information: Dataset
+
