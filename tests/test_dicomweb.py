@@ -194,6 +194,10 @@ def test_wado_frames_and_rendered(world):
     assert img.format == "PNG" and img.size == (mf.Columns, mf.Rows)
     jpg = c.retrieve_instance_frames_rendered(st, se, sop, [3], media_types=("image/jpeg",))
     assert Image.open(io.BytesIO(jpg)).format == "JPEG"
+    for path in (f"/studies/{st}/thumbnail", f"/studies/{st}/series/{se}/thumbnail",
+                 f"/studies/{st}/series/{se}/instances/{sop}/frames/2/thumbnail"):
+        r = HTTP.get(world["url"] + path, params={"viewport": "32,32"})
+        assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (32, 32), path
     # JPEG-compressed instance: frames in their stored encoding, or decompressed
     st2, se2, sop2 = _ref(world, world["jpeg"])
     jpeg_frame = c.retrieve_instance_frames(st2, se2, sop2, [1], media_types=("image/jpeg",))[0]

@@ -90,6 +90,12 @@ def create_app(archive, *, root: str = ROOT, max_upload: int = MAX_UPLOAD,
             frame = wado.parse_frames(request.path_params["frames"])[0]
         return wado.rendered(archive, request.headers.get("accept"), _refs(request)[0], frame, request.query_params)
 
+    def thumbnail(request: Request):
+        frame = 1
+        if "frames" in request.path_params:
+            frame = wado.parse_frames(request.path_params["frames"])[0]
+        return wado.thumbnail(archive, request.headers.get("accept"), _refs(request), frame, request.query_params)
+
     # -- STOW-RS ------------------------------------------------------------------------------
     async def store(request: Request):
         study = request.path_params.get("study")
@@ -134,6 +140,10 @@ def create_app(archive, *, root: str = ROOT, max_upload: int = MAX_UPLOAD,
         Route(root + inst + "/frames/{frames}", frames, methods=["GET"]),
         Route(root + inst + "/frames/{frames}/rendered", rendered, methods=["GET"]),
         Route(root + inst + "/rendered", rendered, methods=["GET"]),
+        Route(root + st + "/thumbnail", thumbnail, methods=["GET"]),
+        Route(root + se + "/thumbnail", thumbnail, methods=["GET"]),
+        Route(root + inst + "/thumbnail", thumbnail, methods=["GET"]),
+        Route(root + inst + "/frames/{frames}/thumbnail", thumbnail, methods=["GET"]),
         Route(root + inst + "/bulkdata/{path:path}", bulkdata, methods=["GET"]),
         Route("/wado", wado_get, methods=["GET"]),
         Route(root + "/wado", wado_get, methods=["GET"]),

@@ -296,3 +296,28 @@ def rendered(archive, accept_header: str | None, ref, frame: int, params):
     ds = _read(archive, ref)
     return Response(render(ds, frame, media, window=window, quality=max(1, min(100, quality)), viewport=viewport),
                     media_type=media)
+
+
+THUMBNAIL = (128, 128)
+
+
+def thumbnail(archive, accept_header: str | None, refs, frame: int, params):
+    """A small rendered image of an instance, or of the middle image of a series or study (PS3.18
+    thumbnail resources); ``viewport`` may ask for another size."""
+    from starlette.responses import Response
+
+    media = rendered_media(accept_header, params.get("accept"))
+    viewport = THUMBNAIL
+    if params.get("viewport"):
+        try:
+            viewport = tuple(int(x) for x in params["viewport"].split(",")[:2])
+        except ValueError:
+            raise WebError(400, "bad viewport: width,height") from None
+    window = parse_window(params.get("window"))
+    middle = len(refs) // 2
+    for ref in (refs[middle:] + refs[:middle])[:20]:  # the middle image, else the next that has pixels
+        ds = _read(archive, ref)
+        if "PixelData" not in ds:
+            continue
+        return Response(render(ds, frame, media, window=window, quality=80, viewport=viewport), media_type=media)
+    raise WebError(404, "no image to show")
