@@ -234,3 +234,20 @@ def test_connections_past_the_limit_are_closed(mllp):
     with MllpClient("127.0.0.1", srv.port, timeout=5) as c:
         assert v2.read_ack(c.send(msg("later"))).code == "AA"
     held[1].close()
+
+
+def test_handler_knows_its_peer(mllp):
+    from ihecli.net.mllp import current_peer
+
+    seen = []
+
+    def handler(data: bytes) -> bytes:
+        seen.append(current_peer())
+        return echo_ack(data)
+
+    srv = mllp(handler)
+    with MllpClient("127.0.0.1", srv.port) as c:
+        c.send(msg(1))
+        local = c.sock.getsockname()
+    assert seen == [f"127.0.0.1:{local[1]}"]
+    assert current_peer() == ""

@@ -18,6 +18,7 @@ the end block restarts the frame, the end block FS may come without its CR. A me
 ``max_size`` bytes is read to its end and answered AR without being handled. A connection
 idle for ``idle_timeout`` seconds is closed, and so are new ones past ``max_connections``.
 ``ssl_context`` (server side) makes it MLLP over TLS. Every socket has TCP_NODELAY.
+``current_peer()`` in a handler gives the "host:port" of the peer it answers (for audit).
 
 Client::
 
@@ -45,6 +46,12 @@ log = logging.getLogger("ihe.mllp")
 
 VT, FS, CR = b"\x0b", b"\x1c", b"\x0d"
 MAX_SIZE = 16 * 1024 * 1024  # bytes of one message
+_local = threading.local()
+
+
+def current_peer() -> str:
+    """In a handler: the "host:port" of the peer whose message it handles ('' elsewhere)."""
+    return getattr(_local, "peer", "")
 HEAD = 8192  # bytes kept of an oversized message, to answer it
 
 
@@ -227,6 +234,7 @@ class MllpServer:
     def _serve(self, sock: socket.socket, peer) -> None:
         _nodelay(sock)
         where = f"{peer[0]}:{peer[1]}"
+        _local.peer = where
         with self._lock:
             full = len(self._conns) >= self.max_connections
         if full:
