@@ -69,21 +69,24 @@ def _charset(info: ObjectInfo):
 Fields = list
 
 
+def _with_charset(info: ObjectInfo, r: Fields) -> Fields:
+    """The record's Specific Character Set first: the source's, or UTF-8 when a source without one
+    holds text outside the default repertoire (as some do)."""
+    cs = _charset(info)
+    if not cs and any(isinstance(val, str) and not val.isascii() for _, val in r):
+        cs = "ISO_IR 192"
+    return [("SpecificCharacterSet", cs), *r] if cs else r
+
+
 def patient_record(info: ObjectInfo, invented_id: str) -> Fields:
     r: Fields = []
-    cs = _charset(info)
-    if cs:
-        r.append(("SpecificCharacterSet", cs))
     r.append(("PatientName", v.clean_pn(info.patient_name) or ""))
     r.append(("PatientID", v.clean_text(info.patient_id, 64) or invented_id))
-    return r
+    return _with_charset(info, r)
 
 
 def study_record(info: ObjectInfo, today: str, number: int) -> Fields:
     r: Fields = []
-    cs = _charset(info)
-    if cs:
-        r.append(("SpecificCharacterSet", cs))
     # Study Date and Time are type 1: when a source has none that is valid, the nearest valid
     # date of the object is used, else the day the medium was made
     r.append(("StudyDate", v.clean_da(info.study_date) or v.clean_da(info.series_date)
@@ -93,7 +96,7 @@ def study_record(info: ObjectInfo, today: str, number: int) -> Fields:
     r.append(("StudyInstanceUID", info.study_uid))
     r.append(("StudyID", v.clean_text(info.study_id, 16) or str(number)))
     r.append(("AccessionNumber", v.clean_text(info.accession, 16) or ""))
-    return r
+    return _with_charset(info, r)
 
 
 def series_record(info: ObjectInfo, number: int) -> Fields:
