@@ -484,7 +484,7 @@ def import_media(medium: Medium, *, archive=None, node=None, calling_aet: str = 
     if not dry_run:  # Import (ITI-20 audit trail)
         audit_dicom.media_imported(medium.kind, report.fileset_id or medium.name,
                                    ((o.study_uid or "", o.patient_id or "", o.sop_class or "") for o in results
-                                    if o.outcome in ("stored", "duplicate", "overwritten")), failed=report.problems)
+                                    if o.outcome in ("stored", "duplicate", "overwritten", "sent")), failed=report.problems)
     return report
 
 
