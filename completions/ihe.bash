@@ -20,7 +20,7 @@ _ihe_subcommands() {
         'ihe tce') _ihe_words='export ls show' ;;
         'ihe time') _ihe_words='check' ;;
         'ihe wic') _ihe_words='upload' ;;
-        'ihe xca') _ihe_words='query retrieve serve' ;;
+        'ihe xca') _ihe_words='gateway query retrieve serve' ;;
         'ihe xcai') _ihe_words='gateway serve' ;;
         'ihe xds') _ihe_words='delete query retrieve serve submit' ;;
         'ihe xdsi') _ihe_words='publish retrieve' ;;
@@ -87,6 +87,7 @@ _ihe_options() {
         'ihe wic') _ihe_words='--help -h' ;;
         'ihe wic upload') _ihe_words='--accession --birth-date --ca --cert --help --json --new-study --no-tls --patient --patient-name --sex --study --study-description --timeout --tls --tls-floor --tls-key --url -h' ;;
         'ihe xca') _ihe_words='--help -h' ;;
+        'ihe xca gateway') _ihe_words='--bind --ca --cert --community --help --no-tls --port --timeout --tls --tls-floor --tls-key -h -p' ;;
         'ihe xca query') _ihe_words='--class --community --event-code --format --help --json --object-ref --patient --status --timeout --type --unique-id --uuid -h' ;;
         'ihe xca retrieve') _ihe_words='--community --help --home --json --out --repository-id --timeout -h -o' ;;
         'ihe xca serve') _ihe_words='--bind --ca --cert --db --help --home --no-tls --port --repository-id --storage --tls --tls-floor --tls-key -h -p' ;;
@@ -96,7 +97,7 @@ _ihe_options() {
         'ihe xds') _ihe_words='--help -h' ;;
         'ihe xds delete') _ihe_words='--ca --cert --dry-run --help --json --registry --timeout --tls-floor --tls-key --yes -h -y' ;;
         'ihe xds query') _ihe_words='--association-type --author --ca --cert --class --confidentiality --content-type --event-code --facility --folder-code --format --help --json --object-ref --patient --practice --registry --source-id --status --time-from --time-to --timeout --tls-floor --tls-key --type --unique-id --uuid -h' ;;
-        'ihe xds retrieve') _ihe_words='--ca --cert --help --json --out --repository --repository-id --timeout --tls-floor --tls-key -h -o' ;;
+        'ihe xds retrieve') _ihe_words='--ca --cert --help --home --json --out --repository --repository-id --timeout --tls-floor --tls-key -h -o' ;;
         'ihe xds serve') _ihe_words='--bind --ca --cert --db --help --max-body-mb --no-tls --port --repository-id --storage --tls --tls-floor --tls-key -h -p' ;;
         'ihe xds submit') _ihe_words='--batch --ca --cert --class --confidentiality --folder --format --help --json --metadata --mime --patient --replace --repository --timeout --title --tls-floor --tls-key --type -h' ;;
         'ihe xdsi') _ihe_words='--help -h' ;;
@@ -379,6 +380,14 @@ _ihe_value() {
         'ihe wic upload --tls-floor') _ihe_kind=text ;;
         'ihe wic upload --tls-key') _ihe_kind=file ;;
         'ihe wic upload --url') _ihe_kind=text ;;
+        'ihe xca gateway --bind') _ihe_kind=text ;;
+        'ihe xca gateway --ca') _ihe_kind=file ;;
+        'ihe xca gateway --cert') _ihe_kind=file ;;
+        'ihe xca gateway --community') _ihe_kind=text ;;
+        'ihe xca gateway -p'|'ihe xca gateway --port') _ihe_kind=text ;;
+        'ihe xca gateway --timeout') _ihe_kind=text ;;
+        'ihe xca gateway --tls-floor') _ihe_kind=text ;;
+        'ihe xca gateway --tls-key') _ihe_kind=file ;;
         'ihe xca query --class') _ihe_kind=text ;;
         'ihe xca query --community') _ihe_kind=text ;;
         'ihe xca query --event-code') _ihe_kind=text ;;
@@ -453,6 +462,7 @@ _ihe_value() {
         'ihe xds query --uuid') _ihe_kind=text ;;
         'ihe xds retrieve --ca') _ihe_kind=file ;;
         'ihe xds retrieve --cert') _ihe_kind=file ;;
+        'ihe xds retrieve --home') _ihe_kind=text ;;
         'ihe xds retrieve -o'|'ihe xds retrieve --out') _ihe_kind=dir ;;
         'ihe xds retrieve --repository') _ihe_kind=text ;;
         'ihe xds retrieve --repository-id') _ihe_kind=text ;;

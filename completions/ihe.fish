@@ -37,7 +37,7 @@ function __ihe_subcommands
         case 'ihe wic'
             printf '%s\n' 'upload'
         case 'ihe xca'
-            printf '%s\n' 'query' 'retrieve' 'serve'
+            printf '%s\n' 'gateway' 'query' 'retrieve' 'serve'
         case 'ihe xcai'
             printf '%s\n' 'gateway' 'serve'
         case 'ihe xds'
@@ -158,6 +158,9 @@ function __ihe_takes_value
         case 'ihe wic upload'
             contains -- $argv[2] --accession --birth-date --ca --cert --patient --patient-name --sex --study --study-description --timeout --tls-floor --tls-key --url
             return
+        case 'ihe xca gateway'
+            contains -- $argv[2] --bind --ca --cert --community -p --port --timeout --tls-floor --tls-key
+            return
         case 'ihe xca query'
             contains -- $argv[2] --class --community --event-code --format --patient --status --timeout --type --unique-id --uuid
             return
@@ -180,7 +183,7 @@ function __ihe_takes_value
             contains -- $argv[2] --association-type --author --ca --cert --class --confidentiality --content-type --event-code --facility --folder-code --format --patient --practice --registry --source-id --status --time-from --time-to --timeout --tls-floor --tls-key --type --unique-id --uuid
             return
         case 'ihe xds retrieve'
-            contains -- $argv[2] --ca --cert -o --out --repository --repository-id --timeout --tls-floor --tls-key
+            contains -- $argv[2] --ca --cert --home -o --out --repository --repository-id --timeout --tls-floor --tls-key
             return
         case 'ihe xds serve'
             contains -- $argv[2] --bind --ca --cert --db --max-body-mb -p --port --repository-id --storage --tls-floor --tls-key
@@ -833,10 +836,24 @@ complete -c ihe -n "__ihe_at 'ihe wic upload'" -l url -x -d 'DICOMweb service ro
 complete -c ihe -n "__ihe_arg 'ihe wic upload' 0 -1" -F
 
 # ihe xca
+complete -c ihe -n "__ihe_arg 'ihe xca' 0 0" -a 'gateway' -d 'Initiating Gateway with the XDS Affinity Domain option: local consumers send Registry Stored Query (ITI-18) and Retrieve Document Set (ITI-43) to /xds as to a registry and repository; it asks every community (ITI-38, ITI-39) in parallel and merges the answers.'
 complete -c ihe -n "__ihe_arg 'ihe xca' 0 0" -a 'query' -d 'Ask every community at once: Cross Gateway Query (ITI-38).'
 complete -c ihe -n "__ihe_arg 'ihe xca' 0 0" -a 'retrieve' -d 'Fetch documents of another community: Cross Gateway Retrieve (ITI-39).'
 complete -c ihe -n "__ihe_arg 'ihe xca' 0 0" -a 'serve' -d 'Answer other communities: a Responding Gateway for ITI-38 and ITI-39 at /xca, over the registry and repository data of `ihe xds serve` (the same archive database).'
 complete -c ihe -n "__ihe_at 'ihe xca'" -s h -l help -d 'Show this message and exit.'
+
+# ihe xca gateway
+complete -c ihe -n "__ihe_at 'ihe xca gateway'" -l bind -x -d 'Address to listen on (default 127.0.0.1; 0.0.0.0 for all).'
+complete -c ihe -n "__ihe_at 'ihe xca gateway'" -l ca -r -F -d 'CA certificates to trust (PEM); servers then require client certificates. Implies --tls.'
+complete -c ihe -n "__ihe_at 'ihe xca gateway'" -l cert -r -F -d 'Our TLS certificate chain (PEM; may hold the key). Implies --tls.'
+complete -c ihe -n "__ihe_at 'ihe xca gateway'" -l community -x -d 'A responding gateway, urn:oid:OID=http://host:port/xca (repeatable; default: the profile\'s xds.communities).'
+complete -c ihe -n "__ihe_at 'ihe xca gateway'" -s h -l help -d 'Show this message and exit.'
+complete -c ihe -n "__ihe_at 'ihe xca gateway'" -l no-tls -d 'No secure transport, even when the profile turns TLS on.'
+complete -c ihe -n "__ihe_at 'ihe xca gateway'" -s p -l port -x -d 'Port to listen on (0: any free port).'
+complete -c ihe -n "__ihe_at 'ihe xca gateway'" -l timeout -x -d 'Network timeout in seconds.'
+complete -c ihe -n "__ihe_at 'ihe xca gateway'" -l tls -d 'Secure the link with TLS (the profile\'s certificate and CA unless --cert/--tls-key/--ca are given).'
+complete -c ihe -n "__ihe_at 'ihe xca gateway'" -l tls-floor -x -d 'Lowest TLS version: 1.2 (BCP195, the default) or 1.0 (legacy peers only).'
+complete -c ihe -n "__ihe_at 'ihe xca gateway'" -l tls-key -r -F -d 'Private key of --cert (PEM), when not in the same file.'
 
 # ihe xca query
 complete -c ihe -n "__ihe_at 'ihe xca query'" -l class -x -d 'classCode: CODE^DISPLAY^SCHEME (queries also take CODE^^SCHEME or CODE alone, repeatable: any of them).'
@@ -962,6 +979,7 @@ complete -c ihe -n "__ihe_at 'ihe xds query'" -l uuid -x -d 'entryUUID (urn:uuid
 complete -c ihe -n "__ihe_at 'ihe xds retrieve'" -l ca -r -F -d 'CA certificates to trust (PEM); servers then require client certificates. Implies --tls.'
 complete -c ihe -n "__ihe_at 'ihe xds retrieve'" -l cert -r -F -d 'Our TLS certificate chain (PEM; may hold the key). Implies --tls.'
 complete -c ihe -n "__ihe_at 'ihe xds retrieve'" -s h -l help -d 'Show this message and exit.'
+complete -c ihe -n "__ihe_at 'ihe xds retrieve'" -l home -x -d 'homeCommunityId the query gave (documents found through an XCA gateway).'
 complete -c ihe -n "__ihe_at 'ihe xds retrieve'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
 complete -c ihe -n "__ihe_at 'ihe xds retrieve'" -s o -l out -x -a '(__fish_complete_directories)' -d 'Folder to write the instances to.'
 complete -c ihe -n "__ihe_at 'ihe xds retrieve'" -l repository -x -d 'Document Repository endpoint (default: the profile\'s xds.repository).'

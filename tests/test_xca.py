@@ -128,3 +128,27 @@ def test_nist_requests_are_answered(two, name, action):
     else:  # its homeCommunityId urn:oid:1.2.3.5 is not community A's
         assert {e.get("errorCode") for e in rr.iter("{*}RegistryError")} == {"XDSUnknownCommunity"}
     assert etree.QName(msg.body).localname in ("AdhocQueryResponse", "RetrieveDocumentSetResponse")
+
+
+def test_affinity_domain_gateway_needs_no_xca_knowledge_from_consumers(two, tmp_path):
+    """`ihe xds query|retrieve` against the gateway as if it were a registry and repository."""
+    from ihecli.xca.gateway import AffinityDomainGateway, AffinityGatewayServer
+
+    a, b = two
+    down = "urn:oid:1.2.3.999"
+    comms = {a.home: a.xca.url, b.home: b.xca.url}
+    with AffinityGatewayServer(AffinityDomainGateway(comms, timeout=10)) as gw:
+        r = run_cli("xds", "query", "find-documents", "--patient", PID, "--registry", gw.url, "--json")
+        assert r.code == 0, r.stderr
+        rows = json.loads(r.stdout)
+        assert sorted(x["homeCommunityId"] for x in rows) == [HOME_A, HOME_B]
+        from_a = next(x for x in rows if x["homeCommunityId"] == HOME_A)
+        r = run_cli("xds", "retrieve", from_a["uniqueId"], "--repository", gw.url, "--repository-id", REPO_A,
+                    "--home", HOME_A, "--out", str(tmp_path / "docs"), "--json")
+        assert r.code == 0, r.stderr
+        assert (tmp_path / "docs" / (from_a["uniqueId"] + ".txt")).read_text() == "from A\n"
+    comms[down] = f"http://127.0.0.1:{free_port()}/xca"
+    with AffinityGatewayServer(AffinityDomainGateway(comms, timeout=5)) as gw:
+        r = run_cli("xds", "query", "find-documents", "--patient", PID, "--registry", gw.url, "--json")
+        assert len(json.loads(r.stdout)) == 2  # PartialSuccess: the two that answered
+        assert r.code == 3 and "urn:oid:1.2.3.999: XDSUnavailableCommunity" in r.stderr

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import signal
 import threading
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from ihecli.cli import output
-from ihecli.cli.options import Bind, Ca, Cert, Db, Json, NoTls, Out, Port, Storage, Tls, TlsFloor, TlsKey, state, tls_config
+from ihecli.cli.options import Bind, Ca, Cert, Db, Json, NoTls, Out, Port, Storage, Tls, TlsFloor, TlsKey, tls_config
 from ihecli.cli.xds_cmd import (EXT, Classes, EventCodes, Formats, Patient, RepositoryId, Statuses, Types, _patient,
                                 _print_objects, _xds)
 from ihecli.errors import ExitStatus, UsageError
@@ -145,6 +144,50 @@ def retrieve_cmd(
         raise typer.Exit(code)
 
 
+@app.command("gateway")
+def gateway_cmd(ctx: typer.Context, community: Community = None, port: Port = None, bind: Bind = None,
+                timeout: Timeout = None, tls: Tls = False, no_tls: NoTls = False, cert: Cert = None,
+                tls_key: TlsKey = None, ca: Ca = None, tls_floor: TlsFloor = None) -> None:
+    """Initiating Gateway with the XDS Affinity Domain option: local consumers send Registry
+    Stored Query (ITI-18) and Retrieve Document Set (ITI-43) to /xds as to a registry and
+    repository; it asks every community (ITI-38, ITI-39) in parallel and merges the answers.
+
+    Consumers retrieve with the homeCommunityId the query gave (`ihe xds retrieve --home`).
+
+    Example: ihe xca gateway --community urn:oid:1.3.6.1.4.1.21367.13.70.101=http://gw-a:8021/xca --port 8022
+    """
+    from ihecli.net import tls as tlsmod
+    from ihecli.xca.gateway import AffinityDomainGateway, AffinityGatewayServer
+
+    x = _xds(ctx)
+    gw = AffinityDomainGateway(_communities(ctx, community), timeout=timeout or x.timeout)
+    ssl_context = tlsmod.context(tls_config(ctx, tls=tls, no_tls=no_tls, cert=cert, key=tls_key, ca=ca,
+                                            floor=tls_floor), server=True)
+    srv = AffinityGatewayServer(gw, bind=bind or x.bind, port=8022 if port is None else port, ssl_context=ssl_context)
+    _serve(srv, f"XCA Initiating Gateway (XDS Affinity Domain option) on {{url}} for {len(gw.communities)} "
+                "communities (Ctrl-C stops)", port)
+
+
+def _serve(srv, banner: str, port) -> None:
+    stop = threading.Event()
+    old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            srv.start()
+        except OSError as e:
+            raise UsageError(f"cannot listen on port {port}: {e.strerror or e}") from None
+        output.info(banner.format(url=srv.url))
+        try:
+            while not stop.wait(0.5):
+                pass
+        finally:
+            srv.stop()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    output.info("stopped")
+
+
 @app.command("serve")
 def serve_cmd(
     ctx: typer.Context,
@@ -177,23 +220,7 @@ def serve_cmd(
         raise UsageError("give this community's homeCommunityId: --home urn:oid:OID (or set xds.home)")
     ssl_context = tlsmod.context(tls_config(ctx, tls=tls, no_tls=no_tls, cert=cert, key=tls_key, ca=ca,
                                             floor=tls_floor), server=True)
-    stop = threading.Event()
-    old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with open_archive(ctx, db, storage) as archive:
-            srv = XcaServer(archive, home=home, repository_unique_id=repository_id or x.repository_unique_id,
-                            bind=bind or x.bind, port=8021 if port is None else port, ssl_context=ssl_context)
-            try:
-                srv.start()
-            except OSError as e:
-                raise UsageError(f"cannot listen on port {port}: {e.strerror or e}") from None
-            output.info(f"XCA Responding Gateway of {home} on {srv.url} (Ctrl-C stops)")
-            try:
-                while not stop.wait(0.5):
-                    pass
-            finally:
-                srv.stop()
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-    output.info("stopped")
+    with open_archive(ctx, db, storage) as archive:
+        srv = XcaServer(archive, home=home, repository_unique_id=repository_id or x.repository_unique_id,
+                        bind=bind or x.bind, port=8021 if port is None else port, ssl_context=ssl_context)
+        _serve(srv, f"XCA Responding Gateway of {home} on {{url}} (Ctrl-C stops)", port)

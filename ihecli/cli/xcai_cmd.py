@@ -1,15 +1,12 @@
 """`ihe xcai`: XCA-I Initiating and Responding Imaging Gateways (RAD-69 <-> RAD-75)."""
 from __future__ import annotations
 
-import signal
-import threading
 from typing import Annotated, Optional
 
 import typer
 
-from ihecli.cli import output
 from ihecli.cli.options import Bind, Ca, Cert, NoTls, Port, Tls, TlsFloor, TlsKey, tls_config
-from ihecli.cli.xca_cmd import Community, Timeout, _communities
+from ihecli.cli.xca_cmd import Community, Timeout, _communities, _serve
 from ihecli.cli.xds_cmd import _xds
 from ihecli.errors import UsageError
 
@@ -36,23 +33,7 @@ def _run(ctx, gateway, *, path: str, name: str, port: Optional[int], default_por
     ssl_context = tlsmod.context(tls_config(ctx, **tls), server=True)
     srv = GatewayServer(gateway, path=path, bind=bind or _xds(ctx).bind, port=default_port if port is None else port,
                         ssl_context=ssl_context, name=name)
-    stop = threading.Event()
-    old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        try:
-            srv.start()
-        except OSError as e:
-            raise UsageError(f"cannot listen on port {port}: {e.strerror or e}") from None
-        output.info(f"{name} on {srv.url} (Ctrl-C stops)")
-        try:
-            while not stop.wait(0.5):
-                pass
-        finally:
-            srv.stop()
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-    output.info("stopped")
+    _serve(srv, name + " on {url} (Ctrl-C stops)", port)
 
 
 @app.command("gateway")

@@ -338,8 +338,13 @@ def query_cmd(
     rows = [o.as_dict() for o in res.objects]
     if json:
         output.print_json(rows)
-        return
-    _print_objects(rows)
+    else:
+        _print_objects(rows)
+    errors = [e for e in res.errors if e.is_error]  # PartialSuccess (e.g. an XCA gateway's community down)
+    for e in errors:
+        output.error(f"{e.location + ': ' if e.location else ''}{e.code}: {e.context}")
+    if errors:
+        raise typer.Exit(ExitStatus.PARTIAL)
 
 
 COLUMNS = {
@@ -375,6 +380,8 @@ def retrieve_cmd(
     out: Out,
     repository_id: RepositoryId = None,
     repository: Repository = None,
+    home: Annotated[Optional[str], typer.Option(
+        "--home", metavar="URN", help="homeCommunityId the query gave (documents found through an XCA gateway).")] = None,
     timeout: Annotated[Optional[float], typer.Option("--timeout", min=0.1, metavar="SECONDS",
                                                      help="Network timeout in seconds.")] = None,
     cert: Cert = None,
@@ -394,7 +401,7 @@ def retrieve_cmd(
     from ihecli.xds.model import OID_RE
 
     repo = repository_id or _xds(ctx).repository_unique_id
-    reqs = [DocumentRequest(repo, u.strip()) for u in unique_ids]
+    reqs = [DocumentRequest(repo, u.strip(), home or "") for u in unique_ids]
     cli = _client(ctx, repository, "repository", timeout, dict(cert=cert, key=tls_key, ca=ca, floor=tls_floor))
     res = xc.retrieve_document_set(cli, reqs)
     out.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,7 @@ class CommunityResult:
     url: str
     status: str = ""
     objects: list = field(default_factory=list)
+    elements: list = field(default_factory=list)  # the returned objects as the gateway sent them
     documents: list = field(default_factory=list)
     errors: list[RegistryError] = field(default_factory=list)
 
@@ -50,7 +51,7 @@ def parse_communities(spec: str | list[str]) -> dict[str, str]:
     return out
 
 
-def _fan_out(communities: dict[str, str], call, timeout: float) -> list[CommunityResult]:
+def fan_out(communities: dict[str, str], call, timeout: float) -> list[CommunityResult]:
     def one(home: str, url: str) -> CommunityResult:
         res = CommunityResult(home, url)
         try:
@@ -84,8 +85,9 @@ def cross_gateway_query(communities: dict[str, str], query_id: str, params: dict
         res.status, res.errors = r.status, r.errors
         rol = msg.body.find(q(RIM, "RegistryObjectList"))
         res.objects = ebrim.from_rim(rol) if rol is not None else []
+        res.elements = list(rol) if rol is not None else []
 
-    return _fan_out(communities, call, timeout)
+    return fan_out(communities, call, timeout)
 
 
 def cross_gateway_retrieve(communities: dict[str, str], requests: list[DocumentRequest], *,
@@ -116,4 +118,4 @@ def cross_gateway_retrieve(communities: dict[str, str], requests: list[DocumentR
                 data=msg.binary(doc) if doc is not None else b"",
                 home=(dr.findtext(q(XDSB, "HomeCommunityId")) or "").strip() or res.home))
 
-    return results + (_fan_out(targets, call, timeout) if targets else [])
+    return results + (fan_out(targets, call, timeout) if targets else [])
