@@ -323,6 +323,11 @@ def test_orders_are_kept_updated_and_cancelled(archive, feed):
     assert sorted(o["sps_id"] for o in r.json) == ["SPS1", "SPS2a", "SPS2b"]
     r = run_cli("hl7", "orders", *where, "--patient", "PAT8")
     assert sorted(o["sps_id"] for o in r.json) == ["SPS2a", "SPS2b"]
+    # the orders of a merged patient follow it
+    archive.store(instance("PAT8", "DOE^JANE"))
+    assert send(feed, adt("A40", "PAT7^^^HOSP", "DOE^JANE", mrg="PAT8", control="om1")).code == "AA"
+    r = run_cli("hl7", "orders", *where, "--patient", "PAT7")
+    assert sorted(o["sps_id"] for o in r.json) == ["SPS2a", "SPS2b"]
 
 
 # -- ihe hl7 send ------------------------------------------------------------------------------

@@ -202,6 +202,12 @@ def _retire(conn: Connection, row, patient_id: int, event: str, msg: Message, at
                                                   event=event, control_id=msg.control_id, at=at))
 
 
+def _move_orders(conn: Connection, old_pid: str, new: PatientIdent, at: datetime) -> None:
+    """The orders of a merged or renamed patient follow it (RAD-4/13 orders kept by the feed)."""
+    o = t.hl7_orders
+    conn.execute(update(o).where(o.c.pid == old_pid).values(pid=new.pid, issuer=new.issuer, updated=at))
+
+
 def merge_patients(conn: Connection, msg: Message, at: datetime) -> str:
     """RAD-12 A40: each MRG-1 patient (prior) merges into its PID-3 patient (surviving): the
     prior's studies move to the surviving patient, whose demographics come from the PID
@@ -229,6 +235,7 @@ def merge_patients(conn: Connection, msg: Message, at: datetime) -> str:
             conn.execute(update(s.patients).where(s.patients.c.id == prior.id)
                          .values(pid=new.pid, issuer=issuer, **values))
             _retire(conn, prior, prior.id, "A40", msg, at)
+            _move_orders(conn, prior.pid, new, at)
             _mark(conn, prior.id, at)
             done.append(f"patient {prior.pid} merged into {new.pid} (new ID)")
             continue
@@ -240,6 +247,7 @@ def merge_patients(conn: Connection, msg: Message, at: datetime) -> str:
         conn.execute(update(t.hl7_patient_ids).where(t.hl7_patient_ids.c.patient_fk == prior.id)
                      .values(patient_fk=target.id))
         _retire(conn, prior, target.id, "A40", msg, at)
+        _move_orders(conn, prior.pid, target_ids[0], at)
         conn.execute(delete(t.hl7_reconciled).where(t.hl7_reconciled.c.patient_fk == prior.id))
         _mark(conn, target.id, at)
         done.append(f"patient {prior.pid} merged into {target.pid} ({moved} studies moved)")
@@ -269,5 +277,6 @@ def change_patient_identifier(conn: Connection, msg: Message, at: datetime) -> s
     conn.execute(update(s.patients).where(s.patients.c.id == row.id)
                  .values(pid=new.pid, issuer=issuer, **demographics(msg, pid_seg)))
     _retire(conn, row, row.id, "A47", msg, at)
+    _move_orders(conn, row.pid, new, at)
     _mark(conn, row.id, at)
     return f"patient {row.pid} is now {new.pid}"
