@@ -216,3 +216,40 @@ def test_certificates_made_with_openssl(tmp_path, pki, refusals):
         assert srv.refused and srv.refused[0].startswith("certificate not trusted")
     finally:
         srv.close()
+
+
+def test_https_server_refusals_are_reported(pki, refusals):
+    """The HTTP server (uvicorn, asyncio TLS) reports refused handshakes with the peer's address."""
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from ihecli.net.http import HttpServer
+
+    app = Starlette(routes=[Route("/", lambda request: PlainTextResponse("ok"))])
+    srv = HttpServer(app, port=0, ssl_context=tls.context(tls.TlsConfig(cert=pki["server"], ca=pki["ca"]),
+                                                          server=True), name="https-test")
+    srv.start()
+    try:
+        good = tls.context(tls.TlsConfig(cert=pki["client"], ca=pki["ca"]), server=False)
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as raw:
+            with good.wrap_socket(raw, server_hostname="localhost") as s:
+                s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                assert b"200 OK" in s.recv(1000)
+        rogue = tls.context(tls.TlsConfig(cert=pki["rogue"], ca=pki["ca"]), server=False)
+        with pytest.raises((ssl.SSLError, OSError)):
+            with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as raw:
+                with rogue.wrap_socket(raw, server_hostname="localhost") as s:
+                    s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                    if not s.recv(1000):
+                        raise ConnectionError("closed")
+        for _ in range(50):
+            if refusals:
+                break
+            threading.Event().wait(0.05)
+        assert len(refusals) == 1
+        peer, reason, service = refusals[0]
+        assert peer.startswith("127.0.0.1:") and reason.startswith("certificate not trusted")
+        assert service == "https-test"
+    finally:
+        srv.stop()

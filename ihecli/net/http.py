@@ -68,7 +68,10 @@ class HttpServer:
                                 limit_concurrency=self.limit_concurrency, server_header=False)
         config.load()
         if self.ssl_context is not None:
-            config.ssl = self.ssl_context  # uvicorn hands config.ssl to loop.create_server
+            from ihecli.net.tls import report_refusals
+
+            # uvicorn hands config.ssl to loop.create_server; refused handshakes are reported (audited)
+            config.ssl = report_refusals(self.ssl_context, self.name)
         server = uvicorn.Server(config)
         self._server = server
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import sys
 import threading
 import warnings
 from dataclasses import dataclass, replace
@@ -204,6 +205,41 @@ def server_handshake(sock: socket.socket, ctx: ssl.SSLContext, *, peer: str, ser
         raise ConnectionError(reason) from None
     tls.settimeout(old)
     return tls
+
+
+class _ReportingSSLObject(ssl.SSLObject):
+    """An SSLObject that reports the handshakes it refuses as a server (see report_refusals)."""
+
+    service = "TLS"
+
+    def do_handshake(self) -> None:
+        try:
+            super().do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise
+        except ssl.SSLError as e:
+            if self.server_side:
+                report_refused(_asyncio_peer(), describe(e), self.service)
+            raise
+
+
+def _asyncio_peer() -> str:
+    """The peer of the asyncio SSL protocol driving the handshake: asyncio's SSLProtocol calls
+    do_handshake itself, so its frame is the caller's; "unknown" when it cannot be told."""
+    try:
+        proto = sys._getframe(2).f_locals.get("self")
+        addr = proto._transport.get_extra_info("peername")
+        return f"{addr[0]}:{addr[1]}"
+    except Exception:
+        return "unknown"
+
+
+def report_refusals(ctx: ssl.SSLContext | None, service: str) -> ssl.SSLContext | None:
+    """Make an asyncio server's context (uvicorn, ``loop.create_server(ssl=...)``) report the
+    handshakes it refuses, as ``server_handshake`` does for socket servers; returns ``ctx``."""
+    if ctx is not None:
+        ctx.sslobject_class = type("ReportingSSLObject", (_ReportingSSLObject,), {"service": service})
+    return ctx
 
 
 def peer_subject(sock) -> str:
