@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 from PIL import Image
@@ -33,9 +34,13 @@ def dcentvfy_errors(path: Path) -> list[str]:
 
 def chromium(*args: str, timeout: float = 90) -> subprocess.CompletedProcess:
     assert os.path.exists(CHROMIUM), "chromium is missing: make test installs it (DEBS in the Makefile)"
-    return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                           "--no-first-run", "--user-data-dir=" + os.environ.get("TMPDIR", "/tmp") + f"/chromium-{os.getpid()}",
-                           *args], capture_output=True, text=True, errors="replace", timeout=timeout)
+    profile = tempfile.mkdtemp(prefix="chromium-")
+    try:
+        return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                               "--no-first-run", f"--user-data-dir={profile}", *args], capture_output=True, text=True,
+                              errors="replace", timeout=timeout)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
 
 
 def dump_dom(url: str) -> str:
