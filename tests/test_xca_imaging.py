@@ -1,0 +1,69 @@
+"""Two communities on loopback, as a tester would set them up: community B publishes a study
+as an XDS-I manifest (its archive is the Imaging Document Source, with an XDS registry and
+repository, an XCA Responding Gateway and an XCA-I Responding Imaging Gateway); from community
+A, a consumer queries across communities, retrieves the manifest and then the images through
+A's Initiating Imaging Gateway. Then B's imaging gateway stops halfway."""
+from __future__ import annotations
+
+import json
+
+from pydicom import dcmread
+
+from helpers import run_cli
+from ihecli.archive import Archive
+from ihecli.web import DicomWebServer
+from ihecli.xca.responding import XcaServer
+from ihecli.xds.server import XdsServer
+from ihecli.xdsi.manifest import default_repository_uid
+from ihecli.xdsi.xcai import GatewayServer, InitiatingImagingGateway, RespondingImagingGateway
+
+PID = "PIDB^^^&1.3.6.1.4.1.21367.2005.3.7&ISO"
+HOME_B = "urn:oid:1.3.6.1.4.1.21367.13.70.102"
+XDS_REPO_B = "1.3.6.1.4.1.21367.13.71.202"
+SRC_B = default_repository_uid("IHE_ARCHIVE")
+
+
+def test_publish_in_b_query_and_retrieve_from_a(tmp_path, corpus):
+    db = tmp_path / "b.db"
+    arc = Archive(f"sqlite:///{db}", tmp_path / "b-storage")
+    for p in corpus:
+        arc.store(p.read_bytes())
+    study = str(dcmread(corpus[0]).StudyInstanceUID)
+    servers = [XdsServer(arc, repository_unique_id=XDS_REPO_B), XcaServer(arc, home=HOME_B, repository_unique_id=XDS_REPO_B),
+               DicomWebServer(arc, imaging_source_uid=SRC_B)]
+    for s in servers:
+        s.start()
+    xds_b, xca_b, web_b = servers
+    rig_b = GatewayServer(RespondingImagingGateway(HOME_B, {SRC_B: web_b.url + "/xdsi"}, timeout=10), path="/xcai")
+    rig_b.start()
+    iig_a = GatewayServer(InitiatingImagingGateway({HOME_B: rig_b.url}, timeout=5), path="/xcai")
+    iig_a.start()
+    try:
+        # B publishes
+        r = run_cli("xdsi", "publish", "--study", study, "--patient", PID, "--repository", xds_b.url,
+                    "--db", f"sqlite:///{db}", "--storage", str(tmp_path / "b-storage"), "--json")
+        assert r.code == 0, r.stderr
+        # A queries across communities and fetches the manifest
+        community = ["--community", f"{HOME_B}={xca_b.url}"]
+        r = run_cli("xca", "query", "find-documents", "--patient", PID, *community, "--json")
+        assert r.code == 0, r.stderr
+        entry = json.loads(r.stdout)[0]
+        assert entry["homeCommunityId"] == HOME_B and entry["mimeType"] == "application/dicom"
+        r = run_cli("xca", "retrieve", entry["uniqueId"], "--home", HOME_B, "--repository-id",
+                    entry["repositoryUniqueId"], "--out", str(tmp_path / "a"), *community, "--json")
+        assert r.code == 0, r.stderr
+        manifest = json.loads(r.stdout)[0]["path"]
+        # ... and the images through its own imaging gateway
+        r = run_cli("xdsi", "retrieve", "--manifest", manifest, "--home", HOME_B, "--source", iig_a.url,
+                    "--out", str(tmp_path / "images"), "--json")
+        assert r.code == 0, r.stderr
+        assert len(json.loads(r.stdout)["images"]) == 6
+        # B's imaging gateway goes away: A's consumer is told which community failed
+        rig_b.stop()
+        r = run_cli("xdsi", "retrieve", "--manifest", manifest, "--home", HOME_B, "--source", iig_a.url,
+                    "--out", str(tmp_path / "again"))
+        assert r.code == 1 and "XDSUnavailableCommunity" in r.stderr
+    finally:
+        for s in (iig_a, rig_b, *reversed(servers)):
+            s.stop()
+        arc.close()
