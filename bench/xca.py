@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""XCA fan-out and XDS-I retrieve rates: three `ihe xca serve` responding gateways (each its own
+process and registry of --docs documents for one patient), asked one at a time and then all at
+once by the Initiating Gateway's parallel fan-out (ITI-38 find-documents); and Retrieve Imaging
+Document Set (RAD-69) of a 100-image study from `ihe archive serve --http-port`.
+
+Goals: the fan-out over three gateways answers in < 1.5x the slowest single gateway; RAD-69
+moves >= 50 images/s.
+
+usage: python bench/xca.py [--docs 200] [--n 20] [--images 100]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib as b  # noqa: E402
+
+PID = "PIDX^^^&1.3.6.1.4.1.21367.2005.3.7&ISO"
+HOMES = [f"urn:oid:1.3.6.1.4.1.21367.13.70.{100 + i}" for i in range(1, 4)]
+REPO = "1.3.6.1.4.1.21367.13.71.100"
+
+
+def fill_registry(db: Path, storage: Path, docs: int) -> None:
+    """``docs`` text documents for PID, submitted over ITI-41 to an in-process `ihe xds serve`."""
+    from ihecli.archive import Archive
+    from ihecli.config import XdsSettings
+    from ihecli.net.soap import SoapClient
+    from ihecli.xds.client import provide_and_register
+    from ihecli.xds.server import XdsServer
+    from ihecli.xds.source import Options, make_submissions
+
+    arc = Archive(f"sqlite:///{db}", storage)
+    with XdsServer(arc, repository_unique_id=REPO) as srv:
+        files = [(f"doc{i}.txt", f"document {i}\n".encode()) for i in range(docs)]
+        domain = XdsSettings(assigning_authority="1.3.6.1.4.1.21367.2005.3.7")
+        cli = SoapClient(srv.url, timeout=120)
+        for sub in make_submissions(files, domain, Options(patient=PID), batch=100):
+            provide_and_register(cli, sub)
+    arc.close()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--docs", type=int, default=200, help="documents per community (200)")
+    p.add_argument("--n", type=int, default=20, help="queries per measurement (20)")
+    p.add_argument("--images", type=int, default=100, help="images in the RAD-69 study (100)")
+    b.add_common(p)
+    a = p.parse_args(argv)
+    b.setup(__file__, a, argv)
+
+    from ihecli.net.soap import SoapClient
+    from ihecli.xca.initiating import cross_gateway_query
+    from ihecli.xca.responding import ITI38
+    from ihecli.xds import ebrim
+    from ihecli.xds import vocabulary as v
+    from ihecli.xds.client import QueryOptions, stored_query_params
+    from ihecli.xds.messages import adhoc_query_request
+
+    qid = v.STORED_QUERIES["find-documents"][0]
+    params = stored_query_params("find-documents", QueryOptions(patient=PID, statuses=["approved"]))
+    with b.Workdir(a.workdir, a.keep) as work, b.Procs() as procs:
+        comms = {}
+        for i, home in enumerate(HOMES):
+            db, storage = work / f"c{i}.db", work / f"c{i}-storage"
+            fill_registry(db, storage, a.docs)
+            port = b.free_port()
+            procs.start([*b.ihe_command(), "xca", "serve", "--home", home, "--port", port, "--bind", b.LOOPBACK,
+                         "--db", f"sqlite:///{db}", "--storage", storage, "--repository-id", REPO],
+                        log=work / f"c{i}.log", env={**b.DCMTK_ENV, "IHE_CONFIG": str(work / "none.toml"),
+                                                      "IHE_DATA_DIR": str(work)})
+            b.wait_port(port, log=work / f"c{i}.log")
+            comms[home] = f"http://{b.LOOPBACK}:{port}/xca"
+        b.note(f"3 responding gateways with {a.docs} documents each")
+
+        def single(home: str) -> float:
+            cli = SoapClient(comms[home], timeout=120)
+            t = time.perf_counter()
+            msg = cli.call(ITI38, adhoc_query_request(qid, params, home=home))
+            objects = ebrim.from_rim(msg.body.find("{*}RegistryObjectList"))  # as the fan-out does
+            dt = time.perf_counter() - t
+            assert len(objects) == a.docs
+            return dt
+
+        def fan() -> float:
+            t = time.perf_counter()
+            res = cross_gateway_query(comms, qid, params, timeout=120)
+            dt = time.perf_counter() - t
+            assert sum(len(r.objects) for r in res) == 3 * a.docs and not any(r.failed for r in res)
+            return dt
+
+        for f in (lambda: [single(h) for h in HOMES], fan):  # warm-up
+            f()
+        singles = {h: [] for h in HOMES}
+        fans = []
+        for _ in range(a.n):
+            for h in HOMES:
+                singles[h].append(single(h))
+            fans.append(fan())
+        slowest = max(b.median(x) for x in singles.values())
+
+        # RAD-69 of one study
+        from pydicom import dcmread
+
+        corpus = work / "corpus"
+        b.gen_corpus(corpus, "--studies", "1", "--series", "4", "--images", str(a.images // 4))
+        img_db, img_storage = work / "img.db", work / "img-storage"
+        from ihecli.archive import Archive
+
+        arc = Archive(f"sqlite:///{img_db}", img_storage)
+        arc.import_paths([corpus])
+        arc.close()
+        port, dport = b.free_port(), b.free_port()
+        procs.start([*b.ihe_command(), "archive", "serve", "--port", dport, "--http-port", port, "--bind", b.LOOPBACK,
+                     "--db", f"sqlite:///{img_db}", "--storage", img_storage, "--workers", "1"],
+                    log=work / "archive.log", env={**b.DCMTK_ENV, "IHE_CONFIG": str(work / "none.toml"),
+                                                     "IHE_DATA_DIR": str(work)})
+        b.wait_port(port, log=work / "archive.log")
+        from ihecli.xdsi.manifest import default_repository_uid
+        from ihecli.xdsi.rad69 import ImageRequest, retrieve_imaging_document_set
+
+        images = []
+        for f in sorted(corpus.rglob("*.dcm")):
+            ds = dcmread(f, stop_before_pixels=True)
+            images.append(ImageRequest(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID),
+                                       default_repository_uid("IHE_ARCHIVE")))
+        cli = SoapClient(f"http://{b.LOOPBACK}:{port}/xdsi", timeout=120)
+        rates = []
+        for _ in range(3):
+            t = time.perf_counter()
+            res = retrieve_imaging_document_set(cli, images, ["1.2.840.10008.1.2.1"])
+            dt = time.perf_counter() - t
+            assert len(res.documents) == len(images), res.errors[:3]
+            rates.append(len(images) / dt)
+
+    print(f"\n## XCA fan-out and XDS-I retrieve")
+    print(b.header(f"{a.n} queries per measurement; find-documents returning {a.docs} entries per community") + "\n")
+    rows = [[f"ITI-38 to {h} alone", f"{b.median(singles[h]) * 1000:.0f}", f"{b.p95(singles[h]) * 1000:.0f}", ""]
+            for h in HOMES]
+    rows.append(["fan-out to all three (parallel)", f"{b.median(fans) * 1000:.0f}", f"{b.p95(fans) * 1000:.0f}",
+                 f"{b.median(fans) / slowest:.2f}x the slowest (goal < 1.5)"])
+    print(b.table(["query", "p50 ms", "p95 ms", ""], rows))
+    print(f"\nRAD-69 of a {len(images)}-image study (CT, 39 KB each): median {b.median(rates):.0f} images/s "
+          f"(runs: {', '.join(f'{r:.0f}' for r in rates)}; goal >= 50)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
