@@ -401,7 +401,8 @@ def import_media(medium: Medium, *, archive=None, node=None, calling_aet: str = 
 
     def store_one(o: ImportedObject, data: bytes) -> None:
         try:
-            out = archive.store(data)
+            # the UIDs are known: the file is written and fsynced while the archive parses the header
+            out = archive.store(data, expect_sop_uid=o.sop_uid, expect_sop_class=o.sop_class)
             o.outcome = out.outcome
             with lock:
                 report.bytes += len(data)
