@@ -454,3 +454,56 @@ def test_archive_serve_http_port(tmp_path):
         p.send_signal(signal.SIGTERM)
         _, err = p.communicate(timeout=30)
     assert p.returncode == 0 and "DICOMweb on http://127.0.0.1:" in err.decode()
+
+
+def test_stow_acknowledged_survives_kill_9(tmp_path):
+    """What STOW-RS answered as stored is there after the server is killed (SIGKILL) mid-stream."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from helpers import free_port, wait_port
+
+    web = free_port()
+    db, storage = tmp_path / "i.db", tmp_path / "s"
+    p = subprocess.Popen([sys.executable, "-m", "ihecli", "archive", "serve", "--port", "0", "--http-port", str(web),
+                          "--workers", "1", "--db", f"sqlite:///{db}", "--storage", str(storage)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    acked = []
+    try:
+        wait_port(web, 30)
+        c = DICOMwebClient(url=f"http://127.0.0.1:{web}/dicom-web")
+        files = make_corpus(tmp_path / "c", studies=1, series=1, images=24)
+        for k in range(0, 24, 4):
+            res = c.store_instances([dcmread(f) for f in files[k:k + 4]])
+            acked += [str(i.ReferencedSOPInstanceUID) for i in res.ReferencedSOPSequence]
+            if k == 12:  # the next request is cut short by the kill
+                break
+        body, ct = _multipart([("application/dicom", f.read_bytes()) for f in files[16:]])
+        threading.Timer(0.02, lambda: os.kill(p.pid, signal.SIGKILL)).start()
+        try:  # (not dicomweb-client: it retries for seconds)
+            HTTP.post(f"http://127.0.0.1:{web}/dicom-web/studies", content=body, headers={"Content-Type": ct})
+        except httpx.HTTPError:
+            pass
+    finally:
+        p.kill()
+        p.wait(30)
+    assert len(acked) == 16
+    a = Archive(f"sqlite:///{db}", storage)
+    try:
+        held = {r.SOPInstanceUID for r in a.find(_image_level())}
+        assert set(acked) <= held
+        rep = a.check()
+        assert not rep.missing_files and not rep.corrupt
+    finally:
+        a.close()
+
+
+def _image_level():
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "IMAGE"
+    ds.SOPInstanceUID = ""
+    return ds
