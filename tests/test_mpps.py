@@ -410,3 +410,56 @@ def test_cli_create_set_and_ls(tmp_path):
     finally:
         srv.stop()
         archive.close()
+
+
+def test_archive_serve_with_profile_settings(tmp_path):
+    """`ihe archive serve` (two worker processes) as a user runs it: the profile's mpps_forward
+    sends each step to the RIS once, and the storage commitment report reaches a requester that
+    left, at its node from the profile."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from helpers import wait_port
+    from ihecli.workflow import stgcmt
+
+    ris = MppsPeer(free_port()).start()
+    port, listen = free_port(), free_port()
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'''
+[archive]
+port = {port}
+workers = 2
+mpps_forward = ["ris"]
+commit_new_association = ["TESTER"]
+
+[nodes]
+ris = "RIS@127.0.0.1:{ris.port}"
+tester = "TESTER@127.0.0.1:{listen}"
+''')
+    env = {**os.environ, "IHE_CONFIG": str(cfg), "IHE_DATA_DIR": str(tmp_path / "data")}
+    p = subprocess.Popen([sys.executable, "-m", "ihecli", "archive", "serve"], env=env, stderr=subprocess.PIPE)
+    try:
+        wait_port(port, 30)
+        node = Node("IHE_ARCHIVE", "127.0.0.1", port)
+        from ihecli.workflow.mpps import send_create, send_set
+
+        uids = [generate_uid() for _ in range(3)]
+        for uid in uids:
+            send_create(node, uid, new_step(), calling_aet="MODALITY")
+            mods, _ = completion()
+            send_set(node, uid, mods, calling_aet="MODALITY")
+        assert wait_for(lambda: len(ris.got) == 6, 20), ris.got
+        for uid in uids:  # each once, N-CREATE before N-SET, whichever worker took it
+            assert [g for g in ris.got if g[1] == uid] == [("create", uid, "IN PROGRESS"), ("set", uid, "COMPLETED")]
+        res = stgcmt.request_commitment(node, [stgcmt.Ref(CT, generate_uid())], calling_aet="TESTER",
+                                        listen=("127.0.0.1", listen), timeout=20)
+        assert not res.same_association and len(res.failed) == 1 and res.failed[0].reason == 0x0112
+    finally:
+        p.send_signal(signal.SIGINT)
+        try:
+            p.wait(30)
+        finally:
+            ris.stop()
+    assert p.returncode == 0
