@@ -149,3 +149,26 @@ def test_archive_serve_with_tls_and_workers(arr, dicom_pki, tmp_path, corpus):
     assert "110120 Application Start" in types and "110121 Application Stop" in types
     assert "110126 Node Authentication" in types
     assert sorted(e.action for e in got if e.event == "110104 DICOM Instances Transferred") == ["C", "R"]
+
+
+def test_client_refuses_an_untrusted_archive_and_audits_it(tls_archive, dicom_pki, arr, tmp_path):
+    k = dicom_pki
+    other = tmp_path / "other-ca.pem"
+    import trustme
+
+    trustme.CA().cert_pem.write_to_path(str(other))
+    r = run_cli("dicom", "echo", f"IHE_ARCHIVE@127.0.0.1:{tls_archive.port}", "--cert", k["client"], "--ca", str(other),
+                "--timeout", "5")
+    assert r.code == 1 and "certificate not trusted" in r.stderr, r.stderr
+    r = run_cli("audit", "send", "--arr", f"tls://127.0.0.1:{tls_archive.port}", "--ca", str(other), "--event",
+                "login")
+    assert r.code == 1, r.stderr
+    # ours as the client (and the archive's, which saw us leave the handshake)
+    import time
+
+    for _ in range(100):
+        ours = [e for e in events(arr, 2) if e.types == "110126 Node Authentication" and "TLS client" in e.users]
+        if len(ours) >= 2:
+            break
+        time.sleep(0.1)
+    assert len(ours) == 2

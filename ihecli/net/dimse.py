@@ -213,6 +213,8 @@ def associate(ae: AE, node: Node, *, contexts=None, ext_neg=None, handlers=(), w
     except (OSError, ValueError) as e:
         raise PeerUnreachable(f"cannot reach {node}: {e}") from None
     if not opened:
+        if tls is not None:
+            _tls_probe(node, tls, ae.connection_timeout or 10)
         raise PeerUnreachable(f"cannot reach {node}: connection refused or timed out")
     if assoc.is_established:
         return assoc
@@ -228,6 +230,21 @@ def associate(ae: AE, node: Node, *, contexts=None, ext_neg=None, handlers=(), w
                            "AE titles and supported services)")
         raise IheError(f"{node} aborted the association (check AE titles and supported services)")
     raise PeerUnreachable(f"cannot reach {node}: no association (connection refused or timed out)")
+
+
+def _tls_probe(node: Node, ctx, timeout: float) -> None:
+    """pynetdicom logs why a TLS connection failed and goes on; when the cause is the peer's
+    certificate (refused by us), say so (exit 1, and the refusal is reported: audited)."""
+    import ssl
+
+    from ihecli.net import tls as tlsmod
+
+    try:
+        tlsmod.connect(node.host, node.port, ctx, timeout=timeout).close()
+    except ssl.SSLCertVerificationError as e:
+        raise IheError(f"{node}: TLS certificate not trusted ({e.verify_message})") from None
+    except (OSError, ValueError):
+        pass
 
 
 def storage_contexts(pairs: Iterable[tuple[str, str]], limit: int = 128) -> list:

@@ -258,13 +258,18 @@ def peer_subject(sock) -> str:
 
 
 def connect(host: str, port: int, ctx: ssl.SSLContext | None, *, timeout: float = 10.0) -> socket.socket:
-    """A TCP connection (TCP_NODELAY set), wrapped in TLS when ``ctx`` is given; OSError on failure."""
+    """A TCP connection (TCP_NODELAY set), wrapped in TLS when ``ctx`` is given; OSError on failure.
+    A server certificate we do not trust is reported (``report_refused``) before the error is raised."""
     sock = socket.create_connection((host, port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if ctx is None:
         return sock
     try:
         return ctx.wrap_socket(sock, server_hostname=host)
+    except ssl.SSLCertVerificationError as e:  # we refuse the peer: report it like a server would
+        sock.close()
+        report_refused(f"{host}:{port}", describe(e), "TLS client")
+        raise
     except BaseException:
         sock.close()
         raise
