@@ -9,12 +9,7 @@ from __future__ import annotations
 
 import copy
 
-from starlette.applications import Starlette
-from starlette.responses import PlainTextResponse
-from starlette.routing import Route
-
-from ihecli.net.http import HttpServer
-from ihecli.net.soap import Attachments, Reply, SoapClient, SoapFault, SoapMessage, SoapService
+from ihecli.net.soap import Attachments, Reply, SoapClient, SoapFault, SoapMessage, SoapServer
 from ihecli.net.soap.xml import QUERY, RIM, q
 from ihecli.xca.initiating import CommunityResult, cross_gateway_retrieve, fan_out
 from ihecli.xca.responding import ITI38
@@ -68,31 +63,8 @@ class AffinityDomainGateway:
                      parts)
 
 
-class AffinityGatewayServer:
-    """Controller: the gateway at /xds on an HTTP port (``url``), as a registry and repository."""
-
-    def __init__(self, gateway: AffinityDomainGateway, *, bind: str = "127.0.0.1", port: int = 0, ssl_context=None):
-        soap = SoapService(gateway.handlers(), name="XCA gateway")
-
-        async def index(request):
-            return PlainTextResponse("ihe XCA Initiating Gateway (XDS Affinity Domain option): POST ITI-18/43 to /xds\n")
-
-        self.http = HttpServer(Starlette(routes=[Route("/", index), Route("/xds", soap, methods=["GET", "POST"])]),
-                               bind=bind, port=port, ssl_context=ssl_context, name="xca-gateway")
-
-    @property
-    def url(self) -> str:
-        return self.http.url + "/xds"
-
-    def start(self) -> int:
-        return self.http.start()
-
-    def stop(self) -> None:
-        self.http.stop()
-
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
+def AffinityGatewayServer(gateway: AffinityDomainGateway, *, bind: str = "127.0.0.1", port: int = 0,
+                          ssl_context=None) -> SoapServer:
+    """The gateway at /xds on an HTTP port, as a registry and repository (a controller)."""
+    return SoapServer(gateway.handlers(), path="/xds", name="XCA Initiating Gateway", bind=bind, port=port,
+                      ssl_context=ssl_context)

@@ -20,7 +20,7 @@ from ihecli.net.soap.xml import RIM, XDSB, q
 from ihecli.xca.responding import ITI38, ITI39
 from ihecli.xds import ebrim
 from ihecli.xds import vocabulary as v
-from ihecli.xds.messages import (DocumentRequest, RegistryError, RetrievedDocument, XdsError, adhoc_query_request,
+from ihecli.xds.messages import (DocumentRequest, RegistryError, XdsError, adhoc_query_request, read_documents,
                                  read_registry_response, retrieve_request)
 
 
@@ -109,13 +109,6 @@ def cross_gateway_retrieve(communities: dict[str, str], requests: list[DocumentR
             raise IheError(f"unexpected ITI-39 answer {etree.QName(msg.body).localname}")
         r = read_registry_response(msg.body)
         res.status, res.errors = r.status, r.errors
-        for dr in msg.body.findall(q(XDSB, "DocumentResponse")):
-            doc = dr.find(q(XDSB, "Document"))
-            res.documents.append(RetrievedDocument(
-                repository_unique_id=(dr.findtext(q(XDSB, "RepositoryUniqueId")) or "").strip(),
-                document_unique_id=(dr.findtext(q(XDSB, "DocumentUniqueId")) or "").strip(),
-                mime_type=(dr.findtext(q(XDSB, "mimeType")) or "").strip(),
-                data=msg.binary(doc) if doc is not None else b"",
-                home=(dr.findtext(q(XDSB, "HomeCommunityId")) or "").strip() or res.home))
+        res.documents = read_documents(msg, res.home)
 
     return results + (fan_out(targets, call, timeout) if targets else [])

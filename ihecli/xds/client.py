@@ -23,7 +23,7 @@ from ihecli.net.soap import Attachments, SoapClient
 from ihecli.net.soap.xml import RIM, XDSB, q
 from ihecli.xds import audit, ebrim
 from ihecli.xds import vocabulary as v
-from ihecli.xds.messages import (DocumentRequest, Result, RetrievedDocument, XdsError, adhoc_query_request,
+from ihecli.xds.messages import (DocumentRequest, Result, XdsError, adhoc_query_request, read_documents,
                                  provide_and_register_request, read_errors, read_registry_response,
                                  remove_objects_request, retrieve_request)
 from ihecli.xds.model import Association, DocumentEntry, Folder, ObjectRef, SubmissionSet, new_uuid
@@ -202,14 +202,7 @@ def retrieve_document_set(client: SoapClient, requests: list[DocumentRequest]) -
         if msg.body.tag != q(XDSB, "RetrieveDocumentSetResponse"):
             raise IheError(f"unexpected ITI-43 answer {etree.QName(msg.body).localname}")
         res = _check(msg.body, "ITI-43")
-        for dr in msg.body.findall(q(XDSB, "DocumentResponse")):
-            doc = dr.find(q(XDSB, "Document"))
-            res.documents.append(RetrievedDocument(
-                repository_unique_id=(dr.findtext(q(XDSB, "RepositoryUniqueId")) or "").strip(),
-                document_unique_id=(dr.findtext(q(XDSB, "DocumentUniqueId")) or "").strip(),
-                mime_type=(dr.findtext(q(XDSB, "mimeType")) or "").strip(),
-                data=msg.binary(doc) if doc is not None else b"",
-                home=(dr.findtext(q(XDSB, "HomeCommunityId")) or "").strip()))
+        res.documents = read_documents(msg)
     finally:
         docs = [(d.document_unique_id, d.repository_unique_id, d.home) for d in res.documents] if res else []
         audit.retrieve(audit.remote_url(client.url), audit.local(), docs,

@@ -177,6 +177,21 @@ def read_retrieve_request(el: etree._Element) -> list[DocumentRequest]:
     return out
 
 
+def read_documents(msg, home: str = "") -> list[RetrievedDocument]:
+    """The documents of a RetrieveDocumentSetResponse (``msg``: the received SoapMessage), each
+    with its bytes from the MTOM part or inline base64; ``home`` when the answer names none."""
+    out = []
+    for dr in msg.body.findall(q(XDSB, "DocumentResponse")):
+        doc = dr.find(q(XDSB, "Document"))
+        out.append(RetrievedDocument(
+            repository_unique_id=(dr.findtext(q(XDSB, "RepositoryUniqueId")) or "").strip(),
+            document_unique_id=(dr.findtext(q(XDSB, "DocumentUniqueId")) or "").strip(),
+            mime_type=(dr.findtext(q(XDSB, "mimeType")) or "").strip(),
+            data=msg.binary(doc) if doc is not None else b"",
+            home=(dr.findtext(q(XDSB, "HomeCommunityId")) or "").strip() or home))
+    return out
+
+
 def retrieve_response(status: str, errors: list[RegistryError], documents: list[RetrievedDocument], attachments):
     el = etree.Element(q(XDSB, "RetrieveDocumentSetResponse"), nsmap={"xdsb": XDSB, "rs": RS})
     el.append(registry_response(status, errors))

@@ -25,8 +25,8 @@ from ihecli.errors import IheError
 from ihecli.net.soap import Attachments, Reply, SoapFault, SoapMessage
 from ihecli.net.soap.xml import XDSB, q
 from ihecli.xds import vocabulary as v
-from ihecli.xds.messages import (RegistryError, Result, RetrievedDocument, XdsError, read_registry_response,
-                                 retrieve_response)
+from ihecli.xds.messages import (RegistryError, Result, RetrievedDocument, XdsError, read_documents,
+                                 read_registry_response, retrieve_response)
 
 log = logging.getLogger("ihe.xdsi")
 
@@ -164,12 +164,5 @@ def retrieve_imaging_document_set(client, images: list[ImageRequest], transfer_s
     res = read_registry_response(msg.body)
     if res.status not in (v.SUCCESS, v.PARTIAL):
         raise XdsError(res.errors or [RegistryError("XDSRepositoryError", "no image retrieved")], status=res.status)
-    for dr in msg.body.findall(q(XDSB, "DocumentResponse")):
-        doc = dr.find(q(XDSB, "Document"))
-        res.documents.append(RetrievedDocument(
-            repository_unique_id=(dr.findtext(q(XDSB, "RepositoryUniqueId")) or "").strip(),
-            document_unique_id=(dr.findtext(q(XDSB, "DocumentUniqueId")) or "").strip(),
-            mime_type=(dr.findtext(q(XDSB, "mimeType")) or "").strip(),
-            data=msg.binary(doc) if doc is not None else b"",
-            home=(dr.findtext(q(XDSB, "HomeCommunityId")) or "").strip()))
+    res.documents = read_documents(msg)
     return res

@@ -14,13 +14,8 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-from starlette.applications import Starlette
-from starlette.responses import PlainTextResponse
-from starlette.routing import Route
-
 from ihecli.errors import IheError
-from ihecli.net.http import HttpServer
-from ihecli.net.soap import Attachments, Reply, SoapClient, SoapMessage, SoapService
+from ihecli.net.soap import Attachments, Reply, SoapClient, SoapMessage, SoapServer
 from ihecli.xds import vocabulary as v
 from ihecli.xds.messages import RegistryError, XdsError, retrieve_response
 from ihecli.xdsi.rad69 import RAD69, RAD69_RESPONSE, ImageRequest, read_request, retrieve_imaging_document_set
@@ -111,33 +106,7 @@ class InitiatingImagingGateway:
         return _reply(docs, unknown + errs, RAD69_RESPONSE)
 
 
-class GatewayServer:
-    """A gateway's handlers on an HTTP port at ``path`` (controller: start(), stop(), url)."""
-
-    def __init__(self, gateway, *, path: str, bind: str = "127.0.0.1", port: int = 0, ssl_context=None,
-                 name: str = "XCA-I"):
-        soap = SoapService(gateway.handlers(), name=name)
-
-        async def index(request):
-            return PlainTextResponse(f"ihe {name}: POST SOAP 1.2 to {path}\n")
-
-        self.path = path
-        self.http = HttpServer(Starlette(routes=[Route("/", index), Route(path, soap, methods=["GET", "POST"])]),
-                               bind=bind, port=port, ssl_context=ssl_context, name=name.lower())
-
-    @property
-    def url(self) -> str:
-        return self.http.url + self.path
-
-    def start(self) -> int:
-        return self.http.start()
-
-    def stop(self) -> None:
-        self.http.stop()
-
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
+def GatewayServer(gateway, *, path: str, bind: str = "127.0.0.1", port: int = 0, ssl_context=None,
+                  name: str = "XCA-I") -> SoapServer:
+    """A gateway's handlers on an HTTP port at ``path`` (a controller)."""
+    return SoapServer(gateway.handlers(), path=path, name=name, bind=bind, port=port, ssl_context=ssl_context)

@@ -38,9 +38,9 @@ from ihecli.net.soap.client import SoapClient, http_session
 from ihecli.net.soap.envelope import SoapFault, SoapMessage, envelope, fault_envelope, parse_envelope
 from ihecli.net.soap.mtom import Attachments, decode, encode
 from ihecli.net.soap.schemas import SchemaError, validate
-from ihecli.net.soap.server import Reply, SoapService
+from ihecli.net.soap.server import Reply, SoapServer, SoapService
 from ihecli.net.soap.xml import NS, XmlError, parse_xml, q, tostring
 
-__all__ = ["SoapClient", "http_session", "SoapFault", "SoapMessage", "envelope", "fault_envelope",
+__all__ = ["SoapServer", "SoapClient", "http_session", "SoapFault", "SoapMessage", "envelope", "fault_envelope",
            "parse_envelope", "Attachments", "decode", "encode", "SchemaError", "validate", "Reply",
            "SoapService", "NS", "XmlError", "parse_xml", "q", "tostring"]

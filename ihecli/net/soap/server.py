@@ -115,3 +115,46 @@ def _mid() -> str:
     from ihecli.net.soap.envelope import new_message_id
 
     return new_message_id()
+
+
+class SoapServer:
+    """SOAP handlers at ``path`` on an HTTP port, with a one-line text page at / (a controller:
+    ``start()`` returns the port, ``stop()`` is idempotent; ``url`` is the endpoint)."""
+
+    def __init__(self, handlers: dict[str, Handler], *, path: str, name: str, bind: str = "127.0.0.1", port: int = 0,
+                 ssl_context=None, max_body: int = 256 * 1024 * 1024):
+        from starlette.applications import Starlette
+        from starlette.responses import PlainTextResponse
+        from starlette.routing import Route
+
+        from ihecli.net.http import HttpServer
+
+        soap = SoapService(handlers, max_body=max_body, name=name)
+
+        async def index(request):
+            return PlainTextResponse(f"ihe {name}: POST SOAP 1.2 to {path}\n")
+
+        self.path = path
+        self.http = HttpServer(Starlette(routes=[Route("/", index), Route(path, soap, methods=["GET", "POST"])]),
+                               bind=bind, port=port, ssl_context=ssl_context, name=name.lower().replace(" ", "-"))
+
+    @property
+    def port(self) -> int:
+        return self.http.port
+
+    @property
+    def url(self) -> str:
+        return self.http.url + self.path
+
+    def start(self) -> int:
+        return self.http.start()
+
+    def stop(self) -> None:
+        self.http.stop()
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
