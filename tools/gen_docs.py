@@ -666,6 +666,14 @@ def man_root(tree: Cmd, version: str) -> str:
     return _page(out)
 
 
+def _leaf_commands(group: Cmd):
+    for c in group.subcommands:
+        if c.is_group:
+            yield from _leaf_commands(c)
+        else:
+            yield c
+
+
 def man_group(group: Cmd, tree: Cmd, version: str) -> str:
     page = f"{PROG}-{group.path[-1]}"
     out = [f'.\\" {HEADER.format(version=version)}', _th(page, version), ".SH NAME",
@@ -679,7 +687,7 @@ def man_group(group: Cmd, tree: Cmd, version: str) -> str:
         for o in group.options:
             out += [".TP", _opt_head(o), *_opt_body(o)]
     out.append(".SH COMMANDS")
-    for c in group.subcommands:
+    for c in _leaf_commands(group):  # those of nested groups too (ihe dicom mpps create)
         out += [f".SS {c.name}", _synopsis(c)]
         for p in c.paragraphs:
             out += [".PP", roff(p)]
