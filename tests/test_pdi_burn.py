@@ -3,7 +3,6 @@ checked with dicom3tools (dciodvfy, dcentvfy), DCMTK dcmdump, pydicom's FileSet,
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np

@@ -9,7 +9,6 @@ import zipfile
 from pathlib import Path
 
 import pydicom
-import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 

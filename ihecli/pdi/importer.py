@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Callable
 
-from ihecli import __version__
 from ihecli.atna import dicom as audit_dicom
 from ihecli.archive.ingest import ensure_part10, fold
 from ihecli.errors import ArchiveError, IheError, UsageError

@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 from pydicom.uid import UID
 
-from ihecli.archive.scan import PIXEL_DATA, Truncated, _element, _Odd, read_meta
+from ihecli.archive.scan import Truncated, _element, _Odd, read_meta
 
 WANTED_KEYWORDS = (
     "SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "StudyDate", "SeriesDate", "ContentDate",
