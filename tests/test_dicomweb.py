@@ -507,3 +507,21 @@ def _image_level():
     ds.QueryRetrieveLevel = "IMAGE"
     ds.SOPInstanceUID = ""
     return ds
+
+
+@pytest.mark.parametrize("level,query", [
+    ("STUDY", ""), ("STUDY", "PatientName=test*"), ("STUDY", "ModalitiesInStudy=CT&includefield=00080062"),
+    ("STUDY", "StudyDate=20260101-&includefield=NumberOfPatientRelatedStudies&limit=2&offset=1"),
+    ("SERIES", ""), ("SERIES", "Modality=MR"), ("IMAGE", "InstanceNumber=2&includefield=SOPClassUID"),
+    ("STUDY", "includefield=StudyTime,PatientSex,IssuerOfPatientID"),
+])
+def test_qido_fast_answers_are_the_engine_answers(world, level, query):
+    """Answers written from index rows equal those built through the C-FIND engine's datasets."""
+    from starlette.datastructures import QueryParams
+
+    from ihecli.web import qido
+
+    a, params = world["archive"], QueryParams(query)
+    fast = qido.search(a, level, params, "http://x")
+    assert fast == qido.search(a, level, params, "http://x", fast=False)
+    assert fast

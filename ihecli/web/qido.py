@@ -159,7 +159,7 @@ def check_accept(header: str | None) -> None:
 
 
 def search(archive, level: str, params, base: str, *, study: str | None = None,
-           series: str | None = None) -> list[dict]:
+           series: str | None = None, fast: bool = True) -> list[dict]:
     """QIDO-RS search for studies, series or instances: a list of DICOM JSON objects."""
     from ihecli.archive.query import Finder, QueryError
 
@@ -169,24 +169,80 @@ def search(archive, level: str, params, base: str, *, study: str | None = None,
     try:
         with archive.connect() as conn:
             finder = Finder(conn, fuzzy=opts["fuzzy"] or archive.fuzzy_names, aet=archive.aet)
-            rows = list(finder.find(ident, "study", want))
+            rows = _indexed_answers(finder, ident, level, want) if fast else None
+            if rows is None:
+                rows = [_answer_json(r) for r in finder.find(ident, "study", want)]
     except QueryError as e:
         raise WebError(400, str(e)) from None
     rows = rows[offset:]
     if limit:
         rows = rows[:limit]
+    for j in rows:
+        url = f"{base}/studies/{_first(j, '0020000D')}"
+        if level in ("SERIES", "IMAGE"):
+            url += f"/series/{_first(j, '0020000E')}"
+        if level == "IMAGE":
+            url += f"/instances/{_first(j, '00080018')}"
+        j["00081190"] = {"vr": "UR", "Value": [url]}  # Retrieve URL
+    return [dict(sorted(j.items())) for j in rows]
+
+
+def _first(j: dict, tag: str) -> str:
+    v = (j.get(tag) or {}).get("Value") or [""]
+    return str(v[0])
+
+
+def _answer_json(r: Dataset) -> dict:
+    for kw in ("QueryRetrieveLevel", "SpecificCharacterSet"):
+        if kw in r:
+            del r[kw]
+    j = flat_json(r)
+    return j if j is not None else to_json(r)
+
+
+def _indexed_answers(finder, ident: Dataset, level: str, limit: int) -> list[dict] | None:
+    """Answers written straight from the index rows when every key asked for has a column (or is
+    counted): the same rows and values as Finder.find (the C-FIND engine), without building a
+    pydicom dataset per answer, which cost most of a large answer. None when a key needs the
+    stored headers."""
+    from ihecli.archive import query as q
+
+    keys = q._keys(ident)
+    if any(k.keyword not in q.COLUMNS and k.keyword not in q.COMPUTED or k.vr == "SQ" for k in keys):
+        return None
+    rows, keys, _headers = finder._matching_rows(ident, level, limit)
+    extra = finder._computed(keys, level, rows)
+    lower = q.LOWER[level]
     out = []
     for r in rows:
-        for kw in ("QueryRetrieveLevel", "SpecificCharacterSet"):
-            if kw in r:
-                del r[kw]
-        st = str(r.get("StudyInstanceUID", "") or "")
-        url = f"{base}/studies/{st}"
-        if level in ("SERIES", "IMAGE"):
-            url += f"/series/{r.get('SeriesInstanceUID', '')}"
-        if level == "IMAGE":
-            url += f"/instances/{r.get('SOPInstanceUID', '')}"
-        r.add_new(0x00081190, "UR", url)  # Retrieve URL
-        j = flat_json(r)
-        out.append(j if j is not None else to_json(r))
+        j: dict = {}
+        for k in keys:
+            kw, vr = k.keyword, k.vr
+            value = None
+            if kw in lower:
+                value = None
+            elif kw in q.COLUMNS:
+                klevel, col, _ = q.COLUMNS[kw]
+                value = r.get(f"{klevel}.{col}")
+                if value is not None and vr == "TM":
+                    value = q._tm_out(value)
+            elif kw.startswith("NumberOfPatientRelated"):
+                value = extra.get(("P", r["PATIENT.id"]), {}).get(kw, 0)
+            else:
+                value = extra.get(("S", r["STUDY.id"]), {}).get(kw)
+            j[f"{k.tag:08X}"] = _attr(vr, value)
+        if "RetrieveAETitle" in ident or finder.aet:
+            j["00080054"] = _attr("AE", finder.aet)
+        if "InstanceAvailability" in ident:
+            j["00080056"] = _attr("CS", "ONLINE")
+        out.append(j)
     return out
+
+
+def _attr(vr: str, value) -> dict:
+    from ihecli.web.common import _json_value
+
+    if value is None or value == "" or value == []:
+        return {"vr": vr}
+    values = value if isinstance(value, list) else str(value).split("\\") if isinstance(value, str) else [value]
+    return {"vr": vr, "Value": [None if v == "" else _json_value(vr, v) for v in values]}
