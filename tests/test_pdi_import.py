@@ -420,3 +420,12 @@ def test_dcmtk_dicomdir_on_a_plain_iso9660_image(tmp_path):
     assert r.code == 0, r.stderr
     assert r.json["counts"] == {"stored": 3, "files_skipped": 0} and r.json["dicomdirs"] == ["DICOMDIR"]
     assert all(o["path"].startswith("DICOM/IM") for o in r.json["objects"])
+
+
+def test_a_medium_without_dicom(tmp_path):
+    medium = tmp_path / "stick"
+    medium.mkdir()
+    (medium / "photo.jpg").write_bytes(b"\xff\xd8\xff\xe0not really")
+    r = imp(tmp_path, medium)
+    assert r.code == 1 and "no DICOM objects found" in r.stderr
+    assert r.json["counts"] == {"files_skipped": 1}

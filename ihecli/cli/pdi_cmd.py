@@ -12,7 +12,7 @@ import typer
 from ihecli.cli import output
 from ihecli.cli.archive_cmd import Accession, Patient, StudyOpt, open_archive
 from ihecli.cli.options import Bind, CallingAet, Db, Json, Port, Storage, Timeout, Yes, state
-from ihecli.errors import ExitStatus, UsageError
+from ihecli.errors import ExitStatus, IheError, UsageError
 
 app = typer.Typer(help="Portable Data for Imaging (CD, DVD, USB): write media, import them, look at them.\n\n"
                        "Example: ihe pdi burn --patient PID0001 --iso patient.iso", no_args_is_help=True)
@@ -205,7 +205,7 @@ def import_cmd(
     if problems:
         raise typer.Exit(ExitStatus.PARTIAL if ok else ExitStatus.REFUSED)
     if not ok and not rep.counts.get("skipped"):
-        raise typer.Exit(ExitStatus.REFUSED)
+        raise IheError(f"{source}: no DICOM objects found")
 
 
 @app.command("view")
