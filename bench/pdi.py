@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -26,11 +27,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib as bl  # noqa: E402
 
 
-def timed(cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> tuple[float, str]:
+CPU: dict[str, list[float]] = {}
+
+
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def timed(cmd: list[str], env: dict | None = None, cwd: Path | None = None, key: str = "") -> tuple[float, str]:
+    """Wall time of a command; its CPU time (user + system, its children included) goes to CPU[key]."""
     subprocess.run(["sync"])
+    c = _cpu()
     t = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
     dt = time.perf_counter() - t
+    if key:
+        CPU.setdefault(key, []).append(_cpu() - c)
     if p.returncode != 0:
         sys.exit(f"{' '.join(cmd[:3])} ... exited {p.returncode}:\n{p.stderr[-3000:]}")
     return dt, p.stdout
@@ -69,22 +82,26 @@ def main(argv=None) -> None:
             (stage / "DICOMDIR").unlink(missing_ok=True)
             iso_d = work / f"dcmtk-{r}.iso"
             t1, _ = timed([dcmmkdir, "+r", "-q", "+id", str(stage), "--output-file", str(stage / "DICOMDIR")],
-                          cwd=stage)
-            t2, _ = timed([xorriso, "-as", "mkisofs", "-quiet", "-J", "-V", "DCMTK", "-o", str(iso_d), str(stage)])
+                          cwd=stage, key="dcmmkdir")
+            t2, _ = timed([xorriso, "-as", "mkisofs", "-quiet", "-J", "-V", "DCMTK", "-o", str(iso_d), str(stage)],
+                          key="xorriso")
             lists["dcmtk"].append(t1 + t2)
+            CPU.setdefault("dcmtk", []).append(CPU["dcmmkdir"][-1] + CPU["xorriso"][-1])
             iso = work / f"ihe-{r}.iso"
-            dt, out = timed([*ihe, "pdi", "burn", "--iso", str(iso), "--no-web", "--json", str(corpus)], env=env)
+            dt, out = timed([*ihe, "pdi", "burn", "--iso", str(iso), "--no-web", "--json", str(corpus)], env=env,
+                            key="burn")
             assert json.loads(out)["objects"] == n
             lists["burn"].append(dt)
             iso_w = work / f"ihe-web-{r}.iso"
-            dt, out = timed([*ihe, "pdi", "burn", "--iso", str(iso_w), "--json", str(corpus)], env=env)
+            dt, out = timed([*ihe, "pdi", "burn", "--iso", str(iso_w), "--json", str(corpus)], env=env,
+                            key="burn_web")
             rep = json.loads(out)
             assert rep["rendered"] == n, rep["unrendered"][:3]
             lists["burn_web"].append(dt)
             rates["render"].append(rep["render_rate"])
             db = work / f"import-{r}"
             dt, out = timed([*ihe, "pdi", "import", str(iso), "--db", f"sqlite:///{db / 'index.db'}", "--storage",
-                             str(db / "storage"), "--json"], env=env)
+                             str(db / "storage"), "--json"], env=env, key="import")
             rep = json.loads(out)
             assert rep["counts"]["stored"] == n
             lists["import"].append(dt)
@@ -99,22 +116,24 @@ def main(argv=None) -> None:
             return f"{fmt.format(bl.median(xs))} ({fmt.format(min(xs))}–{fmt.format(max(xs))})"
 
         ratios = [b / d for b, d in zip(lists["burn"], lists["dcmtk"])]
+        cpu_ratios = [b / d for b, d in zip(CPU["burn"], CPU["dcmtk"])]
         rows = [
-            ["DCMTK dcmmkdir +r, xorriso -as mkisofs -J", rng(lists["dcmtk"]) + " s", "", "1.00"],
-            ["ihe pdi burn --no-web (ISO, DICOMDIR, README, INDEX.HTM)", rng(lists["burn"]) + " s", "",
-             rng(ratios)],
-            ["ihe pdi burn with IHE_PDI web content", rng(lists["burn_web"]) + " s",
+            ["DCMTK dcmmkdir +r, xorriso -as mkisofs -J", rng(lists["dcmtk"]) + " s", rng(CPU["dcmtk"]) + " s", "",
+             "1.00"],
+            ["ihe pdi burn --no-web (ISO, DICOMDIR, README, INDEX.HTM)", rng(lists["burn"]) + " s",
+             rng(CPU["burn"]) + " s", "", f"{rng(ratios)} (CPU {rng(cpu_ratios)})"],
+            ["ihe pdi burn with IHE_PDI web content", rng(lists["burn_web"]) + " s", rng(CPU["burn_web"]) + " s",
              rng(rates["render"], "{:.0f}") + " renderings/s", ""],
-            ["ihe pdi import of the ISO into the archive", rng(lists["import"]) + " s",
+            ["ihe pdi import of the ISO into the archive", rng(lists["import"]) + " s", rng(CPU["import"]) + " s",
              rng(rates["import"], "{:.0f}") + " img/s", ""],
-            ["  the same, its own time (no process start-up)", "",
+            ["  the same, its own time (no process start-up)", "", "",
              rng(rates["import_own"], "{:.0f}") + " img/s", ""],
         ]
         print(bl.header(f"{n} CT images ({mb:.0f} MB), {a.repeat} runs, median (range)"))
-        print(bl.table(["step", "time", "rate", "ihe / DCMTK"], rows, "lrrr"))
+        print(bl.table(["step", "time", "CPU", "rate", "ihe / DCMTK"], rows, "lrrrr"))
         if a.json:
             a.json.write_text(json.dumps({"images": n, "mb": mb, "seconds": lists, "rates": rates,
-                                          "burn_ratio": ratios}, indent=2))
+                                          "burn_ratio": ratios, "cpu": CPU}, indent=2))
     finally:
         if a.keep:
             print(f"kept {work}", file=sys.stderr)
