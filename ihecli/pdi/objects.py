@@ -45,6 +45,9 @@ _TEXT_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "SH", "ST", "
 _MULTI = {"SpecificCharacterSet", "PatientOrientation"}
 _KEYWORDS = {int(Tag(k)): k for k in WANTED_KEYWORDS}
 _LAST = max(_KEYWORDS)  # the walk stops past the last wanted element
+_TAG = struct.Struct("<HH").unpack_from
+_U16 = struct.Struct("<H").unpack_from
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"}
 
 
 def _fast_values(data: bytes) -> tuple[dict, str] | None:
@@ -70,9 +73,20 @@ def _fast_values(data: bytes) -> tuple[dict, str] | None:
     n = len(data)
     try:
         while pos + 8 <= n:
-            tag, nxt, (vr, start, length) = _element(data, pos, implicit)
+            g, e = _TAG(data, pos)
+            tag = (g << 16) | e
             if tag > _LAST:
                 break
+            vr = data[pos + 4:pos + 6]
+            if not implicit and vr not in _LONG_VRS and g != 0xFFFE and 65 <= vr[0] <= 90 and 65 <= vr[1] <= 90:
+                # the common case, inline: an explicit VR with a 2-byte length
+                start = pos + 8
+                length = _U16(data, pos + 6)[0]
+                nxt = start + length
+                if nxt > n:
+                    raise Truncated("element runs past the end")
+            else:
+                tag, nxt, (vr, start, length) = _element(data, pos, implicit)
             if tag == 0x00041220:
                 raise DirectoryFile("a DICOMDIR (a directory of the medium, not an object)")
             kw = _KEYWORDS.get(tag)
