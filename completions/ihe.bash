@@ -38,7 +38,7 @@ _ihe_options() {
         'ihe archive import') _ihe_words='--db --duplicates --help --json --storage -h' ;;
         'ihe archive ls') _ihe_words='--accession --date --db --help --instance --json --level --limit --modality --name --patient --series --storage --study -L -h' ;;
         'ihe archive mpps') _ihe_words='--help -h' ;;
-        'ihe archive mpps ls') _ihe_words='--db --help --json --limit --patient --status --storage -h' ;;
+        'ihe archive mpps ls') _ihe_words='--db --help --json --limit --patient --state --storage -h' ;;
         'ihe archive rejected') _ihe_words='--db --help --json --limit --storage -h' ;;
         'ihe archive rm') _ihe_words='--db --help --instance --json --patient --series --storage --study --yes -h -y' ;;
         'ihe archive serve') _ihe_words='--aet --allow --bind --ca --cert --db --dest --duplicates --fuzzy-names --help --hl7-port --http-port --max-pdu --no-tls --pix-port --port --storage --tls --tls-floor --tls-key --workers -h -p' ;;
@@ -51,14 +51,14 @@ _ihe_options() {
         'ihe config path') _ihe_words='--help -h' ;;
         'ihe config show') _ihe_words='--help --json -h' ;;
         'ihe dicom') _ihe_words='--help -h' ;;
-        'ihe dicom commit') _ihe_words='--bind --calling-aet --db --help --json --port --storage --study --timeout -aet -h -p' ;;
+        'ihe dicom commit') _ihe_words='--bind --calling-aet --db --help --json --report-port --storage --study --timeout -aet -h' ;;
         'ihe dicom echo') _ihe_words='--ca --calling-aet --cert --help --json --no-tls --timeout --tls --tls-floor --tls-key -aet -h' ;;
         'ihe dicom find') _ihe_words='--ca --calling-aet --cert --help --json --key --level --limit --no-tls --root --timeout --tls --tls-floor --tls-key -L -aet -h -k' ;;
         'ihe dicom get') _ihe_words='--ca --calling-aet --cert --help --json --key --level --no-tls --out --root --timeout --tls --tls-floor --tls-key -L -aet -h -k -o' ;;
         'ihe dicom move') _ihe_words='--ca --calling-aet --cert --dest --help --json --key --level --no-tls --root --timeout --tls --tls-floor --tls-key -L -aet -h -k' ;;
         'ihe dicom mpps') _ihe_words='--help -h' ;;
         'ihe dicom mpps create') _ihe_words='--accession --calling-aet --description --from-json --help --json --key --modality --patient-id --patient-name --pps-id --study --timeout --uid -aet -h -k' ;;
-        'ihe dicom mpps set') _ihe_words='--calling-aet --from-json --help --json --key --series-from --status --timeout -aet -h -k' ;;
+        'ihe dicom mpps set') _ihe_words='--calling-aet --from-json --help --json --key --series-from --state --timeout -aet -h -k' ;;
         'ihe dicom store') _ihe_words='--ca --calling-aet --cert --help --json --no-tls --timeout --tls --tls-floor --tls-key -aet -h' ;;
         'ihe hl7') _ihe_words='--help -h' ;;
         'ihe hl7 orders') _ihe_words='--accession --db --help --json --limit --patient --storage -h' ;;
@@ -141,7 +141,7 @@ _ihe_value() {
         'ihe archive mpps ls --db') _ihe_kind=text ;;
         'ihe archive mpps ls --limit') _ihe_kind=text ;;
         'ihe archive mpps ls --patient') _ihe_kind=text ;;
-        'ihe archive mpps ls --status') _ihe_kind=text ;;
+        'ihe archive mpps ls --state') _ihe_kind=text ;;
         'ihe archive mpps ls --storage') _ihe_kind=dir ;;
         'ihe archive rejected --db') _ihe_kind=text ;;
         'ihe archive rejected --limit') _ihe_kind=text ;;
@@ -197,7 +197,7 @@ _ihe_value() {
         'ihe dicom commit --bind') _ihe_kind=text ;;
         'ihe dicom commit -aet'|'ihe dicom commit --calling-aet') _ihe_kind=text ;;
         'ihe dicom commit --db') _ihe_kind=text ;;
-        'ihe dicom commit -p'|'ihe dicom commit --port') _ihe_kind=text ;;
+        'ihe dicom commit --report-port') _ihe_kind=text ;;
         'ihe dicom commit --storage') _ihe_kind=dir ;;
         'ihe dicom commit --study') _ihe_kind=text ;;
         'ihe dicom commit --timeout') _ihe_kind=text ;;
@@ -253,7 +253,7 @@ _ihe_value() {
         'ihe dicom mpps set --from-json') _ihe_kind=file ;;
         'ihe dicom mpps set -k'|'ihe dicom mpps set --key') _ihe_kind=text ;;
         'ihe dicom mpps set --series-from') _ihe_kind=file ;;
-        'ihe dicom mpps set --status') _ihe_kind=text ;;
+        'ihe dicom mpps set --state') _ihe_kind=text ;;
         'ihe dicom mpps set --timeout') _ihe_kind=text ;;
         'ihe dicom store --ca') _ihe_kind=file ;;
         'ihe dicom store -aet'|'ihe dicom store --calling-aet') _ihe_kind=text ;;

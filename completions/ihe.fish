@@ -66,7 +66,7 @@ function __ihe_takes_value
             contains -- $argv[2] --accession --date --db --instance -L --level --limit --modality --name --patient --series --storage --study
             return
         case 'ihe archive mpps ls'
-            contains -- $argv[2] --db --limit --patient --status --storage
+            contains -- $argv[2] --db --limit --patient --state --storage
             return
         case 'ihe archive rejected'
             contains -- $argv[2] --db --limit --storage
@@ -87,7 +87,7 @@ function __ihe_takes_value
             contains -- $argv[2] --bind --ca --cert --db --tcp-port --tls-floor --tls-key --tls-port --udp-port
             return
         case 'ihe dicom commit'
-            contains -- $argv[2] --bind -aet --calling-aet --db -p --port --storage --study --timeout
+            contains -- $argv[2] --bind -aet --calling-aet --db --report-port --storage --study --timeout
             return
         case 'ihe dicom echo'
             contains -- $argv[2] --ca -aet --calling-aet --cert --timeout --tls-floor --tls-key
@@ -105,7 +105,7 @@ function __ihe_takes_value
             contains -- $argv[2] --accession -aet --calling-aet --description --from-json -k --key --modality --patient-id --patient-name --pps-id --study --timeout --uid
             return
         case 'ihe dicom mpps set'
-            contains -- $argv[2] -aet --calling-aet --from-json -k --key --series-from --status --timeout
+            contains -- $argv[2] -aet --calling-aet --from-json -k --key --series-from --state --timeout
             return
         case 'ihe dicom store'
             contains -- $argv[2] --ca -aet --calling-aet --cert --timeout --tls-floor --tls-key
@@ -339,8 +339,8 @@ complete -c ihe -n "__ihe_at 'ihe archive mpps ls'" -l db -x -d 'Archive databas
 complete -c ihe -n "__ihe_at 'ihe archive mpps ls'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe archive mpps ls'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
 complete -c ihe -n "__ihe_at 'ihe archive mpps ls'" -l limit -x -d 'Show at most N matches.'
-complete -c ihe -n "__ihe_at 'ihe archive mpps ls'" -l patient -x -d 'Patient ID.'
-complete -c ihe -n "__ihe_at 'ihe archive mpps ls'" -l status -x -d 'Only steps in this state (IN PROGRESS, COMPLETED, DISCONTINUED).'
+complete -c ihe -n "__ihe_at 'ihe archive mpps ls'" -l patient -x -d 'Patient ID (wildcards * ?).'
+complete -c ihe -n "__ihe_at 'ihe archive mpps ls'" -l state -x -d 'Performed Procedure Step Status: IN PROGRESS, COMPLETED or DISCONTINUED.'
 complete -c ihe -n "__ihe_at 'ihe archive mpps ls'" -l storage -x -a '(__fish_complete_directories)' -d 'Archive storage folder (default: the profile\'s).'
 
 # ihe archive rejected
@@ -466,9 +466,9 @@ complete -c ihe -n "__ihe_at 'ihe dicom commit'" -o aet -l calling-aet -x -d 'Ca
 complete -c ihe -n "__ihe_at 'ihe dicom commit'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
 complete -c ihe -n "__ihe_at 'ihe dicom commit'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe dicom commit'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
-complete -c ihe -n "__ihe_at 'ihe dicom commit'" -s p -l port -x -d 'Release the association after the request and wait for the report on a new one, listening on this port (the peer must know us as a node).'
+complete -c ihe -n "__ihe_at 'ihe dicom commit'" -l report-port -x -d 'Release the association after the request and wait for the report on a new one, listening on this port (the peer must know us as a node).'
 complete -c ihe -n "__ihe_at 'ihe dicom commit'" -l storage -x -a '(__fish_complete_directories)' -d 'Archive storage folder (default: the profile\'s).'
-complete -c ihe -n "__ihe_at 'ihe dicom commit'" -l study -x -d 'Commit the instances of a study of the local archive (repeatable).'
+complete -c ihe -n "__ihe_at 'ihe dicom commit'" -l study -x -d 'Study Instance UID (repeatable).'
 complete -c ihe -n "__ihe_at 'ihe dicom commit'" -l timeout -x -d 'Network timeout in seconds.'
 complete -c ihe -n "__ihe_arg 'ihe dicom commit' 1 -1" -F
 
@@ -540,16 +540,16 @@ complete -c ihe -n "__ihe_at 'ihe dicom mpps'" -s h -l help -d 'Show this messag
 # ihe dicom mpps create
 complete -c ihe -n "__ihe_at 'ihe dicom mpps create'" -l accession -x -d 'Accession number.'
 complete -c ihe -n "__ihe_at 'ihe dicom mpps create'" -o aet -l calling-aet -x -d 'Calling AE title (default: the profile\'s, IHE).'
-complete -c ihe -n "__ihe_at 'ihe dicom mpps create'" -l description -x -d 'Performed Procedure Step Description.'
+complete -c ihe -n "__ihe_at 'ihe dicom mpps create'" -l description -x -d 'Free-text description of what the command creates.'
 complete -c ihe -n "__ihe_at 'ihe dicom mpps create'" -l from-json -r -F -d 'Attributes from a JSON file: keywords ({"PatientID": "P1"}) or the DICOM JSON model.'
 complete -c ihe -n "__ihe_at 'ihe dicom mpps create'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe dicom mpps create'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
 complete -c ihe -n "__ihe_at 'ihe dicom mpps create'" -s k -l key -x -d 'Query key: keyword or (gggg,eeee), \'=\' and a value (empty: return it). Repeatable. Sequences as Seq[0].Keyword=.'
-complete -c ihe -n "__ihe_at 'ihe dicom mpps create'" -l modality -x -d 'Modality (default OT).'
+complete -c ihe -n "__ihe_at 'ihe dicom mpps create'" -l modality -x -d 'Modality, e.g. CT.'
 complete -c ihe -n "__ihe_at 'ihe dicom mpps create'" -l patient-id -x -d 'Patient ID.'
 complete -c ihe -n "__ihe_at 'ihe dicom mpps create'" -l patient-name -x -d 'Patient name, e.g. DOE^JOHN.'
 complete -c ihe -n "__ihe_at 'ihe dicom mpps create'" -l pps-id -x -d 'Performed Procedure Step ID (default: from the time).'
-complete -c ihe -n "__ihe_at 'ihe dicom mpps create'" -l study -x -d 'Study Instance UID (default: a new one).'
+complete -c ihe -n "__ihe_at 'ihe dicom mpps create'" -l study -x -d 'Study Instance UID (repeatable).'
 complete -c ihe -n "__ihe_at 'ihe dicom mpps create'" -l timeout -x -d 'Network timeout in seconds.'
 complete -c ihe -n "__ihe_at 'ihe dicom mpps create'" -l uid -x -d 'SOP Instance UID of the step (default: a new one).'
 
@@ -560,7 +560,7 @@ complete -c ihe -n "__ihe_at 'ihe dicom mpps set'" -s h -l help -d 'Show this me
 complete -c ihe -n "__ihe_at 'ihe dicom mpps set'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
 complete -c ihe -n "__ihe_at 'ihe dicom mpps set'" -s k -l key -x -d 'Query key: keyword or (gggg,eeee), \'=\' and a value (empty: return it). Repeatable. Sequences as Seq[0].Keyword=.'
 complete -c ihe -n "__ihe_at 'ihe dicom mpps set'" -l series-from -r -F -d 'Performed Series Sequence from these DICOM files or folders (repeatable).'
-complete -c ihe -n "__ihe_at 'ihe dicom mpps set'" -l status -x -d 'COMPLETED, DISCONTINUED or IN PROGRESS (end date and time are set to now for the final states unless given).'
+complete -c ihe -n "__ihe_at 'ihe dicom mpps set'" -l state -x -d 'Performed Procedure Step Status: IN PROGRESS, COMPLETED or DISCONTINUED.'
 complete -c ihe -n "__ihe_at 'ihe dicom mpps set'" -l timeout -x -d 'Network timeout in seconds.'
 
 # ihe dicom store

@@ -379,19 +379,19 @@ def test_cli_create_set_and_ls(tmp_path):
     node = f"IHE_ARCHIVE@127.0.0.1:{port}"
     try:
         r = run_cli("dicom", "mpps", "create", node, "--patient-id", "P7", "--patient-name", "DOE^JANE",
-                    "--modality", "MR", "--accession", "A7", "--json")
+                    "--modality", "MR", "--accession", "A7", "--study", "1.2.3.4", "--study", "1.2.3.5", "--json")
         assert r.code == 0, r.stderr
         uid = r.json["sop_uid"]
         # a final state without performed series: the archive says no, exit 1 with the status
-        r = run_cli("dicom", "mpps", "set", node, uid, "--status", "COMPLETED")
+        r = run_cli("dicom", "mpps", "set", node, uid, "--state", "COMPLETED")
         assert r.code == 1
         assert "ihe: error:" in r.stderr and "0x0121" in r.stderr.splitlines()[-1]
         from helpers import make_corpus
 
         files = make_corpus(tmp_path / "study", studies=1, series=1, images=2)
-        r = run_cli("dicom", "mpps", "set", node, uid, "--status", "COMPLETED", "--series-from", tmp_path / "study")
+        r = run_cli("dicom", "mpps", "set", node, uid, "--state", "COMPLETED", "--series-from", tmp_path / "study")
         assert r.code == 0, r.stderr
-        r = run_cli("dicom", "mpps", "set", node, uid, "--status", "DISCONTINUED")
+        r = run_cli("dicom", "mpps", "set", node, uid, "--state", "DISCONTINUED")
         assert r.code == 1 and "0x0110" in r.stderr and "0xA710" in r.stderr
         jf = tmp_path / "step.json"
         jf.write_text('{"PatientID": "P8", "Modality": "US", "PerformedProcedureStepDescription": "ECHO"}')
@@ -402,11 +402,18 @@ def test_cli_create_set_and_ls(tmp_path):
         got = {s["sop_uid"]: s for s in r.json}
         assert got[uid]["status"] == "COMPLETED" and got[uid]["patient_id"] == "P7"
         assert got[uid]["modality"] == "MR" and got[uid]["accession"] == "A7"
-        assert len(get_step(archive.engine, uid).PerformedSeriesSequence[0].ReferencedImageSequence) == len(files)
+        step = get_step(archive.engine, uid)
+        assert len(step.PerformedSeriesSequence[0].ReferencedImageSequence) == len(files)
+        assert [i.StudyInstanceUID for i in step.ScheduledStepAttributesSequence] == ["1.2.3.4", "1.2.3.5"]
+        assert got[uid]["study_uid"] == "1.2.3.4"
         other = next(s for s in r.json if s["sop_uid"] != uid)
         assert (other["patient_id"], other["modality"], other["description"]) == ("P8", "US", "ECHO")
-        r = run_cli("archive", "mpps", "ls", "--db", db, "--storage", tmp_path / "storage", "--status", "completed")
+        r = run_cli("archive", "mpps", "ls", "--db", db, "--storage", tmp_path / "storage", "--state", "completed")
         assert r.code == 0 and uid in r.stdout and other["sop_uid"] not in r.stdout
+        r = run_cli("archive", "mpps", "ls", "--db", db, "--storage", tmp_path / "storage", "--patient", "P?", "--json")
+        assert {s["sop_uid"] for s in r.json} == {uid, other["sop_uid"]}
+        r = run_cli("archive", "mpps", "ls", "--db", db, "--storage", tmp_path / "storage", "--patient", "P8", "--json")
+        assert [s["sop_uid"] for s in r.json] == [other["sop_uid"]]
     finally:
         srv.stop()
         archive.close()

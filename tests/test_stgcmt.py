@@ -242,7 +242,7 @@ def test_cli_commit(archive, files, tmp_path):
         assert "0x0112" in r.stdout and "2 committed, 1 failed" in " ".join(r.stderr.split())
         study = str(dcmread(files[0]).StudyInstanceUID)
         r = run_cli("dicom", "commit", node, "--study", study, "--db", archive.db_url,
-                    "--storage", archive.blobs.root, "--port", port, "--json")
+                    "--storage", archive.blobs.root, "--report-port", port, "--json")
         assert r.code == 0, r.stderr
         assert len(r.json["committed"]) == 2 and not r.json["same_association"]
         other = make_corpus(tmp_path / "other", studies=1, series=1, images=1)

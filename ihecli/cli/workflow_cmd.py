@@ -25,9 +25,9 @@ def commit_cmd(
     paths: Annotated[Optional[list[Path]], typer.Argument(metavar="[PATH]...",
                                                           help="DICOM files and folders whose instances to commit.")] = None,
     study: Annotated[Optional[list[str]], typer.Option(
-        "--study", metavar="UID", help="Commit the instances of a study of the local archive (repeatable).")] = None,
-    port: Annotated[Optional[int], typer.Option(
-        "--port", "-p", min=0, max=65535,
+        "--study", metavar="UID", help="Study Instance UID (repeatable).")] = None,
+    report_port: Annotated[Optional[int], typer.Option(
+        "--report-port", min=0, max=65535, metavar="PORT",
         help="Release the association after the request and wait for the report on a new one, "
              "listening on this port (the peer must know us as a node).")] = None,
     bind: Bind = None,
@@ -36,8 +36,9 @@ def commit_cmd(
 ) -> None:
     """Ask a node to commit to storing instances (Storage Commitment, RAD-10) and print its report.
 
-    Waits for the N-EVENT-REPORT on the same association, or with --port on a new one. Exit 0
-    when every instance is committed, 3 when some failed, 1 when none was committed.
+    Files and folders, or with --study the instances of studies of the local archive. Waits for
+    the N-EVENT-REPORT on the same association, or with --report-port on a new one. Exit 0 when
+    every instance is committed, 3 when some failed, 1 when none was committed.
 
     Example: ihe dicom commit IHE_ARCHIVE@127.0.0.1:11112 ~/Downloads/CT-study/
     """
@@ -59,7 +60,7 @@ def commit_cmd(
             refs += [stgcmt.Ref(r.sop_class, r.sop_uid) for r in archive.instances(ident)]
     if not refs:
         raise UsageError("no DICOM instances found to commit")
-    listen = (bind or "127.0.0.1", port) if port is not None else None
+    listen = (bind or "127.0.0.1", report_port) if report_port is not None else None
     res = stgcmt.request_commitment(n, refs, calling_aet=aet, timeout=timeout, listen=listen)
     if json:
         output.print_json({"node": res.node, "transaction_uid": res.transaction_uid,
@@ -89,6 +90,8 @@ mpps_app = typer.Typer(help="Modality Performed Procedure Step client (RAD-6/7, 
 JsonFile = Annotated[Optional[Path], typer.Option("--from-json", metavar="FILE", exists=True, dir_okay=False,
                                                   help="Attributes from a JSON file: keywords "
                                                        "({\"PatientID\": \"P1\"}) or the DICOM JSON model.")]
+Status = Annotated[Optional[str], typer.Option(
+    "--state", metavar="STATE", help="Performed Procedure Step Status: IN PROGRESS, COMPLETED or DISCONTINUED.")]
 Uid = Annotated[Optional[str], typer.Option("--uid", metavar="UID",
                                             help="SOP Instance UID of the step (default: a new one).")]
 
@@ -118,20 +121,22 @@ def mpps_create_cmd(
     patient_id: Annotated[Optional[str], typer.Option("--patient-id", metavar="ID", help="Patient ID.")] = None,
     patient_name: Annotated[Optional[str], typer.Option("--patient-name", metavar="NAME",
                                                         help="Patient name, e.g. DOE^JOHN.")] = None,
-    study: Annotated[Optional[str], typer.Option("--study", metavar="UID",
-                                                 help="Study Instance UID (default: a new one).")] = None,
+    study: Annotated[Optional[list[str]], typer.Option("--study", metavar="UID",
+                                                       help="Study Instance UID (repeatable).")] = None,
     accession: Annotated[Optional[str], typer.Option("--accession", metavar="ACC", help="Accession number.")] = None,
-    modality: Annotated[Optional[str], typer.Option("--modality", metavar="MOD", help="Modality (default OT).")] = None,
+    modality: Annotated[Optional[str], typer.Option("--modality", metavar="MOD", help="Modality, e.g. CT.")] = None,
     pps_id: Annotated[Optional[str], typer.Option("--pps-id", metavar="ID",
                                                   help="Performed Procedure Step ID (default: from the time).")] = None,
-    description: Annotated[Optional[str], typer.Option("--description", metavar="TEXT",
-                                                       help="Performed Procedure Step Description.")] = None,
+    description: Annotated[Optional[str], typer.Option(
+        "--description", metavar="TEXT", help="Free-text description of what the command creates.")] = None,
     uid: Uid = None, from_json: JsonFile = None, keys: Keys = None,
     calling_aet: CallingAet = None, timeout: Timeout = 30, json: Json = False,
 ) -> None:
     """Start a step: MPPS N-CREATE with status IN PROGRESS (RAD-6); prints its SOP Instance UID.
 
-    Flags fill the usual attributes; --from-json and -k add or override any.
+    Flags fill the usual attributes (modality OT unless given; --description is the Performed
+    Procedure Step Description; without --study a new Study Instance UID); --from-json and -k
+    add or override any.
 
     Example: ihe dicom mpps create RIS --patient-id P1 --patient-name DOE^JOHN --modality CT --accession A1
     """
@@ -148,16 +153,19 @@ def mpps_create_cmd(
     ds.PatientID = patient_id or ""
     ds.PatientBirthDate = ""
     ds.PatientSex = ""
-    item = Dataset()
-    item.StudyInstanceUID = study or generate_uid()
-    item.AccessionNumber = accession or ""
-    item.RequestedProcedureID = ""
-    item.RequestedProcedureDescription = ""
-    item.ScheduledProcedureStepID = ""
-    item.ScheduledProcedureStepDescription = ""
-    item.ScheduledProtocolCodeSequence = []
-    item.ReferencedStudySequence = []
-    ds.ScheduledStepAttributesSequence = [item]
+    items = []
+    for study_uid in study or [generate_uid()]:  # one scheduled step per study (a group case)
+        item = Dataset()
+        item.StudyInstanceUID = study_uid
+        item.AccessionNumber = accession or ""
+        item.RequestedProcedureID = ""
+        item.RequestedProcedureDescription = ""
+        item.ScheduledProcedureStepID = ""
+        item.ScheduledProcedureStepDescription = ""
+        item.ScheduledProtocolCodeSequence = []
+        item.ReferencedStudySequence = []
+        items.append(item)
+    ds.ScheduledStepAttributesSequence = items
     ds.ReferencedPatientSequence = []
     ds.PerformedProcedureStepID = pps_id or (day[2:] + hour)
     ds.PerformedStationAETitle = aet
@@ -192,9 +200,7 @@ def mpps_set_cmd(
     ctx: typer.Context,
     node: Node,
     sop_uid: Annotated[str, typer.Argument(metavar="UID", help="SOP Instance UID of the step.")],
-    status: Annotated[Optional[str], typer.Option(
-        "--status", metavar="STATUS", help="COMPLETED, DISCONTINUED or IN PROGRESS (end date and time are set "
-                                           "to now for the final states unless given).")] = None,
+    status: Status = None,
     series_from: Annotated[Optional[list[Path]], typer.Option(
         "--series-from", metavar="PATH", help="Performed Series Sequence from these DICOM files or folders "
                                               "(repeatable).")] = None,
@@ -203,7 +209,9 @@ def mpps_set_cmd(
 ) -> None:
     """Update a step: MPPS N-SET (RAD-7), e.g. to COMPLETED with the series it produced.
 
-    Example: ihe dicom mpps set RIS 1.2.826.0.1.3680043.2.1 --status COMPLETED --series-from ./study/
+    For COMPLETED and DISCONTINUED the end date and time are set to now unless given.
+
+    Example: ihe dicom mpps set RIS 1.2.826.0.1.3680043.2.1 --state COMPLETED --series-from ./study/
     """
     from pydicom.dataset import Dataset
 
@@ -214,7 +222,7 @@ def mpps_set_cmd(
     if status:
         st = status.strip().upper().replace("_", " ")
         if st not in mpps.STATES:
-            raise UsageError(f"bad --status {status!r}: COMPLETED, DISCONTINUED or IN PROGRESS")
+            raise UsageError(f"bad --state {status!r}: COMPLETED, DISCONTINUED or IN PROGRESS")
         ds.PerformedProcedureStepStatus = st
         if st != mpps.IN_PROGRESS:
             ds.PerformedProcedureStepEndDate, ds.PerformedProcedureStepEndTime = _now()
@@ -227,7 +235,7 @@ def mpps_set_cmd(
         ds.update(mpps.dataset_from_json(from_json.read_text(encoding="utf-8")))
     ds = _apply_keys(ds, keys)
     if not len(ds):
-        raise UsageError("nothing to set: give --status, --series-from, --from-json or -k")
+        raise UsageError("nothing to set: give --state, --series-from, --from-json or -k")
     mpps.send_set(n, sop_uid, ds, calling_aet=aet, timeout=timeout)
     if json:
         output.print_json({"node": str(n), "sop_uid": sop_uid, "status": ds.get("PerformedProcedureStepStatus")})
@@ -237,21 +245,19 @@ def mpps_set_cmd(
 
 # -- ihe archive mpps ls / rejected ls ---------------------------------------------------------------
 archive_mpps_app = typer.Typer(help="Performed Procedure Steps the archive received (PPS Manager).\n\n"
-                                    "Example: ihe archive mpps ls --status COMPLETED", no_args_is_help=True)
+                                    "Example: ihe archive mpps ls --state COMPLETED", no_args_is_help=True)
 
 
 @archive_mpps_app.command("ls")
 def archive_mpps_ls_cmd(
     ctx: typer.Context,
-    status: Annotated[Optional[str], typer.Option("--status", metavar="STATUS",
-                                                  help="Only steps in this state (IN PROGRESS, COMPLETED, "
-                                                       "DISCONTINUED).")] = None,
-    patient: Annotated[Optional[str], typer.Option("--patient", metavar="ID", help="Patient ID.")] = None,
+    status: Status = None,
+    patient: Annotated[Optional[str], typer.Option("--patient", metavar="ID", help="Patient ID (wildcards * ?).")] = None,
     limit: Limit = None, db: Db = None, storage: Storage = None, json: Json = False,
 ) -> None:
     """List the steps received (newest first), with their forwarding and IAN state.
 
-    Example: ihe archive mpps ls --status 'IN PROGRESS'
+    Example: ihe archive mpps ls --state 'IN PROGRESS'
     """
     from ihecli.cli.archive_cmd import open_archive
     from ihecli.workflow import mpps

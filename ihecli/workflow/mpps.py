@@ -338,7 +338,11 @@ def list_steps(engine, *, status: str | None = None, patient: str | None = None,
     if status:
         q = q.where(mpps_table.c.status == status.upper())
     if patient:
-        q = q.where(mpps_table.c.patient_id == patient)
+        if "*" in patient or "?" in patient:
+            like = patient.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            q = q.where(mpps_table.c.patient_id.like(like.replace("*", "%").replace("?", "_"), escape="\\"))
+        else:
+            q = q.where(mpps_table.c.patient_id == patient)
     if limit:
         q = q.limit(limit)
     with engine.connect() as conn:
