@@ -268,7 +268,8 @@ def test_rate_over_one_connection(tmp_path):
     finally:
         srv.stop()
         archive.close()
-    assert rate > 150, f"{rate:.0f} messages/s"
+    # loose, for a machine shared with other work: a delayed-ACK stall (Nagle) would give ~25/s
+    assert rate > 50, f"{rate:.0f} messages/s"
 
 
 def test_xds_query_by_a_linked_id(tmp_path, monkeypatch):
