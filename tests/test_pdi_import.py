@@ -429,3 +429,20 @@ def test_a_medium_without_dicom(tmp_path):
     r = imp(tmp_path, medium)
     assert r.code == 1 and "no DICOM objects found" in r.stderr
     assert r.json["counts"] == {"files_skipped": 1}
+
+
+def test_dicomdir_variants_read_alike():
+    """pydicom's DICOMDIR variants: big endian, implicit VR, no offsets, records out of order, no
+    patient records; every one gives the same 31 file references."""
+    from ihecli.pdi.dirread import read_dicomdir
+
+    folder = Path(get_testdata_file("DICOMDIR")).parent
+    base = read_dicomdir((folder / "DICOMDIR").read_bytes())
+    expected = sorted(("/".join(r.file_id), r.sop_uid) for r in base.references)
+    assert len(expected) == 31 and base.order_used == "offsets" and base.fileset_id == "PYDICOM_TEST"
+    assert base.references[0].patient_name == "Doe^Archibald" and base.references[0].modality == "CR"
+    for name in ("DICOMDIR-bigEnd", "DICOMDIR-implicit", "DICOMDIR-nooffset", "DICOMDIR-reordered",
+                 "DICOMDIR-nopatient"):
+        d = read_dicomdir((folder / name).read_bytes())
+        assert sorted(("/".join(r.file_id), r.sop_uid) for r in d.references) == expected, name
+    assert read_dicomdir((folder / "DICOMDIR-nopatient").read_bytes()).order_used == "sequence"

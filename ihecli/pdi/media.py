@@ -19,7 +19,7 @@ from typing import Iterator
 
 from ihecli.archive import looks_like_dicom
 from ihecli.errors import UsageError
-from ihecli.pdi.dicomdir import DicomdirError, Reference, read_dicomdir
+from ihecli.pdi.dirread import DicomdirError, Reference, read_dicomdir
 from ihecli.pdi.objects import DirectoryFile, NotDicom, ObjectInfo, object_info, sop_class_name
 
 # Folders of viewers and web content that media carry next to the DICOM files
