@@ -144,12 +144,16 @@ def test_oversized_message_is_refused_without_handling(mllp):
 
 
 def test_idle_connection_is_closed(mllp):
-    srv = mllp(idle_timeout=0.3)
+    srv = mllp(idle_timeout=0.5)
     s = raw_connect(srv.port)
-    time.sleep(0.1)
-    assert srv.connections == 1
-    s.settimeout(5)
-    assert s.recv(10) == b""  # closed by the server
+    started = time.monotonic()
+    s.settimeout(10)
+    assert s.recv(10) == b""  # closed by the server, without a word
+    assert time.monotonic() - started >= 0.4
+    deadline = time.monotonic() + 5
+    while srv.connections and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert srv.connections == 0
     s.close()
 
 
