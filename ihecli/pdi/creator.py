@@ -198,8 +198,9 @@ def read_sources(paths: Iterable[str | os.PathLike], media: str, web: bool,
 
 def _fileset_base(items: list[_Item]) -> str:
     f = items[0].info
-    pid = v.clean_text(f.patient_id, 64) or "PDI"
-    return clean_fileset_id(f"{pid}_{datetime.now():%y%m%d}")[:13].rstrip("_")
+    # at most 13 characters: the patient ID's first six and the date, "_2" ... added per volume
+    pid = clean_fileset_id(v.clean_text(f.patient_id, 64) or "PDI")[:6].rstrip("_") or "PDI"
+    return f"{pid}_{datetime.now():%y%m%d}"
 
 
 def _readme(report_media: str, volume: str, vol_items: list[_Item], institution: str | None, web: bool,
