@@ -421,5 +421,6 @@ def test_throughput_over_one_connection(tmp_path):
             srv.stop()
         [r] = study_find(archive, PatientID="FAST1")
         assert str(r.PatientName) == "FAST^N199"
-    assert rate > 100, f"{rate:.0f} messages/s"
+    # bench/hl7.py measures the rate; this catches the 40 ms stalls of Nagle's algorithm and the like
+    assert rate > 50, f"{rate:.0f} messages/s"
     print(json.dumps({"a08_per_s": round(rate)}))
