@@ -153,6 +153,8 @@ def test_cd_decompresses_and_dvd_keeps_jpeg(env, tmp_path):
     assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
     assert np.array_equal(ds.pixel_array, pydicom.dcmread(mg).pixel_array)  # lossless
     assert dciodvfy_errors(cd / "DICOMDIR") == []
+    home = (cd / "INDEX.HTM").read_text()  # DICOM only: the home page says what is there, links no web pages
+    assert "cilinderbiopsie" in home and "IHE_PDI" not in home and not (cd / "IHE_PDI").exists()
     r = cli(env, "pdi", "burn", mg, "--usb", tmp_path / "usb", "--media", "dvd", "--no-web", "--json")
     assert r.code == 0 and r.json["converted"] == 0 and r.json["profile"] == "STD-GEN-DVD-JPEG"
     (inst,) = list(FileSet(tmp_path / "usb" / "DICOMDIR"))
