@@ -203,3 +203,15 @@ def test_answers_that_are_not_ours():
         assert r.code == 1 and "cannot be read" in r.stderr
     finally:
         srv.stop()
+
+
+def test_profile_mistakes_are_named():
+    import os
+    from pathlib import Path
+
+    cfg = Path(os.environ["IHE_CONFIG"])
+    for text, key in (('[pix]\nmanager = "nohost"\n', "manager"), ('[pdq]\nsupplier = "ftp://x"\n', "supplier"),
+                      ('[pdq]\nsender = "not-an-oid"\n', "sender"), ('[pix]\nport = "x"\n', "port")):
+        cfg.write_text(text)
+        r = run_cli("config", "show")
+        assert r.code == 2 and f"line 2: {key}:" in r.stderr, (text, r.stderr)
