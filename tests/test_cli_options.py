@@ -306,7 +306,40 @@ def _with_pdq_supplier(w: World) -> None:
 
 
 # command -> (set-up, arguments); each a cheap invocation that succeeds
+def _with_workflow(w: World) -> None:
+    """The data dir's archive served with its workflow services (storage commitment, MPPS) and the
+    corpus in it; one step created (w.mpps_uid)."""
+    if getattr(w, "wf", None):
+        return
+    from ihecli.archive import Archive
+    from ihecli.archive.server import DicomServer
+    from ihecli.config import load
+    from ihecli.workflow.service import WorkflowServices
+
+    _with_data(w)
+    archive = Archive.open(load())
+    server = DicomServer(archive, port=0, services=[WorkflowServices(archive)])
+    server.start()
+    w._closers += [archive.close, server.stop]
+    w.wf = f"IHE_ARCHIVE@127.0.0.1:{server.port}"
+    r = run_cli("dicom", "mpps", "create", w.wf, "--patient-id", "P1", "--modality", "CT", "--json")
+    assert r.code == 0, r.stderr
+    w.mpps_uid = json.loads(r.stdout)["sop_uid"]
+
+
+def _with_rejection(w: World) -> None:
+    _with_data(w)
+    r = run_cli("iocm", "reject", "--reason", "quality", "--study", w.study, "--store", "--yes")
+    assert r.code == 0, r.stderr
+
+
 JSON_RUNS = {
+    "ihe dicom commit": (_with_workflow, lambda w: ["dicom", "commit", w.wf, str(w.files)]),
+    "ihe dicom mpps create": (_with_workflow, lambda w: ["dicom", "mpps", "create", w.wf, "--patient-id", "P2"]),
+    "ihe dicom mpps set": (_with_workflow, lambda w: ["dicom", "mpps", "set", w.wf, w.mpps_uid, "--state",
+                                                      "DISCONTINUED", "--series-from", str(w.files)]),
+    "ihe archive mpps ls": (_with_workflow, lambda w: ["archive", "mpps", "ls"]),
+    "ihe archive rejected": (_with_rejection, lambda w: ["archive", "rejected"]),
     "ihe config show": (None, lambda w: ["config", "show"]),
     "ihe archive import": (None, lambda w: ["archive", "import", str(w.files)]),
     "ihe archive ls": (_with_data, lambda w: ["archive", "ls", "-L", "series"]),

@@ -273,7 +273,7 @@ def request_commitment(node: Node, refs: list[Ref], *, calling_aet: str = "IHE",
                     raise PeerUnreachable(f"no storage commitment report from {node} within {timeout:g} s")
                 if server is None and not assoc.is_established:
                     raise IheError(f"{node} closed the association without sending the storage commitment "
-                                   "report (listen for it on a new association with --port)")
+                                   "report (listen for it on a new association with --report-port)")
         finally:
             if assoc.is_established:
                 assoc.release()
