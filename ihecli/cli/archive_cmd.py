@@ -74,7 +74,9 @@ def serve_cmd(
 ) -> None:
     """Run the archive's DICOM services in the foreground (Ctrl-C stops it).
 
-    Verification, Storage (every SOP class), Query/Retrieve FIND/MOVE/GET, Patient and Study Root.
+    Verification, Storage (every SOP class), Query/Retrieve FIND/MOVE/GET, Patient and Study Root;
+    Storage Commitment, MPPS (forwarded to the profile's mpps_forward nodes), IAN to
+    ian_subscribers, and rejection notes (IOCM).
 
     Example: ihe archive serve --port 11112 --dest VIEWER@127.0.0.1:11113
     """
