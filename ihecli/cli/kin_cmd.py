@@ -15,7 +15,7 @@ app = typer.Typer(help="Key Image Notes: select key images of a study, title and
                        "Example: ihe kin create --study 1.2.3 --instance 1.2.3.4 --to PACS", no_args_is_help=True)
 
 To = Annotated[Optional[str], typer.Option("--to", metavar="NODE", help="Send to a DICOM node (C-STORE).")]
-StoreOpt = Annotated[bool, typer.Option("--store", help="Store it in the local archive.")]
+StoreOpt = Annotated[bool, typer.Option("--store", help="Store them in the local archive.")]
 FromFiles = Annotated[Optional[list[Path]], typer.Option(
     "--from-files", metavar="PATH", help="Take the referenced instances from these files or folders instead of "
                                          "the local archive (repeatable).")]
