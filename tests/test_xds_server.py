@@ -412,3 +412,31 @@ def test_archive_check_leaves_documents_alone(xds):
     assert rep.orphan_files == []
     res = xc.retrieve_document_set(SoapClient(xds.url), [DocumentRequest(REPO, de.unique_id)])
     assert res.documents[0].data == b"keep me"
+
+
+def test_concurrent_submissions_of_one_unique_id(xds):
+    """Two sources submitting the same document uniqueId at once: exactly one is registered."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    subs = []
+    for body in (b"one", b"two"):
+        (s,) = make_submissions([("a.txt", body)], DOMAIN, Options(patient=PID))
+        subs.append(s)
+    subs[1].documents[0][0].unique_id = subs[0].documents[0][0].unique_id
+
+    def send(s):
+        try:
+            xc.provide_and_register(SoapClient(xds.url), s)
+            return "ok"
+        except XdsError as e:
+            return check_codes("P", e.errors)
+
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = sorted(pool.map(send, subs), key=str)
+    assert outcomes[1] == "ok" and outcomes[0] in (["XDSNonIdenticalHash"], ["XDSNonIdenticalSize"],
+                                                    ["XDSRepositoryMetadataError"])
+    (de,) = find(xds.url)
+    res = xc.retrieve_document_set(SoapClient(xds.url), [DocumentRequest(REPO, de.unique_id)])
+    assert res.documents[0].data in (b"one", b"two") and len(res.documents) == 1
+    files = [f for f in (Path(xds.service.blobs.root) / "xds").rglob("*") if f.is_file()]
+    assert len(files) == 1  # the refused one left nothing behind
