@@ -252,3 +252,35 @@ def test_cli_commit(archive, files, tmp_path):
         assert r.code == 2
     finally:
         srv.stop()
+
+
+def test_acknowledged_request_survives_a_crash(archive, files, monkeypatch):
+    """The archive stops after acknowledging the N-ACTION, before its report: the next run checks
+    the request and sends the report on a new association."""
+    from ihecli.workflow import service
+
+    archive.store(files[0].read_bytes())
+    port = free_port()
+    scu = Scu("CT2").listen(port)
+    nodes = {"CT2": Node("CT2", "127.0.0.1", port)}
+    monkeypatch.setattr(service, "LATE_REPORT_AFTER", 0.5)
+    monkeypatch.setattr(service.WorkflowServices, "_commit", lambda *a, **k: None)  # dies before reporting
+    srv = serve(archive, nodes=nodes, poll=0.1)
+    try:
+        assoc = scu.associate(srv.port)
+        status, tuid = scu.request(assoc, refs_of(files[:2]))
+        assert status.Status == 0
+        assoc.release()
+    finally:
+        srv.stop()
+    assert not scu.arrived.is_set()
+    monkeypatch.undo()
+    srv = serve(archive, nodes=nodes, poll=0.1)
+    try:
+        event_type, info, same = scu.wait(30)
+    finally:
+        srv.stop()
+        scu.stop()
+    assert not same and event_type == 2 and str(info.TransactionUID) == tuid
+    ok, bad = report_sets(info)
+    assert len(ok) == 1 and len(bad) == 1

@@ -53,11 +53,27 @@ class Item:
     done_at: datetime | None
 
 
-def enqueue(conn, kind: str, target: str, payload: bytes, ref: str | None = None) -> None:
-    """Add a request to the outbox within the caller's transaction."""
+def enqueue(conn, kind: str, target: str, payload: bytes, ref: str | None = None, *, delay: float = 0) -> int:
+    """Add a request to the outbox within the caller's transaction (due after ``delay`` seconds);
+    returns its id."""
     t = now()
-    conn.execute(insert(outbox).values(kind=kind, target=target, ref=ref, payload=payload, state="pending",
-                                       attempts=0, next_try=t, created=t))
+    return conn.execute(insert(outbox).values(kind=kind, target=target, ref=ref, payload=payload, state="pending",
+                                              attempts=0, next_try=t + timedelta(seconds=delay),
+                                              created=t)).inserted_primary_key[0]
+
+
+def replace_pending(engine, item_id: int, *, kind: str | None = None, payload: bytes | None = None,
+                    done: bool = False) -> bool:
+    """Change a row nobody is sending yet: mark it done, or give it a new kind and payload, due now.
+    False when the runner took it meanwhile."""
+    values: dict = {"state": "done", "done_at": now()} if done else {"next_try": now()}
+    if kind is not None:
+        values["kind"] = kind
+    if payload is not None:
+        values["payload"] = payload
+    with engine.begin() as conn:
+        return bool(conn.execute(update(outbox).where(outbox.c.id == item_id, outbox.c.state == "pending")
+                                 .values(**values)).rowcount)
 
 
 def items(engine, *, ref: str | None = None, state: str | None = None, limit: int = 1000) -> list[Item]:

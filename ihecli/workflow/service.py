@@ -29,6 +29,9 @@ from ihecli.workflow.mpps import MPPS_SOP_CLASS, PpsManager, unpack
 
 log = logging.getLogger("ihe.workflow")
 
+#: seconds after which a storage commitment request whose report is not out is reported by the outbox
+LATE_REPORT_AFTER = 60.0
+
 
 @dataclass
 class WorkflowConfig:
@@ -86,6 +89,7 @@ class WorkflowServices:
             "mpps-set": self._send_mpps_set,
             "ian": self._send_ian,
             "stgcmt-report": self._send_report,
+            "stgcmt-request": self._send_late_report,
         }, poll=self.config.poll, retry_base=self.config.retry_base, tick=self._tick)
         self.pps = PpsManager(archive.engine, forward=[str(n) for n in self.config.mpps_forward],
                               ian_wanted=bool(self.config.ian_subscribers), wake=self.runner.wake)
@@ -164,6 +168,14 @@ class WorkflowServices:
             return st, None
         assoc = event.assoc
         calling = assoc.requestor.ae_title.strip()
+        # the request is kept before it is acknowledged: should this process die before the report
+        # is out, the outbox makes and sends it later on a new association (when the node is known)
+        target = self._report_target(calling)
+        row = None
+        if target is not None:
+            with self.archive.engine.begin() as conn:
+                row = queue.enqueue(conn, "stgcmt-request", str(target), stgcmt.pack_request(uid, refs), ref=uid,
+                                    delay=LATE_REPORT_AFTER)
         sent = threading.Event()
 
         def on_sent(ev) -> None:
@@ -171,12 +183,15 @@ class WorkflowServices:
                 sent.set()
 
         assoc.bind(evt.EVT_DIMSE_SENT, on_sent)
-        threading.Thread(target=self._commit, args=(assoc, calling, uid, refs, sent, on_sent),
+        threading.Thread(target=self._commit, args=(assoc, calling, uid, refs, sent, on_sent, row),
                          name="ihe-stgcmt", daemon=True).start()
         log.info("storage commitment request %s from %s: %d references", uid, calling, len(refs))
         return 0x0000, None
 
-    def _commit(self, assoc, calling: str, uid: str, refs, sent: threading.Event, on_sent) -> None:
+    def _report_target(self, calling: str) -> Node | None:
+        return self.config.commit_reply.get(calling.upper()) or self.config.nodes.get(calling.upper())
+
+    def _commit(self, assoc, calling: str, uid: str, refs, sent: threading.Event, on_sent, row) -> None:
         try:
             checked = stgcmt.check_commitment(self.archive, refs, verify=self.config.verify_checksums)
             event_type, info = stgcmt.event_report(uid, checked, self.config.aet)
@@ -200,16 +215,17 @@ class WorkflowServices:
                             log.warning("storage commitment report %s: %s answered 0x%04X", uid, calling, status)
                         else:
                             log.info("storage commitment report %s sent to %s on its association", uid, calling)
+                        if row is not None:
+                            queue.replace_pending(self.archive.engine, row, done=True)
                         return
                 except Exception as e:
                     log.info("storage commitment report %s: association gone (%s); a new one", uid, e)
-            target = self.config.commit_reply.get(calling.upper()) or self.config.nodes.get(calling.upper())
-            if target is None:
+            if row is None:
                 log.error("storage commitment report %s: %s released the association and is not a known node "
                           "(add it to [nodes] or archive.commit_reply)", uid, calling)
                 return
-            with self.archive.engine.begin() as conn:
-                queue.enqueue(conn, "stgcmt-report", str(target), stgcmt.pack_report(event_type, info), ref=uid)
+            queue.replace_pending(self.archive.engine, row, kind="stgcmt-report",
+                                  payload=stgcmt.pack_report(event_type, info))
             self.runner.wake()
         except Exception as e:
             log.error("storage commitment %s failed: %s: %s", uid, type(e).__name__, e)
@@ -220,6 +236,14 @@ class WorkflowServices:
 
     def _send_report(self, target: str, payload: bytes) -> None:
         event_type, info = stgcmt.unpack_report(payload)
+        stgcmt.send_report_new_association(self._node(target), event_type, info, calling_aet=self.config.aet,
+                                           timeout=self.config.timeout)
+
+    def _send_late_report(self, target: str, payload: bytes) -> None:
+        """A request whose report was never sent (the archive stopped first): checked and reported now."""
+        uid, refs = stgcmt.unpack_request(payload)
+        checked = stgcmt.check_commitment(self.archive, refs, verify=self.config.verify_checksums)
+        event_type, info = stgcmt.event_report(uid, checked, self.config.aet)
         stgcmt.send_report_new_association(self._node(target), event_type, info, calling_aet=self.config.aet,
                                            timeout=self.config.timeout)
 

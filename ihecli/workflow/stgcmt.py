@@ -161,6 +161,20 @@ def unpack_report(payload: bytes) -> tuple[int, Dataset]:
     return payload[0], decode(payload[1:])
 
 
+def pack_request(transaction_uid: str, refs: list[Ref]) -> bytes:
+    """An outbox payload keeping a request until its report is out."""
+    import json
+
+    return json.dumps({"uid": transaction_uid, "refs": [[r.sop_class, r.sop_uid] for r in refs]}).encode()
+
+
+def unpack_request(payload: bytes) -> tuple[str, list[Ref]]:
+    import json
+
+    d = json.loads(payload)
+    return d["uid"], [Ref(c, u) for c, u in d["refs"]]
+
+
 def send_report_new_association(target: Node, event_type: int, info: Dataset, *, calling_aet: str,
                                 timeout: float = 30) -> None:
     """N-EVENT-REPORT on an association the archive opens, as SCP of Storage Commitment
