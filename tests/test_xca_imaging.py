@@ -67,3 +67,63 @@ def test_publish_in_b_query_and_retrieve_from_a(tmp_path, corpus):
         for s in (iig_a, rig_b, *reversed(servers)):
             s.stop()
         arc.close()
+
+
+def test_cross_community_transactions_are_audited(tmp_path, corpus):
+    """ITI-38/39 (both sides) and RAD-69 (both sides) leave events naming their own transaction
+    in a real Audit Record Repository, each valid against the DICOM audit schema."""
+    import time
+
+    from ihecli import atna
+    from ihecli.atna.query import query_events
+    from ihecli.atna.repository import AuditRepository
+    from test_atna import problems
+
+    arr = AuditRepository(f"sqlite:///{tmp_path / 'arr.db'}", tls_port=None, udp_port=None, tcp_port=0)
+    arr.start()
+    arc = Archive(f"sqlite:///{tmp_path / 'b.db'}", tmp_path / "b-storage")
+    for p in corpus:
+        arc.store(p.read_bytes())
+    servers = [XdsServer(arc, repository_unique_id=XDS_REPO_B), XcaServer(arc, home=HOME_B, repository_unique_id=XDS_REPO_B),
+               DicomWebServer(arc, imaging_source_uid=SRC_B)]
+    for s in servers:
+        s.start()
+    xds_b, xca_b, web_b = servers
+    try:
+        cfg = tmp_path / "audit.toml"
+        cfg.write_text(f'[audit]\nrepository = "tcp://127.0.0.1:{arr.tcp_port}"\nspool = "{tmp_path / "spool"}"\n')
+        study = str(dcmread(corpus[0]).StudyInstanceUID)
+        r = run_cli("--config", str(cfg), "xdsi", "publish", "--study", study, "--patient", PID, "--repository",
+                    xds_b.url, "--db", f"sqlite:///{tmp_path / 'b.db'}", "--storage", str(tmp_path / "b-storage"),
+                    "--json")
+        assert r.code == 0, r.stderr
+        community = ["--community", f"{HOME_B}={xca_b.url}"]
+        entry = json.loads(run_cli("--config", str(cfg), "xca", "query", "find-documents", "--patient", PID,
+                                   *community, "--json").stdout)[0]
+        r = run_cli("--config", str(cfg), "xca", "retrieve", entry["uniqueId"], "--home", HOME_B, "--repository-id",
+                    XDS_REPO_B, "--out", str(tmp_path / "a"), *community, "--json")
+        manifest = json.loads(r.stdout)[0]["path"]
+        r = run_cli("--config", str(cfg), "xdsi", "retrieve", "--manifest", manifest, "--source", web_b.url + "/xdsi",
+                    "--out", str(tmp_path / "img"))
+        assert r.code == 0, r.stderr
+        atna.flush(15)
+        want = {("110112", "E", "ITI-38"), ("110107", "C", "ITI-39"), ("110106", "R", "ITI-39"),
+                ("110107", "C", "RAD-69"), ("110106", "R", "RAD-69")}
+        end = time.monotonic() + 20
+        while True:  # the repository stores what arrives in batches: wait for all of it
+            arr.flush()
+            got = query_events(arr.engine, with_message=True)
+            seen = {(e.event.split()[0], e.action, tx) for e in got for tx in ("ITI-38", "ITI-39", "RAD-69")
+                    if tx in e.message}
+            if want <= seen or time.monotonic() > end:
+                break
+            time.sleep(0.1)
+        assert want <= seen, seen
+        for e in got:
+            assert problems(e.message.encode("utf-8")) == [], e.event
+    finally:
+        for s in reversed(servers):
+            s.stop()
+        arc.close()
+        arr.stop()
+        atna.configure(None)

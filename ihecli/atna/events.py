@@ -414,15 +414,16 @@ def pix_update_notification(*, source: Peer, destination: Peer, patient_ids: Ite
 
 def registry_stored_query(*, source: Peer, destination: Peer, query_id: str, query: bytes,
                           patient_id: str = "", home_community_id: str = "", outcome: int = SUCCESS,
-                          user: str | None = None) -> AuditEvent:
-    """ITI-18 Registry Stored Query (ITI TF-2a 3.18.5.1): ``query`` the AdhocQueryRequest, ``source`` the Consumer."""
+                          user: str | None = None, transaction: Code | None = None) -> AuditEvent:
+    """ITI-18 Registry Stored Query (ITI TF-2a 3.18.5.1): ``query`` the AdhocQueryRequest, ``source`` the Consumer.
+    ``transaction``: ITI-38 Cross Gateway Query has the same event with its own code (3.38.5.1)."""
+    tx = transaction or iti("ITI-18", "Registry Stored Query")
     details = [("QueryEncoding", b"UTF-8")]
     if home_community_id:
         details.append(("urn:ihe:iti:xca:2010:homeCommunityId", home_community_id.encode("utf-8")))
-    q = ParticipantObject(id=query_id, id_type=iti("ITI-18", "Registry Stored Query"), type_code=2, role=24,
-                          query=query, details=details)
+    q = ParticipantObject(id=query_id, id_type=tx, type_code=2, role=24, query=query, details=details)
     pats = [patient(patient_id)] if patient_id else []
-    return _transaction(QUERY, "E", iti("ITI-18", "Registry Stored Query"), source=source, destination=destination,
+    return _transaction(QUERY, "E", tx, source=source, destination=destination,
                         requestor="source", objects=[*pats, q], outcome=outcome, user=user)
 
 
@@ -439,10 +440,11 @@ def provide_and_register(*, source: Peer, destination: Peer, submission_set_uid:
 
 def retrieve_document_set(*, source: Peer, destination: Peer, documents: Iterable[tuple[str, str, str]],
                           patient_id: str = "", consumer: bool = True, outcome: int = SUCCESS,
-                          user: str | None = None) -> AuditEvent:
+                          user: str | None = None, transaction: Code | None = None) -> AuditEvent:
     """ITI-43 Retrieve Document Set (ITI TF-2b 3.43.6.1): the Consumer reports Import, the
     Repository Export. ``documents``: (document unique id, repository unique id, home community id);
-    ``source`` is the Repository, ``destination`` the Consumer."""
+    ``source`` is the Repository, ``destination`` the Consumer. ``transaction``: ITI-39, RAD-69 and
+    RAD-75 report the same event with their own code."""
     docs = []
     for doc_uid, repo_uid, home in documents:
         details = [("Repository Unique Id", repo_uid.encode("utf-8"))]
@@ -451,7 +453,7 @@ def retrieve_document_set(*, source: Peer, destination: Peer, documents: Iterabl
         docs.append(ParticipantObject(id=doc_uid, id_type=ID_REPORT, type_code=2, role=3, details=details))
     pats = [patient(patient_id)] if patient_id else []
     return _transaction(IMPORT if consumer else EXPORT, "C" if consumer else "R",
-                        iti("ITI-43", "Retrieve Document Set"), source=source, destination=destination,
+                        transaction or iti("ITI-43", "Retrieve Document Set"), source=source, destination=destination,
                         requestor="destination", objects=[*pats, *docs], outcome=outcome,
                         user=user if consumer else None)
 

@@ -17,8 +17,8 @@ from lxml import etree
 from ihecli.errors import IheError, PeerUnreachable
 from ihecli.net.soap import SoapClient
 from ihecli.net.soap.xml import RIM, XDSB, q
-from ihecli.xca.responding import ITI38, ITI39
-from ihecli.xds import ebrim
+from ihecli.xca.responding import ITI38, ITI39, TX_ITI38, TX_ITI39
+from ihecli.xds import audit, ebrim
 from ihecli.xds import vocabulary as v
 from ihecli.xds.messages import (DocumentRequest, RegistryError, XdsError, adhoc_query_request, read_documents,
                                  read_registry_response, retrieve_request)
@@ -77,10 +77,17 @@ def cross_gateway_query(communities: dict[str, str], query_id: str, params: dict
                         timeout: float = 60) -> list[CommunityResult]:
     """ITI-38 to every community at once; each result holds the objects its gateway returned
     (each carrying the ``home`` that gateway put on it)."""
+    patient = next((str(val) for k, val in params.items() if k.endswith(("PatientId", "patientId")) and val), "")
     def call(res: CommunityResult, client: SoapClient) -> None:
         body = adhoc_query_request(query_id, params, return_type="ObjectRef" if object_ref else "LeafClass",
                                    home=res.home)
-        msg = client.call(ITI38, body)
+        ok = False
+        try:
+            msg = client.call(ITI38, body)
+            ok = True
+        finally:
+            audit.query(audit.local(), audit.remote_url(client.url), query_id, etree.tostring(body), patient, ok,
+                        TX_ITI38)
         r = read_registry_response(msg.body)
         res.status, res.errors = r.status, r.errors
         rol = msg.body.find(q(RIM, "RegistryObjectList"))
@@ -104,11 +111,19 @@ def cross_gateway_retrieve(communities: dict[str, str], requests: list[DocumentR
             "XDSUnknownCommunity", f"no responding gateway for homeCommunityId {h or '(none)'}", h)]))
 
     def call(res: CommunityResult, client: SoapClient) -> None:
-        msg = client.call(ITI39, retrieve_request(by_home[res.home]))
+        try:
+            msg = client.call(ITI39, retrieve_request(by_home[res.home]))
+        except Exception:
+            audit.retrieve(audit.remote_url(client.url), audit.local(), [], False, is_consumer=True,
+                           transaction=TX_ITI39)
+            raise
         if msg.body.tag != q(XDSB, "RetrieveDocumentSetResponse"):
             raise IheError(f"unexpected ITI-39 answer {etree.QName(msg.body).localname}")
         r = read_registry_response(msg.body)
         res.status, res.errors = r.status, r.errors
         res.documents = read_documents(msg, res.home)
+        audit.retrieve(audit.remote_url(client.url), audit.local(),
+                       [(d.document_unique_id, d.repository_unique_id, d.home) for d in res.documents],
+                       True if res.status == v.SUCCESS else None, is_consumer=True, transaction=TX_ITI39)
 
     return results + (fan_out(targets, call, timeout) if targets else [])

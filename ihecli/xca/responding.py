@@ -16,6 +16,7 @@ from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
+from ihecli.atna.events import iti
 from ihecli.net.http import HttpServer
 from ihecli.net.soap import Attachments, Reply, SoapMessage, SoapService
 from ihecli.net.soap.xml import RS, XDSB, q
@@ -27,6 +28,8 @@ log = logging.getLogger("ihe.xca")
 
 ITI38 = "urn:ihe:iti:2007:CrossGatewayQuery"
 ITI39 = "urn:ihe:iti:2007:CrossGatewayRetrieve"
+TX_ITI38 = iti("ITI-38", "Cross Gateway Query")
+TX_ITI39 = iti("ITI-39", "Cross Gateway Retrieve")
 
 
 def _mark_errors(body: etree._Element, home: str) -> None:
@@ -43,6 +46,7 @@ class RespondingGateway:
             raise ValueError(f"homeCommunityId {home!r} must be urn:oid:...")
         self.home = home
         self.xds = XdsService(archive, repository_unique_id=repository_unique_id, home=home)
+        self.xds.query_tx, self.xds.retrieve_tx = TX_ITI38, TX_ITI39
 
     def close(self) -> None:
         self.xds.close()

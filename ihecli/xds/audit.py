@@ -38,9 +38,10 @@ def record(builder, **kw) -> None:
         log.debug("audit event %s not recorded: %s", getattr(builder, "__name__", builder), e)
 
 
-def query(source: ev.Peer, destination: ev.Peer, query_id: str, body: bytes, patient: str, ok: bool) -> None:
+def query(source: ev.Peer, destination: ev.Peer, query_id: str, body: bytes, patient: str, ok: bool,
+          transaction: ev.Code | None = None) -> None:
     record(ev.registry_stored_query, source=source, destination=destination, query_id=query_id, query=body,
-           patient_id=patient, outcome=outcome(ok))
+           patient_id=patient, outcome=outcome(ok), transaction=transaction)
 
 
 def provide(source: ev.Peer, destination: ev.Peer, ss_uid: str, patient: str, ok: bool, *, sender: bool) -> None:
@@ -48,9 +49,10 @@ def provide(source: ev.Peer, destination: ev.Peer, ss_uid: str, patient: str, ok
            patient_id=patient or "unknown", sender=sender, outcome=outcome(ok))
 
 
-def retrieve(repository: ev.Peer, consumer: ev.Peer, documents, ok: bool | None, *, is_consumer: bool) -> None:
+def retrieve(repository: ev.Peer, consumer: ev.Peer, documents, ok: bool | None, *, is_consumer: bool,
+             transaction: ev.Code | None = None) -> None:
     record(ev.retrieve_document_set, source=repository, destination=consumer, documents=documents,
-           consumer=is_consumer, outcome=outcome(ok))
+           consumer=is_consumer, outcome=outcome(ok), transaction=transaction)
 
 
 def delete(source: ev.Peer, destination: ev.Peer, uuids, ok: bool) -> None:

@@ -48,6 +48,8 @@ class XdsService:
         self.blobs = archive.blobs
         self.repository_unique_id = repository_unique_id
         self.home = home
+        # the transactions its audit events name: XCA's responding gateway answers ITI-38/39 here
+        self.query_tx = self.retrieve_tx = None
         self.registry = Registry(archive.engine, archive.db_url)
         self._io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ihe-xds-file")
 
@@ -89,7 +91,7 @@ class XdsService:
             pid = next((x[0] for k, vals in params.values.items() if k.endswith(("PatientId", "patientId"))
                         for x in vals if x), "")
         audit.query(audit.remote_host(msg.peer), audit.local("ihe-xds-registry"),
-                    aq.get("id", "") if aq is not None else "", etree.tostring(msg.body), pid, ok)
+                    aq.get("id", "") if aq is not None else "", etree.tostring(msg.body), pid, ok, self.query_tx)
 
     # -- ITI-42 ------------------------------------------------------------------------------------
     def register(self, msg: SoapMessage) -> Reply:
@@ -234,7 +236,8 @@ class XdsService:
         status = v.SUCCESS if not errors else (v.PARTIAL if found else v.FAILURE)
         audit.retrieve(audit.local("ihe-xds-repository"), audit.remote_host(msg.peer),
                        [(d.document_unique_id, d.repository_unique_id, d.home) for d in found],
-                       True if not errors else (None if found else False), is_consumer=False)
+                       True if not errors else (None if found else False), is_consumer=False,
+                       transaction=self.retrieve_tx)
         return Reply(retrieve_response(status, errors, found, parts), action, parts)
 
     # -- ITI-62 ------------------------------------------------------------------------------------

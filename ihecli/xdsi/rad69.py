@@ -21,9 +21,11 @@ from lxml import etree
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from ihecli.atna.events import iti
 from ihecli.errors import IheError
 from ihecli.net.soap import Attachments, Reply, SoapFault, SoapMessage
 from ihecli.net.soap.xml import XDSB, q
+from ihecli.xds import audit
 from ihecli.xds import vocabulary as v
 from ihecli.xds.messages import (RegistryError, Result, RetrievedDocument, XdsError, read_documents,
                                  read_registry_response, retrieve_response)
@@ -33,6 +35,7 @@ log = logging.getLogger("ihe.xdsi")
 RAD69 = "urn:ihe:rad:2009:RetrieveImagingDocumentSet"
 RAD69_RESPONSE = "urn:ihe:iti:2007:RetrieveDocumentSetResponse"
 XDSI = "urn:ihe:rad:xdsi-b:2009"
+TX_RAD69 = iti("RAD-69", "Retrieve Imaging Document Set")
 NATIVE = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 
@@ -121,6 +124,9 @@ class ImagingDocumentSource:
             except XdsError as e:
                 errors += e.errors
         status = v.SUCCESS if not errors else (v.PARTIAL if found else v.FAILURE)
+        audit.retrieve(audit.local("ihe-archive"), audit.remote_host(msg.peer or ""),
+                       [(d.document_unique_id, d.repository_unique_id, d.home) for d in found],
+                       True if not errors else (None if found else False), is_consumer=False, transaction=TX_RAD69)
         log.info("RAD-69 from %s: %d images sent, %d refused", msg.peer or "?", len(found), len(errors))
         return Reply(retrieve_response(status, errors, found, parts), RAD69_RESPONSE, parts)
 
@@ -158,11 +164,19 @@ def retrieve_imaging_document_set(client, images: list[ImageRequest], transfer_s
     """RAD-69 as the Imaging Document Consumer (or RAD-75 with that ``action``, as a gateway):
     the images that came, and the errors of those that did not (PartialSuccess keeps what came;
     Failure raises XdsError)."""
-    msg = client.call(action, request(images, transfer_syntaxes))
+    tx = TX_RAD69 if action == RAD69 else iti("RAD-75", "Cross Gateway Retrieve Imaging Document Set")
+    try:
+        msg = client.call(action, request(images, transfer_syntaxes))
+    except Exception:
+        audit.retrieve(audit.remote_url(client.url), audit.local(), [], False, is_consumer=True, transaction=tx)
+        raise
     if msg.body.tag != q(XDSB, "RetrieveDocumentSetResponse"):
         raise IheError(f"unexpected RAD-69 answer {etree.QName(msg.body).localname}")
     res = read_registry_response(msg.body)
     if res.status not in (v.SUCCESS, v.PARTIAL):
         raise XdsError(res.errors or [RegistryError("XDSRepositoryError", "no image retrieved")], status=res.status)
     res.documents = read_documents(msg)
+    audit.retrieve(audit.remote_url(client.url), audit.local(),
+                   [(d.document_unique_id, d.repository_unique_id, d.home) for d in res.documents],
+                   True if res.status == v.SUCCESS else None, is_consumer=True, transaction=tx)
     return res
