@@ -93,7 +93,7 @@ _ihe_options() {
         'ihe xca serve') _ihe_words='--bind --ca --cert --db --help --home --no-tls --port --repository-id --storage --tls --tls-floor --tls-key -h -p' ;;
         'ihe xcai') _ihe_words='--help -h' ;;
         'ihe xcai gateway') _ihe_words='--bind --ca --cert --community --help --no-tls --port --timeout --tls --tls-floor --tls-key -h -p' ;;
-        'ihe xcai serve') _ihe_words='--bind --ca --cert --help --home --no-tls --port --source --timeout --tls --tls-floor --tls-key -h -p' ;;
+        'ihe xcai serve') _ihe_words='--bind --ca --cert --help --home --imaging-source --no-tls --port --timeout --tls --tls-floor --tls-key -h -p' ;;
         'ihe xds') _ihe_words='--help -h' ;;
         'ihe xds delete') _ihe_words='--ca --cert --dry-run --help --json --registry --timeout --tls-floor --tls-key --yes -h -y' ;;
         'ihe xds query') _ihe_words='--association-type --author --ca --cert --class --confidentiality --content-type --event-code --facility --folder-code --format --help --json --object-ref --patient --practice --registry --source-id --status --time-from --time-to --timeout --tls-floor --tls-key --type --unique-id --uuid -h' ;;
@@ -425,8 +425,8 @@ _ihe_value() {
         'ihe xcai serve --ca') _ihe_kind=file ;;
         'ihe xcai serve --cert') _ihe_kind=file ;;
         'ihe xcai serve --home') _ihe_kind=text ;;
+        'ihe xcai serve --imaging-source') _ihe_kind=text ;;
         'ihe xcai serve -p'|'ihe xcai serve --port') _ihe_kind=text ;;
-        'ihe xcai serve --source') _ihe_kind=text ;;
         'ihe xcai serve --timeout') _ihe_kind=text ;;
         'ihe xcai serve --tls-floor') _ihe_kind=text ;;
         'ihe xcai serve --tls-key') _ihe_kind=file ;;
@@ -511,7 +511,7 @@ _ihe_value() {
         'ihe xdsi retrieve --db') _ihe_kind=text ;;
         'ihe xdsi retrieve --home') _ihe_kind=text ;;
         'ihe xdsi retrieve --manifest') _ihe_kind=file ;;
-        'ihe xdsi retrieve -o'|'ihe xdsi retrieve --out') _ihe_kind=file ;;
+        'ihe xdsi retrieve -o'|'ihe xdsi retrieve --out') _ihe_kind=dir ;;
         'ihe xdsi retrieve --repository') _ihe_kind=text ;;
         'ihe xdsi retrieve --repository-id') _ihe_kind=text ;;
         'ihe xdsi retrieve --source') _ihe_kind=text ;;

@@ -174,7 +174,7 @@ function __ihe_takes_value
             contains -- $argv[2] --bind --ca --cert --community -p --port --timeout --tls-floor --tls-key
             return
         case 'ihe xcai serve'
-            contains -- $argv[2] --bind --ca --cert --home -p --port --source --timeout --tls-floor --tls-key
+            contains -- $argv[2] --bind --ca --cert --home --imaging-source -p --port --timeout --tls-floor --tls-key
             return
         case 'ihe xds delete'
             contains -- $argv[2] --ca --cert --registry --timeout --tls-floor --tls-key
@@ -873,10 +873,10 @@ complete -c ihe -n "__ihe_at 'ihe xca query'" -l uuid -x -d 'entryUUID (urn:uuid
 # ihe xca retrieve
 complete -c ihe -n "__ihe_at 'ihe xca retrieve'" -l community -x -d 'A responding gateway, urn:oid:OID=http://host:port/xca (repeatable; default: the profile\'s xds.communities).'
 complete -c ihe -n "__ihe_at 'ihe xca retrieve'" -s h -l help -d 'Show this message and exit.'
-complete -c ihe -n "__ihe_at 'ihe xca retrieve'" -l home -x -d 'homeCommunityId holding the documents.'
+complete -c ihe -n "__ihe_at 'ihe xca retrieve'" -l home -x -d 'homeCommunityId (urn:oid:OID): of the documents or images asked for (as the query gave it); when serving, this community\'s (default: xds.home).'
 complete -c ihe -n "__ihe_at 'ihe xca retrieve'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
 complete -c ihe -n "__ihe_at 'ihe xca retrieve'" -s o -l out -x -a '(__fish_complete_directories)' -d 'Folder to write the instances to.'
-complete -c ihe -n "__ihe_at 'ihe xca retrieve'" -l repository-id -x -d 'repositoryUniqueId of the documents (as the query gave it).'
+complete -c ihe -n "__ihe_at 'ihe xca retrieve'" -l repository-id -x -d 'repositoryUniqueId of the Document Repository (default: the profile\'s xds.repository_unique_id).'
 complete -c ihe -n "__ihe_at 'ihe xca retrieve'" -l timeout -x -d 'Network timeout in seconds.'
 
 # ihe xca serve
@@ -885,7 +885,7 @@ complete -c ihe -n "__ihe_at 'ihe xca serve'" -l ca -r -F -d 'CA certificates to
 complete -c ihe -n "__ihe_at 'ihe xca serve'" -l cert -r -F -d 'Our TLS certificate chain (PEM; may hold the key). Implies --tls.'
 complete -c ihe -n "__ihe_at 'ihe xca serve'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
 complete -c ihe -n "__ihe_at 'ihe xca serve'" -s h -l help -d 'Show this message and exit.'
-complete -c ihe -n "__ihe_at 'ihe xca serve'" -l home -x -d 'This community\'s homeCommunityId (default: xds.home).'
+complete -c ihe -n "__ihe_at 'ihe xca serve'" -l home -x -d 'homeCommunityId (urn:oid:OID): of the documents or images asked for (as the query gave it); when serving, this community\'s (default: xds.home).'
 complete -c ihe -n "__ihe_at 'ihe xca serve'" -l no-tls -d 'No secure transport, even when the profile turns TLS on.'
 complete -c ihe -n "__ihe_at 'ihe xca serve'" -s p -l port -x -d 'Port to listen on (0: any free port).'
 complete -c ihe -n "__ihe_at 'ihe xca serve'" -l repository-id -x -d 'repositoryUniqueId of the Document Repository (default: the profile\'s xds.repository_unique_id).'
@@ -917,10 +917,10 @@ complete -c ihe -n "__ihe_at 'ihe xcai serve'" -l bind -x -d 'Address to listen 
 complete -c ihe -n "__ihe_at 'ihe xcai serve'" -l ca -r -F -d 'CA certificates to trust (PEM); servers then require client certificates. Implies --tls.'
 complete -c ihe -n "__ihe_at 'ihe xcai serve'" -l cert -r -F -d 'Our TLS certificate chain (PEM; may hold the key). Implies --tls.'
 complete -c ihe -n "__ihe_at 'ihe xcai serve'" -s h -l help -d 'Show this message and exit.'
-complete -c ihe -n "__ihe_at 'ihe xcai serve'" -l home -x -d 'This community\'s homeCommunityId (default: xds.home).'
+complete -c ihe -n "__ihe_at 'ihe xcai serve'" -l home -x -d 'homeCommunityId (urn:oid:OID): of the documents or images asked for (as the query gave it); when serving, this community\'s (default: xds.home).'
+complete -c ihe -n "__ihe_at 'ihe xcai serve'" -l imaging-source -x -d 'An Imaging Document Source of this community: repositoryUniqueId=its RAD-69 endpoint (repeatable).'
 complete -c ihe -n "__ihe_at 'ihe xcai serve'" -l no-tls -d 'No secure transport, even when the profile turns TLS on.'
 complete -c ihe -n "__ihe_at 'ihe xcai serve'" -s p -l port -x -d 'Port to listen on (0: any free port).'
-complete -c ihe -n "__ihe_at 'ihe xcai serve'" -l source -x -d 'An Imaging Document Source of this community: repositoryUniqueId=its RAD-69 endpoint (repeatable).'
 complete -c ihe -n "__ihe_at 'ihe xcai serve'" -l timeout -x -d 'Network timeout in seconds.'
 complete -c ihe -n "__ihe_at 'ihe xcai serve'" -l tls -d 'Secure the link with TLS (the profile\'s certificate and CA unless --cert/--tls-key/--ca are given).'
 complete -c ihe -n "__ihe_at 'ihe xcai serve'" -l tls-floor -x -d 'Lowest TLS version: 1.2 (BCP195, the default) or 1.0 (legacy peers only).'
@@ -979,7 +979,7 @@ complete -c ihe -n "__ihe_at 'ihe xds query'" -l uuid -x -d 'entryUUID (urn:uuid
 complete -c ihe -n "__ihe_at 'ihe xds retrieve'" -l ca -r -F -d 'CA certificates to trust (PEM); servers then require client certificates. Implies --tls.'
 complete -c ihe -n "__ihe_at 'ihe xds retrieve'" -l cert -r -F -d 'Our TLS certificate chain (PEM; may hold the key). Implies --tls.'
 complete -c ihe -n "__ihe_at 'ihe xds retrieve'" -s h -l help -d 'Show this message and exit.'
-complete -c ihe -n "__ihe_at 'ihe xds retrieve'" -l home -x -d 'homeCommunityId the query gave (documents found through an XCA gateway).'
+complete -c ihe -n "__ihe_at 'ihe xds retrieve'" -l home -x -d 'homeCommunityId (urn:oid:OID): of the documents or images asked for (as the query gave it); when serving, this community\'s (default: xds.home).'
 complete -c ihe -n "__ihe_at 'ihe xds retrieve'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
 complete -c ihe -n "__ihe_at 'ihe xds retrieve'" -s o -l out -x -a '(__fish_complete_directories)' -d 'Folder to write the instances to.'
 complete -c ihe -n "__ihe_at 'ihe xds retrieve'" -l repository -x -d 'Document Repository endpoint (default: the profile\'s xds.repository).'
@@ -1050,10 +1050,10 @@ complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l ca -r -F -d 'CA certificate
 complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l cert -r -F -d 'Our TLS certificate chain (PEM; may hold the key). Implies --tls.'
 complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
 complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -s h -l help -d 'Show this message and exit.'
-complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l home -x -d 'homeCommunityId of the images (XCA-I: --source is then this community\'s Initiating Imaging Gateway).'
+complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l home -x -d 'homeCommunityId (urn:oid:OID): of the documents or images asked for (as the query gave it); when serving, this community\'s (default: xds.home).'
 complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
 complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l manifest -r -F -d 'A manifest (KOS) file instead of fetching one.'
-complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -s o -l out -r -F -d 'Folder to write the manifest and images to.'
+complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -s o -l out -x -a '(__fish_complete_directories)' -d 'Folder to write the instances to.'
 complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l repository -x -d 'Document Repository endpoint (default: the profile\'s xds.repository).'
 complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l repository-id -x -d 'repositoryUniqueId of the Document Repository (default: the profile\'s xds.repository_unique_id).'
 complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l source -x -d 'RAD-69 endpoint of the Imaging Document Source the manifest points at, e.g. http://pacs:8080/xdsi (`ihe archive serve --http-port 8080`).'

@@ -9,7 +9,7 @@ import typer
 
 from ihecli.cli import output
 from ihecli.cli.options import Bind, Ca, Cert, Db, Json, NoTls, Out, Port, Storage, Tls, TlsFloor, TlsKey, tls_config
-from ihecli.cli.xds_cmd import (EXT, Classes, EventCodes, Formats, Patient, RepositoryId, Statuses, Types, _patient,
+from ihecli.cli.xds_cmd import (EXT, Classes, EventCodes, Formats, Home, Patient, RepositoryId, Statuses, Types, _patient,
                                 _print_objects, _xds)
 from ihecli.errors import ExitStatus, UsageError
 
@@ -107,10 +107,9 @@ def query_cmd(
 def retrieve_cmd(
     ctx: typer.Context,
     unique_ids: Annotated[list[str], typer.Argument(metavar="UNIQUE_ID...", help="Document uniqueIds.")],
-    home: Annotated[str, typer.Option("--home", metavar="URN", help="homeCommunityId holding the documents.")],
-    repository_id: Annotated[str, typer.Option("--repository-id", metavar="OID",
-                                               help="repositoryUniqueId of the documents (as the query gave it).")],
     out: Out,
+    home: Home = None,
+    repository_id: RepositoryId = None,
     community: Community = None,
     timeout: Timeout = None,
     json: Json = False,
@@ -123,8 +122,11 @@ def retrieve_cmd(
     from ihecli.xds.messages import DocumentRequest
     from ihecli.xds.model import OID_RE
 
+    if not home:
+        raise UsageError("say which community holds the documents: --home urn:oid:OID (as the query gave it)")
     comms = _communities(ctx, community)
-    reqs = [DocumentRequest(repository_id, u.strip(), home) for u in unique_ids]
+    repo = repository_id or _xds(ctx).repository_unique_id
+    reqs = [DocumentRequest(repo, u.strip(), home) for u in unique_ids]
     results = cross_gateway_retrieve(comms, reqs, timeout=timeout or _xds(ctx).timeout)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -191,8 +193,7 @@ def _serve(srv, banner: str, port) -> None:
 @app.command("serve")
 def serve_cmd(
     ctx: typer.Context,
-    home: Annotated[Optional[str], typer.Option("--home", metavar="URN",
-                                                help="This community's homeCommunityId (default: xds.home).")] = None,
+    home: Home = None,
     port: Port = None,
     bind: Bind = None,
     db: Db = None,

@@ -7,7 +7,7 @@ import typer
 
 from ihecli.cli.options import Bind, Ca, Cert, NoTls, Port, Tls, TlsFloor, TlsKey, tls_config
 from ihecli.cli.xca_cmd import Community, Timeout, _communities, _serve
-from ihecli.cli.xds_cmd import _xds
+from ihecli.cli.xds_cmd import Home, _xds
 from ihecli.errors import UsageError
 
 app = typer.Typer(help="XCA-I: imaging gateways between communities (RAD-69 in, RAD-75 out, and back).\n\n"
@@ -20,7 +20,7 @@ def _sources(given: list[str]) -> dict[str, str]:
     for item in given:
         uid, sep, url = item.partition("=")
         if not sep or not uid[:1].isdigit() or not url.startswith(("http://", "https://")):
-            raise UsageError(f"bad --source {item!r}: give REPOSITORY_UID=http://host:port/xdsi")
+            raise UsageError(f"bad --imaging-source {item!r}: give REPOSITORY_UID=http://host:port/xdsi")
         out[uid] = url
     return out
 
@@ -55,24 +55,23 @@ def gateway_cmd(ctx: typer.Context, community: Community = None, port: Port = No
 @app.command("serve")
 def serve_cmd(
     ctx: typer.Context,
-    source: Annotated[list[str], typer.Option(
-        "--source", metavar="UID=URL",
+    imaging_source: Annotated[list[str], typer.Option(
+        "--imaging-source", metavar="UID=URL",
         help="An Imaging Document Source of this community: repositoryUniqueId=its RAD-69 endpoint (repeatable).")],
-    home: Annotated[Optional[str], typer.Option("--home", metavar="URN",
-                                                help="This community's homeCommunityId (default: xds.home).")] = None,
+    home: Home = None,
     port: Port = None, bind: Bind = None, timeout: Timeout = None, tls: Tls = False, no_tls: NoTls = False,
     cert: Cert = None, tls_key: TlsKey = None, ca: Ca = None, tls_floor: TlsFloor = None,
 ) -> None:
     """Responding Imaging Gateway: answer Cross Gateway Retrieve Imaging Document Set (RAD-75) at
     /xcai from this community's Imaging Document Sources (RAD-69).
 
-    Example: ihe xcai serve --home urn:oid:1.3.6.1.4.1.21367.13.70.102 --source 1.2.3.4=http://pacs:8080/xdsi
+    Example: ihe xcai serve --home urn:oid:1.3.6.1.4.1.21367.13.70.102 --imaging-source 1.2.3.4=http://pacs:8080/xdsi
     """
     from ihecli.xdsi.xcai import RespondingImagingGateway
 
     home = home or _xds(ctx).home
     if not home or not home.startswith("urn:oid:"):
         raise UsageError("give this community's homeCommunityId: --home urn:oid:OID (or set xds.home)")
-    gw = RespondingImagingGateway(home, _sources(source), timeout=timeout or _xds(ctx).timeout)
+    gw = RespondingImagingGateway(home, _sources(imaging_source), timeout=timeout or _xds(ctx).timeout)
     _run(ctx, gw, path="/xcai", name="XCA-I Responding Imaging Gateway", port=port, default_port=8031, bind=bind,
          tls=dict(tls=tls, no_tls=no_tls, cert=cert, key=tls_key, ca=ca, floor=tls_floor))

@@ -51,6 +51,12 @@ RepositoryId = Annotated[Optional[str], typer.Option(
     help="repositoryUniqueId of the Document Repository (default: the profile's xds.repository_unique_id).")]
 
 
+Home = Annotated[Optional[str], typer.Option(
+    "--home", metavar="URN",
+    help="homeCommunityId (urn:oid:OID): of the documents or images asked for (as the query gave it); when "
+         "serving, this community's (default: xds.home).")]
+
+
 def _xds(ctx: typer.Context):
     return state(ctx).settings().xds
 
@@ -380,8 +386,7 @@ def retrieve_cmd(
     out: Out,
     repository_id: RepositoryId = None,
     repository: Repository = None,
-    home: Annotated[Optional[str], typer.Option(
-        "--home", metavar="URN", help="homeCommunityId the query gave (documents found through an XCA gateway).")] = None,
+    home: Home = None,
     timeout: Annotated[Optional[float], typer.Option("--timeout", min=0.1, metavar="SECONDS",
                                                      help="Network timeout in seconds.")] = None,
     cert: Cert = None,

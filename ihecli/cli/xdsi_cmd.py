@@ -8,8 +8,8 @@ import typer
 
 from ihecli.cli import output
 from ihecli.cli.archive_cmd import StudyOpt, open_archive
-from ihecli.cli.options import Ca, Cert, Db, Json, Storage, TlsFloor, TlsKey, state
-from ihecli.cli.xds_cmd import Patient, Repository, RepositoryId, _client, _xds
+from ihecli.cli.options import Ca, Cert, Db, Json, OptionalOut, Storage, TlsFloor, TlsKey, state
+from ihecli.cli.xds_cmd import Home, Patient, Repository, RepositoryId, _client, _xds
 from ihecli.errors import ExitStatus, UsageError
 
 app = typer.Typer(help="XDS-I.b: publish archive studies as imaging manifests; retrieve manifests and their "
@@ -85,16 +85,12 @@ def retrieve_cmd(
                                                        help="uniqueId of the manifest's DocumentEntry.")] = None,
     manifest: Annotated[Optional[Path], typer.Option("--manifest", metavar="FILE", exists=True, dir_okay=False,
                                                      help="A manifest (KOS) file instead of fetching one.")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", metavar="DIR",
-                                                help="Folder to write the manifest and images to.")] = None,
+    out: OptionalOut = None,
     store: Annotated[bool, typer.Option("--store", help="Store them in the local archive.")] = False,
     repository_id: RepositoryId = None,
     repository: Repository = None,
     source: Source = None,
-    home: Annotated[Optional[str], typer.Option(
-        "--home", metavar="URN",
-        help="homeCommunityId of the images (XCA-I: --source is then this community's Initiating Imaging "
-             "Gateway).")] = None,
+    home: Home = None,
     transfer_syntax: Annotated[Optional[list[str]], typer.Option(
         "--transfer-syntax", metavar="UID",
         help="Transfer syntaxes to ask the images in (repeatable; default: Explicit and Implicit VR Little "
@@ -111,7 +107,9 @@ def retrieve_cmd(
     """Fetch a manifest (Retrieve Document Set, ITI-43) and the images it references (Retrieve
     Imaging Document Set, RAD-69).
 
-    Exit status 3 when only some images came (each missing one is named).
+    The manifest is written as DIR/manifest.dcm, each image as DIR/<SOP Instance UID>.dcm. Across
+    communities (XCA-I) give the images' --home and, as --source, this community's Initiating
+    Imaging Gateway. Exit status 3 when only some images came (each missing one is named).
 
     Example: ihe xdsi retrieve 1.2.826.0.1.3680043.8.498.1 --source http://pacs:8080/xdsi --out ./study
     """
