@@ -270,6 +270,44 @@ def _with_xds(w: World) -> None:
     assert r.code == 0, r.stderr
     w.xds_doc = json.loads(r.stdout)[0]
 
+def _with_xca(w: World) -> None:
+    """_with_xds, and a Responding Gateway over the same archive (w.xca: HOME=URL)."""
+    from ihecli.archive import Archive
+    from ihecli.config import load
+    from ihecli.xca.responding import XcaServer
+
+    _with_xds(w)
+    st = load()
+    archive = Archive(st.archive.db_url(), st.archive.storage_dir())
+    srv = XcaServer(archive, home="urn:oid:1.2.3.99", repository_unique_id=st.xds.repository_unique_id)
+    srv.start()
+    w._closers += [archive.close, srv.stop]
+    w.xca = f"urn:oid:1.2.3.99={srv.url}"
+
+
+def _with_xdsi(w: World) -> None:
+    """The corpus published as an XDS-I manifest (w.manifest) to _with_xds's repository, and the
+    archive answering RAD-69 (w.xdsi)."""
+    from ihecli.archive import Archive
+    from ihecli.config import load
+    from ihecli.web import DicomWebServer
+    from ihecli.xdsi.manifest import default_repository_uid
+
+    if getattr(w, "manifest", None):
+        return
+    _with_data(w)
+    _with_xds(w)
+    st = load().archive
+    archive = Archive(st.db_url(), st.storage_dir())
+    web = DicomWebServer(archive, imaging_source_uid=default_repository_uid(st.aet))
+    web.start()
+    w._closers += [archive.close, web.stop]
+    w.xdsi = web.url + "/xdsi"
+    r = run_cli("xdsi", "publish", "--study", w.study, "--patient", XDS_PID, "--repository", w.xds, "--json")
+    assert r.code == 0, r.stderr
+    w.manifest = json.loads(r.stdout)[0]["uniqueId"]
+
+
 def _with_pix_manager(w: World) -> None:
     """The test PIX Manager (tests/pixmgr.py) on a free port."""
     from pixmgr import PixManager
@@ -383,6 +421,14 @@ JSON_RUNS = {
     "ihe xds retrieve": (_with_xds, lambda w: ["xds", "retrieve", w.xds_doc["uniqueId"], "--out",
                                                str(w.tmp / "docs"), "--repository", w.xds]),
     "ihe xds delete": (_with_xds, lambda w: ["xds", "delete", w.xds_doc["entryUUID"], "--yes", "--registry", w.xds]),
+    "ihe xca query": (_with_xca, lambda w: ["xca", "query", "find-documents", "--patient", XDS_PID,
+                                            "--community", w.xca]),
+    "ihe xca retrieve": (_with_xca, lambda w: ["xca", "retrieve", w.xds_doc["uniqueId"], "--home", "urn:oid:1.2.3.99",
+                                               "--out", str(w.tmp / "xca"), "--community", w.xca]),
+    "ihe xdsi publish": (_with_xdsi, lambda w: ["xdsi", "publish", "--study", w.study, "--patient", XDS_PID,
+                                                "--repository", w.xds]),
+    "ihe xdsi retrieve": (_with_xdsi, lambda w: ["xdsi", "retrieve", w.manifest, "--repository", w.xds,
+                                                 "--source", w.xdsi, "--out", str(w.tmp / "xdsi")]),
 }
 
 
