@@ -15,7 +15,7 @@ import typer
 from ihecli import atna
 from ihecli.archive import Archive
 from ihecli.cli import output
-from ihecli.cli.options import (Aet, Bind, Ca, CallingAet, Cert, Db, Dest, Json, Level, Limit, NoTls, OptionalOut, Port,
+from ihecli.cli.options import (PATIENT_HELP, Aet, Bind, Ca, CallingAet, Cert, Db, Dest, Json, Level, Limit, NoTls, OptionalOut, Port,
                                 Since, Storage, Timeout, Tls, TlsFloor, TlsKey, Yes, state, tls_config)
 from ihecli.cli.hl7_cmd import HL7_PORT_HELP, Hl7Service
 from ihecli.cli.pix_cmd import PIX_PORT_HELP, PixService, parse_domains
@@ -273,9 +273,9 @@ def _selection(level: str, patient, name, study, series, instance, accession, mo
     return ds, lvl
 
 
-Patient = Annotated[Optional[str], typer.Option("--patient", metavar="ID", help="Patient ID (wildcards * ?).")]
+Patient = Annotated[Optional[str], typer.Option("--patient", metavar="ID", help=PATIENT_HELP)]
 Name = Annotated[Optional[str], typer.Option("--name", metavar="NAME", help="Patient name (wildcards * ?).")]
-StudyOpt = Annotated[Optional[list[str]], typer.Option("--study", metavar="UID", help="Study Instance UID (repeatable).")]
+StudyOpt = Annotated[Optional[list[str]], typer.Option("--study", metavar="UID", help="Study Instance UID.")]
 SeriesOpt = Annotated[Optional[list[str]], typer.Option("--series", metavar="UID",
                                                         help="Series Instance UID (repeatable).")]
 InstanceOpt = Annotated[Optional[list[str]], typer.Option("--instance", metavar="UID",

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from ihecli.cli import output
-from ihecli.cli.options import (Bind, Ca, Cert, Db, Json, Limit, NoTls, Since, Timeout, Tls, TlsFloor, TlsKey, state,
+from ihecli.cli.options import (PATIENT_HELP, Bind, Ca, Cert, Db, Json, Limit, NoTls, Since, Timeout, Tls, TlsFloor, TlsKey, state,
                                 tls_config)
 from ihecli.errors import IheError, PeerUnreachable, UsageError
 
@@ -43,7 +43,7 @@ def send_cmd(
     event: Event = None,
     user: User = None,
     patient: Annotated[Optional[list[str]], typer.Option(
-        "--patient", metavar="ID", help="Patient ID.")] = None,
+        "--patient", metavar="ID", help=PATIENT_HELP)] = None,
     outcome: Annotated[int, typer.Option("--outcome", metavar="N",
                                          help="EventOutcomeIndicator of the built event: 0, 4, 8 or 12.")] = 0,
     tls: Tls = False, no_tls: NoTls = False, cert: Cert = None, tls_key: TlsKey = None, ca: Ca = None,
@@ -174,7 +174,7 @@ def query_cmd(
     since: Since = None,
     event: Event = None,
     user: User = None,
-    patient: Annotated[Optional[str], typer.Option("--patient", metavar="ID", help="Patient ID (wildcards * ?).")
+    patient: Annotated[Optional[str], typer.Option("--patient", metavar="ID", help=PATIENT_HELP)
                        ] = None,
     failed: Annotated[bool, typer.Option("--failed", help="Only events whose outcome is not success.")] = False,
     limit: Limit = None, db: Db = None, json: Json = False,

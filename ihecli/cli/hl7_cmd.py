@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from ihecli.cli import output
-from ihecli.cli.options import Ca, Cert, Db, Json, Limit, NoTls, Storage, Timeout, Tls, TlsFloor, TlsKey, tls_config
+from ihecli.cli.options import PATIENT_HELP, Ca, Cert, Db, Json, Limit, NoTls, Storage, Timeout, Tls, TlsFloor, TlsKey, tls_config
 from ihecli.errors import ExitStatus, UsageError
 
 app = typer.Typer(help="HL7 v2 over MLLP: send messages, list the orders the archive received.\n\n"
@@ -123,8 +123,7 @@ def send_cmd(
 @app.command("orders")
 def orders_cmd(
     ctx: typer.Context,
-    patient: Annotated[Optional[str], typer.Option("--patient", metavar="ID",
-                                                   help="Patient ID (wildcards * ?).")] = None,
+    patient: Annotated[Optional[str], typer.Option("--patient", metavar="ID", help=PATIENT_HELP)] = None,
     accession: Annotated[Optional[str], typer.Option("--accession", metavar="ACC", help="Accession number.")] = None,
     limit: Limit = None,
     db: Db = None, storage: Storage = None, json: Json = False,

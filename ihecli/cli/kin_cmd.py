@@ -8,7 +8,7 @@ import typer
 
 from ihecli.cli import output
 from ihecli.cli.archive_cmd import InstanceOpt, SeriesOpt, StudyOpt, open_archive
-from ihecli.cli.options import CallingAet, Db, Description, Json, OptionalOut, Storage, Timeout, state
+from ihecli.cli.options import TITLE_HELP, CallingAet, Db, Description, Json, OptionalOut, Storage, Timeout, state
 from ihecli.errors import IheError, UsageError
 
 app = typer.Typer(help="Key Image Notes: select key images of a study, title and describe them, send or store.\n\n"
@@ -80,8 +80,7 @@ def create_cmd(
     instance: InstanceOpt = None,
     series: SeriesOpt = None,
     title: Annotated[Optional[str], typer.Option(
-        "--title", metavar="TITLE", help="CID 7010 title by name (of-interest, for-referring-provider, for-surgery, "
-                                         "for-teaching, quality-issue, ...) or code (113000); default of-interest.")
+        "--title", metavar="TITLE", help=TITLE_HELP)
     ] = None,
     description: Description = None,
     observer: Observer = None,

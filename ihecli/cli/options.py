@@ -34,6 +34,13 @@ Keys = Annotated[Optional[list[str]], typer.Option(
 Level = Annotated[str, typer.Option("--level", "-L", metavar="LEVEL",
                                     help="Level: patient, study, series or instance (image).")]
 Limit = Annotated[Optional[int], typer.Option("--limit", min=1, metavar="N", help="Show at most N matches.")]
+# --patient, wherever it is: searches take wildcards, XDS commands a CX
+PATIENT_HELP = ("Patient ID (wildcards * ? where the command searches; XDS commands: ID^^^&OID&ISO, or the ID "
+                "alone with xds.assigning_authority set).")
+# --title: the title of what a command makes, a text or (key objects) a code
+TITLE_HELP = ("Document title: for XDS a text (default: the file name); for a key object a CID 7010 title by "
+              "name (of-interest, for-referring-provider, for-surgery, for-teaching, quality-issue, ...) or code "
+              "(113000; default of-interest).")
 _out = typer.Option("--out", "-o", metavar="DIR", help="Folder to write the instances to.", file_okay=False)
 Out = Annotated[Path, _out]
 OptionalOut = Annotated[Optional[Path], _out]

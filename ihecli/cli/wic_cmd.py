@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ihecli.cli import output
-from ihecli.cli.options import Ca, Cert, Json, NoTls, Timeout, Tls, TlsFloor, TlsKey, tls_config
+from ihecli.cli.options import PATIENT_HELP, Ca, Cert, Json, NoTls, Timeout, Tls, TlsFloor, TlsKey, tls_config
 from ihecli.errors import ExitStatus
 
 app = typer.Typer(help="Web-based Image Capture: send photos, videos and PDFs to an archive over STOW-RS.\n\n"
@@ -19,14 +19,14 @@ app = typer.Typer(help="Web-based Image Capture: send photos, videos and PDFs to
 def upload_cmd(
     ctx: typer.Context,
     files: Annotated[list[Path], typer.Argument(metavar="FILE...", help="JPEG or PNG photos, MP4 videos, PDFs.")],
-    patient: Annotated[str, typer.Option("--patient", metavar="ID", help="Patient ID.")],
+    patient: Annotated[str, typer.Option("--patient", metavar="ID", help=PATIENT_HELP)],
     patient_name: Annotated[Optional[str], typer.Option("--patient-name", metavar="NAME",
                                                         help="Patient name, e.g. DOE^JOHN.")] = None,
     birth_date: Annotated[Optional[str], typer.Option("--birth-date", metavar="YYYYMMDD",
                                                       help="Patient birth date.")] = None,
     sex: Annotated[Optional[str], typer.Option("--sex", metavar="M|F|O", help="Patient sex.")] = None,
     study: Annotated[Optional[str], typer.Option("--study", metavar="UID",
-                                                 help="Study Instance UID (default: a new one).")] = None,
+                                                 help="Study Instance UID.")] = None,
     accession: Annotated[Optional[str], typer.Option("--accession", metavar="ACC", help="Accession number.")] = None,
     new_study: Annotated[bool, typer.Option("--new-study", help="Start a new study (the default without --study "
                                                                 "or --accession).")] = False,

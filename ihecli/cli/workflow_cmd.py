@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from ihecli.cli import output
-from ihecli.cli.options import Bind, CallingAet, Db, Json, Keys, Limit, Node, Storage, Timeout, state
+from ihecli.cli.options import PATIENT_HELP, Bind, CallingAet, Db, Json, Keys, Limit, Node, Storage, Timeout, state
 from ihecli.errors import ExitStatus, UsageError
 
 
@@ -25,7 +25,7 @@ def commit_cmd(
     paths: Annotated[Optional[list[Path]], typer.Argument(metavar="[PATH]...",
                                                           help="DICOM files and folders whose instances to commit.")] = None,
     study: Annotated[Optional[list[str]], typer.Option(
-        "--study", metavar="UID", help="Study Instance UID (repeatable).")] = None,
+        "--study", metavar="UID", help="Study Instance UID.")] = None,
     report_port: Annotated[Optional[int], typer.Option(
         "--report-port", min=0, max=65535, metavar="PORT",
         help="Release the association after the request and wait for the report on a new one, "
@@ -122,7 +122,7 @@ def mpps_create_cmd(
     patient_name: Annotated[Optional[str], typer.Option("--patient-name", metavar="NAME",
                                                         help="Patient name, e.g. DOE^JOHN.")] = None,
     study: Annotated[Optional[list[str]], typer.Option("--study", metavar="UID",
-                                                       help="Study Instance UID (repeatable).")] = None,
+                                                       help="Study Instance UID.")] = None,
     accession: Annotated[Optional[str], typer.Option("--accession", metavar="ACC", help="Accession number.")] = None,
     modality: Annotated[Optional[str], typer.Option("--modality", metavar="MOD", help="Modality, e.g. CT.")] = None,
     pps_id: Annotated[Optional[str], typer.Option("--pps-id", metavar="ID",
@@ -252,7 +252,7 @@ archive_mpps_app = typer.Typer(help="Performed Procedure Steps the archive recei
 def archive_mpps_ls_cmd(
     ctx: typer.Context,
     status: Status = None,
-    patient: Annotated[Optional[str], typer.Option("--patient", metavar="ID", help="Patient ID (wildcards * ?).")] = None,
+    patient: Annotated[Optional[str], typer.Option("--patient", metavar="ID", help=PATIENT_HELP)] = None,
     limit: Limit = None, db: Db = None, storage: Storage = None, json: Json = False,
 ) -> None:
     """List the steps received (newest first), with their forwarding and IAN state.

@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from ihecli.cli import output
-from ihecli.cli.options import (Bind, Ca, Cert, Db, Json, NoTls, Out, Port, Storage, Tls, TlsFloor, TlsKey, Yes,
+from ihecli.cli.options import (PATIENT_HELP, TITLE_HELP, Bind, Ca, Cert, Db, Json, NoTls, Out, Port, Storage, Tls, TlsFloor, TlsKey, Yes,
                                 state, tls_config)
 from ihecli.errors import ExitStatus, UsageError
 
@@ -24,7 +24,7 @@ Registry = Annotated[Optional[str], typer.Option("--registry", metavar="URL",
 Repository = Annotated[Optional[str], typer.Option(
     "--repository", metavar="URL", help="Document Repository endpoint (default: the profile's xds.repository).")]
 Patient = Annotated[Optional[str], typer.Option(
-    "--patient", metavar="CX", help="Patient ID, ID^^^&OID&ISO (or ID alone with xds.assigning_authority set).")]
+    "--patient", metavar="CX", help=PATIENT_HELP)]
 Statuses = Annotated[Optional[list[str]], typer.Option(
     "--status", metavar="STATUS", help="approved (default) or deprecated; repeatable.")]
 CODE_HELP = ("{}: CODE^DISPLAY^SCHEME (queries also take CODE^^SCHEME or CODE alone, repeatable: any "
@@ -144,7 +144,7 @@ def submit_cmd(
     ctx: typer.Context,
     files: Annotated[list[Path], typer.Argument(metavar="FILE...", help="Documents, or folders of them.")],
     patient: Patient = None,
-    title: Annotated[Optional[str], typer.Option("--title", metavar="TEXT", help="Title (default: file name).")] = None,
+    title: Annotated[Optional[str], typer.Option("--title", metavar="TEXT", help=TITLE_HELP)] = None,
     class_code: ClassOne = None,
     type_code: TypeOne = None,
     format_code: FormatOne = None,
