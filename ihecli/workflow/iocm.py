@@ -25,7 +25,6 @@ from ihecli.archive import schema as s
 from ihecli.archive.index import now
 from ihecli.archive.tables_workflow import rejected
 from ihecli.errors import ArchiveError
-from ihecli.kos import codes
 
 log = logging.getLogger("ihe.workflow")
 
@@ -33,8 +32,10 @@ KOS_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
 REJECTED_DIR = ".rejected"
 #: C-STORE failure status for an instance a rejection note rejected (in the A7xx "refused" range)
 SUBSEQUENT_OCCURRENCE_OF_REJECTED = 0xA771
-QUALITY = codes.REJECTED_FOR_QUALITY_REASONS.value
-RETENTION_EXPIRED = codes.DATA_RETENTION_POLICY_EXPIRED.value
+# ihecli.kos.codes has them all; it is imported only when a note arrives (it builds pydicom's
+# code dictionaries, a noticeable part of the archive's start-up)
+QUALITY = "113001"  # Rejected for Quality Reasons
+RETENTION_EXPIRED = "113039"  # Data Retention Policy Expired
 
 
 @dataclass
@@ -51,6 +52,8 @@ def refuse_rejected(conn, parsed) -> ArchiveError | None:
     code = conn.execute(select(rejected.c.code).where(rejected.c.sop_uid == parsed.sop_uid)).scalar()
     if code is None:
         return None
+    from ihecli.kos import codes
+
     meaning = codes.REJECTION_TITLES.get(code)
     return ArchiveError(f"instance {parsed.sop_uid} was rejected ({code} {meaning.meaning if meaning else ''})"
                         .rstrip(), SUBSEQUENT_OCCURRENCE_OF_REJECTED)
@@ -66,6 +69,8 @@ def rejection_title(data: bytes) -> tuple[str, object] | None:
             value, scheme = str(item.CodeValue), str(item.CodingSchemeDesignator)
         except Exception:
             return None
+    from ihecli.kos import codes
+
     if not codes.is_rejection_title(value, scheme):
         return None
     return value, ds
