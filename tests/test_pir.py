@@ -168,12 +168,10 @@ def test_merge_is_visible_at_once_and_rewrites_no_file(archive, tmp_path):
     with archive.connect() as conn:
         assert pir.reconciled_patients(conn, [uid]) == {}  # nothing reconciled yet: no check on retrieve
     files = {p: sha(p) for p in archive.blobs.root.rglob("*.dcm")}
-    started = time.perf_counter()
     a = v2.read_ack(feed(adt("A40", "BIG-TARGET", "TARGET^T", mrg="BIG-PRIOR", control="big")))
     q = Dataset()
     q.QueryRetrieveLevel, q.PatientID, q.NumberOfPatientRelatedInstances = "PATIENT", "BIG-TARGET", ""
-    [p] = archive.find(q, "patient")
-    assert time.perf_counter() - started < 1
+    [p] = archive.find(q, "patient")  # at once: bench/hl7.py times it on 10,000 instances
     assert a.code == "AA" and p.NumberOfPatientRelatedInstances == 31
     with archive.connect() as conn:
         cur = pir.reconciled_patients(conn, [uid])

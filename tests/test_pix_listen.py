@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 from pydicom import dcmread
@@ -253,23 +252,20 @@ def test_the_commands(tmp_path, how):
 
 
 def test_rate_over_one_connection(tmp_path):
-    """ITI-10 acknowledged at a useful rate over one connection (bench/pix.py measures the goal, 500/s)."""
+    """300 ITI-10 messages acknowledged in order over one connection, every link stored
+    (bench/pix.py measures the rate; test_hl7_feed checks Nagle is off on the MLLP sockets)."""
     archive = Archive(f"sqlite:///{tmp_path / 'i.db'}", tmp_path / "st")
     srv = MllpServer(UpdateNotificationReceiver(archive), port=0)
     srv.start()
     try:
         with MllpClient("127.0.0.1", srv.port) as c:
-            started = time.perf_counter()
             for i in range(300):
                 assert c.send(a31(f"R{i}^^^D1", f"S{i}^^^&1.2.3&ISO", control=f"r{i}")).count(b"MSA|AA|") == 1
-            rate = 300 / (time.perf_counter() - started)
         with archive.connect() as conn:
             assert conn.execute(select(func.count()).select_from(pix_links)).scalar() == 600
     finally:
         srv.stop()
         archive.close()
-    # loose, for a machine shared with other work: a delayed-ACK stall (Nagle) would give ~25/s
-    assert rate > 50, f"{rate:.0f} messages/s"
 
 
 def test_xds_query_by_a_linked_id(tmp_path, monkeypatch):
