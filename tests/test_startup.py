@@ -18,3 +18,16 @@ def test_cli_import_leaves_other_actors_libraries_unloaded():
     eager = sorted(set(LAZY) & loaded)
     assert not eager, (f"importing ihecli.cli loads {eager}: import them inside the functions that use "
                        "them, so that every command (and the archive's start-up) does not pay for them")
+
+
+def test_a_command_loads_only_its_own_group():
+    """`ihe config path` neither imports the DICOM stack nor builds the other groups' commands."""
+    code = ("import contextlib, io, json, sys\n"
+            "from ihecli.cli import _registered, main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    main(['config', 'path'])\n"
+            "print(json.dumps([sorted(_registered), sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('pydicom', 'pynetdicom', 'sqlalchemy'))]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    groups, heavy = json.loads(out.splitlines()[-1])
+    assert groups == ["config"] and heavy == []

@@ -216,6 +216,8 @@ def command_tree() -> Cmd:
 
     import ihecli.cli
 
+    ihecli.cli.register()  # every command group (the command line loads only the one it names)
+
     return _build(typer.main.get_command(ihecli.cli.app), PROG, None, (PROG,))
 
 

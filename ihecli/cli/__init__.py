@@ -55,55 +55,51 @@ def root(
         pass  # a command that needs the profile reports what is wrong with it
 
 
-def _register() -> None:
-    from ihecli.cli import archive_cmd, config_cmd, dicom_cmd
-
-    app.add_typer(config_cmd.app, name="config")
-    app.add_typer(archive_cmd.app, name="archive")
-    app.add_typer(dicom_cmd.app, name="dicom")
-    from ihecli.cli import pdi_cmd
-
-    app.add_typer(pdi_cmd.app, name="pdi")
-    from ihecli.cli import audit_cmd, time_cmd
-
-    app.add_typer(audit_cmd.app, name="audit")
-    app.add_typer(time_cmd.app, name="time")
-    from ihecli.cli import iocm_cmd, kin_cmd, tce_cmd
-
-    app.add_typer(kin_cmd.app, name="kin")
-    app.add_typer(iocm_cmd.app, name="iocm")
-    app.add_typer(tce_cmd.app, name="tce")
-    from ihecli.cli import hl7_cmd
-
-    app.add_typer(hl7_cmd.app, name="hl7")
-    from ihecli.cli import xds_cmd
-
-    app.add_typer(xds_cmd.app, name="xds")
-    from ihecli.cli import wic_cmd
-
-    app.add_typer(wic_cmd.app, name="wic")
-    from ihecli.cli import xdsi_cmd
-
-    app.add_typer(xdsi_cmd.app, name="xdsi")
-    from ihecli.cli import xca_cmd
-
-    app.add_typer(xca_cmd.app, name="xca")
-    from ihecli.cli import xcai_cmd
-
-    app.add_typer(xcai_cmd.app, name="xcai")
-    from ihecli.cli import pdq_cmd, pix_cmd
-
-    app.add_typer(pix_cmd.app, name="pix")
-    app.add_typer(pdq_cmd.app, name="pdq")
+# command group -> its module in ihecli.cli; a group's module (and what it imports) is loaded
+# only when the command line names that group, or when every group is needed (help, docs)
+GROUPS = {"config": "config_cmd", "archive": "archive_cmd", "dicom": "dicom_cmd", "pdi": "pdi_cmd",
+          "audit": "audit_cmd", "time": "time_cmd", "kin": "kin_cmd", "iocm": "iocm_cmd", "tce": "tce_cmd",
+          "hl7": "hl7_cmd", "xds": "xds_cmd", "wic": "wic_cmd", "xdsi": "xdsi_cmd", "xca": "xca_cmd",
+          "xcai": "xcai_cmd", "pix": "pix_cmd", "pdq": "pdq_cmd"}
+_registered: set[str] = set()
+# root options that take a value (the group name is the first word that is not an option or one of these values)
+_VALUED = {"--config", "-c", "--profile", "-P"}
 
 
-_register()
+def register(names=None) -> None:
+    """Add the command groups ``names`` (default: all) to the app, in GROUPS order."""
+    import importlib
+
+    for name, module in GROUPS.items():
+        if (names is None or name in names) and name not in _registered:
+            mod = importlib.import_module(f"ihecli.cli.{module}")
+            app.add_typer(mod.app, name=name)
+            _registered.add(name)
+
+
+def _group_of(args: list[str]) -> str | None:
+    skip = False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        if a in _VALUED:
+            skip = True
+        elif not a.startswith("-"):
+            return a
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the app and turns every error into one line and an exit status."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
+    group = _group_of(args)
+    # only the group the command line names (start-up time); every group for help or a typo
+    if group in GROUPS and "--help" not in args[:1]:
+        register([group])
+    elif not (group is None and "--version" in args):
+        register()
     try:
         # without standalone mode click returns the code of typer.Exit instead of raising it
         rv = app(args=args, prog_name="ihe", standalone_mode=False)
