@@ -9,8 +9,8 @@ import typer
 
 from ihecli.cli import output
 from ihecli.cli.options import Bind, Ca, Cert, Db, Json, NoTls, Out, Port, Storage, Tls, TlsFloor, TlsKey, tls_config
-from ihecli.cli.xds_cmd import (EXT, Classes, EventCodes, Formats, Home, Patient, RepositoryId, Statuses, Types, _patient,
-                                _print_objects, _xds)
+from ihecli.cli.xds_cmd import (EXT, Classes, EventCodes, Formats, Home, ObjectRefOnly, Patient, RepositoryId, Statuses,
+                                Types, UniqueIds, Uuids, _patient, _print_objects, _xds)
 from ihecli.errors import ExitStatus, UsageError
 
 app = typer.Typer(help="XCA: query and retrieve across communities; serve this community as a responding "
@@ -58,15 +58,13 @@ def query_cmd(
     name: Annotated[str, typer.Argument(metavar="QUERY", help="Stored query, as for ihe xds query.")],
     patient: Patient = None,
     status: Statuses = None,
-    uuid: Annotated[Optional[list[str]], typer.Option("--uuid", metavar="UUID",
-                                                      help="entryUUID (urn:uuid:...) of the object(s); repeatable.")] = None,
-    unique_id: Annotated[Optional[list[str]], typer.Option("--unique-id", metavar="UID",
-                                                           help="uniqueId of the object(s); repeatable.")] = None,
+    uuid: Uuids = None,
+    unique_id: UniqueIds = None,
     class_code: Classes = None,
     type_code: Types = None,
     format_code: Formats = None,
     event: EventCodes = None,
-    object_ref: Annotated[bool, typer.Option("--object-ref", help="Ask for ObjectRefs (entryUUIDs) only.")] = False,
+    object_ref: ObjectRefOnly = False,
     community: Community = None,
     timeout: Timeout = None,
     json: Json = False,

@@ -57,6 +57,13 @@ Home = Annotated[Optional[str], typer.Option(
          "serving, this community's (default: xds.home).")]
 
 
+Uuids = Annotated[Optional[list[str]], typer.Option("--uuid", metavar="UUID",
+                                                    help="entryUUID (urn:uuid:...) of the object(s); repeatable.")]
+UniqueIds = Annotated[Optional[list[str]], typer.Option("--unique-id", metavar="UID",
+                                                        help="uniqueId of the object(s); repeatable.")]
+ObjectRefOnly = Annotated[bool, typer.Option("--object-ref", help="Ask for ObjectRefs (entryUUIDs) only.")]
+
+
 def _xds(ctx: typer.Context):
     return state(ctx).settings().xds
 
@@ -284,10 +291,8 @@ def query_cmd(
                                         help="Stored query: " + ", ".join(QUERY_NAMES) + ".")],
     patient: Patient = None,
     status: Statuses = None,
-    uuid: Annotated[Optional[list[str]], typer.Option("--uuid", metavar="UUID",
-                                                      help="entryUUID (urn:uuid:...) of the object(s); repeatable.")] = None,
-    unique_id: Annotated[Optional[list[str]], typer.Option("--unique-id", metavar="UID",
-                                                           help="uniqueId of the object(s); repeatable.")] = None,
+    uuid: Uuids = None,
+    unique_id: UniqueIds = None,
     class_code: Classes = None,
     type_code: Types = None,
     format_code: Formats = None,
@@ -310,7 +315,7 @@ def query_cmd(
     association_type: Annotated[Optional[list[str]], typer.Option(
         "--association-type", metavar="TYPE", help="For get-related-documents: RPLC, APND, XFRM, XFRM_RPLC, signs "
                                                    "(default: all).")] = None,
-    object_ref: Annotated[bool, typer.Option("--object-ref", help="Ask for ObjectRefs (entryUUIDs) only.")] = False,
+    object_ref: ObjectRefOnly = False,
     registry: Registry = None,
     timeout: Annotated[Optional[float], typer.Option("--timeout", min=0.1, metavar="SECONDS",
                                                      help="Network timeout in seconds.")] = None,
