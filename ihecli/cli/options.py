@@ -22,8 +22,9 @@ Port = Annotated[Optional[int], typer.Option("--port", "-p", min=0, max=65535,
 Aet = Annotated[Optional[str], typer.Option("--aet", metavar="AET", help="Our AE title.")]
 CallingAet = Annotated[Optional[str], typer.Option("--calling-aet", "-aet", metavar="AET",
                                                    help="Calling AE title (default: the profile's, IHE).")]
-Timeout = Annotated[float, typer.Option("--timeout", min=0.1, metavar="SECONDS",
-                                        help="Network timeout in seconds.")]
+_timeout = typer.Option("--timeout", min=0.1, metavar="SECONDS", help="Network timeout in seconds.")
+Timeout = Annotated[float, _timeout]
+OptionalTimeout = Annotated[Optional[float], _timeout]  # None: the profile's
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 Description = Annotated[Optional[str], typer.Option("--description", metavar="TEXT",
                                                     help="Free-text description of what the command creates.")]

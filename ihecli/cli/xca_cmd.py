@@ -8,9 +8,10 @@ from typing import Annotated, Optional
 import typer
 
 from ihecli.cli import output
-from ihecli.cli.options import Bind, Ca, Cert, Db, Json, NoTls, Out, Port, Storage, Tls, TlsFloor, TlsKey, tls_config
-from ihecli.cli.xds_cmd import (EXT, Classes, EventCodes, Formats, Home, ObjectRefOnly, Patient, RepositoryId, Statuses,
-                                Types, UniqueIds, Uuids, _patient, _print_objects, _xds)
+from ihecli.cli.options import (Bind, Ca, Cert, Db, Json, NoTls, OptionalTimeout, Out, Port, Storage, Tls, TlsFloor,
+                                TlsKey, tls_config)
+from ihecli.cli.xds_cmd import (Classes, EventCodes, Formats, Home, ObjectRefOnly, Patient, RepositoryId, Statuses,
+                                Types, UniqueIds, Uuids, _patient, _print_objects, _xds, write_documents)
 from ihecli.errors import ExitStatus, UsageError
 
 app = typer.Typer(help="XCA: query and retrieve across communities; serve this community as a responding "
@@ -21,8 +22,6 @@ Community = Annotated[Optional[list[str]], typer.Option(
     "--community", metavar="HOME=URL",
     help="A responding gateway, urn:oid:OID=http://host:port/xca (repeatable; default: the profile's "
          "xds.communities).")]
-Timeout = Annotated[Optional[float], typer.Option("--timeout", min=0.1, metavar="SECONDS",
-                                                  help="Network timeout in seconds.")]
 
 
 def _communities(ctx: typer.Context, given: Optional[list[str]]) -> dict[str, str]:
@@ -66,7 +65,7 @@ def query_cmd(
     event: EventCodes = None,
     object_ref: ObjectRefOnly = False,
     community: Community = None,
-    timeout: Timeout = None,
+    timeout: OptionalTimeout = None,
     json: Json = False,
 ) -> None:
     """Ask every community at once: Cross Gateway Query (ITI-38).
@@ -109,7 +108,7 @@ def retrieve_cmd(
     home: Home = None,
     repository_id: RepositoryId = None,
     community: Community = None,
-    timeout: Timeout = None,
+    timeout: OptionalTimeout = None,
     json: Json = False,
 ) -> None:
     """Fetch documents of another community: Cross Gateway Retrieve (ITI-39).
@@ -118,7 +117,6 @@ def retrieve_cmd(
     """
     from ihecli.xca.initiating import cross_gateway_retrieve
     from ihecli.xds.messages import DocumentRequest
-    from ihecli.xds.model import OID_RE
 
     if not home:
         raise UsageError("say which community holds the documents: --home urn:oid:OID (as the query gave it)")
@@ -126,15 +124,7 @@ def retrieve_cmd(
     repo = repository_id or _xds(ctx).repository_unique_id
     reqs = [DocumentRequest(repo, u.strip(), home) for u in unique_ids]
     results = cross_gateway_retrieve(comms, reqs, timeout=timeout or _xds(ctx).timeout)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for r in results:
-        for d in r.documents:
-            safe = d.document_unique_id if OID_RE.match(d.document_unique_id) else "document"
-            path = out / (safe + (EXT.get(d.mime_type) or ".bin"))
-            path.write_bytes(d.data)
-            rows.append({"uniqueId": d.document_unique_id, "home": d.home, "mimeType": d.mime_type,
-                         "size": len(d.data), "path": str(path)})
+    rows = write_documents(out, [d for r in results for d in r.documents])
     if json:
         output.print_json(rows)
     else:
@@ -146,7 +136,7 @@ def retrieve_cmd(
 
 @app.command("gateway")
 def gateway_cmd(ctx: typer.Context, community: Community = None, port: Port = None, bind: Bind = None,
-                timeout: Timeout = None, tls: Tls = False, no_tls: NoTls = False, cert: Cert = None,
+                timeout: OptionalTimeout = None, tls: Tls = False, no_tls: NoTls = False, cert: Cert = None,
                 tls_key: TlsKey = None, ca: Ca = None, tls_floor: TlsFloor = None) -> None:
     """Initiating Gateway with the XDS Affinity Domain option: local consumers send Registry
     Stored Query (ITI-18) and Retrieve Document Set (ITI-43) to /xds as to a registry and

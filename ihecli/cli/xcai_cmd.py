@@ -5,8 +5,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ihecli.cli.options import Bind, Ca, Cert, NoTls, Port, Tls, TlsFloor, TlsKey, tls_config
-from ihecli.cli.xca_cmd import Community, Timeout, _communities, _serve
+from ihecli.cli.options import Bind, Ca, Cert, NoTls, OptionalTimeout, Port, Tls, TlsFloor, TlsKey, tls_config
+from ihecli.cli.xca_cmd import Community, _communities, _serve
 from ihecli.cli.xds_cmd import Home, _xds
 from ihecli.errors import UsageError
 
@@ -38,7 +38,7 @@ def _run(ctx, gateway, *, path: str, name: str, port: Optional[int], default_por
 
 @app.command("gateway")
 def gateway_cmd(ctx: typer.Context, community: Community = None, port: Port = None, bind: Bind = None,
-                timeout: Timeout = None, tls: Tls = False, no_tls: NoTls = False, cert: Cert = None,
+                timeout: OptionalTimeout = None, tls: Tls = False, no_tls: NoTls = False, cert: Cert = None,
                 tls_key: TlsKey = None, ca: Ca = None, tls_floor: TlsFloor = None) -> None:
     """Initiating Imaging Gateway: take Retrieve Imaging Document Set (RAD-69) at /xcai from this
     community's consumers and fetch each image from its community (RAD-75), in parallel.
@@ -59,7 +59,7 @@ def serve_cmd(
         "--imaging-source", metavar="UID=URL",
         help="An Imaging Document Source of this community: repositoryUniqueId=its RAD-69 endpoint (repeatable).")],
     home: Home = None,
-    port: Port = None, bind: Bind = None, timeout: Timeout = None, tls: Tls = False, no_tls: NoTls = False,
+    port: Port = None, bind: Bind = None, timeout: OptionalTimeout = None, tls: Tls = False, no_tls: NoTls = False,
     cert: Cert = None, tls_key: TlsKey = None, ca: Ca = None, tls_floor: TlsFloor = None,
 ) -> None:
     """Responding Imaging Gateway: answer Cross Gateway Retrieve Imaging Document Set (RAD-75) at

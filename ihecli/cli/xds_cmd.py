@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from ihecli.cli import output
-from ihecli.cli.options import (PATIENT_HELP, TITLE_HELP, Bind, Ca, Cert, Db, Json, NoTls, Out, Port, Storage, Tls, TlsFloor, TlsKey, Yes,
+from ihecli.cli.options import (PATIENT_HELP, TITLE_HELP, OptionalTimeout, Bind, Ca, Cert, Db, Json, NoTls, Out, Port, Storage, Tls, TlsFloor, TlsKey, Yes,
                                 state, tls_config)
 from ihecli.errors import ExitStatus, UsageError
 
@@ -169,8 +169,7 @@ def submit_cmd(
     batch: Annotated[int, typer.Option("--batch", min=1, max=10000, metavar="N",
                                        help="Documents per submission set.")] = 100,
     repository: Repository = None,
-    timeout: Annotated[Optional[float], typer.Option("--timeout", min=0.1, metavar="SECONDS",
-                                                     help="Network timeout in seconds.")] = None,
+    timeout: OptionalTimeout = None,
     cert: Cert = None,
     tls_key: TlsKey = None,
     ca: Ca = None,
@@ -317,8 +316,7 @@ def query_cmd(
                                                    "(default: all).")] = None,
     object_ref: ObjectRefOnly = False,
     registry: Registry = None,
-    timeout: Annotated[Optional[float], typer.Option("--timeout", min=0.1, metavar="SECONDS",
-                                                     help="Network timeout in seconds.")] = None,
+    timeout: OptionalTimeout = None,
     cert: Cert = None,
     tls_key: TlsKey = None,
     ca: Ca = None,
@@ -392,8 +390,7 @@ def retrieve_cmd(
     repository_id: RepositoryId = None,
     repository: Repository = None,
     home: Home = None,
-    timeout: Annotated[Optional[float], typer.Option("--timeout", min=0.1, metavar="SECONDS",
-                                                     help="Network timeout in seconds.")] = None,
+    timeout: OptionalTimeout = None,
     cert: Cert = None,
     tls_key: TlsKey = None,
     ca: Ca = None,
@@ -408,22 +405,12 @@ def retrieve_cmd(
     """
     from ihecli.xds import client as xc
     from ihecli.xds.messages import DocumentRequest
-    from ihecli.xds.model import OID_RE
 
     repo = repository_id or _xds(ctx).repository_unique_id
     reqs = [DocumentRequest(repo, u.strip(), home or "") for u in unique_ids]
     cli = _client(ctx, repository, "repository", timeout, dict(cert=cert, key=tls_key, ca=ca, floor=tls_floor))
     res = xc.retrieve_document_set(cli, reqs)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for d in res.documents:
-        safe = d.document_unique_id if OID_RE.match(d.document_unique_id) else \
-            "".join(ch if ch.isalnum() or ch in ".-_" else "_" for ch in d.document_unique_id)[:120] or "document"
-        ext = EXT.get(d.mime_type) or mimetypes.guess_extension(d.mime_type or "") or ".bin"
-        path = out / (safe + ext)
-        path.write_bytes(d.data)
-        rows.append({"uniqueId": d.document_unique_id, "repositoryUniqueId": d.repository_unique_id,
-                     "mimeType": d.mime_type, "size": len(d.data), "path": str(path)})
+    rows = write_documents(out, res.documents)
     errors = [e for e in res.errors if e.is_error]
     if json:
         output.print_json(rows)
@@ -435,6 +422,23 @@ def retrieve_cmd(
         raise typer.Exit(ExitStatus.PARTIAL)
 
 
+def write_documents(out: Path, documents) -> list[dict]:
+    """Each retrieved document as DIR/<uniqueId><extension of its MIME type>; a row for each."""
+    from ihecli.xds.model import OID_RE
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for d in documents:
+        safe = d.document_unique_id if OID_RE.match(d.document_unique_id) else \
+            "".join(ch if ch.isalnum() or ch in ".-_" else "_" for ch in d.document_unique_id)[:120] or "document"
+        ext = EXT.get(d.mime_type) or mimetypes.guess_extension(d.mime_type or "") or ".bin"
+        path = out / (safe + ext)
+        path.write_bytes(d.data)
+        rows.append({"uniqueId": d.document_unique_id, "repositoryUniqueId": d.repository_unique_id,
+                     "home": d.home, "mimeType": d.mime_type, "size": len(d.data), "path": str(path)})
+    return rows
+
+
 # -- delete ---------------------------------------------------------------------------------------
 @app.command("delete")
 def delete_cmd(
@@ -443,8 +447,7 @@ def delete_cmd(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan; store nothing.")] = False,
     yes: Yes = False,
     registry: Registry = None,
-    timeout: Annotated[Optional[float], typer.Option("--timeout", min=0.1, metavar="SECONDS",
-                                                     help="Network timeout in seconds.")] = None,
+    timeout: OptionalTimeout = None,
     cert: Cert = None,
     tls_key: TlsKey = None,
     ca: Ca = None,

@@ -8,7 +8,7 @@ import typer
 
 from ihecli.cli import output
 from ihecli.cli.archive_cmd import StudyOpt, open_archive
-from ihecli.cli.options import Ca, Cert, Db, Json, OptionalOut, Storage, TlsFloor, TlsKey, state
+from ihecli.cli.options import Ca, Cert, Db, Json, OptionalOut, OptionalTimeout, Storage, TlsFloor, TlsKey, state
 from ihecli.cli.xds_cmd import Home, Patient, Repository, RepositoryId, _client, _xds
 from ihecli.errors import ExitStatus, UsageError
 
@@ -16,8 +16,6 @@ app = typer.Typer(help="XDS-I.b: publish archive studies as imaging manifests; r
                        "images.\n\nExample: ihe xdsi publish --study 1.2.3.4 --patient 'PID1^^^&1.2.3&ISO'",
                   no_args_is_help=True)
 
-Timeout = Annotated[Optional[float], typer.Option("--timeout", min=0.1, metavar="SECONDS",
-                                                  help="Network timeout in seconds.")]
 Source = Annotated[Optional[str], typer.Option(
     "--source", metavar="URL",
     help="RAD-69 endpoint of the Imaging Document Source the manifest points at, e.g. "
@@ -40,7 +38,7 @@ def publish_cmd(
     db: Db = None,
     storage: Storage = None,
     no_store: Annotated[bool, typer.Option("--no-store", help="Do not keep the manifest in the archive too.")] = False,
-    timeout: Timeout = None,
+    timeout: OptionalTimeout = None,
     cert: Cert = None,
     tls_key: TlsKey = None,
     ca: Ca = None,
@@ -97,7 +95,7 @@ def retrieve_cmd(
              "Endian, and the stored ones).")] = None,
     db: Db = None,
     storage: Storage = None,
-    timeout: Timeout = None,
+    timeout: OptionalTimeout = None,
     cert: Cert = None,
     tls_key: TlsKey = None,
     ca: Ca = None,
