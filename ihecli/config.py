@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -43,15 +43,18 @@ def data_dir() -> Path:
 
 @dataclass(frozen=True)
 class Node:
-    """A remote DICOM application entity."""
+    """A remote DICOM application entity. ``tls``: associations to it are secured (ITI-19), with
+    the profile's [tls] certificate and CA; written ``tls://AET@host:port``."""
 
     aet: str
     host: str
     port: int
     name: str = ""
+    tls: bool = False
 
     def __str__(self) -> str:
-        return f"{self.aet}@{self.host}:{self.port}"
+        # the string form parses back (resolve_node): outbox targets keep the TLS flag
+        return f"{'tls://' if self.tls else ''}{self.aet}@{self.host}:{self.port}"
 
 
 @dataclass
@@ -214,7 +217,7 @@ class Settings:
             "profile": self.profile,
             "calling_aet": self.calling_aet,
             "archive": arch,
-            "nodes": {k: {"aet": n.aet, "host": n.host, "port": n.port} for k, n in self.nodes.items()},
+            "nodes": {k: {"aet": n.aet, "host": n.host, "port": n.port, "tls": n.tls} for k, n in self.nodes.items()},
             "tls": {f.name: getattr(self.tls, f.name) for f in fields(TlsSettings)},
             "audit": {f.name: getattr(self.audit, f.name) for f in fields(AuditSettings)},
             "time": {f.name: getattr(self.time, f.name) for f in fields(TimeSettings)},
@@ -234,10 +237,15 @@ def mask_url(url: str) -> str:
 
 
 NODE_RE = re.compile(r"^(?:(?P<aet>[^@]{1,16})@)?(?P<host>\[[^\]]+\]|[^:@]+):(?P<port>\d{1,5})$")
+TLS_SCHEME = "tls://"
+NODE_KEYS = ("aet", "host", "port", "tls")
 
 
 def resolve_node(spec: str, nodes: dict[str, Node], default_aet: str = "ANY-SCP") -> Node:
-    """A node from its profile name, ``AET@host:port`` or ``host:port``."""
+    """A node from its profile name, ``AET@host:port`` or ``host:port``; ``tls://`` before any of
+    them asks for TLS on the associations to it (as the profile's ``tls = true`` does)."""
+    if spec[:len(TLS_SCHEME)].lower() == TLS_SCHEME:
+        return replace(resolve_node(spec[len(TLS_SCHEME):], nodes, default_aet), tls=True)
     if spec in nodes:
         return nodes[spec]
     low = {k.lower(): v for k, v in nodes.items()}
@@ -246,7 +254,8 @@ def resolve_node(spec: str, nodes: dict[str, Node], default_aet: str = "ANY-SCP"
     m = NODE_RE.match(spec.strip())
     if not m:
         known = ", ".join(sorted(nodes)) or "none in the profile"
-        raise UsageError(f"unknown node {spec!r}: give a profile node name ({known}) or AET@host:port")
+        raise UsageError(f"unknown node {spec!r}: give a profile node name ({known}), AET@host:port or "
+                         "tls://AET@host:port")
     aet = m.group("aet") or default_aet
     port = int(m.group("port"))
     if not 0 < port < 65536:
@@ -356,14 +365,19 @@ def load(path: str | os.PathLike | None = None, profile: str | None = None) -> S
             missing = {"aet", "host", "port"} - set(spec)
             if missing:
                 raise err(name, f"node needs {', '.join(sorted(missing))}")
+            extra = sorted(set(spec) - set(NODE_KEYS))
+            if extra:
+                raise err(name, f"unknown node setting {extra[0]!r} (known: {', '.join(NODE_KEYS)})")
+            if not isinstance(spec.get("tls", False), bool):
+                raise err(name, f"tls: must be true or false, not {spec['tls']!r}")
             if not isinstance(spec["port"], int) or not 0 < spec["port"] < 65536:
                 raise err(name, f"bad port {spec['port']!r}")
             if not isinstance(spec["aet"], str) or not AET_RE.match(spec["aet"]):
                 raise err(name, f"bad AE title {spec['aet']!r}")
-            n = Node(aet=spec["aet"], host=str(spec["host"]), port=spec["port"])
+            n = Node(aet=spec["aet"], host=str(spec["host"]), port=spec["port"], tls=spec.get("tls", False))
         else:
-            raise err(name, "a node is AET@host:port or a table {aet, host, port}")
-        nodes[name] = Node(aet=n.aet, host=n.host, port=n.port, name=name)
+            raise err(name, "a node is AET@host:port, tls://AET@host:port or a table {aet, host, port, tls}")
+        nodes[name] = replace(n, name=name)
 
     calling = raw.get("calling_aet", "IHE")
     if not isinstance(calling, str) or not AET_RE.match(calling):
@@ -548,6 +562,10 @@ timeout = 30.0              # seconds
 # C-MOVE destinations of the archive.
 # pacs = { aet = "PACS", host = "10.0.0.5", port = 104 }
 # viewer = "VIEWER@127.0.0.1:11113"
+# With tls = true (or "tls://AET@host:port") every association to the node is secured with
+# the [tls] certificate and CA above: C-MOVE sub-operations, storage commitment reports, MPPS
+# forwarding and IAN from the archive, and `ihe dicom` commands.
+# ris = { aet = "RIS", host = "ris.example.org", port = 2762, tls = true }
 
 # [profiles.test.archive]
 # port = 11113

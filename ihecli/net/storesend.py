@@ -12,6 +12,11 @@ reads their responses itself. The per-message part is written by hand because no
 a synchronous DIMSE writer: a command set in Implicit VR Little Endian (PS3.7 section 6.3.1,
 Annex E) and P-DATA-TF framing (PS3.8 section 9.3.5), a few dozen lines.
 
+With a client TLS context (``ssl_context``: the destination node asks for TLS, see
+``ihecli.net.tls.for_node``) the socket is wrapped before the association is negotiated; a
+handshake that fails (an untrusted certificate is reported to the audit trail as a refusal) fails
+every sub-operation, so the C-MOVE response counts and lists them.
+
 It quacks like the parts of ``pynetdicom.association.Association`` that pynetdicom's C-MOVE
 service uses (``is_established``, ``send_c_store``, ``release``, ``dul.socket.close``), so the
 archive's AE hands it to that service in place of a pynetdicom association (see
@@ -35,6 +40,8 @@ from pynetdicom.pdu_primitives import (
     MaximumLengthNotification,
 )
 from pynetdicom.presentation import PresentationContext
+
+from ihecli.net import tls
 
 log = logging.getLogger("ihe.dimse")
 
@@ -151,13 +158,14 @@ class DirectStoreAssociation:
     """A storage association we requested, sending C-STORE requests synchronously."""
 
     def __init__(self, ae: AE, host: str, port: int, called_aet: str, contexts: list[PresentationContext],
-                 timeout: float = 60, connect_timeout: float = 30):
+                 timeout: float = 60, connect_timeout: float = 30, ssl_context=None):
         self.ae = ae
         self.called_aet = called_aet.strip() if isinstance(called_aet, str) else called_aet.decode().strip()
         self.is_established = False
         self.peer_max_pdu = 0
         self.accepted: dict[str, list[tuple[int, str]]] = {}  # SOP class -> [(context id, TS)]
         self._broken: str | None = None
+        self.tls = False
         self.dul = SimpleNamespace(socket=None)
         try:
             sock = socket.create_connection((host, port), timeout=connect_timeout)
@@ -166,7 +174,20 @@ class DirectStoreAssociation:
             self.dul.socket = _Socket(socket.socket())
             return
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if ssl_context is not None:
+            try:
+                sock = tls.client_handshake(sock, ssl_context, host=host, port=port, service="DICOM C-MOVE")
+            except (OSError, ValueError) as e:
+                # pynetdicom answers a destination it cannot associate with 0xA801 (Move Destination
+                # unknown), which would send the requester looking for a wrong AE title: "established"
+                # but broken, every sub-operation fails and is counted and listed instead
+                self._broken = f"TLS handshake with {self.called_aet}@{host}:{port} failed: {tls.describe(e)}"
+                log.error("C-MOVE destination: %s", self._broken)
+                self.sock = self.dul.socket = _Socket(socket.socket())
+                self.is_established = True
+                return
         sock.settimeout(timeout)
+        self.tls = ssl_context is not None
         self.sock = self.dul.socket = _Socket(sock)
         try:
             self._negotiate(contexts)
@@ -291,7 +312,10 @@ class DirectStoreAssociation:
             last = off >= n
             ctrl = (0x01 if command else 0x00) | (0x02 if last else 0x00)
             head = struct.pack(">BBIIBB", 0x04, 0, len(chunk) + 6, len(chunk) + 2, cid, ctrl)
-            sock.sendmsg([head, chunk])
+            if self.tls:  # an SSLSocket has no sendmsg; one record per PDV rather than two
+                sock.sendall(b"".join((head, chunk)))
+            else:
+                sock.sendmsg([head, chunk])
             if last:
                 return
 

@@ -12,6 +12,9 @@ alike, following the ATNA options:
 Node authentication is mutual: a server given a CA (``cfg.ca``) requires and checks the client's
 certificate; a client checks the server's certificate against the CA (or the system store).
 
+A node marked for TLS in the profile (``tls = true``, ``tls://AET@host:port``) gets its client
+context from ``for_node``, the one place every outgoing association of the archive asks.
+
 A handshake a server refuses is reported to the refusal listeners (``add_refusal_listener``):
 the audit package registers one that records a Security Alert, so every server doing its
 handshake through ``server_handshake`` gets the refusal audited without importing it.
@@ -257,19 +260,51 @@ def peer_subject(sock) -> str:
     return ""
 
 
-def connect(host: str, port: int, ctx: ssl.SSLContext | None, *, timeout: float = 10.0) -> socket.socket:
+def client_handshake(sock: socket.socket, ctx: ssl.SSLContext, *, host: str, port: int,
+                     service: str = "TLS client") -> ssl.SSLSocket:
+    """Wrap a connected socket as a client and finish the handshake. A server certificate we do not
+    trust is reported (``report_refused``, so it is audited) before the error is raised; on any
+    failure the socket is closed."""
+    try:
+        return ctx.wrap_socket(sock, server_hostname=host)
+    except ssl.SSLCertVerificationError as e:  # we refuse the peer: report it like a server would
+        sock.close()
+        report_refused(f"{host}:{port}", describe(e), service)
+        raise
+    except BaseException:
+        sock.close()
+        raise
+
+
+def connect(host: str, port: int, ctx: ssl.SSLContext | None, *, timeout: float = 10.0,
+            service: str = "TLS client") -> socket.socket:
     """A TCP connection (TCP_NODELAY set), wrapped in TLS when ``ctx`` is given; OSError on failure.
     A server certificate we do not trust is reported (``report_refused``) before the error is raised."""
     sock = socket.create_connection((host, port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if ctx is None:
         return sock
-    try:
-        return ctx.wrap_socket(sock, server_hostname=host)
-    except ssl.SSLCertVerificationError as e:  # we refuse the peer: report it like a server would
-        sock.close()
-        report_refused(f"{host}:{port}", describe(e), "TLS client")
-        raise
-    except BaseException:
-        sock.close()
-        raise
+    return client_handshake(sock, ctx, host=host, port=port, service=service)
+
+
+# -- per-node TLS ---------------------------------------------------------------------------------
+
+_client_contexts: dict[TlsConfig, ssl.SSLContext] = {}
+
+
+def for_node(node, cfg: TlsConfig | None) -> ssl.SSLContext | None:
+    """The client context for an association to ``node`` (an ihecli.config.Node): None unless the
+    node asks for TLS (``tls = true`` in the profile, ``tls://AET@host:port``), else built from
+    ``cfg`` (our certificate and trusted CAs: the profile's [tls]; None: no certificate, the
+    system's CAs). Every association the archive opens itself (C-MOVE sub-operations, storage
+    commitment reports, MPPS forwarding, IAN) asks here. One context per configuration."""
+    if not getattr(node, "tls", False):
+        return None
+    cfg = cfg or TlsConfig()
+    with _lock:
+        ctx = _client_contexts.get(cfg)
+    if ctx is None:
+        ctx = context(cfg, server=False)
+        with _lock:
+            ctx = _client_contexts.setdefault(cfg, ctx)
+    return ctx
