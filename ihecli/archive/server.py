@@ -75,7 +75,7 @@ class DicomServer:
     def __init__(self, archive: Archive, *, aet: str = "IHE_ARCHIVE", bind: str = "127.0.0.1", port: int = 11112,
                  destinations: dict[str, Node] | None = None, allow: list[str] | None = None,
                  max_pdu: int = 0, reuse_port: bool = False, services: list | None = None,
-                 ssl_context=None):
+                 ssl_context=None, client_tls: tls.TlsConfig | None = None):
         dimse.configure()
         # Responses are built from indexed values that were checked at ingest; pydicom's check
         # of every value set (regular expressions per element) was half the cost of building a
@@ -91,6 +91,7 @@ class DicomServer:
         # more services (workflow): each adds its contexts and handlers, and starts and stops with us
         self.services = list(services or [])
         self.ssl_context = ssl_context  # TLS (ITI-19): a server context from ihecli.net.tls, or None
+        self.client_tls = client_tls  # our certificate and CAs towards C-MOVE destinations marked tls
         self.server = None
         self._stats: dict[int, _AssocStats] = {}
         self._lock = threading.Lock()
@@ -98,6 +99,7 @@ class DicomServer:
     # -- controller ----------------------------------------------------------------------------
     def _ae(self):
         ae = _ArchiveAE(ae_title=self.aet)
+        ae.client_tls = self.client_tls
         ae.maximum_pdu_size = self.max_pdu
         ae.maximum_associations = 64
         ae.acse_timeout = 30
@@ -363,7 +365,8 @@ class DicomServer:
         refs = self._refs_or_raise(event, st, "C-MOVE")
         contexts = move_contexts((r.sop_class, r.transfer_syntax) for r in refs)
         # "direct": the sub-operations go out on our own synchronous sender (net.storesend)
-        yield node.host, node.port, {"contexts": contexts or [build_context(Verification)], "direct": True}
+        yield node.host, node.port, {"contexts": contexts or [build_context(Verification)], "direct": True,
+                                     "node": node}
         yield len(refs)
         yield from self._retrieved(event, st, refs, Peer(dest_aet, node.host), "C-MOVE")
 
@@ -391,13 +394,18 @@ def move_contexts(pairs, limit: int = 128) -> list:
 
 class _ArchiveAE(AE):
     """The archive's AE: C-MOVE sub-associations asked for with ``direct=True`` are
-    net.storesend's synchronous senders instead of pynetdicom associations."""
+    net.storesend's synchronous senders instead of pynetdicom associations, over TLS when the
+    destination ``node`` asks for it (``client_tls``: our certificate and CAs)."""
 
-    def associate(self, addr, port, contexts=None, ae_title="ANY-SCP", *args, direct: bool = False, **kwargs):
+    client_tls = None
+
+    def associate(self, addr, port, contexts=None, ae_title="ANY-SCP", *args, direct: bool = False, node=None,
+                  **kwargs):
         if direct:
             return DirectStoreAssociation(self, addr, port, ae_title, list(contexts or []),
                                           timeout=self.dimse_timeout or 60,
-                                          connect_timeout=self.connection_timeout or 30)
+                                          connect_timeout=self.connection_timeout or 30,
+                                          ssl_context=tls.for_node(node, self.client_tls))
         return super().associate(addr, port, contexts, ae_title, *args, **kwargs)
 
 
