@@ -58,6 +58,22 @@ DICOM_EVENTS = {
     "patient record": ev.patient_record("U", patients=[PID], user="ihe"),
     "export": ev.media_event(True, media="cd", media_id="IHE_PDI", user="alice", studies=STUDIES, patients=["PID1"]),
     "import": ev.media_event(False, media="usb", media_id="", user="alice", studies=STUDIES, patients=["PID1"]),
+    "storage commitment": ev.storage_commitment(requester=PACS, archive=ME, studies=STUDIES, patients=["PID1"],
+                                                outcome=ev.MINOR_FAILURE, description="1 of 4 not committed"),
+    "procedure record, N-CREATE": ev.procedure_record("C", source=PACS, destination=ME, patient_id="PID1",
+                                                      patient_name="DOE^JANE", studies={"1.2.3.4": ["ACC1"]},
+                                                      mpps_uid="1.2.3.5"),
+    "procedure record, forwarded N-SET refused": ev.procedure_record(
+        "U", source=ME, destination=PACS, patient_id="PID1", studies={"1.2.3.4": []}, mpps_uid="1.2.3.5",
+        outcome=ev.MINOR_FAILURE, description="0xA710"),
+    "instances rejected": ev.instances_rejected(requester=PACS, archive=ME, study_uid="1.2.3.4",
+                                                sop_classes={"1.2.840.10008.5.1.4.1.1.2": 2}, patient_id="PID1",
+                                                reason=ev.dcm("113001", "Rejected for Quality Reasons"),
+                                                whole_study=False, erased=False),
+    "study deleted": ev.instances_rejected(requester=PACS, archive=ME, study_uid="1.2.3.4",
+                                           sop_classes={"1.2.840.10008.5.1.4.1.1.2": 3}, patient_id="PID1",
+                                           reason=ev.dcm("113039", "Data Retention Policy Expired"),
+                                           whole_study=True, erased=True),
 }
 
 ITI_EVENTS = {

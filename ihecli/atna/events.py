@@ -47,6 +47,7 @@ STUDY_DELETED = dcm("110105", "DICOM Study Deleted")
 EXPORT = dcm("110106", "Export")
 IMPORT = dcm("110107", "Import")
 PATIENT_RECORD = dcm("110110", "Patient Record")
+PROCEDURE_RECORD = dcm("110111", "Procedure Record")
 QUERY = dcm("110112", "Query")
 SECURITY_ALERT = dcm("110113", "Security Alert")
 USER_AUTHENTICATION = dcm("110114", "User Authentication")
@@ -112,6 +113,7 @@ class ParticipantObject:
     sop_classes: list[tuple[str, int]] = field(default_factory=list)  # (SOP Class UID, number of instances)
     accessions: list[str] = field(default_factory=list)
     studies: list[str] = field(default_factory=list)  # ParticipantObjectContainsStudy
+    mpps: list[str] = field(default_factory=list)  # MPPS SOP Instance UIDs (of a study)
     description: list[str] = field(default_factory=list)
 
 
@@ -211,8 +213,10 @@ def to_xml(event: AuditEvent, *, default_source: AuditSource | None = None) -> b
             etree.SubElement(po, "ParticipantObjectName").text = _clean(o.name)
         for k, v in o.details:
             etree.SubElement(po, "ParticipantObjectDetail", {"type": k, "value": base64.b64encode(v).decode("ascii")})
-        if o.sop_classes or o.accessions or o.studies:
+        if o.sop_classes or o.accessions or o.studies or o.mpps:
             desc = etree.SubElement(po, "ParticipantObjectDescription")
+            for uid in o.mpps:
+                etree.SubElement(desc, "MPPS", {"UID": _clean(uid)})
             for acc in o.accessions:
                 etree.SubElement(desc, "Accession", {"Number": _clean(acc)})
             for uid, n in o.sop_classes:
@@ -271,9 +275,11 @@ def patient(pid: str, *, details: Sequence[tuple[str, bytes]] = (), name: str = 
     return ParticipantObject(id=pid, id_type=ID_PATIENT, type_code=1, role=1, name=name, details=list(details))
 
 
-def study(uid: str, sop_classes: Iterable[tuple[str, int]] = (), accessions: Iterable[str] = ()) -> ParticipantObject:
+def study(uid: str, sop_classes: Iterable[tuple[str, int]] = (), accessions: Iterable[str] = (),
+          mpps: Iterable[str] = (), lifecycle: int | None = None) -> ParticipantObject:
     return ParticipantObject(id=uid, id_type=ID_STUDY_UID, type_code=2, role=3, sop_classes=list(sop_classes),
-                             accessions=[a for a in accessions if a])
+                             accessions=[a for a in dict.fromkeys(accessions) if a], mpps=[m for m in mpps if m],
+                             lifecycle=lifecycle)
 
 
 def _outcome(ok: bool | int) -> int:
@@ -332,13 +338,66 @@ def _studies_and_patients(studies: dict[str, dict], patients: Iterable[str]) -> 
 
 def instances_transferred(*, source: Peer, destination: Peer, studies: dict[str, dict], patients: Iterable[str],
                           action: str = "C", outcome: int = SUCCESS, user: str | None = None,
-                          requestor: str = "destination") -> AuditEvent:
+                          requestor: str = "destination", transaction: Code | None = None,
+                          description: str = "") -> AuditEvent:
     """DICOM Instances Transferred (A.5.3.4). ``studies``: {Study UID: {"sop_classes": {uid: n},
     "accessions": [...]}}. The receiver reports action C (created) or U, the sender R."""
-    return AuditEvent(INSTANCES_TRANSFERRED, action=action, outcome=outcome,
+    return AuditEvent(INSTANCES_TRANSFERRED, action=action, outcome=outcome, types=[transaction] if transaction else [],
                       participants=[_ap(source, ROLE_SOURCE, requestor == "source"),
                                     _ap(destination, ROLE_DESTINATION, requestor == "destination"), *_human(user)],
-                      objects=_studies_and_patients(studies, patients))
+                      objects=_studies_and_patients(studies, patients), outcome_description=description)
+
+
+STORAGE_COMMITMENT = Code("RAD-10", "IHE Transactions", "Storage Commitment")
+REJECTION_NOTE_STORED = Code("RAD-66", "IHE Transactions", "Rejection Note Stored")
+
+
+def storage_commitment(*, requester: Peer, archive: Peer, studies: dict[str, dict], patients: Iterable[str],
+                       outcome: int = SUCCESS, description: str = "") -> AuditEvent:
+    """Storage Commitment (RAD-10), reported by the archive as it takes responsibility for the
+    instances: DICOM Instances Transferred from the requester (the source, which asked) to the
+    archive, action R (PS3.15: the receiver already holds the instances and needs no change);
+    ``studies`` as for instances_transferred, counting the committed instances; ``outcome`` a
+    failure when some were not committed (``description`` says how many and why)."""
+    return instances_transferred(source=requester, destination=archive, studies=studies, patients=patients,
+                                 action="R", outcome=outcome, requestor="source", transaction=STORAGE_COMMITMENT,
+                                 description=description)
+
+
+def procedure_record(action: str, *, source: Peer, destination: Peer, patient_id: str, patient_name: str = "",
+                     studies: dict[str, Iterable[str]], mpps_uid: str, requestor: str = "source",
+                     outcome: int = SUCCESS, description: str = "") -> AuditEvent:
+    """Procedure Record (PS3.15 A.5.3, 110111) of a Modality Performed Procedure Step: created
+    (C, N-CREATE: RAD-6/RAD-20) or updated (U, N-SET: RAD-7/RAD-21), by the SCU ``source`` at the
+    SCP ``destination`` (the PPS Manager receiving, or forwarding as the SCU). ``studies``: the
+    step's Study Instance UIDs with their accession numbers; each names the step's MPPS UID.
+    One patient per message, as PS3.15 asks."""
+    objs = [study(uid, accessions=accs, mpps=[mpps_uid]) for uid, accs in studies.items() if uid]
+    if patient_id:
+        objs.append(patient(patient_id, name=patient_name))
+    return AuditEvent(PROCEDURE_RECORD, action=action, outcome=outcome, outcome_description=description,
+                      participants=[_ap(source, ROLE_SOURCE, requestor == "source"),
+                                    _ap(destination, ROLE_DESTINATION, requestor == "destination")],
+                      objects=objs)
+
+
+def instances_rejected(*, requester: Peer, archive: Peer, study_uid: str, sop_classes: dict[str, int],
+                       patient_id: str, reason: Code, whole_study: bool, erased: bool,
+                       outcome: int = SUCCESS) -> AuditEvent:
+    """A rejection note (IOCM, RAD-66) took instances of one study out of the archive: DICOM Study
+    Deleted when none of the study's instances is left (its rejection notes aside), else DICOM
+    Instances Accessed with action D. Hidden instances (113001/113037/113038) are a logical
+    deletion (life cycle 14), deleted ones (113039 Data Retention Policy Expired) a permanent
+    erasure (15). ``reason``: the note's title, given as the outcome description."""
+    parts = [Participant(user_id=requester.user_id or "unknown", requestor=True, host=requester.host),
+             Participant(user_id=archive.user_id, requestor=False, alt_user_id=archive.process_id,
+                         host=archive.host)]
+    objs = [study(study_uid, sorted(sop_classes.items()), lifecycle=15 if erased else 14)]
+    if patient_id:
+        objs.append(patient(patient_id))
+    return AuditEvent(STUDY_DELETED if whole_study else INSTANCES_ACCESSED, action="D", outcome=outcome,
+                      types=[REJECTION_NOTE_STORED], participants=parts, objects=objs,
+                      outcome_description=f"{reason.code} {reason.display}")
 
 
 def begin_transferring(*, source: Peer, destination: Peer, studies: dict[str, dict], patients: Iterable[str],
