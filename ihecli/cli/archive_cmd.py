@@ -94,12 +94,12 @@ def serve_cmd(
     our_port = a.port if port is None else port
 
     def make_server(archive: Archive, at_port: int, shared: bool) -> DicomServer:
-        from ihecli.workflow.service import WorkflowConfig, WorkflowServices
+        from ihecli.workflow.service import WorkflowServices
 
-        workflow = WorkflowServices(archive, WorkflowConfig.from_settings(st, aet=our_aet, nodes=dests))
         return DicomServer(archive, aet=our_aet, bind=our_bind, port=at_port, destinations=dests,
                            allow=allow or a.allow, max_pdu=a.max_pdu if max_pdu is None else max_pdu,
-                           reuse_port=shared, services=[workflow], ssl_context=ssl_context)
+                           reuse_port=shared, services=[WorkflowServices(archive, workflow)], ssl_context=ssl_context,
+                           client_tls=client_tls)
 
     def announce(archive: Archive, at_port: int) -> None:
         counts = archive.counts()
@@ -117,6 +117,17 @@ def serve_cmd(
     # one TLS context (ITI-19) for the DICOM, HL7 and DICOMweb listeners
     ssl_context = tlsmod.context(tls_config(ctx, tls=tls, no_tls=no_tls, cert=cert, key=tls_key, ca=ca,
                                             floor=tls_floor), server=True)
+    # associations the archive opens to nodes marked tls (C-MOVE, storage commitment reports, MPPS
+    # forwarding, IAN): the profile's [tls] and this command's certificate options; --no-tls is
+    # about the listeners, a node marked tls is never reached without it
+    client_tls = st.tls_config().with_(cert=str(cert) if cert else None, key=str(tls_key) if tls_key else None,
+                                       ca=str(ca) if ca else None, floor=tls_floor)
+    from ihecli.workflow.service import WorkflowConfig
+
+    workflow = WorkflowConfig.from_settings(st, aet=our_aet, nodes=dests, tls_config=client_tls)
+    for n in {*dests.values(), *workflow.nodes.values(), *workflow.mpps_forward, *workflow.ian_subscribers,
+              *workflow.commit_reply.values()}:
+        tlsmod.for_node(n, client_tls)  # a certificate or CA that cannot be used: said now, in one line
     _check_time(st)
     web = None if http_port is None else DicomWebService(
         lambda: open_archive(ctx, db, storage, duplicates=duplicates, fuzzy_names=fuzzy_names), our_bind, http_port,

@@ -25,11 +25,13 @@ def _ctx(ctx: typer.Context, node: str, calling_aet: Optional[str]):
     return st.node(node), calling_aet or st.calling_aet
 
 
-def _tls(ctx: typer.Context, tls: bool, no_tls: bool, cert, key, ca, floor):
-    """The client TLS context the options and the profile ask for (ITI-19), or None."""
+def _tls(ctx: typer.Context, node, tls: bool, no_tls: bool, cert, key, ca, floor):
+    """The client TLS context the options, the profile and the node (``tls = true``,
+    ``tls://AET@host:port``) ask for (ITI-19), or None."""
     from ihecli.net import tls as tlsmod
 
-    return tlsmod.context(tls_config(ctx, tls=tls, no_tls=no_tls, cert=cert, key=key, ca=ca, floor=floor), server=False)
+    return tlsmod.context(tls_config(ctx, tls=tls, no_tls=no_tls, cert=cert, key=key, ca=ca, floor=floor,
+                                     default_on=node.tls), server=False)
 
 
 def element_json(elem) -> Any:
@@ -68,7 +70,7 @@ def echo_cmd(ctx: typer.Context, node: Node, calling_aet: CallingAet = None, tim
     Example: ihe dicom echo ORTHANC@127.0.0.1:4242
     """
     n, aet = _ctx(ctx, node, calling_aet)
-    r = scu.echo(n, calling_aet=aet, timeout=timeout, tls=_tls(ctx, tls, no_tls, cert, tls_key, ca, tls_floor))
+    r = scu.echo(n, calling_aet=aet, timeout=timeout, tls=_tls(ctx, n, tls, no_tls, cert, tls_key, ca, tls_floor))
     if json:
         output.print_json(r)
     else:
@@ -97,7 +99,7 @@ def store_cmd(ctx: typer.Context, node: Node,
 
     try:
         rep = scu.store(n, paths, calling_aet=aet, timeout=timeout, progress=step, on_plan=plan,
-                        tls=_tls(ctx, tls, no_tls, cert, tls_key, ca, tls_floor))
+                        tls=_tls(ctx, n, tls, no_tls, cert, tls_key, ca, tls_floor))
     finally:
         if "bar" in holder:
             holder["bar"].__exit__(None, None, None)
@@ -128,7 +130,7 @@ def find_cmd(ctx: typer.Context, node: Node, level: Level = "study", keys: Keys 
     ident = scu.build_identifier(lvl, keys, defaults=scu.LEVEL_DEFAULTS.get("IMAGE" if lvl == "INSTANCE" else lvl,
                                                                               ()))
     results = scu.find(n, ident, root=root, calling_aet=aet, timeout=timeout, limit=limit,
-                       tls=_tls(ctx, tls, no_tls, cert, tls_key, ca, tls_floor))
+                       tls=_tls(ctx, n, tls, no_tls, cert, tls_key, ca, tls_floor))
     rows = [dataset_json(r) for r in results]
     if json:
         output.print_json(rows)
@@ -193,7 +195,7 @@ def move_cmd(ctx: typer.Context, node: Node,
             seen["done"] = done
 
         r = scu.move(n, dest, ident, root=root, calling_aet=aet, timeout=timeout, progress=prog,
-                     tls=_tls(ctx, tls, no_tls, cert, tls_key, ca, tls_floor))
+                     tls=_tls(ctx, n, tls, no_tls, cert, tls_key, ca, tls_floor))
     _retrieve_exit(r, json, f"C-MOVE to {dest}")
 
 
@@ -214,7 +216,7 @@ def get_cmd(ctx: typer.Context, node: Node,
     ident = scu.build_identifier(level, keys)
     with output.progress(None, "receiving", enabled=not json) as advance:
         r = scu.get(n, ident, out, root=root, calling_aet=aet, timeout=timeout, progress=lambda p: advance(),
-                    tls=_tls(ctx, tls, no_tls, cert, tls_key, ca, tls_floor))
+                    tls=_tls(ctx, n, tls, no_tls, cert, tls_key, ca, tls_floor))
     _retrieve_exit(r, json, f"C-GET into {out}")
 
 

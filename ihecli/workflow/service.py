@@ -23,7 +23,7 @@ from pynetdicom.sop_class import (
 
 from ihecli.config import Node, resolve_node
 from ihecli.errors import DimseFailure, IheError
-from ihecli.net import dimse
+from ihecli.net import dimse, tls
 from ihecli.workflow import ian, iocm, queue, stgcmt
 from ihecli.workflow.mpps import MPPS_SOP_CLASS, PpsManager, unpack
 
@@ -48,11 +48,14 @@ class WorkflowConfig:
     retry_base: float = 5.0  # outbox: first retry after this many seconds, then doubling
     poll: float = 0.5
     timeout: float = 30
+    tls: tls.TlsConfig | None = None  # our certificate and CAs towards nodes marked tls (tls.for_node)
 
     @classmethod
-    def from_settings(cls, settings, *, aet: str | None = None, nodes: dict[str, Node] | None = None):
+    def from_settings(cls, settings, *, aet: str | None = None, nodes: dict[str, Node] | None = None,
+                      tls_config: tls.TlsConfig | None = None):
         """From a profile's settings: archive.mpps_forward, ian_subscribers, commit_reply (AET=NODE),
-        commit_new_association, hide_quality_rejects; ``nodes``: the C-MOVE destinations by AE title."""
+        commit_new_association, hide_quality_rejects; ``nodes``: the C-MOVE destinations by AE title;
+        ``tls_config``: for nodes marked tls (default: the profile's [tls])."""
         a = settings.archive
         known = {n.aet.upper(): n for n in settings.nodes.values()}
         known.update({k.upper(): v for k, v in (nodes or {}).items()})
@@ -66,7 +69,8 @@ class WorkflowConfig:
                    mpps_forward=[resolve_node(x, settings.nodes) for x in a.mpps_forward],
                    ian_subscribers=[resolve_node(x, settings.nodes) for x in a.ian_subscribers],
                    commit_reply=reply, commit_new_association={x.strip().upper() for x in a.commit_new_association},
-                   nodes=known, hide_quality=a.hide_quality_rejects)
+                   nodes=known, hide_quality=a.hide_quality_rejects,
+                   tls=tls_config if tls_config is not None else settings.tls_config())
 
 
 def attach(archive, *, hide_quality: bool = True) -> None:
@@ -232,26 +236,32 @@ class WorkflowServices:
 
     # -- outbox senders ------------------------------------------------------------------------
     def _node(self, target: str) -> Node:
+        """An outbox target (``str(node)``: ``tls://`` kept) as the node to associate with."""
         return resolve_node(target, {})
+
+    def _tls(self, node: Node):
+        return tls.for_node(node, self.config.tls)
 
     def _send_report(self, target: str, payload: bytes) -> None:
         event_type, info = stgcmt.unpack_report(payload)
-        stgcmt.send_report_new_association(self._node(target), event_type, info, calling_aet=self.config.aet,
-                                           timeout=self.config.timeout)
+        node = self._node(target)
+        stgcmt.send_report_new_association(node, event_type, info, calling_aet=self.config.aet,
+                                           timeout=self.config.timeout, tls=self._tls(node))
 
     def _send_late_report(self, target: str, payload: bytes) -> None:
         """A request whose report was never sent (the archive stopped first): checked and reported now."""
         uid, refs = stgcmt.unpack_request(payload)
         checked = stgcmt.check_commitment(self.archive, refs, verify=self.config.verify_checksums)
         event_type, info = stgcmt.event_report(uid, checked, self.config.aet)
-        stgcmt.send_report_new_association(self._node(target), event_type, info, calling_aet=self.config.aet,
-                                           timeout=self.config.timeout)
+        node = self._node(target)
+        stgcmt.send_report_new_association(node, event_type, info, calling_aet=self.config.aet,
+                                           timeout=self.config.timeout, tls=self._tls(node))
 
     def _n_request(self, target: str, sop_class, op: str, uid: str, ds: Dataset) -> None:
         node = self._node(target)
         ae = dimse.client_ae(self.config.aet, timeout=self.config.timeout)
         ae.add_requested_context(sop_class)
-        assoc = dimse.associate(ae, node)
+        assoc = dimse.associate(ae, node, tls=self._tls(node))
         try:
             if op == "create":
                 status, _ = assoc.send_n_create(ds, sop_class, uid)

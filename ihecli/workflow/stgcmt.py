@@ -176,13 +176,14 @@ def unpack_request(payload: bytes) -> tuple[str, list[Ref]]:
 
 
 def send_report_new_association(target: Node, event_type: int, info: Dataset, *, calling_aet: str,
-                                timeout: float = 30) -> None:
+                                timeout: float = 30, tls=None) -> None:
     """N-EVENT-REPORT on an association the archive opens, as SCP of Storage Commitment
-    (SCP/SCU role selection: the requester of the association plays the SCP role)."""
+    (SCP/SCU role selection: the requester of the association plays the SCP role); ``tls``: a
+    client context (``ihecli.net.tls.for_node``) when the node asks for TLS."""
     ae = dimse.client_ae(calling_aet, timeout=timeout)
     ae.add_requested_context(StorageCommitmentPushModel)
     assoc = dimse.associate(ae, target, ext_neg=[build_role(StorageCommitmentPushModel, scp_role=True,
-                                                                      scu_role=False)])
+                                                                      scu_role=False)], tls=tls)
     try:
         rsp = assoc.send_n_event_report(info, event_type, StorageCommitmentPushModel, WELL_KNOWN_INSTANCE)
         status = rsp[0].Status if rsp and rsp[0] is not None and "Status" in rsp[0] else None

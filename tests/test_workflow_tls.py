@@ -1,0 +1,126 @@
+"""What the archive sends on associations of its own goes over TLS to nodes marked tls (ITI-19):
+MPPS forwarding (PPS Manager) and storage commitment reports on a new association, to real
+pynetdicom peers listening with TLS and requiring our certificate; a peer whose certificate no
+trusted CA signed is never sent to, and the outbox keeps retrying it with the reason."""
+from __future__ import annotations
+
+import ssl
+import threading
+
+import pytest
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import ModalityPerformedProcedureStep as MPPS
+from pynetdicom.sop_class import StorageCommitmentPushModel as STGCMT
+
+from helpers import free_port, make_corpus
+from ihecli.archive.server import DicomServer
+from ihecli.config import Node
+from ihecli.net import tls
+from ihecli.workflow import queue
+from ihecli.workflow.service import WorkflowConfig, WorkflowServices
+from test_move_tls import pki  # noqa: F401  (the fixture)
+from test_mpps import completion, create, new_step, wait_for
+from test_stgcmt import Scu, refs_of
+
+
+class TlsPeer:
+    """A pynetdicom SCP over TLS (its certificate; ours checked against the CA): records what
+    arrives and whether it came over TLS."""
+
+    def __init__(self, aet: str, cert: str, ca: str, *, context, handlers):
+        self.aet, self.port = aet, free_port()
+        self.got: list[tuple[str, bool]] = []  # (what, over TLS)
+        self.arrived = threading.Event()
+        ae = AE(ae_title=aet)
+        context(ae)
+        wrapped = [(e, self._wrap(name, fn)) for e, name, fn in handlers]
+        self.server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=wrapped,
+                                      ssl_context=tls.context(tls.TlsConfig(cert=cert, ca=ca), server=True))
+
+    def _wrap(self, name, fn):
+        def handler(event):
+            self.got.append((name, isinstance(event.assoc.dul.socket.socket, ssl.SSLSocket)))
+            self.arrived.set()
+            return fn(event)
+        return handler
+
+    def node(self) -> Node:
+        return Node(self.aet, "127.0.0.1", self.port, tls=True)
+
+    def stop(self):
+        self.server.shutdown()
+
+
+def mpps_peer(aet, cert, ca) -> TlsPeer:
+    return TlsPeer(aet, cert, ca, context=lambda ae: ae.add_supported_context(MPPS), handlers=[
+        (evt.EVT_N_CREATE, "create", lambda e: (0x0000, None)),
+        (evt.EVT_N_SET, "set", lambda e: (0x0000, None))])
+
+
+@pytest.fixture
+def our_tls(pki):
+    return tls.TlsConfig(cert=pki["archive"], ca=pki["ca"])
+
+
+def test_mpps_forwarded_over_tls(archive, pki, our_tls):
+    ris = mpps_peer("RIS", pki["dest"], pki["ca"])
+    rogue = mpps_peer("ROGUE", pki["rogue"], pki["ca"])
+    cfg = WorkflowConfig(mpps_forward=[ris.node(), rogue.node()], poll=0.1, retry_base=0.2, tls=our_tls)
+    srv = DicomServer(archive, port=0, services=[WorkflowServices(archive, cfg)])
+    srv.start()
+    try:
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(MPPS)
+        assoc = ae.associate("127.0.0.1", srv.port, ae_title="IHE_ARCHIVE")
+        status, uid = create(assoc, new_step())
+        assert status.Status == 0
+        mods, _ = completion()
+        status, _ = assoc.send_n_set(mods, MPPS, uid)
+        assert status.Status == 0
+        assoc.release()
+        assert wait_for(lambda: len(ris.got) == 2), ris.got
+        assert ris.got == [("create", True), ("set", True)]
+        # the rogue's certificate is refused: nothing reaches it, and its row waits with the reason
+        target = str(rogue.node())
+        assert target.startswith("tls://ROGUE@")
+
+        def refused():
+            rows = [r for r in queue.items(archive.engine, ref=uid) if r.target == target]
+            return rows and rows[0].attempts >= 2 and "not trusted" in (rows[0].last_error or "")
+        assert wait_for(refused), queue.items(archive.engine, ref=uid)
+        assert rogue.got == []
+    finally:
+        srv.stop()
+        ris.stop()
+        rogue.stop()
+
+
+def test_storage_commitment_report_over_tls(archive, pki, our_tls, tmp_path):
+    files = make_corpus(tmp_path / "study", studies=1, series=1, images=2)
+    for f in files:
+        archive.store(f.read_bytes())
+    reports = []
+
+    def on_report(event):
+        reports.append(event.event_information)
+        return 0x0000, None
+
+    modality = TlsPeer("MODALITY", pki["dest"], pki["ca"],
+                       context=lambda ae: ae.add_supported_context(STGCMT, scu_role=False, scp_role=True),
+                       handlers=[(evt.EVT_N_EVENT_REPORT, "report", on_report)])
+    cfg = WorkflowConfig(commit_new_association={"MODALITY"}, nodes={"MODALITY": modality.node()}, poll=0.1,
+                         tls=our_tls)
+    srv = DicomServer(archive, port=0, services=[WorkflowServices(archive, cfg)])
+    srv.start()
+    try:
+        scu = Scu()
+        assoc = scu.associate(srv.port)
+        status, tuid = scu.request(assoc, refs_of(files))
+        assert status.Status == 0
+        assoc.release()
+        assert modality.arrived.wait(30), "no report"
+        assert modality.got == [("report", True)]
+        assert str(reports[0].TransactionUID) == tuid and len(reports[0].ReferencedSOPSequence) == 2
+    finally:
+        srv.stop()
+        modality.stop()
