@@ -88,6 +88,9 @@ def note_stored(archive, parsed, data: bytes, *, hide_quality: bool = True) -> R
     code, ds = found
     if code == QUALITY and not hide_quality:
         return RejectionReport(parsed.sop_uid, code)
+    # who sent the note (the C-STORE's calling AE title, kept in the file meta), for the audit trail
+    meta = getattr(ds, "file_meta", None)
+    sender = str(meta.get("SourceApplicationEntityTitle", "") or "").strip() if meta is not None else ""
     from ihecli.kos.builder import read_kos
 
     try:
@@ -95,18 +98,23 @@ def note_stored(archive, parsed, data: bytes, *, hide_quality: bool = True) -> R
     except Exception as e:
         raise ArchiveError(f"unreadable rejection note: {e}", 0xC000) from None
     targets = {r.sop_uid: r for r in info.references if r.sop_uid and r.sop_uid != parsed.sop_uid}
-    return reject(archive, parsed.sop_uid, code, targets)
+    return reject(archive, parsed.sop_uid, code, targets, requester=sender)
 
 
-def reject(archive, note_uid: str, code: str, targets: dict) -> RejectionReport:
+def reject(archive, note_uid: str, code: str, targets: dict, *, requester: str = "") -> RejectionReport:
     """Hide (or, for 113039, delete) the instances ``targets`` names (SOP Instance UID -> reference
-    with study_uid, series_uid, sop_class) and remember them as rejected."""
+    with study_uid, series_uid, sop_class) and remember them as rejected. With an audit repository,
+    each study that lost instances gets its audit event (``requester``: who sent the note)."""
+    from ihecli import atna
+
     rep = RejectionReport(note_uid, code)
     delete_files = code == RETENTION_EXPIRED
     i = s.instances
     uids = sorted(targets)
     rows: dict[str, tuple] = {}
     earlier: dict[str, str | None] = {}
+    audit = atna.enabled()
+    affected: dict[str, tuple] = {}  # SOP Instance UID -> (study id, Study UID, patient ID), for the audit
     with archive.connect() as conn:
         for chunk in _chunks(uids, 500):
             for r in conn.execute(select(i.c.sop_uid, i.c.sop_class, i.c.path, i.c.series_fk)
@@ -114,6 +122,8 @@ def reject(archive, note_uid: str, code: str, targets: dict) -> RejectionReport:
                 rows[r.sop_uid] = (r.sop_class, r.path, r.series_fk)
             earlier.update((r.sop_uid, r.path) for r in conn.execute(
                 select(rejected.c.sop_uid, rejected.c.path).where(rejected.c.sop_uid.in_(chunk))))
+            if audit:
+                affected.update(_studies_of(conn, chunk))
     # files of hidden instances move aside first: a crash before the commit leaves rows whose file
     # is gone, which `ihe archive check --repair` drops (the instances stay hidden either way)
     moved: list[tuple[str, str]] = []
@@ -167,7 +177,49 @@ def reject(archive, note_uid: str, code: str, targets: dict) -> RejectionReport:
     rep.not_stored = len([u for u in uids if u not in rows and u not in earlier])
     log.info("rejection note %s (%s): %d hidden, %d deleted, %d not stored", note_uid, code, rep.hidden,
              rep.deleted, rep.not_stored)
+    if audit and rows:
+        _audit(archive, code, rows, affected, requester=requester, erased=delete_files)
     return rep
+
+
+def _studies_of(conn, uids) -> dict[str, tuple]:
+    i, se, st, pa = s.instances, s.series, s.studies, s.patients
+    q = (select(i.c.sop_uid, st.c.id, st.c.study_uid, pa.c.pid)
+         .select_from(i.join(se, i.c.series_fk == se.c.id).join(st, se.c.study_fk == st.c.id)
+                      .join(pa, st.c.patient_fk == pa.c.id)).where(i.c.sop_uid.in_(uids)))
+    return {r.sop_uid: (r.id, r.study_uid, r.pid) for r in conn.execute(q)}
+
+
+def _audit(archive, code: str, rows: dict, affected: dict, *, requester: str, erased: bool) -> None:
+    """One audit event per study the note took instances from (RAD-66): DICOM Study Deleted when
+    nothing but rejection notes is left of it, else DICOM Instances Accessed (delete)."""
+    from sqlalchemy import func
+
+    from ihecli import atna
+    from ihecli.atna import events as ev
+    from ihecli.kos import codes
+
+    title = codes.REJECTION_TITLES.get(code)
+    reason = ev.dcm(code, title.meaning if title else "Rejected")
+    by_study: dict[int, dict] = {}
+    for uid, (sop_class, _path, _se) in rows.items():
+        where = affected.get(uid)
+        if where is None:
+            continue
+        st = by_study.setdefault(where[0], {"uid": where[1], "pid": where[2], "classes": {}})
+        st["classes"][sop_class] = st["classes"].get(sop_class, 0) + 1
+    i, se = s.instances, s.series
+    try:
+        with archive.connect() as conn:
+            for study_id, st in by_study.items():
+                left = conn.execute(select(func.count()).select_from(i.join(se, i.c.series_fk == se.c.id))
+                                    .where(se.c.study_fk == study_id, i.c.sop_class != KOS_SOP_CLASS)).scalar()
+                atna.record(ev.instances_rejected(
+                    requester=ev.Peer(requester or "unknown"), archive=ev.Peer.local(archive.aet),
+                    study_uid=st["uid"], sop_classes=st["classes"], patient_id=st["pid"], reason=reason,
+                    whole_study=not left, erased=erased))
+    except Exception as e:  # the rejection is done; its audit event must not fail the store
+        log.warning("rejection note: audit event not recorded: %s", e)
 
 
 def _move_back(archive, moved: list[tuple[str, str]]) -> None:

@@ -329,6 +329,30 @@ class PpsManager:
         return Outcome(PROCESSING_FAILURE, "step busy: try again", sop_uid=sop_uid)
 
 
+def audit_event(action: str, step: Dataset | None, sop_uid: str, *, source, destination, requestor: str = "source",
+                status: int = SUCCESS, comment: str = ""):
+    """The Procedure Record audit event (ITI-20) of an MPPS N-CREATE (``action`` C) or N-SET (U):
+    the patient and studies come from ``step`` (the step's attributes as stored, or as sent);
+    ``source`` and ``destination`` are the SCU and SCP (ihecli.atna.events.Peer); a failure status
+    makes a minor failure naming it."""
+    from ihecli.atna import events as ev
+    from ihecli.net.dimse import status_category
+
+    ds = step if step is not None else Dataset()
+    studies: dict[str, list[str]] = {}
+    try:
+        for item in ds.get("ScheduledStepAttributesSequence") or []:
+            studies.setdefault(_str(item, "StudyInstanceUID"), []).append(_str(item, "AccessionNumber"))
+    except Exception:  # an unreadable sequence in a refused request: the event still says what happened
+        studies = {}
+    failed = status_category(status) == "failure"
+    desc = f"status 0x{status:04X}" + (f": {comment}" if comment else "") if failed else ""
+    return ev.procedure_record(action, source=source, destination=destination, patient_id=_str(ds, "PatientID"),
+                               patient_name=_str(ds, "PatientName"), studies=studies, mpps_uid=sop_uid,
+                               requestor=requestor, outcome=ev.MINOR_FAILURE if failed else ev.SUCCESS,
+                               description=desc)
+
+
 def list_steps(engine, *, status: str | None = None, patient: str | None = None,
                limit: int | None = None) -> list[Step]:
     """Stored steps, newest first, each with its forwarding state ("2/2 sent")."""

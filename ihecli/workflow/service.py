@@ -21,10 +21,13 @@ from pynetdicom.sop_class import (
     StorageCommitmentPushModel,
 )
 
+from ihecli import atna
+from ihecli.atna.events import Peer
 from ihecli.config import Node, resolve_node
 from ihecli.errors import DimseFailure, IheError
 from ihecli.net import dimse, tls
 from ihecli.workflow import ian, iocm, queue, stgcmt
+from ihecli.workflow import mpps
 from ihecli.workflow.mpps import MPPS_SOP_CLASS, PpsManager, unpack
 
 log = logging.getLogger("ihe.workflow")
@@ -130,6 +133,7 @@ class WorkflowServices:
         out = self.pps.create(uid, ds, event.assoc.requestor.ae_title)
         log.info("MPPS N-CREATE %s from %s: 0x%04X %s", out.sop_uid or uid, event.assoc.requestor.ae_title,
                  out.status, out.comment)
+        self._audit_received("C", event, out.sop_uid or uid or "", ds, out)
         if not out.ok:
             return out.status_dataset(with_list=False), None
         rsp = Dataset()
@@ -149,9 +153,24 @@ class WorkflowServices:
         out = self.pps.set(str(req.RequestedSOPInstanceUID or ""), mods)
         log.info("MPPS N-SET %s from %s: 0x%04X %s", req.RequestedSOPInstanceUID, event.assoc.requestor.ae_title,
                  out.status, out.comment)
+        if atna.enabled():
+            step = mpps.get_step(self.archive.engine, str(req.RequestedSOPInstanceUID or ""))
+            self._audit_received("U", event, str(req.RequestedSOPInstanceUID or ""), step, out)
         if not out.ok:
             return out.status_dataset(), None
         return 0x0000, None
+
+    def _audit_received(self, action: str, event, sop_uid: str, step, out) -> None:
+        """Procedure Record (ITI-20) of an N-CREATE or N-SET received, refused ones too."""
+        if not atna.enabled():
+            return
+        try:
+            r = event.assoc.requestor
+            atna.record(mpps.audit_event(action, step, sop_uid, source=Peer(str(r.ae_title).strip(), r.address),
+                                         destination=Peer.local(self.config.aet), status=out.status,
+                                         comment=out.comment))
+        except Exception as e:  # auditing never fails the request
+            log.warning("MPPS audit event not recorded: %s", e)
 
     # -- Storage Commitment (RAD-10) -----------------------------------------------------------
     def _on_n_action(self, event):
@@ -187,18 +206,21 @@ class WorkflowServices:
                 sent.set()
 
         assoc.bind(evt.EVT_DIMSE_SENT, on_sent)
-        threading.Thread(target=self._commit, args=(assoc, calling, uid, refs, sent, on_sent, row),
-                         name="ihe-stgcmt", daemon=True).start()
+        threading.Thread(target=self._commit, name="ihe-stgcmt", daemon=True,
+                         args=(assoc, calling, uid, refs, sent, on_sent, row, assoc.requestor.address)).start()
         log.info("storage commitment request %s from %s: %d references", uid, calling, len(refs))
         return 0x0000, None
 
     def _report_target(self, calling: str) -> Node | None:
         return self.config.commit_reply.get(calling.upper()) or self.config.nodes.get(calling.upper())
 
-    def _commit(self, assoc, calling: str, uid: str, refs, sent: threading.Event, on_sent, row) -> None:
+    def _commit(self, assoc, calling: str, uid: str, refs, sent: threading.Event, on_sent, row,
+                address: str = "") -> None:
         try:
             checked = stgcmt.check_commitment(self.archive, refs, verify=self.config.verify_checksums)
             event_type, info = stgcmt.event_report(uid, checked, self.config.aet)
+            stgcmt.audit_commitment(self.archive, checked, requester=calling, requester_host=address,
+                                    aet=self.config.aet)
             sent.wait(10)  # the N-ACTION response goes first
             try:
                 assoc.unbind(evt.EVT_DIMSE_SENT, on_sent)
@@ -256,6 +278,8 @@ class WorkflowServices:
         node = self._node(target)
         stgcmt.send_report_new_association(node, event_type, info, calling_aet=self.config.aet,
                                            timeout=self.config.timeout, tls=self._tls(node))
+        stgcmt.audit_commitment(self.archive, checked, requester=node.aet, requester_host=node.host,
+                                aet=self.config.aet)
 
     def _n_request(self, target: str, sop_class, op: str, uid: str, ds: Dataset) -> None:
         node = self._node(target)
@@ -274,9 +298,23 @@ class WorkflowServices:
             raise IheError(f"{node} sent no N-{op.upper()} response")
         code = int(status.Status)
         if code == 0x0111 and op == "create":
-            return  # already there: an earlier try reached it and its response was lost
+            code = 0  # already there: an earlier try reached it and its response was lost
+        if sop_class == ModalityPerformedProcedureStep:
+            self._audit_forwarded(op, node, uid, ds, code)
         if dimse.status_category(code) == "failure":
             raise queue.Permanent(f"{node} answered N-{op.upper()} with 0x{code:04X}")
+
+    def _audit_forwarded(self, op: str, node: Node, uid: str, ds: Dataset, code: int) -> None:
+        """Procedure Record (ITI-20) of a step forwarded by the PPS Manager (we are the SCU): the
+        stored step names the patient and studies an N-SET does not carry."""
+        if not atna.enabled():
+            return
+        try:
+            step = ds if op == "create" else (mpps.get_step(self.archive.engine, uid) or ds)
+            atna.record(mpps.audit_event("C" if op == "create" else "U", step, uid, source=Peer.local(self.config.aet),
+                                         destination=Peer(node.aet, node.host), status=code))
+        except Exception as e:
+            log.warning("MPPS audit event not recorded: %s", e)
 
     def _send_mpps_create(self, target: str, payload: bytes) -> None:
         uid, ds = unpack(payload)

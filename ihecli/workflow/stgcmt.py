@@ -149,6 +149,50 @@ def event_report(transaction_uid: str, checked: list[Ref], retrieve_aet: str = "
     return (EVENT_SOME_FAILED if bad else EVENT_ALL_COMMITTED), ds
 
 
+def audit_commitment(archive, checked: list[Ref], *, requester: str, requester_host: str = "",
+                     aet: str = "IHE_ARCHIVE") -> None:
+    """Record the archive's commitment (RAD-10) in the audit trail, when a repository is configured:
+    the studies and patients of the referenced instances it holds, the committed ones counted per
+    SOP class; a minor failure when some were not committed."""
+    from ihecli import atna
+
+    if not atna.enabled():
+        return
+    from ihecli.atna import events as ev
+
+    committed = {r.sop_uid for r in checked if r.reason is None}
+    studies: dict[str, dict] = {}
+    patients: list[str] = []
+    i, se, st, pa = s.instances, s.series, s.studies, s.patients
+    uids = [r.sop_uid for r in checked if r.sop_uid]
+    try:
+        with archive.connect() as conn:
+            for k in range(0, len(uids), 500):
+                q = (select(i.c.sop_uid, i.c.sop_class, st.c.study_uid, st.c.accession, pa.c.pid)
+                     .select_from(i.join(se, i.c.series_fk == se.c.id).join(st, se.c.study_fk == st.c.id)
+                                  .join(pa, st.c.patient_fk == pa.c.id))
+                     .where(i.c.sop_uid.in_(uids[k:k + 500])))
+                for row in conn.execute(q):
+                    info = studies.setdefault(row.study_uid, {"sop_classes": {}, "accessions": [row.accession or ""]})
+                    if row.sop_uid in committed:
+                        info["sop_classes"][row.sop_class] = info["sop_classes"].get(row.sop_class, 0) + 1
+                    patients.append(row.pid)
+    except Exception as e:  # the report matters more than its audit event
+        log.warning("storage commitment: no audit event: %s", e)
+        return
+    bad = [r for r in checked if r.reason is not None]
+    why: dict[str, int] = {}
+    for r in bad:
+        why[r.reason_text] = why.get(r.reason_text, 0) + 1
+    desc = (f"{len(bad)} of {len(checked)} instances not committed: "
+            + ", ".join(f"{n} {text}" for text, n in why.items())) if bad else ""
+    from ihecli.atna.events import Peer
+
+    atna.record(ev.storage_commitment(requester=Peer(requester, requester_host), archive=Peer.local(aet),
+                                      studies=studies, patients=patients,
+                                      outcome=ev.MINOR_FAILURE if bad else ev.SUCCESS, description=desc))
+
+
 def pack_report(event_type: int, info: Dataset) -> bytes:
     from ihecli.workflow.mpps import encode
 
