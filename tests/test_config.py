@@ -64,6 +64,8 @@ pacs = { aet = "LABPACS", host = "127.0.0.1", port = 4242 }
     ("\n\n[nodes]\npacs = 'nonsense'\n", 4, "pacs"),
     ("[archive]\nbogus = 1\n", 2, "unknown archive setting"),
     ("[nodes]\npacs = { aet = 'P', host = 'h' }\n", 2, "node needs port"),
+    ("[nodes]\npacs = { aet = 'P', host = 'h', port = 104, tls = 'yes' }\n", 2, "tls: must be true or false"),
+    ("[nodes]\npacs = { aet = 'P', host = 'h', port = 104, TLS = true }\n", 2, "unknown node setting 'TLS'"),
 ])
 def test_bad_file_gets_one_line_naming_file_and_line(tmp_path, text, line, what):
     p = tmp_path / "config.toml"
@@ -83,6 +85,28 @@ def test_node_specs():
     assert cfg.resolve_node("A@h:1", {}) == cfg.Node("A", "h", 1)
     assert cfg.resolve_node("h:104", {}).aet == "ANY-SCP"
     assert cfg.resolve_node("A@[::1]:104", {}).host == "::1"
-    for bad in ("A@h", "A@h:99999", "nohost", "A\\B@h:1"):
+    for bad in ("A@h", "A@h:99999", "nohost", "A\\B@h:1", "tls://A@h", "tls://"):
         with pytest.raises(UsageError):
             cfg.resolve_node(bad, {})
+
+
+def test_nodes_that_want_tls(tmp_path):
+    """tls = true in a node's table, or tls:// before a node string: the string form parses back."""
+    (tmp_path / "config.toml").write_text('''
+[nodes.pacs]
+aet = "PACS"
+host = "10.1.2.3"
+port = 2762
+tls = true
+[nodes]
+viewer = "tls://VIEW@127.0.0.1:11113"
+plain = { aet = "PLAIN", host = "h", port = 104, tls = false }
+''')
+    s = cfg.load()
+    assert s.node("pacs").tls and s.node("viewer").tls and not s.node("plain").tls
+    assert str(s.node("pacs")) == "tls://PACS@10.1.2.3:2762"
+    assert cfg.resolve_node(str(s.node("pacs")), {}) == cfg.Node("PACS", "10.1.2.3", 2762, tls=True)
+    assert cfg.resolve_node("TLS://A@h:1", {}).tls and not cfg.resolve_node("A@h:1", {}).tls
+    assert s.node("tls://plain") == cfg.Node("PLAIN", "h", 104, name="plain", tls=True)  # a profile node, secured
+    r = run_cli("config", "show", "--json")
+    assert r.code == 0 and r.json["nodes"]["pacs"]["tls"] is True and r.json["nodes"]["plain"]["tls"] is False

@@ -74,7 +74,7 @@ def wait_events(arr, want, timeout: float = 20) -> list:
 @pytest.fixture
 def serve(tmp_path, pki, arr):
     """`ihe archive serve` (one process) with a profile naming two TLS destinations and the
-    repository; yields (archive spec, secure storescp, rogue storescp)."""
+    repository; yields (archive spec, secure storescp, rogue storescp, the profile file)."""
     secure = TlsStorescp("SECURE", pki["dest_key"], pki["dest_crt"], pki["ca"], tmp_path / "secure")
     rogue = TlsStorescp("ROGUE", pki["rogue_key"], pki["rogue_crt"], pki["ca"], tmp_path / "rogue")
     port = free_port()
@@ -103,7 +103,7 @@ plain = "PLAIN@127.0.0.1:{secure.port}"
                          text=True)
     try:
         wait_port(port, 30)
-        yield f"IHE_ARCHIVE@127.0.0.1:{port}", secure, rogue
+        yield f"IHE_ARCHIVE@127.0.0.1:{port}", secure, rogue, cfg
     finally:
         p.terminate()
         err = p.communicate(timeout=30)[1]
@@ -113,7 +113,7 @@ plain = "PLAIN@127.0.0.1:{secure.port}"
 
 
 def test_move_to_tls_destinations(serve, corpus, arr, tmp_path):
-    archive, secure, rogue = serve
+    archive, secure, rogue, _ = serve
     client = tmp_path / "client.toml"  # the client commands: no TLS, no audit trail of their own
     client.write_text("")
     files = corpus[:6]  # one study, two series
@@ -152,7 +152,7 @@ def test_move_to_tls_destinations(serve, corpus, arr, tmp_path):
 def test_a_tls_destination_reached_without_tls_fails(serve, corpus, tmp_path):
     """The TLS storescp as a node without the flag (PLAIN): its TLS listener does not take plain
     DICOM, which is what a destination that wants TLS but is not marked so looks like."""
-    archive, secure, _ = serve
+    archive, secure, _, _ = serve
     client = tmp_path / "client.toml"
     client.write_text("")
     study = str(dcmread(corpus[0], stop_before_pixels=True).StudyInstanceUID)
@@ -161,3 +161,17 @@ def test_a_tls_destination_reached_without_tls_fails(serve, corpus, tmp_path):
     r = run_cli("--config", client, "dicom", "move", archive, "--dest", "PLAIN", "-k", f"StudyInstanceUID={study}",
                 "--timeout", "60")
     assert r.code == 1 and secure.files() == [], r.stderr
+
+
+def test_dicom_commands_follow_the_node_flag(serve):
+    """`ihe dicom` to a node marked tls, by profile name or tls://, with the profile's [tls]
+    certificate; the same address without the flag gets no answer from a TLS listener."""
+    _, secure, _, cfg = serve
+    for node in ("secure", f"tls://SECURE@127.0.0.1:{secure.port}"):
+        r = run_cli("--config", cfg, "dicom", "echo", node, "--json")
+        assert r.code == 0, r.stderr
+        assert r.json["node"] == f"tls://SECURE@127.0.0.1:{secure.port}"
+    r = run_cli("--config", cfg, "dicom", "echo", "plain", "--timeout", "5")
+    assert r.code != 0
+    r = run_cli("--config", cfg, "dicom", "echo", "secure", "--no-tls", "--timeout", "5")
+    assert r.code != 0
