@@ -10,12 +10,24 @@ from typing import Annotated, Optional
 import typer
 
 from ihecli.cli import output
-from ihecli.cli.archive_cmd import Accession, Patient, StudyOpt, open_archive
-from ihecli.cli.options import Bind, CallingAet, Db, Json, Port, Storage, Timeout, Yes, state
+from ihecli.cli.options import PATIENT_HELP, Bind, CallingAet, Db, Json, Port, Storage, Timeout, Yes, state
 from ihecli.errors import ExitStatus, IheError, UsageError
 
 app = typer.Typer(help="Portable Data for Imaging (CD, DVD, USB): write media, import them, look at them.\n\n"
                        "Example: ihe pdi burn --patient PID0001 --iso patient.iso", no_args_is_help=True)
+
+# as `ihe archive` has them; not imported from there, whose module loads the DICOM network stack
+# (writing a medium from files needs neither that nor the archive: start-up is part of a burn)
+Patient = Annotated[Optional[str], typer.Option("--patient", metavar="ID", help=PATIENT_HELP)]
+StudyOpt = Annotated[Optional[list[str]], typer.Option("--study", metavar="UID", help="Study Instance UID.")]
+Accession = Annotated[Optional[str], typer.Option("--accession", metavar="ACC", help="Accession number.")]
+
+
+def open_archive(ctx: typer.Context, db, storage):
+    from ihecli.cli.archive_cmd import open_archive as open_it
+
+    return open_it(ctx, db, storage)
+
 
 Source = Annotated[Path, typer.Argument(metavar="SOURCE", help="The medium: a mounted folder, an .iso file or a zip.")]
 
@@ -68,8 +80,8 @@ def burn_cmd(
 
     Example: ihe pdi burn --patient PID0001 --iso patient.iso --media cd
     """
-    from ihecli.archive import iter_files
     from ihecli.pdi import burn, select_from_archive
+    from ihecli.pdi.part10 import iter_files
 
     capacity = parse_size(size) if size else None
     if paths and (patient or study or accession):

@@ -11,7 +11,6 @@ import shutil
 import tempfile
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +22,7 @@ from ihecli.errors import IheError, UsageError
 from ihecli.pdi import values as v
 from ihecli.pdi.dicomdir import Entry, clean_fileset_id, encode_dicomdir
 from ihecli.pdi.objects import EXPLICIT_LE, NotDicom, ObjectInfo, object_info, sop_class_name
+from ihecli.pdi.part10 import looks_like_dicom
 from ihecli.pdi.web import Links, WebObject, WebPatient, home_page, index_page, series_page, study_page, tree
 
 JPEG_FAMILY = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
@@ -149,8 +149,6 @@ def _volumes(items: list[_Item], capacity: int | None) -> list[list[_Item]]:
 def read_sources(paths: Iterable[str | os.PathLike], media: str, web: bool,
                  progress: Callable[[int], None] | None = None) -> tuple[list[_Item], list[tuple[str, str]]]:
     """Header of every source file; non-DICOM files and repeated SOP Instance UIDs are skipped."""
-    from ihecli.archive import looks_like_dicom
-
     allowed = allowed_syntaxes(media)
     items: list[_Item] = []
     skipped: list[tuple[str, str]] = []
@@ -341,6 +339,8 @@ def burn(paths: Iterable[str | os.PathLike], *, iso: Path | None = None, usb: Pa
     pool = None
     try:
         if web:
+            from concurrent.futures import ProcessPoolExecutor
+
             n = workers or min(os.cpu_count() or 1, 4)
             pool = ProcessPoolExecutor(max_workers=n)
         for k, vol in enumerate(vols, 1):

@@ -17,15 +17,32 @@ import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset, write_file_meta_info
-from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from typing import TYPE_CHECKING
 
-from ihecli.archive.ingest import IMPLEMENTATION_UID, IMPLEMENTATION_VERSION
 from ihecli.pdi import values as v
 from ihecli.pdi.objects import MEDIA_STORAGE_DIRECTORY, ObjectInfo
+from ihecli.pdi.part10 import file_meta, new_uid
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+# the elements of the records written from Fields: keyword -> (tag, VR); others are looked up in
+# pydicom's dictionary (tests/test_pdi_part10.py checks these against it)
+RECORD_ELEMENTS = {
+    "SpecificCharacterSet": (0x00080005, "CS"),
+    "StudyDate": (0x00080020, "DA"),
+    "StudyTime": (0x00080030, "TM"),
+    "AccessionNumber": (0x00080050, "SH"),
+    "Modality": (0x00080060, "CS"),
+    "StudyDescription": (0x00081030, "LO"),
+    "PatientName": (0x00100010, "PN"),
+    "PatientID": (0x00100020, "LO"),
+    "StudyInstanceUID": (0x0020000D, "UI"),
+    "SeriesInstanceUID": (0x0020000E, "UI"),
+    "StudyID": (0x00200010, "SH"),
+    "SeriesNumber": (0x00200011, "IS"),
+    "InstanceNumber": (0x00200013, "IS"),
+}
 
 FILE_ID_COMPONENT = re.compile(r"^[A-Z0-9_]{1,8}$")
 
@@ -104,7 +121,9 @@ def _put(ds: Dataset, keyword: str, value) -> None:
     setattr(ds, keyword, value if value is not None else "")
 
 
-def _concept_mods(seq) -> Sequence | None:
+def _concept_mods(seq):
+    from pydicom.sequence import Sequence
+
     items = [it for it in (seq or []) if str(getattr(it, "RelationshipType", "")).upper() == "HAS CONCEPT MOD"]
     return Sequence(items) if items else None
 
@@ -115,6 +134,9 @@ def leaf_record(info: ObjectInfo, number: int, today: str) -> Fields | Dataset:
     inst = v.clean_is(info.instance_number) or str(number)
     if rtype == "IMAGE":
         return [("InstanceNumber", inst)]
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
     r = Dataset()
     h = info.header if info.header is not None else Dataset()
     cdate = v.clean_da(info.content_date) or v.clean_da(info.series_date) or v.clean_da(info.study_date) or today
@@ -235,34 +257,46 @@ def _element(tag: int, vr: str, value: bytes) -> bytes:
 
 def _encode_fields(fields: Fields) -> bytes:
     """Explicit VR little endian encoding of string values (text in the record's character set)."""
-    from pydicom.charset import convert_encodings, encode_string
-    from pydicom.datadict import dictionary_VR, tag_for_keyword
-    from pydicom.valuerep import PersonName
-
     encodings = None
+    terms = None
     out = []
     for kw, val in fields:
-        tag = tag_for_keyword(kw)
-        vr = dictionary_VR(tag)
+        known = RECORD_ELEMENTS.get(kw)
+        if known is not None:
+            tag, vr = known
+        else:
+            from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+            tag = tag_for_keyword(kw)
+            vr = dictionary_VR(tag)
         if kw == "SpecificCharacterSet":
-            terms = val if isinstance(val, list) else [val]
-            encodings = convert_encodings(list(terms))
+            terms = list(val) if isinstance(val, list) else [val]
             raw = "\\".join(terms).encode("ascii")
         elif isinstance(val, (list, tuple)):
             raw = "\\".join(val).encode("ascii")
         elif val.isascii() and "\x1b" not in val:
             raw = val.encode("ascii")
-        elif vr == "PN":
-            raw = PersonName(val).encode(encodings or ["iso8859"])
         else:
-            raw = encode_string(val, encodings or ["iso8859"])
+            # text outside ASCII: pydicom encodes it in the record's character set
+            from pydicom.charset import convert_encodings, encode_string
+            from pydicom.valuerep import PersonName
+
+            if encodings is None and terms is not None:
+                encodings = convert_encodings(terms)
+            if vr == "PN":
+                raw = PersonName(val).encode(encodings or ["iso8859"])
+            else:
+                raw = encode_string(val, encodings or ["iso8859"])
         out.append((tag, _element(tag, vr, raw)))
     out.sort(key=lambda t: t[0])
     return b"".join(b for _, b in out)
 
 
 def _encode_body(node: _Node) -> bytes:
-    if isinstance(node.fields, Dataset):
+    if not isinstance(node.fields, list):  # a pydicom Dataset
+        from pydicom.filebase import DicomBytesIO
+        from pydicom.filewriter import write_dataset
+
         fp = DicomBytesIO()
         fp.is_little_endian, fp.is_implicit_VR = True, False
         write_dataset(fp, node.fields)
@@ -291,16 +325,7 @@ def encode_dicomdir(fileset_id: str, entries: list[Entry], *, today: str | None 
     today = today or datetime.now().strftime("%Y%m%d")
     roots = _build_tree(entries, today)
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MEDIA_STORAGE_DIRECTORY
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = IMPLEMENTATION_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION
-    head = DicomBytesIO()
-    head.is_little_endian, head.is_implicit_VR = True, False
-    head.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(head, meta, enforce_standard=True)
+    head = file_meta(MEDIA_STORAGE_DIRECTORY, new_uid())
 
     def top(first: int, last: int) -> bytes:
         return (_element(0x00041130, "CS", clean_fileset_id(fileset_id).encode("ascii"))
@@ -322,14 +347,14 @@ def encode_dicomdir(fileset_id: str, entries: list[Entry], *, today: str | None 
     for n in order:
         n.body = _encode_body(n)
     # offsets are UL values of fixed size: a record's length does not depend on them
-    start = len(head.getvalue()) + len(top(0, 0)) + 12  # 12: the sequence's tag, VR, reserved and length
+    start = len(head) + len(top(0, 0)) + 12  # 12: the sequence's tag, VR, reserved and length
     offsets: dict[int, int] = {}
     pos = start
     for n in order:
         offsets[id(n)] = pos
         pos += len(_record(n, 0, 0))
     out = io.BytesIO()
-    out.write(head.getvalue())
+    out.write(head)
     out.write(top(offsets[id(roots[0])], offsets[id(roots[-1])]) if roots else top(0, 0))
     out.write(b"\x04\x00\x20\x12SQ\x00\x00\xff\xff\xff\xff")
     for n in order:

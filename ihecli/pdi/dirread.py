@@ -13,10 +13,12 @@ import io
 import re
 import struct
 import warnings
+from collections import abc
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import pydicom
-from pydicom.dataset import Dataset
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 class DicomdirError(Exception):
     """A DICOMDIR that cannot be read."""
@@ -64,7 +66,7 @@ def file_id_components(value) -> list[str] | None:
     """A Referenced File ID's components, or None if it is not a path inside the medium."""
     if value is None:
         return None
-    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+    if isinstance(value, abc.Sequence) and not isinstance(value, (str, bytes)):  # list, pydicom's MultiValue
         parts = [str(p) for p in value]
     else:
         parts = [str(value)]
@@ -183,6 +185,8 @@ def _fast_records(data: bytes):
 
 def _pydicom_records(data: bytes):
     """The same from pydicom (implicit VR, big endian and other odd DICOMDIRs)."""
+    import pydicom
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

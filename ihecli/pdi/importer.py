@@ -24,7 +24,6 @@ from datetime import datetime
 from typing import Callable
 
 from ihecli.atna import dicom as audit_dicom
-from ihecli.archive.ingest import ensure_part10, fold
 from ihecli.errors import ArchiveError, IheError, UsageError
 from ihecli.pdi.media import Found, Medium, Survey, iter_objects
 
@@ -132,6 +131,8 @@ def media_patients(survey: Survey) -> list[MediaPatient]:
 def local_candidates(archive, mp: MediaPatient) -> list[Candidate]:
     """Local patients with the medium patient's ID, or name and birth date, best first."""
     from pydicom.dataset import Dataset
+
+    from ihecli.archive.ingest import fold
 
     rows: dict[tuple[str, str], Dataset] = {}
 
@@ -370,6 +371,8 @@ def import_media(medium: Medium, *, archive=None, node=None, calling_aet: str = 
     staging = tempfile.mkdtemp(prefix="ihe-pdi-import-") if node is not None and not dry_run else None
     to_send: list[tuple[str, ImportedObject]] = []
     results: list[ImportedObject] = []
+
+    from ihecli.archive.ingest import ensure_part10
 
     def prepare(f: Found, data: bytes) -> tuple[ImportedObject, bytes | None]:
         i = f.info

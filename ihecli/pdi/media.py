@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from ihecli.archive import looks_like_dicom
 from ihecli.errors import UsageError
 from ihecli.pdi.dirread import DicomdirError, Reference, read_dicomdir
 from ihecli.pdi.objects import DirectoryFile, NotDicom, ObjectInfo, object_info, sop_class_name
+from ihecli.pdi.part10 import looks_like_dicom
 
 # Folders of viewers and web content that media carry next to the DICOM files
 SKIP_DIRS = {"IHE_PDI", "VIEWER", "VIEWERS", "JRE", "JAVA", "PLUGINS", "WEASIS", "BIN", "LIB", "AUTORUN",

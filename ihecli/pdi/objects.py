@@ -1,8 +1,9 @@
 """What media code needs to know about one DICOM object, read from its header only.
 
-The fast path walks the encoded header with the archive's element walker and hands only the
-wanted elements to pydicom (a full pydicom header read costs several times more, and a
-2,000-image medium is read in one go); anything unusual is read by pydicom.
+The fast path walks the encoded header (ihecli.pdi.part10) and decodes the wanted elements
+itself; pydicom is imported only for what is unusual (text in other character sets, odd VRs,
+non-image records, headers the walk does not handle), so writing a medium of ordinary images
+does without it.
 """
 from __future__ import annotations
 
@@ -10,27 +11,57 @@ import io
 import struct
 import warnings
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import pydicom
-from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset
-from pydicom.tag import Tag
-from pydicom.uid import UID
+from ihecli.pdi.part10 import EXPLICIT_LE, IMPLICIT_LE, SHORT_VRS, Odd, Truncated, element, meta_uids
 
-from ihecli.archive.scan import Truncated, _element, _Odd, read_meta
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
-WANTED_KEYWORDS = (
-    "SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "StudyDate", "SeriesDate", "ContentDate",
-    "StudyTime", "SeriesTime", "ContentTime", "AccessionNumber", "Modality", "InstitutionName",
-    "ReferringPhysicianName", "StudyDescription", "SeriesDescription", "PatientName", "PatientID",
-    "IssuerOfPatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "SeriesInstanceUID",
-    "StudyID", "SeriesNumber", "InstanceNumber", "PatientOrientation", "Laterality", "ImageLaterality",
-    "ViewPosition", "Rows", "Columns", "NumberOfFrames", "PhotometricInterpretation", "BodyPartExamined",
-)
-WANTED = {int(Tag(k)) for k in WANTED_KEYWORDS}
-EXPLICIT_LE = "1.2.840.10008.1.2.1"
-IMPLICIT_LE = "1.2.840.10008.1.2"
+# the wanted elements: tag -> (keyword, VR); tests/test_pdi_part10.py checks them against pydicom's dictionary
+WANTED = {
+    0x00080005: ("SpecificCharacterSet", "CS"),
+    0x00080016: ("SOPClassUID", "UI"),
+    0x00080018: ("SOPInstanceUID", "UI"),
+    0x00080020: ("StudyDate", "DA"),
+    0x00080021: ("SeriesDate", "DA"),
+    0x00080023: ("ContentDate", "DA"),
+    0x00080030: ("StudyTime", "TM"),
+    0x00080031: ("SeriesTime", "TM"),
+    0x00080033: ("ContentTime", "TM"),
+    0x00080050: ("AccessionNumber", "SH"),
+    0x00080060: ("Modality", "CS"),
+    0x00080080: ("InstitutionName", "LO"),
+    0x00080090: ("ReferringPhysicianName", "PN"),
+    0x00081030: ("StudyDescription", "LO"),
+    0x0008103E: ("SeriesDescription", "LO"),
+    0x00100010: ("PatientName", "PN"),
+    0x00100020: ("PatientID", "LO"),
+    0x00100021: ("IssuerOfPatientID", "LO"),
+    0x00100030: ("PatientBirthDate", "DA"),
+    0x00100040: ("PatientSex", "CS"),
+    0x00180015: ("BodyPartExamined", "CS"),
+    0x00185101: ("ViewPosition", "CS"),
+    0x0020000D: ("StudyInstanceUID", "UI"),
+    0x0020000E: ("SeriesInstanceUID", "UI"),
+    0x00200010: ("StudyID", "SH"),
+    0x00200011: ("SeriesNumber", "IS"),
+    0x00200013: ("InstanceNumber", "IS"),
+    0x00200020: ("PatientOrientation", "CS"),
+    0x00200060: ("Laterality", "CS"),
+    0x00200062: ("ImageLaterality", "CS"),
+    0x00280004: ("PhotometricInterpretation", "CS"),
+    0x00280008: ("NumberOfFrames", "IS"),
+    0x00280010: ("Rows", "US"),
+    0x00280011: ("Columns", "US"),
+}
+WANTED_KEYWORDS = tuple(kw for kw, _vr in WANTED.values())
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+# image storage classes of every day: their record is IMAGE (PS3.3 F.5) and they are storage
+# classes, known without pydicom's tables (tests/test_pdi_part10.py checks both against pydicom)
+IMAGE_CLASSES = frozenset("1.2.840.10008.5.1.4.1.1." + c for c in (
+    "1", "1.1", "1.1.1", "1.2", "1.2.1", "1.3", "1.3.1", "2", "2.1", "4", "4.1", "6.1", "3.1", "7", "7.1", "7.2",
+    "7.3", "7.4", "12.1", "12.1.1", "12.2", "12.2.1", "13.1.3", "20", "128", "130", "77.1.1", "77.1.4"))
 
 
 class NotDicom(Exception):
@@ -43,24 +74,18 @@ class DirectoryFile(NotDicom):
 
 _TEXT_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "SH", "ST", "TM", "UI", "UC", "UT", "PN"}
 _MULTI = {"SpecificCharacterSet", "PatientOrientation"}
-_KEYWORDS = {int(Tag(k)): k for k in WANTED_KEYWORDS}
-_LAST = max(_KEYWORDS)  # the walk stops past the last wanted element
-_TAG = struct.Struct("<HH").unpack_from
-_U16 = struct.Struct("<H").unpack_from
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"}
+_LAST = max(WANTED)  # the walk stops past the last wanted element
+_HEAD = struct.Struct("<HH2sH").unpack_from  # group, element, VR, 2-byte length
 
 
 def _fast_values(data: bytes) -> tuple[dict, str] | None:
     """(values by keyword, transfer syntax) of a Part-10 object in little endian, or None."""
-    from pydicom.datadict import dictionary_VR
-    from pydicom.dataelem import convert_raw_data_element
-
-    got = read_meta(data)
+    got = meta_uids(data)
     if got is None:
         return None
     meta, pos = got
-    ts = str(meta.get("TransferSyntaxUID", "") or "")
-    if str(meta.get("MediaStorageSOPClassUID", "") or "") == MEDIA_STORAGE_DIRECTORY:
+    ts = meta.get("TransferSyntaxUID", "")
+    if meta.get("MediaStorageSOPClassUID", "") == MEDIA_STORAGE_DIRECTORY:
         raise DirectoryFile("a DICOMDIR (a directory of the medium, not an object)")
     if ts == IMPLICIT_LE:
         implicit = True
@@ -71,54 +96,72 @@ def _fast_values(data: bytes) -> tuple[dict, str] | None:
     out: dict = {}
     raws = []
     n = len(data)
+    head, wanted, short, last = _HEAD, WANTED, SHORT_VRS, _LAST
     try:
-        while pos + 8 <= n:
-            g, e = _TAG(data, pos)
+        while True:
+            # a CT header has a few hundred elements before the last wanted one, and this loop is
+            # most of a medium's header reading: the common element (explicit VR, 2-byte length,
+            # not wanted) costs one unpack and two lookups
+            try:
+                g, e, vr, length = head(data, pos)
+            except struct.error:
+                break  # fewer than 8 bytes left
             tag = (g << 16) | e
-            if tag > _LAST:
-                break
-            vr = data[pos + 4:pos + 6]
-            if not implicit and vr not in _LONG_VRS and g != 0xFFFE and 65 <= vr[0] <= 90 and 65 <= vr[1] <= 90:
-                # the common case, inline: an explicit VR with a 2-byte length
+            if not implicit and vr in short:
+                hit = wanted.get(tag)
+                if hit is None:
+                    if tag > last:
+                        break
+                    pos += 8 + length
+                    continue
                 start = pos + 8
-                length = _U16(data, pos + 6)[0]
                 nxt = start + length
-                if nxt > n:
-                    raise Truncated("element runs past the end")
             else:
-                tag, nxt, (vr, start, length) = _element(data, pos, implicit)
-            if tag == 0x00041220:
-                raise DirectoryFile("a DICOMDIR (a directory of the medium, not an object)")
-            kw = _KEYWORDS.get(tag)
-            if kw is not None:
-                vrs = dictionary_VR(tag) if (implicit or vr is None) else vr.decode("ascii")
-                value = data[start:start + length]
-                if vrs in _TEXT_VRS and value.isascii() and b"\x1b" not in value:
-                    text = value.decode("ascii").strip("\x00 ")
-                    if kw in _MULTI and "\\" in text:
-                        out[kw] = [t.strip() for t in text.split("\\")]
-                    else:
-                        out[kw] = text or None
-                elif vrs == "US" and length >= 2:
-                    out[kw] = struct.unpack_from("<H", value)[0]
+                if tag > last:
+                    break
+                tag, nxt, (vr, start, length) = element(data, pos, implicit)
+                hit = wanted.get(tag)
+                if hit is None:
+                    if tag == 0x00041220:
+                        raise DirectoryFile("a DICOMDIR (a directory of the medium, not an object)")
+                    pos = nxt
+                    continue
+            if nxt > n:
+                raise Truncated("element runs past the end")
+            kw = hit[0]
+            vrs = hit[1] if (implicit or vr is None) else vr.decode("ascii")
+            value = data[start:nxt]
+            if vrs in _TEXT_VRS and value.isascii() and b"\x1b" not in value:
+                text = value.decode("ascii").strip("\x00 ")
+                if kw in _MULTI and "\\" in text:
+                    out[kw] = [t.strip() for t in text.split("\\")]
                 else:
-                    raws.append((kw, RawDataElement(Tag(tag), vrs, length, value, start, implicit, True)))
+                    out[kw] = text or None
+            elif vrs == "US" and length >= 2:
+                out[kw] = struct.unpack_from("<H", value)[0]
+            else:
+                raws.append((kw, tag, vrs, length, value, start))
             pos = nxt
-    except (_Odd, Truncated, UnicodeDecodeError, ValueError, struct.error):
+        if pos > n:
+            raise Truncated("element runs past the end")
+    except (Odd, Truncated, UnicodeDecodeError, ValueError, struct.error):
         return None
     if raws:  # text in another character set, odd VRs: pydicom decodes them
-        cs = out.get("SpecificCharacterSet")
         from pydicom.charset import convert_encodings
+        from pydicom.dataelem import RawDataElement, convert_raw_data_element
+        from pydicom.tag import Tag
 
+        cs = out.get("SpecificCharacterSet")
         try:
             enc = convert_encodings(cs if isinstance(cs, list) else [cs or ""])
         except Exception:
             enc = ["iso8859"]
-        for kw, raw in raws:
+        for kw, tag, vrs, length, value, start in raws:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    elem = convert_raw_data_element(raw, encoding=enc)
+                    elem = convert_raw_data_element(RawDataElement(Tag(tag), vrs, length, value, start, implicit,
+                                                                   True), encoding=enc)
                 out[kw] = _plain(elem.value)
             except Exception:
                 out[kw] = None
@@ -135,6 +178,8 @@ def read_values(data: bytes) -> tuple[dict, str]:
         fast = None
     if fast is not None:
         return fast
+    import pydicom
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -153,6 +198,8 @@ def read_values(data: bytes) -> tuple[dict, str]:
 
 
 def _plain(val):
+    import pydicom
+
     if val is None or val == "":
         return None
     if isinstance(val, pydicom.multival.MultiValue):
@@ -171,6 +218,8 @@ def _plain(val):
 
 def get(ds: Dataset, keyword: str):
     """A value, or None when it is absent or cannot be decoded (wrong VR, bad bytes)."""
+    import pydicom
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -198,6 +247,8 @@ def get(ds: Dataset, keyword: str):
 
 
 def sop_class_name(uid: str) -> str:
+    from pydicom.uid import UID
+
     try:
         name = UID(uid).name
     except Exception:
@@ -207,6 +258,10 @@ def sop_class_name(uid: str) -> str:
 
 def is_storage_class(uid: str) -> bool:
     """A Storage SOP Class pydicom knows (the objects a PDI reader can handle)."""
+    if uid in IMAGE_CLASSES:
+        return True
+    from pydicom.uid import UID
+
     try:
         u = UID(uid)
         return u.type == "SOP Class" and "Storage" in u.name and uid != MEDIA_STORAGE_DIRECTORY
@@ -216,14 +271,16 @@ def is_storage_class(uid: str) -> bool:
 
 def record_type(sop_class: str, modality: str | None) -> str:
     """The Directory Record Type of a fourth-level object (PS3.3 F.5)."""
-    from pydicom import fileset
-
     if modality in ("RTINTENT", "RTSEGANN", "RTRAD"):
         return "RADIOTHERAPY"
     if sop_class.startswith("1.2.840.10008.5.1.4.1.1.104."):
         return "ENCAP DOC"
     if sop_class in ("1.2.840.10008.5.1.4.1.1.481.5", "1.2.840.10008.5.1.4.1.1.481.8"):
         return "RT PLAN"
+    if sop_class in IMAGE_CLASSES:
+        return "IMAGE"
+    from pydicom import fileset
+
     return fileset._FOUR_LEVEL_SOP_CLASSES.get(sop_class, "IMAGE")  # noqa: SLF001
 
 
@@ -302,6 +359,9 @@ def object_info(data: bytes, path: str = "") -> ObjectInfo:
     header = None
     if rtype != "IMAGE":
         # leaf records of documents copy sequences and flags: read the whole header with pydicom
+        import pydicom
+        from pydicom.dataset import Dataset
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
