@@ -175,3 +175,16 @@ def test_dicom_commands_follow_the_node_flag(serve):
     assert r.code != 0
     r = run_cli("--config", cfg, "dicom", "echo", "secure", "--no-tls", "--timeout", "5")
     assert r.code != 0
+
+
+def test_archive_export_to_a_tls_node(serve, corpus, tmp_path):
+    """`ihe archive export --to` a node marked tls: the profile's [tls] certificate and CA."""
+    _, secure, _, cfg = serve
+    local = ["--db", f"sqlite:///{tmp_path / 'local.db'}", "--storage", tmp_path / "local"]
+    r = run_cli("--config", cfg, "archive", "import", *local, *map(str, corpus[:3]))
+    assert r.code == 0, r.stderr
+    study = str(dcmread(corpus[0], stop_before_pixels=True).StudyInstanceUID)
+    r = run_cli("--config", cfg, "archive", "export", *local, "--study", study, "--to", "secure", "--json")
+    assert r.code == 0, r.stderr
+    assert r.json["instances"] == 3 and r.json["to"].startswith("tls://SECURE@")
+    assert len(secure.files()) == 3

@@ -124,3 +124,25 @@ def test_storage_commitment_report_over_tls(archive, pki, our_tls, tmp_path):
     finally:
         srv.stop()
         modality.stop()
+
+
+def test_mpps_client_to_a_tls_node(pki, tmp_path):
+    """`ihe dicom mpps create|set` to tls://RIS@...: the profile's [tls] certificate and CA."""
+    from helpers import run_cli
+
+    ris = mpps_peer("RIS", pki["dest"], pki["ca"])
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[tls]\ncert = "{pki["archive"]}"\nca = "{pki["ca"]}"\n')
+    try:
+        node = f"tls://RIS@127.0.0.1:{ris.port}"
+        r = run_cli("--config", cfg, "dicom", "mpps", "create", node, "--patient-id", "P1", "--modality", "CT",
+                    "--json")
+        assert r.code == 0, r.stderr
+        r = run_cli("--config", cfg, "dicom", "mpps", "set", node, r.json["sop_uid"], "--state", "DISCONTINUED")
+        assert r.code == 0, r.stderr
+        assert ris.got == [("create", True), ("set", True)]
+        r = run_cli("--config", cfg, "dicom", "mpps", "create", f"RIS@127.0.0.1:{ris.port}", "--patient-id", "P1",
+                    "--modality", "CT", "--timeout", "5")
+        assert r.code != 0 and len(ris.got) == 2  # the same node without the flag: no answer
+    finally:
+        ris.stop()

@@ -411,8 +411,10 @@ def export_cmd(
                 rep = scu.StoreReport(str(node))
             else:
                 with output.progress(len(paths), f"exporting to {node}", enabled=not json) as advance:
+                    from ihecli.net import tls as tlsmod
+
                     rep = scu.store(node, paths, calling_aet=calling_aet or st.calling_aet, timeout=timeout,
-                                    progress=lambda p, o: advance())
+                                    progress=lambda p, o: advance(), tls=tlsmod.for_node(node, st.tls_config()))
             result = {"studies": len(uids), "instances": rep.sent, "failed": [f.__dict__ for f in rep.failed],
                       "to": str(node)}
             failed = len(rep.failed)

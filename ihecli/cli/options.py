@@ -47,8 +47,10 @@ Out = Annotated[Path, _out]
 OptionalOut = Annotated[Optional[Path], _out]
 Root = Annotated[str, typer.Option("--root", metavar="MODEL", help="Information model: study or patient (root).")]
 Node = Annotated[str, typer.Argument(
-                                     help="A node of the profile by name, or AET@host:port.")]
-DEST_HELP = "C-MOVE destination: AET@host:port, a profile node name, or (for a move) an AE title."
+                                     help="A node of the profile by name, or AET@host:port (tls://AET@host:port: "
+                                          "over TLS).")]
+DEST_HELP = ("C-MOVE destination: AET@host:port (tls://AET@host:port: sent over TLS), a profile node name, or "
+             "(for a move) an AE title.")
 Dest = Annotated[Optional[list[str]], typer.Option("--dest", metavar="DEST", help=DEST_HELP)]
 Since = Annotated[Optional[str], typer.Option("--since", metavar="WHEN",
                                               help="Since a date (2024-05-01), a time (2024-05-01T12:00) or an age "

@@ -386,17 +386,18 @@ def get_step(engine, sop_uid: str) -> Dataset | None:
 
 
 # -- SCU (a modality or evidence creator: RAD-6/7/20/21 outbound) ---------------------------------
-def send_create(node, sop_uid: str, ds: Dataset, *, calling_aet: str = "IHE", timeout: float = 30) -> str:
-    """MPPS N-CREATE to a node (the SCU names the step, as IHE RAD TF-2 4.6 asks)."""
-    return _send(node, "create", sop_uid, ds, calling_aet=calling_aet, timeout=timeout)
+def send_create(node, sop_uid: str, ds: Dataset, *, calling_aet: str = "IHE", timeout: float = 30, tls=None) -> str:
+    """MPPS N-CREATE to a node (the SCU names the step, as IHE RAD TF-2 4.6 asks); ``tls``: a
+    client context when the node asks for TLS."""
+    return _send(node, "create", sop_uid, ds, calling_aet=calling_aet, timeout=timeout, tls=tls)
 
 
-def send_set(node, sop_uid: str, mods: Dataset, *, calling_aet: str = "IHE", timeout: float = 30) -> str:
+def send_set(node, sop_uid: str, mods: Dataset, *, calling_aet: str = "IHE", timeout: float = 30, tls=None) -> str:
     """MPPS N-SET to a node."""
-    return _send(node, "set", sop_uid, mods, calling_aet=calling_aet, timeout=timeout)
+    return _send(node, "set", sop_uid, mods, calling_aet=calling_aet, timeout=timeout, tls=tls)
 
 
-def _send(node, op: str, sop_uid: str, ds: Dataset, *, calling_aet: str, timeout: float) -> str:
+def _send(node, op: str, sop_uid: str, ds: Dataset, *, calling_aet: str, timeout: float, tls=None) -> str:
     from pynetdicom.sop_class import ModalityPerformedProcedureStep
 
     from ihecli.errors import DimseFailure, PeerUnreachable
@@ -404,7 +405,7 @@ def _send(node, op: str, sop_uid: str, ds: Dataset, *, calling_aet: str, timeout
 
     ae = dimse.client_ae(calling_aet, timeout=timeout)
     ae.add_requested_context(ModalityPerformedProcedureStep)
-    assoc = dimse.associate(ae, node)
+    assoc = dimse.associate(ae, node, tls=tls)
     try:
         if op == "create":
             status, _attrs = assoc.send_n_create(ds, ModalityPerformedProcedureStep, sop_uid)

@@ -267,10 +267,12 @@ def refs_from_files(paths: Iterable) -> list[Ref]:
 
 
 def request_commitment(node: Node, refs: list[Ref], *, calling_aet: str = "IHE", timeout: float = 60,
-                       listen: tuple[str, int] | None = None, transaction_uid: str | None = None) -> CommitResult:
+                       listen: tuple[str, int] | None = None, transaction_uid: str | None = None,
+                       tls=None) -> CommitResult:
     """Storage Commitment request (RAD-10, SCU side): N-ACTION, then wait up to ``timeout`` seconds
     for the N-EVENT-REPORT, on the same association; with ``listen`` (bind address, port), the
-    association is released after the N-ACTION response and the report awaited on a new one."""
+    association is released after the N-ACTION response and the report awaited on a new one.
+    ``tls``: a client context for the request's association (the listener is plain)."""
     from pynetdicom import AE
 
     if not refs:
@@ -304,8 +306,8 @@ def request_commitment(node: Node, refs: list[Ref], *, calling_aet: str = "IHE",
         ae = dimse.client_ae(calling_aet, timeout=timeout)
         ae.add_requested_context(StorageCommitmentPushModel)
         # the report arrives as a request on this association: pynetdicom's reactor serves it
-        assoc = dimse.associate(ae, node, serve_requests=True, handlers=[(evt.EVT_N_EVENT_REPORT, lambda e: on_report(
-            _Report(e.request.EventTypeID, e.event_information), True))])
+        assoc = dimse.associate(ae, node, serve_requests=True, tls=tls, handlers=[(
+            evt.EVT_N_EVENT_REPORT, lambda e: on_report(_Report(e.request.EventTypeID, e.event_information), True))])
         try:
             info = Dataset()
             info.TransactionUID = uid
