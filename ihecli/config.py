@@ -564,7 +564,7 @@ timeout = 30.0              # seconds
 # viewer = "VIEWER@127.0.0.1:11113"
 # With tls = true (or "tls://AET@host:port") every association to the node is secured with
 # the [tls] certificate and CA above: C-MOVE sub-operations, storage commitment reports, MPPS
-# forwarding and IAN from the archive, and `ihe dicom` commands.
+# forwarding and IAN from the archive, the `ihe dicom` commands and `ihe archive export --to`.
 # ris = { aet = "RIS", host = "ris.example.org", port = 2762, tls = true }
 
 # [profiles.test.archive]
