@@ -4,7 +4,8 @@
 PS3.15 A.5.1 schema: csd-code / codeSystemName / originalText). The functions below build the
 events the project's actors report: DICOM events of PS3.15 A.5.3 (Application Activity,
 Security Alert, User Authentication, Instances Transferred, Query, Begin Transferring, Patient
-Record, Export/Import of media) and the ITI transactions' events of ITI TF-2
+Record, Export/Import of media), those of the imaging workflow (Procedure Record of MPPS,
+Storage Commitment RAD-10, rejection notes RAD-66) and the ITI transactions' events of ITI TF-2
 (ITI-9, 10, 18, 41, 43, 47, 62).
 
 A party of a transaction is a ``Peer``: its user id (AE title, HL7 application|facility, SOAP
