@@ -56,7 +56,8 @@ class RespondingGateway:
 
     def query(self, msg: SoapMessage) -> Reply:
         reply = self.xds.stored_query(msg)
-        _mark_errors(reply.body, self.home)
+        if not isinstance(reply.body, bytes):  # serialized: a Success without errors, home on every object
+            _mark_errors(reply.body, self.home)
         return Reply(reply.body, v.response_action(ITI38), reply.attachments)
 
     def retrieve(self, msg: SoapMessage) -> Reply:

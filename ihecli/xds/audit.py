@@ -29,6 +29,11 @@ def outcome(ok: bool | None) -> int:
     return ev.SUCCESS if ok else (ev.MINOR_FAILURE if ok is None else ev.SERIOUS_FAILURE)
 
 
+def enabled() -> bool:
+    """Whether events are recorded: callers skip building what only an event would use."""
+    return atna.enabled()
+
+
 def record(builder, **kw) -> None:
     if not atna.enabled():
         return

@@ -77,9 +77,15 @@ def registry_response(status: str, errors: list[RegistryError] | None = None, ta
 
 
 def read_errors(el: etree._Element) -> list[RegistryError]:
+    """The errors of a RegistryErrorList, or of the RegistryErrorList of a response (not a walk
+    through the whole answer: a query's may hold thousands of objects)."""
+    lists = [el] if el.tag == _ERROR_LIST else el.iterchildren(_ERROR_LIST)
     return [RegistryError(code=e.get("errorCode", ""), context=e.get("codeContext", ""),
                           location=e.get("location", ""), severity=e.get("severity", v.SEVERITY_ERROR))
-            for e in el.iter(q(RS, "RegistryError"))]
+            for lst in lists for e in lst.iterchildren(_ERROR)]
+
+
+_ERROR_LIST, _ERROR = q(RS, "RegistryErrorList"), q(RS, "RegistryError")
 
 
 def read_registry_response(el: etree._Element) -> Result:
@@ -126,6 +132,17 @@ def adhoc_query_response(status: str, objects: list[etree._Element], errors: lis
     rol = etree.SubElement(el, q(RIM, "RegistryObjectList"))
     rol.extend(objects)
     return el
+
+
+def adhoc_query_response_xml(status: str, fragments: list[str], errors: list[RegistryError] | None = None) -> bytes:
+    """The AdhocQueryResponse serialized (no XML declaration), its RegistryObjectList made of
+    ``fragments``: objects already serialized, each one element, which may use the prefix
+    ``rim`` (declared by the response) without declaring it."""
+    head = etree.tostring(adhoc_query_response(status, [], errors), encoding="unicode")
+    empty = "<rim:RegistryObjectList/>"  # the last child, so the last occurrence
+    cut = head.rindex(empty)
+    return "".join((head[:cut], "<rim:RegistryObjectList>", *fragments, "</rim:RegistryObjectList>",
+                    head[cut + len(empty):])).encode("utf-8")
 
 
 # -- ITI-41 ---------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ NIST list allows for the transaction.
 """
 from __future__ import annotations
 
+import copy
 import re
 import threading
 from dataclasses import dataclass, field
@@ -345,8 +346,10 @@ def _code(c) -> str | None:
 
 def _row(obj, kind: str, el: etree._Element, t) -> dict:
     base = {c.name: None for c in xds_objects.columns if c.name != "id"}
+    # kept as it is answered to queries: a copy declares only the namespaces it uses, not those
+    # of the submission around it (SOAP, WS-Addressing, lcm, xdsb)
     base.update(entry_uuid=obj.entry_uuid, kind=kind, status="Approved", registered=t,
-                xml=etree.tostring(el, encoding="unicode"))
+                xml=etree.tostring(copy.deepcopy(el), encoding="unicode"))
     if kind == "DE":
         base.update(unique_id=obj.unique_id, lid=el.get("lid"), patient_id=obj.patient_id, title=obj.title,
                     object_type=obj.object_type or v.DE_STABLE, class_code=_code(obj.class_code),

@@ -31,7 +31,8 @@ from ihecli.net.soap.xml import LCM, QUERY, RIM, XDSB, q
 from ihecli.xds import audit
 from ihecli.xds import vocabulary as v
 from ihecli.xds.messages import (RegistryError, RetrievedDocument, XdsError, adhoc_query_response,
-                                 read_retrieve_request, registry_response, retrieve_response)
+                                 adhoc_query_response_xml, read_retrieve_request, registry_response,
+                                 retrieve_response)
 from ihecli.xds.model import sha1_hex
 from ihecli.xds.registry import Registry, _set_slot
 from ihecli.xds.stored_query import Params, StoredQuery
@@ -75,17 +76,18 @@ class XdsService:
             aq = msg.body.find(q(RIM, "AdhocQuery"))
             params = Params(aq)
             with self.archive.engine.connect() as conn:
-                objects = StoredQuery(conn).run(aq.get("id", ""), params, object_ref=rtype == "ObjectRef")
-            if self.home:
-                for el in objects:
-                    el.set("home", self.home)
+                objects = StoredQuery(conn).run(aq.get("id", ""), params, object_ref=rtype == "ObjectRef",
+                                                home=self.home)
             self._audit_query(msg, aq, params, True)
-            return Reply(adhoc_query_response(v.SUCCESS, objects), action)
+            # the objects as kept at registration, joined as they are: no tree built per query
+            return Reply(adhoc_query_response_xml(v.SUCCESS, objects), action)
         except XdsError as e:
             self._audit_query(msg, msg.body.find(q(RIM, "AdhocQuery")), None, False)
             return Reply(adhoc_query_response(v.FAILURE, [], e.errors), action)
 
     def _audit_query(self, msg, aq, params, ok: bool) -> None:
+        if not audit.enabled():  # the peers and the serialized query are for the event only
+            return
         pid = ""
         if params is not None:
             pid = next((x[0] for k, vals in params.values.items() if k.endswith(("PatientId", "patientId"))

@@ -9,6 +9,7 @@ XDSUnknownStoredQuery, a malformed value (a patient ID that is not ID^^^&OID&ISO
 from __future__ import annotations
 
 import re
+from xml.sax.saxutils import escape
 
 from lxml import etree
 from sqlalchemy import and_, exists, or_, select
@@ -23,6 +24,9 @@ from ihecli.xds.model import valid_cx
 
 o = xds_objects.c
 MAX_RESULTS = 10_000
+STATUS = "urn:oasis:names:tc:ebxml-regrep:StatusType:"
+_QUOTE = {'"': "&quot;"}
+_RIM_DECL = f' xmlns:rim="{RIM}"'
 _ITEM = re.compile(r"\s*(?:'((?:[^']|'')*)'|([^,'()\s][^,()]*?))\s*(?:,|$)")
 
 
@@ -133,13 +137,48 @@ def _range(conds, p: Params, prefix: str, col) -> None:
         conds.append(col < hi)  # To is exclusive (ITI TF-2a 3.18.4.1.2.3.6.1)
 
 
+def _attr(value: str) -> str:
+    return escape(value, _QUOTE)
+
+
+def _fragment(r, home: str, added: str) -> str:
+    """One stored object as sent: the XML kept at registration (metadata does not change) with
+    the status of its column and the home (``added``) put into its start tag, without parsing
+    it. Its declaration of the rim prefix goes: the RegistryObjectList it joins declares it."""
+    x = r.xml
+    end = x.find(">")
+    head = x[:end]
+    if (r.kind == "FD" and r.last_update_time) or ' status="' in head or (home and ' home="' in head):
+        return _patched(r, home)
+    if head.endswith("/"):
+        end -= 1
+        head = head[:-1]
+    return head.replace(_RIM_DECL, "", 1) + added + x[end:]
+
+
+def _patched(r, home: str) -> str:
+    """The general way, through a parsed tree: a Folder's lastUpdateTime is kept current in its
+    column; attributes already present are replaced."""
+    el = parse_xml(r.xml)
+    el.set("status", STATUS + r.status)
+    if home:
+        el.set("home", home)
+    if r.kind == "FD" and r.last_update_time:
+        for value in el.xpath("rim:Slot[@name='lastUpdateTime']/rim:ValueList/rim:Value", namespaces={"rim": RIM}):
+            value.text = r.last_update_time
+    return etree.tostring(el, encoding="unicode")
+
+
 class StoredQuery:
-    """Runs one AdhocQuery; returns (objects as XML elements, errors)."""
+    """Runs one AdhocQuery over one connection."""
 
     def __init__(self, conn: Connection):
         self.conn = conn
 
-    def run(self, query_id: str, p: Params, object_ref: bool) -> list[etree._Element]:
+    def run(self, query_id: str, p: Params, object_ref: bool, home: str = "") -> list[str]:
+        """The matching objects, each serialized with its status and, given ``home``, its
+        homeCommunityId: XML fragments for ``messages.adhoc_query_response_xml`` (the rim
+        prefix they use is declared by the response)."""
         entry = v.QUERY_BY_ID.get(query_id.strip())
         if entry is None:
             raise _bad("XDSUnknownStoredQuery", f"unknown stored query id {query_id}")
@@ -147,18 +186,14 @@ class StoredQuery:
         rows = getattr(self, "q_" + name)(p)
         if len(rows) > MAX_RESULTS:
             raise _bad("XDSTooManyResults", f"{len(rows)} results; narrow the query")
+        extra = f' home="{_attr(home)}"' if home else ""
         if object_ref:
-            return [etree.Element(q(RIM, "ObjectRef"), id=r.entry_uuid) for r in rows]
-        out = []
+            return [f'<rim:ObjectRef id="{_attr(r.entry_uuid)}"{extra}/>' for r in rows]
+        added: dict[str, str] = {}  # status -> the attributes added to the start tag
         for r in rows:
-            el = parse_xml(r.xml)
-            el.set("status", "urn:oasis:names:tc:ebxml-regrep:StatusType:" + r.status)
-            if r.kind == "FD" and r.last_update_time:  # kept current in the column
-                for value in el.xpath("rim:Slot[@name='lastUpdateTime']/rim:ValueList/rim:Value",
-                                      namespaces={"rim": RIM}):
-                    value.text = r.last_update_time
-            out.append(el)
-        return out
+            if r.status not in added:
+                added[r.status] = f' status="{STATUS}{_attr(r.status)}"{extra}'
+        return [_fragment(r, home, added[r.status]) for r in rows]
 
     # -- helpers -----------------------------------------------------------------------------------
     def _select(self, *conds):

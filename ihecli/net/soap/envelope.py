@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from lxml import etree
 
 from ihecli.errors import IheError
-from ihecli.net.soap.xml import SOAP11, SOAP12, WSA, XOP, XmlError, parse_xml, q
+from ihecli.net.soap.xml import SOAP11, SOAP12, WSA, XOP, XmlError, parse_xml, q, tostring
 
 ANONYMOUS = "http://www.w3.org/2005/08/addressing/anonymous"
 FAULT_ACTION = "http://www.w3.org/2005/08/addressing/soap/fault"
@@ -69,6 +69,16 @@ def envelope(body: etree._Element | None, action: str, *, to: str | None = None,
     if body is not None:
         b.append(body)
     return env
+
+
+def with_body(env: etree._Element, body: bytes) -> bytes:
+    """An envelope made with an empty Body, serialized with ``body`` (an element already
+    serialized, without XML declaration) spliced into the Body: a large answer is not parsed
+    back into a tree only to be written out again."""
+    xml = tostring(env)
+    empty = b"<soapenv:Body/>"  # the last element of the envelope
+    cut = xml.rindex(empty)
+    return b"".join((xml[:cut], b"<soapenv:Body>", body, b"</soapenv:Body>", xml[cut + len(empty):]))
 
 
 def fault_envelope(fault: SoapFault, relates_to: str | None = None) -> etree._Element:

@@ -45,10 +45,11 @@ def _params(content_type: str) -> tuple[str, dict[str, str]]:
     return msg.get_content_type(), params
 
 
-def encode(env: etree._Element, action: str, attachments: Attachments | None = None,
+def encode(env: etree._Element | bytes, action: str, attachments: Attachments | None = None,
            mtom: bool = False) -> tuple[bytes, str]:
-    """(body, Content-Type) of a message: plain SOAP, or MTOM when asked or when there are parts."""
-    xml = tostring(env)
+    """(body, Content-Type) of a message: plain SOAP, or MTOM when asked or when there are parts.
+    ``env``: the envelope, or the envelope already serialized (``envelope.with_body``)."""
+    xml = env if isinstance(env, bytes) else tostring(env)
     if not mtom and not (attachments and attachments.parts):
         return xml, f'{SOAP_CT}; charset=UTF-8; action="{action}"'
     boundary = f"MIMEBoundary_{uuid.uuid4().hex}"

@@ -19,17 +19,20 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from ihecli.net.soap import mtom, schemas
-from ihecli.net.soap.envelope import SoapFault, SoapMessage, envelope, fault_envelope, not_understood
-from ihecli.net.soap.xml import WSA
+from ihecli.net.soap.envelope import SoapFault, SoapMessage, envelope, fault_envelope, not_understood, with_body
+from ihecli.net.soap.xml import WSA, parse_xml
 
 log = logging.getLogger("ihe.soap")
 
 
 @dataclass
 class Reply:
-    """A handler's answer: the body element and its action; ``attachments`` make it MTOM."""
+    """A handler's answer: the body element and its action; ``attachments`` make it MTOM.
 
-    body: etree._Element
+    ``body`` may also be the element already serialized (UTF-8 bytes without an XML
+    declaration, self-contained as to namespaces): it goes into the envelope as it is."""
+
+    body: etree._Element | bytes
     action: str
     attachments: mtom.Attachments | None = None
 
@@ -84,10 +87,13 @@ class SoapService:
         except Exception:  # a bug: the client gets a fault, the log the traceback
             log.exception("%s handler for %s failed", self.name, msg.action)
             return self._fault(SoapFault("internal error of the service", code="Receiver"), msg.message_id)
+        raw = isinstance(reply.body, bytes)
         if schemas.STRICT:
-            schemas.validate(reply.body)
-        env = envelope(reply.body, reply.action, relates_to=msg.message_id, reply_to=False, message_id=_mid())
-        data, ctype = mtom.encode(env, reply.action, reply.attachments, mtom=msg.mtom)
+            schemas.validate(parse_xml(reply.body) if raw else reply.body)
+        env = envelope(None if raw else reply.body, reply.action, relates_to=msg.message_id, reply_to=False,
+                       message_id=_mid())
+        data, ctype = mtom.encode(with_body(env, reply.body) if raw else env, reply.action, reply.attachments,
+                                  mtom=msg.mtom)
         return Response(data, status_code=200, headers={"Content-Type": ctype})
 
     async def _read(self, request: Request) -> bytes:
