@@ -86,8 +86,9 @@ def cross_gateway_query(communities: dict[str, str], query_id: str, params: dict
             msg = client.call(ITI38, body)
             ok = True
         finally:
-            audit.query(audit.local(), audit.remote_url(client.url), query_id, etree.tostring(body), patient, ok,
-                        TX_ITI38)
+            if audit.enabled():
+                audit.query(audit.local(), audit.remote_url(client.url), query_id, etree.tostring(body), patient, ok,
+                            TX_ITI38)
         r = read_registry_response(msg.body)
         res.status, res.errors = r.status, r.errors
         rol = msg.body.find(q(RIM, "RegistryObjectList"))

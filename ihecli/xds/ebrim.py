@@ -185,38 +185,107 @@ def object_list(objs) -> etree._Element:
 
 
 # -- reading ---------------------------------------------------------------------------------------
+# A query answer holds hundreds of objects of some 60 elements each: every object's children are
+# read in one pass, and no element is looked at twice.
+_SLOT, _VALUE, _LS = R("Slot"), R("Value"), R("LocalizedString")
+_NAME, _DESCRIPTION = R("Name"), R("Description")
+_CLASSIFICATION, _EXTERNAL_ID = R("Classification"), R("ExternalIdentifier")
+_EXTRINSIC, _PACKAGE, _ASSOCIATION, _OBJECT_REF = R("ExtrinsicObject"), R("RegistryPackage"), R("Association"), \
+    R("ObjectRef")
+_ID_SCHEMES = frozenset(_NAMES.values())
+
+
+def _values(slot: etree._Element) -> list[str]:
+    """Slot/ValueList/Value texts (plain loops: cheaper in lxml than find or a filtered iter)."""
+    return [(x.text or "").strip() for vl in slot for x in vl if x.tag == _VALUE]
+
+
+def _ls(n: etree._Element) -> str:
+    for x in n:
+        if x.tag == _LS:
+            return x.get("value") or ""
+    return ""
+
+
+def _scan(el: etree._Element):
+    """(slots, Name, Description, Classifications, ExternalIdentifiers) of an object, in one pass
+    over its children; the first Name and Description count."""
+    s: dict[str, list[str]] = {}
+    name = desc = None
+    cls, ext = [], []
+    for c in el:
+        t = c.tag
+        if t == _SLOT:
+            k = c.get("name", "")
+            vals = [(x.text or "").strip() for vl in c for x in vl if x.tag == _VALUE]  # as _values()
+            if k in s:
+                s[k].extend(vals)
+            else:
+                s[k] = vals
+        elif t == _CLASSIFICATION:
+            cls.append(c)
+        elif t == _EXTERNAL_ID:
+            ext.append(c)
+        elif t == _NAME:
+            if name is None:
+                name = _ls(c)
+        elif t == _DESCRIPTION:
+            if desc is None:
+                desc = _ls(c)
+    return s, name or "", desc or "", cls, ext
+
+
 def slots(el: etree._Element) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
-    for s in el.findall(R("Slot")):
-        out.setdefault(s.get("name", ""), []).extend((x.text or "").strip() for x in s.iter(R("Value")))
+    for c in el.iterchildren(_SLOT):
+        out.setdefault(c.get("name", ""), []).extend(_values(c))
     return out
 
 
 def localized(el: etree._Element, tag: str) -> str:
     n = el.find(R(tag))
-    if n is None:
-        return ""
-    ls = n.find(R("LocalizedString"))
-    return (ls.get("value") or "") if ls is not None else ""
+    return _ls(n) if n is not None else ""
 
 
 def code_of(c: etree._Element) -> Code:
-    sch = slots(c).get("codingScheme", [""])
-    return Code(c.get("nodeRepresentation") or "", sch[0] if sch else "", localized(c, "Name"))
+    """A coded Classification: nodeRepresentation, the first codingScheme value, the Name."""
+    scheme = name = None
+    for x in c:
+        t = x.tag
+        if t == _SLOT:
+            if scheme is None and x.get("name") == "codingScheme":
+                for vl in x:
+                    for y in vl:
+                        if y.tag == _VALUE:
+                            scheme = (y.text or "").strip()
+                            break
+                    if scheme is not None:
+                        break
+        elif t == _NAME and name is None:
+            name = ""
+            for y in x:
+                if y.tag == _LS:
+                    name = y.get("value") or ""
+                    break
+    return Code(c.get("nodeRepresentation") or "", scheme or "", name or "")
 
 
 def _nospace(s: str | None) -> str:
     return "".join((s or "").split())
 
 
-def external_ids(el: etree._Element) -> dict[str, str]:
+def _external_ids(ext: list[etree._Element]) -> dict[str, str]:
     out = {}
-    for e in el.findall(R("ExternalIdentifier")):
+    for e in ext:
         scheme = _nospace(e.get("identificationScheme"))
-        if scheme not in _NAMES.values():
+        if scheme not in _ID_SCHEMES:
             scheme = _NAMES.get(localized(e, "Name"), scheme)
         out[scheme] = (e.get("value") or "").strip()
     return out
+
+
+def external_ids(el: etree._Element) -> dict[str, str]:
+    return _external_ids(el.findall(_EXTERNAL_ID))
 
 
 def _author_of(c: etree._Element) -> Author:
@@ -228,41 +297,55 @@ def _author_of(c: etree._Element) -> Author:
 
 def classifications(el: etree._Element, extra: dict[str, list[etree._Element]] | None = None) -> list[etree._Element]:
     """The classifications of an object: its children plus any found elsewhere in the list."""
-    out = list(el.findall(R("Classification")))
+    out = list(el.iterchildren(_CLASSIFICATION))
     if extra:
         out += extra.get(el.get("id", ""), [])
     return out
 
 
 def read_document_entry(el: etree._Element, extra=None) -> DocumentEntry:
-    s = slots(el)
-    de = DocumentEntry(entry_uuid=el.get("id", ""), mime_type=el.get("mimeType", ""), status=el.get("status", ""),
-                       object_type=el.get("objectType", ""), home=el.get("home", ""), lid=el.get("lid", ""),
-                       title=localized(el, "Name"), comments=localized(el, "Description"))
-    for slot, attr in _DE_SLOTS.items():
-        if s.get(slot):
-            setattr(de, attr, s[slot][0])
-    if s.get("size"):
-        try:
-            de.size = int(s["size"][0])
-        except ValueError:
-            de.size = None
-    de.source_patient_info = s.get("sourcePatientInfo", [])
-    known = set(_DE_SLOTS) | {"size", "sourcePatientInfo"}
-    de.slots = {k: x for k, x in s.items() if k not in known}
-    for c in classifications(el, extra):
-        scheme = _nospace(c.get("classificationScheme"))
-        if scheme == v.DE_AUTHOR:
-            de.authors.append(_author_of(c))
-        elif scheme in _DE_CODES:
+    s, title, comments, cls, ext = _scan(el)
+    if extra:
+        cls += extra.get(el.get("id", ""), [])
+    get = el.get
+    de = DocumentEntry(entry_uuid=get("id", ""), mime_type=get("mimeType", ""), status=get("status", ""),
+                       object_type=get("objectType", ""), home=get("home", ""), lid=get("lid", ""),
+                       title=title, comments=comments)
+    other = {}
+    for k, x in s.items():
+        attr = _DE_SLOTS.get(k)
+        if attr is not None:
+            if x:
+                setattr(de, attr, x[0])
+        elif k == "size":
+            if x:
+                try:
+                    de.size = int(x[0])
+                except ValueError:
+                    de.size = None
+        elif k == "sourcePatientInfo":
+            de.source_patient_info = x
+        else:
+            other[k] = x
+    de.slots = other
+    for c in cls:
+        scheme = c.get("classificationScheme") or ""
+        if scheme not in _DE_SCHEMES:
+            scheme = _nospace(scheme)
+        if scheme in _DE_CODES:
             setattr(de, _DE_CODES[scheme], code_of(c))
+        elif scheme == v.DE_AUTHOR:
+            de.authors.append(_author_of(c))
         elif scheme == v.DE_CONFIDENTIALITY:
             de.confidentiality_codes.append(code_of(c))
         elif scheme == v.DE_EVENT:
             de.event_codes.append(code_of(c))
-    ids = external_ids(el)
+    ids = _external_ids(ext)
     de.patient_id, de.unique_id = ids.get(v.DE_PATIENT_ID, ""), ids.get(v.DE_UNIQUE_ID, "")
     return de
+
+
+_DE_SCHEMES = frozenset(_DE_CODES) | {v.DE_AUTHOR, v.DE_CONFIDENTIALITY, v.DE_EVENT}
 
 
 def package_kind(el: etree._Element, extra=None) -> str:
@@ -277,34 +360,38 @@ def package_kind(el: etree._Element, extra=None) -> str:
 
 
 def read_submission_set(el: etree._Element, extra=None) -> SubmissionSet:
-    s = slots(el)
+    s, title, comments, cls, ext = _scan(el)
+    if extra:
+        cls += extra.get(el.get("id", ""), [])
     ss = SubmissionSet(entry_uuid=el.get("id", ""), status=el.get("status", ""), home=el.get("home", ""),
-                       lid=el.get("lid", ""), title=localized(el, "Name"), comments=localized(el, "Description"),
+                       lid=el.get("lid", ""), title=title, comments=comments,
                        submission_time=(s.get("submissionTime") or [""])[0],
                        intended_recipients=s.get("intendedRecipient", []))
     ss.slots = {k: x for k, x in s.items() if k not in ("submissionTime", "intendedRecipient")}
-    for c in classifications(el, extra):
+    for c in cls:
         scheme = _nospace(c.get("classificationScheme"))
         if scheme == v.SS_AUTHOR:
             ss.authors.append(_author_of(c))
         elif scheme == v.SS_CONTENT_TYPE:
             ss.content_type_code = code_of(c)
-    ids = external_ids(el)
+    ids = _external_ids(ext)
     ss.patient_id, ss.unique_id = ids.get(v.SS_PATIENT_ID, ""), ids.get(v.SS_UNIQUE_ID, "")
     ss.source_id = ids.get(v.SS_SOURCE_ID, "")
     return ss
 
 
 def read_folder(el: etree._Element, extra=None) -> Folder:
-    s = slots(el)
+    s, title, comments, cls, ext = _scan(el)
+    if extra:
+        cls += extra.get(el.get("id", ""), [])
     fd = Folder(entry_uuid=el.get("id", ""), status=el.get("status", ""), home=el.get("home", ""),
-                lid=el.get("lid", ""), title=localized(el, "Name"), comments=localized(el, "Description"),
+                lid=el.get("lid", ""), title=title, comments=comments,
                 last_update_time=(s.get("lastUpdateTime") or [""])[0])
     fd.slots = {k: x for k, x in s.items() if k != "lastUpdateTime"}
-    for c in classifications(el, extra):
+    for c in cls:
         if _nospace(c.get("classificationScheme")) == v.FD_CODES:
             fd.codes.append(code_of(c))
-    ids = external_ids(el)
+    ids = _external_ids(ext)
     fd.patient_id, fd.unique_id = ids.get(v.FD_PATIENT_ID, ""), ids.get(v.FD_UNIQUE_ID, "")
     return fd
 
@@ -320,7 +407,7 @@ def read_association(el: etree._Element) -> Association:
 def loose_classifications(container: etree._Element) -> dict[str, list[etree._Element]]:
     """Top-level Classifications of a list, by the object they classify."""
     out: dict[str, list[etree._Element]] = {}
-    for c in container.findall(R("Classification")):
+    for c in container.iterchildren(_CLASSIFICATION):
         out.setdefault(c.get("classifiedObject", ""), []).append(c)
     return out
 
@@ -330,13 +417,14 @@ def from_rim(container: etree._Element) -> list[RegistryObject]:
     extra = loose_classifications(container)
     out: list[RegistryObject] = []
     for el in container:
-        if el.tag == R("ExtrinsicObject"):
+        t = el.tag
+        if t == _EXTRINSIC:
             out.append(read_document_entry(el, extra))
-        elif el.tag == R("RegistryPackage"):
+        elif t == _PACKAGE:
             kind = package_kind(el, extra)
             out.append(read_folder(el, extra) if kind == "FD" else read_submission_set(el, extra))
-        elif el.tag == R("Association"):
+        elif t == _ASSOCIATION:
             out.append(read_association(el))
-        elif el.tag == R("ObjectRef"):
+        elif t == _OBJECT_REF:
             out.append(ObjectRef(el.get("id", ""), el.get("home", "")))
     return out

@@ -8,6 +8,8 @@ is not a SOAP answer.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 
 import requests
 from lxml import etree
@@ -51,15 +53,38 @@ def http_session(tls_config=None) -> requests.Session:
     return s
 
 
+_shared: dict = {}
+_shared_lock = threading.Lock()
+
+
+def shared_session(tls_config=None) -> requests.Session:
+    """The process's session for one TLS configuration (None: plain http), made by
+    ``http_session``: its keep-alive connections serve every SoapClient that is given no session
+    of its own, from any thread (a fan-out asks the same gateways again and again: no new TCP
+    connection, no new TLS handshake, and a window already opened for large answers)."""
+    key = (os.getpid(), tls_config)  # a forked child does not share its parent's connections
+    s = _shared.get(key)
+    if s is None:
+        with _shared_lock:
+            s = _shared.get(key)
+            if s is None:
+                s = _shared[key] = http_session(tls_config)
+    return s
+
+
 class SoapClient:
-    """A SOAP 1.2 endpoint: ``call(action, body, attachments=None)`` -> SoapMessage."""
+    """A SOAP 1.2 endpoint: ``call(action, body, attachments=None)`` -> SoapMessage.
+
+    Without ``session`` the client uses the shared session of its TLS configuration (connections
+    kept alive across clients); ``close()`` closes only a session it was given."""
 
     def __init__(self, url: str, *, timeout: float = 30, session: requests.Session | None = None,
                  mtom: bool = False, tls_config=None):
         if not url or not url.startswith(("http://", "https://")):
             raise UsageError(f"bad SOAP endpoint URL {url!r}: give http://host:port/path or https://...")
         self.url, self.timeout, self.mtom = url, timeout, mtom
-        self.session = session or http_session(tls_config if url.startswith("https://") else None)
+        self._own = session is not None
+        self.session = session or shared_session(tls_config if url.startswith("https://") else None)
 
     def call(self, action: str, body: etree._Element, *, attachments: mtom.Attachments | None = None,
              force_mtom: bool | None = None) -> SoapMessage:
@@ -105,4 +130,5 @@ class SoapClient:
         return msg
 
     def close(self) -> None:
-        self.session.close()
+        if self._own:
+            self.session.close()
