@@ -108,9 +108,12 @@ class Writer:
         self._plock = threading.Lock()
         self._wlock = threading.Lock()
         self._conn = None
+        self._fast: _Fast | None = None
+        self._compiled: dict = {}
         self._series: dict[str, tuple[int, int]] = {}  # series UID -> (series id, study id)
         # optional check run in the write transaction: (conn, Parsed) -> ArchiveError to refuse
-        # the object (rejected instances, IOCM), or None
+        # the object (rejected instances, IOCM), or None; conn.execute takes a statement built
+        # once (module level) and its parameters, and answers first() and scalar()
         self.refuse = None
 
     def submit(self, parsed: Parsed, tmp: Path | None, rel: str) -> StoreOutcome:
@@ -156,6 +159,7 @@ class Writer:
     def _connection(self):
         if self._conn is None:
             self._conn = self.engine.connect()
+            self._fast = None
         return self._conn
 
     def _commit(self, batch: list[_Job]) -> None:
@@ -200,6 +204,7 @@ class Writer:
             except Exception:
                 pass
             self._conn = None
+        self._fast = None
 
     def _fail(self, job: _Job) -> None:
         import sys
@@ -218,13 +223,16 @@ class Writer:
         conn = self._connection()
         try:
             with conn.begin():
+                if self._fast is None:
+                    self._fast = _Fast(conn, self._compiled)
+                fast = self._fast
                 dirs = []
                 for job in batch:
                     if self.refuse is not None:
-                        job.error = self.refuse(conn, job.parsed)
+                        job.error = self.refuse(fast, job.parsed)
                         if job.error is not None:
                             continue
-                    outcome, old_rel = _upsert(conn, job, self.duplicates, self._series)
+                    outcome, old_rel = _upsert(fast, job, self.duplicates, self._series)
                     job.result = outcome
                     if outcome.outcome == "duplicate":
                         job.kept_rel = old_rel
@@ -257,6 +265,52 @@ class Writer:
             job.done.set()
 
 
+class _Fast:
+    """The writer's connection for its one-row statements.
+
+    SQLAlchemy's execute() cost several times what SQLite takes to run the writer's one-row
+    statements (cache key, execution context, result proxy: a quarter of the CPU of a C-STORE).
+    Each statement (built once, at module level) is compiled on its first use for the
+    connection's dialect and then run straight on the DBAPI cursor, its parameters passed
+    through the same bind processors SQLAlchemy would apply. The cursor belongs to the same
+    connection, so everything stays in the writer's transaction."""
+
+    def __init__(self, conn, compiled: dict):
+        self.conn = conn
+        self.dialect = conn.dialect
+        self.cursor = conn.connection.dbapi_connection.cursor()
+        self._compiled = compiled  # (id(stmt), keys) -> (stmt, sql, names or None, processors, literals)
+
+    def execute(self, stmt, params: dict) -> "_Fast":
+        key = (id(stmt), tuple(params) if stmt.is_insert else ())
+        c = self._compiled.get(key)
+        if c is None:
+            comp = stmt.compile(dialect=self.dialect, column_keys=list(params) if stmt.is_insert else None)
+            procs, fixed = {}, {}
+            for name, bp in comp.binds.items():
+                proc = bp.type._cached_bind_processor(self.dialect)
+                if proc is not None:
+                    procs[name] = proc
+                if not bp.required:  # a literal of the statement (num_instances + 1)
+                    fixed[name] = bp.effective_value
+            names = list(comp.positiontup) if self.dialect.positional else None
+            c = self._compiled[key] = (stmt, str(comp), names, procs, fixed)
+        _stmt, sql, names, procs, fixed = c
+        if fixed:
+            params = {**fixed, **params}
+        if procs:
+            params = {k: (procs[k](v) if k in procs else v) for k, v in params.items()}
+        self.cursor.execute(sql, [params[n] for n in names] if names is not None else params)
+        return self
+
+    def first(self):
+        return self.cursor.fetchone()
+
+    def scalar(self):
+        row = self.cursor.fetchone()
+        return None if row is None else row[0]
+
+
 # Statements built once: building SQLAlchemy constructs per row costs more than running them.
 _b = bindparam
 Q_INSTANCE = select(s.instances.c.id, s.instances.c.path).where(s.instances.c.sop_uid == _b("sop_uid"))
@@ -280,7 +334,7 @@ I_STUDY = insert(s.studies)
 I_SERIES = insert(s.series)
 
 
-def _series_of(conn, p: Parsed, t: datetime, cache: dict) -> tuple[int, int]:
+def _series_of(fast: _Fast, p: Parsed, t: datetime, cache: dict) -> tuple[int, int]:
     """(series id, study id) for an instance, creating patient, study and series as needed.
 
     ``cache`` remembers series seen by this writer; a series removed meanwhile (by another
@@ -289,10 +343,11 @@ def _series_of(conn, p: Parsed, t: datetime, cache: dict) -> tuple[int, int]:
     hit = cache.get(p.series_uid)
     if hit is not None:
         return hit
-    row = conn.execute(Q_SERIES, {"series_uid": p.series_uid}).first()
+    row = fast.execute(Q_SERIES, {"series_uid": p.series_uid}).first()
     if row is not None:
         cache[p.series_uid] = (row[0], row[1])
         return row[0], row[1]
+    conn = fast.conn  # a new series: rows with generated keys, through SQLAlchemy
     st = conn.execute(Q_STUDY, {"study_uid": p.study_uid}).first()
     if st is None:
         pat = conn.execute(Q_PATIENT, {"pid": p.patient["pid"], "issuer": p.patient["issuer"]}).first()
@@ -314,20 +369,20 @@ def _series_of(conn, p: Parsed, t: datetime, cache: dict) -> tuple[int, int]:
     return se_id, st_id
 
 
-def _upsert(conn, job: _Job, duplicates: str, cache: dict) -> tuple[StoreOutcome, str | None]:
+def _upsert(fast: _Fast, job: _Job, duplicates: str, cache: dict) -> tuple[StoreOutcome, str | None]:
     p = job.parsed
     t = now()
-    row = conn.execute(Q_INSTANCE, {"sop_uid": p.sop_uid}).first()
+    row = fast.execute(Q_INSTANCE, {"sop_uid": p.sop_uid}).first()
     if row is not None and duplicates == "keep":
         return StoreOutcome(p.sop_uid, "duplicate", p.study_uid), row[1]
-    se_id, st_id = _series_of(conn, p, t, cache)
+    se_id, st_id = _series_of(fast, p, t, cache)
     values = dict(series_fk=se_id, sop_class=p.sop_class, transfer_syntax=p.transfer_syntax, path=job.rel,
                   size=p.size, sha256=p.sha256, charset=p.charset, received=t, header=p.header, **p.instance)
     if row is None:
-        conn.execute(I_INSTANCE, {"sop_uid": p.sop_uid, **values})
-        conn.execute(U_SERIES_ADD, {"sid": se_id})
-        conn.execute(U_STUDY_ADD, {"stid": st_id, "t": t})
+        fast.execute(I_INSTANCE, {"sop_uid": p.sop_uid, **values})
+        fast.execute(U_SERIES_ADD, {"sid": se_id})
+        fast.execute(U_STUDY_ADD, {"stid": st_id, "t": t})
         return StoreOutcome(p.sop_uid, "stored", p.study_uid), None
-    conn.execute(update(s.instances).where(s.instances.c.id == row[0]).values(**values))
-    conn.execute(U_STUDY_TOUCH, {"stid": st_id, "t": t})
+    fast.conn.execute(update(s.instances).where(s.instances.c.id == row[0]).values(**values))
+    fast.conn.execute(U_STUDY_TOUCH, {"stid": st_id, "t": t})
     return StoreOutcome(p.sop_uid, "overwritten", p.study_uid), row[1]

@@ -14,6 +14,7 @@ from pynetdicom.association import Association
 
 from ihecli.config import Node
 from ihecli.errors import IheError, PeerUnreachable
+from ihecli.net import reactor
 
 _configured = False
 
@@ -31,12 +32,8 @@ def configure() -> None:
     _send_encoded_as_is()
     _config.LOG_RESPONSE_IDENTIFIERS = False  # formatting each C-FIND match cost a tenth of a query
     _config.CODECS = ("utf8", "latin_1")  # AE titles arriving in non-ASCII are logged, not fatal
+    reactor.install()  # associations wait for work instead of polling (see net.reactor)
     _configured = True
-
-
-# pynetdicom's DUL thread sleeps this long between socket polls when it had nothing to do
-# (1 ms by default): each incoming message then waits up to that long before it is read.
-DUL_POLL = 0.0002
 
 
 def _send_encoded_as_is() -> None:
@@ -108,15 +105,6 @@ def nodelay(event) -> None:
         event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except (OSError, AttributeError):
         pass
-
-
-def fast_poll(event) -> None:
-    """EVT_CONN_OPEN handler: a shorter socket poll (DUL_POLL).
-
-    For associations we accept, and for C-MOVE sub-associations whose reactor is held (see
-    _HeldReactor): elsewhere a faster poll makes pynetdicom's reactor race more likely."""
-    if hasattr(event.assoc.dul, "_run_loop_delay"):
-        event.assoc.dul._run_loop_delay = DUL_POLL
 
 
 NODELAY_HANDLER = (evt.EVT_CONN_OPEN, nodelay)

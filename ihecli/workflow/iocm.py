@@ -18,7 +18,7 @@ import warnings
 from dataclasses import dataclass
 
 import pydicom
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 
 from ihecli.archive import _chunks, _recount
 from ihecli.archive import schema as s
@@ -47,9 +47,12 @@ class RejectionReport:
     not_stored: int = 0  # referenced instances the archive never held (refused if they come)
 
 
+Q_REJECTED = select(rejected.c.code).where(rejected.c.sop_uid == bindparam("sop_uid"))
+
+
 def refuse_rejected(conn, parsed) -> ArchiveError | None:
     """Writer check (inside the index transaction): refuse an instance a rejection note rejected."""
-    code = conn.execute(select(rejected.c.code).where(rejected.c.sop_uid == parsed.sop_uid)).scalar()
+    code = conn.execute(Q_REJECTED, {"sop_uid": parsed.sop_uid}).scalar()
     if code is None:
         return None
     from ihecli.kos import codes
