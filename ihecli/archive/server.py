@@ -126,7 +126,6 @@ class DicomServer:
         ae = self._ae()
         handlers = [
             dimse.NODELAY_HANDLER,
-            (evt.EVT_CONN_OPEN, dimse.fast_poll),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_FIND, self._on_find),
