@@ -110,3 +110,5 @@ plain = { aet = "PLAIN", host = "h", port = 104, tls = false }
     assert s.node("tls://plain") == cfg.Node("PLAIN", "h", 104, name="plain", tls=True)  # a profile node, secured
     r = run_cli("config", "show", "--json")
     assert r.code == 0 and r.json["nodes"]["pacs"]["tls"] is True and r.json["nodes"]["plain"]["tls"] is False
+    r = run_cli("config", "show")
+    assert "tls://PACS@10.1.2.3:2762" in r.stdout and "tls://PLAIN" not in r.stdout

@@ -47,5 +47,6 @@ def show_cmd(ctx: typer.Context, json: Json = False) -> None:
     rows = [("config", d["config"] + ("" if d["config_exists"] else " (not present: defaults)")),
             ("profile", d["profile"]), ("calling_aet", d["calling_aet"])]
     rows += [(f"archive.{k}", v) for k, v in d["archive"].items()]
-    rows += [(f"nodes.{k}", f"{v['aet']}@{v['host']}:{v['port']}") for k, v in d["nodes"].items()]
+    rows += [(f"nodes.{k}", f"{'tls://' if v.get('tls') else ''}{v['aet']}@{v['host']}:{v['port']}")
+             for k, v in d["nodes"].items()]
     output.kv(rows)
