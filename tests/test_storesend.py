@@ -214,3 +214,47 @@ def test_store_response_command_set_is_what_pynetdicom_encodes(status):
     msg = C_STORE_RSP()
     msg.primitive_to_message(prim)
     assert store_rsp(7, CTImageStorage, "1.2.3.456", status) == encode(msg.command_set, True, True)
+
+
+@pytest.mark.parametrize("originator", [None, ("MOVESCU", 7), ("ODD", 65535)])
+def test_store_request_read_directly_is_what_pynetdicom_decodes(originator):
+    from pynetdicom.dimse_messages import DIMSEMessage
+    from pynetdicom.pdu_primitives import P_DATA
+
+    from ihecli.net.dimse import _store_request
+
+    command = store_rq(513, CTImageStorage, "1.2.3.456", *(originator or (None, None)))
+    msg = DIMSEMessage()
+    for pdv in (b"\x03" + command, b"\x02" + b"\x08\x00\x05\x00\x00\x00\x00\x00"):
+        p = P_DATA()
+        p.presentation_data_value_list.append([1, pdv])
+        msg.decode_msg(p)
+    want = msg.message_to_primitive()
+    got = _store_request(command)
+    for attr in ("MessageID", "AffectedSOPClassUID", "AffectedSOPInstanceUID", "Priority",
+                 "MoveOriginatorApplicationEntityTitle", "MoveOriginatorMessageID"):
+        assert getattr(got, attr) == getattr(want, attr), attr
+    assert _store_request(command[:-4]) is None  # truncated: left to pynetdicom
+
+
+def test_store_requests_in_small_fragments_arrive_whole(server, corpus, tmp_path):
+    """DCMTK storescu with the smallest PDU: the data sets come in many fragments, each
+    command in one; what the archive keeps is byte for byte what was sent after the meta."""
+    import subprocess
+
+    from helpers import DCMTK_ENV
+
+    r = subprocess.run(["/usr/bin/storescu", "-aec", "IHE_ARCHIVE", "--max-pdu", "4096", "127.0.0.1",
+                        str(server.port), *map(str, corpus[:3])], env=DCMTK_ENV, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    from pydicom.dataset import Dataset
+
+    for p in corpus[:3]:
+        sent = dcmread(p)
+        q = Dataset()
+        q.SOPInstanceUID = sent.SOPInstanceUID
+        q.QueryRetrieveLevel = "IMAGE"
+        q.StudyInstanceUID = sent.StudyInstanceUID
+        [ref] = server.archive.instances(q)
+        kept = dcmread(server.archive.file_path(ref))
+        assert kept.PixelData == sent.PixelData and kept.SOPInstanceUID == sent.SOPInstanceUID

@@ -33,6 +33,7 @@ def configure() -> None:
     _config.LOG_RESPONSE_IDENTIFIERS = False  # formatting each C-FIND match cost a tenth of a query
     _config.CODECS = ("utf8", "latin_1")  # AE titles arriving in non-ASCII are logged, not fatal
     reactor.install()  # associations wait for work instead of polling (see net.reactor)
+    _receive_store_requests_directly()
     _configured = True
 
 
@@ -61,6 +62,82 @@ def _send_encoded_as_is() -> None:
 
     encode.ihe_passthrough = True
     assoc_module.encode = encode
+
+
+def _store_request(command: bytes):
+    """The C-STORE primitive of a C-STORE-RQ command set (Implicit VR Little Endian), or None
+    for any other command, or one this cannot read (pynetdicom then decodes it)."""
+    from pynetdicom.dimse_primitives import C_STORE
+
+    from ihecli.net.storesend import parse_command
+
+    try:
+        c = parse_command(command)
+        if int.from_bytes(c[0x00000000], "little") != len(command) - 12:  # Command Group Length
+            return None
+        if int.from_bytes(c[0x00000100], "little") != 0x0001 or int.from_bytes(c[0x00000800], "little") == 0x0101:
+            return None
+        prim = C_STORE()
+        prim.MessageID = int.from_bytes(c[0x00000110], "little")
+        prim.AffectedSOPClassUID = c[0x00000002].rstrip(b"\0 ").decode("ascii")
+        prim.AffectedSOPInstanceUID = c[0x00001000].rstrip(b"\0 ").decode("ascii")
+        if 0x00000700 in c:
+            prim.Priority = int.from_bytes(c[0x00000700], "little")
+        if c.get(0x00001030):
+            prim.MoveOriginatorApplicationEntityTitle = c[0x00001030].decode("ascii", "replace").strip(" \0")
+        if c.get(0x00001031):
+            prim.MoveOriginatorMessageID = int.from_bytes(c[0x00001031], "little")
+        return prim
+    except (KeyError, ValueError, TypeError, UnicodeDecodeError):
+        return None
+
+
+def _receive_store_requests_directly() -> None:
+    """C-STORE requests go from the P-DATA fragments to the C-STORE primitive without pydicom.
+
+    pynetdicom decodes every command set into a pydicom Dataset and then reads each element
+    of it through validating setters: about 0.18 ms of the DUL thread per C-STORE, an eighth
+    of the CPU the archive spends on one. A C-STORE-RQ whose command arrives in one fragment
+    is read here (net.storesend.parse_command) and its data set fragments are joined as they
+    come; every other message, and any command this cannot read, goes through pynetdicom."""
+    from io import BytesIO
+
+    from pynetdicom import evt
+    from pynetdicom.dimse import DIMSEServiceProvider
+
+    original = DIMSEServiceProvider.receive_primitive
+    if getattr(original, "ihe_direct", False):
+        return
+
+    def receive_primitive(self, primitive) -> None:
+        pending = getattr(self, "_ihe_store", None)
+        pdvs = primitive.presentation_data_value_list
+        if pending is None:
+            if self.message is not None or not pdvs or _config.STORE_RECV_CHUNKED_DATASET:
+                return original(self, primitive)
+            context_id, data = pdvs[0]
+            if data[0] & 3 != 3 or self.assoc.get_handlers(evt.EVT_DIMSE_RECV):
+                return original(self, primitive)
+            prim = _store_request(bytes(data[1:]))
+            if prim is None:
+                return original(self, primitive)
+            pending = self._ihe_store = (context_id, prim, [])
+            pdvs = pdvs[1:]
+        context_id, prim, chunks = pending
+        for _cid, data in pdvs:
+            if data[0] & 1:  # a command before the data set ended: pynetdicom's error path
+                self._ihe_store = None
+                self.dul.event_queue.put("Evt19")
+                return
+            chunks.append(data[1:])
+            if data[0] & 2:
+                self._ihe_store = None
+                prim.DataSet = BytesIO(b"".join(chunks))
+                self.msg_queue.put((context_id, prim))
+                return
+
+    receive_primitive.ihe_direct = True
+    DIMSEServiceProvider.receive_primitive = receive_primitive
 
 
 class _HeldReactor:
