@@ -172,29 +172,69 @@ class IsoMedium(Medium):
         except Exception:
             pass
         self._map: dict[str, str] = {}
+        self._extents: dict[str, tuple[int, int]] = {}  # path on the ISO -> (offset, length) of its data
         try:
             for dirpath, _dirs, files in self.iso.walk(**{self.key: "/"}):
                 for f in files:
-                    shown = f
-                    if self.key == "iso_path":
-                        shown = f.split(";")[0].rstrip(".")
-                    rel = posixpath.join(dirpath, shown).lstrip("/")
-                    self._map[rel] = posixpath.join(dirpath, f)
+                    self._map[self._shown(dirpath, f)] = posixpath.join(dirpath, f)
+                self._note_extents(dirpath)
         except Exception as e:
             raise MediumError(f"{path}: the ISO 9660 directory tree is damaged: {e}") from None
+        self._fd = os.open(path, os.O_RDONLY)
+
+    def _shown(self, dirpath: str, name: str) -> str:
+        if self.key == "iso_path":
+            name = name.split(";")[0].rstrip(".")
+        return posixpath.join(dirpath, name).lstrip("/")
+
+    def _note_extents(self, dirpath: str) -> None:
+        """Where the data of the folder's files is: a file in one extent is then read with one
+        pread instead of through pycdlib's file object (a path lookup and a few seeks each)."""
+        if self.key == "rr_path":
+            return  # Rock Ridge names and relocated folders: pycdlib reads those
+        encoding = "utf-16_be" if self.key == "joliet_path" else "utf-8"
+        block = self.iso.logical_block_size
+        try:
+            for child in self.iso.list_children(**{self.key: dirpath}):
+                if child is None or child.is_dot() or child.is_dotdot() or child.is_dir():
+                    continue
+                if child.file_flags & 0x80 or child.inode is None:  # several extents, or no data
+                    continue
+                name = child.file_identifier().decode(encoding)
+                self._extents[posixpath.join(dirpath, name)] = (child.extent_location() * block,
+                                                                child.get_data_length())
+        except Exception:  # anything unusual: pycdlib reads the folder's files
+            pass
 
     def files(self) -> list[str]:
         return sorted(self._map)
 
     def read(self, rel: str, limit: int | None = None) -> bytes:
-        with self.iso.open_file_from_iso(**{self.key: self._map[rel]}) as f:
-            return f.read() if limit is None else f.read(limit)
+        where = self._map[rel]
+        extent = self._extents.get(where)
+        if extent is None:
+            with self.iso.open_file_from_iso(**{self.key: where}) as f:
+                return f.read() if limit is None else f.read(limit)
+        offset, length = extent
+        n = length if limit is None else min(limit, length)
+        parts = []
+        while n > 0:
+            chunk = os.pread(self._fd, min(n, 1 << 30), offset)
+            if not chunk:
+                break  # the image ends early (truncated): what there is
+            parts.append(chunk)
+            offset += len(chunk)
+            n -= len(chunk)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def close(self) -> None:
         try:
             self.iso.close()
         except Exception:
             pass
+        fd, self._fd = getattr(self, "_fd", None), None
+        if fd is not None:
+            os.close(fd)
 
 
 def struct_error():
