@@ -53,6 +53,7 @@ def http_session(tls_config=None) -> requests.Session:
     return s
 
 
+_READ = 1 << 20
 _shared: dict = {}
 _shared_lock = threading.Lock()
 
@@ -94,7 +95,13 @@ class SoapClient:
         data, ctype = mtom.encode(env, action, attachments, mtom=self.mtom if force_mtom is None else force_mtom)
         log.debug("POST %s %s (%d bytes)", self.url, action, len(data))
         try:
-            r = self.session.post(self.url, data=data, headers={"Content-Type": ctype}, timeout=self.timeout)
+            r = self.session.post(self.url, data=data, headers={"Content-Type": ctype}, timeout=self.timeout,
+                                  stream=True)
+            try:
+                # read in large pieces (requests reads 10 KiB at a time; a query answer is often 1 MB)
+                content = b"".join(r.iter_content(_READ))
+            finally:
+                r.close()  # the body is read: the connection goes back to the pool
         except requests.exceptions.Timeout:
             raise PeerUnreachable(f"{self.url}: no answer within {self.timeout:g} s") from None
         except requests.exceptions.SSLError as e:
@@ -111,9 +118,9 @@ class SoapClient:
             raise PeerUnreachable(f"{self.url}: {e}") from None
         ctype = r.headers.get("Content-Type", "")
         try:
-            msg = mtom.decode(r.content, ctype)
+            msg = mtom.decode(content, ctype)
         except SoapFault as e:
-            snippet = r.text[:200].strip().replace("\n", " ")
+            snippet = content[:200].decode("utf-8", "replace").strip().replace("\n", " ")
             raise IheError(f"{self.url} answered HTTP {r.status_code} without a SOAP message ({e}): {snippet}") \
                 from None
         fault = msg.fault()
