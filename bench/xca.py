@@ -12,6 +12,7 @@ usage: python bench/xca.py [--docs 200] [--n 20] [--images 100]
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -43,6 +44,19 @@ def fill_registry(db: Path, storage: Path, docs: int) -> None:
     arc.close()
 
 
+def proc_cpu(pid: int) -> float:
+    """CPU seconds a process's threads have run so far, in nanoseconds from /proc/PID/task/*/schedstat
+    (/proc/PID/stat counts in clock ticks of 10 ms, longer than a query)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # a thread that ended
+    return total / 1e9
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--docs", type=int, default=200, help="documents per community (200)")
@@ -63,15 +77,16 @@ def main(argv=None) -> int:
     qid = v.STORED_QUERIES["find-documents"][0]
     params = stored_query_params("find-documents", QueryOptions(patient=PID, statuses=["approved"]))
     with b.Workdir(a.workdir, a.keep) as work, b.Procs() as procs:
-        comms = {}
+        comms, gateways = {}, []
         for i, home in enumerate(HOMES):
             db, storage = work / f"c{i}.db", work / f"c{i}-storage"
             fill_registry(db, storage, a.docs)
             port = b.free_port()
-            procs.start([*b.ihe_command(), "xca", "serve", "--home", home, "--port", port, "--bind", b.LOOPBACK,
-                         "--db", f"sqlite:///{db}", "--storage", storage, "--repository-id", REPO],
-                        log=work / f"c{i}.log", env={**b.DCMTK_ENV, "IHE_CONFIG": str(work / "none.toml"),
-                                                      "IHE_DATA_DIR": str(work)})
+            gateways.append(procs.start(
+                [*b.ihe_command(), "xca", "serve", "--home", home, "--port", port, "--bind", b.LOOPBACK,
+                 "--db", f"sqlite:///{db}", "--storage", storage, "--repository-id", REPO],
+                log=work / f"c{i}.log", env={**b.DCMTK_ENV, "IHE_CONFIG": str(work / "none.toml"),
+                                              "IHE_DATA_DIR": str(work)}))
             b.wait_port(port, log=work / f"c{i}.log")
             comms[home] = f"http://{b.LOOPBACK}:{port}/xca"
         b.note(f"3 responding gateways with {a.docs} documents each")
@@ -92,15 +107,30 @@ def main(argv=None) -> int:
             assert sum(len(r.objects) for r in res) == 3 * a.docs and not any(r.failed for r in res)
             return dt
 
+        def cpu() -> tuple[float, float]:
+            """CPU seconds used so far by this process (the consumer) and by the three gateways."""
+            return time.process_time(), sum(proc_cpu(g.pid) for g in gateways)
+
         for f in (lambda: [single(h) for h in HOMES], fan):  # warm-up
             f()
         singles = {h: [] for h in HOMES}
         fans = []
+        used = {"single": [0.0, 0.0], "fan": [0.0, 0.0]}  # CPU seconds: consumer, gateways
+        load = os.getloadavg()[0]
         for _ in range(a.n):
             for h in HOMES:
+                c0 = cpu()
                 singles[h].append(single(h))
+                c1 = cpu()
+                used["single"] = [u + y - x for u, x, y in zip(used["single"], c0, c1)]
+            c0 = cpu()
             fans.append(fan())
+            c1 = cpu()
+            used["fan"] = [u + y - x for u, x, y in zip(used["fan"], c0, c1)]
+        load = (load, os.getloadavg()[0])
         slowest = max(b.median(x) for x in singles.values())
+        per_single = [u / (a.n * len(HOMES)) * 1000 for u in used["single"]]
+        per_fan = [u / a.n * 1000 for u in used["fan"]]
 
         # RAD-69 of one study
         from pydicom import dcmread
@@ -143,6 +173,12 @@ def main(argv=None) -> int:
     rows.append(["fan-out to all three (parallel)", f"{b.median(fans) * 1000:.0f}", f"{b.p95(fans) * 1000:.0f}",
                  f"{b.median(fans) / slowest:.2f}x the slowest (goal < 1.5)"])
     print(b.table(["query", "p50 ms", "p95 ms", ""], rows))
+    cores = os.cpu_count() or 1
+    floor = sum(per_fan) / min(cores, 1 + len(HOMES))  # ms
+    print(f"\nCPU per query (mean): alone {per_single[0]:.1f} ms in the consumer + {per_single[1]:.1f} ms in the "
+          f"gateway; fan-out {per_fan[0]:.1f} ms in the consumer + {per_fan[1]:.1f} ms in the gateways. On "
+          f"{cores} cores that CPU alone takes >= {floor:.0f} ms ({floor / (slowest * 1000):.2f}x the slowest alone). "
+          f"Load average {load[0]:.2f} at the start of the measurements, {load[1]:.2f} at the end.")
     print(f"\nRAD-69 of a {len(images)}-image study (CT, 39 KB each): median {b.median(rates):.0f} images/s "
           f"(runs: {', '.join(f'{r:.0f}' for r in rates)}; goal >= 50)")
     return 0

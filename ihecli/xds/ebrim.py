@@ -196,11 +196,23 @@ _ID_SCHEMES = frozenset(_NAMES.values())
 
 
 def _values(slot: etree._Element) -> list[str]:
-    """Slot/ValueList/Value texts (plain loops: cheaper in lxml than find or a filtered iter)."""
+    """Slot/ValueList/Value texts. lxml makes an object for every element it hands out, and an
+    iterator costs more than an index: the usual one ValueList with one Value goes by index."""
+    if len(slot) == 1:
+        vl = slot[0]
+        if len(vl) == 1:
+            x = vl[0]
+            if x.tag == _VALUE:
+                return [(x.text or "").strip()]
     return [(x.text or "").strip() for vl in slot for x in vl if x.tag == _VALUE]
 
 
 def _ls(n: etree._Element) -> str:
+    """The value of the first LocalizedString of a Name or Description."""
+    if len(n) == 1:
+        x = n[0]
+        if x.tag == _LS:
+            return x.get("value") or ""
     for x in n:
         if x.tag == _LS:
             return x.get("value") or ""
@@ -217,7 +229,7 @@ def _scan(el: etree._Element):
         t = c.tag
         if t == _SLOT:
             k = c.get("name", "")
-            vals = [(x.text or "").strip() for vl in c for x in vl if x.tag == _VALUE]  # as _values()
+            vals = _values(c)
             if k in s:
                 s[k].extend(vals)
             else:
@@ -254,19 +266,11 @@ def code_of(c: etree._Element) -> Code:
         t = x.tag
         if t == _SLOT:
             if scheme is None and x.get("name") == "codingScheme":
-                for vl in x:
-                    for y in vl:
-                        if y.tag == _VALUE:
-                            scheme = (y.text or "").strip()
-                            break
-                    if scheme is not None:
-                        break
+                vals = _values(x)
+                if vals:
+                    scheme = vals[0]
         elif t == _NAME and name is None:
-            name = ""
-            for y in x:
-                if y.tag == _LS:
-                    name = y.get("value") or ""
-                    break
+            name = _ls(x)
     return Code(c.get("nodeRepresentation") or "", scheme or "", name or "")
 
 
