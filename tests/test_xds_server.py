@@ -366,6 +366,68 @@ def test_every_stored_query(xds):
     assert check_codes("SQ", e.value.errors) == ["XDSStoredQueryParamNumber"]
 
 
+def test_query_answers_are_the_registered_objects_with_status_and_home(tmp_path):
+    """Objects are answered from the XML kept at registration, status and home written into it
+    as text: each must equal the stored object parsed with status and home set as attributes,
+    including objects that came with a home of their own, deprecated ones and a folder."""
+    from sqlalchemy import select
+
+    from ihecli.archive.tables_xds import xds_objects
+    from ihecli.net.soap.xml import QUERY
+    from ihecli.xds.messages import adhoc_query_request
+
+    home = "urn:oid:1.3.6.1.4.1.21367.13.70.200"
+    a = Archive(f"sqlite:///{tmp_path / 'index.db'}", tmp_path / "storage")
+    srv = XdsServer(a, repository_unique_id=REPO, home=home)
+    srv.start()
+    try:
+        subs = make_submissions([("a.txt", b"a"), ("b.txt", b"b")], DOMAIN, Options(patient=PID, folder="Notes"))
+        (sub,) = subs
+        sub.documents[1][0].home = "urn:oid:9.9.9"  # submitted with a home: the gateway's replaces it
+        xc.provide_and_register(SoapClient(srv.url), sub)
+        d1, d2 = [de for de, _ in sub.documents]
+        (d3,) = submit(srv.url, [b"a, v2"], replace=d1.entry_uuid)
+        with a.engine.connect() as conn:
+            stored = {r.entry_uuid: r for r in conn.execute(select(xds_objects))}
+        assert ' home="' in stored[d2.entry_uuid].xml and "xmlns:lcm" not in stored[d1.entry_uuid].xml
+
+        def answer(qid: str, params: dict, return_type: str = "LeafClass") -> list:
+            msg = SoapClient(srv.url).call(v.ITI18, adhoc_query_request(qid, params, return_type=return_type))
+            assert msg.body.tag == q(QUERY, "AdhocQueryResponse") and msg.body.get("status") == v.SUCCESS
+            return list(msg.body.find(q(RIM, "RegistryObjectList")))
+
+        def expected(entry_uuid: str) -> etree._Element:
+            row = stored[entry_uuid]
+            el = parse_xml(row.xml)
+            el.set("status", "urn:oasis:names:tc:ebxml-regrep:StatusType:" + row.status)
+            el.set("home", home)
+            return el
+
+        def c14n(el: etree._Element) -> bytes:
+            return etree.tostring(el, method="c14n", exclusive=True)
+
+        find_id = v.STORED_QUERIES["find-documents"][0]
+        got = answer(find_id, {"$XDSDocumentEntryPatientId": PID, "$XDSDocumentEntryStatus": [v.APPROVED, v.DEPRECATED]})
+        assert sorted(el.get("id") for el in got) == sorted([d1.entry_uuid, d2.entry_uuid, d3.entry_uuid])
+        for el in got:
+            assert c14n(el) == c14n(expected(el.get("id")))
+        assert {el.get("id"): el.get("status").rsplit(":", 1)[1] for el in got}[d1.entry_uuid] == "Deprecated"
+        assert all(el.get("home") == home for el in got)
+        refs = answer(find_id, {"$XDSDocumentEntryPatientId": PID, "$XDSDocumentEntryStatus": [v.APPROVED]},
+                      return_type="ObjectRef")
+        assert sorted((r.tag, r.get("id"), r.get("home")) for r in refs) == sorted(
+            (q(RIM, "ObjectRef"), u, home) for u in (d2.entry_uuid, d3.entry_uuid))
+        # a folder's lastUpdateTime is kept in its column: its answer goes through a tree
+        (fd,) = answer(v.STORED_QUERIES["find-folders"][0], {"$XDSFolderPatientId": PID,
+                                                              "$XDSFolderStatus": [v.APPROVED]})
+        assert fd.get("status").endswith(":Approved") and fd.get("home") == home
+        assert fd.xpath("rim:Slot[@name='lastUpdateTime']/rim:ValueList/rim:Value/text()", namespaces=NS) == \
+            [stored[fd.get("id")].last_update_time]
+    finally:
+        srv.stop()
+        a.close()
+
+
 def test_hostile_input(xds):
     xxe = (b'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
            + _soap(b"<q:AdhocQueryRequest xmlns:q='urn:oasis:names:tc:ebxml-regrep:xsd:query:3.0'>&x;"
