@@ -226,3 +226,30 @@ def test_client_errors():
 
     with pytest.raises(UsageError):
         SoapClient("ftp://example.org/x")
+
+
+def test_clients_share_kept_alive_connections_and_survive_a_server_restart():
+    """SoapClients without a session of their own reuse one kept-alive connection per endpoint;
+    when the server goes away and comes back on the same port, the next call connects again."""
+    clients = []  # the client address of each request, as the server saw it
+    service = SoapService({"urn:x:Ping": lambda msg: Reply(etree.Element("{urn:y}Pong"), "urn:x:PingResponse")})
+
+    async def app(scope, receive, send):
+        if scope["type"] == "http":
+            clients.append(tuple(scope["client"]))
+        await service(scope, receive, send)
+
+    srv = HttpServer(app, port=0)
+    port = srv.start()
+    url = f"{srv.url}/soap"
+    try:
+        for _ in range(3):
+            assert SoapClient(url).call("urn:x:Ping", etree.Element("{urn:y}Ping")).body.tag == "{urn:y}Pong"
+        assert len(clients) == 3 and len(set(clients)) == 1
+        srv.stop()
+        srv = HttpServer(app, port=port)
+        srv.start()
+        assert SoapClient(url).call("urn:x:Ping", etree.Element("{urn:y}Ping")).body.tag == "{urn:y}Pong"
+        assert len(clients) == 4 and clients[3] != clients[0]
+    finally:
+        srv.stop()
