@@ -446,3 +446,39 @@ def test_dicomdir_variants_read_alike():
         d = read_dicomdir((folder / name).read_bytes())
         assert sorted(("/".join(r.file_id), r.sop_uid) for r in d.references) == expected, name
     assert read_dicomdir((folder / "DICOMDIR-nopatient").read_bytes()).order_used == "sequence"
+
+
+def test_one_study_uid_for_two_patients_over_several_batches(tmp_path):
+    """Batches are stored while the next ones are read: a study UID (and a SOP Instance UID) that
+    the medium gives to two patients is still told apart, however the objects fall in batches."""
+    from ihecli.pdi.importer import BATCH
+
+    n = BATCH + 6
+    files = make_corpus(tmp_path / "corpus", studies=1, series=1, images=2 * n)
+    medium = tmp_path / "cd"
+    medium.mkdir()
+    same_sop = None
+    for k, f in enumerate(files):
+        ds = pydicom.dcmread(f)
+        who = "A" if k < n else "B"
+        ds.PatientID, ds.PatientName = f"PAT-{who}", f"PATIENT^{who}"
+        if k == 1:
+            same_sop = ds.SOPInstanceUID
+        if k == n + 1:  # B's object reuses an instance UID of A's
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = same_sop
+        ds.save_as(medium / f"IM{k:04d}")
+    study = str(pydicom.dcmread(files[0]).StudyInstanceUID)
+    r = imp(tmp_path, medium)
+    assert r.code == 0, r.stderr
+    rep = r.json
+    assert rep["counts"]["stored"] == 2 * n
+    by_patient: dict[str, set] = {}
+    for o in rep["objects"]:
+        by_patient.setdefault(o["patient_id"], set()).add(o["study_uid"])
+        assert o["new_uids"] == (o["patient_id"] == "PAT-B")
+    assert by_patient["PAT-A"] == {study} and len(by_patient["PAT-B"]) == 1 and study not in by_patient["PAT-B"]
+    with archive_of(tmp_path) as a:
+        assert len(a.instances(_ident(PatientID="PAT-A"))) == n
+        refs = a.instances(_ident(PatientID="PAT-B"))
+        assert len(refs) == n and {x.study_uid for x in refs} == by_patient["PAT-B"]
+        assert str(same_sop) not in {x.sop_uid for x in refs}

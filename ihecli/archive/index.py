@@ -117,19 +117,28 @@ class Writer:
         self.refuse = None
 
     def submit(self, parsed: Parsed, tmp: Path | None, rel: str) -> StoreOutcome:
-        job = _Job(parsed, tmp, rel)
+        out = self.submit_many([(parsed, tmp, rel)])[0]
+        if isinstance(out, BaseException):
+            raise out
+        return out
+
+    def submit_many(self, items: list[tuple[Parsed, Path | None, str]]) -> list[StoreOutcome | ArchiveError]:
+        """Commit several objects in one transaction (with whatever else is waiting); returns the
+        outcome of each, or the error that refused it (the others are committed all the same)."""
+        jobs = [_Job(parsed, tmp, rel) for parsed, tmp, rel in items]
         with self._plock:
-            self._pending.append(job)
+            self._pending.extend(jobs)  # all in one commit: another caller takes all or none of them
         with self._wlock:
-            if not job.done.is_set():
+            if jobs and not jobs[-1].done.is_set():
                 with self._process_lock():
                     with self._plock:
                         batch, self._pending = self._pending, []
                     self._commit(batch)
-        if job.error is not None:
-            raise job.error
-        assert job.result is not None
-        return job.result
+        out = []
+        for job in jobs:
+            assert job.error is not None or job.result is not None
+            out.append(job.error if job.error is not None else job.result)
+        return out
 
     @contextmanager
     def _process_lock(self):

@@ -276,44 +276,60 @@ def _encode(ds) -> bytes:
 
 
 def _collisions(archive, batch: list[Found], owner_of: Callable[[Found], tuple[str, str]],
-                uid_map: dict[str, str]) -> None:
-    """New UIDs (into uid_map) for studies, with their series and instances, and for instances
-    that the local archive holds for another patient or in another study. A UID mapped once
-    stays mapped, so a study met over several batches keeps one new UID."""
+                uid_maps: dict[tuple, dict[str, str]], claimed: tuple[dict, dict]) -> None:
+    """New UIDs for studies, with their series and instances, and for instances that the local
+    archive holds for another patient or in another study.
+
+    The new UIDs go into ``uid_maps[(owner, study UID on the medium)]``: a medium that gives
+    one study UID to two patients keeps it for the first and maps it for the second only. A UID
+    mapped once stays mapped, so a study met over several batches keeps one new UID.
+    ``claimed`` holds what this import stores ({study: owner}, {SOP instance: (study, owner)},
+    final UIDs) and takes the batch's objects in turn: the objects met before count as held
+    whether or not their batch is in the archive yet (batches are stored while the next ones are
+    read), and so do those met before in the same batch."""
     from pydicom.uid import generate_uid
 
     objs = [f for f in batch if f.info is not None and f.status == "ok"]
     if archive is None or not objs:
         return
-    study_owner, sop_owner = archive.uid_owners({f.info.study_uid for f in objs if f.info.study_uid not in uid_map},
-                                                {f.info.sop_uid for f in objs})
+    studies, sops = claimed
+    study_owner, sop_owner = archive.uid_owners({f.info.study_uid for f in objs if f.info.study_uid not in studies},
+                                                {f.info.sop_uid for f in objs if f.info.sop_uid not in sops})
     for f in objs:
         i = f.info
-        if i.study_uid in study_owner and study_owner[i.study_uid] != owner_of(f):
-            uid_map.setdefault(i.study_uid, generate_uid())
-        if i.study_uid in uid_map:
-            uid_map.setdefault(i.series_uid, generate_uid())
-            uid_map.setdefault(i.sop_uid, generate_uid())
-        elif i.sop_uid in sop_owner and (sop_owner[i.sop_uid][0] != i.study_uid
-                                         or sop_owner[i.sop_uid][1:] != owner_of(f)):
-            uid_map.setdefault(i.sop_uid, generate_uid())
+        owner = owner_of(f)
+        m = uid_maps.setdefault((owner, i.study_uid), {})
+        held = studies.get(i.study_uid) or study_owner.get(i.study_uid)
+        if held is not None and held != owner:
+            m.setdefault(i.study_uid, generate_uid())
+        if i.study_uid in m:
+            m.setdefault(i.series_uid, generate_uid())
+            m.setdefault(i.sop_uid, generate_uid())
+        else:
+            where = sops.get(i.sop_uid) or sop_owner.get(i.sop_uid)
+            if where is not None and (where[0] != i.study_uid or where[1:] != owner):
+                m.setdefault(i.sop_uid, generate_uid())
+        study = m.get(i.study_uid, i.study_uid)
+        studies.setdefault(study, owner)
+        sops.setdefault(m.get(i.sop_uid, i.sop_uid), (study, *owner))
 
 
-BATCH = 64  # objects whose UIDs are checked against the archive in one query
-BATCH_BYTES = 8 << 20  # and at most this much of them held at once: memory stays flat
+BATCH = 64  # objects whose UIDs are checked against the archive in one query, stored in one commit
+BATCH_BYTES = 4 << 20  # and at most this much of them held at once (3 batches): memory stays flat
 
 
 def import_media(medium: Medium, *, archive=None, node=None, calling_aet: str = "IHE", timeout: float = 30,
                  patient_id: str | None = None, issuer: str | None = None, name: str | None = None,
                  accession: str | None = None, match: bool = False, yes: bool = False,
                  choose: Callable[[MediaPatient, list[Candidate]], Candidate | None] | None = None,
-                 dry_run: bool = False, workers: int = 4,
+                 dry_run: bool = False,
                  progress: Callable[[int], None] | None = None) -> ImportReport:
     """Import a medium into the local archive, or send it to ``node`` (RAD-47, Importer).
 
-    Objects are read once each and stored as they come, several at a time (they share index
-    commits); ``progress(1)`` per object. With --match-local or --accession the headers are
-    surveyed first (the patients and studies must be known before anything is stored).
+    Objects are read once each and stored a batch at a time (Archive.store_many: the files
+    fsynced together, one index commit per batch), each batch while the next one is read;
+    ``progress(1)`` per object. With --match-local or --accession the headers are surveyed
+    first (the patients and studies must be known before anything is stored).
     """
     t0 = time.perf_counter()
     if node is None and archive is None:
@@ -366,7 +382,7 @@ def import_media(medium: Medium, *, archive=None, node=None, calling_aet: str = 
                                              "AccessionNumber": t.accession}})
 
     survey = Survey(medium.name, medium.kind)
-    uid_map: dict[str, str] = {}
+    uid_maps: dict[tuple, dict[str, str]] = {}  # (owner, study UID on the medium) -> {old UID: new UID}
     lock = threading.Lock()
     staging = tempfile.mkdtemp(prefix="ihe-pdi-import-") if node is not None and not dry_run else None
     to_send: list[tuple[str, ImportedObject]] = []
@@ -378,6 +394,7 @@ def import_media(medium: Medium, *, archive=None, node=None, calling_aet: str = 
         i = f.info
         o = ImportedObject(f.path, "planned", f.reason, i.sop_uid, i.sop_class, i.patient_id, i.study_uid)
         target = targets.get((i.patient_id or "", i.issuer or "")) or default
+        uid_map = uid_maps.get((owner_of(f), i.study_uid), {})
         needs = target is not None or i.sop_uid in uid_map or i.study_uid in uid_map
         try:
             data = ensure_part10(data)
@@ -401,25 +418,30 @@ def import_media(medium: Medium, *, archive=None, node=None, calling_aet: str = 
                 return o, None
         return o, data
 
-    def store_one(o: ImportedObject, data: bytes) -> None:
-        try:
-            # the UIDs are known: the file is written and fsynced while the archive parses the header
-            out = archive.store(data, expect_sop_uid=o.sop_uid, expect_sop_class=o.sop_class)
-            o.outcome = out.outcome
-            with lock:
-                report.bytes += len(data)
-        except ArchiveError as e:
-            o.outcome, o.reason = "failed", str(e)
-        if progress:
-            progress(1)
+    def store_batch(objs: list[tuple[ImportedObject, bytes]]) -> None:
+        # the files written and fsynced together, the index rows committed in one transaction
+        outcomes = archive.store_many([data for _o, data in objs]) if objs else []
+        for (o, data), out in zip(objs, outcomes):
+            if isinstance(out, ArchiveError):
+                o.outcome, o.reason = "failed", str(out)
+            else:
+                o.outcome = out.outcome
+                with lock:
+                    report.bytes += len(data)
+            if progress:
+                progress(1)
 
     source = f"{os.path.basename(str(medium.name).rstrip('/')) or 'media'} (media)"
-    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="ihe-pdi-import") \
+    # two batches are stored at a time (one parses while the other waits for its fsyncs and
+    # commit) while the next is read from the medium
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ihe-pdi-import") \
         if (archive is not None and node is None and not dry_run) else None
-    pending: list = []
+    storing: list = []  # the futures of the batches being stored, oldest first
+    claimed: tuple[dict, dict] = ({}, {})
 
     def handle(batch: list[tuple[Found, bytes | None]]) -> None:
-        _collisions(archive, [f for f, _ in batch], owner_of, uid_map)
+        _collisions(archive, [f for f, _ in batch], owner_of, uid_maps, claimed)
+        to_store: list[tuple[ImportedObject, bytes]] = []
         known: dict = {}
         if dry_run and archive is not None:
             _, known = archive.uid_owners((), {f.info.sop_uid for f, _ in batch if f.info is not None})
@@ -443,7 +465,7 @@ def import_media(medium: Medium, *, archive=None, node=None, calling_aet: str = 
                 if progress:
                     progress(1)
             elif dry_run:
-                if f.info.sop_uid in known and f.info.sop_uid not in uid_map:
+                if f.info.sop_uid in known and f.info.sop_uid not in uid_maps.get((owner_of(f), f.info.study_uid), {}):
                     o.reason = (o.reason + "; " if o.reason else "") + "already in the archive"
                 if progress:
                     progress(1)
@@ -453,9 +475,11 @@ def import_media(medium: Medium, *, archive=None, node=None, calling_aet: str = 
                     fh.write(encoded)
                 to_send.append((p, o))
             else:
-                pending.append(pool.submit(store_one, o, encoded))
-                while len(pending) >= 2 * workers:  # bounded look-ahead: memory stays flat
-                    pending.pop(0).result()
+                to_store.append((o, encoded))
+        if to_store:
+            while len(storing) >= 2:  # bounded: memory stays flat
+                storing.pop(0).result()
+            storing.append(pool.submit(store_batch, to_store))
 
     try:
         batch: list[tuple[Found, bytes | None]] = []
@@ -467,8 +491,8 @@ def import_media(medium: Medium, *, archive=None, node=None, calling_aet: str = 
                 handle(batch)
                 batch, held = [], 0
         handle(batch)
-        for fut in pending:
-            fut.result()
+        while storing:
+            storing.pop(0).result()
         if node is not None and to_send:
             _send(node, to_send, calling_aet, timeout, report, progress)
     finally:
@@ -480,7 +504,8 @@ def import_media(medium: Medium, *, archive=None, node=None, calling_aet: str = 
     report.skipped_files = survey.skipped
     new = sum(1 for o in results if o.new_uids)
     if new:
-        report.notes.append(f"{new} objects got new UIDs: the local archive holds their UIDs for other data")
+        report.notes.append(f"{new} objects got new UIDs: the local archive, or other objects of the medium, hold "
+                            "their UIDs for other data")
     report.objects = results
     report.count()
     report.seconds = round(time.perf_counter() - t0, 3)
