@@ -25,9 +25,9 @@ log = logging.getLogger("ihe.soap")
 class _TlsAdapter(HTTPAdapter):
     """An adapter whose connections use our SSLContext (BCP195 floor, our certificate, our CA)."""
 
-    def __init__(self, ctx, check_hostname: bool):
+    def __init__(self, ctx, check_hostname: bool, **kw):
         self._ctx, self._check_hostname = ctx, check_hostname
-        super().__init__()
+        super().__init__(**kw)
 
     def init_poolmanager(self, *args, **kw):
         kw["ssl_context"] = self._ctx
@@ -36,20 +36,25 @@ class _TlsAdapter(HTTPAdapter):
         return super().init_poolmanager(*args, **kw)
 
 
-def http_session(tls_config=None) -> requests.Session:
+def http_session(tls_config=None, *, connections: int = 10) -> requests.Session:
     """The HTTP session every SOAP client uses: keep-alive pool, TLS settings in one place.
 
     ``tls_config``: an ``ihecli.net.tls.TlsConfig`` for https:// endpoints (mutual authentication
-    when it has a certificate; the server checked against its CA). urllib3 sets TCP_NODELAY on its
+    when it has a certificate; the server checked against its CA). ``connections``: how many
+    kept-alive connections to one endpoint the pool holds. urllib3 sets TCP_NODELAY on its
     sockets by default."""
     s = requests.Session()
     s.headers["User-Agent"] = "ihe"
     s.trust_env = False  # a proxy from the environment must not see patient data unasked
+    s.mount("http://", HTTPAdapter(pool_maxsize=connections))
     if tls_config is not None:
         from ihecli.net import tls
 
-        s.mount("https://", _TlsAdapter(tls.context(tls_config, server=False), tls_config.check_hostname))
+        s.mount("https://", _TlsAdapter(tls.context(tls_config, server=False), tls_config.check_hostname,
+                                        pool_maxsize=connections))
         s.verify = tls_config.ca or True
+    else:
+        s.mount("https://", HTTPAdapter(pool_maxsize=connections))
     return s
 
 
@@ -69,7 +74,8 @@ def shared_session(tls_config=None) -> requests.Session:
         with _shared_lock:
             s = _shared.get(key)
             if s is None:
-                s = _shared[key] = http_session(tls_config)
+                # as many connections to one gateway as a busy Affinity Domain gateway's threads use
+                s = _shared[key] = http_session(tls_config, connections=64)
     return s
 
 
