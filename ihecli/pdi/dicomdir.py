@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from ihecli.pdi import values as v
 from ihecli.pdi.objects import MEDIA_STORAGE_DIRECTORY, ObjectInfo
-from ihecli.pdi.part10 import file_meta, new_uid
+from ihecli.pdi.part10 import encode_element as _element, file_meta, new_uid
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -240,19 +240,6 @@ def _build_tree(entries: list[Entry], today: str) -> list[_Node]:
         leaf = _Node(i.record_type, leaf_record(i, len(senode.children) + 1, today), entry=e)
         senode.children.append(leaf)
     return list(patients.values())
-
-
-_SHORT_LEN_VRS = {"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FL", "FD", "IS", "LO", "LT", "PN", "SH", "SL", "SS",
-                  "ST", "TM", "UI", "UL", "US"}
-
-
-def _element(tag: int, vr: str, value: bytes) -> bytes:
-    if len(value) % 2:
-        value += b"\x00" if vr == "UI" else b" "
-    head = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + vr.encode("ascii")
-    if vr in _SHORT_LEN_VRS:
-        return head + struct.pack("<H", len(value)) + value
-    return head + b"\x00\x00" + struct.pack("<I", len(value)) + value
 
 
 def _encode_fields(fields: Fields) -> bytes:
