@@ -139,13 +139,17 @@ def test_move_to_tls_destinations(serve, corpus, arr, tmp_path):
 
     got = wait_events(arr, [
         lambda e: e.types == "110126 Node Authentication" and f"127.0.0.1:{rogue.port}" in e.message,
-        lambda e: e.event == "110104 DICOM Instances Transferred" and e.action == "R" and "SECURE" in e.users])
+        lambda e: e.event == "110104 DICOM Instances Transferred" and e.action == "R" and "SECURE" in e.users,
+        lambda e: e.event == "110104 DICOM Instances Transferred" and e.action == "R" and "ROGUE" in e.users])
     alerts = [e for e in got if e.types == "110126 Node Authentication" and f"127.0.0.1:{rogue.port}" in e.message]
     assert alerts, [(e.event, e.types) for e in got]
     assert "certificate not trusted" in alerts[0].message and "DICOM C-MOVE" in alerts[0].users
     sent = [e for e in got if e.event == "110104 DICOM Instances Transferred" and "SECURE" in e.users]
     assert sent and sent[0].outcome == 0
-    for e in alerts + sent:
+    # what the destination never got is no success in the audit trail: serious failure (8)
+    lost = [e for e in got if e.event == "110104 DICOM Instances Transferred" and "ROGUE" in e.users]
+    assert lost and lost[0].outcome == 8, [(e.event, e.outcome) for e in lost]
+    for e in alerts + sent + lost:
         assert problems(e.message.encode("utf-8")) == [], e.event
 
 

@@ -342,13 +342,18 @@ class DicomServer:
         atna.record(ev.begin_transferring(source=Peer.local(self.aet), destination=dest, studies=tally.studies,
                                           patients=patients, requestor=st.peer_node))
         moved, failed = st.moved, st.move_failed
+        moving = getattr(event.assoc.ae, "moving", None)  # set by _on_move, then by associate()
         try:
             yield from self._datasets(event, refs, st)
         finally:
+            sent, unsent = st.moved - moved, st.move_failed - failed  # handed over; unreadable
+            sub = getattr(moving, "sub", None) if what == "C-MOVE" else None
+            if sub is not None:  # what the destination answered
+                sent, unsent = sub.completed, unsent + sub.failed
             atna.record(ev.instances_transferred(
                 source=Peer.local(self.aet), destination=dest, studies=tally.studies, patients=patients, action="R",
                 requestor="destination" if dest is st.peer_node else "none",
-                outcome=audit_outcome(st.moved - moved, st.move_failed - failed)))
+                outcome=audit_outcome(sent, unsent)))
 
     def _on_move(self, event):
         st = self._stats_for(event)
@@ -363,6 +368,8 @@ class DicomServer:
         # any sub-operation is reported by raising (it answers with a failure status, 0xC514)
         refs = self._refs_or_raise(event, st, "C-MOVE")
         contexts = move_contexts((r.sop_class, r.transfer_syntax) for r in refs)
+        if isinstance(getattr(event.assoc.ae, "moving", None), threading.local):
+            event.assoc.ae.moving.sub = None  # associate() below puts this move's sub-association here
         # "direct": the sub-operations go out on our own synchronous sender (net.storesend)
         yield node.host, node.port, {"contexts": contexts or [build_context(Verification)], "direct": True,
                                      "node": node}
@@ -398,13 +405,20 @@ class _ArchiveAE(AE):
 
     client_tls = None
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # the sub-association of the C-MOVE this thread is serving (its counts go to the audit trail)
+        self.moving = threading.local()
+
     def associate(self, addr, port, contexts=None, ae_title="ANY-SCP", *args, direct: bool = False, node=None,
                   **kwargs):
         if direct:
-            return DirectStoreAssociation(self, addr, port, ae_title, list(contexts or []),
-                                          timeout=self.dimse_timeout or 60,
-                                          connect_timeout=self.connection_timeout or 30,
-                                          ssl_context=tls.for_node(node, self.client_tls))
+            sub = DirectStoreAssociation(self, addr, port, ae_title, list(contexts or []),
+                                         timeout=self.dimse_timeout or 60,
+                                         connect_timeout=self.connection_timeout or 30,
+                                         ssl_context=tls.for_node(node, self.client_tls))
+            self.moving.sub = sub
+            return sub
         return super().associate(addr, port, contexts, ae_title, *args, **kwargs)
 
 

@@ -165,6 +165,7 @@ class DirectStoreAssociation:
         self.peer_max_pdu = 0
         self.accepted: dict[str, list[tuple[int, str]]] = {}  # SOP class -> [(context id, TS)]
         self._broken: str | None = None
+        self.completed = self.failed = 0  # sub-operations, as the destination answered them
         self.tls = False
         self.dul = SimpleNamespace(socket=None)
         try:
@@ -345,6 +346,18 @@ class DirectStoreAssociation:
 
         Raises when the instance cannot be sent (pynetdicom's C-MOVE service then counts a
         failed sub-operation and lists the instance's UID)."""
+        try:
+            status = self._send_c_store(dataset, msg_id, originator_aet, originator_id)
+        except DimseError:
+            self.failed += 1
+            raise
+        if status.Status == 0x0000 or 0xB000 <= status.Status <= 0xBFFF:  # success or warning
+            self.completed += 1
+        else:
+            self.failed += 1
+        return status
+
+    def _send_c_store(self, dataset, msg_id, originator_aet, originator_id) -> Dataset:
         if self._broken:
             raise DimseError(self._broken)
         if not self.is_established:
