@@ -146,3 +146,46 @@ def test_mpps_client_to_a_tls_node(pki, tmp_path):
         assert r.code != 0 and len(ris.got) == 2  # the same node without the flag: no answer
     finally:
         ris.stop()
+
+
+def test_key_objects_to_a_tls_image_manager(archive, db_url, pki, tmp_path):
+    """`ihe iocm reject --to tls://...` (C-FIND for what to reject, then C-STORE of the note) and
+    `ihe kin create --to tls://...` reach an archive that takes DICOM over TLS only."""
+    from pydicom import dcmread
+
+    from helpers import run_cli
+
+    corpus = make_corpus(tmp_path / "corpus")
+    for p in corpus[:3]:
+        archive.store(p.read_bytes())
+    study = str(dcmread(corpus[0], stop_before_pixels=True).StudyInstanceUID)
+    first, second = (str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in corpus[:2])
+    srv = DicomServer(archive, port=0, ssl_context=tls.context(tls.TlsConfig(cert=pki["dest"], ca=pki["ca"]),
+                                                               server=True))
+    srv.start()
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[tls]\ncert = "{pki["archive"]}"\nca = "{pki["ca"]}"\n')
+    node = f"tls://IHE_ARCHIVE@127.0.0.1:{srv.port}"
+    try:
+        r = run_cli("--config", cfg, "kin", "create", "--study", study, "--instance", first, "--title", "TCE001",
+                    "--to", node, "--db", db_url, "--storage", tmp_path / "storage", "--json")
+        assert r.code == 0, r.stderr
+        r = run_cli("--config", cfg, "iocm", "reject", "--reason", "quality", "--instance", second, "--to", node,
+                    "--yes", "--json")
+        assert r.code == 0, r.stderr
+        r = run_cli("--config", cfg, "iocm", "reject", "--reason", "quality", "--instance", first,
+                    "--to", f"IHE_ARCHIVE@127.0.0.1:{srv.port}", "--yes", "--timeout", "5")
+        assert r.code != 0  # the same archive without the flag: no association
+    finally:
+        srv.stop()
+    kos = [r for r in archive.instances(_study_query(study)) if r.sop_class == "1.2.840.10008.5.1.4.1.1.88.59"]
+    assert len(kos) == 2
+
+
+def _study_query(study: str):
+    from pydicom.dataset import Dataset
+
+    q = Dataset()
+    q.QueryRetrieveLevel = "IMAGE"
+    q.StudyInstanceUID = study
+    return q

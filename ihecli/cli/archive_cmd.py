@@ -16,7 +16,7 @@ from ihecli import atna
 from ihecli.archive import Archive
 from ihecli.cli import output
 from ihecli.cli.options import (PATIENT_HELP, Aet, Bind, Ca, CallingAet, Cert, Db, Dest, Json, Level, Limit, NoTls, OptionalOut, Port,
-                                Since, Storage, Timeout, Tls, TlsFloor, TlsKey, Yes, state, tls_config)
+                                Since, Storage, Timeout, Tls, TlsFloor, TlsKey, Yes, node_tls, state, tls_config)
 from ihecli.cli.hl7_cmd import HL7_PORT_HELP, Hl7Service
 from ihecli.cli.pix_cmd import PIX_PORT_HELP, PixService, parse_domains
 from ihecli.config import Node, resolve_node
@@ -411,10 +411,8 @@ def export_cmd(
                 rep = scu.StoreReport(str(node))
             else:
                 with output.progress(len(paths), f"exporting to {node}", enabled=not json) as advance:
-                    from ihecli.net import tls as tlsmod
-
                     rep = scu.store(node, paths, calling_aet=calling_aet or st.calling_aet, timeout=timeout,
-                                    progress=lambda p, o: advance(), tls=tlsmod.for_node(node, st.tls_config()))
+                                    progress=lambda p, o: advance(), tls=node_tls(ctx, node))
             result = {"studies": len(uids), "instances": rep.sent, "failed": [f.__dict__ for f in rep.failed],
                       "to": str(node)}
             failed = len(rep.failed)

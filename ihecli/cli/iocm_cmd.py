@@ -8,7 +8,7 @@ import typer
 from ihecli.cli import output
 from ihecli.cli.archive_cmd import InstanceOpt, SeriesOpt, StudyOpt, open_archive
 from ihecli.cli.kin_cmd import FromFiles, Observer, RetrieveAet, StoreOpt, To, deliver, kos_result
-from ihecli.cli.options import CallingAet, Db, Description, Json, Storage, Timeout, Yes, state
+from ihecli.cli.options import CallingAet, Db, Description, Json, Storage, Timeout, Yes, node_tls, state
 from ihecli.errors import IheError, PeerUnreachable, UsageError
 
 app = typer.Typer(help="Image Object Change Management: reject instances with a rejection note.\n\n"
@@ -67,7 +67,9 @@ def reject_cmd(
         selection.from_files(from_files, sel)
     elif to and not from_archive:
         try:
-            selection.from_node(st.node(to), sel, calling_aet=calling_aet or st.calling_aet, timeout=timeout)
+            node = st.node(to)
+            selection.from_node(node, sel, calling_aet=calling_aet or st.calling_aet, timeout=timeout,
+                                tls=node_tls(ctx, node))
         except PeerUnreachable:
             raise
         except IheError as e:

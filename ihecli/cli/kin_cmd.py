@@ -8,7 +8,7 @@ import typer
 
 from ihecli.cli import output
 from ihecli.cli.archive_cmd import InstanceOpt, SeriesOpt, StudyOpt, open_archive
-from ihecli.cli.options import TITLE_HELP, CallingAet, Db, Description, Json, OptionalOut, Storage, Timeout, state
+from ihecli.cli.options import TITLE_HELP, CallingAet, Db, Description, Json, OptionalOut, Storage, Timeout, node_tls, state
 from ihecli.errors import IheError, UsageError
 
 app = typer.Typer(help="Key Image Notes: select key images of a study, title and describe them, send or store.\n\n"
@@ -50,7 +50,7 @@ def deliver(ctx: typer.Context, docs, send, *, to, store, out_file, db, storage,
     if to:
         st = state(ctx).settings()
         node = st.node(to)
-        send(docs, node=node, calling_aet=calling_aet or st.calling_aet, timeout=timeout)
+        send(docs, node=node, calling_aet=calling_aet or st.calling_aet, timeout=timeout, tls=node_tls(ctx, node))
         return str(node)
     if store:
         with open_archive(ctx, db, storage) as archive:

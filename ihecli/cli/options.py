@@ -120,3 +120,11 @@ def state(ctx: typer.Context) -> State:
     if not isinstance(root.obj, State):
         root.obj = State()
     return root.obj
+
+
+def node_tls(ctx: typer.Context, node):
+    """A client TLS context with the profile's [tls] when the node asks for TLS (``tls = true``,
+    ``tls://AET@host:port``), else None."""
+    from ihecli.net import tls
+
+    return tls.for_node(node, state(ctx).settings().tls_config())

@@ -9,20 +9,13 @@ from typing import Annotated, Optional
 import typer
 
 from ihecli.cli import output
-from ihecli.cli.options import PATIENT_HELP, Bind, CallingAet, Db, Json, Keys, Limit, Node, Storage, Timeout, state
+from ihecli.cli.options import PATIENT_HELP, Bind, CallingAet, Db, Json, Keys, Limit, Node, Storage, Timeout, node_tls, state
 from ihecli.errors import ExitStatus, UsageError
 
 
 def _ctx(ctx: typer.Context, node: str, calling_aet: Optional[str]):
     st = state(ctx).settings()
     return st.node(node), calling_aet or st.calling_aet
-
-
-def _tls(ctx: typer.Context, node):
-    """TLS with the profile's [tls] when the node asks for it (``tls = true``, tls://), else None."""
-    from ihecli.net import tls
-
-    return tls.for_node(node, state(ctx).settings().tls_config())
 
 
 # -- ihe dicom commit -------------------------------------------------------------------------------
@@ -68,7 +61,7 @@ def commit_cmd(
     if not refs:
         raise UsageError("no DICOM instances found to commit")
     listen = (bind or "127.0.0.1", report_port) if report_port is not None else None
-    res = stgcmt.request_commitment(n, refs, calling_aet=aet, timeout=timeout, listen=listen, tls=_tls(ctx, n))
+    res = stgcmt.request_commitment(n, refs, calling_aet=aet, timeout=timeout, listen=listen, tls=node_tls(ctx, n))
     if json:
         output.print_json({"node": res.node, "transaction_uid": res.transaction_uid,
                            "same_association": res.same_association, "retrieve_aet": res.retrieve_aet,
@@ -194,7 +187,7 @@ def mpps_create_cmd(
         ds.update(mpps.dataset_from_json(from_json.read_text(encoding="utf-8")))
     ds = _apply_keys(ds, keys)
     sop_uid = uid or generate_uid()
-    mpps.send_create(n, sop_uid, ds, calling_aet=aet, timeout=timeout, tls=_tls(ctx, n))
+    mpps.send_create(n, sop_uid, ds, calling_aet=aet, timeout=timeout, tls=node_tls(ctx, n))
     if json:
         output.print_json({"node": str(n), "sop_uid": sop_uid, "status": "IN PROGRESS"})
     else:
@@ -243,7 +236,7 @@ def mpps_set_cmd(
     ds = _apply_keys(ds, keys)
     if not len(ds):
         raise UsageError("nothing to set: give --state, --series-from, --from-json or -k")
-    mpps.send_set(n, sop_uid, ds, calling_aet=aet, timeout=timeout, tls=_tls(ctx, n))
+    mpps.send_set(n, sop_uid, ds, calling_aet=aet, timeout=timeout, tls=node_tls(ctx, n))
     if json:
         output.print_json({"node": str(n), "sop_uid": sop_uid, "status": ds.get("PerformedProcedureStepStatus")})
     else:

@@ -78,11 +78,11 @@ def drop_rejection_notes(archive, found: Sequence[Dataset]) -> list[Dataset]:
 
 
 def store_rejection_notes(notes: Sequence[Dataset], *, node=None, archive=None, calling_aet: str = "IHE",
-                          timeout: float = 30) -> None:
+                          timeout: float = 30, tls=None) -> None:
     """RAD-66 Rejection Note Stored: C-STORE to the Image Manager ``node``, or into the local ``archive``."""
     from ihecli.kos.send import send_documents, store_documents
 
     if node is not None:
-        send_documents(node, notes, calling_aet=calling_aet, timeout=timeout)
+        send_documents(node, notes, calling_aet=calling_aet, timeout=timeout, tls=tls)
     else:
         store_documents(archive, notes)

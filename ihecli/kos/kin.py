@@ -38,11 +38,11 @@ def key_image_note(selected: Sequence[Dataset], *, title: Code = codes.OF_INTERE
 
 
 def store_key_image_note(note: Dataset, *, node=None, archive=None, calling_aet: str = "IHE",
-                         timeout: float = 30) -> None:
+                         timeout: float = 30, tls=None) -> None:
     """RAD-29 Store Key Image Note: C-STORE to ``node``, or into the local ``archive``."""
     from ihecli.kos.send import send_documents, store_documents
 
     if node is not None:
-        send_documents(node, [note], calling_aet=calling_aet, timeout=timeout)
+        send_documents(node, [note], calling_aet=calling_aet, timeout=timeout, tls=tls)
     else:
         store_documents(archive, [note])

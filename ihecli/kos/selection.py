@@ -119,8 +119,8 @@ def from_archive(archive, sel: Selection) -> Selection:
     return sel
 
 
-def from_node(node, sel: Selection, *, calling_aet: str, timeout: float = 30) -> Selection:
-    """Resolve by C-FIND (Study Root, image level) on a DICOM node."""
+def from_node(node, sel: Selection, *, calling_aet: str, timeout: float = 30, tls=None) -> Selection:
+    """Resolve by C-FIND (Study Root, image level) on a DICOM node (over TLS with a ``tls`` client context)."""
     from ihecli.dicom import scu
 
     level = _level(sel)
@@ -128,7 +128,7 @@ def from_node(node, sel: Selection, *, calling_aet: str, timeout: float = 30) ->
     if level == "IMAGE" and not sel.series and not sel.studies:
         # instances alone: a relational query, which many peers (this archive too) answer
         try:
-            found = scu.find(node, _identifier("IMAGE", sel), calling_aet=calling_aet, timeout=timeout)
+            found = scu.find(node, _identifier("IMAGE", sel), calling_aet=calling_aet, timeout=timeout, tls=tls)
         except PeerUnreachable:
             raise
         except IheError as e:
@@ -143,11 +143,11 @@ def from_node(node, sel: Selection, *, calling_aet: str, timeout: float = 30) ->
                 series_q.QueryRetrieveLevel = "SERIES"
                 series_q.StudyInstanceUID = st
                 series_q.SeriesInstanceUID = ""
-                for s in scu.find(node, series_q, calling_aet=calling_aet, timeout=timeout):
+                for s in scu.find(node, series_q, calling_aet=calling_aet, timeout=timeout, tls=tls):
                     sub.series = [str(s.SeriesInstanceUID)]
-                    found += scu.find(node, _identifier("SERIES", sub), calling_aet=calling_aet, timeout=timeout)
+                    found += scu.find(node, _identifier("SERIES", sub), calling_aet=calling_aet, timeout=timeout, tls=tls)
             else:
-                found += scu.find(node, _identifier("IMAGE", sub), calling_aet=calling_aet, timeout=timeout)
+                found += scu.find(node, _identifier("IMAGE", sub), calling_aet=calling_aet, timeout=timeout, tls=tls)
     else:
         for se in sel.series:
             sub = Selection(sel.studies, [se], sel.instances)
@@ -156,11 +156,11 @@ def from_node(node, sel: Selection, *, calling_aet: str, timeout: float = 30) ->
                 q.QueryRetrieveLevel = "SERIES"
                 q.StudyInstanceUID = ""
                 q.SeriesInstanceUID = se
-                hits = scu.find(node, q, calling_aet=calling_aet, timeout=timeout)
+                hits = scu.find(node, q, calling_aet=calling_aet, timeout=timeout, tls=tls)
                 sub.studies = sorted({str(h.StudyInstanceUID) for h in hits if h.get("StudyInstanceUID")})
                 if not sub.studies:
                     continue
-            found += scu.find(node, _identifier(level, sub), calling_aet=calling_aet, timeout=timeout)
+            found += scu.find(node, _identifier(level, sub), calling_aet=calling_aet, timeout=timeout, tls=tls)
     for ds in found:
         if not ds.get("RetrieveAETitle"):
             ds.RetrieveAETitle = node.aet

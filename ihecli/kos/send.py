@@ -11,9 +11,10 @@ from ihecli.errors import ArchiveError, DimseFailure, IheError
 from ihecli.kos.document import encode
 
 
-def send_documents(node, docs: Sequence[Dataset], *, calling_aet: str = "IHE", timeout: float = 30) -> int:
+def send_documents(node, docs: Sequence[Dataset], *, calling_aet: str = "IHE", timeout: float = 30,
+                   tls=None) -> int:
     """C-STORE the documents over one association (audited by the client as DICOM Instances
-    Transferred); raises DimseFailure when one is refused."""
+    Transferred), over TLS with a ``tls`` client context; raises DimseFailure when one is refused."""
     from ihecli.dicom import scu
 
     with tempfile.TemporaryDirectory(prefix="ihe-kos-") as d:
@@ -22,7 +23,7 @@ def send_documents(node, docs: Sequence[Dataset], *, calling_aet: str = "IHE", t
             p = Path(d) / f"{ds.SOPInstanceUID}.dcm"
             p.write_bytes(encode(ds))
             paths.append(p)
-        rep = scu.store(node, paths, calling_aet=calling_aet, timeout=timeout)
+        rep = scu.store(node, paths, calling_aet=calling_aet, timeout=timeout, tls=tls)
     if rep.failed:
         f = rep.failed[0]
         raise DimseFailure(f"{node} did not store the key object ({f.reason})"
