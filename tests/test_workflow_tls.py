@@ -189,3 +189,28 @@ def _study_query(study: str):
     q.QueryRetrieveLevel = "IMAGE"
     q.StudyInstanceUID = study
     return q
+
+
+def test_commit_client_takes_the_report_over_tls(archive, pki, our_tls, tmp_path):
+    """`ihe dicom commit tls://... --report-port P`: the archive's report on a new association
+    comes over TLS to a listener with the profile's certificate."""
+    from helpers import run_cli
+
+    files = make_corpus(tmp_path / "study", studies=1, series=1, images=2)
+    for f in files:
+        archive.store(f.read_bytes())
+    report_port = free_port()
+    cfg = WorkflowConfig(commit_new_association={"MODALITY"}, poll=0.1, tls=our_tls,
+                         nodes={"MODALITY": Node("MODALITY", "127.0.0.1", report_port, tls=True)})
+    srv = DicomServer(archive, port=0, services=[WorkflowServices(archive, cfg)],
+                      ssl_context=tls.context(our_tls, server=True))
+    srv.start()
+    profile = tmp_path / "config.toml"
+    profile.write_text(f'[tls]\ncert = "{pki["dest"]}"\nca = "{pki["ca"]}"\n')
+    try:
+        r = run_cli("--config", profile, "dicom", "commit", f"tls://IHE_ARCHIVE@127.0.0.1:{srv.port}", *files,
+                    "--calling-aet", "MODALITY", "--report-port", report_port, "--timeout", "30", "--json")
+    finally:
+        srv.stop()
+    assert r.code == 0, r.stderr
+    assert r.json["same_association"] is False and len(r.json["committed"]) == 2

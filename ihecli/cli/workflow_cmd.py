@@ -29,7 +29,7 @@ def commit_cmd(
     report_port: Annotated[Optional[int], typer.Option(
         "--report-port", min=0, max=65535, metavar="PORT",
         help="Release the association after the request and wait for the report on a new one, "
-             "listening on this port (the peer must know us as a node).")] = None,
+             "listening on this port (the peer must know us as a node; over TLS when NODE is marked tls).")] = None,
     bind: Bind = None,
     calling_aet: CallingAet = None, timeout: Timeout = 60,
     db: Db = None, storage: Storage = None, json: Json = False,
@@ -61,7 +61,13 @@ def commit_cmd(
     if not refs:
         raise UsageError("no DICOM instances found to commit")
     listen = (bind or "127.0.0.1", report_port) if report_port is not None else None
-    res = stgcmt.request_commitment(n, refs, calling_aet=aet, timeout=timeout, listen=listen, tls=node_tls(ctx, n))
+    listen_tls = None
+    if listen is not None and n.tls:  # a node reached over TLS reports over TLS: our certificate
+        from ihecli.net import tls as tlsmod
+
+        listen_tls = tlsmod.context(state(ctx).settings().tls_config(), server=True)
+    res = stgcmt.request_commitment(n, refs, calling_aet=aet, timeout=timeout, listen=listen, tls=node_tls(ctx, n),
+                                    listen_tls=listen_tls)
     if json:
         output.print_json({"node": res.node, "transaction_uid": res.transaction_uid,
                            "same_association": res.same_association, "retrieve_aet": res.retrieve_aet,

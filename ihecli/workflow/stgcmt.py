@@ -268,11 +268,12 @@ def refs_from_files(paths: Iterable) -> list[Ref]:
 
 def request_commitment(node: Node, refs: list[Ref], *, calling_aet: str = "IHE", timeout: float = 60,
                        listen: tuple[str, int] | None = None, transaction_uid: str | None = None,
-                       tls=None) -> CommitResult:
+                       tls=None, listen_tls=None) -> CommitResult:
     """Storage Commitment request (RAD-10, SCU side): N-ACTION, then wait up to ``timeout`` seconds
     for the N-EVENT-REPORT, on the same association; with ``listen`` (bind address, port), the
     association is released after the N-ACTION response and the report awaited on a new one.
-    ``tls``: a client context for the request's association (the listener is plain)."""
+    ``tls``: a client context for the request's association; ``listen_tls``: a server context
+    for the listener (the report then comes over TLS, ours checked against our CAs)."""
     from pynetdicom import AE
 
     if not refs:
@@ -296,7 +297,7 @@ def request_commitment(node: Node, refs: list[Ref], *, calling_aet: str = "IHE",
         sae.add_supported_context(StorageCommitmentPushModel, scu_role=False, scp_role=True)
         sae.acse_timeout = sae.dimse_timeout = sae.network_timeout = timeout
         try:
-            server = sae.start_server(listen, block=False, evt_handlers=[
+            server = sae.start_server(listen, block=False, ssl_context=listen_tls, evt_handlers=[
                 dimse.NODELAY_HANDLER, (evt.EVT_N_EVENT_REPORT,
                                         lambda e: on_report(_Report(e.request.EventTypeID, e.event_information),
                                                             False))])
