@@ -8,6 +8,8 @@ removed (IPF's sample has one inside a UUID) and, failing that, by the ExternalI
 """
 from __future__ import annotations
 
+import functools
+
 from lxml import etree
 
 from ihecli.net.soap.xml import RIM, q
@@ -271,7 +273,11 @@ def code_of(c: etree._Element) -> Code:
                     scheme = vals[0]
         elif t == _NAME and name is None:
             name = _ls(x)
-    return Code(c.get("nodeRepresentation") or "", scheme or "", name or "")
+    return _code(c.get("nodeRepresentation") or "", scheme or "", name or "")
+
+
+# Codes are immutable and few: the same classCode comes back in every entry of an answer
+_code = functools.lru_cache(maxsize=4096)(Code)
 
 
 def _nospace(s: str | None) -> str:
