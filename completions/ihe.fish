@@ -466,7 +466,7 @@ complete -c ihe -n "__ihe_at 'ihe dicom commit'" -o aet -l calling-aet -x -d 'Ca
 complete -c ihe -n "__ihe_at 'ihe dicom commit'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
 complete -c ihe -n "__ihe_at 'ihe dicom commit'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe dicom commit'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
-complete -c ihe -n "__ihe_at 'ihe dicom commit'" -l report-port -x -d 'Release the association after the request and wait for the report on a new one, listening on this port (the peer must know us as a node).'
+complete -c ihe -n "__ihe_at 'ihe dicom commit'" -l report-port -x -d 'Release the association after the request and wait for the report on a new one, listening on this port (the peer must know us as a node; over TLS when NODE is marked tls).'
 complete -c ihe -n "__ihe_at 'ihe dicom commit'" -l storage -x -a '(__fish_complete_directories)' -d 'Archive storage folder (default: the profile\'s).'
 complete -c ihe -n "__ihe_at 'ihe dicom commit'" -l study -x -d 'Study Instance UID.'
 complete -c ihe -n "__ihe_at 'ihe dicom commit'" -l timeout -x -d 'Network timeout in seconds.'
