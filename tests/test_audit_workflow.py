@@ -5,6 +5,8 @@ Accessed / DICOM Study Deleted, RAD-66). Each awaited event validates against th
 schema. DCMTK storescu sends the objects and notes, pynetdicom plays the modality and the RIS."""
 from __future__ import annotations
 
+import re
+
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 from pynetdicom import AE
@@ -132,3 +134,38 @@ def test_rejection_notes_are_audited(archive, arr, tmp_path):
     assert "113001 Rejected for Quality Reasons" in ev["some rejected"].message
     assert 'ParticipantObjectDataLifeCycle="15"' in ev["the rest deleted"].message
     assert "113039 Data Retention Policy Expired" in ev["the rest deleted"].message
+
+
+def test_mpps_sent_by_the_cli_is_audited(arr, tmp_path):
+    """`ihe dicom mpps create|set` as a modality: Procedure Record events with this side as the
+    requesting source; a node that is not there still leaves a (failed) record."""
+    from helpers import run_cli
+
+    ris = MppsPeer(free_port()).start()
+    cfg = tmp_path / "audit.toml"
+    cfg.write_text(f'[audit]\nrepository = "tcp://127.0.0.1:{arr.tcp_port}"\nspool = "{tmp_path / "spool"}"\n')
+    try:
+        node = f"RIS@127.0.0.1:{ris.port}"
+        r = run_cli("--config", cfg, "dicom", "mpps", "create", node, "--patient-id", "PID-SCU", "--modality", "CT",
+                    "--calling-aet", "CT_ROOM_1", "--json")
+        assert r.code == 0, r.stderr
+        uid = r.json["sop_uid"]
+        r = run_cli("--config", cfg, "dicom", "mpps", "set", node, uid, "--state", "COMPLETED",
+                    "--calling-aet", "CT_ROOM_1")
+        assert r.code == 0, r.stderr
+    finally:
+        ris.stop()
+    r = run_cli("--config", cfg, "dicom", "mpps", "set", f"RIS@127.0.0.1:{free_port()}", uid, "--state",
+                "DISCONTINUED", "--calling-aet", "CT_ROOM_1", "--timeout", "5")
+    assert r.code != 0
+
+    def pr(action, outcome=0):
+        return lambda e: (e.event == "110111 Procedure Record" and e.action == action and "CT_ROOM_1" in e.users
+                          and e.outcome == outcome)
+    want = {"N-CREATE sent": pr("C"), "N-SET sent": pr("U"), "N-SET to nobody": pr("U", 4)}
+    ev = _check(wait_events(arr, list(want.values())), want)
+    assert ev["N-CREATE sent"].patients == ["PID-SCU"]
+    assert ev["N-SET sent"].patients == []  # an N-SET names no patient: the record says only who set what
+    assert "Connection refused" in ev["N-SET to nobody"].message or "connect" in ev["N-SET to nobody"].message
+    assert re.search(r'UserID="CT_ROOM_1" [^>]*UserIsRequestor="true"', ev["N-CREATE sent"].message)
+    assert re.search(r'UserID="RIS" [^>]*UserIsRequestor="false"', ev["N-CREATE sent"].message)

@@ -405,7 +405,11 @@ def _send(node, op: str, sop_uid: str, ds: Dataset, *, calling_aet: str, timeout
 
     ae = dimse.client_ae(calling_aet, timeout=timeout)
     ae.add_requested_context(ModalityPerformedProcedureStep)
-    assoc = dimse.associate(ae, node, tls=tls)
+    try:
+        assoc = dimse.associate(ae, node, tls=tls)
+    except PeerUnreachable as e:
+        _audit_sent(op, ds, sop_uid, node, calling_aet, PROCESSING_FAILURE, str(e))
+        raise
     try:
         if op == "create":
             status, _attrs = assoc.send_n_create(ds, ModalityPerformedProcedureStep, sop_uid)
@@ -415,8 +419,10 @@ def _send(node, op: str, sop_uid: str, ds: Dataset, *, calling_aet: str, timeout
         if assoc.is_established:
             assoc.release()
     if status is None or "Status" not in status:
+        _audit_sent(op, ds, sop_uid, node, calling_aet, PROCESSING_FAILURE, "no response")
         raise PeerUnreachable(f"{node} sent no N-{op.upper()} response (timeout or abort)")
     code = int(status.Status)
+    _audit_sent(op, ds, sop_uid, node, calling_aet, code, str(status.get("ErrorComment", "") or ""))
     if code != 0 and dimse.status_category(code) == "failure":
         extra = []
         if "ErrorComment" in status:
@@ -430,6 +436,18 @@ def _send(node, op: str, sop_uid: str, ds: Dataset, *, calling_aet: str, timeout
         raise DimseFailure(f"{node} refused the N-{op.upper()}: status 0x{code:04X}"
                            + (f" ({'; '.join(extra)})" if extra else ""), code)
     return sop_uid
+
+
+def _audit_sent(op: str, ds: Dataset, sop_uid: str, node, calling_aet: str, status: int, comment: str) -> None:
+    """Procedure Record (ITI-20) of an N-CREATE or N-SET we sent, when a repository is configured."""
+    from ihecli import atna
+
+    if not atna.enabled():
+        return
+    from ihecli.atna.events import Peer
+
+    atna.record(audit_event("C" if op == "create" else "U", ds, sop_uid, source=Peer.local(calling_aet),
+                            destination=Peer(node.aet, node.host), status=status, comment=comment))
 
 
 def dataset_from_json(text: str) -> Dataset:
