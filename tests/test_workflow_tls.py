@@ -214,3 +214,29 @@ def test_commit_client_takes_the_report_over_tls(archive, pki, our_tls, tmp_path
         srv.stop()
     assert r.code == 0, r.stderr
     assert r.json["same_association"] is False and len(r.json["committed"]) == 2
+
+
+def test_media_imported_to_a_tls_node(archive, pki, tmp_path):
+    """`ihe pdi import --to tls://...`: the medium's objects reach an archive that takes DICOM over
+    TLS only; without the flag nothing is sent and the command fails."""
+    from helpers import run_cli
+
+    corpus = make_corpus(tmp_path / "corpus")
+    r = run_cli("pdi", "burn", *corpus[:4], "--usb", tmp_path / "stick", "--no-web", "--json")
+    assert r.code == 0, r.stderr
+    srv = DicomServer(archive, port=0, ssl_context=tls.context(tls.TlsConfig(cert=pki["dest"], ca=pki["ca"]),
+                                                               server=True))
+    srv.start()
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[tls]\ncert = "{pki["archive"]}"\nca = "{pki["ca"]}"\n')
+    try:
+        r = run_cli("--config", cfg, "pdi", "import", tmp_path / "stick", "--to",
+                    f"IHE_ARCHIVE@127.0.0.1:{srv.port}", "--timeout", "5", "--json")
+        assert r.code != 0 and archive.counts()["instances"] == 0  # the same archive without the flag: nothing sent
+        r = run_cli("--config", cfg, "pdi", "import", tmp_path / "stick", "--to",
+                    f"tls://IHE_ARCHIVE@127.0.0.1:{srv.port}", "--json")
+        assert r.code == 0, r.stderr
+    finally:
+        srv.stop()
+    assert sorted(o["outcome"] for o in r.json["objects"]) == ["sent"] * 4
+    assert archive.counts()["instances"] == 4

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from ihecli.cli import output
-from ihecli.cli.options import PATIENT_HELP, Bind, CallingAet, Db, Json, Port, Storage, Timeout, Yes, state
+from ihecli.cli.options import PATIENT_HELP, Bind, CallingAet, Db, Json, Port, Storage, Timeout, Yes, node_tls, state
 from ihecli.errors import ExitStatus, IheError, UsageError
 
 app = typer.Typer(help="Portable Data for Imaging (CD, DVD, USB): write media, import them, look at them.\n\n"
@@ -183,7 +183,8 @@ def import_cmd(
                 rep = import_media(medium, archive=archive, node=node, calling_aet=calling_aet or st.calling_aet,
                                    timeout=timeout, patient_id=patient_id, issuer=issuer, name=name,
                                    accession=accession, match=match_local, yes=yes,
-                                   choose=None if yes else _chooser(), dry_run=dry_run, progress=advance)
+                                   choose=None if yes else _chooser(), dry_run=dry_run, progress=advance,
+                                   tls=node_tls(ctx, node) if node is not None else None)
         finally:
             if archive is not None:
                 archive.close()

@@ -323,7 +323,7 @@ def import_media(medium: Medium, *, archive=None, node=None, calling_aet: str = 
                  accession: str | None = None, match: bool = False, yes: bool = False,
                  choose: Callable[[MediaPatient, list[Candidate]], Candidate | None] | None = None,
                  dry_run: bool = False,
-                 progress: Callable[[int], None] | None = None) -> ImportReport:
+                 progress: Callable[[int], None] | None = None, tls=None) -> ImportReport:
     """Import a medium into the local archive, or send it to ``node`` (RAD-47, Importer).
 
     Objects are read once each and stored a batch at a time (Archive.store_many: the files
@@ -494,7 +494,7 @@ def import_media(medium: Medium, *, archive=None, node=None, calling_aet: str = 
         while storing:
             storing.pop(0).result()
         if node is not None and to_send:
-            _send(node, to_send, calling_aet, timeout, report, progress)
+            _send(node, to_send, calling_aet, timeout, report, progress, tls)
     finally:
         if pool is not None:
             pool.shutdown(wait=True)
@@ -517,7 +517,7 @@ def import_media(medium: Medium, *, archive=None, node=None, calling_aet: str = 
 
 
 def _send(node, to_send: list[tuple[str, ImportedObject]], calling_aet: str, timeout: float,
-          report: ImportReport, progress) -> None:
+          report: ImportReport, progress, tls=None) -> None:
     from ihecli.dicom import scu
 
     by_path = {p: o for p, o in to_send}
@@ -527,7 +527,8 @@ def _send(node, to_send: list[tuple[str, ImportedObject]], calling_aet: str, tim
         if progress:
             progress(1)
 
-    rep = scu.store(node, [p for p, _ in to_send], calling_aet=calling_aet, timeout=timeout, progress=step)
+    rep = scu.store(node, [p for p, _ in to_send], calling_aet=calling_aet, timeout=timeout, progress=step,
+                    tls=tls)
     for ff in rep.failed:
         failed[ff.path] = ff.reason + (f" (status 0x{ff.status:04X})" if ff.status is not None else "")
     for p, o in by_path.items():
