@@ -2,12 +2,14 @@
 """XCA fan-out and XDS-I retrieve rates: three `ihe xca serve` responding gateways (each its own
 process and registry of --docs documents for one patient), asked one at a time and then all at
 once by the Initiating Gateway's parallel fan-out (ITI-38 find-documents); and Retrieve Imaging
-Document Set (RAD-69) of a 100-image study from `ihe archive serve --http-port`.
+Document Set (RAD-69) of a 100-image study from `ihe archive serve --http-port`. The queries
+are timed over the bare loopback and again with each gateway behind a link of a given
+round-trip time (bench/wanlink.py), as communities are in other places.
 
 Goals: the fan-out over three gateways answers in < 1.5x the slowest single gateway; RAD-69
 moves >= 50 images/s.
 
-usage: python bench/xca.py [--docs 200] [--n 20] [--images 100]
+usage: python bench/xca.py [--docs 200] [--n 20] [--images 100] [--rtt-ms 0,40]
 """
 from __future__ import annotations
 
@@ -62,9 +64,12 @@ def main(argv=None) -> int:
     p.add_argument("--docs", type=int, default=200, help="documents per community (200)")
     p.add_argument("--n", type=int, default=20, help="queries per measurement (20)")
     p.add_argument("--images", type=int, default=100, help="images in the RAD-69 study (100)")
+    p.add_argument("--rtt-ms", default="0,40", help="round-trip times of the link to each gateway to measure "
+                                                    "with, comma-separated; 0 is the bare loopback (0,40)")
     b.add_common(p)
     a = p.parse_args(argv)
     b.setup(__file__, a, argv)
+    rtts = [float(x) for x in a.rtt_ms.split(",") if x.strip()]
 
     from ihecli.net.soap import SoapClient
     from ihecli.xca.initiating import cross_gateway_query
@@ -91,46 +96,60 @@ def main(argv=None) -> int:
             comms[home] = f"http://{b.LOOPBACK}:{port}/xca"
         b.note(f"3 responding gateways with {a.docs} documents each")
 
-        def single(home: str) -> float:
-            cli = SoapClient(comms[home], timeout=120)
-            t = time.perf_counter()
-            msg = cli.call(ITI38, adhoc_query_request(qid, params, home=home))
-            objects = ebrim.from_rim(msg.body.find("{*}RegistryObjectList"))  # as the fan-out does
-            dt = time.perf_counter() - t
-            assert len(objects) == a.docs
-            return dt
+        def measure(urls: dict[str, str]):
+            def single(home: str) -> float:
+                cli = SoapClient(urls[home], timeout=120)
+                t = time.perf_counter()
+                msg = cli.call(ITI38, adhoc_query_request(qid, params, home=home))
+                objects = ebrim.from_rim(msg.body.find("{*}RegistryObjectList"))  # as the fan-out does
+                dt = time.perf_counter() - t
+                assert len(objects) == a.docs
+                return dt
 
-        def fan() -> float:
-            t = time.perf_counter()
-            res = cross_gateway_query(comms, qid, params, timeout=120)
-            dt = time.perf_counter() - t
-            assert sum(len(r.objects) for r in res) == 3 * a.docs and not any(r.failed for r in res)
-            return dt
+            def fan() -> float:
+                t = time.perf_counter()
+                res = cross_gateway_query(urls, qid, params, timeout=120)
+                dt = time.perf_counter() - t
+                assert sum(len(r.objects) for r in res) == 3 * a.docs and not any(r.failed for r in res)
+                return dt
 
-        def cpu() -> tuple[float, float]:
-            """CPU seconds used so far by this process (the consumer) and by the three gateways."""
-            return time.process_time(), sum(proc_cpu(g.pid) for g in gateways)
+            def cpu() -> tuple[float, float]:
+                """CPU seconds used so far by this process (the consumer) and by the three gateways."""
+                return time.process_time(), sum(proc_cpu(g.pid) for g in gateways)
 
-        for f in (lambda: [single(h) for h in HOMES], fan):  # warm-up
-            f()
-        singles = {h: [] for h in HOMES}
-        fans = []
-        used = {"single": [0.0, 0.0], "fan": [0.0, 0.0]}  # CPU seconds: consumer, gateways
-        load = os.getloadavg()[0]
-        for _ in range(a.n):
-            for h in HOMES:
+            for f in (lambda: [single(h) for h in HOMES], fan):  # warm-up
+                f()
+            singles = {h: [] for h in HOMES}
+            fans = []
+            used = {"single": [0.0, 0.0], "fan": [0.0, 0.0]}  # CPU seconds: consumer, gateways
+            load = os.getloadavg()[0]
+            for _ in range(a.n):
+                for h in HOMES:
+                    c0 = cpu()
+                    singles[h].append(single(h))
+                    c1 = cpu()
+                    used["single"] = [u + y - x for u, x, y in zip(used["single"], c0, c1)]
                 c0 = cpu()
-                singles[h].append(single(h))
+                fans.append(fan())
                 c1 = cpu()
-                used["single"] = [u + y - x for u, x, y in zip(used["single"], c0, c1)]
-            c0 = cpu()
-            fans.append(fan())
-            c1 = cpu()
-            used["fan"] = [u + y - x for u, x, y in zip(used["fan"], c0, c1)]
-        load = (load, os.getloadavg()[0])
-        slowest = max(b.median(x) for x in singles.values())
-        per_single = [u / (a.n * len(HOMES)) * 1000 for u in used["single"]]
-        per_fan = [u / a.n * 1000 for u in used["fan"]]
+                used["fan"] = [u + y - x for u, x, y in zip(used["fan"], c0, c1)]
+            load = (load, os.getloadavg()[0])
+            per_single = [u / (a.n * len(HOMES)) * 1000 for u in used["single"]]
+            per_fan = [u / a.n * 1000 for u in used["fan"]]
+            return singles, fans, per_single, per_fan, load
+
+        runs = {}
+        for rtt in rtts:
+            urls = comms
+            if rtt:
+                ports = {h: b.free_port() for h in HOMES}
+                procs.start([sys.executable, str(Path(__file__).resolve().parent / "wanlink.py"), "--rtt-ms",
+                             f"{rtt:g}", *(f"{ports[h]}:{comms[h].split(':')[2].split('/')[0]}" for h in HOMES)],
+                            log=work / f"wanlink-{rtt:g}.log")
+                for h in HOMES:
+                    b.wait_port(ports[h], log=work / f"wanlink-{rtt:g}.log")
+                urls = {h: f"http://{b.LOOPBACK}:{ports[h]}/xca" for h in HOMES}
+            runs[rtt] = measure(urls)
 
         # RAD-69 of one study
         from pydicom import dcmread
@@ -166,19 +185,29 @@ def main(argv=None) -> int:
             assert len(res.documents) == len(images), res.errors[:3]
             rates.append(len(images) / dt)
 
-    print(f"\n## XCA fan-out and XDS-I retrieve")
+    print("\n## XCA fan-out and XDS-I retrieve")
     print(b.header(f"{a.n} queries per measurement; find-documents returning {a.docs} entries per community") + "\n")
-    rows = [[f"ITI-38 to {h} alone", f"{b.median(singles[h]) * 1000:.0f}", f"{b.p95(singles[h]) * 1000:.0f}", ""]
-            for h in HOMES]
-    rows.append(["fan-out to all three (parallel)", f"{b.median(fans) * 1000:.0f}", f"{b.p95(fans) * 1000:.0f}",
-                 f"{b.median(fans) / slowest:.2f}x the slowest (goal < 1.5)"])
-    print(b.table(["query", "p50 ms", "p95 ms", ""], rows))
+    rows = []
+    for rtt, (singles, fans, _ps, _pf, _load) in runs.items():
+        link = f"{rtt:g} ms round trip" if rtt else "loopback"
+        slowest = max(b.median(x) for x in singles.values())
+        rows += [[link, f"ITI-38 to {h.rsplit('.', 1)[1]} alone", f"{b.median(singles[h]) * 1000:.0f}",
+                  f"{b.p95(singles[h]) * 1000:.0f}", ""] for h in HOMES]
+        rows.append([link, "fan-out to all three (parallel)", f"{b.median(fans) * 1000:.0f}",
+                     f"{b.p95(fans) * 1000:.0f}", f"{b.median(fans) / slowest:.2f}x the slowest (goal < 1.5)"])
+    print(b.table(["link to each gateway", "query", "p50 ms", "p95 ms", ""], rows))
+    print(f"\nGateways {', '.join(h.rsplit('.', 1)[1] + ' = ' + h for h in HOMES)}. A link with a round-trip "
+          f"time is the loopback through bench/wanlink.py, which holds every piece of data for half that time "
+          f"in each direction (a stand-in for the network between communities).")
     cores = os.cpu_count() or 1
-    floor = sum(per_fan) / min(cores, 1 + len(HOMES))  # ms
-    print(f"\nCPU per query (mean): alone {per_single[0]:.1f} ms in the consumer + {per_single[1]:.1f} ms in the "
-          f"gateway; fan-out {per_fan[0]:.1f} ms in the consumer + {per_fan[1]:.1f} ms in the gateways. On "
-          f"{cores} cores that CPU alone takes >= {floor:.0f} ms ({floor / (slowest * 1000):.2f}x the slowest alone). "
-          f"Load average {load[0]:.2f} at the start of the measurements, {load[1]:.2f} at the end.")
+    for rtt, (singles, _fans, per_single, per_fan, load) in runs.items():
+        slowest = max(b.median(x) for x in singles.values())
+        floor = sum(per_fan) / min(cores, 1 + len(HOMES))  # ms
+        print(f"\n{f'{rtt:g} ms round trip' if rtt else 'Loopback'}: CPU per query (mean): alone "
+              f"{per_single[0]:.1f} ms in the consumer + {per_single[1]:.1f} ms in the gateway; fan-out "
+              f"{per_fan[0]:.1f} ms in the consumer + {per_fan[1]:.1f} ms in the gateways. On {cores} cores that "
+              f"CPU alone takes >= {floor:.0f} ms ({floor / (slowest * 1000):.2f}x the slowest alone). Load "
+              f"average {load[0]:.2f} at the start of the measurements, {load[1]:.2f} at the end.")
     print(f"\nRAD-69 of a {len(images)}-image study (CT, 39 KB each): median {b.median(rates):.0f} images/s "
           f"(runs: {', '.join(f'{r:.0f}' for r in rates)}; goal >= 50)")
     return 0
