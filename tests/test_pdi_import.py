@@ -482,3 +482,56 @@ def test_one_study_uid_for_two_patients_over_several_batches(tmp_path):
         refs = a.instances(_ident(PatientID="PAT-B"))
         assert len(refs) == n and {x.study_uid for x in refs} == by_patient["PAT-B"]
         assert str(same_sop) not in {x.sop_uid for x in refs}
+
+
+def test_new_uids_reach_the_references_to_them(tmp_path):
+    """A study whose UID the archive holds for another patient gets new UIDs; a Key Object
+    Selection on the medium that selects its images (read before them) and an image that names
+    its neighbour (Referenced Image Sequence) name the images' new UIDs, and keep the old
+    references in the Original Attributes Sequence."""
+    from pydicom.sequence import Sequence
+
+    from ihecli.kos import codes
+    from ihecli.kos.builder import build_kos
+
+    files = make_corpus(tmp_path / "corpus", studies=1, series=1, images=2)
+    images = [pydicom.dcmread(f) for f in files]
+    study = str(images[0].StudyInstanceUID)
+    ref = Dataset()
+    ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = images[0].SOPClassUID, images[0].SOPInstanceUID
+    images[1].ReferencedImageSequence = Sequence([ref])
+    kos = build_kos(codes.title_code("113000"), images)  # Of Interest
+    medium = tmp_path / "cd"
+    medium.mkdir()
+    kos.save_as(medium / "IM0", enforce_file_format=True)  # met first: its references before the images
+    for k, ds in enumerate(images, 1):
+        ds.save_as(medium / f"IM{k}")
+    with archive_of(tmp_path) as a:  # the archive holds the study UID for someone else
+        clash = pydicom.dcmread(files[0])
+        clash.PatientID = "SOMEONE"
+        clash.SeriesInstanceUID = pydicom.uid.generate_uid()
+        clash.SOPInstanceUID = clash.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        clash.save_as(tmp_path / "clash.dcm")
+        a.store((tmp_path / "clash.dcm").read_bytes())
+    r = imp(tmp_path, medium, "--patient-id", "LOC7")
+    assert r.code == 0, r.stderr
+    assert r.json["counts"]["stored"] == 3 and all(o["new_uids"] for o in r.json["objects"])
+    with archive_of(tmp_path) as a:
+        stored = {x.sop_uid: pydicom.dcmread(a.file_path(x)) for x in a.instances(_ident(PatientID="LOC7"))}
+    new_kos = next(d for d in stored.values() if d.Modality == "KO")
+    new_images = sorted((d for d in stored.values() if d.Modality != "KO"), key=lambda d: d.InstanceNumber)
+    assert {str(d.StudyInstanceUID) for d in stored.values()} == {str(new_kos.StudyInstanceUID)} != {study}
+    (ev,) = new_kos.CurrentRequestedProcedureEvidenceSequence
+    assert ev.StudyInstanceUID == new_kos.StudyInstanceUID
+    (se,) = ev.ReferencedSeriesSequence
+    assert se.SeriesInstanceUID == new_images[0].SeriesInstanceUID
+    assert sorted(x.ReferencedSOPInstanceUID for x in se.ReferencedSOPSequence) == \
+        sorted(str(d.SOPInstanceUID) for d in new_images)
+    selected = {str(x.ReferencedSOPSequence[0].ReferencedSOPInstanceUID) for x in new_kos.ContentSequence
+                if "ReferencedSOPSequence" in x}
+    assert selected == {str(d.SOPInstanceUID) for d in new_images}
+    assert new_images[1].ReferencedImageSequence[0].ReferencedSOPInstanceUID == new_images[0].SOPInstanceUID
+    olds = [x for item in new_kos.OriginalAttributesSequence for x in item.ModifiedAttributesSequence]
+    old_ev = next(x.CurrentRequestedProcedureEvidenceSequence for x in olds
+                  if "CurrentRequestedProcedureEvidenceSequence" in x)
+    assert old_ev[0].StudyInstanceUID == study

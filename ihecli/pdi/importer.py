@@ -207,12 +207,67 @@ def _dt_now() -> str:
     return datetime.now().astimezone().strftime("%Y%m%d%H%M%S%z")
 
 
-def reconcile_dataset(ds, target: Target | None, uid_map: dict[str, str], source: str) -> bool:
-    """Coerce a dataset to local values; keep what it said before. Returns whether it changed."""
+# a reference to these, inside a study given new UIDs, is to an object of that study: it gets the
+# new UID that object gets (whether or not the object was met yet)
+_STUDY_MEMBERS = frozenset({"ReferencedSOPInstanceUID", "SeriesInstanceUID"})
+
+
+def _remap_references(seq, study: str, lookup: Callable[[str, str, str], str | None], seq_keyword: str = "") -> bool:
+    """Replace, in the items of ``seq`` and their sequences, every UID that ``lookup(study,
+    keyword, uid)`` maps (an item's own StudyInstanceUID is the study its references are in).
+    Returns whether anything changed."""
+    changed = False
+    for item in seq:
+        ctx = str(item.get("StudyInstanceUID", "") or "") or study
+        for elem in item:
+            if elem.VR == "SQ":
+                changed |= _remap_references(elem.value, ctx, lookup, elem.keyword)
+            elif elem.VR == "UI" and elem.value:
+                # a Referenced Study Sequence names a study, which may be another one: only its own map counts
+                kw = "" if seq_keyword == "ReferencedStudySequence" else elem.keyword
+                values = list(elem.value) if elem.VM > 1 else [elem.value]
+                new = [lookup(ctx, kw, str(v)) or str(v) for v in values]
+                if new != [str(v) for v in values]:
+                    elem.value = new if elem.VM > 1 else new[0]
+                    changed = True
+    return changed
+
+
+def reference_lookup(uid_maps: dict[tuple, dict[str, str]], owner: tuple) -> Callable[[str, str, str], str | None]:
+    """The new UID of a referenced object, from the maps of ``owner``'s studies (see _collisions)."""
+    from pydicom.uid import generate_uid
+
+    def lookup(study: str, keyword: str, uid: str) -> str | None:
+        m = uid_maps.get((owner, study))
+        if not m:
+            return None
+        new = m.get(uid)
+        if new is None and study in m and keyword in _STUDY_MEMBERS:
+            new = m.setdefault(uid, generate_uid())
+        return new
+    return lookup
+
+
+def reconcile_dataset(ds, target: Target | None, uid_map: dict[str, str], source: str,
+                      references: Callable[[str, str, str], str | None] | None = None) -> bool:
+    """Coerce a dataset to local values; keep what it said before. Returns whether it changed.
+
+    ``references``: the new UIDs of referenced objects (reference_lookup): a Key Object
+    Selection, a presentation state or an image that names an object given new UIDs names its
+    new UIDs; the sequences as they were go into the Original Attributes Sequence."""
+    import copy
+
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
 
     changes: list[tuple[str, object]] = []
+    study = str(ds.get("StudyInstanceUID", "") or "")
+    if references is not None:
+        for elem in list(ds):
+            if elem.VR == "SQ" and elem.keyword != "OriginalAttributesSequence" and elem.value:
+                before = copy.deepcopy(elem.value)
+                if _remap_references(elem.value, study, references, elem.keyword):
+                    changes.append((elem.keyword, before))
 
     def coerce(kw: str, new) -> None:
         if new is None:
@@ -383,6 +438,7 @@ def import_media(medium: Medium, *, archive=None, node=None, calling_aet: str = 
 
     survey = Survey(medium.name, medium.kind)
     uid_maps: dict[tuple, dict[str, str]] = {}  # (owner, study UID on the medium) -> {old UID: new UID}
+    remapped: set[tuple] = set()  # the owners some of whose UIDs are mapped
     lock = threading.Lock()
     staging = tempfile.mkdtemp(prefix="ihe-pdi-import-") if node is not None and not dry_run else None
     to_send: list[tuple[str, ImportedObject]] = []
@@ -394,8 +450,10 @@ def import_media(medium: Medium, *, archive=None, node=None, calling_aet: str = 
         i = f.info
         o = ImportedObject(f.path, "planned", f.reason, i.sop_uid, i.sop_class, i.patient_id, i.study_uid)
         target = targets.get((i.patient_id or "", i.issuer or "")) or default
-        uid_map = uid_maps.get((owner_of(f), i.study_uid), {})
-        needs = target is not None or i.sop_uid in uid_map or i.study_uid in uid_map
+        owner = owner_of(f)
+        uid_map = uid_maps.get((owner, i.study_uid), {})
+        remapping = owner in remapped  # some of the owner's UIDs are new: references to them may be here
+        needs = target is not None or remapping or i.sop_uid in uid_map or i.study_uid in uid_map
         try:
             data = ensure_part10(data)
         except ArchiveError as e:
@@ -408,7 +466,8 @@ def import_media(medium: Medium, *, archive=None, node=None, calling_aet: str = 
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     ds = pydicom.dcmread(io.BytesIO(data), force=True)
-                if reconcile_dataset(ds, target, uid_map, source):
+                if reconcile_dataset(ds, target, uid_map, source,
+                                     reference_lookup(uid_maps, owner) if remapping else None):
                     data = _encode(ds)
                     o.patient_id = str(ds.get("PatientID", "") or "")
                     o.new_uids = str(ds.SOPInstanceUID) != i.sop_uid or str(ds.StudyInstanceUID) != i.study_uid
@@ -441,6 +500,7 @@ def import_media(medium: Medium, *, archive=None, node=None, calling_aet: str = 
 
     def handle(batch: list[tuple[Found, bytes | None]]) -> None:
         _collisions(archive, [f for f, _ in batch], owner_of, uid_maps, claimed)
+        remapped.update(k[0] for k, m in uid_maps.items() if m)
         to_store: list[tuple[ImportedObject, bytes]] = []
         known: dict = {}
         if dry_run and archive is not None:
