@@ -212,22 +212,25 @@ def _dt_now() -> str:
 _STUDY_MEMBERS = frozenset({"ReferencedSOPInstanceUID", "SeriesInstanceUID"})
 
 
-def _remap_references(seq, study: str, lookup: Callable[[str, str, str], str | None], seq_keyword: str = "") -> bool:
+def _remap_references(seq, study: str, lookup: Callable[[str, str, str], str | None], seq_keyword: str = "",
+                      apply: bool = True) -> bool:
     """Replace, in the items of ``seq`` and their sequences, every UID that ``lookup(study,
     keyword, uid)`` maps (an item's own StudyInstanceUID is the study its references are in).
-    Returns whether anything changed."""
+    Returns whether anything changed (would change, with ``apply`` false)."""
     changed = False
     for item in seq:
         ctx = str(item.get("StudyInstanceUID", "") or "") or study
         for elem in item:
             if elem.VR == "SQ":
-                changed |= _remap_references(elem.value, ctx, lookup, elem.keyword)
+                changed |= _remap_references(elem.value, ctx, lookup, elem.keyword, apply)
             elif elem.VR == "UI" and elem.value:
                 # a Referenced Study Sequence names a study, which may be another one: only its own map counts
                 kw = "" if seq_keyword == "ReferencedStudySequence" else elem.keyword
                 values = list(elem.value) if elem.VM > 1 else [elem.value]
                 new = [lookup(ctx, kw, str(v)) or str(v) for v in values]
                 if new != [str(v) for v in values]:
+                    if not apply:
+                        return True
                     elem.value = new if elem.VM > 1 else new[0]
                     changed = True
     return changed
@@ -264,10 +267,10 @@ def reconcile_dataset(ds, target: Target | None, uid_map: dict[str, str], source
     study = str(ds.get("StudyInstanceUID", "") or "")
     if references is not None:
         for elem in list(ds):
-            if elem.VR == "SQ" and elem.keyword != "OriginalAttributesSequence" and elem.value:
-                before = copy.deepcopy(elem.value)
-                if _remap_references(elem.value, study, references, elem.keyword):
-                    changes.append((elem.keyword, before))
+            if elem.VR == "SQ" and elem.keyword != "OriginalAttributesSequence" and elem.value \
+                    and _remap_references(elem.value, study, references, elem.keyword, apply=False):
+                changes.append((elem.keyword, copy.deepcopy(elem.value)))  # as it was
+                _remap_references(elem.value, study, references, elem.keyword)
 
     def coerce(kw: str, new) -> None:
         if new is None:
