@@ -150,8 +150,9 @@ def test_mpps_sent_by_the_cli_is_audited(arr, tmp_path):
                     "--calling-aet", "CT_ROOM_1", "--json")
         assert r.code == 0, r.stderr
         uid = r.json["sop_uid"]
+        files = make_corpus(tmp_path / "done", studies=1, series=1, images=2)
         r = run_cli("--config", cfg, "dicom", "mpps", "set", node, uid, "--state", "COMPLETED",
-                    "--calling-aet", "CT_ROOM_1")
+                    "--series-from", tmp_path / "done", "--calling-aet", "CT_ROOM_1")
         assert r.code == 0, r.stderr
     finally:
         ris.stop()
@@ -165,7 +166,10 @@ def test_mpps_sent_by_the_cli_is_audited(arr, tmp_path):
     want = {"N-CREATE sent": pr("C"), "N-SET sent": pr("U"), "N-SET to nobody": pr("U", 4)}
     ev = _check(wait_events(arr, list(want.values())), want)
     assert ev["N-CREATE sent"].patients == ["PID-SCU"]
-    assert ev["N-SET sent"].patients == []  # an N-SET names no patient: the record says only who set what
+    done = dcmread(files[0], stop_before_pixels=True)
+    assert ev["N-SET sent"].patients == [done.PatientID]  # from the files of --series-from
+    assert str(done.StudyInstanceUID) in ev["N-SET sent"].message and uid in ev["N-SET sent"].message
+    assert ev["N-SET to nobody"].patients == []  # an N-SET names no patient: the record says who set what
     assert "Connection refused" in ev["N-SET to nobody"].message or "connect" in ev["N-SET to nobody"].message
     assert re.search(r'UserID="CT_ROOM_1" [^>]*UserIsRequestor="true"', ev["N-CREATE sent"].message)
     assert re.search(r'UserID="RIS" [^>]*UserIsRequestor="false"', ev["N-CREATE sent"].message)

@@ -232,8 +232,9 @@ def mpps_set_cmd(
         ds.PerformedProcedureStepStatus = st
         if st != mpps.IN_PROGRESS:
             ds.PerformedProcedureStepEndDate, ds.PerformedProcedureStepEndTime = _now()
+    about = Dataset()  # the step's patient and studies, for the audit record
     if series_from:
-        items = mpps.performed_series(series_from)
+        items = mpps.performed_series(series_from, about)
         if not items:
             raise UsageError("no DICOM instances under --series-from")
         ds.PerformedSeriesSequence = items
@@ -242,7 +243,7 @@ def mpps_set_cmd(
     ds = _apply_keys(ds, keys)
     if not len(ds):
         raise UsageError("nothing to set: give --state, --series-from, --from-json or -k")
-    mpps.send_set(n, sop_uid, ds, calling_aet=aet, timeout=timeout, tls=node_tls(ctx, n))
+    mpps.send_set(n, sop_uid, ds, calling_aet=aet, timeout=timeout, tls=node_tls(ctx, n), about=about or None)
     if json:
         output.print_json({"node": str(n), "sop_uid": sop_uid, "status": ds.get("PerformedProcedureStepStatus")})
     else:

@@ -392,12 +392,15 @@ def send_create(node, sop_uid: str, ds: Dataset, *, calling_aet: str = "IHE", ti
     return _send(node, "create", sop_uid, ds, calling_aet=calling_aet, timeout=timeout, tls=tls)
 
 
-def send_set(node, sop_uid: str, mods: Dataset, *, calling_aet: str = "IHE", timeout: float = 30, tls=None) -> str:
-    """MPPS N-SET to a node."""
-    return _send(node, "set", sop_uid, mods, calling_aet=calling_aet, timeout=timeout, tls=tls)
+def send_set(node, sop_uid: str, mods: Dataset, *, calling_aet: str = "IHE", timeout: float = 30, tls=None,
+             about: Dataset | None = None) -> str:
+    """MPPS N-SET to a node. ``about``: the step's patient and studies (as performed_series
+    gathers them) for the audit record; an N-SET carries neither."""
+    return _send(node, "set", sop_uid, mods, calling_aet=calling_aet, timeout=timeout, tls=tls, about=about)
 
 
-def _send(node, op: str, sop_uid: str, ds: Dataset, *, calling_aet: str, timeout: float, tls=None) -> str:
+def _send(node, op: str, sop_uid: str, ds: Dataset, *, calling_aet: str, timeout: float, tls=None,
+          about: Dataset | None = None) -> str:
     from pynetdicom.sop_class import ModalityPerformedProcedureStep
 
     from ihecli.errors import DimseFailure, PeerUnreachable
@@ -408,7 +411,7 @@ def _send(node, op: str, sop_uid: str, ds: Dataset, *, calling_aet: str, timeout
     try:
         assoc = dimse.associate(ae, node, tls=tls)
     except PeerUnreachable as e:
-        _audit_sent(op, ds, sop_uid, node, calling_aet, PROCESSING_FAILURE, str(e))
+        _audit_sent(op, about or ds, sop_uid, node, calling_aet, PROCESSING_FAILURE, str(e))
         raise
     try:
         if op == "create":
@@ -419,10 +422,10 @@ def _send(node, op: str, sop_uid: str, ds: Dataset, *, calling_aet: str, timeout
         if assoc.is_established:
             assoc.release()
     if status is None or "Status" not in status:
-        _audit_sent(op, ds, sop_uid, node, calling_aet, PROCESSING_FAILURE, "no response")
+        _audit_sent(op, about or ds, sop_uid, node, calling_aet, PROCESSING_FAILURE, "no response")
         raise PeerUnreachable(f"{node} sent no N-{op.upper()} response (timeout or abort)")
     code = int(status.Status)
-    _audit_sent(op, ds, sop_uid, node, calling_aet, code, str(status.get("ErrorComment", "") or ""))
+    _audit_sent(op, about or ds, sop_uid, node, calling_aet, code, str(status.get("ErrorComment", "") or ""))
     if code != 0 and dimse.status_category(code) == "failure":
         extra = []
         if "ErrorComment" in status:
@@ -491,8 +494,10 @@ def _from_keywords(obj: dict) -> Dataset:
     return ds
 
 
-def performed_series(paths) -> list[Dataset]:
-    """Performed Series Sequence items for the DICOM files under paths (one item per series)."""
+def performed_series(paths, about: Dataset | None = None) -> list[Dataset]:
+    """Performed Series Sequence items for the DICOM files under paths (one item per series).
+    ``about``, when given, gets the files' patient (PatientID, PatientName) and their studies
+    (ScheduledStepAttributesSequence: StudyInstanceUID, AccessionNumber), as a step names them."""
     import warnings as _w
 
     from ihecli.archive import iter_files
@@ -518,6 +523,8 @@ def performed_series(paths) -> list[Dataset]:
             item.ReferencedImageSequence = []
             item.ReferencedNonImageCompositeSOPInstanceSequence = []
             series[se_uid] = item
+        if about is not None:
+            _note_study(about, f)
         ref = Dataset()
         ref.ReferencedSOPClassUID = str(f.SOPClassUID)
         ref.ReferencedSOPInstanceUID = str(f.SOPInstanceUID)
@@ -526,3 +533,18 @@ def performed_series(paths) -> list[Dataset]:
         else:
             item.ReferencedNonImageCompositeSOPInstanceSequence.append(ref)
     return list(series.values())
+
+
+def _note_study(about: Dataset, f: Dataset) -> None:
+    if "PatientID" not in about:
+        about.PatientID = _str(f, "PatientID")
+        about.PatientName = _str(f, "PatientName")
+    study = _str(f, "StudyInstanceUID")
+    if "ScheduledStepAttributesSequence" not in about:
+        about.ScheduledStepAttributesSequence = []
+    items = about.ScheduledStepAttributesSequence
+    if study and not any(str(x.StudyInstanceUID) == study for x in items):
+        item = Dataset()
+        item.StudyInstanceUID = study
+        item.AccessionNumber = _str(f, "AccessionNumber")
+        items.append(item)
