@@ -285,4 +285,4 @@ def view_cmd(
     output.info(f"{c['patients']} patients, {c['studies']} studies, {c['series']} series, {c['objects']} objects; "
                 f"{c['unsupported']} unsupported, {c['problems']} missing or unreadable, "
                 f"{c['files_skipped']} other files skipped"
-                + (f"; DICOMDIR {', '.join(contents.dicomdirs)}" if contents.dicomdirs else "; no DICOMDIR"))
+                + (f"; read from {', '.join(contents.dicomdirs)}" if contents.dicomdirs else "; no DICOMDIR"))
