@@ -71,6 +71,11 @@ def test_query_both_communities_then_retrieve_from_one(two, tmp_path):
     assert sorted(x["community"] for x in rows) == [HOME_A, HOME_B]
     assert all(x["homeCommunityId"] == x["community"] for x in rows)  # the gateways marked their objects
     from_b = next(x for x in rows if x["community"] == HOME_B)
+    r = run_cli("xca", "query", "find-documents", "--patient", PID, *_comms(a, b))  # the table names them too
+    assert r.code == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].split()[-1] == "community"
+    assert any(x["uniqueId"] in line and HOME_B in line for line in lines for x in rows if x["community"] == HOME_B)
     r = run_cli("xca", "retrieve", from_b["uniqueId"], "--home", HOME_B, "--repository-id", REPO_B,
                 "--out", str(tmp_path / "docs"), *_comms(a, b), "--json")
     assert r.code == 0, r.stderr

@@ -372,9 +372,10 @@ def _print_objects(rows: list[dict]) -> None:
         output.info("no matches")
         return
     kinds = [k for k in COLUMNS if any(r["objectType"] == k for r in rows)]
+    extra = ["community"] if any("community" in r for r in rows) else []  # XCA: who answered what
     for k in kinds:
         sel = [dict(r, classCode=(r.get("classCode") or "").split("^")[0]) for r in rows if r["objectType"] == k]
-        output.table(sel, COLUMNS[k], title=TITLES[k] if len(kinds) > 1 else None)
+        output.table(sel, COLUMNS[k] + extra, title=TITLES[k] if len(kinds) > 1 else None)
 
 
 # -- retrieve -------------------------------------------------------------------------------------
