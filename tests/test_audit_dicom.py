@@ -150,3 +150,40 @@ def test_pdi_export_and_import_are_audited(arr, profile, corpus, tmp_path):
         assert problems(e.message.encode("utf-8")) == [], e.event
         doc = etree.fromstring(e.message.encode("utf-8"))
         assert doc.find("ActiveParticipant/MediaIdentifier/MediaType").get("csd-code") == "110030"  # USB
+
+
+def test_one_message_per_patient(arr, profile, server, corpus, tmp_path):
+    """A transfer that touches two patients leaves one audit message for each (PS3.15 A.5.3: a
+    message names a single patient), each with that patient's study and instance count."""
+    from pydicom import dcmread
+
+    heads = [dcmread(p, stop_before_pixels=True) for p in corpus]
+    by_patient = {}
+    for h in heads:
+        by_patient.setdefault(str(h.PatientID), set()).add(str(h.StudyInstanceUID))
+    assert len(by_patient) == 2 and all(len(s) == 1 for s in by_patient.values())
+    r = run_cli("--config", profile, "dicom", "store", server.spec, *map(str, corpus))
+    assert r.code == 0, r.stderr
+    studies = "\\".join(sorted({str(h.StudyInstanceUID) for h in heads}))
+    r = run_cli("--config", profile, "dicom", "get", server.spec, "--out", str(tmp_path / "got"), "-k",
+                f"StudyInstanceUID={studies}")
+    assert r.code == 0, r.stderr
+    def source(e) -> str:
+        doc = etree.fromstring(e.message.encode("utf-8"))
+        return next(a.get("UserID") for a in doc.findall("ActiveParticipant")
+                    if a.find("RoleIDCode") is not None and a.find("RoleIDCode").get("csd-code") == "110153")
+
+    # per patient: store (sent, received), C-GET (begin, sent, received)
+    got = [e for e in events(arr, 10) if "IHE" in e.users and e.event.startswith("110104")]
+    # sent by `dicom store`, received by the archive; sent by the archive for the C-GET, received by `dicom get`
+    for src, action in (("IHE", "R"), ("IHE", "C"), ("IHE_ARCHIVE", "R"), ("IHE_ARCHIVE", "C")):
+        mine = [e for e in got if e.action == action and source(e) == src]
+        assert sorted(p for e in mine for p in e.patients) == sorted(by_patient), (src, action)
+        for e in mine:
+            assert len(e.patients) == 1 and problems(e.message.encode("utf-8")) == []
+            (study,) = by_patient[e.patients[0]]
+            doc = etree.fromstring(e.message.encode("utf-8"))
+            (obj,) = [o for o in doc.findall("ParticipantObjectIdentification")
+                      if o.get("ParticipantObjectTypeCodeRole") == "3"]
+            assert obj.get("ParticipantObjectID") == study
+            assert obj.find("ParticipantObjectDescription/SOPClass").get("NumberOfInstances") == "6"

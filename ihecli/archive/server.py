@@ -36,7 +36,7 @@ from ihecli.archive import Archive, QueryError
 from ihecli.archive.ingest import part10
 from ihecli.archive.scan import read_meta
 from ihecli.atna import events as ev
-from ihecli.atna.dicom import Tally, header_keys
+from ihecli.atna.dicom import Tally, by_patient, header_keys
 from ihecli.atna.dicom import outcome as audit_outcome
 from ihecli.atna.events import Peer
 from ihecli.config import Node
@@ -206,9 +206,10 @@ class DicomServer:
                  time.monotonic() - st.started)
         if st.tally is not None and (st.tally.count or st.failed):
             # DICOM Instances Transferred (PS3.15 A.5.3.4), as the receiver: action Create
-            atna.record(ev.instances_transferred(source=st.peer_node, destination=Peer.local(self.aet),
-                                                 studies=st.tally.studies, patients=st.tally.patients, action="C",
-                                                 requestor="source", outcome=audit_outcome(st.stored, st.failed)))
+            for patients, studies in st.tally.per_patient():
+                atna.record(ev.instances_transferred(source=st.peer_node, destination=Peer.local(self.aet),
+                                                     studies=studies, patients=patients, action="C",
+                                                     requestor="source", outcome=audit_outcome(st.stored, st.failed)))
 
     # -- services ------------------------------------------------------------------------------
     def _on_echo(self, event) -> int:
@@ -315,7 +316,8 @@ class DicomServer:
                                    sop_class=str(event.request.AffectedSOPClassUID), query=raw,
                                    transfer_syntax=str(event.context.transfer_syntax)))
 
-    def _patients_of(self, study_uids) -> list[str]:
+    def _patients_of(self, study_uids) -> dict[str, str]:
+        """Study UID -> patient ID, for the studies the index knows."""
         from sqlalchemy import select
 
         from ihecli.archive import schema as s
@@ -323,11 +325,12 @@ class DicomServer:
         uids = list(study_uids)[:1000]
         try:
             with self.archive.connect() as conn:
-                rows = conn.execute(select(s.patients.c.pid).join(s.studies, s.studies.c.patient_fk == s.patients.c.id)
-                                    .where(s.studies.c.study_uid.in_(uids)).distinct())
-                return [r[0] for r in rows if r[0]]
+                rows = conn.execute(select(s.studies.c.study_uid, s.patients.c.pid)
+                                    .join(s.patients, s.studies.c.patient_fk == s.patients.c.id)
+                                    .where(s.studies.c.study_uid.in_(uids)))
+                return {r[0]: r[1] for r in rows if r[1]}
         except Exception:
-            return []
+            return {}
 
     def _retrieved(self, event, st, refs, dest: Peer, what: str):
         """Send the instances (C-MOVE, C-GET) between two audit events: Begin Transferring before,
@@ -338,9 +341,10 @@ class DicomServer:
         tally = Tally()
         for r in refs:
             tally.add(r.study_uid, sop_class=r.sop_class)
-        patients = self._patients_of(tally.studies)
-        atna.record(ev.begin_transferring(source=Peer.local(self.aet), destination=dest, studies=tally.studies,
-                                          patients=patients, requestor=st.peer_node))
+        groups = by_patient(tally.studies, self._patients_of(tally.studies))  # one message per patient
+        for patients, studies in groups:
+            atna.record(ev.begin_transferring(source=Peer.local(self.aet), destination=dest, studies=studies,
+                                              patients=patients, requestor=st.peer_node))
         moved, failed = st.moved, st.move_failed
         moving = getattr(event.assoc.ae, "moving", None)  # set by _on_move, then by associate()
         try:
@@ -350,10 +354,11 @@ class DicomServer:
             sub = getattr(moving, "sub", None) if what == "C-MOVE" else None
             if sub is not None:  # what the destination answered
                 sent, unsent = sub.completed, unsent + sub.failed
-            atna.record(ev.instances_transferred(
-                source=Peer.local(self.aet), destination=dest, studies=tally.studies, patients=patients, action="R",
-                requestor="destination" if dest is st.peer_node else "none",
-                outcome=audit_outcome(sent, unsent)))
+            for patients, studies in groups:
+                atna.record(ev.instances_transferred(
+                    source=Peer.local(self.aet), destination=dest, studies=studies, patients=patients, action="R",
+                    requestor="destination" if dest is st.peer_node else "none",
+                    outcome=audit_outcome(sent, unsent)))
 
     def _on_move(self, event):
         st = self._stats_for(event)

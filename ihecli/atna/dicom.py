@@ -43,11 +43,22 @@ def _stop(tag, vr, length) -> bool:
     return tag.group > 0x0020
 
 
+def by_patient(studies: dict[str, dict], patient_of: dict[str, str]) -> list[tuple[list[str], dict[str, dict]]]:
+    """The studies grouped by their patient (``patient_of``: study UID -> patient ID), as
+    ([patient ID] or [], studies) pairs: an audit message names a single patient (PS3.15 A.5.3),
+    so a transfer that touched several makes one message each. At least one pair."""
+    groups: dict[str, dict[str, dict]] = {}
+    for uid, st in studies.items():
+        groups.setdefault(patient_of.get(uid, ""), {})[uid] = st
+    return [([pid] if pid else [], sts) for pid, sts in groups.items()] or [([], {})]
+
+
 @dataclass
 class Tally:
     studies: dict[str, dict] = field(default_factory=dict)
     patients: list[str] = field(default_factory=list)
     count: int = 0
+    patient_of: dict[str, str] = field(default_factory=dict)  # study UID -> patient ID
 
     def add(self, study_uid: str, patient_id: str = "", accession: str = "", sop_class: str = "") -> None:
         self.count += 1
@@ -58,6 +69,12 @@ class Tally:
             st["accessions"].append(accession)
         if patient_id and patient_id not in self.patients:
             self.patients.append(patient_id)
+        if patient_id:
+            self.patient_of.setdefault(study_uid or "unknown", patient_id)
+
+    def per_patient(self) -> list[tuple[list[str], dict[str, dict]]]:
+        """(patients, studies) for one audit message per patient (see by_patient)."""
+        return by_patient(self.studies, self.patient_of)
 
     def add_keys(self, keys: tuple[str, str, str, str], sop_class: str = "") -> None:
         study, pid, acc, cls = keys
@@ -82,8 +99,9 @@ def _media_event(export: bool, media: str, media_id: str, objects, failed: int) 
     tally = Tally()
     for study_uid, patient_id, sop_class in objects:
         tally.add(study_uid, patient_id, sop_class=sop_class)
-    atna.record(ev.media_event(export, media=media, media_id=media_id, user=os.environ.get("USER", "") or "ihe",
-                               studies=tally.studies, patients=tally.patients, outcome=outcome(tally.count, failed)))
+    for patients, studies in tally.per_patient():
+        atna.record(ev.media_event(export, media=media, media_id=media_id, user=os.environ.get("USER", "") or "ihe",
+                                   studies=studies, patients=patients, outcome=outcome(tally.count, failed)))
 
 
 def media_exported(media: str, media_id: str, objects, failed: int = 0) -> None:

@@ -177,10 +177,11 @@ def store(node: Node, paths: Iterable[str | os.PathLike], *, calling_aet: str = 
             assoc.release()
         if tally is not None:
             # DICOM Instances Transferred (PS3.15 A.5.3.4), as the sender: action Read
-            atna.record(ev.instances_transferred(
-                source=ev.Peer.local(calling_aet), destination=ev.Peer(node.aet, node.host), studies=tally.studies,
-                patients=tally.patients, action="R", requestor="source",
-                outcome=audit_outcome(report.sent, len(report.failed))))
+            for patients, studies in tally.per_patient():
+                atna.record(ev.instances_transferred(
+                    source=ev.Peer.local(calling_aet), destination=ev.Peer(node.aet, node.host), studies=studies,
+                    patients=patients, action="R", requestor="source",
+                    outcome=audit_outcome(report.sent, len(report.failed))))
     report.seconds = round(time.perf_counter() - t0, 3)
     return report
 
@@ -364,9 +365,10 @@ def get(node: Node, ident: Dataset, out_dir: str | os.PathLike, *, root: str = "
     finally:
         if tally is not None:
             # DICOM Instances Transferred, as the receiver: action Create
-            atna.record(ev.instances_transferred(
-                source=ev.Peer(node.aet, node.host), destination=ev.Peer.local(calling_aet), studies=tally.studies,
-                patients=tally.patients, action="C", outcome=audit_outcome(len(result.files), result.failed)))
+            for patients, studies in tally.per_patient():
+                atna.record(ev.instances_transferred(
+                    source=ev.Peer(node.aet, node.host), destination=ev.Peer.local(calling_aet), studies=studies,
+                    patients=patients, action="C", outcome=audit_outcome(len(result.files), result.failed)))
 
 
 # -- audit (ITI-20): what the hook records for the operations above --------------------------------

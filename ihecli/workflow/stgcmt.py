@@ -159,10 +159,11 @@ def audit_commitment(archive, checked: list[Ref], *, requester: str, requester_h
     if not atna.enabled():
         return
     from ihecli.atna import events as ev
+    from ihecli.atna.dicom import by_patient
 
     committed = {r.sop_uid for r in checked if r.reason is None}
     studies: dict[str, dict] = {}
-    patients: list[str] = []
+    patient_of: dict[str, str] = {}
     i, se, st, pa = s.instances, s.series, s.studies, s.patients
     uids = [r.sop_uid for r in checked if r.sop_uid]
     try:
@@ -176,7 +177,8 @@ def audit_commitment(archive, checked: list[Ref], *, requester: str, requester_h
                     info = studies.setdefault(row.study_uid, {"sop_classes": {}, "accessions": [row.accession or ""]})
                     if row.sop_uid in committed:
                         info["sop_classes"][row.sop_class] = info["sop_classes"].get(row.sop_class, 0) + 1
-                    patients.append(row.pid)
+                    if row.pid:
+                        patient_of.setdefault(row.study_uid, row.pid)
     except Exception as e:  # the report matters more than its audit event
         log.warning("storage commitment: no audit event: %s", e)
         return
@@ -188,9 +190,10 @@ def audit_commitment(archive, checked: list[Ref], *, requester: str, requester_h
             + ", ".join(f"{n} {text}" for text, n in why.items())) if bad else ""
     from ihecli.atna.events import Peer
 
-    atna.record(ev.storage_commitment(requester=Peer(requester, requester_host), archive=Peer.local(aet),
-                                      studies=studies, patients=patients,
-                                      outcome=ev.MINOR_FAILURE if bad else ev.SUCCESS, description=desc))
+    for patients, group in by_patient(studies, patient_of):  # one message per patient
+        atna.record(ev.storage_commitment(requester=Peer(requester, requester_host), archive=Peer.local(aet),
+                                          studies=group, patients=patients,
+                                          outcome=ev.MINOR_FAILURE if bad else ev.SUCCESS, description=desc))
 
 
 def pack_report(event_type: int, info: Dataset) -> bytes:
