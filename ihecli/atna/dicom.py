@@ -1,7 +1,7 @@
 """What DICOM actors tell the audit hook: studies, SOP classes and patients of what moved.
 
 ``Tally`` collects, per study, the SOP classes and their counts, accession numbers and patient
-IDs of the instances a transaction stored, sent or retrieved, as the Instances Transferred and
+ID of the instances a transaction stored, sent or retrieved, as the Instances Transferred and
 Begin Transferring events want them (PS3.15 A.5.3.3, A.5.3.4). ``header_keys`` reads those keys
 from an encoded object without decoding it all.
 """
@@ -56,7 +56,6 @@ def by_patient(studies: dict[str, dict], patient_of: dict[str, str]) -> list[tup
 @dataclass
 class Tally:
     studies: dict[str, dict] = field(default_factory=dict)
-    patients: list[str] = field(default_factory=list)
     count: int = 0
     patient_of: dict[str, str] = field(default_factory=dict)  # study UID -> patient ID
 
@@ -67,8 +66,6 @@ class Tally:
             st["sop_classes"][sop_class] = st["sop_classes"].get(sop_class, 0) + 1
         if accession and accession not in st["accessions"]:
             st["accessions"].append(accession)
-        if patient_id and patient_id not in self.patients:
-            self.patients.append(patient_id)
         if patient_id:
             self.patient_of.setdefault(study_uid or "unknown", patient_id)
 
