@@ -122,11 +122,11 @@ def test_dicomweb_services_are_audited(arr, corpus, tmp_path):
     web.start()
     try:
         client = DICOMwebClient(url=web.base_url)
-        client.store_instances([dcmread(p) for p in corpus[:2]])
+        client.store_instances([dcmread(p) for p in corpus[:2] + corpus[6:8]])  # two patients: two messages
         study = str(dcmread(corpus[0], stop_before_pixels=True).StudyInstanceUID)
         assert len(client.search_for_studies(search_filters={"PatientID": "PID000000"})) == 1
         assert len(client.retrieve_study(study)) == 2
-        got = events(arr, 3)
+        got = events(arr, 4)
     finally:
         web.stop()
         archive.close()
@@ -135,6 +135,8 @@ def test_dicomweb_services_are_audited(arr, corpus, tmp_path):
     assert all("127.0.0.1" in e.users for e in got)
     for e in got:
         assert problems(e.message.encode("utf-8")) == [], e.event
+    assert sorted(tuple(e.patients) for e in got if e.types.startswith("RAD-108")) == [("PID000000",), ("PID000001",)]
+    assert [e.patients for e in got if e.types.startswith("RAD-107")] == [["PID000000"]]
 
 
 def test_pdi_export_and_import_are_audited(arr, profile, corpus, tmp_path):

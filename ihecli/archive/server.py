@@ -36,7 +36,7 @@ from ihecli.archive import Archive, QueryError
 from ihecli.archive.ingest import part10
 from ihecli.archive.scan import read_meta
 from ihecli.atna import events as ev
-from ihecli.atna.dicom import Tally, by_patient, header_keys
+from ihecli.atna.dicom import Tally, by_patient, header_keys, study_patients
 from ihecli.atna.dicom import outcome as audit_outcome
 from ihecli.atna.events import Peer
 from ihecli.config import Node
@@ -316,22 +316,6 @@ class DicomServer:
                                    sop_class=str(event.request.AffectedSOPClassUID), query=raw,
                                    transfer_syntax=str(event.context.transfer_syntax)))
 
-    def _patients_of(self, study_uids) -> dict[str, str]:
-        """Study UID -> patient ID, for the studies the index knows."""
-        from sqlalchemy import select
-
-        from ihecli.archive import schema as s
-
-        uids = list(study_uids)[:1000]
-        try:
-            with self.archive.connect() as conn:
-                rows = conn.execute(select(s.studies.c.study_uid, s.patients.c.pid)
-                                    .join(s.patients, s.studies.c.patient_fk == s.patients.c.id)
-                                    .where(s.studies.c.study_uid.in_(uids)))
-                return {r[0]: r[1] for r in rows if r[1]}
-        except Exception:
-            return {}
-
     def _retrieved(self, event, st, refs, dest: Peer, what: str):
         """Send the instances (C-MOVE, C-GET) between two audit events: Begin Transferring before,
         Instances Transferred (action Read) after (PS3.15 A.5.3.3, A.5.3.4)."""
@@ -341,7 +325,7 @@ class DicomServer:
         tally = Tally()
         for r in refs:
             tally.add(r.study_uid, sop_class=r.sop_class)
-        groups = by_patient(tally.studies, self._patients_of(tally.studies))  # one message per patient
+        groups = by_patient(tally.studies, study_patients(self.archive, tally.studies))  # one message per patient
         for patients, studies in groups:
             atna.record(ev.begin_transferring(source=Peer.local(self.aet), destination=dest, studies=studies,
                                               patients=patients, requestor=st.peer_node))

@@ -53,6 +53,16 @@ def by_patient(studies: dict[str, dict], patient_of: dict[str, str]) -> list[tup
     return [([pid] if pid else [], sts) for pid, sts in groups.items()] or [([], {})]
 
 
+def study_patients(archive, study_uids) -> dict[str, str]:
+    """Study UID -> patient ID for the studies ``archive`` holds (for by_patient); {} when the
+    index cannot say (an audit message must not fail the transfer it records)."""
+    try:
+        owners, _ = archive.uid_owners(list(study_uids)[:1000])
+    except Exception:
+        return {}
+    return {uid: pid for uid, (pid, _issuer) in owners.items() if pid}
+
+
 @dataclass
 class Tally:
     studies: dict[str, dict] = field(default_factory=dict)

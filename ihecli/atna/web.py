@@ -8,7 +8,7 @@ from typing import Iterable
 
 from ihecli import atna
 from ihecli.atna import events as ev
-from ihecli.atna.dicom import Tally
+from ihecli.atna.dicom import Tally, by_patient, study_patients
 from ihecli.atna.dicom import outcome as audit_outcome
 
 QIDO = ev.iti("RAD-129", "Query based on ID for DICOM Objects")
@@ -30,8 +30,9 @@ def query(client: str | None, service_url: str, level: str, query_string: str) -
     atna.record(e)
 
 
-def stored(client: str | None, service_url: str, outcomes: Iterable) -> None:
-    """A STOW-RS request: ``outcomes`` have sop_class, study_uid and failure (None when stored)."""
+def stored(client: str | None, service_url: str, outcomes: Iterable, archive=None) -> None:
+    """A STOW-RS request: ``outcomes`` have sop_class, study_uid and failure (None when stored);
+    one message per patient of ``archive``'s studies."""
     if not atna.enabled():
         return
     tally, failed = Tally(), 0
@@ -40,21 +41,26 @@ def stored(client: str | None, service_url: str, outcomes: Iterable) -> None:
             tally.add(o.study_uid, sop_class=o.sop_class)
         else:
             failed += 1
-    e = ev.instances_transferred(source=_peer(client), destination=ev.Peer.local(service_url),
-                                 studies=tally.studies, patients=[], action="C", requestor="source",
-                                 outcome=audit_outcome(tally.count, failed))
-    e.types = [STOW]
-    atna.record(e)
+    patient_of = study_patients(archive, tally.studies) if archive is not None else {}
+    for patients, studies in by_patient(tally.studies, patient_of):
+        e = ev.instances_transferred(source=_peer(client), destination=ev.Peer.local(service_url),
+                                     studies=studies, patients=patients, action="C", requestor="source",
+                                     outcome=audit_outcome(tally.count, failed))
+        e.types = [STOW]
+        atna.record(e)
 
 
-def retrieved(client: str | None, service_url: str, refs: Iterable) -> None:
-    """A WADO-RS retrieve of instances (InstanceRef: study_uid, sop_class)."""
+def retrieved(client: str | None, service_url: str, refs: Iterable, archive=None) -> None:
+    """A WADO-RS retrieve of instances (InstanceRef: study_uid, sop_class); one message per
+    patient of ``archive``'s studies."""
     if not atna.enabled():
         return
     tally = Tally()
     for r in refs:
         tally.add(r.study_uid, sop_class=r.sop_class)
-    e = ev.instances_transferred(source=ev.Peer.local(service_url), destination=_peer(client),
-                                 studies=tally.studies, patients=[], action="R", requestor="destination")
-    e.types = [WADO]
-    atna.record(e)
+    patient_of = study_patients(archive, tally.studies) if archive is not None else {}
+    for patients, studies in by_patient(tally.studies, patient_of):
+        e = ev.instances_transferred(source=ev.Peer.local(service_url), destination=_peer(client),
+                                     studies=studies, patients=patients, action="R", requestor="destination")
+        e.types = [WADO]
+        atna.record(e)

@@ -72,7 +72,7 @@ def create_app(archive, *, root: str = ROOT, max_upload: int = MAX_UPLOAD,
 
     def retrieve(request: Request):
         refs = _refs(request)
-        audit_web.retrieved(_client(request), base(request), refs)
+        audit_web.retrieved(_client(request), base(request), refs, archive)
         return wado.retrieve(archive, accept(request), refs)
 
     def metadata(request: Request):
@@ -112,7 +112,7 @@ def create_app(archive, *, root: str = ROOT, max_upload: int = MAX_UPLOAD,
             return await run_in_threadpool(stow.store_parts, archive, parts, study, base(request),
                                            request.headers.get("accept"),
                                            on_outcomes=lambda outs: audit_web.stored(_client(request), base(request),
-                                                                                     outs))
+                                                                                     outs, archive))
         finally:
             reader.close()
 
