@@ -399,6 +399,34 @@ def test_qido_json_names_in_every_character_set(tmp_path):
         a.close()
 
 
+def test_an_instance_whose_file_is_gone(tmp_path):
+    """An indexed instance whose file was lost (before `ihe archive check --repair`): WADO-RS sends
+    the others with 206 Partial Content and a Warning, or 404 when it alone was asked; WADO-URI 404."""
+    files = make_corpus(tmp_path / "c", studies=1, series=1, images=3)
+    a = Archive(f"sqlite:///{tmp_path / 'a.db'}", tmp_path / "st")
+    for f in files:
+        a.store(f.read_bytes())
+    lost = dcmread(files[1])
+    st, se, sop = str(lost.StudyInstanceUID), str(lost.SeriesInstanceUID), str(lost.SOPInstanceUID)
+    a.blobs.path(a.blobs.rel_path(sop)).unlink()
+    srv = DicomWebServer(a)
+    srv.start()
+    try:
+        dicom = {"Accept": 'multipart/related; type="application/dicom"'}
+        r = HTTP.get(f"{srv.base_url}/studies/{st}", headers=dicom)
+        assert r.status_code == 206 and "1 of 3 instances are missing" in r.headers["Warning"]
+        got = DICOMwebClient(url=srv.base_url).retrieve_study(st)
+        assert sorted(str(d.SOPInstanceUID) for d in got) == sorted(
+            str(dcmread(f).SOPInstanceUID) for f in files if f != files[1])
+        assert HTTP.get(f"{srv.base_url}/studies/{st}/series/{se}/instances/{sop}", headers=dicom).status_code == 404
+        r = HTTP.get(srv.url + "/wado", params={"requestType": "WADO", "studyUID": st, "seriesUID": se,
+                                                "objectUID": sop, "contentType": "application/dicom"})
+        assert r.status_code == 404 and "file is missing" in r.text
+    finally:
+        srv.stop()
+        a.close()
+
+
 def test_rejected_instances_stay_hidden(tmp_path):
     """An IOCM rejection note (RAD-66) hides its instances from QIDO-RS, WADO-RS and WADO-URI too."""
     from helpers import run_cli

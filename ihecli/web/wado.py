@@ -86,15 +86,25 @@ def retrieve(archive, accept_header: str | None, refs):
     if ts != "*" and ts not in UNCOMPRESSED and any(r.transfer_syntax != ts for r in refs):
         raise WebError(406, f"instances are sent as stored or in a native transfer syntax, not {ts}")
 
+    # an indexed instance whose file is gone cannot be sent; found before the stream starts, it
+    # makes the answer 206 Partial Content (PS3.18 10.4.3), or 404 when nothing is left
+    present = [(r, archive.file_path(r)) for r in refs]
+    present = [(r, path) for r, path in present if path.is_file()]
+    lost = len(refs) - len(present)
+    if refs and not present:
+        raise WebError(404, f"the files of the {len(refs)} instance(s) asked for are missing (see ihe archive check)")
+
     def parts():
-        for r in refs:
-            path = archive.file_path(r)
+        for r, path in present:
             if ts == "*" or r.transfer_syntax == ts:
                 yield Part(f"application/dicom; transfer-syntax={r.transfer_syntax}", path=path)
             else:
                 yield Part(f"application/dicom; transfer-syntax={ts}", body=_transcoded(path, ts))
 
-    return multipart_response(parts(), "application/dicom")
+    resp = multipart_response(parts(), "application/dicom", status=206 if lost else 200)
+    if lost:
+        resp.headers["Warning"] = f'299 ihe "{lost} of {len(refs)} instances are missing from the archive\'s storage"'
+    return resp
 
 
 # -- metadata -----------------------------------------------------------------------------------

@@ -25,6 +25,8 @@ def retrieve(archive, params):
         raise WebError(400, f"missing parameter {missing[0]}")
     ref = select_instances(archive, params["studyUID"], params["seriesUID"], params["objectUID"])[0]
     path = archive.file_path(ref)
+    if not path.is_file():
+        raise WebError(404, f"object {ref.sop_uid} is indexed but its file is missing (see ihe archive check)")
     wanted = [c.split(";")[0].strip().lower() for c in params.get("contentType", "").split(",") if c.strip()]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
