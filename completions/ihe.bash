@@ -102,7 +102,7 @@ _ihe_options() {
         'ihe xds submit') _ihe_words='--batch --ca --cert --class --confidentiality --folder --format --help --json --metadata --mime --patient --replace --repository --timeout --title --tls-floor --tls-key --type -h' ;;
         'ihe xdsi') _ihe_words='--help -h' ;;
         'ihe xdsi publish') _ihe_words='--ca --cert --db --help --json --no-store --patient --repository --storage --study --timeout --tls-floor --tls-key -h' ;;
-        'ihe xdsi retrieve') _ihe_words='--ca --cert --db --help --home --json --manifest --out --repository --repository-id --source --storage --store --timeout --tls-floor --tls-key --transfer-syntax -h -o' ;;
+        'ihe xdsi retrieve') _ihe_words='--ca --cert --db --dicom --help --home --json --manifest --out --repository --repository-id --source --storage --store --timeout --tls-floor --tls-key --transfer-syntax --wado -h -o' ;;
         *) _ihe_words= ;;
     esac
 }
@@ -509,6 +509,7 @@ _ihe_value() {
         'ihe xdsi retrieve --ca') _ihe_kind=file ;;
         'ihe xdsi retrieve --cert') _ihe_kind=file ;;
         'ihe xdsi retrieve --db') _ihe_kind=text ;;
+        'ihe xdsi retrieve --dicom') _ihe_kind=text ;;
         'ihe xdsi retrieve --home') _ihe_kind=text ;;
         'ihe xdsi retrieve --manifest') _ihe_kind=file ;;
         'ihe xdsi retrieve -o'|'ihe xdsi retrieve --out') _ihe_kind=dir ;;
@@ -520,6 +521,7 @@ _ihe_value() {
         'ihe xdsi retrieve --tls-floor') _ihe_kind=text ;;
         'ihe xdsi retrieve --tls-key') _ihe_kind=file ;;
         'ihe xdsi retrieve --transfer-syntax') _ihe_kind=text ;;
+        'ihe xdsi retrieve --wado') _ihe_kind=text ;;
         *) return 1 ;;
     esac
 }

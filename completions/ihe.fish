@@ -195,7 +195,7 @@ function __ihe_takes_value
             contains -- $argv[2] --ca --cert --db --patient --repository --storage --study --timeout --tls-floor --tls-key
             return
         case 'ihe xdsi retrieve'
-            contains -- $argv[2] --ca --cert --db --home --manifest -o --out --repository --repository-id --source --storage --timeout --tls-floor --tls-key --transfer-syntax
+            contains -- $argv[2] --ca --cert --db --dicom --home --manifest -o --out --repository --repository-id --source --storage --timeout --tls-floor --tls-key --transfer-syntax --wado
             return
     end
     return 1
@@ -1049,6 +1049,7 @@ complete -c ihe -n "__ihe_at 'ihe xdsi publish'" -l tls-key -r -F -d 'Private ke
 complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l ca -r -F -d 'CA certificates to trust (PEM); servers then require client certificates. Implies --tls.'
 complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l cert -r -F -d 'Our TLS certificate chain (PEM; may hold the key). Implies --tls.'
 complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
+complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l dicom -x -d 'Fetch the images by DICOM C-GET from this node instead of RAD-69 (a profile node, or AET@host:port). Without --source, --wado or --dicom, the profile node whose AE title is the manifest\'s Retrieve AE Title is asked so.'
 complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l home -x -d 'homeCommunityId (urn:oid:OID): of the documents or images asked for (as the query gave it); when serving, this community\'s (default: xds.home).'
 complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
@@ -1063,3 +1064,4 @@ complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l timeout -x -d 'Network time
 complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l tls-floor -x -d 'Lowest TLS version: 1.2 (BCP195, the default) or 1.0 (legacy peers only).'
 complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l tls-key -r -F -d 'Private key of --cert (PEM), when not in the same file.'
 complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l transfer-syntax -x -d 'Transfer syntaxes to ask the images in (repeatable; default: Explicit and Implicit VR Little Endian, and the stored ones).'
+complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l wado -x -d 'Fetch the images with WADO-URI (RAD-55) from this endpoint instead of RAD-69, e.g. http://pacs:8080/wado.'

@@ -160,3 +160,46 @@ def test_usage_errors(xds, tmp_path):
     assert r.code == 2 and "uniqueId or --manifest" in r.stderr
     r = run_cli("xdsi", "publish", "--study", "1.2.3", "--patient", PID, "--repository", xds.url, *_arc(tmp_path))
     assert r.code == 1 and "not in the archive" in r.stderr
+
+
+def test_images_by_wado_uri_or_dicom_instead_of_rad69(xds, imaging, corpus, tmp_path):
+    """The Imaging Document Consumer's other ways to the images: WADO-URI (RAD-55, --wado) and
+    DICOM C-GET (--dicom, or with no endpoint given the profile node whose AE title is the
+    manifest's Retrieve AE Title); an image the source lost is named, exit 3."""
+    from ihecli.archive.server import DicomServer
+
+    archive, web = imaging
+    study, files = _study(corpus)
+    r = run_cli("xdsi", "publish", "--study", study, "--patient", PID, "--repository", xds.url, *_arc(tmp_path),
+                "--json")
+    uid = json.loads(r.stdout)[0]["uniqueId"]
+    fetch = ("xdsi", "retrieve", uid, "--repository", xds.url, "--repository-id", REPO)
+    originals = {str(dcmread(p).SOPInstanceUID): dcmread(p).PixelData for p in files}
+    dicom = DicomServer(archive, port=0)
+    dicom.start()
+    cfg = tmp_path / "nodes.toml"  # the manifest says IHE_ARCHIVE: the profile knows where that is
+    cfg.write_text(f'[nodes.pacs]\naet = "IHE_ARCHIVE"\nhost = "127.0.0.1"\nport = {dicom.port}\n')
+    try:
+        ways = {"wado": ["--wado", web.url + "/wado"], "dicom": ["--dicom", f"IHE_ARCHIVE@127.0.0.1:{dicom.port}"],
+                "profile node": ["--config", str(cfg)]}
+        for way, args in ways.items():
+            out = tmp_path / way.replace(" ", "-")
+            cmd = [*args[:2], *fetch, *args[2:]] if way == "profile node" else [*fetch, *args]
+            r = run_cli(*cmd, "--out", str(out), "--json")
+            assert r.code == 0, (way, r.stderr)
+            got = json.loads(r.stdout)
+            assert len(got["images"]) == 6 and not got["errors"], way
+            for row in got["images"]:
+                ds = dcmread(row["path"])
+                assert ds.PixelData == originals[str(ds.SOPInstanceUID)], way
+        r = run_cli(*fetch, "--wado", web.url + "/wado", "--dicom", "pacs", "--out", str(tmp_path / "x"))
+        assert r.code == 2 and "give one of" in r.stderr
+        lost = dcmread(files[2])
+        archive.blobs.path(archive.blobs.rel_path(str(lost.SOPInstanceUID))).unlink()
+        for way, args in (("wado", ["--wado", web.url + "/wado"]), ("dicom", ["--dicom", f"IHE_ARCHIVE@127.0.0.1:{dicom.port}"])):
+            r = run_cli(*fetch, *args, "--out", str(tmp_path / f"part-{way}"), "--json")
+            assert r.code == 3, (way, r.stderr)
+            assert [e["location"] for e in json.loads(r.stdout)["errors"]] == [str(lost.SOPInstanceUID)], way
+            assert len(json.loads(r.stdout)["images"]) == 5, way
+    finally:
+        dicom.stop()

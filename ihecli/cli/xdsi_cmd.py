@@ -22,6 +22,17 @@ Source = Annotated[Optional[str], typer.Option(
          "http://pacs:8080/xdsi (`ihe archive serve --http-port 8080`).")]
 
 
+Wado = Annotated[Optional[str], typer.Option(
+    "--wado", metavar="URL",
+    help="Fetch the images with WADO-URI (RAD-55) from this endpoint instead of RAD-69, e.g. "
+         "http://pacs:8080/wado.")]
+DicomNode = Annotated[Optional[str], typer.Option(
+    "--dicom", metavar="NODE",
+    help="Fetch the images by DICOM C-GET from this node instead of RAD-69 (a profile node, or AET@host:port). "
+         "Without --source, --wado or --dicom, the profile node whose AE title is the manifest's Retrieve AE "
+         "Title is asked so.")]
+
+
 def _repository_uid(ctx: typer.Context) -> tuple[str, str]:
     from ihecli.xdsi.manifest import default_repository_uid
 
@@ -88,6 +99,8 @@ def retrieve_cmd(
     repository_id: RepositoryId = None,
     repository: Repository = None,
     source: Source = None,
+    wado: Wado = None,
+    dicom: DicomNode = None,
     home: Home = None,
     transfer_syntax: Annotated[Optional[list[str]], typer.Option(
         "--transfer-syntax", metavar="UID",
@@ -107,7 +120,9 @@ def retrieve_cmd(
 
     The manifest is written as DIR/manifest.dcm, each image as DIR/<SOP Instance UID>.dcm. Across
     communities (XCA-I) give the images' --home and, as --source, this community's Initiating
-    Imaging Gateway. Exit status 3 when only some images came (each missing one is named).
+    Imaging Gateway. Instead of RAD-69 the images can come by WADO-URI (--wado) or DICOM C-GET
+    (--dicom, or the profile node with the manifest's Retrieve AE Title). Exit status 3 when only
+    some images came (each missing one is named).
 
     Example: ihe xdsi retrieve 1.2.826.0.1.3680043.8.498.1 --source http://pacs:8080/xdsi --out ./study
     """
@@ -123,6 +138,8 @@ def retrieve_cmd(
         raise UsageError("give either the manifest's uniqueId or --manifest FILE")
     if out is None and not store:
         raise UsageError("say where the images go: --out DIR and/or --store")
+    if sum(x is not None for x in (source, wado, dicom)) > 1:
+        raise UsageError("give one of --source (RAD-69), --wado (WADO-URI) and --dicom (C-GET)")
     tls = dict(cert=cert, key=tls_key, ca=ca, floor=tls_floor)
     if manifest is not None:
         data = manifest.read_bytes()
@@ -139,53 +156,78 @@ def retrieve_cmd(
         kos = read_kos(pydicom.dcmread(BytesIO(data)))
     except Exception as e:
         raise UsageError(f"the manifest is not a Key Object Selection Document: {e}") from None
-    locations = _locations(data)
-    images = [ImageRequest(r.study_uid, r.series_uid, r.sop_uid, locations.get(r.series_uid, ""), home or "")
+    series = _series_retrieve(data)
+    images = [ImageRequest(r.study_uid, r.series_uid, r.sop_uid, series.get(r.series_uid, ("", ""))[0], home or "")
               for r in kos.references]
     if not images:
         raise UsageError("the manifest references no image")
-    unknown = sorted({i.series_uid for i in images if not i.repository_uid})
-    if unknown:
-        raise UsageError(f"the manifest gives no Retrieve Location UID for series {unknown[0]}")
-    url = source or _default_source({i.repository_uid for i in images})
-    tss = transfer_syntax or ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
-    cfg = None
-    if url.startswith("https://"):
-        from ihecli.cli.options import tls_config
+    settings = state(ctx).settings()
+    wait = timeout or _xds(ctx).timeout
+    by_node = {} if source or wado else _dicom_nodes(ctx, images, series, dicom)
+    if wado:
+        from ihecli.xdsi import fetch
 
-        cfg = tls_config(ctx, **tls, default_on=True)
-    res = retrieve_imaging_document_set(SoapClient(url, timeout=timeout or _xds(ctx).timeout, tls_config=cfg),
-                                        images, tss)
+        cfg = None
+        if wado.startswith("https://"):
+            from ihecli.cli.options import tls_config
+
+            cfg = tls_config(ctx, **tls, default_on=True)
+        documents, all_errors = fetch.by_wado(wado, images, timeout=wait, tls_config=cfg,
+                                              transfer_syntax=transfer_syntax[0] if transfer_syntax else None)
+    elif by_node:
+        from ihecli.cli.options import node_tls
+        from ihecli.xdsi import fetch
+
+        documents, all_errors = [], []
+        for node, imgs in by_node.items():
+            got, errs = fetch.by_dicom(node, imgs, calling_aet=settings.calling_aet, timeout=wait,
+                                       tls=node_tls(ctx, node))
+            documents += got
+            all_errors += errs
+    else:
+        unknown = sorted({i.series_uid for i in images if not i.repository_uid})
+        if unknown:
+            raise UsageError(f"the manifest gives no Retrieve Location UID for series {unknown[0]}")
+        url = source or _default_source({i.repository_uid for i in images})
+        tss = transfer_syntax or ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
+        cfg = None
+        if url.startswith("https://"):
+            from ihecli.cli.options import tls_config
+
+            cfg = tls_config(ctx, **tls, default_on=True)
+        res = retrieve_imaging_document_set(SoapClient(url, timeout=wait, tls_config=cfg), images, tss)
+        documents, all_errors = res.documents, res.errors
     rows = []
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "manifest.dcm").write_bytes(data)
-        for d in res.documents:
+        for d in documents:
             path = out / f"{d.document_unique_id}.dcm"
             path.write_bytes(d.data)
             rows.append({"sopInstanceUID": d.document_unique_id, "size": len(d.data), "path": str(path)})
     if store:
         with open_archive(ctx, db, storage) as archive:
             archive.store(data)
-            for d in res.documents:
+            for d in documents:
                 archive.store(d.data)
         if out is None:
-            rows = [{"sopInstanceUID": d.document_unique_id, "size": len(d.data), "path": ""} for d in res.documents]
-    errors = [e for e in res.errors if e.is_error]
+            rows = [{"sopInstanceUID": d.document_unique_id, "size": len(d.data), "path": ""} for d in documents]
+    errors = [e for e in all_errors if e.is_error]
     if json:
         output.print_json({"manifest": kos.sop_uid, "study": kos.study_uid, "images": rows,
                            "errors": [{"code": e.code, "location": e.location, "context": e.context} for e in errors]})
     else:
         output.table(rows, ["sopInstanceUID", "size", "path"])
-        output.info(f"{len(res.documents)} of {len(images)} images of study {kos.study_uid}")
+        output.info(f"{len(documents)} of {len(images)} images of study {kos.study_uid}")
     for e in errors:
         output.error(f"{e.location or ''} {e.code}: {e.context}".strip())
     if errors:
         raise typer.Exit(ExitStatus.PARTIAL)
 
 
-def _locations(data: bytes) -> dict[str, str]:
-    """Retrieve Location UID (0040,E011) of each referenced series of a manifest."""
+def _series_retrieve(data: bytes) -> dict[str, tuple[str, str]]:
+    """Retrieve Location UID (0040,E011) and Retrieve AE Title (0008,0054) of each referenced
+    series of a manifest."""
     from io import BytesIO
 
     import pydicom
@@ -194,9 +236,25 @@ def _locations(data: bytes) -> dict[str, str]:
     out = {}
     for study in ds.get("CurrentRequestedProcedureEvidenceSequence", []):
         for se in study.get("ReferencedSeriesSequence", []):
-            uid = str(se.get("RetrieveLocationUID", "") or "")
-            if uid:
-                out[str(se.SeriesInstanceUID)] = uid
+            aet = se.get("RetrieveAETitle", "") or ""
+            aet = str(aet[0] if isinstance(aet, (list, pydicom.multival.MultiValue)) else aet).strip()
+            out[str(se.SeriesInstanceUID)] = (str(se.get("RetrieveLocationUID", "") or ""), aet)
+    return out
+
+
+def _dicom_nodes(ctx: typer.Context, images, series: dict[str, tuple[str, str]], dicom: str | None) -> dict:
+    """{node: its images} for C-GET: every image from --dicom, else each series from the profile
+    node with the series' Retrieve AE Title; {} when a series has no such node (RAD-69 then)."""
+    settings = state(ctx).settings()
+    if dicom:
+        return {settings.node(dicom): list(images)}
+    by_aet = {n.aet: n for n in settings.nodes.values()}
+    out: dict = {}
+    for img in images:
+        node = by_aet.get(series.get(img.series_uid, ("", ""))[1])
+        if node is None:
+            return {}
+        out.setdefault(node, []).append(img)
     return out
 
 
