@@ -4,6 +4,7 @@ archive answering Retrieve Imaging Document Set (RAD-69) on its HTTP port, `ihe 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from lxml import etree
@@ -158,6 +159,9 @@ def test_usage_errors(xds, tmp_path):
     assert r.code == 2 and "--study" in r.stderr
     r = run_cli("xdsi", "retrieve", "--out", str(tmp_path))
     assert r.code == 2 and "uniqueId or --manifest" in r.stderr
+    nist = Path(__file__).parent / "data" / "kos" / "IDS-DEPT022-a-kos.dcm"  # Retrieve AE DCM4CHEE: no such node
+    r = run_cli("xdsi", "retrieve", "--manifest", str(nist), "--out", str(tmp_path / "n"))
+    assert r.code == 2 and "--source URL" in r.stderr and "--dicom NODE" in r.stderr
     r = run_cli("xdsi", "publish", "--study", "1.2.3", "--patient", PID, "--repository", xds.url, *_arc(tmp_path))
     assert r.code == 1 and "not in the archive" in r.stderr
 

@@ -260,4 +260,4 @@ def _dicom_nodes(ctx: typer.Context, images, series: dict[str, tuple[str, str]],
 
 def _default_source(repository_uids: set[str]) -> str:
     raise UsageError(f"give the RAD-69 endpoint of Imaging Document Source {sorted(repository_uids)[0]} "
-                     "with --source URL")
+                     "with --source URL (or fetch the images with --wado URL or --dicom NODE)")
