@@ -221,3 +221,22 @@ def test_bad_usage(env, tmp_path):
     notdicom.write_text("hello")
     r = cli(env, "pdi", "burn", notdicom, "--iso", tmp_path / "a.iso")
     assert r.code == 1 and "no DICOM objects" in r.stderr
+
+
+def test_an_archive_file_that_is_gone_fails_the_burn_partly(tmp_path):
+    """An object selected from the archive whose file cannot be read is a failure, not a skip:
+    named, the others written, exit 3 (a medium that lacks what was asked for is not a success)."""
+    files = make_corpus(tmp_path / "corpus", studies=1, series=1, images=3)
+    data = tmp_path / "data"
+    a = Archive(f"sqlite:///{data / 'archive.db'}", data / "storage")
+    for f in files:
+        a.store(f.read_bytes())
+    lost = pydicom.dcmread(files[1], stop_before_pixels=True).SOPInstanceUID
+    a.blobs.path(a.blobs.rel_path(str(lost))).unlink()
+    a.close()
+    env = {"env": {"IHE_DATA_DIR": str(data), "IHE_CONFIG": str(tmp_path / "c.toml")}}
+    r = cli(env, "pdi", "burn", "--patient", "PID000000", "--usb", tmp_path / "stick", "--no-web", "--json")
+    assert r.code == 3, r.stderr
+    assert r.json["objects"] == 2 and r.json["skipped"] == []
+    ((path, why),) = r.json["failed"]
+    assert str(lost) in path and "cannot read" in why

@@ -147,11 +147,14 @@ def _volumes(items: list[_Item], capacity: int | None) -> list[list[_Item]]:
 
 
 def read_sources(paths: Iterable[str | os.PathLike], media: str, web: bool,
-                 progress: Callable[[int], None] | None = None) -> tuple[list[_Item], list[tuple[str, str]]]:
-    """Header of every source file; non-DICOM files and repeated SOP Instance UIDs are skipped."""
+                 progress: Callable[[int], None] | None = None
+                 ) -> tuple[list[_Item], list[tuple[str, str]], list[tuple[str, str]]]:
+    """Header of every source file: (items, skipped, unreadable). Non-DICOM files and repeated
+    SOP Instance UIDs are skipped; files that cannot be read are failures."""
     allowed = allowed_syntaxes(media)
     items: list[_Item] = []
     skipped: list[tuple[str, str]] = []
+    unreadable: list[tuple[str, str]] = []
     seen: set[str] = set()
     for p in paths:
         p = str(p)
@@ -170,8 +173,8 @@ def read_sources(paths: Iterable[str | os.PathLike], media: str, web: bool,
                 with open(p, "rb") as f:
                     data = f.read()
                 info = object_info(data, p)
-        except OSError as e:
-            skipped.append((p, e.strerror or str(e)))
+        except OSError as e:  # a selected object that cannot be read is missing from the medium: a failure
+            unreadable.append((p, f"cannot read: {e.strerror or e}"))
             continue
         except NotDicom as e:
             skipped.append((p, str(e)))
@@ -191,7 +194,7 @@ def read_sources(paths: Iterable[str | os.PathLike], media: str, web: bool,
         convert = info.transfer_syntax not in allowed or not has_meta
         items.append(_Item(info, p, convert, _estimate(info, convert, web)))
     items.sort(key=_sort_key)
-    return items, skipped
+    return items, skipped, unreadable
 
 
 def _fileset_base(items: list[_Item]) -> str:
@@ -326,7 +329,8 @@ def burn(paths: Iterable[str | os.PathLike], *, iso: Path | None = None, usb: Pa
         raise UsageError(f"bad --media {media!r}: cd, dvd or usb")
     capacity = size if size is not None else CAPACITY[media]
     report = BurnReport(media, PROFILES[media])
-    items, report.skipped = read_sources(paths, media, web, progress)
+    items, report.skipped, unreadable = read_sources(paths, media, web, progress)
+    report.failed.extend(unreadable)
     if not items:
         raise IheError("no DICOM objects to write")
     vols = _volumes(items, capacity)
