@@ -118,6 +118,28 @@ def test_export_to_node(corpus, storescp, tmp_path):
     assert r.json["instances"] == 6 and len(list(out.iterdir())) == 6
 
 
+def test_export_goes_on_past_a_lost_file(corpus, storescp, tmp_path):
+    """The nightly export: an indexed instance whose file is gone is named and fails alone; the
+    rest go to the node or the folder; exit 3."""
+    from ihecli.archive import Archive
+
+    db = f"sqlite:///{tmp_path / 'a.db'}"
+    st = str(tmp_path / "st")
+    assert run_cli("archive", "import", *map(str, corpus), "--db", db, "--storage", st).code == 0
+    lost = str(dcmread(corpus[-1]).SOPInstanceUID)
+    a = Archive(db, st)
+    a.blobs.path(a.blobs.rel_path(lost)).unlink()
+    a.close()
+    node, folder = storescp
+    study = _study(corpus[-1])
+    for where in (["--to", str(node)], ["--out", str(tmp_path / "out")]):
+        r = run_cli("archive", "export", "--study", study, *where, "--db", db, "--storage", st, "--json")
+        assert r.code == 3, (where, r.stderr)
+        assert r.json["instances"] == 5 and [lost in f["reason"] for f in r.json["failed"]] == [True], where
+    assert len(list(folder.iterdir())) == 5
+    assert len(list((tmp_path / "out").rglob("*.dcm"))) == 5
+
+
 def test_usage_errors_exit_2():
     r = run_cli("dicom", "find")
     assert r.code == 2

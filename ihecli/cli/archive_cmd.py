@@ -403,7 +403,16 @@ def export_cmd(
             ident.QueryRetrieveLevel = "STUDY"
             ident.StudyInstanceUID = uids
             refs = archive.instances(ident)
-        paths = [archive.file_path(r) for r in refs]
+        # an indexed instance whose file is gone fails alone: the nightly job exports the rest
+        lost: list[scu.FileFailure] = []
+        refs_paths = []
+        for r in refs:
+            p = archive.file_path(r)
+            if p.is_file():
+                refs_paths.append((r, p))
+            else:
+                lost.append(scu.FileFailure(str(p), f"file of {r.sop_uid} is missing (see ihe archive check)"))
+        paths = [p for _, p in refs_paths]
         if to:
             st = state(ctx).settings()
             node = st.node(to)
@@ -413,25 +422,31 @@ def export_cmd(
                 with output.progress(len(paths), f"exporting to {node}", enabled=not json) as advance:
                     rep = scu.store(node, paths, calling_aet=calling_aet or st.calling_aet, timeout=timeout,
                                     progress=lambda p, o: advance(), tls=node_tls(ctx, node))
-            result = {"studies": len(uids), "instances": rep.sent, "failed": [f.__dict__ for f in rep.failed],
-                      "to": str(node)}
-            failed = len(rep.failed)
+            failures = lost + rep.failed
             done = rep.sent
+            dest = str(node)
         else:
             out.mkdir(parents=True, exist_ok=True)
             done = 0
+            failures = lost
             with output.progress(len(paths), f"exporting to {out}", enabled=not json) as advance:
-                for r, p in zip(refs, paths):
+                for r, p in refs_paths:
                     target = out / safe_name(r.study_uid) / safe_name(r.series_uid) / f"{safe_name(r.sop_uid)}.dcm"
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(p, target)
-                    done += 1
+                    try:
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copyfile(p, target)
+                        done += 1
+                    except OSError as e:
+                        failures.append(scu.FileFailure(str(p), f"cannot copy to {target}: {e.strerror or e}"))
                     advance()
-            result = {"studies": len(uids), "instances": done, "failed": [], "to": str(out)}
-            failed = 0
+            dest = str(out)
+        failed = len(failures)
+        result = {"studies": len(uids), "instances": done, "failed": [f.__dict__ for f in failures], "to": dest}
     if json:
         output.print_json(result)
     else:
+        for f in failures:
+            output.warn(f"{f.path}: {f.reason}")
         output.info(f"exported {done} instances of {len(uids)} studies to {result['to']}"
                     + (f", {failed} failed" if failed else ""))
     if failed:
