@@ -127,6 +127,11 @@ def test_export_a_case(archive, tmp_path):
     doc = json.loads((out / "case.json").read_text())
     assert doc["delay_reasons"] == ["Delay export until histopathology is available"]
     assert doc["title"] == "For Teaching File Export" and doc["description"].startswith("Classic Colles")
+    # an instance whose file is gone from the storage: named, the rest written, exit 3
+    archive.blobs.path(archive.blobs.rel_path(str(info[0].SOPInstanceUID))).unlink()
+    r = run_cli("tce", "export", "1", "--out", tmp_path / "again", *db_args(archive), "--json")
+    assert r.code == 3, r.stderr
+    assert r.json["written"] == 1 and r.json["lost"] == [str(info[0].SOPInstanceUID)] and r.json["missing"] == []
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

@@ -83,7 +83,10 @@ def export_cmd(ctx: typer.Context, case: Case, out: Out, db: Db = None, storage:
     else:
         for uid in rep.missing:
             output.warn(f"not received yet: {uid}")
+        for uid in rep.lost:
+            output.warn(f"file missing from the archive's storage (see ihe archive check): {uid}")
         output.info(f"case {rep.case}: manifest and {rep.written} instances written to {rep.out}"
-                    + (f", {len(rep.missing)} not received yet" if rep.missing else ""))
-    if rep.missing:
+                    + (f", {len(rep.missing)} not received yet" if rep.missing else "")
+                    + (f", {len(rep.lost)} files missing" if rep.lost else ""))
+    if rep.missing or rep.lost:
         raise typer.Exit(ExitStatus.PARTIAL)

@@ -63,7 +63,8 @@ class ExportReport:
     out: str
     manifest: str
     written: int = 0
-    missing: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # referenced, not received
+    lost: list[str] = field(default_factory=list)  # received, but the file is gone (see ihe archive check)
 
 
 def _case(row, refs: int, have: int) -> TceCase:
@@ -122,18 +123,26 @@ def export_case(archive, case: str, out: Path) -> ExportReport:
         raise IheError(f"the manifest of case {c.case} is no longer in the archive")
     out.mkdir(parents=True, exist_ok=True)
     rep = ExportReport(case=c.case, out=str(out), manifest=str(out / "MANIFEST.dcm"))
-    shutil.copyfile(archive.file_path(rel), out / "MANIFEST.dcm")
+    try:
+        shutil.copyfile(archive.file_path(rel), out / "MANIFEST.dcm")
+    except FileNotFoundError:
+        raise IheError(f"the manifest of case {c.case} is indexed but its file is missing (see ihe archive check)") \
+            from None
     for r in refs:
         if not r.received:
             rep.missing.append(r.sop_uid)
             continue
         target = out / safe_name(r.study_uid) / safe_name(r.series_uid) / f"{safe_name(r.sop_uid)}.dcm"
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(archive.file_path(r.path), target)
+        try:
+            shutil.copyfile(archive.file_path(r.path), target)
+        except FileNotFoundError:
+            rep.lost.append(r.sop_uid)
+            continue
         rep.written += 1
     doc = {"case": c.case, "manifest": c.manifest_uid, "title": c.title, "title_code": c.title_code,
            "description": c.description, "delay_reasons": c.delay_reasons, "observers": c.observers,
            "patient_id": c.patient_id, "patient_name": c.patient_name, "study": c.study_uid,
-           "references": c.references, "written": rep.written, "missing": rep.missing}
+           "references": c.references, "written": rep.written, "missing": rep.missing + rep.lost}
     (out / "case.json").write_text(json.dumps(doc, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     return rep
