@@ -161,23 +161,19 @@ def retrieve_cmd(
               for r in kos.references]
     if not images:
         raise UsageError("the manifest references no image")
+    from ihecli.cli.options import node_tls, tls_config
+    from ihecli.xdsi import fetch
+
+    def https(url: str):
+        return tls_config(ctx, **tls, default_on=True) if url.startswith("https://") else None
+
     settings = state(ctx).settings()
     wait = timeout or _xds(ctx).timeout
     by_node = {} if source or wado else _dicom_nodes(ctx, images, series, dicom)
     if wado:
-        from ihecli.xdsi import fetch
-
-        cfg = None
-        if wado.startswith("https://"):
-            from ihecli.cli.options import tls_config
-
-            cfg = tls_config(ctx, **tls, default_on=True)
-        documents, all_errors = fetch.by_wado(wado, images, timeout=wait, tls_config=cfg,
+        documents, all_errors = fetch.by_wado(wado, images, timeout=wait, tls_config=https(wado),
                                               transfer_syntax=transfer_syntax[0] if transfer_syntax else None)
     elif by_node:
-        from ihecli.cli.options import node_tls
-        from ihecli.xdsi import fetch
-
         documents, all_errors = [], []
         for node, imgs in by_node.items():
             got, errs = fetch.by_dicom(node, imgs, calling_aet=settings.calling_aet, timeout=wait,
@@ -190,12 +186,7 @@ def retrieve_cmd(
             raise UsageError(f"the manifest gives no Retrieve Location UID for series {unknown[0]}")
         url = source or _default_source({i.repository_uid for i in images})
         tss = transfer_syntax or ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
-        cfg = None
-        if url.startswith("https://"):
-            from ihecli.cli.options import tls_config
-
-            cfg = tls_config(ctx, **tls, default_on=True)
-        res = retrieve_imaging_document_set(SoapClient(url, timeout=wait, tls_config=cfg), images, tss)
+        res = retrieve_imaging_document_set(SoapClient(url, timeout=wait, tls_config=https(url)), images, tss)
         documents, all_errors = res.documents, res.errors
     rows = []
     if out is not None:
