@@ -270,6 +270,18 @@ class Archive:
     def file_path(self, ref: InstanceRef | str) -> Path:
         return self.blobs.path(ref.path if isinstance(ref, InstanceRef) else ref)
 
+    def with_files(self, refs: list[InstanceRef]) -> tuple[list[tuple[InstanceRef, Path]], list[InstanceRef]]:
+        """(each ref with its file, the refs whose file is gone): an instance lost after it was
+        indexed fails alone wherever it is sent (``archive check`` finds and repairs it)."""
+        present, lost = [], []
+        for r in refs:
+            p = self.file_path(r)
+            if p.is_file():
+                present.append((r, p))
+            else:
+                lost.append(r)
+        return present, lost
+
     def counts(self) -> dict[str, int]:
         with self.connect() as conn:
             return {name: conn.execute(select(func.count()).select_from(t)).scalar_one()

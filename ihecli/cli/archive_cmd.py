@@ -404,14 +404,9 @@ def export_cmd(
             ident.StudyInstanceUID = uids
             refs = archive.instances(ident)
         # an indexed instance whose file is gone fails alone: the nightly job exports the rest
-        lost: list[scu.FileFailure] = []
-        refs_paths = []
-        for r in refs:
-            p = archive.file_path(r)
-            if p.is_file():
-                refs_paths.append((r, p))
-            else:
-                lost.append(scu.FileFailure(str(p), f"file of {r.sop_uid} is missing (see ihe archive check)"))
+        refs_paths, gone = archive.with_files(refs)
+        lost = [scu.FileFailure(str(archive.file_path(r)), f"file of {r.sop_uid} is missing (see ihe archive check)")
+                for r in gone]
         paths = [p for _, p in refs_paths]
         if to:
             st = state(ctx).settings()

@@ -88,9 +88,8 @@ def retrieve(archive, accept_header: str | None, refs):
 
     # an indexed instance whose file is gone cannot be sent; found before the stream starts, it
     # makes the answer 206 Partial Content (PS3.18 10.4.3), or 404 when nothing is left
-    present = [(r, archive.file_path(r)) for r in refs]
-    present = [(r, path) for r, path in present if path.is_file()]
-    lost = len(refs) - len(present)
+    present, gone = archive.with_files(refs)
+    lost = len(gone)
     if refs and not present:
         raise WebError(404, f"the files of the {len(refs)} instance(s) asked for are missing (see ihe archive check)")
 
