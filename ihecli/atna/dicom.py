@@ -54,8 +54,10 @@ def by_patient(studies: dict[str, dict], patient_of: dict[str, str]) -> list[tup
 
 
 def study_patients(archive, study_uids) -> dict[str, str]:
-    """Study UID -> patient ID for the studies ``archive`` holds (for by_patient); {} when the
-    index cannot say (an audit message must not fail the transfer it records)."""
+    """Study UID -> patient ID for the studies ``archive`` holds (for by_patient); {} without an
+    archive or when the index cannot say (an audit message must not fail the transfer it records)."""
+    if archive is None:
+        return {}
     try:
         owners, _ = archive.uid_owners(list(study_uids)[:1000])
     except Exception:

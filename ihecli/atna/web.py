@@ -41,8 +41,7 @@ def stored(client: str | None, service_url: str, outcomes: Iterable, archive=Non
             tally.add(o.study_uid, sop_class=o.sop_class)
         else:
             failed += 1
-    patient_of = study_patients(archive, tally.studies) if archive is not None else {}
-    for patients, studies in by_patient(tally.studies, patient_of):
+    for patients, studies in by_patient(tally.studies, study_patients(archive, tally.studies)):
         e = ev.instances_transferred(source=_peer(client), destination=ev.Peer.local(service_url),
                                      studies=studies, patients=patients, action="C", requestor="source",
                                      outcome=audit_outcome(tally.count, failed))
@@ -58,8 +57,7 @@ def retrieved(client: str | None, service_url: str, refs: Iterable, archive=None
     tally = Tally()
     for r in refs:
         tally.add(r.study_uid, sop_class=r.sop_class)
-    patient_of = study_patients(archive, tally.studies) if archive is not None else {}
-    for patients, studies in by_patient(tally.studies, patient_of):
+    for patients, studies in by_patient(tally.studies, study_patients(archive, tally.studies)):
         e = ev.instances_transferred(source=ev.Peer.local(service_url), destination=_peer(client),
                                      studies=studies, patients=patients, action="R", requestor="destination")
         e.types = [WADO]
