@@ -406,12 +406,13 @@ def _send(node, op: str, sop_uid: str, ds: Dataset, *, calling_aet: str, timeout
     from ihecli.errors import DimseFailure, PeerUnreachable
     from ihecli.net import dimse
 
+    subject = about if about is not None else ds  # what the audit record names
     ae = dimse.client_ae(calling_aet, timeout=timeout)
     ae.add_requested_context(ModalityPerformedProcedureStep)
     try:
         assoc = dimse.associate(ae, node, tls=tls)
     except PeerUnreachable as e:
-        _audit_sent(op, about or ds, sop_uid, node, calling_aet, PROCESSING_FAILURE, str(e))
+        _audit_sent(op, subject, sop_uid, node, calling_aet, PROCESSING_FAILURE, str(e))
         raise
     try:
         if op == "create":
@@ -422,10 +423,10 @@ def _send(node, op: str, sop_uid: str, ds: Dataset, *, calling_aet: str, timeout
         if assoc.is_established:
             assoc.release()
     if status is None or "Status" not in status:
-        _audit_sent(op, about or ds, sop_uid, node, calling_aet, PROCESSING_FAILURE, "no response")
+        _audit_sent(op, subject, sop_uid, node, calling_aet, PROCESSING_FAILURE, "no response")
         raise PeerUnreachable(f"{node} sent no N-{op.upper()} response (timeout or abort)")
     code = int(status.Status)
-    _audit_sent(op, about or ds, sop_uid, node, calling_aet, code, str(status.get("ErrorComment", "") or ""))
+    _audit_sent(op, subject, sop_uid, node, calling_aet, code, str(status.get("ErrorComment", "") or ""))
     if code != 0 and dimse.status_category(code) == "failure":
         extra = []
         if "ErrorComment" in status:
