@@ -15,7 +15,7 @@ import typer
 from ihecli import atna
 from ihecli.archive import Archive
 from ihecli.cli import output
-from ihecli.cli.options import (PATIENT_HELP, Aet, Bind, Ca, CallingAet, Cert, Db, Dest, Json, Level, Limit, NoTls, OptionalOut, Port,
+from ihecli.cli.options import (PATIENT_HELP, InstanceOpt, SeriesOpt, StudyOpt, Aet, Bind, Ca, CallingAet, Cert, Db, Dest, Json, Level, Limit, NoTls, OptionalOut, Port,
                                 Since, Storage, Timeout, Tls, TlsFloor, TlsKey, Yes, node_tls, state, tls_config)
 from ihecli.cli.hl7_cmd import HL7_PORT_HELP, Hl7Service
 from ihecli.cli.pix_cmd import PIX_PORT_HELP, PixService, parse_domains
@@ -105,10 +105,16 @@ def serve_cmd(
         counts = archive.counts()
         procs = f"{n_workers} processes; " if n_workers > 1 else ""
         output.info(f"{our_aet} listening on {our_bind}:{at_port}{' with TLS' if ssl_context else ''} "
-                    f"({counts['instances']} instances in {counts['studies']} studies; "
+                    f"({output.count(counts['instances'], 'instance')} in {output.count(counts['studies'], 'study', 'studies')}; "
                     f"storage {archive.blobs.root}; {procs}Ctrl-C stops)")
         if dests:
             output.info("move destinations: " + ", ".join(str(n) for n in dests.values()))
+
+    def announce_web(web: DicomWebService) -> None:
+        root = web.start()
+        host = web.server.url
+        output.info(f"DICOMweb on {root} (WADO-URI at {host}/wado); XDS-I.b Retrieve Imaging Document Set "
+                    f"(RAD-69) at {host}/xdsi as repositoryUniqueId {web.imaging_source_uid}")
 
     from ihecli.net import tls as tlsmod
     from ihecli.web import DicomWebService
@@ -146,7 +152,7 @@ def serve_cmd(
             if pix:
                 pix.start()
             if web:
-                output.info(f"DICOMweb on {web.start()}")
+                announce_web(web)
             with open_archive(ctx, db, storage, duplicates=duplicates, fuzzy_names=fuzzy_names) as archive:
                 server = make_server(archive, our_port, False)
                 try:
@@ -185,7 +191,7 @@ def serve_cmd(
                 if pix:
                     pix.start()
                 if web:
-                    output.info(f"DICOMweb on {web.start()}")
+                    announce_web(web)
 
             try:
                 serve_workers(run, n_workers, stop, on_ready=all_ready)
@@ -286,11 +292,6 @@ def _selection(level: str, patient, name, study, series, instance, accession, mo
 
 Patient = Annotated[Optional[str], typer.Option("--patient", metavar="ID", help=PATIENT_HELP)]
 Name = Annotated[Optional[str], typer.Option("--name", metavar="NAME", help="Patient name (wildcards * ?).")]
-StudyOpt = Annotated[Optional[list[str]], typer.Option("--study", metavar="UID", help="Study Instance UID.")]
-SeriesOpt = Annotated[Optional[list[str]], typer.Option("--series", metavar="UID",
-                                                        help="Series Instance UID (repeatable).")]
-InstanceOpt = Annotated[Optional[list[str]], typer.Option("--instance", metavar="UID",
-                                                          help="SOP Instance UID (repeatable).")]
 Accession = Annotated[Optional[str], typer.Option("--accession", metavar="ACC", help="Accession number.")]
 Modality = Annotated[Optional[str], typer.Option("--modality", metavar="MOD", help="Modality, e.g. CT.")]
 DateOpt = Annotated[Optional[str], typer.Option("--date", metavar="RANGE", help="Study date or range, e.g. 20240101-.")]
@@ -341,7 +342,8 @@ def rm_cmd(ctx: typer.Context, patient: Patient = None, study: StudyOpt = None, 
             raise IheError("nothing matches; nothing removed")
         studies = {r.study_uid for r in refs}
         series_n = {r.series_uid for r in refs}
-        what = f"{len(refs)} instances in {len(series_n)} series of {len(studies)} studies"
+        what = (f"{output.count(len(refs), 'instance')} in {len(series_n)} series of "
+                f"{output.count(len(studies), 'study', 'studies')}")
         if not yes:
             if not output.err.is_terminal:
                 raise UsageError(f"would remove {what}: add --yes to confirm when not on a terminal")
@@ -442,7 +444,7 @@ def export_cmd(
     else:
         for f in failures:
             output.warn(f"{f.path}: {f.reason}")
-        output.info(f"exported {done} instances of {len(uids)} studies to {result['to']}"
+        output.info(f"exported {output.count(done, 'instance')} of {output.count(len(uids), 'study', 'studies')} to {result['to']}"
                     + (f", {failed} failed" if failed else ""))
     if failed:
         raise typer.Exit(ExitStatus.PARTIAL if done else ExitStatus.REFUSED)

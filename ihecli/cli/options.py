@@ -128,3 +128,11 @@ def node_tls(ctx: typer.Context, node):
     from ihecli.net import tls
 
     return tls.for_node(node, state(ctx).settings().tls_config())
+
+
+# the objects a command acts on, by UID
+StudyOpt = Annotated[Optional[list[str]], typer.Option("--study", metavar="UID", help="Study Instance UID.")]
+SeriesOpt = Annotated[Optional[list[str]], typer.Option("--series", metavar="UID",
+                                                        help="Series Instance UID (repeatable).")]
+InstanceOpt = Annotated[Optional[list[str]], typer.Option("--instance", metavar="UID",
+                                                          help="SOP Instance UID (repeatable).")]

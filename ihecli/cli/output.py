@@ -56,6 +56,11 @@ def configure(*, quiet: bool = False, verbose: int = 0) -> None:
         pyn.setLevel(logging.DEBUG if verbose > 2 else logging.INFO)
 
 
+def count(n: int, word: str, words: str | None = None) -> str:
+    """``1 study``, ``2 studies``: a number with its noun in the right number."""
+    return f"{n} {word if n == 1 else (words or word + 's')}"
+
+
 def info(message: str) -> None:
     """A line for the user on stderr (silent with -q)."""
     if not _state["quiet"]:
