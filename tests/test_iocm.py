@@ -159,7 +159,7 @@ def test_shows_and_asks_before_sending(corpus, archive):
                 *db_args(archive))
     assert r.code == 2 and "add --yes" in r.stderr
     assert a.SeriesInstanceUID in r.stdout  # the table of what would be rejected
-    assert "1 instances in 1 series of 1 study" in r.stderr
+    assert "1 instance in 1 series of 1 study" in r.stderr
     assert _notes(archive) == []
 
 

@@ -82,8 +82,8 @@ def reject_cmd(
     sel.check()
     rows = sel.summary()
     n_studies = len({r["StudyInstanceUID"] for r in rows})
-    what = (f"{len(sel.found)} instances in {len(rows)} series of {n_studies} "
-            f"{'study' if n_studies == 1 else 'studies'}")
+    what = (f"{output.count(len(sel.found), 'instance')} in {len(rows)} series of "
+            f"{output.count(n_studies, 'study', 'studies')}")
     if not json:
         output.table(rows, ["PatientID", "PatientName", "StudyInstanceUID", "SeriesInstanceUID", "Modality",
                             "Instances"])

@@ -132,7 +132,7 @@ def create_cmd(
         return
     d = result["documents"][0]
     output.out.print(d["sop_instance_uid"], markup=False)
-    output.info(f"Key Image Note '{d['title']}' ({d['references']} images in {d['series']} series) "
+    output.info(f"Key Image Note '{d['title']}' ({output.count(d['references'], 'image')} in {d['series']} series) "
                 f"{'written to' if out_file else 'stored in' if store else 'sent to'} {where}")
 
 

@@ -10,7 +10,8 @@ from typing import Annotated, Optional
 import typer
 
 from ihecli.cli import output
-from ihecli.cli.options import PATIENT_HELP, Bind, CallingAet, Db, Json, Port, Storage, Timeout, Yes, node_tls, state
+from ihecli.cli.options import (PATIENT_HELP, Bind, CallingAet, Db, Json, Port, Storage, StudyOpt, Timeout, Yes, node_tls,
+                                state)
 from ihecli.errors import ExitStatus, IheError, UsageError
 
 app = typer.Typer(help="Portable Data for Imaging (CD, DVD, USB): write media, import them, look at them.\n\n"
@@ -19,7 +20,6 @@ app = typer.Typer(help="Portable Data for Imaging (CD, DVD, USB): write media, i
 # as `ihe archive` has them; not imported from there, whose module loads the DICOM network stack
 # (writing a medium from files needs neither that nor the archive: start-up is part of a burn)
 Patient = Annotated[Optional[str], typer.Option("--patient", metavar="ID", help=PATIENT_HELP)]
-StudyOpt = Annotated[Optional[list[str]], typer.Option("--study", metavar="UID", help="Study Instance UID.")]
 Accession = Annotated[Optional[str], typer.Option("--accession", metavar="ACC", help="Accession number.")]
 
 
@@ -110,7 +110,8 @@ def burn_cmd(
         for path, why in rep.unrendered:
             output.warn(f"{path}: no web rendering: {why}")
         for vol in rep.volumes:
-            output.info(f"{vol.path}: {vol.fileset_id}, {vol.objects} objects in {len(vol.studies)} studies, "
+            output.info(f"{vol.path}: {vol.fileset_id}, {output.count(vol.objects, 'object')} in "
+                        f"{output.count(len(vol.studies), 'study', 'studies')}, "
                         f"{vol.files} files, {vol.bytes / 1e6:.1f} MB")
         extra = f", {rep.rendered} images rendered ({rep.render_rate} images/s)" if web else ""
         output.info(f"{rep.objects} objects on {len(rep.volumes)} {rep.profile} volume"
@@ -248,7 +249,8 @@ def view_cmd(
             old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
             try:
                 c = server.contents.counts
-                output.info(f"{server.url} shows {c['objects']} objects of {c['studies']} studies (Ctrl-C stops)")
+                output.info(f"{server.url} shows {output.count(c['objects'], 'object')} of "
+                            f"{output.count(c['studies'], 'study', 'studies')} (Ctrl-C stops)")
                 if json:
                     output.print_json({"url": server.url, **c})
                 while not stop.wait(0.5):
@@ -282,7 +284,8 @@ def view_cmd(
     for o in contents.problems:
         output.warn(f"{o['path']}: {o['status']}: {o['reason']}")
     c = contents.counts
-    output.info(f"{c['patients']} patients, {c['studies']} studies, {c['series']} series, {c['objects']} objects; "
+    output.info(f"{output.count(c['patients'], 'patient')}, {output.count(c['studies'], 'study', 'studies')}, "
+                f"{c['series']} series, {output.count(c['objects'], 'object')}; "
                 f"{c['unsupported']} unsupported, {c['problems']} missing or unreadable, "
                 f"{c['files_skipped']} other files skipped"
                 + (f"; read from {', '.join(contents.dicomdirs)}" if contents.dicomdirs else "; no DICOMDIR"))
