@@ -73,7 +73,7 @@ def main(argv=None) -> int:
 
     from ihecli.net.soap import SoapClient
     from ihecli.xca.initiating import cross_gateway_query
-    from ihecli.xca.responding import ITI38
+    from ihecli.xds.vocabulary import ITI38
     from ihecli.xds import ebrim
     from ihecli.xds import vocabulary as v
     from ihecli.xds.client import QueryOptions, stored_query_params

@@ -3,6 +3,7 @@ import the heavy libraries of other actors at module level (the archive must sta
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -31,3 +32,24 @@ def test_a_command_loads_only_its_own_group():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     groups, heavy = json.loads(out.splitlines()[-1])
     assert groups == ["config"] and heavy == []
+
+
+def test_network_clients_do_not_load_the_archive():
+    """A query to another system (XDS, XCA, PIX, PDQ) needs neither the archive database nor the
+    DICOM stack: run against a closed port, each command fails fast without importing them."""
+    commands = [["xds", "query", "find-documents", "--patient", "X^^^&1.2&ISO", "--registry", "http://127.0.0.1:9/xds"],
+                ["xca", "query", "find-documents", "--patient", "X^^^&1.2&ISO",
+                 "--community", "urn:oid:1.2=http://127.0.0.1:9/xca"],
+                ["pix", "query", "X^^^&1.2&ISO", "--to", "127.0.0.1:9"],
+                ["pdq", "query", "--family", "X", "--to", "http://127.0.0.1:9/pdq"]]
+    for argv in commands:
+        code = ("import contextlib, io, json, sys\n"
+                "from ihecli.cli import main\n"
+                "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+                f"    rc = main({argv!r})\n"
+                "print(json.dumps([rc, sorted({m.split('.')[0] for m in sys.modules if m.split('.')[0] in "
+                "('pydicom', 'pynetdicom', 'sqlalchemy', 'numpy')})]))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={**os.environ, "IHE_CONFIG": "/nonexistent/ihe.toml"}).stdout
+        rc, heavy = json.loads(out.splitlines()[-1])
+        assert rc != 0 and heavy == [], (argv, rc, heavy)

@@ -8,5 +8,14 @@
 - ``Identifier`` and ``Domain``: HL7 CX and HD, shared with PDQ (``ihecli.pix.ids``).
 """
 from ihecli.pix.ids import Domain, Identifier  # noqa: F401
-from ihecli.pix.notification import UpdateNotificationReceiver, links  # noqa: F401
 from ihecli.pix.query import PixAnswer, query_identifiers  # noqa: F401
+
+
+def __getattr__(name: str):
+    # the receiver writes to the archive database: its imports (SQLAlchemy, pydicom) wait until
+    # it is used, so that a query or PDQ starts quickly
+    if name in ("UpdateNotificationReceiver", "links"):
+        from ihecli.pix import notification
+
+        return getattr(notification, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,8 +12,8 @@ import copy
 from ihecli.net.soap import Attachments, Reply, SoapClient, SoapFault, SoapMessage, SoapServer
 from ihecli.net.soap.xml import QUERY, RIM, q
 from ihecli.xca.initiating import CommunityResult, cross_gateway_retrieve, fan_out
-from ihecli.xca.responding import ITI38
 from ihecli.xds import vocabulary as v
+from ihecli.xds.vocabulary import ITI38
 from ihecli.xds.messages import adhoc_query_response, read_registry_response, read_retrieve_request, retrieve_response
 
 

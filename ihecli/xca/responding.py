@@ -16,20 +16,17 @@ from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from ihecli.atna.events import iti
 from ihecli.net.http import HttpServer
 from ihecli.net.soap import Attachments, Reply, SoapMessage, SoapService
 from ihecli.net.soap.xml import RS, XDSB, q
 from ihecli.xds import vocabulary as v
+from ihecli.xds.audit import TX_ITI38, TX_ITI39
 from ihecli.xds.messages import RegistryError, error_list, read_errors, retrieve_response
 from ihecli.xds.server import XdsService
 
 log = logging.getLogger("ihe.xca")
 
-ITI38 = "urn:ihe:iti:2007:CrossGatewayQuery"
-ITI39 = "urn:ihe:iti:2007:CrossGatewayRetrieve"
-TX_ITI38 = iti("ITI-38", "Cross Gateway Query")
-TX_ITI39 = iti("ITI-39", "Cross Gateway Retrieve")
+ITI38, ITI39 = v.ITI38, v.ITI39
 
 
 def _mark_errors(body: etree._Element, home: str) -> None:

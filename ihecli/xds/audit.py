@@ -12,6 +12,9 @@ from ihecli.atna import events as ev
 
 log = logging.getLogger("ihe.xds")
 
+TX_ITI38 = ev.iti("ITI-38", "Cross Gateway Query")
+TX_ITI39 = ev.iti("ITI-39", "Cross Gateway Retrieve")
+
 
 def local(name: str = "ihe") -> ev.Peer:
     return ev.Peer.local(name)

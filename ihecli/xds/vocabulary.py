@@ -64,6 +64,8 @@ ITI41 = "urn:ihe:iti:2007:ProvideAndRegisterDocumentSet-b"
 ITI42 = "urn:ihe:iti:2007:RegisterDocumentSet-b"
 ITI43 = "urn:ihe:iti:2007:RetrieveDocumentSet"
 ITI62 = "urn:ihe:iti:2010:DeleteDocumentSet"
+ITI38 = "urn:ihe:iti:2007:CrossGatewayQuery"
+ITI39 = "urn:ihe:iti:2007:CrossGatewayRetrieve"
 
 
 def response_action(action: str) -> str:
