@@ -93,6 +93,33 @@ def test_a_community_that_is_down_is_named_and_the_others_answer(two):
     assert "urn:oid:1.2.3.999: XDSUnavailableCommunity" in r.stderr
 
 
+def test_retrieve_by_unique_id_alone_asks_where_the_documents_are(two, tmp_path):
+    """Without --home and --repository-id, GetDocuments across the communities finds each
+    document's community and repository; a uniqueId no community knows is named (exit 3)."""
+    a, b = two
+    r = run_cli("xca", "query", "find-documents", "--patient", PID, *_comms(a, b), "--json")
+    rows = {x["community"]: x["uniqueId"] for x in json.loads(r.stdout)}
+    r = run_cli("xca", "retrieve", rows[HOME_A], rows[HOME_B], "--out", str(tmp_path / "docs"), *_comms(a, b),
+                "--json")
+    assert r.code == 0, r.stderr
+    assert sorted((x["home"], x["repositoryUniqueId"]) for x in json.loads(r.stdout)) == [(HOME_A, REPO_A),
+                                                                                          (HOME_B, REPO_B)]
+    assert (tmp_path / "docs" / (rows[HOME_B] + ".txt")).read_text() == "from B\n"
+    r = run_cli("xca", "retrieve", rows[HOME_B], "1.2.3.4.5", "--out", str(tmp_path / "more"), *_comms(a, b),
+                "--json")
+    assert r.code == 3 and "1.2.3.4.5: no document with this uniqueId in any community" in r.stderr
+    assert [x["uniqueId"] for x in json.loads(r.stdout)] == [rows[HOME_B]]
+    # asked only of the community given: A's document is not in B
+    r = run_cli("xca", "retrieve", rows[HOME_A], "--home", HOME_B, "--out", str(tmp_path / "none"), *_comms(a, b))
+    assert r.code == 1 and f"no document with this uniqueId in {HOME_B}" in r.stderr
+
+
+def test_no_community_reachable_is_exit_4(tmp_path):
+    down = f"urn:oid:1.2.3.999=http://127.0.0.1:{free_port()}/xca"
+    r = run_cli("xca", "query", "find-documents", "--patient", PID, "--community", down, "--timeout", "5")
+    assert r.code == 4 and "XDSUnavailableCommunity" in r.stderr and "no matches" not in r.stdout + r.stderr
+
+
 def test_retrieve_from_an_unknown_community_is_refused(two, tmp_path):
     a, b = two
     r = run_cli("xca", "retrieve", "1.2.3", "--home", "urn:oid:9.9.9", "--repository-id", REPO_A,

@@ -6,6 +6,7 @@ A's Initiating Imaging Gateway. Then B's imaging gateway stops halfway."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from pydicom import dcmread
 
@@ -58,11 +59,24 @@ def test_publish_in_b_query_and_retrieve_from_a(tmp_path, corpus):
                     "--out", str(tmp_path / "images"), "--json")
         assert r.code == 0, r.stderr
         assert len(json.loads(r.stdout)["images"]) == 6
-        # B's imaging gateway goes away: A's consumer is told which community failed
+        # the same in one step: the manifest by its uniqueId from community B (GetDocuments finds
+        # its repository, ITI-39 brings it), then the images
+        r = run_cli("xdsi", "retrieve", entry["uniqueId"], "--home", HOME_B, *community, "--source", iig_a.url,
+                    "--out", str(tmp_path / "one-step"), "--json")
+        assert r.code == 0, r.stderr
+        assert len(json.loads(r.stdout)["images"]) == 6
+        assert (tmp_path / "one-step" / "manifest.dcm").read_bytes() == Path(manifest).read_bytes()
+        # B's imaging gateway goes away: A's consumer is told which community failed, once for all
+        # of its images
         rig_b.stop()
         r = run_cli("xdsi", "retrieve", "--manifest", manifest, "--home", HOME_B, "--source", iig_a.url,
                     "--out", str(tmp_path / "again"))
-        assert r.code == 1 and "XDSUnavailableCommunity" in r.stderr
+        assert r.code == 1 and r.stderr.count("XDSUnavailableCommunity") == 1 and "(6 images" in r.stderr
+        # and B's responding gateway too: the manifest cannot come (exit 4)
+        xca_b.stop()
+        r = run_cli("xdsi", "retrieve", entry["uniqueId"], "--home", HOME_B, *community, "--source", iig_a.url,
+                    "--out", str(tmp_path / "gone"), "--timeout", "5")
+        assert r.code == 4 and "XDSUnavailableCommunity" in r.stderr
     finally:
         for s in (iig_a, rig_b, *reversed(servers)):
             s.stop()

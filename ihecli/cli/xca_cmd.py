@@ -38,13 +38,17 @@ def _communities(ctx: typer.Context, given: Optional[list[str]]) -> dict[str, st
 
 
 def _report(results) -> int:
-    """Per-community errors on stderr; the exit status: 0 all answered, 3 some, 1 none."""
+    """Per-community errors on stderr; the exit status: 0 all answered, 3 some, 1 none, 4 none could be
+    reached."""
     failed = [r for r in results if r.failed]
     for r in results:
         for e in r.errors:
             say = output.error if e.is_error else output.warn
             say(f"{r.home}: {e.code}: {e.context}")
     if failed and len(failed) == len(results):
+        # no community could be reached (down or slow) is not the same as every one saying no
+        if all(e.code == "XDSUnavailableCommunity" for r in failed for e in r.errors):
+            return ExitStatus.UNREACHABLE
         return ExitStatus.REFUSED
     if failed or any(e.is_error for r in results for e in r.errors):
         return ExitStatus.PARTIAL
@@ -93,7 +97,7 @@ def query_cmd(
     rows = [dict(o.as_dict(), community=r.home) for r in results for o in r.objects]
     if json:
         output.print_json(rows)
-    else:
+    elif rows or not all(r.failed for r in results):  # no community answered: no "no matches" either
         _print_objects(rows)
     code = _report(results)
     if code:
@@ -113,23 +117,37 @@ def retrieve_cmd(
 ) -> None:
     """Fetch documents of another community: Cross Gateway Retrieve (ITI-39).
 
-    Example: ihe xca retrieve 2.25.1234 --home urn:oid:1.2.3 --repository-id 1.2.3.4 --out ./docs
+    Without --home and --repository-id the communities are asked first where each document is
+    kept (GetDocuments, ITI-38): its community and repository come from its entry.
+
+    Example: ihe xca retrieve 2.25.1234 --out ./docs
     """
-    from ihecli.xca.initiating import cross_gateway_retrieve
+    from ihecli.xca.initiating import cross_gateway_retrieve, locate_documents
     from ihecli.xds.messages import DocumentRequest
 
-    if not home:
-        raise UsageError("say which community holds the documents: --home urn:oid:OID (as the query gave it)")
     comms = _communities(ctx, community)
-    repo = repository_id or _xds(ctx).repository_unique_id
-    reqs = [DocumentRequest(repo, u.strip(), home) for u in unique_ids]
-    results = cross_gateway_retrieve(comms, reqs, timeout=timeout or _xds(ctx).timeout)
+    wait = timeout or _xds(ctx).timeout
+    uids = [u.strip() for u in unique_ids]
+    unknown: list[str] = []
+    if home and repository_id:
+        reqs = [DocumentRequest(repository_id, u, home) for u in uids]
+    else:  # ask the community (or every one) where the documents are
+        reqs, found_by, unknown = locate_documents(comms, uids, home=home or "", timeout=wait)
+        if repository_id:
+            reqs = [DocumentRequest(repository_id, r.document_unique_id, r.home) for r in reqs]
+        for u in unknown:
+            output.error(f"{u}: no document with this uniqueId in {home or 'any community'}")
+        if unknown:
+            _report([r for r in found_by if r.failed])  # a community that did not answer may hold them
+    results = cross_gateway_retrieve(comms, reqs, timeout=wait) if reqs else []
     rows = write_documents(out, [d for r in results for d in r.documents])
     if json:
         output.print_json(rows)
-    else:
+    elif rows:
         output.table(rows, ["uniqueId", "home", "mimeType", "size", "path"])
-    code = _report(results)
+    code = _report(results) if results else ExitStatus.REFUSED
+    if unknown and code == ExitStatus.OK:
+        code = ExitStatus.PARTIAL
     if code:
         raise typer.Exit(code)
 

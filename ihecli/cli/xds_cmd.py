@@ -415,7 +415,7 @@ def retrieve_cmd(
     errors = [e for e in res.errors if e.is_error]
     if json:
         output.print_json(rows)
-    else:
+    elif rows:
         output.table(rows, ["uniqueId", "mimeType", "size", "path"])
     for e in errors:
         output.error(f"{e.location or ''} {e.code}: {e.context}".strip())

@@ -7,10 +7,11 @@ from typing import Annotated, Optional
 import typer
 
 from ihecli.cli import output
-from ihecli.cli.archive_cmd import StudyOpt, open_archive
-from ihecli.cli.options import Ca, Cert, Db, Json, OptionalOut, OptionalTimeout, Storage, TlsFloor, TlsKey, state
+from ihecli.cli.options import (Ca, Cert, Db, Json, OptionalOut, OptionalTimeout, Storage, StudyOpt, TlsFloor, TlsKey,
+                                state)
+from ihecli.cli.xca_cmd import Community
 from ihecli.cli.xds_cmd import Home, Patient, Repository, RepositoryId, _client, _xds
-from ihecli.errors import ExitStatus, UsageError
+from ihecli.errors import ExitStatus, IheError, UsageError
 
 app = typer.Typer(help="XDS-I.b: publish archive studies as imaging manifests; retrieve manifests and their "
                        "images.\n\nExample: ihe xdsi publish --study 1.2.3.4 --patient 'PID1^^^&1.2.3&ISO'",
@@ -74,6 +75,8 @@ def publish_cmd(
     aet, repo_uid = _repository_uid(ctx)
     cli = _client(ctx, repository, "repository", timeout, dict(cert=cert, key=tls_key, ca=ca, floor=tls_floor))
     rows = []
+    from ihecli.cli.archive_cmd import open_archive
+
     with open_archive(ctx, db, storage) as archive:
         for uid in study:
             p = publish(cli, archive, uid, domain=_xds(ctx), patient=patient, retrieve_aet=aet,
@@ -102,6 +105,7 @@ def retrieve_cmd(
     wado: Wado = None,
     dicom: DicomNode = None,
     home: Home = None,
+    community: Community = None,
     transfer_syntax: Annotated[Optional[list[str]], typer.Option(
         "--transfer-syntax", metavar="UID",
         help="Transfer syntaxes to ask the images in (repeatable; default: Explicit and Implicit VR Little "
@@ -120,9 +124,10 @@ def retrieve_cmd(
 
     The manifest is written as DIR/manifest.dcm, each image as DIR/<SOP Instance UID>.dcm. Across
     communities (XCA-I) give the images' --home and, as --source, this community's Initiating
-    Imaging Gateway. Instead of RAD-69 the images can come by WADO-URI (--wado) or DICOM C-GET
-    (--dicom, or the profile node with the manifest's Retrieve AE Title). Exit status 3 when only
-    some images came (each missing one is named).
+    Imaging Gateway; the manifest then comes through the responding gateways (--community or
+    xds.communities; ITI-38/39). Instead of RAD-69 the images can come by WADO-URI (--wado) or
+    DICOM C-GET (--dicom, or the profile node with the manifest's Retrieve AE Title). Exit status
+    3 when only some images came (each missing one is named).
 
     Example: ihe xdsi retrieve 1.2.826.0.1.3680043.8.498.1 --source http://pacs:8080/xdsi --out ./study
     """
@@ -131,7 +136,7 @@ def retrieve_cmd(
     from ihecli.kos.document import read_kos
     from ihecli.net.soap import SoapClient
     from ihecli.xds import client as xc
-    from ihecli.xds.messages import DocumentRequest
+    from ihecli.xds.messages import DocumentRequest, XdsError
     from ihecli.xdsi.rad69 import ImageRequest, retrieve_imaging_document_set
 
     if (unique_id is None) == (manifest is None):
@@ -143,10 +148,12 @@ def retrieve_cmd(
     tls = dict(cert=cert, key=tls_key, ca=ca, floor=tls_floor)
     if manifest is not None:
         data = manifest.read_bytes()
+    elif home and not repository and (community or _xds(ctx).communities) and home != _xds(ctx).home:
+        data = _manifest_across(ctx, unique_id, home, repository_id, community, timeout)
     else:
         repo = repository_id or _xds(ctx).repository_unique_id
         res = xc.retrieve_document_set(_client(ctx, repository, "repository", timeout, tls),
-                                       [DocumentRequest(repo, unique_id)])
+                                       [DocumentRequest(repo, unique_id, home or "")])
         if not res.documents:
             raise UsageError(f"the repository returned no document {unique_id}")
         data = res.documents[0].data
@@ -186,8 +193,11 @@ def retrieve_cmd(
             raise UsageError(f"the manifest gives no Retrieve Location UID for series {unknown[0]}")
         url = source or _default_source({i.repository_uid for i in images})
         tss = transfer_syntax or ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
-        res = retrieve_imaging_document_set(SoapClient(url, timeout=wait, tls_config=https(url)), images, tss)
-        documents, all_errors = res.documents, res.errors
+        try:
+            res = retrieve_imaging_document_set(SoapClient(url, timeout=wait, tls_config=https(url)), images, tss)
+            documents, all_errors = res.documents, res.errors
+        except XdsError as e:  # Failure: no image came, each error said below
+            documents, all_errors = [], e.errors
     rows = []
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -197,6 +207,8 @@ def retrieve_cmd(
             path.write_bytes(d.data)
             rows.append({"sopInstanceUID": d.document_unique_id, "size": len(d.data), "path": str(path)})
     if store:
+        from ihecli.cli.archive_cmd import open_archive
+
         with open_archive(ctx, db, storage) as archive:
             archive.store(data)
             for d in documents:
@@ -208,12 +220,43 @@ def retrieve_cmd(
         output.print_json({"manifest": kos.sop_uid, "study": kos.study_uid, "images": rows,
                            "errors": [{"code": e.code, "location": e.location, "context": e.context} for e in errors]})
     else:
-        output.table(rows, ["sopInstanceUID", "size", "path"])
+        if rows:
+            output.table(rows, ["sopInstanceUID", "size", "path"])
         output.info(f"{len(documents)} of {len(images)} images of study {kos.study_uid}")
+    said: dict[tuple[str, str], list[str]] = {}  # the same error for many images is said once
     for e in errors:
-        output.error(f"{e.location or ''} {e.code}: {e.context}".strip())
-    if errors:
-        raise typer.Exit(ExitStatus.PARTIAL)
+        said.setdefault((e.code, e.context), []).append(e.location or "")
+    for (code, context), where in said.items():
+        if len(where) == 1:
+            output.error(f"{where[0]} {code}: {context}".strip())
+        else:
+            output.error(f"{code}: {context} ({len(where)} images, the first {where[0]})")
+    if errors or len(documents) < len(images):
+        raise typer.Exit(ExitStatus.PARTIAL if documents else ExitStatus.REFUSED)
+
+
+def _manifest_across(ctx: typer.Context, unique_id: str, home: str, repository_id: Optional[str],
+                     community: Optional[list[str]], timeout: Optional[float]) -> bytes:
+    """The manifest from community ``home`` through the responding gateways (--community or
+    xds.communities; XCA: where it is kept by GetDocuments unless --repository-id says, then ITI-39)."""
+    from ihecli.cli.xca_cmd import _communities
+    from ihecli.xca.initiating import cross_gateway_retrieve, locate_documents
+    from ihecli.xds.messages import DocumentRequest
+
+    comms, wait = _communities(ctx, community), timeout or _xds(ctx).timeout
+    if repository_id:
+        reqs, found_by = [DocumentRequest(repository_id, unique_id, home)], []
+    else:
+        reqs, found_by, _ = locate_documents(comms, [unique_id], home=home, timeout=wait)
+    results = cross_gateway_retrieve(comms, reqs, timeout=wait) if reqs else []
+    for r in results or found_by:
+        if r.documents:
+            return r.documents[0].data
+        for e in r.errors:
+            if e.is_error:
+                raise IheError(f"{home}: {e.code}: {e.context}", exit_status=ExitStatus.UNREACHABLE
+                               if e.code == "XDSUnavailableCommunity" else ExitStatus.REFUSED)
+    raise IheError(f"community {home} has no document {unique_id}")
 
 
 def _series_retrieve(data: bytes) -> dict[str, tuple[str, str]]:

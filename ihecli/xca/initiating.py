@@ -17,9 +17,10 @@ from lxml import etree
 from ihecli.errors import IheError, PeerUnreachable
 from ihecli.net.soap import SoapClient
 from ihecli.net.soap.xml import RIM, XDSB, q
-from ihecli.xca.responding import ITI38, ITI39, TX_ITI38, TX_ITI39
 from ihecli.xds import audit, ebrim
 from ihecli.xds import vocabulary as v
+from ihecli.xds.audit import TX_ITI38, TX_ITI39
+from ihecli.xds.vocabulary import ITI38, ITI39
 from ihecli.xds.messages import (DocumentRequest, RegistryError, XdsError, adhoc_query_request, read_documents,
                                  read_registry_response, retrieve_request)
 
@@ -96,6 +97,27 @@ def cross_gateway_query(communities: dict[str, str], query_id: str, params: dict
         res.elements = list(rol) if rol is not None else []
 
     return fan_out(communities, call, timeout)
+
+
+def locate_documents(communities: dict[str, str], unique_ids: list[str], *, home: str = "",
+                     timeout: float = 60) -> tuple[list[DocumentRequest], list[CommunityResult], list[str]]:
+    """Where documents are kept: GetDocuments by uniqueId (ITI-38) to community ``home``, or to every
+    community when none is given. Returns a DocumentRequest for each document found (the
+    repositoryUniqueId and home its entry gives), the query's results (their errors name the
+    communities that did not answer) and the uniqueIds no community knows."""
+    if home and home not in communities:
+        return [], [CommunityResult(home, "", v.FAILURE, errors=[RegistryError(
+            "XDSUnknownCommunity", f"no responding gateway for homeCommunityId {home}", home)])], list(unique_ids)
+    targets = {home: communities[home]} if home else communities
+    results = cross_gateway_query(targets, v.STORED_QUERIES["get-documents"][0],
+                                  {"$XDSDocumentEntryUniqueId": list(unique_ids)}, timeout=timeout)
+    found: dict[str, DocumentRequest] = {}
+    for r in results:
+        for o in r.objects:
+            uid = getattr(o, "unique_id", "")
+            if uid and getattr(o, "repository_unique_id", "") and uid not in found:
+                found[uid] = DocumentRequest(o.repository_unique_id, uid, o.home or r.home)
+    return [found[u] for u in unique_ids if u in found], results, [u for u in unique_ids if u not in found]
 
 
 def cross_gateway_retrieve(communities: dict[str, str], requests: list[DocumentRequest], *,
