@@ -102,7 +102,7 @@ _ihe_options() {
         'ihe xds submit') _ihe_words='--batch --ca --cert --class --confidentiality --folder --format --help --json --metadata --mime --patient --replace --repository --timeout --title --tls-floor --tls-key --type -h' ;;
         'ihe xdsi') _ihe_words='--help -h' ;;
         'ihe xdsi publish') _ihe_words='--ca --cert --db --help --json --no-store --patient --repository --storage --study --timeout --tls-floor --tls-key -h' ;;
-        'ihe xdsi retrieve') _ihe_words='--ca --cert --db --dicom --help --home --json --manifest --out --repository --repository-id --source --storage --store --timeout --tls-floor --tls-key --transfer-syntax --wado -h -o' ;;
+        'ihe xdsi retrieve') _ihe_words='--ca --cert --community --db --dicom --help --home --json --manifest --out --repository --repository-id --source --storage --store --timeout --tls-floor --tls-key --transfer-syntax --wado -h -o' ;;
         *) _ihe_words= ;;
     esac
 }
@@ -508,6 +508,7 @@ _ihe_value() {
         'ihe xdsi publish --tls-key') _ihe_kind=file ;;
         'ihe xdsi retrieve --ca') _ihe_kind=file ;;
         'ihe xdsi retrieve --cert') _ihe_kind=file ;;
+        'ihe xdsi retrieve --community') _ihe_kind=text ;;
         'ihe xdsi retrieve --db') _ihe_kind=text ;;
         'ihe xdsi retrieve --dicom') _ihe_kind=text ;;
         'ihe xdsi retrieve --home') _ihe_kind=text ;;

@@ -195,7 +195,7 @@ function __ihe_takes_value
             contains -- $argv[2] --ca --cert --db --patient --repository --storage --study --timeout --tls-floor --tls-key
             return
         case 'ihe xdsi retrieve'
-            contains -- $argv[2] --ca --cert --db --dicom --home --manifest -o --out --repository --repository-id --source --storage --timeout --tls-floor --tls-key --transfer-syntax --wado
+            contains -- $argv[2] --ca --cert --community --db --dicom --home --manifest -o --out --repository --repository-id --source --storage --timeout --tls-floor --tls-key --transfer-syntax --wado
             return
     end
     return 1
@@ -1048,6 +1048,7 @@ complete -c ihe -n "__ihe_at 'ihe xdsi publish'" -l tls-key -r -F -d 'Private ke
 # ihe xdsi retrieve
 complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l ca -r -F -d 'CA certificates to trust (PEM); servers then require client certificates. Implies --tls.'
 complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l cert -r -F -d 'Our TLS certificate chain (PEM; may hold the key). Implies --tls.'
+complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l community -x -d 'A responding gateway, urn:oid:OID=http://host:port/xca (repeatable; default: the profile\'s xds.communities).'
 complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
 complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l dicom -x -d 'Fetch the images by DICOM C-GET from this node instead of RAD-69 (a profile node, or AET@host:port). Without --source, --wado or --dicom, the profile node whose AE title is the manifest\'s Retrieve AE Title is asked so.'
 complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -s h -l help -d 'Show this message and exit.'
