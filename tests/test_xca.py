@@ -179,6 +179,10 @@ def test_affinity_domain_gateway_needs_no_xca_knowledge_from_consumers(two, tmp_
                     "--home", HOME_A, "--out", str(tmp_path / "docs"), "--json")
         assert r.code == 0, r.stderr
         assert (tmp_path / "docs" / (from_a["uniqueId"] + ".txt")).read_text() == "from A\n"
+        # without --repository-id the profile's is asked for, which A does not hold: said, with the way out
+        r = run_cli("xds", "retrieve", from_a["uniqueId"], "--repository", gw.url, "--home", HOME_A,
+                    "--out", str(tmp_path / "none"))
+        assert r.code == 1 and "XDSUnknownRepositoryId" in r.stderr and "--repository-id OID" in r.stderr
     comms[down] = f"http://127.0.0.1:{free_port()}/xca"
     with AffinityGatewayServer(AffinityDomainGateway(comms, timeout=5)) as gw:
         r = run_cli("xds", "query", "find-documents", "--patient", PID, "--registry", gw.url, "--json")

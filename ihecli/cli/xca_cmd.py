@@ -172,8 +172,8 @@ def gateway_cmd(ctx: typer.Context, community: Community = None, port: Port = No
     ssl_context = tlsmod.context(tls_config(ctx, tls=tls, no_tls=no_tls, cert=cert, key=tls_key, ca=ca,
                                             floor=tls_floor), server=True)
     srv = AffinityGatewayServer(gw, bind=bind or x.bind, port=8022 if port is None else port, ssl_context=ssl_context)
-    _serve(srv, f"XCA Initiating Gateway (XDS Affinity Domain option) on {{url}} for {len(gw.communities)} "
-                "communities (Ctrl-C stops)", port)
+    _serve(srv, f"XCA Initiating Gateway (XDS Affinity Domain option) on {{url}} for "
+                f"{output.count(len(gw.communities), 'community', 'communities')} (Ctrl-C stops)", port)
 
 
 def _serve(srv, banner: str, port) -> None:

@@ -405,22 +405,29 @@ def retrieve_cmd(
     Example: ihe xds retrieve 2.25.1234 2.25.5678 --out ./docs
     """
     from ihecli.xds import client as xc
-    from ihecli.xds.messages import DocumentRequest
+    from ihecli.xds.messages import DocumentRequest, XdsError
 
     repo = repository_id or _xds(ctx).repository_unique_id
     reqs = [DocumentRequest(repo, u.strip(), home or "") for u in unique_ids]
     cli = _client(ctx, repository, "repository", timeout, dict(cert=cert, key=tls_key, ca=ca, floor=tls_floor))
-    res = xc.retrieve_document_set(cli, reqs)
-    rows = write_documents(out, res.documents)
-    errors = [e for e in res.errors if e.is_error]
+    try:
+        res = xc.retrieve_document_set(cli, reqs)
+        documents, all_errors = res.documents, res.errors
+    except XdsError as e:  # Failure: nothing came, each error said below
+        documents, all_errors = [], e.errors
+    rows = write_documents(out, documents)
+    errors = [e for e in all_errors if e.is_error]
     if json:
         output.print_json(rows)
     elif rows:
         output.table(rows, ["uniqueId", "mimeType", "size", "path"])
     for e in errors:
         output.error(f"{e.location or ''} {e.code}: {e.context}".strip())
-    if errors:
-        raise typer.Exit(ExitStatus.PARTIAL)
+    if any(e.code == "XDSUnknownRepositoryId" for e in errors) and not repository_id:
+        output.info("give the repository the document entry names: --repository-id OID "
+                    "(repositoryUniqueId in `ihe xds query ... --json`)")
+    if errors or not documents:
+        raise typer.Exit(ExitStatus.PARTIAL if documents else ExitStatus.REFUSED)
 
 
 def write_documents(out: Path, documents) -> list[dict]:
