@@ -240,3 +240,31 @@ def test_an_archive_file_that_is_gone_fails_the_burn_partly(tmp_path):
     assert r.json["objects"] == 2 and r.json["skipped"] == []
     ((path, why),) = r.json["failed"]
     assert str(lost) in path and "cannot read" in why
+
+
+def test_multi_frame_objects_show_every_frame(env, tmp_path):
+    """An 8-frame ultrasound: the series page shows frame 1 and links to a page of all 8 frames,
+    each its own rendering, in 8.3 names on the CD; `ihe pdi view` of the medium serves the same."""
+    us = PDI_DATA / "xdsi" / "us022.dcm"
+    ds = pydicom.dcmread(us)
+    assert int(ds.NumberOfFrames) == 8
+    r = cli(env, "pdi", "burn", us, "--iso", tmp_path / "us.iso", "--json")
+    assert r.code == 0, r.stderr
+    assert all(all(NAME_83.match(p) for p in n.strip("/").split("/")) for n in iso_listing(tmp_path / "us.iso"))
+    root = extract_iso(tmp_path / "us.iso", tmp_path / "x")
+    (series,) = (root / "IHE_PDI").glob("SE*.HTM")
+    (obj,) = (root / "IHE_PDI").glob("OB*.HTM")
+    assert obj.name in links(series.read_text()) and "all 8 frames" in series.read_text()
+    etree.parse(str(obj), etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False))
+    frames = [(obj.parent / link).resolve() for link in links(obj.read_text()) if link.endswith(".JPG")]
+    assert len(frames) == 8 and all(f.exists() for f in frames)
+    from PIL import Image
+
+    shown = [np.asarray(Image.open(f).convert("L"), dtype=float) for f in frames]
+    assert all(s.shape == (120, 128) for s in shown)
+    # each is its own frame: closest to the frame of its number, and the cine moves
+    for k, s in enumerate(shown):
+        err = [np.abs(s - ds.pixel_array[j].astype(float)).mean() for j in range(8)]
+        assert int(np.argmin(err)) == k, (k, err)
+    dom = dump_dom(obj.as_uri())
+    assert dom.count("<img") == 8 and "frame 8 of 8" in dom

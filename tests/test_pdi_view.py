@@ -124,6 +124,30 @@ def test_web_view_in_chromium(served):
         assert http.get("/series/nope").status_code == 404
 
 
+def test_web_view_of_a_multi_frame_object(tmp_path):
+    """The view's series page links an 8-frame ultrasound to a page of its 8 frames, each served."""
+    iso = tmp_path / "us.iso"
+    r = run_cli("pdi", "burn", PDI_DATA / "xdsi" / "us022.dcm", "--iso", iso, "--no-web")
+    assert r.code == 0, r.stderr
+    with open_medium(iso) as m:
+        server = MediaViewServer(m, port=0)
+        server.start()
+        try:
+            with httpx.Client(base_url=server.url.rstrip("/")) as http:
+                studies = {l for l in links(http.get("/").text) if l.startswith("/study/")}
+                (series,) = {l for st in studies for l in links(http.get(st).text) if l.startswith("/series/")}
+                (obj,) = {l for l in links(http.get(series).text) if l.startswith("/object/")}
+                page = dump_dom(server.url.rstrip("/") + obj)
+                assert page.count("<img") == 8 and "frame 8 of 8" in page
+                frames = [l for l in links(page) if l.startswith("/image/")]
+                got = [http.get(f) for f in frames]
+                assert [g.status_code for g in got] == [200] * 8
+                assert len({g.content for g in got}) == 8  # eight renderings, not one eight times
+                assert http.get(frames[-1].replace("/7.jpg", "/8.jpg")).status_code == 404
+        finally:
+            server.stop()
+
+
 def test_serve_from_the_command_line(medium, tmp_path):
     port = free_port()
     env = {**os.environ, "IHE_CONFIG": str(tmp_path / "c.toml"), "IHE_DATA_DIR": str(tmp_path / "d")}

@@ -113,8 +113,8 @@ def burn_cmd(
             output.info(f"{vol.path}: {vol.fileset_id}, {output.count(vol.objects, 'object')} in "
                         f"{output.count(len(vol.studies), 'study', 'studies')}, "
                         f"{vol.files} files, {vol.bytes / 1e6:.1f} MB")
-        extra = f", {rep.rendered} images rendered ({rep.render_rate} images/s)" if web else ""
-        output.info(f"{rep.objects} objects on {len(rep.volumes)} {rep.profile} volume"
+        extra = f", {output.count(rep.rendered, 'image')} rendered ({rep.render_rate} images/s)" if web else ""
+        output.info(f"{output.count(rep.objects, 'object')} on {len(rep.volumes)} {rep.profile} volume"
                     f"{'s' if len(rep.volumes) != 1 else ''}{extra}, {rep.converted} converted, {rep.seconds} s")
     if rep.failed:
         raise typer.Exit(ExitStatus.PARTIAL if rep.objects else ExitStatus.REFUSED)

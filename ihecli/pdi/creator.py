@@ -23,7 +23,8 @@ from ihecli.pdi import values as v
 from ihecli.pdi.dicomdir import Entry, clean_fileset_id, encode_dicomdir
 from ihecli.pdi.objects import EXPLICIT_LE, NotDicom, ObjectInfo, object_info, sop_class_name
 from ihecli.pdi.part10 import looks_like_dicom
-from ihecli.pdi.web import Links, WebObject, WebPatient, home_page, index_page, series_page, study_page, tree
+from ihecli.pdi.web import (Links, WebObject, WebPatient, home_page, index_page, object_page, series_page, study_page,
+                            tree)
 
 JPEG_FAMILY = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
                "1.2.840.10008.1.2.4.70"}
@@ -89,8 +90,10 @@ def _estimate(info: ObjectInfo, convert: bool, web: bool) -> int:
     if convert and info.rows and info.columns:
         n = max(n, info.rows * info.columns * info.frames * 2 * (3 if (info.photometric or "").startswith(("RGB", "YBR"))
                                                                  else 1) + 65536)
-    if web and info.is_image:
-        n += min(info.rows * info.columns, 1024 * 1024) // 3 + 4096
+    if web and info.is_image:  # a JPEG of each frame shown
+        from ihecli.pdi.render import MAX_FRAMES
+
+        n += (min(info.rows * info.columns, 1024 * 1024) // 3 + 4096) * min(max(info.frames, 1), MAX_FRAMES)
     return n
 
 
@@ -446,18 +449,21 @@ def _write_volume(vol: list[_Item], root: Path, fsid: str, media: str, volume: s
             counters[d] = counters.get(d, 0) + 1
             rel = f"IHE_PDI/{d}/IM{counters[d]:06d}.JPG"
             dst = w.staged(rel)
-            jobs.append((wo, rel, (it.out_path if it.convert else it.src, str(dst))))
+            # the other frames of a multi-frame object in a folder of its own, IHE_PDI/SEnnnnnn/IMnnnnnn/
+            frames = str(w.staged(rel[:-4] + "/F").parent) if it.info.frames > 1 else None
+            jobs.append((wo, rel, (it.out_path if it.convert else it.src, str(dst), frames)))
         t = time.perf_counter()
         results = pool.map(_render_job, [j[2] for j in jobs], chunksize=16) if jobs else []
-        for (wo, rel, _job), (dst, nbytes, width, height, err) in zip(jobs, results):
+        for (wo, rel, _job), (dst, nbytes, width, height, err, frames) in zip(jobs, results):
             if err:
                 wo.note = f"no rendering: {err}"
                 report.unrendered.append((wo.info.path, err))
                 Path(dst).unlink(missing_ok=True)
             else:
                 wo.image, wo.width, wo.height = rel, width, height
-                w.count += 1
-                w.bytes += nbytes
+                wo.frames = [(number, f"{rel[:-4]}/{name}", fw, fh) for number, name, _n, fw, fh in frames]
+                w.count += 1 + len(frames)
+                w.bytes += nbytes + sum(f[2] for f in frames)
                 report.rendered += 1
             if progress:
                 progress(1)
@@ -490,22 +496,30 @@ def _render_job(job: tuple[str, str]):
 
 def _write_web(w: _Writer, patients: list[WebPatient], title: str) -> None:
     # pages sit together in IHE_PDI/, renderings in IHE_PDI/SEnnnnnn/ (all 8.3 names)
-    def rel_image(o):
-        return o.image[len("IHE_PDI/"):] if o.image else None
+    def rel_image(link):
+        return link[len("IHE_PDI/"):] if link else None
 
+    multi = 0
     for p in patients:
         for st in p.studies:
             for se in st.series:
                 for o in se.objects:
-                    o.image = rel_image(o)
+                    o.image = rel_image(o.image)
+                    o.frames = [(number, rel_image(link), fw, fh) for number, link, fw, fh in o.frames]
+                    if o.frames:
+                        multi += 1
+                        o.key = f"{multi:06d}"
     links = Links(index=lambda: "INDEX.HTM", study=lambda st: f"ST{st.key}.HTM", series=lambda se: f"SE{se.key}.HTM",
-                  home="../INDEX.HTM")
+                  home="../INDEX.HTM", object=lambda o: f"OB{o.key}.HTM")
     w.put_bytes("IHE_PDI/INDEX.HTM", index_page(patients, links, title).encode("utf-8"))
     for p in patients:
         for st in p.studies:
             w.put_bytes(f"IHE_PDI/ST{st.key}.HTM", study_page(p, st, links).encode("utf-8"))
             for se in st.series:
                 w.put_bytes(f"IHE_PDI/SE{se.key}.HTM", series_page(p, st, se, links).encode("utf-8"))
+                for o in se.objects:
+                    if o.frames:
+                        w.put_bytes(f"IHE_PDI/OB{o.key}.HTM", object_page(p, st, se, o, links).encode("utf-8"))
 
 
 def select_from_archive(archive, *, patient: str | None = None, study: list[str] | None = None,

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from ihecli.pdi import values as v
 from ihecli.pdi.media import Medium, Survey, iter_objects
 from ihecli.pdi.objects import sop_class_name
-from ihecli.pdi.web import Links, WebObject, index_page, series_page, study_page, tree
+from ihecli.pdi.web import Links, WebObject, index_page, object_page, series_page, study_page, tree
 
 
 @dataclass
@@ -125,6 +125,7 @@ class MediaViewServer:
         self._server = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # one reader of the medium at a time (pycdlib, zipfile)
+        self._decoded: dict[int, object] = {}  # the last multi-frame objects read, their frames decoded once
         self.contents: MediaContents | None = None
 
     @property
@@ -165,17 +166,27 @@ class MediaViewServer:
                         w, h = h, w
                 scale = min(1.0, 1024 / max(w, h, 1))
                 wo.width, wo.height = max(1, round(w * scale)), max(1, round(h * scale))
+                if f.info.frames > 1:
+                    from ihecli.pdi.render import frame_indices
+
+                    wo.key = str(len(paths) - 1)
+                    wo.frames = [(k + 1, f"/image/{wo.key}/{k}.jpg", wo.width, wo.height)
+                                 for k in frame_indices(f.info.frames)[1:]]
             else:
                 wo.note = f.reason or "not an image"
             wos.append(wo)
         patients = tree(wos)
-        study_of, series_of = {}, {}
+        study_of, series_of, object_of = {}, {}, {}
         for p in patients:
             for st in p.studies:
                 study_of[st.key] = (p, st)
                 for se in st.series:
                     series_of[se.key] = (p, st, se)
-        links = Links(index=lambda: "/", study=lambda st: f"/study/{st.key}", series=lambda se: f"/series/{se.key}")
+                    for o in se.objects:
+                        if o.frames:
+                            object_of[o.key] = (p, st, se, o)
+        links = Links(index=lambda: "/", study=lambda st: f"/study/{st.key}", series=lambda se: f"/series/{se.key}",
+                      object=lambda o: f"/object/{o.key}")
         title = f"Medium {survey.fileset_id or survey.medium}"
 
         def index(request):
@@ -193,27 +204,43 @@ class MediaViewServer:
                 return HTMLResponse("<p>no such series</p>", status_code=404)
             return HTMLResponse(series_page(*got, links), media_type="application/xhtml+xml")
 
+        def obj(request):
+            got = object_of.get(request.path_params["key"])
+            if got is None:
+                return HTMLResponse("<p>no such multi-frame object</p>", status_code=404)
+            return HTMLResponse(object_page(*got, links), media_type="application/xhtml+xml")
+
         def image(request):
-            k = request.path_params["k"]
+            k, frame = request.path_params["k"], request.path_params.get("frame", 0)
             if not 0 <= k < len(paths):
                 return Response(status_code=404)
             import pydicom
 
             from ihecli.pdi.render import RenderError, render_dataset
 
-            with self._lock:
-                data = self.medium.read(paths[k])
             try:
+                with self._lock, warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    ds = self._decoded.get(k)
+                    if ds is None:
+                        ds = pydicom.dcmread(io.BytesIO(self.medium.read(paths[k])), force=True)
+                        if int(ds.get("NumberOfFrames", 1) or 1) > 1 and "PixelData" in ds:
+                            ds.pixel_array  # noqa: B018 - decoded once: its page asks for every frame next
+                            self._decoded[k] = ds
+                            while len(self._decoded) > 2:
+                                self._decoded.pop(next(iter(self._decoded)))
+                if not 0 <= frame < int(ds.get("NumberOfFrames", 1) or 1):
+                    return Response(status_code=404)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    ds = pydicom.dcmread(io.BytesIO(data), force=True)
-                jpeg, _w, _h = render_dataset(ds)
+                    jpeg, _w, _h = render_dataset(ds, frame)
             except (RenderError, Exception) as e:
                 return Response(f"cannot render: {e}", status_code=422, media_type="text/plain")
             return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
         return Starlette(routes=[Route("/", index), Route("/study/{key}", study), Route("/series/{key}", series),
-                                 Route("/image/{k:int}.jpg", image)])
+                                 Route("/object/{key}", obj), Route("/image/{k:int}.jpg", image),
+                                 Route("/image/{k:int}/{frame:int}.jpg", image)])
 
     def start(self) -> "MediaViewServer":
         import uvicorn

@@ -11,6 +11,15 @@ import numpy as np
 from PIL import Image
 
 MAX_SIDE = 1024  # renderings are for viewing in a browser, not for diagnosis
+MAX_FRAMES = 500  # frames of one multi-frame object shown on its page; more are sampled evenly
+
+
+def frame_indices(n: int, limit: int = MAX_FRAMES) -> list[int]:
+    """The (0-based) frames of an n-frame object that its page shows: all, or ``limit`` of them
+    evenly spread from the first to the last."""
+    if n <= limit:
+        return list(range(n))
+    return sorted({round(k * (n - 1) / (limit - 1)) for k in range(limit)})
 
 
 class RenderError(Exception):
@@ -134,17 +143,21 @@ def jpeg_bytes(arr: np.ndarray, quality: int = 88, max_side: int = MAX_SIDE) -> 
     return buf.getvalue(), img.size[0], img.size[1]
 
 
-def render_file(path: str, frame_index: int = 0) -> tuple[bytes, int, int]:
-    """(JPEG bytes, width, height) of one frame of a DICOM file; raises RenderError."""
+def read_image(path: str):
+    """The dataset of a DICOM file, for rendering; raises RenderError."""
     import pydicom
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path, force=True)
+            return pydicom.dcmread(path, force=True)
     except Exception as e:
         raise RenderError(f"cannot read {path}: {e}") from None
-    return render_dataset(ds, frame_index)
+
+
+def render_file(path: str, frame_index: int = 0) -> tuple[bytes, int, int]:
+    """(JPEG bytes, width, height) of one frame of a DICOM file; raises RenderError."""
+    return render_dataset(read_image(path), frame_index)
 
 
 def render_dataset(ds, frame_index: int = 0) -> tuple[bytes, int, int]:
@@ -153,17 +166,36 @@ def render_dataset(ds, frame_index: int = 0) -> tuple[bytes, int, int]:
     return jpeg_bytes(display_array(ds, frame_index))
 
 
-def render_to(job: tuple[str, str]) -> tuple[str, int, int, int, str]:
-    """Worker entry (a process pool): render the file `src` to the JPEG file `dst`.
+def render_to(job: tuple[str, str, str | None]) -> tuple[str, int, int, int, str, list]:
+    """Worker entry (a process pool): render the first frame of the file ``src`` to the JPEG
+    file ``dst`` and, when ``frames_dir`` is given and the object has several frames, the others
+    that its page shows (``frame_indices``) to frames_dir/Fnnnnnnn.JPG (the frame number).
 
-    Returns (dst, size, width, height, error)."""
-    src, dst = job
+    Returns (dst, size, width, height, error, frames): frames lists (number, file name, size,
+    width, height) of the other frames written, in order."""
+    src, dst, frames_dir = job
     try:
-        data, w, h = render_file(src)
+        ds = read_image(src)
+        data, w, h = render_dataset(ds)
     except RenderError as e:
-        return dst, 0, 0, 0, str(e)
+        return dst, 0, 0, 0, str(e), []
     except Exception as e:  # a decoder failing on hostile data
-        return dst, 0, 0, 0, f"{type(e).__name__}: {e}"
+        return dst, 0, 0, 0, f"{type(e).__name__}: {e}", []
     with open(dst, "wb") as f:
         f.write(data)
-    return dst, len(data), w, h, ""
+    frames = []
+    n = int(ds.get("NumberOfFrames", 1) or 1) if frames_dir else 1
+    if n > 1:
+        import os
+
+        os.makedirs(frames_dir, exist_ok=True)
+        for k in frame_indices(n)[1:]:
+            try:
+                fdata, fw, fh = render_dataset(ds, k)
+            except Exception:  # noqa: BLE001 - a frame that cannot be shown ends the sequence shown
+                break
+            name = f"F{k + 1:07d}.JPG"
+            with open(os.path.join(frames_dir, name), "wb") as f:
+                f.write(fdata)
+            frames.append((k + 1, name, len(fdata), fw, fh))
+    return dst, len(data), w, h, "", frames

@@ -28,6 +28,9 @@ class WebObject:
     width: int = 0
     height: int = 0
     note: str = ""  # why there is no rendering
+    # a multi-frame object: its other frames shown on its own page, (frame number, link, width, height)
+    frames: list[tuple[int, str, int, int]] = field(default_factory=list)
+    key: str = ""  # its page's name, given by the writer of the pages
 
 
 @dataclass
@@ -66,6 +69,7 @@ class Links:
     study: Callable[[WebStudy], str]
     series: Callable[[WebSeries], str]
     home: str | None = None  # the medium's INDEX.HTM, from the web pages
+    object: Callable[[WebObject], str] | None = None  # the page of a multi-frame object's frames
 
 
 def tree(objects: list[WebObject]) -> list[WebPatient]:
@@ -175,12 +179,17 @@ def series_page(patient: WebPatient, st: WebStudy, se: WebSeries, links: Links) 
     parts = [f'<p class="nav"><a href="{_e(links.index())}">All studies</a> &gt; '
              f'<a href="{_e(links.study(st))}">{_e(st.first.study_description or "Study")}</a></p>',
              f"<h1>{_e(title)}</h1>", f"<p>{_patient_line(patient.first)}; series {_e(s.series_number)}, "
-                                      f"{len(se.objects)} objects</p>", '<div class="images">']
+                                      f"{len(se.objects)} object{'' if len(se.objects) == 1 else 's'}</p>", '<div class="images">']
     others = []
     for o in se.objects:
         if o.image:
-            parts.append(f'<div><img src="{_e(o.image)}" alt="{_e(_caption(o) or "image")}" width="{o.width}" '
-                         f'height="{o.height}" /><span>{_e(_caption(o))}</span></div>')
+            img = (f'<img src="{_e(o.image)}" alt="{_e(_caption(o) or "image")}" width="{o.width}" '
+                   f'height="{o.height}" />')
+            more = ""
+            if o.frames and links.object:
+                img = f'<a href="{_e(links.object(o))}">{img}</a>'
+                more = f' <a href="{_e(links.object(o))}">all {o.info.frames} frames</a>'
+            parts.append(f"<div>{img}<span>{_e(_caption(o))}{more}</span></div>")
         else:
             others.append(o)
     parts.append("</div>")
@@ -190,6 +199,24 @@ def series_page(patient: WebPatient, st: WebStudy, se: WebSeries, links: Links) 
             parts.append(f"<tr><td>{_e(o.info.instance_number)}</td><td>{_e(sop_class_name(o.info.sop_class))}</td>"
                          f"<td>{_e(o.note)}</td></tr>")
         parts.append("</table>")
+    return _page(title, "\n".join(parts))
+
+
+def object_page(patient: WebPatient, st: WebStudy, se: WebSeries, o: WebObject, links: Links) -> str:
+    """The frames of one multi-frame object, in order (all, or an even sample of a long one)."""
+    s, i = se.first, o.info
+    title = f"{s.modality or ''} {s.series_description or 'Series'} #{i.instance_number or ''}".strip(" #")
+    shown = [(1, o.image, o.width, o.height), *o.frames]
+    sampled = "" if len(shown) == i.frames else f", {len(shown)} of them shown, evenly spread"
+    parts = [f'<p class="nav"><a href="{_e(links.index())}">All studies</a> &gt; '
+             f'<a href="{_e(links.study(st))}">{_e(st.first.study_description or "Study")}</a> &gt; '
+             f'<a href="{_e(links.series(se))}">{_e(s.series_description or "Series")}</a></p>',
+             f"<h1>{_e(title)}</h1>", f"<p>{_patient_line(patient.first)}; {_e(sop_class_name(i.sop_class))}, "
+                                      f"{i.frames} frames{sampled}</p>", '<div class="images">']
+    for number, image, width, height in shown:
+        parts.append(f'<div><img src="{_e(image)}" alt="frame {number}" width="{width}" height="{height}" />'
+                     f"<span>frame {number} of {i.frames}</span></div>")
+    parts.append("</div>")
     return _page(title, "\n".join(parts))
 
 
