@@ -295,3 +295,33 @@ def test_profile_xds_table(tmp_path):
     cfg.write_text('[xds]\nassigning_authority = "not an oid"\n')
     r = run_cli("--config", str(cfg), "xds", "submit", str(cfg), "--patient", "P1")
     assert r.code == 2 and "assigning_authority" in r.stderr
+
+
+def test_many_ids_in_one_query_and_a_whole_submission_set_deleted(srv, tmp_path):
+    """Twelve entryUUIDs or uniqueIds in one stored query, and the delete of a submission set of
+    twelve documents (its plan names them all), stay within rim:Value's 256 characters by
+    spreading the ids over several Values (ORed): the registry validates every request."""
+    (tmp_path / "docs").mkdir()
+    for i in range(12):
+        (tmp_path / "docs" / f"n{i:02d}.txt").write_text(f"n {i}\n")
+    docs = js(ihe(srv, "xds", "submit", str(tmp_path / "docs"), "--patient", PID, "--json"))
+    uuids = [d["entryUUID"] for d in docs]
+    got = js(ihe(srv, "xds", "query", "get-documents", *[x for u in uuids for x in ("--uuid", u)], "--json"))
+    assert sorted(d["entryUUID"] for d in got) == sorted(uuids)
+    got = js(ihe(srv, "xds", "query", "get-documents", *[x for d in docs for x in ("--unique-id", d["uniqueId"])],
+                 "--json"))
+    assert len(got) == 12
+    (ss,) = js(ihe(srv, "xds", "query", "find-submission-sets", "--patient", PID, "--json"))
+    plan = js(ihe(srv, "xds", "delete", ss["entryUUID"], "--dry-run", "--json"))
+    assert sorted(x["objectType"] for x in plan) == ["Association"] * 12 + ["DocumentEntry"] * 12 + ["SubmissionSet"]
+    # an id the stored queries do not know is said, not counted silently as something to remove
+    unknown = "urn:uuid:00000000-0000-4000-8000-000000000001"
+    r = ihe(srv, "xds", "delete", uuids[0], unknown.upper().replace("URN:UUID:", "urn:uuid:"), "--dry-run")
+    said = " ".join(r.stderr.split())
+    assert r.code == 0 and unknown in said and "not in the registry" in said
+    r = ihe(srv, "xds", "delete", ss["entryUUID"], "--yes")
+    said = " ".join(r.stderr.split())
+    assert r.code == 0 and "25 objects removed" in said and "documents stay" in said
+    assert js(ihe(srv, "xds", "query", "find-documents", "--patient", PID, "--json")) == []
+    r = ihe(srv, "xds", "delete", "urn:uuid:not-a-uuid", "--yes")
+    assert r.code == 2 and "not an entryUUID" in r.stderr

@@ -36,13 +36,13 @@ Level = Annotated[str, typer.Option("--level", "-L", metavar="LEVEL",
                                     help="Level: patient, study, series or instance (image).")]
 Limit = Annotated[Optional[int], typer.Option("--limit", min=1, metavar="N", help="Show at most N matches.")]
 # --patient, wherever it is: searches take wildcards, XDS commands a CX
-PATIENT_HELP = ("Patient ID (wildcards * ? where the command searches; XDS commands: ID^^^&OID&ISO, or the ID "
-                "alone with xds.assigning_authority set).")
+PATIENT_HELP = ("Patient ID (the archive's searches take wildcards * ?; XDS commands want ID^^^&OID&ISO, or the "
+                "ID alone with xds.assigning_authority set).")
 # --title: the title of what a command makes, a text or (key objects) a code
 TITLE_HELP = ("Document title: for XDS a text (default: the file name); for a key object a CID 7010 title by "
               "name (of-interest, for-referring-provider, for-surgery, for-teaching, quality-issue, ...) or code "
               "(113000; default of-interest).")
-_out = typer.Option("--out", "-o", metavar="DIR", help="Folder to write the instances to.", file_okay=False)
+_out = typer.Option("--out", "-o", metavar="DIR", help="Folder to write the files to.", file_okay=False)
 Out = Annotated[Path, _out]
 OptionalOut = Annotated[Optional[Path], _out]
 Root = Annotated[str, typer.Option("--root", metavar="MODEL", help="Information model: study or patient (root).")]
@@ -136,3 +136,4 @@ SeriesOpt = Annotated[Optional[list[str]], typer.Option("--series", metavar="UID
                                                         help="Series Instance UID (repeatable).")]
 InstanceOpt = Annotated[Optional[list[str]], typer.Option("--instance", metavar="UID",
                                                           help="SOP Instance UID (repeatable).")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Show what would be done; change nothing.")]

@@ -10,8 +10,8 @@ from typing import Annotated, Optional
 import typer
 
 from ihecli.cli import output
-from ihecli.cli.options import (PATIENT_HELP, Bind, CallingAet, Db, Json, Port, Storage, StudyOpt, Timeout, Yes, node_tls,
-                                state)
+from ihecli.cli.options import (PATIENT_HELP, Bind, CallingAet, Db, DryRun, Json, Port, Storage, StudyOpt, Timeout, Yes,
+                                node_tls, state)
 from ihecli.errors import ExitStatus, IheError, UsageError
 
 app = typer.Typer(help="Portable Data for Imaging (CD, DVD, USB): write media, import them, look at them.\n\n"
@@ -155,7 +155,7 @@ def import_cmd(
                                               help="Find the patient in the local archive by ID, name and birth "
                                                    "date (asks when ambiguous).")] = False,
     yes: Yes = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan; store nothing.")] = False,
+    dry_run: DryRun = False,
     calling_aet: CallingAet = None,
     timeout: Timeout = 30,
     db: Db = None, storage: Storage = None, json: Json = False,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import mimetypes
+import re
 from collections import Counter
 import signal
 import threading
@@ -12,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from ihecli.cli import output
-from ihecli.cli.options import (PATIENT_HELP, TITLE_HELP, OptionalTimeout, Bind, Ca, Cert, Db, Json, NoTls, Out, Port, Storage, Tls, TlsFloor, TlsKey, Yes,
+from ihecli.cli.options import (PATIENT_HELP, TITLE_HELP, OptionalTimeout, Bind, Ca, Cert, Db, DryRun, Json, NoTls, Out, Port, Storage, Tls, TlsFloor, TlsKey, Yes,
                                 state, tls_config)
 from ihecli.errors import ExitStatus, UsageError
 
@@ -452,7 +453,7 @@ def write_documents(out: Path, documents) -> list[dict]:
 def delete_cmd(
     ctx: typer.Context,
     uuids: Annotated[list[str], typer.Argument(metavar="UUID...", help="entryUUIDs (urn:uuid:...) to remove.")],
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan; store nothing.")] = False,
+    dry_run: DryRun = False,
     yes: Yes = False,
     registry: Registry = None,
     timeout: OptionalTimeout = None,
@@ -465,39 +466,52 @@ def delete_cmd(
     """Remove metadata from the registry: Delete Document Set (ITI-62, Remove Metadata).
 
     The associations that refer to the objects go too, and so does a submission set that would be
-    left without members; what will go is shown first (--dry-run: only that, nothing is removed).
+    left without members; a submission set named goes with the document entries and folders it
+    submitted. What will go is shown first (--dry-run: only that, nothing is removed). The
+    documents themselves stay in their repository (ITI-62 removes metadata).
 
     Example: ihe xds delete urn:uuid:4c8d9a52-1e2f-4a6b-9c3d-0e1f2a3b4c5d --yes
     """
     from ihecli.xds import client as xc
 
     for u in uuids:
-        if not u.startswith("urn:uuid:"):
-            raise UsageError(f"{u!r} is not an entryUUID (urn:uuid:...)")
+        if not re.fullmatch(r"urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", u.lower()):
+            raise UsageError(f"{u!r} is not an entryUUID (urn:uuid: and a UUID)")
     cli = _client(ctx, registry, "registry", timeout, dict(cert=cert, key=tls_key, ca=ca, floor=tls_floor))
-    plan = xc.removal_plan(cli, uuids)
+    plan = xc.removal_plan(cli, [u.lower() for u in uuids])
     rows = [o.as_dict() for o in plan]
+    # an id no stored query found: an association (no query looks one up by its own id) or unknown
+    unknown = [r["entryUUID"] for r in rows if r["objectType"] == "ObjectRef"]
     if json and dry_run:
         output.print_json(rows)
         return
     if not json:
         output.table([dict(r, what=_describe(r)) for r in rows], ["entryUUID", "objectType", "what"])
+    n = output.count(len(rows), "object")
+    if unknown:
+        output.warn(f"{output.count(len(unknown), 'id')} found as no document entry, folder or submission set "
+                    f"(an association, or not in the registry): {', '.join(unknown)}")
     if dry_run:
-        output.info(f"{len(rows)} objects would be removed (dry run: nothing removed)")
+        output.info(f"{n} would be removed (dry run: nothing removed)")
         return
     if not yes:
         if not output.err.is_terminal:
-            raise UsageError(f"would remove {len(rows)} objects: add --yes to confirm when not on a terminal")
-        typer.confirm(f"Remove these {len(rows)} objects?", abort=True, err=True)
+            raise UsageError(f"would remove {n}: add --yes to confirm when not on a terminal")
+        if not typer.confirm(f"Remove {'this' if len(rows) == 1 else 'these'} {n}?", err=True):
+            output.info("nothing removed")
+            raise typer.Exit(ExitStatus.REFUSED)
     res = xc.remove_metadata(cli, [r["entryUUID"] for r in rows])
     _warn(res.errors)
     if json:
         output.print_json(rows)
     else:
-        output.info(f"{len(rows)} objects removed")
+        output.info(f"{n} removed from the registry (ITI-62 removes metadata: the documents stay in their "
+                    f"repository)")
 
 
 def _describe(r: dict) -> str:
     if r["objectType"] == "Association":
         return f"{r['associationType']} {r['sourceObject']} -> {r['targetObject']}"
+    if r["objectType"] == "ObjectRef":
+        return "not found by stored query (an association, or unknown)"
     return " ".join(str(r.get(k) or "") for k in ("uniqueId", "title", "status")).strip()

@@ -223,8 +223,9 @@ def remove_metadata(client: SoapClient, uuids: list[str]) -> Result:
 
 
 def removal_plan(cli: SoapClient, uuids: list[str]) -> list:
-    """The objects named, the associations referring to them (to any depth) and the submission
-    sets that would be left without members, as registry objects (ObjectRefs for unknown ids)."""
+    """The objects named (a submission set with the document entries and folders it submitted),
+    the associations referring to them (to any depth) and the submission sets that would be left
+    without members, as registry objects (ObjectRefs for ids no stored query finds)."""
     named = list(dict.fromkeys(uuids))
     objs = {o.entry_uuid: o for o in registry_stored_query(cli, "get-documents",
                                                              {"$XDSDocumentEntryEntryUUID": named}).objects}
@@ -237,7 +238,10 @@ def removal_plan(cli: SoapClient, uuids: list[str]) -> list:
         for u in rest:
             got = registry_stored_query(cli, "get-submission-set-and-contents",
                                            {"$XDSSubmissionSetEntryUUID": [u]}).objects
-            objs.update({o.entry_uuid: o for o in got if o.entry_uuid == u})
+            if any(o.entry_uuid == u for o in got):  # the set and what it submitted
+                objs.update({o.entry_uuid: o for o in got if not isinstance(o, Association)})
+                named += [o.entry_uuid for o in got if o.entry_uuid != u and not isinstance(o, Association)
+                          and o.entry_uuid not in named]
     plan = {u: objs.get(u) or ObjectRef(u) for u in named}
     frontier = list(named)
     while frontier:

@@ -107,8 +107,9 @@ def quote(value) -> str:
 
 def adhoc_query_request(query_id: str, params: dict[str, object], *, return_type: str = "LeafClass",
                         home: str = "") -> etree._Element:
-    """query:AdhocQueryRequest. A list value becomes ('a','b'); a tuple of lists becomes several
-    Values (AND of ORs, as for $XDSDocumentEntryEventCodeList)."""
+    """query:AdhocQueryRequest. A list value becomes ('a','b') (in several Values when one would be
+    longer than rim:Value allows); a tuple of lists becomes several Values (AND of ORs, as for
+    $XDSDocumentEntryEventCodeList)."""
     req = etree.Element(q(QUERY, "AdhocQueryRequest"), nsmap={"query": QUERY, "rim": RIM})
     etree.SubElement(req, q(QUERY, "ResponseOption"), returnComposedObjects="true", returnType=return_type)
     aq = etree.SubElement(req, q(RIM, "AdhocQuery"), id=query_id)
@@ -119,11 +120,33 @@ def adhoc_query_request(query_id: str, params: dict[str, object], *, return_type
             continue
         slot = etree.SubElement(aq, q(RIM, "Slot"), name=name)
         vl = etree.SubElement(slot, q(RIM, "ValueList"))
-        groups = value if isinstance(value, tuple) else (value,)
-        for g in groups:
-            text = "(" + ",".join(quote(x) for x in g) + ")" if isinstance(g, list) else quote(g)
+        if isinstance(value, tuple):  # AND of ORs: one Value per group
+            texts = ["(" + ",".join(quote(x) for x in g) + ")" if isinstance(g, list) else quote(g) for g in value]
+        elif isinstance(value, list):  # OR: as many Values as it takes to keep each within 256 characters
+            texts = _or_values([quote(x) for x in value])
+        else:
+            texts = [quote(value)]
+        for text in texts:
             etree.SubElement(vl, q(RIM, "Value")).text = text
     return req
+
+
+VALUE_MAX = 256  # rim:Value is a LongName (ebRIM 3.0)
+
+
+def _or_values(items: list[str]) -> list[str]:
+    """('a','b',...) Values, each at most VALUE_MAX characters: several Values of a slot are ORed
+    like the items of one (ITI TF-2a 3.18.4.1.2.3.5)."""
+    out, cur, size = [], [], 2
+    for x in items:
+        if cur and size + len(x) + 1 > VALUE_MAX:
+            out.append("(" + ",".join(cur) + ")")
+            cur, size = [], 2
+        cur.append(x)
+        size += len(x) + (1 if len(cur) > 1 else 0)
+    if cur:
+        out.append("(" + ",".join(cur) + ")")
+    return out
 
 
 def adhoc_query_response(status: str, objects: list[etree._Element], errors: list[RegistryError] | None = None):
