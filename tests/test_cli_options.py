@@ -131,7 +131,9 @@ class World:
         self.tmp = tmp
         self.files = tmp / "corpus"
         make_corpus(self.files, studies=1, series=1, images=2)
-        self.study = str(dcmread(next(self.files.iterdir()), stop_before_pixels=True).StudyInstanceUID)
+        first = dcmread(next(self.files.iterdir()), stop_before_pixels=True)
+        self.study = str(first.StudyInstanceUID)
+        self.xds_patient = f"{first.PatientID}^^^&1.3.6.1.4.1.21367.2005.3.7&ISO"  # the study's own patient
         self._closers = []
         self._peer = None
 
@@ -303,7 +305,7 @@ def _with_xdsi(w: World) -> None:
     web.start()
     w._closers += [archive.close, web.stop]
     w.xdsi = web.url + "/xdsi"
-    r = run_cli("xdsi", "publish", "--study", w.study, "--patient", XDS_PID, "--repository", w.xds, "--json")
+    r = run_cli("xdsi", "publish", "--study", w.study, "--patient", w.xds_patient, "--repository", w.xds, "--json")
     assert r.code == 0, r.stderr
     w.manifest = json.loads(r.stdout)[0]["uniqueId"]
 
@@ -425,7 +427,7 @@ JSON_RUNS = {
                                             "--community", w.xca]),
     "ihe xca retrieve": (_with_xca, lambda w: ["xca", "retrieve", w.xds_doc["uniqueId"], "--home", "urn:oid:1.2.3.99",
                                                "--out", str(w.tmp / "xca"), "--community", w.xca]),
-    "ihe xdsi publish": (_with_xdsi, lambda w: ["xdsi", "publish", "--study", w.study, "--patient", XDS_PID,
+    "ihe xdsi publish": (_with_xdsi, lambda w: ["xdsi", "publish", "--study", w.study, "--patient", w.xds_patient,
                                                 "--repository", w.xds]),
     "ihe xdsi retrieve": (_with_xdsi, lambda w: ["xdsi", "retrieve", w.manifest, "--repository", w.xds,
                                                  "--source", w.xdsi, "--out", str(w.tmp / "xdsi")]),

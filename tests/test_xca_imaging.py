@@ -18,7 +18,12 @@ from ihecli.xds.server import XdsServer
 from ihecli.xdsi.manifest import default_repository_uid
 from ihecli.xdsi.xcai import GatewayServer, InitiatingImagingGateway, RespondingImagingGateway
 
-PID = "PIDB^^^&1.3.6.1.4.1.21367.2005.3.7&ISO"
+AUTHORITY = "1.3.6.1.4.1.21367.2005.3.7"
+
+
+def _pid(corpus) -> str:
+    """The affinity domain ID of the first corpus study's patient (its own Patient ID)."""
+    return f"{dcmread(corpus[0]).PatientID}^^^&{AUTHORITY}&ISO"
 HOME_B = "urn:oid:1.3.6.1.4.1.21367.13.70.102"
 XDS_REPO_B = "1.3.6.1.4.1.21367.13.71.202"
 SRC_B = default_repository_uid("IHE_ARCHIVE")
@@ -30,6 +35,7 @@ def test_publish_in_b_query_and_retrieve_from_a(tmp_path, corpus):
     for p in corpus:
         arc.store(p.read_bytes())
     study = str(dcmread(corpus[0]).StudyInstanceUID)
+    pid = _pid(corpus)
     servers = [XdsServer(arc, repository_unique_id=XDS_REPO_B), XcaServer(arc, home=HOME_B, repository_unique_id=XDS_REPO_B),
                DicomWebServer(arc, imaging_source_uid=SRC_B)]
     for s in servers:
@@ -41,12 +47,12 @@ def test_publish_in_b_query_and_retrieve_from_a(tmp_path, corpus):
     iig_a.start()
     try:
         # B publishes
-        r = run_cli("xdsi", "publish", "--study", study, "--patient", PID, "--repository", xds_b.url,
+        r = run_cli("xdsi", "publish", "--study", study, "--patient", pid, "--repository", xds_b.url,
                     "--db", f"sqlite:///{db}", "--storage", str(tmp_path / "b-storage"), "--json")
         assert r.code == 0, r.stderr
         # A queries across communities and fetches the manifest
         community = ["--community", f"{HOME_B}={xca_b.url}"]
-        r = run_cli("xca", "query", "find-documents", "--patient", PID, *community, "--json")
+        r = run_cli("xca", "query", "find-documents", "--patient", pid, *community, "--json")
         assert r.code == 0, r.stderr
         entry = json.loads(r.stdout)[0]
         assert entry["homeCommunityId"] == HOME_B and entry["mimeType"] == "application/dicom"
@@ -107,12 +113,13 @@ def test_cross_community_transactions_are_audited(tmp_path, corpus):
         cfg = tmp_path / "audit.toml"
         cfg.write_text(f'[audit]\nrepository = "tcp://127.0.0.1:{arr.tcp_port}"\nspool = "{tmp_path / "spool"}"\n')
         study = str(dcmread(corpus[0]).StudyInstanceUID)
-        r = run_cli("--config", str(cfg), "xdsi", "publish", "--study", study, "--patient", PID, "--repository",
+        pid = _pid(corpus)
+        r = run_cli("--config", str(cfg), "xdsi", "publish", "--study", study, "--patient", pid, "--repository",
                     xds_b.url, "--db", f"sqlite:///{tmp_path / 'b.db'}", "--storage", str(tmp_path / "b-storage"),
                     "--json")
         assert r.code == 0, r.stderr
         community = ["--community", f"{HOME_B}={xca_b.url}"]
-        entry = json.loads(run_cli("--config", str(cfg), "xca", "query", "find-documents", "--patient", PID,
+        entry = json.loads(run_cli("--config", str(cfg), "xca", "query", "find-documents", "--patient", pid,
                                    *community, "--json").stdout)[0]
         r = run_cli("--config", str(cfg), "xca", "retrieve", entry["uniqueId"], "--home", HOME_B, "--repository-id",
                     XDS_REPO_B, "--out", str(tmp_path / "a"), *community, "--json")

@@ -40,6 +40,13 @@ def imaging(tmp_path, corpus):
     a = Archive(f"sqlite:///{tmp_path / 'img.db'}", tmp_path / "img-storage")
     for p in corpus:
         a.store(p.read_bytes())
+    # the PIX Manager said (ITI-10) that the corpus's local patient is PID7 of the affinity domain
+    from ihecli.pix.ids import Domain, Identifier
+    from ihecli.pix.notification import store_cross_reference
+
+    with a.engine.begin() as conn:
+        store_cross_reference(conn, [Identifier(str(dcmread(corpus[0]).PatientID), Domain("HOSP", "", "")),
+                                     Identifier("PID7", Domain("", "1.3.6.1.4.1.21367.2005.3.7", "ISO"))])
     web = DicomWebServer(a, imaging_source_uid=SOURCE)
     web.start()
     yield a, web
@@ -152,6 +159,20 @@ def test_partial_retrieve_exits_3_and_names_the_missing_image(xds, imaging, corp
     assert r.code == 3, r.stderr
     assert str(lost.SOPInstanceUID) in r.stderr and "XDSRepositoryError" in r.stderr
     assert len(list((tmp_path / "part").glob("*.dcm"))) == 6  # the manifest and 5 images
+
+
+def test_a_study_is_not_registered_under_another_patient(xds, imaging, corpus, tmp_path):
+    """PID8 is neither the study's Patient ID nor cross-referenced with it: refused, nothing
+    registered; the study's own ID is taken."""
+    study, _ = _study(corpus)
+    other = "PID8^^^&1.3.6.1.4.1.21367.2005.3.7&ISO"
+    r = run_cli("xdsi", "publish", "--study", study, "--patient", other, "--repository", xds.url, *_arc(tmp_path))
+    assert r.code == 2 and f"belongs to patient {dcmread(corpus[0]).PatientID}" in " ".join(r.stderr.split())
+    r = run_cli("xds", "query", "find-documents", "--patient", other, "--registry", xds.url, "--json")
+    assert r.code == 0 and json.loads(r.stdout) == []
+    own = f"{dcmread(corpus[0]).PatientID}^^^&1.3.6.1.4.1.21367.2005.3.7&ISO"
+    r = run_cli("xdsi", "publish", "--study", study, "--patient", own, "--repository", xds.url, *_arc(tmp_path))
+    assert r.code == 0, r.stderr
 
 
 def test_usage_errors(xds, tmp_path):

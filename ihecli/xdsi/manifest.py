@@ -105,6 +105,37 @@ class Published:
     status: str
 
 
+def check_patient(archive, m: Manifest, cx: str) -> None:
+    """Refuse to register a study under another patient: the affinity domain ID ``cx`` must be
+    the study's own Patient ID, or cross-referenced with it by the PIX Manager (ITI-10 feed,
+    ``ihe pix listen``)."""
+    from sqlalchemy import or_, select
+
+    from ihecli.archive.tables_pix import pix_links
+    from ihecli.errors import UsageError
+
+    local = str(m.kos.get("PatientID", "") or "")
+    issuer = str(m.kos.get("IssuerOfPatientID", "") or "")
+    parts = cx.split("^")
+    pid, hd = parts[0], (parts[3].split("&") if len(parts) > 3 else [])
+    oid = hd[1] if len(hd) > 1 else ""
+    if pid == local:
+        return
+    mine, other = pix_links.alias("mine"), pix_links.alias("other")
+    q = (select(other.c.id).select_from(mine.join(other, other.c.grp == mine.c.grp))
+         .where(mine.c.pid == pid, or_(mine.c.oid == oid, mine.c.domain == oid), other.c.pid == local)
+         .limit(1))
+    if issuer:
+        q = q.where(or_(other.c.namespace == issuer, other.c.oid == issuer, other.c.domain == issuer))
+    with archive.connect() as conn:
+        if conn.execute(q).first() is not None:
+            return
+    name = str(m.kos.get("PatientName", "") or "")
+    raise UsageError(f"study {m.study_uid} belongs to patient {local}{f' ({name})' if name else ''}, and {cx} is "
+                     f"neither that ID nor cross-referenced with it by PIX: give the study's patient, or let "
+                     f"`ihe pix listen` receive the cross-reference first")
+
+
 def publish(client, archive, study_uid: str, *, domain, patient: str | None, retrieve_aet: str, repository_uid: str,
             store: bool = True, title: str = "") -> Published:
     """Provide and Register Imaging Document Set - MTOM/XOP (RAD-68): the study's manifest to the
@@ -121,6 +152,7 @@ def publish(client, archive, study_uid: str, *, domain, patient: str | None, ret
     if not pid:
         raise IheError(f"study {study_uid} has no Patient ID: give the affinity domain's with --patient")
     cx = make_cx(pid, domain.assigning_authority)
+    check_patient(archive, m, cx)
     data = encode(m.kos)
     sub = make_submissions([(f"{study_uid}.dcm", data)], domain, Options(patient=cx, title=title or "Imaging manifest"))[0]
     de = sub.documents[0][0]
