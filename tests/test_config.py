@@ -53,6 +53,11 @@ pacs = { aet = "LABPACS", host = "127.0.0.1", port = 4242 }
     assert "s3cret" not in r.stdout and "***" in d["archive"]["db"]
     r = run_cli("config", "show")
     assert "s3cret" not in r.stdout
+    # the table has every section the JSON has, the archive's repositoryUniqueId made explicit
+    shown = {line.split()[0] for line in r.stdout.splitlines() if line.strip() and not line.startswith(" ")}
+    assert {"tls.floor", "audit.repository", "time.server", "xds.registry", "pix.manager", "pdq.supplier",
+            "nodes.pacs"} <= shown
+    assert "(fixed for the AE title)" in " ".join(r.stdout.split())
     r = run_cli("--profile", "nope", "config", "show")
     assert r.code == 2 and "no profile named 'nope'" in r.stderr
 

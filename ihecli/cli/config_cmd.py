@@ -45,8 +45,19 @@ def show_cmd(ctx: typer.Context, json: Json = False) -> None:
         output.print_json(d)
         return
     rows = [("config", d["config"] + ("" if d["config_exists"] else " (not present: defaults)")),
-            ("profile", d["profile"]), ("calling_aet", d["calling_aet"])]
-    rows += [(f"archive.{k}", v) for k, v in d["archive"].items()]
+            ("profile", d["profile"])]
+    for key, value in d.items():  # every section, in the order of the profile file
+        if key in ("config", "config_exists", "profile", "nodes"):
+            continue
+        if isinstance(value, dict):
+            rows += [(f"{key}.{k}", v) for k, v in value.items()]
+        else:
+            rows.append((key, value))
+    if not d["archive"].get("repository_uid"):
+        from ihecli.xdsi.manifest import default_repository_uid
+
+        rows = [(k, f"{default_repository_uid(d['archive']['aet'])} (fixed for the AE title)")
+                if k == "archive.repository_uid" else (k, v) for k, v in rows]
     rows += [(f"nodes.{k}", f"{'tls://' if v.get('tls') else ''}{v['aet']}@{v['host']}:{v['port']}")
              for k, v in d["nodes"].items()]
     output.kv(rows)
