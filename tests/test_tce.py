@@ -86,6 +86,28 @@ def test_instances_before_their_manifest(server, tmp_path):
     assert {i["retrieve_aet"] for i in r.json["instances"]} == {"EXPORT_MGR"}
 
 
+def test_a_rejected_instance_is_no_longer_awaited(archive, tmp_path):
+    """One of a case's instances rejected in the archive (IOCM, patient safety) after it came:
+    the case is complete, the instance shown as rejected, and the export leaves it out, exit 0."""
+    files = make_corpus(tmp_path / "c", studies=1, series=1, images=3)
+    info = corpus_info(files)
+    path, _kos = manifest(tmp_path, info)
+    for f in (path, *files):
+        archive.store(f.read_bytes())
+    r = run_cli("iocm", "reject", "--reason", "patient-safety", "--instance", info[1].SOPInstanceUID, "--store",
+                "--yes", *db_args(archive))
+    assert r.code == 0, r.stderr
+    (case,) = cases(archive)
+    assert (case["received_instances"], case["rejected_instances"], case["missing"], case["complete"]) == (2, 1, 0, True)
+    assert cases(archive, "--incomplete") == []
+    r = run_cli("tce", "show", "1", *db_args(archive), "--json")
+    states = {x["sop_uid"]: x["state"] for x in r.json["instances"]}
+    assert states[info[1].SOPInstanceUID].startswith("rejected (") and list(states.values()).count("received") == 2
+    r = run_cli("tce", "export", "1", "--out", tmp_path / "case", *db_args(archive), "--json")
+    assert r.code == 0, r.stderr
+    assert r.json["written"] == 2 and r.json["rejected"] == [info[1].SOPInstanceUID] and r.json["missing"] == []
+
+
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_only_tce_titles_make_cases(archive, tmp_path):
     files = make_corpus(tmp_path / "c", studies=1, series=1, images=1)

@@ -34,7 +34,8 @@ def ls_cmd(ctx: typer.Context,
         output.print_json([{**c.__dict__, "missing": c.missing, "complete": c.complete} for c in cases])
         return
     rows = [{"Case": c.case, "PatientID": c.patient_id, "PatientName": c.patient_name, "Title": c.title,
-             "Received": f"{c.received_instances}/{c.references}",
+             "Received": f"{c.received_instances}/{c.references}"
+                         + (f" ({c.rejected_instances} rejected)" if c.rejected_instances else ""),
              "State": "complete" if c.complete else "waiting",
              "Delay": "; ".join(c.delay_reasons), "Description": c.description.replace("\n", " ")[:80],
              "Manifest": c.manifest_uid} for c in cases]
@@ -56,14 +57,16 @@ def show_cmd(ctx: typer.Context, case: Case, db: Db = None, storage: Storage = N
         c, refs = tce.find_case(archive, case)
     if json:
         output.print_json({**c.__dict__, "missing": c.missing, "complete": c.complete,
-                           "instances": [{k: v for k, v in r.__dict__.items() if k != "path"} for r in refs]})
+                           "instances": [{**{k: v for k, v in r.__dict__.items() if k != "path"}, "state": r.state}
+                                         for r in refs]})
         return
     output.kv([("Case", c.case), ("Manifest", c.manifest_uid), ("Patient", f"{c.patient_name} ({c.patient_id})"),
                ("Title", f"{c.title} ({c.title_code})"), ("Description", c.description),
                ("Delay", "; ".join(c.delay_reasons)), ("Observer", ", ".join(c.observers)),
-               ("Received", f"{c.received_instances} of {c.references}")])
+               ("Received", f"{c.received_instances} of {c.references}"
+                            + (f", {c.rejected_instances} rejected in the archive" if c.rejected_instances else ""))])
     output.table([{"SOPInstanceUID": r.sop_uid, "SeriesInstanceUID": r.series_uid, "RetrieveAETitle": r.retrieve_aet,
-                   "State": "received" if r.received else "waiting"} for r in refs],
+                   "State": r.state} for r in refs],
                  ["SOPInstanceUID", "SeriesInstanceUID", "RetrieveAETitle", "State"])
 
 
@@ -71,6 +74,8 @@ def show_cmd(ctx: typer.Context, case: Case, db: Db = None, storage: Storage = N
 def export_cmd(ctx: typer.Context, case: Case, out: Out, db: Db = None, storage: Storage = None,
                json: Json = False) -> None:
     """Write a case's manifest (MANIFEST.dcm), its instances (Study/Series/SOP.dcm) and case.json.
+
+    Instances rejected in the archive since (IOCM) are left out and named.
 
     Example: ihe tce export 3 --out ./case-3
     """
@@ -83,10 +88,13 @@ def export_cmd(ctx: typer.Context, case: Case, out: Out, db: Db = None, storage:
     else:
         for uid in rep.missing:
             output.warn(f"not received yet: {uid}")
+        for uid in rep.rejected:
+            output.warn(f"rejected in the archive, left out: {uid}")
         for uid in rep.lost:
             output.warn(f"file missing from the archive's storage (see ihe archive check): {uid}")
         output.info(f"case {rep.case}: manifest and {rep.written} instances written to {rep.out}"
                     + (f", {len(rep.missing)} not received yet" if rep.missing else "")
+                    + (f", {len(rep.rejected)} rejected and left out" if rep.rejected else "")
                     + (f", {len(rep.lost)} files missing" if rep.lost else ""))
     if rep.missing or rep.lost:
         raise typer.Exit(ExitStatus.PARTIAL)

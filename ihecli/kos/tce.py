@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 
 from ihecli.archive import schema as s
 from ihecli.archive import tables_kos as t
+from ihecli.archive.tables_workflow import rejected as rj
 from ihecli.errors import IheError, UsageError
 from ihecli.kos import codes
 
@@ -36,10 +37,11 @@ class TceCase:
     references: int
     received_instances: int
     received: datetime | None
+    rejected_instances: int = 0  # rejected in the archive (IOCM) since: they will not come
 
     @property
     def missing(self) -> int:
-        return self.references - self.received_instances
+        return self.references - self.received_instances - self.rejected_instances
 
     @property
     def complete(self) -> bool:
@@ -55,6 +57,11 @@ class CaseReference:
     retrieve_aet: str
     received: bool
     path: str = ""
+    rejected: str = ""  # the rejection note's title code, when the instance was rejected
+
+    @property
+    def state(self) -> str:
+        return f"rejected ({self.rejected})" if self.rejected else "received" if self.received else "waiting"
 
 
 @dataclass
@@ -64,10 +71,11 @@ class ExportReport:
     manifest: str
     written: int = 0
     missing: list[str] = field(default_factory=list)  # referenced, not received
+    rejected: list[str] = field(default_factory=list)  # referenced, rejected in the archive: not written
     lost: list[str] = field(default_factory=list)  # received, but the file is gone (see ihe archive check)
 
 
-def _case(row, refs: int, have: int) -> TceCase:
+def _case(row, refs: int, have: int, rejected: int = 0) -> TceCase:
     mods = json.loads(row.modifiers or "[]")
     delay = [m[2] or m[0] for m in mods if m[0] in codes.TCE_DELAY_REASONS or "delay" in (m[2] or "").lower()]
     return TceCase(case=row.id, manifest_uid=row.sop_uid, study_uid=row.study_uid or "",
@@ -76,21 +84,24 @@ def _case(row, refs: int, have: int) -> TceCase:
                    description=row.description or "", delay_reasons=delay,
                    modifiers=[f"{m[1]}:{m[0]} {m[2]}".strip() for m in mods],
                    observers=json.loads(row.observers or "[]"), references=refs, received_instances=have,
-                   received=row.received)
+                   received=row.received, rejected_instances=rejected)
 
 
 def list_cases(archive, *, incomplete_only: bool = False) -> list[TceCase]:
     """Every TCE case whose manifest the archive holds, oldest first, with its completeness."""
     t.record_missing(archive)
     kd, kr, inst = t.kos_documents, t.kos_references, s.instances
+    not_rejected = ~select(rj.c.sop_uid).where(rj.c.sop_uid == kr.c.sop_uid).exists()
     have = select(func.count()).select_from(kr.join(inst, inst.c.sop_uid == kr.c.sop_uid)) \
+        .where(kr.c.kos_fk == kd.c.id, not_rejected).scalar_subquery()
+    gone = select(func.count()).select_from(kr.join(rj, rj.c.sop_uid == kr.c.sop_uid)) \
         .where(kr.c.kos_fk == kd.c.id).scalar_subquery()
     total = select(func.count()).select_from(kr).where(kr.c.kos_fk == kd.c.id).scalar_subquery()
-    q = (select(kd, total.label("n_refs"), have.label("n_have"))
+    q = (select(kd, total.label("n_refs"), have.label("n_have"), gone.label("n_rejected"))
          .where(kd.c.tce.is_(True), select(inst.c.id).where(inst.c.sop_uid == kd.c.sop_uid).exists())
          .order_by(kd.c.id))
     with archive.connect() as conn:
-        cases = [_case(r, r.n_refs, r.n_have) for r in conn.execute(q)]
+        cases = [_case(r, r.n_refs, r.n_have, r.n_rejected) for r in conn.execute(q)]
     return [c for c in cases if not c.complete] if incomplete_only else cases
 
 
@@ -102,12 +113,14 @@ def find_case(archive, case: str) -> tuple[TceCase, list[CaseReference]]:
         raise UsageError(f"no TCE case {case!r} in the archive (ihe tce ls lists them)")
     c = match[0]
     kr, inst = t.kos_references, s.instances
-    q = (select(kr.c.study_uid, kr.c.series_uid, kr.c.sop_uid, kr.c.sop_class, kr.c.retrieve_aet, inst.c.path)
-         .select_from(kr.outerjoin(inst, inst.c.sop_uid == kr.c.sop_uid)).where(kr.c.kos_fk == c.case)
-         .order_by(kr.c.id))
+    q = (select(kr.c.study_uid, kr.c.series_uid, kr.c.sop_uid, kr.c.sop_class, kr.c.retrieve_aet, inst.c.path,
+                rj.c.code)
+         .select_from(kr.outerjoin(inst, inst.c.sop_uid == kr.c.sop_uid).outerjoin(rj, rj.c.sop_uid == kr.c.sop_uid))
+         .where(kr.c.kos_fk == c.case).order_by(kr.c.id))
     with archive.connect() as conn:
         refs = [CaseReference(r.study_uid or "", r.series_uid or "", r.sop_uid, r.sop_class or "",
-                              r.retrieve_aet or "", r.path is not None, r.path or "") for r in conn.execute(q)]
+                              r.retrieve_aet or "", r.path is not None and not r.code, r.path or "", r.code or "")
+                for r in conn.execute(q)]
     return c, refs
 
 
@@ -129,6 +142,9 @@ def export_case(archive, case: str, out: Path) -> ExportReport:
         raise IheError(f"the manifest of case {c.case} is indexed but its file is missing (see ihe archive check)") \
             from None
     for r in refs:
+        if r.rejected:
+            rep.rejected.append(r.sop_uid)
+            continue
         if not r.received:
             rep.missing.append(r.sop_uid)
             continue
@@ -143,6 +159,7 @@ def export_case(archive, case: str, out: Path) -> ExportReport:
     doc = {"case": c.case, "manifest": c.manifest_uid, "title": c.title, "title_code": c.title_code,
            "description": c.description, "delay_reasons": c.delay_reasons, "observers": c.observers,
            "patient_id": c.patient_id, "patient_name": c.patient_name, "study": c.study_uid,
-           "references": c.references, "written": rep.written, "missing": rep.missing + rep.lost}
+           "references": c.references, "written": rep.written, "missing": rep.missing + rep.lost,
+           "rejected": rep.rejected}
     (out / "case.json").write_text(json.dumps(doc, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     return rep
