@@ -268,3 +268,27 @@ def test_multi_frame_objects_show_every_frame(env, tmp_path):
         assert int(np.argmin(err)) == k, (k, err)
     dom = dump_dom(obj.as_uri())
     assert dom.count("<img") == 8 and "frame 8 of 8" in dom
+
+
+def test_an_existing_iso_is_never_overwritten(env, tmp_path):
+    """As a non-empty --usb folder is refused, so is an --iso file that exists (or, split over
+    several media, one of the volumes' FILE_k.iso): a usage error naming it, before any source is
+    read (a non-DICOM source would be exit 1), the file left as it was."""
+    old = tmp_path / "old.iso"
+    old.write_bytes(b"an earlier medium")
+    notdicom = tmp_path / "n.txt"
+    notdicom.write_text("hello")
+    for src in (notdicom, *env["files"][:2]):
+        r = cli(env, "pdi", "burn", src, "--iso", old, "--no-web")
+        assert r.code == 2 and f"{old}: exists: remove it or choose another name" in " ".join(r.stderr.split())
+    assert old.read_bytes() == b"an earlier medium"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".ihe-pdi-")] == []
+    big = make_corpus(tmp_path / "big", studies=3, series=1, images=40)  # two volumes of 5.5 MB
+    (tmp_path / "split_2.iso").write_bytes(b"volume 2 of an earlier medium")
+    r = cli(env, "pdi", "burn", *big, "--iso", tmp_path / "split.iso", "--size", "5.5M", "--no-web")
+    assert r.code == 2 and "split_2.iso: exists" in r.stderr
+    assert not (tmp_path / "split.iso").exists() and not (tmp_path / "split_1.iso").exists()
+    assert (tmp_path / "split_2.iso").read_bytes() == b"volume 2 of an earlier medium"
+    r = cli(env, "pdi", "burn", env["files"][0], "--iso", tmp_path / "new.iso", "--no-web")
+    assert r.code == 0, r.stderr
+    assert (tmp_path / "new.iso").stat().st_size > 0

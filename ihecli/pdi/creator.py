@@ -330,6 +330,8 @@ def burn(paths: Iterable[str | os.PathLike], *, iso: Path | None = None, usb: Pa
     media = (media or ("usb" if usb else "cd")).lower()
     if media not in CAPACITY:
         raise UsageError(f"bad --media {media!r}: cd, dvd or usb")
+    if iso is not None and os.path.lexists(iso):  # never overwritten, as a USB folder is never written into
+        raise UsageError(f"{iso}: exists: remove it or choose another name")
     capacity = size if size is not None else CAPACITY[media]
     report = BurnReport(media, PROFILES[media])
     items, report.skipped, unreadable = read_sources(paths, media, web, progress)
@@ -338,6 +340,11 @@ def burn(paths: Iterable[str | os.PathLike], *, iso: Path | None = None, usb: Pa
         raise IheError("no DICOM objects to write")
     vols = _volumes(items, capacity)
     iso = Path(iso) if iso is not None else None
+    if iso is not None and len(vols) > 1:
+        for k in range(1, len(vols) + 1):
+            out = _iso_volume(iso, k)
+            if os.path.lexists(out):
+                raise UsageError(f"{out}: exists: remove it or choose another name")
     if usb is not None:
         usb = Path(usb)
         if usb.exists() and (not usb.is_dir() or any(usb.iterdir())):
@@ -358,7 +365,7 @@ def burn(paths: Iterable[str | os.PathLike], *, iso: Path | None = None, usb: Pa
                 root.mkdir(parents=True, exist_ok=True)
                 out_path = root
             else:
-                out_path = iso if len(vols) == 1 else iso.with_name(f"{iso.stem}_{k}{iso.suffix or '.iso'}")
+                out_path = iso if len(vols) == 1 else _iso_volume(iso, k)
                 out_path.parent.mkdir(parents=True, exist_ok=True)
                 root = Path(tempfile.mkdtemp(prefix=".ihe-pdi-", dir=out_path.parent))
             try:
@@ -390,6 +397,11 @@ def burn(paths: Iterable[str | os.PathLike], *, iso: Path | None = None, usb: Pa
                                ((i.info.study_uid, i.info.patient_id or "", i.info.sop_class) for i in items if i.ts),
                                failed=len(report.failed))
     return report
+
+
+def _iso_volume(iso: Path, k: int) -> Path:
+    """The image of volume ``k`` of several: FILE_k.iso."""
+    return iso.with_name(f"{iso.stem}_{k}{iso.suffix or '.iso'}")
 
 
 def _write_volume(vol: list[_Item], root: Path, fsid: str, media: str, volume: str, web: bool,
