@@ -176,7 +176,8 @@ def test_bad_input_sends_nothing(corpus, archive, storescp):
         (["--reason", "quality", "--quality-reason", "wobbly", "--instance", a.SOPInstanceUID, "--store"], 2,
          "unknown quality reason"),
         (["--reason", "quality", "--store"], 2, "say what to reject"),
-        (["--reason", "quality", "--instance", "1.2.3.999", "--store"], 1, "unknown reference 1.2.3.999"),
+        (["--reason", "quality", "--instance", "1.2.3.999", "--store"], 1, "unknown reference 1.2.3.999: nothing "
+         "found for it\n"),
         (["--reason", "quality", "--instance", a.SOPInstanceUID, *to, "--store"], 2, "exactly one of"),
     ]
     for args, code, words in cases:
@@ -202,3 +203,7 @@ def test_a_second_rejection_leaves_the_first_note_out(corpus, archive):
     rejected = set(second.json["rejected"])
     assert first.json["documents"][0]["sop_instance_uid"] not in rejected
     assert kin.json["documents"][0]["sop_instance_uid"] in rejected  # a Key Image Note goes with its study
+    # a third time: nothing left, and said so
+    third = run_cli("iocm", "reject", "--reason", "quality", "--instance", other.SOPInstanceUID, "--store", "--yes",
+                    *db_args(archive))
+    assert third.code == 1 and f"{other.SOPInstanceUID} was already rejected (113039" in " ".join(third.stderr.split())

@@ -66,8 +66,8 @@ def reject_cmd(
     if from_files:
         selection.from_files(from_files, sel)
     elif to and not from_archive:
+        node = st.node(to)  # an unknown node is said as it is
         try:
-            node = st.node(to)
             selection.from_node(node, sel, calling_aet=calling_aet or st.calling_aet, timeout=timeout,
                                 tls=node_tls(ctx, node))
         except PeerUnreachable:
@@ -79,6 +79,8 @@ def reject_cmd(
         with open_archive(ctx, db, storage) as archive:
             selection.from_archive(archive, sel)
             sel.found = iocm.drop_rejection_notes(archive, sel.found)
+            if sel.missing:
+                _already_rejected(archive, sel.missing)
     sel.check()
     rows = sel.summary()
     n_studies = len({r["StudyInstanceUID"] for r in rows})
@@ -108,3 +110,17 @@ def reject_cmd(
     output.info(f"rejected {what}: {len(docs)} rejection {'note' if len(docs) == 1 else 'notes'} "
                 f"{'stored in' if store else 'sent to'} {where}")
 
+
+def _already_rejected(archive, uids: list[str]) -> None:
+    """Say so when what was asked for is missing because a rejection note took it already."""
+    from sqlalchemy import or_, select
+
+    from ihecli.archive.tables_workflow import rejected as rj
+
+    with archive.connect() as conn:
+        row = conn.execute(select(rj.c.sop_uid, rj.c.series_uid, rj.c.study_uid, rj.c.code, rj.c.rejected).where(
+            or_(rj.c.sop_uid.in_(uids), rj.c.series_uid.in_(uids), rj.c.study_uid.in_(uids))).limit(1)).first()
+    if row is not None:
+        asked = next(u for u in uids if u in (row.sop_uid, row.series_uid, row.study_uid))
+        raise IheError(f"{asked} was already rejected ({row.code}, {row.rejected:%Y-%m-%d %H:%M}): nothing is left "
+                       "of it to reject")

@@ -36,9 +36,9 @@ class Selection:
     def empty(self) -> bool:
         return not (self.studies or self.series or self.instances)
 
-    def check(self, *, allow_missing: bool = False, study: str | None = None) -> None:
-        """Refuse an empty result, unknown references (unless allowed) and, with ``study``,
-        instances of another study."""
+    def check(self, *, allow_missing: bool | None = None, study: str | None = None) -> None:
+        """Refuse an empty result, unknown references (unless ``allow_missing``; None: the command
+        has no such option) and, with ``study``, instances of another study."""
         if study:
             other = [ds for ds in self.found if str(ds.StudyInstanceUID) != study]
             if other:
@@ -47,8 +47,8 @@ class Selection:
                                f"not to {study}" + (f" (and {len(other) - 1} more)" if len(other) > 1 else ""))
         if self.missing and not allow_missing:
             more = f" (and {len(self.missing) - 1} more)" if len(self.missing) > 1 else ""
-            raise IheError(f"unknown reference {self.missing[0]}{more}: nothing found for it "
-                           "(--allow-missing leaves it out)")
+            raise IheError(f"unknown reference {self.missing[0]}{more}: nothing found for it"
+                           + (" (--allow-missing leaves it out)" if allow_missing is not None else ""))
         if not self.found:
             raise IheError("the selection matches no instance: nothing to reference")
 
