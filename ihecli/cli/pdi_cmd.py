@@ -88,15 +88,20 @@ def burn_cmd(
         raise UsageError("give files or an archive selection (--patient, --study, --accession), not both")
     if bool(iso) == bool(usb):
         raise UsageError("give exactly one of --iso FILE or --usb DIR")
-    if paths:
-        files = list(iter_files(paths))
-    else:
-        with open_archive(ctx, db, storage) as archive:
-            files = select_from_archive(archive, patient=patient, study=study, accession=accession)
-    units = len(files) * (3 if web else 2)
-    with output.progress(units, "writing media", enabled=not json) as advance:
-        rep = burn(files, iso=iso, usb=usb, media=media, web=web, size=capacity, institution=institution,
-                   fileset_id=volume_id, progress=advance)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="ihe-burn-") as reconciled:
+        if paths:
+            files = list(iter_files(paths))
+        else:
+            with open_archive(ctx, db, storage) as archive:
+                files = select_from_archive(archive, patient=patient, study=study, accession=accession,
+                                            reconcile_into=Path(reconciled),
+                                            modifying_system=state(ctx).settings().archive.aet)
+        units = len(files) * (3 if web else 2)
+        with output.progress(units, "writing media", enabled=not json) as advance:
+            rep = burn(files, iso=iso, usb=usb, media=media, web=web, size=capacity, institution=institution,
+                       fileset_id=volume_id, progress=advance)
     if json:
         output.print_json({"media": rep.media, "profile": rep.profile, "objects": rep.objects, "files": rep.files,
                            "bytes": rep.bytes, "volumes": rep.volumes, "converted": rep.converted,

@@ -535,8 +535,11 @@ def _write_web(w: _Writer, patients: list[WebPatient], title: str) -> None:
 
 
 def select_from_archive(archive, *, patient: str | None = None, study: list[str] | None = None,
-                        accession: str | None = None) -> list[Path]:
-    """Files of the archive's instances of a patient, studies or an accession number."""
+                        accession: str | None = None, reconcile_into: Path | None = None,
+                        modifying_system: str = "IHE_ARCHIVE") -> list[Path]:
+    """Files of the archive's instances of a patient, studies or an accession number. With
+    ``reconcile_into``, an instance whose patient HL7 changed since it was stored is given as a
+    copy in that folder carrying the index's patient (PIR, as C-MOVE sends it)."""
     from pydicom.dataset import Dataset
 
     if not (patient or study or accession):
@@ -551,7 +554,14 @@ def select_from_archive(archive, *, patient: str | None = None, study: list[str]
     refs = archive.instances(ident)
     if not refs:
         raise IheError("nothing in the archive matches the selection")
-    return [archive.file_path(r) for r in refs]
+    paths = [archive.file_path(r) for r in refs]
+    if reconcile_into is not None:
+        from ihecli.workflow.pir import reconciled_copies
+
+        have = [(r, p) for r, p in zip(refs, paths) if p.exists()]  # a lost file fails later, named
+        copies = reconciled_copies(archive, have, reconcile_into, modifying_system=modifying_system)
+        paths = [Path(copies[r.sop_uid]) if r.sop_uid in copies else p for r, p in zip(refs, paths)]
+    return paths
 
 
 __all__ = ["burn", "BurnReport", "VolumeReport", "select_from_archive", "write_iso", "allowed_syntaxes",

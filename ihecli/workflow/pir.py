@@ -288,3 +288,49 @@ def _spliced(stored: Dataset, changed: list[str], current: CurrentPatient, item:
     parts += [b for _t, b in pending]
     parts.append(body[pos:])
     return CoercedDataset(meta, b"".join(parts))
+
+
+def part10(ds: Dataset) -> bytes:
+    """A coerced object as a Part-10 file: the file meta and the data set, as ``coerce`` gave it
+    (its encoded bytes when it kept them)."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import dcmwrite, write_file_meta_info
+
+    body = getattr(ds, "_body", None)
+    if body is not None:
+        out = DicomBytesIO()
+        out.write(b"\0" * 128 + b"DICM")
+        write_file_meta_info(out, ds.file_meta, enforce_standard=True)
+        return out.getvalue() + body
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcmwrite(buf, ds, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def reconciled_copies(archive, refs_paths, into, *, modifying_system: str = "IHE_ARCHIVE") -> dict[str, str]:
+    """For an export of stored instances (``refs_paths``: (InstanceRef, file path) pairs), the
+    instances whose patient HL7 changed since they were stored, written again into the folder
+    ``into`` with the index's patient (as C-MOVE sends them): SOP Instance UID -> the copy's
+    path. The others are not in the answer: their files go out as they are."""
+    import os
+
+    from ihecli.archive.server import StoredDataset
+
+    refs_paths = list(refs_paths)
+    current = reconciled_for(archive, [r for r, _ in refs_paths])
+    out: dict[str, str] = {}
+    for ref, path in refs_paths:
+        cur = current.get(ref.study_uid)
+        if cur is None:
+            continue
+        stored = StoredDataset(path, ref)
+        ds = coerce(stored, cur, modifying_system=modifying_system)
+        if ds is stored:
+            continue
+        target = os.path.join(str(into), f"{len(out):08d}.dcm")
+        with open(target, "wb") as fh:
+            fh.write(part10(ds))
+        out[ref.sop_uid] = target
+    return out
