@@ -18,6 +18,7 @@ from ihecli.archive.query import read_header
 from ihecli.web.common import (MediaRange, Part, WebError, check_uid, json_response, multipart_response, parse_accept,
                                to_json)
 from ihecli.web.render import parse_window, render
+from ihecli.workflow.pir import Reconciler, apply_patient
 
 # PS3.18 Table 8.7.3-2: media types of compressed pixel data (frames, bulk data)
 FRAME_MEDIA = {
@@ -63,11 +64,12 @@ def _dicom_ts_wanted(accept: list[MediaRange]) -> str | None:
     raise WebError(406, "this resource is sent as multipart/related; type=\"application/dicom\"")
 
 
-def _transcoded(path, ts: str) -> bytes:
-    """The stored file in another transfer syntax (native ones, or decompressed to them)."""
+def _transcoded(path, ts: str, data: bytes | None = None) -> bytes:
+    """The stored file (or ``data``, the object as it goes out) in another transfer syntax
+    (native ones, or decompressed to them)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(io.BytesIO(data) if data is not None else path)
     have = ds.file_meta.TransferSyntaxUID
     try:
         if have.is_compressed:
@@ -93,12 +95,17 @@ def retrieve(archive, accept_header: str | None, refs):
     if refs and not present:
         raise WebError(404, f"the files of the {len(refs)} instance(s) asked for are missing (see ihe archive check)")
 
+    # PIR: instances of patients HL7 changed carry the index's patient, as C-MOVE sends them
+    rec = Reconciler(archive, [r for r, _ in present])
+
     def parts():
         for r, path in present:
+            data = rec.part10(r, path) if rec else None
             if ts == "*" or r.transfer_syntax == ts:
-                yield Part(f"application/dicom; transfer-syntax={r.transfer_syntax}", path=path)
+                yield Part(f"application/dicom; transfer-syntax={r.transfer_syntax}",
+                           **({"path": path} if data is None else {"body": data}))
             else:
-                yield Part(f"application/dicom; transfer-syntax={ts}", body=_transcoded(path, ts))
+                yield Part(f"application/dicom; transfer-syntax={ts}", body=_transcoded(path, ts, data))
 
     resp = multipart_response(parts(), "application/dicom", status=206 if lost else 200)
     if lost:
@@ -126,6 +133,7 @@ def instance_url(base: str, r) -> str:
 def metadata(archive, base: str, refs):
     """DICOM JSON of every instance's attributes; large binary values as bulk data URIs."""
     headers = _headers(archive, refs)
+    rec = Reconciler(archive, refs)
     out = []
     for r in refs:
         ds = headers.get(r.sop_uid)
@@ -139,6 +147,8 @@ def metadata(archive, base: str, refs):
                 continue
         if "Rows" in ds and "Columns" in ds:
             has_pixels = True
+        if rec and rec.patient_of(r) is not None:
+            ds = apply_patient(ds, rec.patient_of(r))
         url = instance_url(base, r)
         j = to_json(ds, url + "/bulkdata/")
         if has_pixels:

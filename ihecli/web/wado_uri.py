@@ -37,9 +37,16 @@ def retrieve(archive, params):
         wanted = ["image/jpeg"] if has_pixels else [doc_type] if doc_type else ["application/dicom"]
     for ct in wanted:
         if ct in ("application/dicom", "*/*"):
+            from ihecli.workflow.pir import Reconciler
+
+            rec = Reconciler(archive, [ref])  # PIR: the index's patient, as C-MOVE sends it
+            data = rec.part10(ref, path) if rec else None
             ts = params.get("transferSyntax")
             if ts and ts != ref.transfer_syntax:
-                return Response(_transcoded(path, ts), media_type="application/dicom")
+                return Response(_transcoded(path, ts, data), media_type="application/dicom")
+            if data is not None:
+                return Response(data, media_type="application/dicom",
+                                headers={"Content-Disposition": f'inline; filename="{ref.sop_uid}.dcm"'})
             return FileResponse(path, media_type="application/dicom",
                                 filename=f"{ref.sop_uid}.dcm", content_disposition_type="inline")
         if ct in IMAGE_TYPES and has_pixels:

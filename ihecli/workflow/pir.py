@@ -309,6 +309,42 @@ def part10(ds: Dataset) -> bytes:
     return buf.getvalue()
 
 
+class Reconciler:
+    """PIR for one export or retrieve of stored instances: which of their studies' patients HL7
+    changed (one query, nothing more when none did), and the instances of those as Part-10
+    bytes with the index's patient."""
+
+    def __init__(self, archive, refs, *, modifying_system: str = "IHE_ARCHIVE"):
+        self.current = reconciled_for(archive, refs)
+        self.modifying_system = modifying_system
+
+    def __bool__(self) -> bool:
+        return bool(self.current)
+
+    def part10(self, ref, path) -> bytes | None:
+        """The instance with the index's patient, or None when it goes out as stored."""
+        cur = self.current.get(ref.study_uid)
+        if cur is None:
+            return None
+        from ihecli.archive.server import StoredDataset
+
+        stored = StoredDataset(path, ref)
+        ds = coerce(stored, cur, modifying_system=self.modifying_system)
+        return None if ds is stored else part10(ds)
+
+    def patient_of(self, ref) -> CurrentPatient | None:
+        return self.current.get(ref.study_uid)
+
+
+def apply_patient(ds: Dataset, current: CurrentPatient) -> Dataset:
+    """``ds`` (a header) with the index's patient values, for answers that carry no history."""
+    for kw, tag, vr, col in PATIENT_ATTRIBUTES:
+        value = current.column(col)
+        if value or tag in ds or kw == "PatientID":
+            ds.add_new(tag, vr, value or None)
+    return ds
+
+
 def reconciled_copies(archive, refs_paths, into, *, modifying_system: str = "IHE_ARCHIVE") -> dict[str, str]:
     """For an export of stored instances (``refs_paths``: (InstanceRef, file path) pairs), the
     instances whose patient HL7 changed since they were stored, written again into the folder
@@ -316,21 +352,17 @@ def reconciled_copies(archive, refs_paths, into, *, modifying_system: str = "IHE
     path. The others are not in the answer: their files go out as they are."""
     import os
 
-    from ihecli.archive.server import StoredDataset
-
     refs_paths = list(refs_paths)
-    current = reconciled_for(archive, [r for r, _ in refs_paths])
+    rec = Reconciler(archive, [r for r, _ in refs_paths], modifying_system=modifying_system)
     out: dict[str, str] = {}
+    if not rec:
+        return out
     for ref, path in refs_paths:
-        cur = current.get(ref.study_uid)
-        if cur is None:
-            continue
-        stored = StoredDataset(path, ref)
-        ds = coerce(stored, cur, modifying_system=modifying_system)
-        if ds is stored:
+        data = rec.part10(ref, path)
+        if data is None:
             continue
         target = os.path.join(str(into), f"{len(out):08d}.dcm")
         with open(target, "wb") as fh:
-            fh.write(part10(ds))
+            fh.write(data)
         out[ref.sop_uid] = target
     return out

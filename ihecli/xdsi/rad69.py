@@ -27,6 +27,7 @@ from ihecli.net.soap import Attachments, Reply, SoapFault, SoapMessage
 from ihecli.net.soap.xml import XDSB, q
 from ihecli.xds import audit
 from ihecli.xds import vocabulary as v
+from ihecli.workflow.pir import Reconciler
 from ihecli.xds.messages import (RegistryError, Result, RetrievedDocument, XdsError, read_documents,
                                  read_registry_response, retrieve_response)
 
@@ -149,7 +150,9 @@ class ImagingDocumentSource:
                                          f"of study {im.study_uid}", uid))
         ref = refs[0]
         try:
-            data = self.archive.file_path(ref).read_bytes()
+            path = self.archive.file_path(ref)
+            rec = Reconciler(self.archive, [ref])  # PIR: the index's patient, as C-MOVE sends it
+            data = (rec.part10(ref, path) if rec else None) or path.read_bytes()
         except OSError:
             raise XdsError(RegistryError("XDSRepositoryError", f"instance {uid} is unreadable", uid)) from None
         out = _in_syntax(data, ref.transfer_syntax, tss)
