@@ -141,6 +141,9 @@ def export_case(archive, case: str, out: Path) -> ExportReport:
     except FileNotFoundError:
         raise IheError(f"the manifest of case {c.case} is indexed but its file is missing (see ihe archive check)") \
             from None
+    from ihecli.workflow.pir import Reconciler
+
+    rec = Reconciler(archive, [r for r in refs if r.received])  # PIR: the index's patient
     for r in refs:
         if r.rejected:
             rep.rejected.append(r.sop_uid)
@@ -151,7 +154,11 @@ def export_case(archive, case: str, out: Path) -> ExportReport:
         target = out / safe_name(r.study_uid) / safe_name(r.series_uid) / f"{safe_name(r.sop_uid)}.dcm"
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            shutil.copyfile(archive.file_path(r.path), target)
+            data = rec.part10(r, archive.file_path(r.path)) if rec else None
+            if data is None:
+                shutil.copyfile(archive.file_path(r.path), target)
+            else:
+                target.write_bytes(data)
         except FileNotFoundError:
             rep.lost.append(r.sop_uid)
             continue

@@ -328,7 +328,8 @@ class Reconciler:
             return None
         from ihecli.archive.server import StoredDataset
 
-        stored = StoredDataset(path, ref)
+        # an index row gives the file meta; any other reference (a study UID is all PIR needs) reads it
+        stored = StoredDataset(path, ref if hasattr(ref, "transfer_syntax") else None)
         ds = coerce(stored, cur, modifying_system=self.modifying_system)
         return None if ds is stored else part10(ds)
 
