@@ -3,6 +3,7 @@ dangling references, hostile File IDs, ISO and zip sources, reconciliation, UID 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import warnings
 import zipfile
@@ -294,15 +295,31 @@ def test_match_local_and_uid_collisions(tmp_path):
 
 def test_send_to_a_node(tmp_path, storescp):
     node, folder = storescp
-    medium = charset_medium(tmp_path / "cd")
-    r = run_cli("pdi", "import", medium, "--to", f"{node.aet}@{node.host}:{node.port}", "--patient-id", "P1", "--json")
+    to = f"{node.aet}@{node.host}:{node.port}"
+    medium = charset_medium(tmp_path / "cd")  # 11 patients: one --patient-id for all of them is a merge
+    r = run_cli("pdi", "import", medium, "--to", to, "--patient-id", "P1", "--json")
+    assert r.code == 2 and "11 patients" in r.stderr and r.stdout == ""
+    assert list(folder.iterdir()) == []
+    r = run_cli("pdi", "import", medium, "--to", to, "--json")
     assert r.code == 0, r.stderr
     assert r.json["counts"]["sent"] == 11 and r.json["destination"].startswith("STORESCP")
     got = [pydicom.dcmread(p) for p in folder.iterdir()]
-    assert len(got) == 11 and {d.PatientID for d in got} == {"P1"}
-    assert {d.OtherPatientIDsSequence[-1].PatientID for d in got} == set(CHARSET_NAMES) - {"SCSH31", "SCSH32", "SCSI2",
-                                                                                          "SCSX1", "SCSX2"} | {
-        "H31EXAMPLE", "H32EXAMPLE", "I2EXAMPLE", "X1EXAMPLE", "X2EXAMPLE"}
+    assert len(got) == 11 and {d.PatientID for d in got} == set(CHARSET_NAMES) - {
+        "SCSH31", "SCSH32", "SCSI2", "SCSX1", "SCSX2"} | {"H31EXAMPLE", "H32EXAMPLE", "I2EXAMPLE", "X1EXAMPLE",
+                                                         "X2EXAMPLE"}
+    for f in folder.iterdir():
+        f.unlink()
+    one = tmp_path / "one"
+    one.mkdir()
+    for n in ("SCSGERM", "SCSFREN"):  # two objects of one patient, reconciled on the way
+        ds = pydicom.dcmread(medium / n)
+        ds.PatientID, ds.PatientName = "THEIRS", "Müller^Hans"
+        ds.save_as(one / n)
+    r = run_cli("pdi", "import", one, "--to", to, "--patient-id", "P1", "--json")
+    assert r.code == 0, r.stderr
+    got = [pydicom.dcmread(p) for p in folder.iterdir()]
+    assert len(got) == 2 and {d.PatientID for d in got} == {"P1"}
+    assert {d.OtherPatientIDsSequence[-1].PatientID for d in got} == {"THEIRS"}
 
 
 def test_bad_usage(tmp_path):
@@ -535,3 +552,139 @@ def test_new_uids_reach_the_references_to_them(tmp_path):
     old_ev = next(x.CurrentRequestedProcedureEvidenceSequence for x in olds
                   if "CurrentRequestedProcedureEvidenceSequence" in x)
     assert old_ev[0].StudyInstanceUID == study
+
+
+def _medium_of(folder: Path, datasets: list[Dataset]) -> Path:
+    folder.mkdir(parents=True)
+    for k, ds in enumerate(datasets):
+        ds.save_as(folder / f"IM{k}", enforce_file_format=True)
+    return folder
+
+
+def test_one_local_patient_for_several_patients_of_the_medium_is_refused(tmp_path):
+    """--patient-id, or --match-local finding one local patient for them, would file objects of
+    several patients of the medium under one local patient (a merge): a usage error that says how
+    many patients the medium holds, and nothing stored. Patients differ by ID, issuer or name; a
+    name written in another case or with empty trailing components is the same name."""
+    files = make_corpus(tmp_path / "corpus", studies=2, series=1, images=2, patients=2)
+    iso = tmp_path / "two.iso"
+    assert run_cli("pdi", "burn", *files, "--iso", iso, "--no-web").code == 0
+    for extra in ((), ("--dry-run",), ("--issuer", "HOSP", "--accession", "A1")):
+        r = imp(tmp_path, iso, "--patient-id", "ONE", *extra)
+        assert r.code == 2 and r.stdout == "", r.stderr
+        line = " ".join(r.stderr.split())
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+        assert "the medium holds 2 patients" in line and "--patient-id ONE would merge them" in line
+        assert "ID PID000000 TEST^PATIENT000000" in line and "ID PID000001 TEST^PATIENT000001" in line
+        assert "without --patient-id" in line
+    with archive_of(tmp_path) as a:
+        assert a.counts()["instances"] == 0
+    # one Patient ID, two people (by name), or two issuers: refused too
+    base = [pydicom.dcmread(f) for f in files[:2]]
+    for k, (second_name, second_issuer, n) in enumerate([("ROE^RICHARD", None, 2), ("TEST^PATIENT000000", "OTHER", 2),
+                                                          ("test^patient000000^^", None, 1)]):
+        ds = [pydicom.dcmread(f) for f in files[:2]]
+        ds[1].PatientName = second_name
+        if second_issuer:
+            ds[1].IssuerOfPatientID = second_issuer
+        medium = _medium_of(tmp_path / f"m{k}", ds)
+        r = imp(tmp_path, medium, "--patient-id", "ONE")
+        if n == 2:
+            assert r.code == 2 and "the medium holds 2 patients" in " ".join(r.stderr.split()), r.stderr
+        else:  # the same name: one patient, reconciled and stored
+            assert r.code == 0, r.stderr
+            assert r.json["counts"]["stored"] == 2 and {o["patient_id"] for o in r.json["objects"]} == {"ONE"}
+    with archive_of(tmp_path) as a:
+        assert {str(x.sop_uid) for x in a.instances(_ident(PatientID="ONE"))} == {str(d.SOPInstanceUID) for d in base}
+    # --match-local: two patients of the medium with the name and birth date of one local patient
+    with archive_of(tmp_path) as a:
+        loc = pydicom.dcmread(files[2])
+        loc.PatientID, loc.PatientName, loc.PatientBirthDate = "LOC1", "DOE^JANE", "19700101"
+        a.store(_encode(loc))
+        before = a.counts()["instances"]
+    ds = [pydicom.dcmread(f) for f in files]
+    for d in ds:
+        d.PatientName, d.PatientBirthDate = "DOE^JANE", "19700101"
+        d.PatientID = "EXT-1" if d.PatientID == "PID000000" else "EXT-2"
+    medium = _medium_of(tmp_path / "twins", ds)
+    r = imp(tmp_path, medium, "--match-local", "--yes")
+    line = " ".join(r.stderr.split())
+    assert r.code == 2 and "the medium holds 2 patients" in line and "--match-local would merge them" in line
+    assert "local patient LOC1" in line
+    with archive_of(tmp_path) as a:
+        assert a.counts()["instances"] == before
+
+
+def _encode(ds: Dataset) -> bytes:
+    from io import BytesIO
+
+    buf = BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_importing_a_medium_again_gives_the_same_new_uids(tmp_path):
+    """A medium whose UIDs the archive holds for another patient gets new UIDs for the local
+    patient; imported again it gets the same ones (derived from the old UID and the local
+    patient): nothing is stored twice, references stay consistent, and an instance rejected
+    since (IOCM) is refused rather than coming back under a fresh UID."""
+    from pydicom.sequence import Sequence
+
+    from ihecli.kos import codes
+    from ihecli.kos.builder import build_kos
+
+    files = make_corpus(tmp_path / "corpus", studies=1, series=1, images=3)
+    images = [pydicom.dcmread(f) for f in files]
+    ref = Dataset()
+    ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = images[0].SOPClassUID, images[0].SOPInstanceUID
+    images[1].ReferencedImageSequence = Sequence([ref])
+    kos = build_kos(codes.title_code("113000"), images)
+    iso = tmp_path / "p0.iso"
+    stage = _medium_of(tmp_path / "stage", [kos, *images])
+    assert run_cli("pdi", "burn", *sorted(stage.iterdir()), "--iso", iso, "--no-web").code == 0
+    r = imp(tmp_path, iso)  # the original UIDs: PID000000's
+    assert r.code == 0 and r.json["counts"]["stored"] == 4, r.stderr
+    args = ("--patient-id", "LOCAL1", "--issuer", "HOSP", "--accession", "A778", "--yes")
+    r = imp(tmp_path, iso, *args)
+    assert r.code == 0, r.stderr
+    assert r.json["counts"]["stored"] == 4 and all(o["new_uids"] for o in r.json["objects"])
+    first = sorted(o["sop_uid"] for o in r.json["objects"])
+    assert not set(first) & {str(d.SOPInstanceUID) for d in [kos, *images]}
+    assert all(len(u) <= 64 and re.fullmatch(r"2\.25\.[1-9][0-9]*", u) for u in first)
+    for _ in range(2):
+        r = imp(tmp_path, iso, *args)
+        assert r.code == 0, r.stderr
+        assert r.json["counts"] == {"duplicate": 4, "files_skipped": 2}  # README.TXT, INDEX.HTM
+        assert sorted(o["sop_uid"] for o in r.json["objects"]) == first
+    r = run_cli("pdi", "import", iso, *args, "--db", f"sqlite:///{tmp_path / 'arc.db'}", "--storage",
+                tmp_path / "storage")
+    assert r.code == 0 and "4 objects: 0 stored, 4 already there" in " ".join(r.stderr.split()), r.stderr
+    with archive_of(tmp_path) as a:
+        stored = {x.sop_uid: pydicom.dcmread(a.file_path(x)) for x in a.instances(_ident(PatientID="LOCAL1"))}
+        assert sorted(stored) == first and a.counts()["studies"] == 2
+    new_kos = next(d for d in stored.values() if d.Modality == "KO")
+    new_images = sorted((d for d in stored.values() if d.Modality != "KO"), key=lambda d: d.InstanceNumber)
+    (se,) = new_kos.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
+    assert sorted(x.ReferencedSOPInstanceUID for x in se.ReferencedSOPSequence) == \
+        sorted(str(d.SOPInstanceUID) for d in new_images)
+    assert new_images[1].ReferencedImageSequence[0].ReferencedSOPInstanceUID == new_images[0].SOPInstanceUID
+    # another local patient: other new UIDs
+    r = imp(tmp_path, iso, "--patient-id", "LOCAL2", "--yes")
+    assert r.code == 0 and r.json["counts"]["stored"] == 4, r.stderr
+    assert not {o["sop_uid"] for o in r.json["objects"]} & set(first)
+    # an image rejected in the archive stays rejected when the medium comes again
+    gone = str(new_images[2].SOPInstanceUID)
+    r = run_cli("iocm", "reject", "--reason", "quality", "--instance", gone, "--store", "--yes",
+                "--db", f"sqlite:///{tmp_path / 'arc.db'}", "--storage", tmp_path / "storage")
+    assert r.code == 0, r.stderr
+    r = imp(tmp_path, iso, *args, "--dry-run")
+    why = {o["sop_uid"]: o["reason"] for o in r.json["objects"]}
+    assert "rejected" in why[gone] and all(why[u] == "already in the archive" for u in first if u != gone)
+    r = imp(tmp_path, iso, *args)
+    assert r.code == 3, r.stderr  # the others are there: partly done
+    assert r.json["counts"] == {"duplicate": 3, "refused": 1, "files_skipped": 2}
+    (refused,) = [o for o in r.json["objects"] if o["outcome"] == "refused"]
+    assert refused["sop_uid"] == gone and "was rejected" in refused["reason"]
+    with archive_of(tmp_path) as a:
+        assert gone not in {x.sop_uid for x in a.instances(_ident(PatientID="LOCAL1"))}
+        assert a.uid_owners((), [gone])[1] == {}

@@ -7,7 +7,12 @@ Reconciled objects keep what they said before: the replaced values in Original A
 Sequence (0400,0561, reason COERCE) and the medium's patient ID in Other Patient IDs Sequence
 (0010,1002). Study, series and SOP Instance UIDs are kept unless the local archive already
 holds them for another patient or study; then new UIDs are made, and the old ones kept in
-Original Attributes Sequence too.
+Original Attributes Sequence too. A new UID is derived from the old one and the local patient
+(derived_uid), so importing the same medium again gives the same UIDs: the archive finds them
+already there, and refuses those rejected since (IOCM).
+
+Reconciliation never merges patients: one --patient-id, or --match-local finding one local
+patient, for objects of several patients of the medium is refused before anything is stored.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import shutil
 import tempfile
 import threading
 import time
+import uuid
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,6 +34,15 @@ from ihecli.errors import ArchiveError, IheError, UsageError
 from ihecli.pdi.media import Found, Medium, Survey, iter_objects
 
 MODIFYING_SYSTEM = "IHE_CLI"
+# the namespace of the UUIDs (RFC 9562, version 5) that new UIDs are made of (2.25.<UUID as an integer>)
+UID_NAMESPACE = uuid.UUID("3f1c6c1e-5a0b-5d5e-9c1e-4f0a9d2b7e61")
+
+
+def derived_uid(uid: str, study: str, owner: tuple[str, str]) -> str:
+    """The new UID of ``uid`` (of the medium's study ``study``) for the local patient ``owner``
+    (Patient ID, issuer): the same on every import, different for another patient or study."""
+    name = f"{uid}|{study}|{owner[0]}|{owner[1]}"
+    return f"2.25.{uuid.uuid5(UID_NAMESPACE, name).int}"
 
 
 @dataclass
@@ -126,6 +141,58 @@ def media_patients(survey: Survey) -> list[MediaPatient]:
             mp = out[key] = MediaPatient(key[0], key[1], i.patient_name or "", i.birth_date or "")
         mp.objects += 1
     return list(out.values())
+
+
+def _name_key(name: str) -> str:
+    """A person name compared loosely: its first (alphabetic) group, case and accents folded,
+    blanks and empty trailing components dropped (DOE^JOHN^^ is Doe^John)."""
+    from ihecli.archive.ingest import fold
+
+    parts = [" ".join(c.split()) for c in (name or "").split("=")[0].split("^")]
+    while parts and not parts[-1]:
+        parts.pop()
+    return fold("^".join(parts)) or ""
+
+
+def source_patients(survey: Survey) -> dict[tuple[str, str], list[str]]:
+    """The medium's patients: (Patient ID, issuer) -> the names its objects give that patient
+    (one each, compared loosely; an object without a name is taken for any of them)."""
+    names: dict[tuple[str, str], dict[str, str]] = {}
+    for f in survey.objects:
+        if f.info is None or f.status != "ok":
+            continue
+        i = f.info
+        seen = names.setdefault((i.patient_id or "", i.issuer or ""), {})
+        if i.patient_name and _name_key(i.patient_name):
+            seen.setdefault(_name_key(i.patient_name), i.patient_name)
+    return {k: list(v.values()) or [""] for k, v in names.items()}
+
+
+def _who(key: tuple[str, str], name: str) -> str:
+    return f"ID {key[0] or '-'}{' (' + key[1] + ')' if key[1] else ''} {name or 'unnamed'}"
+
+
+def check_no_merge(sources: dict[tuple[str, str], list[str]], owner: Callable[[tuple[str, str]], tuple | None],
+                   how: str) -> None:
+    """Refuse (UsageError) reconciling objects of several patients of the medium to one local
+    patient: that is a patient merge, not an import. ``owner(key)`` is the local patient (ID,
+    issuer) the medium's patient ``key`` would get, or None when it keeps its own."""
+    total = sum(len(v) for v in sources.values())
+    by_owner: dict[tuple, list[str]] = {}
+    for key, names in sources.items():
+        o = owner(key)
+        if o is not None:
+            by_owner.setdefault(tuple(o), []).extend(_who(key, n) for n in names)
+    for o, who in by_owner.items():
+        if len(who) < 2:
+            continue
+        shown = "; ".join(who[:4]) + (f"; and {len(who) - 4} more" if len(who) > 4 else "")
+        local = f"{o[0]}{' (' + o[1] + ')' if o[1] else ''}"
+        them = "them" if len(who) == total else f"{len(who)} of them"
+        raise UsageError(f"the medium holds {total} patients ({shown}): {how} would merge {them} into the one "
+                         f"local patient {local}; nothing imported (pdi import cannot take one patient of a "
+                         "medium): import without --patient-id, each keeping the medium's ID"
+                         + ("" if how == "--match-local" else ", or with --match-local"))
 
 
 def local_candidates(archive, mp: MediaPatient) -> list[Candidate]:
@@ -238,7 +305,6 @@ def _remap_references(seq, study: str, lookup: Callable[[str, str, str], str | N
 
 def reference_lookup(uid_maps: dict[tuple, dict[str, str]], owner: tuple) -> Callable[[str, str, str], str | None]:
     """The new UID of a referenced object, from the maps of ``owner``'s studies (see _collisions)."""
-    from pydicom.uid import generate_uid
 
     def lookup(study: str, keyword: str, uid: str) -> str | None:
         m = uid_maps.get((owner, study))
@@ -246,7 +312,7 @@ def reference_lookup(uid_maps: dict[tuple, dict[str, str]], owner: tuple) -> Cal
             return None
         new = m.get(uid)
         if new is None and study in m and keyword in _STUDY_MEMBERS:
-            new = m.setdefault(uid, generate_uid())
+            new = m.setdefault(uid, derived_uid(uid, study, owner))
         return new
     return lookup
 
@@ -344,9 +410,7 @@ def _collisions(archive, batch: list[Found], owner_of: Callable[[Found], tuple[s
     ``claimed`` holds what this import stores ({study: owner}, {SOP instance: (study, owner)},
     final UIDs) and takes the batch's objects in turn: the objects met before count as held
     whether or not their batch is in the archive yet (batches are stored while the next ones are
-    read), and so do those met before in the same batch."""
-    from pydicom.uid import generate_uid
-
+    read), and so do those met before in the same batch. A new UID is derived_uid's."""
     objs = [f for f in batch if f.info is not None and f.status == "ok"]
     if archive is None or not objs:
         return
@@ -359,14 +423,14 @@ def _collisions(archive, batch: list[Found], owner_of: Callable[[Found], tuple[s
         m = uid_maps.setdefault((owner, i.study_uid), {})
         held = studies.get(i.study_uid) or study_owner.get(i.study_uid)
         if held is not None and held != owner:
-            m.setdefault(i.study_uid, generate_uid())
+            m.setdefault(i.study_uid, derived_uid(i.study_uid, i.study_uid, owner))
         if i.study_uid in m:
-            m.setdefault(i.series_uid, generate_uid())
-            m.setdefault(i.sop_uid, generate_uid())
+            m.setdefault(i.series_uid, derived_uid(i.series_uid, i.study_uid, owner))
+            m.setdefault(i.sop_uid, derived_uid(i.sop_uid, i.study_uid, owner))
         else:
             where = sops.get(i.sop_uid) or sop_owner.get(i.sop_uid)
             if where is not None and (where[0] != i.study_uid or where[1:] != owner):
-                m.setdefault(i.sop_uid, generate_uid())
+                m.setdefault(i.sop_uid, derived_uid(i.sop_uid, i.study_uid, owner))
         study = m.get(i.study_uid, i.study_uid)
         studies.setdefault(study, owner)
         sops.setdefault(m.get(i.sop_uid, i.sop_uid), (study, *owner))
@@ -403,17 +467,24 @@ def import_media(medium: Medium, *, archive=None, node=None, calling_aet: str = 
     default: Target | None = None
     if patient_id:
         default = Target(patient_id, issuer, name, accession=accession)
-    if match or (accession and not patient_id):
+    if match or accession or patient_id:
+        # the patients and studies of the medium are known before anything is stored
         pre = Survey(medium.name, medium.kind)
         for _ in iter_objects(medium, pre):
             pass
+        sources = source_patients(pre)
+        if default is not None:
+            check_no_merge(sources, lambda _key: (default.patient_id, default.issuer or ""),
+                           f"--patient-id {default.patient_id}")
         studies = {f.info.study_uid for f in pre.objects if f.info is not None and f.status == "ok"}
         if accession and len(studies) > 1:
             raise UsageError(f"--accession applies to one study; the medium holds {len(studies)}")
         patients = media_patients(pre)
         if match:
             targets = match_local(archive, patients, yes=yes, choose=choose)
-        else:
+            check_no_merge(sources, lambda key: (targets[key].patient_id, targets[key].issuer or "")
+                           if key in targets else None, "--match-local")
+        elif not patient_id:
             targets = {mp.key: Target(mp.patient_id, mp.issuer or None) for mp in patients}
         for t in targets.values():
             t.accession = accession
@@ -482,10 +553,14 @@ def import_media(medium: Medium, *, archive=None, node=None, calling_aet: str = 
 
     def store_batch(objs: list[tuple[ImportedObject, bytes]]) -> None:
         # the files written and fsynced together, the index rows committed in one transaction
+        from ihecli.workflow.iocm import SUBSEQUENT_OCCURRENCE_OF_REJECTED
+
         outcomes = archive.store_many([data for _o, data in objs]) if objs else []
         for (o, data), out in zip(objs, outcomes):
             if isinstance(out, ArchiveError):
-                o.outcome, o.reason = "failed", str(out)
+                # an instance rejected (IOCM) is refused; it stays rejected however often it comes
+                o.outcome = "refused" if out.status == SUBSEQUENT_OCCURRENCE_OF_REJECTED else "failed"
+                o.reason = str(out)
             else:
                 o.outcome = out.outcome
                 with lock:
@@ -505,9 +580,7 @@ def import_media(medium: Medium, *, archive=None, node=None, calling_aet: str = 
         _collisions(archive, [f for f, _ in batch], owner_of, uid_maps, claimed)
         remapped.update(k[0] for k, m in uid_maps.items() if m)
         to_store: list[tuple[ImportedObject, bytes]] = []
-        known: dict = {}
-        if dry_run and archive is not None:
-            _, known = archive.uid_owners((), {f.info.sop_uid for f, _ in batch if f.info is not None})
+        planned: list[ImportedObject] = []
         for f, data in batch:
             if f.status != "ok" or f.info is None or data is None:
                 outcome = {"dangling": "dangling", "refused": "refused", "unsupported": "skipped",
@@ -528,8 +601,7 @@ def import_media(medium: Medium, *, archive=None, node=None, calling_aet: str = 
                 if progress:
                     progress(1)
             elif dry_run:
-                if f.info.sop_uid in known and f.info.sop_uid not in uid_maps.get((owner_of(f), f.info.study_uid), {}):
-                    o.reason = (o.reason + "; " if o.reason else "") + "already in the archive"
+                planned.append(o)
                 if progress:
                     progress(1)
             elif node is not None:
@@ -539,6 +611,20 @@ def import_media(medium: Medium, *, archive=None, node=None, calling_aet: str = 
                 to_send.append((p, o))
             else:
                 to_store.append((o, encoded))
+        if planned and archive is not None:  # by the UIDs they would be stored with (new ones too)
+            from sqlalchemy import select
+
+            from ihecli.archive.tables_workflow import rejected
+
+            uids = {o.sop_uid for o in planned if o.sop_uid}
+            _, known = archive.uid_owners((), uids)
+            with archive.connect() as conn:  # a batch's UIDs: one query
+                gone = {r[0] for r in conn.execute(select(rejected.c.sop_uid).where(rejected.c.sop_uid.in_(uids)))}
+            for o in planned:
+                why = "already in the archive" if o.sop_uid in known else \
+                    "rejected in the archive (IOCM): would be refused" if o.sop_uid in gone else ""
+                if why:
+                    o.reason = (o.reason + "; " if o.reason else "") + why
         if to_store:
             while len(storing) >= 2:  # bounded: memory stays flat
                 storing.pop(0).result()
@@ -567,8 +653,8 @@ def import_media(medium: Medium, *, archive=None, node=None, calling_aet: str = 
     report.skipped_files = survey.skipped
     new = sum(1 for o in results if o.new_uids)
     if new:
-        report.notes.append(f"{new} objects got new UIDs: the local archive, or other objects of the medium, hold "
-                            "their UIDs for other data")
+        report.notes.append(f"{new} objects got new UIDs (the same on every import of them for this patient): the "
+                            "local archive, or other objects of the medium, hold their UIDs for other data")
     report.objects = results
     report.count()
     report.seconds = round(time.perf_counter() - t0, 3)
