@@ -144,8 +144,14 @@ def test_kos_manifest_and_metadata_file(srv, tmp_path):
     # --metadata: full control over the ebRIM (the IPF sample; its document comes from a file)
     meta = os.path.join(os.path.dirname(__file__), "data", "xds", "ipf-SubmitObjectsRequest_ebrs30.xml")
     (tmp_path / "cda.xml").write_text("<ClinicalDocument/>")
+    r = ihe(srv, "xds", "submit", str(tmp_path / "cda.xml"), "--metadata", meta, "--patient", PID)
+    assert r.code == 2 and "--patient would not be used" in r.stderr  # the metadata names its own patient
     r = ihe(srv, "xds", "submit", str(tmp_path / "cda.xml"), "--metadata", meta, "--json")
     assert r.code == 0, r.stderr
+    (row,) = r.json  # what was registered, as the metadata gives it
+    assert (row["uniqueId"], row["title"], row["mimeType"]) == ("1.3.6.1.4.1.21367.2005.3.9999.32", "Physical",
+                                                                "text/xml")
+    assert row["entryUUID"] == "Document01 (symbolic)"
     (ipf,) = js(ihe(srv, "xds", "query", "get-documents", "--unique-id", "1.3.6.1.4.1.21367.2005.3.9999.32", "--json"))
     assert ipf["patientId"] == "SELF-5^^^&1.3.6.1.4.1.21367.2005.3.7&ISO" and ipf["size"] == 19
 

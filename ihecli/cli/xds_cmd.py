@@ -193,6 +193,12 @@ def submit_cmd(
     rows: list[dict] = []
     failed: list[str] = []
     if metadata is not None:
+        ignored = [name for name, given in (("--patient", patient), ("--title", title), ("--class-code", class_code),
+                                            ("--type-code", type_code), ("--format-code", format_code),
+                                            ("--confidentiality", confidentiality), ("--folder", folder),
+                                            ("--replace", replace), ("--mime", mime)) if given]
+        if ignored:
+            raise UsageError(f"--metadata carries the whole submission: {', '.join(ignored)} would not be used")
         subs = [metadata_submission(metadata, paths)]
     else:
         opts = Options(patient=patient or "", title=title or "", class_code=class_code or "",
@@ -252,7 +258,17 @@ def submit_cmd(
                                  "title": de.title, "mimeType": de.mime_type, "size": len(data),
                                  "submissionSetUniqueId": ss.unique_id if ss else "", "repository": cli.url})
                 if sub.metadata is not None:
-                    rows += [{"entryUUID": k, "size": len(d)} for k, (d, _m) in sub.metadata_documents.items()]
+                    from ihecli.xds.ebrim import read_document_entry
+                    from ihecli.net.soap.xml import RIM, q
+
+                    by_id = {el.get("id"): read_document_entry(el) for el in sub.metadata.iter(q(RIM, "ExtrinsicObject"))}
+                    for k, (d, mime_type) in sub.metadata_documents.items():
+                        de = by_id.get(k)
+                        # a symbolic id (not urn:uuid:) is replaced by the registry, which does not say by what
+                        rows.append({"entryUUID": k if k.startswith("urn:uuid:") else f"{k} (symbolic)",
+                                     "uniqueId": de.unique_id if de else "", "patientId": de.patient_id if de else "",
+                                     "title": de.title if de else "", "mimeType": mime_type, "size": len(d),
+                                     "submissionSetUniqueId": "", "repository": cli.url})
                 advance(len(sub.documents) or len(sub.metadata_documents))
         except BaseException:
             for _sub, fut, _res in pending:
