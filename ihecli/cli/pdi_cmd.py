@@ -81,6 +81,7 @@ def burn_cmd(
     Example: ihe pdi burn --patient PID0001 --iso patient.iso --media cd
     """
     from ihecli.pdi import burn, select_from_archive
+    from ihecli.pdi.creator import check_target
     from ihecli.pdi.part10 import iter_files
 
     capacity = parse_size(size) if size else None
@@ -88,6 +89,7 @@ def burn_cmd(
         raise UsageError("give files or an archive selection (--patient, --study, --accession), not both")
     if bool(iso) == bool(usb):
         raise UsageError("give exactly one of --iso FILE or --usb DIR")
+    check_target(iso, usb)  # said before the archive is read
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="ihe-burn-") as reconciled:
@@ -212,9 +214,15 @@ def import_cmd(
                 for o in rep.objects if o.outcome not in ("stored", "sent") or o.reason or dry_run]
         if rows:
             output.table(rows, ["Path", "Outcome", "Why", "SOPInstanceUID"])
-        c = rep.counts
+        c = dict(rep.counts)
         verb = "would be stored" if dry_run else ("sent" if node else "stored")
         n_ok = c.get("planned", 0) if dry_run else c.get("sent", 0) + c.get("stored", 0)
+        if dry_run:  # what the archive already holds or would refuse, by the UIDs they would be stored with
+            held = sum(o.outcome == "planned" and "already in the archive" in (o.reason or "") for o in rep.objects)
+            barred = sum(o.outcome == "planned" and "would be refused" in (o.reason or "") for o in rep.objects)
+            n_ok -= held + barred
+            c["duplicate"] = c.get("duplicate", 0) + held
+            c["refused"] = c.get("refused", 0) + barred
         output.info(f"{sum(v for k, v in c.items() if k != 'files_skipped')} objects: {n_ok} {verb}, "
                     f"{c.get('duplicate', 0)} already there, {c.get('skipped', 0)} skipped, "
                     f"{c.get('failed', 0)} failed, {c.get('dangling', 0)} missing from the medium, "

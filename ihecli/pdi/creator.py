@@ -315,6 +315,14 @@ def write_iso(out: Path, staging: Path, direct: dict[str, str], volume_id: str,
         tmp.unlink(missing_ok=True)
 
 
+def check_target(iso, usb) -> None:
+    """An --iso file is never overwritten, a --usb folder never written into unless empty."""
+    if iso is not None and os.path.lexists(iso):
+        raise UsageError(f"{iso}: exists: remove it or choose another name")
+    if usb is not None and os.path.exists(usb) and (not os.path.isdir(usb) or any(Path(usb).iterdir())):
+        raise UsageError(f"{usb}: the USB folder must be new or empty")
+
+
 def burn(paths: Iterable[str | os.PathLike], *, iso: Path | None = None, usb: Path | None = None,
          media: str | None = None, web: bool = True, size: int | None = None, institution: str | None = None,
          fileset_id: str | None = None, workers: int | None = None,
@@ -330,8 +338,7 @@ def burn(paths: Iterable[str | os.PathLike], *, iso: Path | None = None, usb: Pa
     media = (media or ("usb" if usb else "cd")).lower()
     if media not in CAPACITY:
         raise UsageError(f"bad --media {media!r}: cd, dvd or usb")
-    if iso is not None and os.path.lexists(iso):  # never overwritten, as a USB folder is never written into
-        raise UsageError(f"{iso}: exists: remove it or choose another name")
+    check_target(iso, usb)
     capacity = size if size is not None else CAPACITY[media]
     report = BurnReport(media, PROFILES[media])
     items, report.skipped, unreadable = read_sources(paths, media, web, progress)
@@ -347,8 +354,7 @@ def burn(paths: Iterable[str | os.PathLike], *, iso: Path | None = None, usb: Pa
                 raise UsageError(f"{out}: exists: remove it or choose another name")
     if usb is not None:
         usb = Path(usb)
-        if usb.exists() and (not usb.is_dir() or any(usb.iterdir())):
-            raise UsageError(f"{usb}: the USB folder must be new or empty")
+        check_target(None, usb)
     base = clean_fileset_id(fileset_id)[:13].rstrip("_") if fileset_id else _fileset_base(items)
     pool = None
     try:
