@@ -71,6 +71,29 @@ class PixService:
             self.archive = None
 
 
+def query_identifier(patient_id: str, domain: str | None, default_domain: str = ""):
+    """The identifier to ask about: ``ID`` in --domain (else the profile's), or a CX
+    ``ID^^^NS&OID&ISO`` in its own domain. A CX whose assigning authority is not the one --domain
+    names is a usage error: taking either would silently ask about another patient."""
+    from ihecli.pix import Domain as D
+    from ihecli.pix import Identifier
+
+    if "^" not in patient_id:
+        return Identifier.parse(patient_id, domain or default_domain or None)
+    comps = patient_id.strip().split("^")
+    if not domain or len(comps) < 4 or not comps[3].strip():
+        return Identifier.parse(patient_id, domain)  # one domain at most: as given
+    own, given = Identifier.parse(patient_id), D.parse(domain)
+    if not own.domain.matches(given):
+        raise UsageError(f"patient identifier {patient_id!r} is of domain {own.domain}, but --domain says "
+                         f"{given}: give one of them, or the same domain in both")
+    # the same domain: keep what either of them says of it (namespace and OID)
+    dom = own.domain
+    merged = D(dom.namespace or given.namespace, dom.oid or given.oid,
+               dom.oid_type or (given.oid_type if given.oid else ""))
+    return Identifier(own.id, merged, own.type_code)
+
+
 def _peer(spec: str) -> tuple[str, int]:
     from ihecli.cli.hl7_cmd import parse_peer
 
@@ -102,11 +125,11 @@ def query_cmd(
 
     Example: ihe pix query 79471 --domain 'HZLN&2.16.840.1.113883.3.37.4.1.1.2.411.1&ISO' --manager pix.example.org:3600
     """
-    from ihecli.pix import Identifier, query_identifiers
+    from ihecli.pix import query_identifiers
 
     st = state(ctx).settings()
     p = st.pix
-    pid = Identifier.parse(patient_id, domain or (None if "^" in patient_id else p.domain or None))
+    pid = query_identifier(patient_id, domain, p.domain)
     targets = parse_domains(",".join(target_domain or []))
     host, port = _peer(manager or to_alias or p.manager)
     cfg = tls_config(ctx, tls=tls, no_tls=no_tls, cert=cert, key=tls_key, ca=ca, floor=tls_floor)
