@@ -86,8 +86,67 @@ _ONE_OBJECT = ("get-folders-for-document", "get-related-documents", "get-submiss
                "get-folder-and-contents")
 
 
+_STATUS_URN = "urn:oasis:names:tc:ebxml-regrep:StatusType:"
+_STATUSES = {"approved": _STATUS_URN + "Approved", "deprecated": _STATUS_URN + "Deprecated",
+             "submitted": _STATUS_URN + "Submitted"}
+_DEFERRED = "urn:ihe:iti:2010:StatusType:DeferredCreation"  # On-Demand Documents
+_DTM = r"\d{4}(\d{2}){0,5}"
+_UUID = r"urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+
+
+def _query_status(value: str) -> str:
+    """A status a stored query asks for, as its urn: approved, deprecated, submitted or a urn."""
+    from ihecli.errors import UsageError
+
+    s = (value or "").strip()
+    long = {u.lower(): u for u in [*_STATUSES.values(), _DEFERRED]}
+    if s.lower() in _STATUSES:
+        return _STATUSES[s.lower()]
+    if s.lower() in long:
+        return long[s.lower()]
+    raise UsageError(f"bad --status {value!r}: give approved, deprecated or submitted "
+                     f"(or the full urn, {_STATUS_URN}Approved)")
+
+
+def _query_time(value: str | None, option: str) -> str | None:
+    """A DTM (ITI TF-3 4.2.3.1.2: YYYY[MM[DD[hh[mm[ss]]]]], UTC) whose fields are a real time."""
+    import re
+    from datetime import datetime
+
+    from ihecli.errors import UsageError
+
+    if value is None or not value.strip():
+        return None
+    s = value.strip()
+    bad = f"bad {option} {value!r}: give a DTM, YYYY[MM[DD[hh[mm[ss]]]]] (UTC), e.g. 20240131 or 20240131235959"
+    if not re.fullmatch(_DTM, s):
+        raise UsageError(bad)
+    parts = [int(s[:4])] + [int(s[i:i + 2]) for i in range(4, len(s), 2)]
+    parts += [1, 1, 0, 0, 0][len(parts) - 1:]
+    try:
+        datetime(*parts)
+    except ValueError as e:  # month 13, 30 February, hour 24 ...
+        raise UsageError(f"{bad} ({e})") from None
+    return s
+
+
+def _query_uuid(value: str) -> str:
+    """An entryUUID: urn:uuid: and a UUID (8-4-4-4-12 hex digits), in lower case as ebRIM keeps them."""
+    import re
+
+    from ihecli.errors import UsageError
+
+    s = (value or "").strip().lower()
+    if not re.fullmatch(_UUID, s):
+        raise UsageError(f"bad --uuid {value!r}: an entryUUID is urn:uuid:<uuid>, "
+                         "e.g. urn:uuid:7edca82f-054d-47f2-a032-9b2a5b5186c1")
+    return s
+
+
 def stored_query_params(name: str, o: QueryOptions) -> dict:
     """The $parameters of stored query ``name`` (find-documents, ...) for the options given.
+    Statuses, times (DTM) and entryUUIDs are checked (UsageError) before anything is sent: a
+    registry answers a wrong value with no matches, which would read as "nothing there".
 
     Repeated confidentiality and event codes are ORed in one Value (ITI TF-2a 3.18.4.1.2.3.7.2)."""
     from ihecli.errors import UsageError
@@ -96,8 +155,9 @@ def stored_query_params(name: str, o: QueryOptions) -> dict:
         raise UsageError(f"unknown stored query {name!r}: one of {', '.join(v.STORED_QUERIES)}")
     if name in PATIENT_QUERIES and not o.patient:
         raise UsageError(f"{name} needs a patient ID (ID^^^&OID&ISO)")
-    statuses = [v.status_long(s) for s in o.statuses or ["approved"]]
-    ids, uids = o.uuids, o.unique_ids
+    statuses = list(dict.fromkeys(_query_status(s) for s in o.statuses or ["approved"]))
+    time_from, time_to = _query_time(o.time_from, "--time-from"), _query_time(o.time_to, "--time-to")
+    ids, uids = list(dict.fromkeys(_query_uuid(u) for u in o.uuids)), o.unique_ids
     lst = lambda xs: list(xs) or None  # noqa: E731
 
     def one_of(prefix: str) -> dict:
@@ -113,17 +173,17 @@ def stored_query_params(name: str, o: QueryOptions) -> dict:
         p = {de + "PatientId": o.patient, de + "Status": statuses, de + "ClassCode": lst(o.class_codes),
              de + "TypeCode": lst(o.type_codes), de + "FormatCode": lst(o.format_codes),
              de + "PracticeSettingCode": lst(o.practice_codes),
-             de + "HealthcareFacilityTypeCode": lst(o.facility_codes), de + "CreationTimeFrom": o.time_from,
-             de + "CreationTimeTo": o.time_to, de + "AuthorPerson": lst(o.authors),
+             de + "HealthcareFacilityTypeCode": lst(o.facility_codes), de + "CreationTimeFrom": time_from,
+             de + "CreationTimeTo": time_to, de + "AuthorPerson": lst(o.authors),
              de + "ConfidentialityCode": lst(o.confidentiality_codes), de + "EventCodeList": lst(o.event_codes)}
     elif name == "find-submission-sets":
         p = {"$XDSSubmissionSetPatientId": o.patient, "$XDSSubmissionSetStatus": statuses,
-             "$XDSSubmissionSetSourceId": lst(o.source_ids), "$XDSSubmissionSetSubmissionTimeFrom": o.time_from,
-             "$XDSSubmissionSetSubmissionTimeTo": o.time_to, "$XDSSubmissionSetAuthorPerson": lst(o.authors),
+             "$XDSSubmissionSetSourceId": lst(o.source_ids), "$XDSSubmissionSetSubmissionTimeFrom": time_from,
+             "$XDSSubmissionSetSubmissionTimeTo": time_to, "$XDSSubmissionSetAuthorPerson": lst(o.authors),
              "$XDSSubmissionSetContentType": lst(o.content_types)}
     elif name == "find-folders":
         p = {"$XDSFolderPatientId": o.patient, "$XDSFolderStatus": statuses,
-             "$XDSFolderLastUpdateTimeFrom": o.time_from, "$XDSFolderLastUpdateTimeTo": o.time_to,
+             "$XDSFolderLastUpdateTimeFrom": time_from, "$XDSFolderLastUpdateTimeTo": time_to,
              "$XDSFolderCodeList": lst(o.folder_codes)}
     elif name == "get-all":
         p = {"$patientId": o.patient, de + "Status": statuses, "$XDSSubmissionSetStatus": statuses,
