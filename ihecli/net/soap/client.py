@@ -3,12 +3,14 @@
 ``SoapClient(url).call(action, body)`` sends a SOAP 1.2 request (MTOM when ``attachments`` are
 given or ``mtom=True``) and returns the parsed response, raising ``SoapFault`` for a fault,
 ``PeerUnreachable`` when the endpoint cannot be reached and ``IheError`` for anything else that
-is not a SOAP answer.
+is not a SOAP answer (an answer that is not even HTTP too: the endpoint was reached).
 """
 from __future__ import annotations
 
+import http.client
 import logging
 import os
+import socket
 import threading
 
 import requests
@@ -79,6 +81,64 @@ def shared_session(tls_config=None) -> requests.Session:
     return s
 
 
+def _causes(e: BaseException) -> list[BaseException]:
+    """``e`` and what lies under it: requests wraps urllib3's errors, which wrap the socket's or
+    http.client's (in args, ``reason``, ``__cause__`` and ``__context__``)."""
+    out, todo = [], [e]
+    while todo:
+        x = todo.pop(0)
+        if not isinstance(x, BaseException) or any(x is y for y in out):
+            continue  # None, or a string (ssl.SSLError.reason is one)
+        out.append(x)
+        todo += [*x.args, getattr(x, "reason", None), x.__cause__, x.__context__]
+    return out
+
+
+def connection_error(url: str, e: BaseException) -> IheError:
+    """A requests ConnectionError in one line for the user: PeerUnreachable when the endpoint was
+    not reached (host name unknown, connection refused, ...), IheError (exit 1) when it was
+    reached and answered something that is not HTTP."""
+    causes = _causes(e)
+    found = lambda kind: next((x for x in causes if isinstance(x, kind)), None)  # noqa: E731
+    dns = found(socket.gaierror)
+    if dns is not None:
+        if dns.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)):
+            return PeerUnreachable(f"cannot reach {url}: host name not found")
+        return PeerUnreachable(f"cannot reach {url}: host name not found ({dns.strerror or dns})")
+    if found(ConnectionRefusedError) is not None:
+        return PeerUnreachable(f"cannot reach {url}: connection refused")
+    tls = url.startswith("https://")
+    closed = found(http.client.RemoteDisconnected) or found(ConnectionResetError)
+    if closed is not None:
+        if tls:  # with TLS 1.3 a server refuses our certificate after the client's side of the handshake
+            return PeerUnreachable(f"cannot reach {url}: TLS failed: the server closed the connection "
+                                   "(does it trust our certificate?)")
+        return PeerUnreachable(f"cannot reach {url}: the server closed the connection without an answer")
+    bad = found(http.client.HTTPException)
+    if bad is not None:  # reached, but what came back is no HTTP response (BadStatusLine, LineTooLong, ...)
+        said = (bad.args[0] if bad.args and isinstance(bad.args[0], str) else str(bad)).strip()
+        return IheError(f"{url} answered something that is not HTTP" + (f": {said[:80]!r}" if said else ""))
+    oserr = next((x for x in reversed(causes) if isinstance(x, OSError) and x.strerror), None)
+    if oserr is not None:  # no route to host, network unreachable, ...
+        return PeerUnreachable(f"cannot reach {url}: {oserr.strerror.lower()}")
+    return PeerUnreachable(f"cannot reach {url}: {causes[-1]}")
+
+
+def tls_error(url: str, e: BaseException) -> PeerUnreachable:
+    """A failed TLS handshake in one line ("certificate not trusted", ...), not urllib3's retry text."""
+    import ssl
+
+    from ihecli.net.tls import describe
+
+    inner = next((x for x in reversed(_causes(e)) if isinstance(x, ssl.SSLError)), None)
+    why = describe(inner) if inner is not None else str(e)
+    if isinstance(inner, ssl.SSLCertVerificationError):  # we refused the server, not it us
+        why = f"the server's certificate is not trusted ({inner.verify_message or 'verify failed'}; see --ca)"
+    elif why == "connection closed during the handshake":
+        why = "the server closed the connection during the handshake (does it trust our certificate?)"
+    return PeerUnreachable(f"cannot reach {url}: TLS failed: {why}")
+
+
 class SoapClient:
     """A SOAP 1.2 endpoint: ``call(action, body, attachments=None)`` -> SoapMessage.
 
@@ -111,15 +171,9 @@ class SoapClient:
         except requests.exceptions.Timeout:
             raise PeerUnreachable(f"{self.url}: no answer within {self.timeout:g} s") from None
         except requests.exceptions.SSLError as e:
-            raise PeerUnreachable(f"{self.url}: TLS failed: {e}") from None
+            raise tls_error(self.url, e) from None
         except requests.exceptions.ConnectionError as e:
-            why = str(e.__context__ or e)
-            if "Connection refused" in why or "refused" in why.lower():
-                why = "connection refused"
-            elif self.url.startswith("https://") and ("aborted" in why or "reset" in why.lower()):
-                # with TLS 1.3 a server refuses our certificate after the client's side of the handshake
-                why = f"the server closed the connection (TLS: does it trust our certificate?): {why}"
-            raise PeerUnreachable(f"cannot reach {self.url}: {why}") from None
+            raise connection_error(self.url, e) from None
         except requests.exceptions.RequestException as e:
             raise PeerUnreachable(f"{self.url}: {e}") from None
         ctype = r.headers.get("Content-Type", "")
