@@ -53,7 +53,7 @@ def upload_cmd(
     Example: ihe wic upload wound.jpg consent.pdf --patient PID001 --accession A123
     """
     from ihecli.net import tls as tlsmod
-    from ihecli.wic.upload import DEFAULT_URL, upload
+    from ihecli.wic.upload import DEFAULT_URL, upload, warning_text
 
     patient_name = patient_name or name_alias
     description = description or description_alias
@@ -70,15 +70,24 @@ def upload_cmd(
                            "created": [{"file": c.file, "kind": c.kind, "sop_class": c.sop_class,
                                         "sop_instance_uid": c.sop_uid, "url": c.url, "coerced": c.coerced}
                                        for c in rep.created],
-                           "failed": rep.failed})
+                           "failed": rep.failed, "warning": warning_text(rep.warning)})
     else:
-        output.table([{"File": c.file, "Created": c.kind + (" (values coerced)" if c.coerced else ""),
-                       "SOPInstanceUID": c.sop_uid} for c in rep.created], ["File", "Created", "SOPInstanceUID"])
+        if rep.created:
+            output.table([{"File": c.file, "Created": c.kind + (" (values coerced)" if c.coerced else ""),
+                           "SOPInstanceUID": c.sop_uid} for c in rep.created], ["File", "Created", "SOPInstanceUID"])
+        told = set()
         for f in rep.failed:
-            output.warn(f"{f['file'] or f['sop_uid'] or 'an instance'}: failed ({f['reason']})")
-        if rep.warning:
-            output.info(f"the archive said: {rep.warning}")
-        output.info(f"{len(rep.created)} created in study {rep.study_uid or '(several)'}"
-                    + (f", {len(rep.failed)} failed" if rep.failed else ""))
+            code = ", ".join(x for x in (f["reason"], f.get("meaning")) if x)
+            output.warn(f"{f['file'] or f['sop_uid'] or 'an instance'}: failed ({code})"
+                        + (f": {f['text']}" if f.get("text") else ""))
+            told.add(f.get("text"))
+        said = warning_text(rep.warning)
+        if said and said not in told:
+            output.info(f"the archive said: {said}")
+        if rep.created:
+            output.info(f"{len(rep.created)} created in study {rep.study_uid or '(several)'}"
+                        + (f", {len(rep.failed)} failed" if rep.failed else ""))
+        else:
+            output.info(f"nothing stored: {output.count(len(rep.failed), 'file')} failed")
     if rep.failed:
         raise typer.Exit(ExitStatus.PARTIAL if rep.created else ExitStatus.REFUSED)

@@ -89,6 +89,50 @@ def _upright(data: bytes, orientation: int) -> bytes:
     return buf.getvalue()
 
 
+SEXES = ("M", "F", "O")  # PS3.3 C.7.1.1 Patient's Sex
+
+
+def check_sex(sex: str | None) -> str | None:
+    """Patient's Sex as DICOM has it (M, F or O; any case), else UsageError."""
+    if sex is None or not sex.strip():
+        return None
+    s = sex.strip().upper()
+    if s not in SEXES:
+        raise UsageError(f"bad --sex {sex!r}: give M, F or O")
+    return s
+
+
+def check_birth_date(birth_date: str | None) -> str | None:
+    """A birth date as DICOM DA (YYYYMMDD) from YYYYMMDD or YYYY-MM-DD, a real day, else UsageError."""
+    import re
+
+    if birth_date is None or not birth_date.strip():
+        return None
+    d = birth_date.strip()
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", d):
+        d = d.replace("-", "")
+    try:
+        if not re.fullmatch(r"\d{8}", d):
+            raise ValueError("not 8 digits")
+        datetime.strptime(d, "%Y%m%d")
+    except ValueError:
+        raise UsageError(f"bad --birth-date {birth_date!r}: give a real day as YYYYMMDD (or YYYY-MM-DD)") from None
+    return d
+
+
+def check_uid(uid: str | None, option: str) -> str | None:
+    """A DICOM UID (PS3.5 9.1: digits and dots, no leading zeros, at most 64 characters), else UsageError."""
+    import re
+
+    if uid is None:
+        return None
+    u = uid.strip()
+    if len(u) > 64 or not re.fullmatch(r"(0|[1-9]\d*)(\.(0|[1-9]\d*))*", u):
+        raise UsageError(f"bad {option} {uid!r}: a UID is digits and dots (e.g. 1.2.840.113619.2.55.3.1), "
+                         "at most 64 characters, no leading zeros")
+    return u
+
+
 def prepare(files: list[Path], *, patient: str, name: str | None = None, birth_date: str | None = None,
             sex: str | None = None, study: str | None = None, accession: str | None = None, new_study: bool = False,
             description: str | None = None) -> list[Capture]:
@@ -97,6 +141,8 @@ def prepare(files: list[Path], *, patient: str, name: str | None = None, birth_d
         raise UsageError("--patient ID is required")
     if sum(bool(x) for x in (study, accession, new_study)) != 1:
         raise UsageError("give one of --study UID, --accession ACC or --new-study")
+    sex, birth_date = check_sex(sex), check_birth_date(birth_date)
+    study = check_uid(study, "--study")
     if not files:
         raise UsageError("no files to upload")
     study_uid = study or (generate_uid() if new_study else None)
@@ -219,15 +265,49 @@ def store_instances_over_web(url: str, captures: list[Capture], *, timeout: floa
         c = by_uid.get(uid)
         rep.created.append(Created(str(c.path) if c else "", _v(item, "00081150"), uid, _v(item, "00081190"),
                                    "00081196" in item))
+    said = warning_text(rep.warning)
     for item in doc.get("00081198", {}).get("Value", []):
         uid = _v(item, "00081155")
         c = by_uid.get(uid)
         reason = _v(item, "00081197")
+        code = int(reason) if reason.isdigit() else None
+        # the item's own comment if the server gives one, else what its Warning header said of the request
+        text = _v(item, "00000902") or said
         rep.failed.append({"file": str(c.path) if c else "", "sop_uid": uid,
-                           "reason": f"0x{int(reason):04X}" if str(reason).isdigit() else str(reason)})
+                           "reason": f"0x{code:04X}" if code is not None else reason,
+                           "meaning": failure_meaning(code), "text": text})
     retrieve = _v(doc, "00081190")
     rep.study_uid = retrieve.rsplit("/studies/", 1)[-1] if "/studies/" in retrieve else ""
     return rep
+
+
+# Failure Reason (0008,1197) of a STOW-RS answer: PS3.18 Table 10.5.3-3, PS3.4 Annex GG
+FAILURE_REASONS = {0x0110: "processing failure", 0x0122: "SOP Class not supported",
+                   0x0124: "not authorized", 0xC122: "transfer syntax not supported"}
+
+
+def failure_meaning(code: int | None) -> str:
+    """The standard's words for a Failure Reason: exact codes, else its class (A7xx, A9xx, Cxxx)."""
+    if code is None:
+        return ""
+    if code in FAILURE_REASONS:
+        return FAILURE_REASONS[code]
+    return {0xA7: "out of resources", 0xA9: "data set does not match SOP Class"}.get(code >> 8) \
+        or ("cannot understand" if code >> 12 == 0xC else "")
+
+
+def warning_text(header: str) -> str:
+    """The texts of an HTTP Warning header (RFC 7234 5.5: ``299 agent "text"``, several comma-separated),
+    unquoted; the header as it is when it has no quoted text."""
+    import re
+
+    texts = []
+    for m in re.finditer(r'\d{3}\s+\S+\s+"((?:[^"\\]|\\.)*)"', header or ""):
+        try:
+            texts.append(json.loads(f'"{m.group(1)}"'))
+        except ValueError:
+            texts.append(m.group(1))
+    return "; ".join(t.strip() for t in texts if t.strip()) or (header or "").strip()
 
 
 def _v(item: dict, tag: str) -> str:
