@@ -32,6 +32,20 @@ def _db_url(ctx: typer.Context, db: Optional[str]) -> str:
     return db or state(ctx).settings().archive.db_url()
 
 
+def _built_event(kind: str, *, user: str, patients: list[str], outcome: int, app: str):
+    """The event `audit send --event` builds. --user is the person acting, an ActiveParticipant
+    (what `audit query --user` matches) in every kind: the launcher of start/stop, the user of
+    login/logout and patient-read/-update, and for an alert the performing person (DICOM PS3.15
+    A.5.3.11), the alert's subject being this node."""
+    from ihecli.atna import events as ev
+
+    if kind.strip().lower() == "alert" and user:
+        return ev.security_alert(ev.NODE_AUTHENTICATION, reporter=app, subject=ev.local_host(),
+                                 description="security alert", outcome=outcome or ev.MINOR_FAILURE,
+                                 performer=ev.Peer(user_id=user))
+    return ev.simple_event(kind, user=user, patients=patients, outcome=outcome, app=app)
+
+
 @app.command("send")
 def send_cmd(
     ctx: typer.Context,
@@ -87,8 +101,7 @@ def send_cmd(
         if outcome not in (0, 4, 8, 12):
             raise UsageError("--outcome is 0, 4, 8 or 12")
         try:
-            e = ev.simple_event(event, user=user or "", patients=patient or [], outcome=outcome,
-                                app=st.audit.app_name)
+            e = _built_event(event, user=user or "", patients=patient or [], outcome=outcome, app=st.audit.app_name)
         except ValueError as x:
             raise UsageError(str(x)) from None
         bodies.append((event, ev.to_xml(e, default_source=ev.AuditSource(
@@ -139,6 +152,9 @@ def serve_cmd(
     st = state(ctx).settings()
     a = st.audit
     cfg = tls_config(ctx, tls=tls, no_tls=no_tls, cert=cert, key=tls_key, ca=ca, floor=tls_floor, default_on=True)
+    if cfg is not None and not cfg.cert:
+        raise UsageError("the TLS listener needs a certificate: give --cert (and --tls-key when the key is in "
+                         "another file; or tls.cert and tls.key in the profile), or --no-tls for UDP and TCP only")
     t_port = None if cfg is None else (a.tls_port if tls_port is None else tls_port)
     u_port = None if no_udp else (a.udp_port if udp_port is None else udp_port)
     if t_port is None and u_port is None and tcp_port is None:
