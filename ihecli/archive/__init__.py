@@ -35,6 +35,7 @@ class ImportReport:
     duplicates: int = 0
     overwritten: int = 0
     skipped: int = 0  # not DICOM
+    dicomdirs: int = 0  # media directories (DICOMDIR): they index a medium, they are no objects
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     bytes: int = 0
 
@@ -216,6 +217,8 @@ class Archive:
                     report.failed.append((str(f), why))
                 elif outcome == "skipped":
                     report.skipped += 1
+                elif outcome == "dicomdir":
+                    report.dicomdirs += 1
                 else:
                     report.bytes += size
                     if outcome == "stored":
@@ -239,7 +242,15 @@ class Archive:
         return report
 
     def _import_one(self, f: Path) -> tuple[str, str, int]:
-        """(outcome, reason, size) of storing one file: stored, duplicate, overwritten, skipped or failed."""
+        """(outcome, reason, size) of storing one file: stored, duplicate, overwritten, skipped (not
+        DICOM), dicomdir (a media directory: Media Storage Directory Storage, or a file named
+        DICOMDIR, as on every CD and USB stick) or failed."""
+        from pydicom.uid import MediaStorageDirectoryStorage
+
+        from ihecli.archive.scan import meta_uids
+
+        if f.name.upper().split(";")[0].rstrip(".") == "DICOMDIR":  # ISO 9660 may add ';1'
+            return "dicomdir", "", 0
         try:
             with open(f, "rb") as fh:
                 data = fh.read()
@@ -247,6 +258,9 @@ class Archive:
             return "failed", e.strerror or str(e), 0
         if not looks_like_dicom(data):
             return "skipped", "", 0
+        meta = meta_uids(data)
+        if meta is not None and meta[0].get("MediaStorageSOPClassUID") == MediaStorageDirectoryStorage:
+            return "dicomdir", "", 0
         try:
             out = self.store(ensure_part10(data))
         except ArchiveError as e:

@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import signal
+import tempfile
 import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -41,6 +42,21 @@ def open_archive(ctx: typer.Context, db: Optional[str], storage: Optional[Path],
 
     attach(archive, hide_quality=st.archive.hide_quality_rejects)
     return archive
+
+
+def check_storage(ctx: typer.Context, storage: Optional[Path], *, write: bool) -> None:
+    """A storage folder that cannot be created (or, for a server, written) is a usage error naming
+    it, said before anything starts."""
+    folder = (Path(storage) if storage else state(ctx).settings().archive.storage_dir()).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if write:
+            fd, probe = tempfile.mkstemp(dir=folder, prefix=".ihe-probe-")
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as e:
+        raise UsageError(f"cannot {'create or write' if write else 'create'} the storage folder {folder}: "
+                         f"{e.strerror or e}") from None
 
 
 @app.command("serve")
@@ -84,6 +100,7 @@ def serve_cmd(
     from ihecli.archive.workers import reserve_port, serve_workers
 
     st = state(ctx).settings()
+    check_storage(ctx, storage, write=True)
     a = st.archive
     dests: dict[str, Node] = {n.aet: n for n in st.nodes.values()}
     for spec in [*a.dest, *(dest or [])]:
@@ -251,8 +268,9 @@ def import_cmd(ctx: typer.Context,
     else:
         for path, why in rep.failed:
             output.warn(f"{path}: {why}")
+        dirs = f", {rep.dicomdirs} DICOMDIR skipped" if rep.dicomdirs else ""
         output.info(f"{rep.stored} stored, {rep.duplicates} already there, {rep.overwritten} overwritten, "
-                    f"{rep.skipped} not DICOM, {len(rep.failed)} failed")
+                    f"{rep.skipped} not DICOM{dirs}, {len(rep.failed)} failed")
     if rep.failed:
         ok = rep.stored + rep.duplicates + rep.overwritten
         raise typer.Exit(ExitStatus.PARTIAL if ok else ExitStatus.REFUSED)
@@ -297,6 +315,11 @@ Modality = Annotated[Optional[str], typer.Option("--modality", metavar="MOD", he
 DateOpt = Annotated[Optional[str], typer.Option("--date", metavar="RANGE", help="Study date or range, e.g. 20240101-.")]
 
 
+def _uids(option: str, values: Optional[list[str]]) -> Optional[list[str]]:
+    """UIDs given to an option, each checked (a usage error names the bad one)."""
+    return [scu.match_value(option, "UI", v) for v in values] if values else values
+
+
 @app.command("ls")
 def ls_cmd(ctx: typer.Context,
            level: Level = "study",
@@ -311,6 +334,12 @@ def ls_cmd(ctx: typer.Context,
     """
     from ihecli.cli.dicom_cmd import dataset_json
 
+    # checked here as matching keys: a malformed one is a usage error, not a library warning and "0 studies"
+    study, series, instance = (_uids(kw, v) for kw, v in (("--study", study), ("--series", series),
+                                                          ("--instance", instance)))
+    date = scu.match_value("--date", "DA", date) if date else date
+    modality = scu.match_value("--modality", "CS", modality) if modality else modality  # ct: CT
+    check_storage(ctx, storage, write=False)
     ident, lvl = _selection(level, patient, name, study, series, instance, accession, modality, date)
     with open_archive(ctx, db, storage) as archive:
         rows = [dataset_json(r) for r in archive.find(ident, "patient" if lvl == "PATIENT" else "study", limit)]
@@ -391,20 +420,41 @@ def export_cmd(
         raise UsageError("give exactly one of --to NODE or --out DIR")
     if not since and not study:
         raise UsageError("say what to export: --since WHEN and/or --study UID")
+    study = _uids("--study", study)
+    when = parse_since(since) if since else None
+    if out is not None and out.exists() and not out.is_dir():
+        raise UsageError(f"{out} is not a folder")
+    check_storage(ctx, storage, write=False)
     from pydicom.dataset import Dataset
 
     from ihecli.archive.store import safe_name
 
     with open_archive(ctx, db, storage) as archive:
-        uids = archive.studies_since(parse_since(since)) if since else []
+        unknown: list[str] = []
         if study:
-            uids = sorted(set(uids) & set(study)) if since else list(study)
-        refs = []
-        if uids:
+            asked = list(dict.fromkeys(study))
             ident = Dataset()
             ident.QueryRetrieveLevel = "STUDY"
-            ident.StudyInstanceUID = uids
+            ident.StudyInstanceUID = asked
             refs = archive.instances(ident)
+            known = {r.study_uid for r in refs}
+            unknown = [u for u in asked if u not in known]
+            if unknown and not known:
+                raise IheError(f"no such {'study' if len(unknown) == 1 else 'studies'} in the archive: "
+                               + ", ".join(unknown))
+            uids = [u for u in asked if u in known]
+            if when is not None:
+                recent = set(archive.studies_since(when))
+                uids = sorted(set(uids) & recent)
+                refs = [r for r in refs if r.study_uid in recent]
+        else:
+            uids = archive.studies_since(when)
+            refs = []
+            if uids:
+                ident = Dataset()
+                ident.QueryRetrieveLevel = "STUDY"
+                ident.StudyInstanceUID = uids
+                refs = archive.instances(ident)
         # an indexed instance whose file is gone fails alone: the nightly job exports the rest
         refs_paths, gone = archive.with_files(refs)
         lost = [scu.FileFailure(str(archive.file_path(r)), f"file of {r.sop_uid} is missing (see ihe archive check)")
@@ -423,11 +473,10 @@ def export_cmd(
             done = rep.sent
             dest = str(node)
         else:
-            out.mkdir(parents=True, exist_ok=True)
             done = 0
             failures = lost
             with output.progress(len(paths), f"exporting to {out}", enabled=not json) as advance:
-                for r, p in refs_paths:
+                for r, p in refs_paths:  # folders made as files arrive: nothing exported leaves none behind
                     target = out / safe_name(r.study_uid) / safe_name(r.series_uid) / f"{safe_name(r.sop_uid)}.dcm"
                     try:
                         target.parent.mkdir(parents=True, exist_ok=True)
@@ -438,15 +487,20 @@ def export_cmd(
                     advance()
             dest = str(out)
         failed = len(failures)
-        result = {"studies": len(uids), "instances": done, "failed": [f.__dict__ for f in failures], "to": dest}
+        result = {"studies": len(uids), "instances": done, "failed": [f.__dict__ for f in failures], "to": dest,
+                  "unknown": unknown}
     if json:
         output.print_json(result)
     else:
+        for u in unknown:
+            output.warn(f"no such study in the archive: {u}")
         for f in failures:
             output.warn(f"{f.path}: {f.reason}")
-        output.info(f"exported {output.count(done, 'instance')} of {output.count(len(uids), 'study', 'studies')} to {result['to']}"
-                    + (f", {failed} failed" if failed else ""))
-    if failed:
+        output.info(f"exported {output.count(done, 'instance')} of {output.count(len(uids), 'study', 'studies')} "
+                    f"to {result['to']}"
+                    + (f", {failed} failed" if failed else "")
+                    + (f", {output.count(len(unknown), 'study', 'studies')} not in the archive" if unknown else ""))
+    if failed or unknown:
         raise typer.Exit(ExitStatus.PARTIAL if done else ExitStatus.REFUSED)
 
 

@@ -109,27 +109,33 @@ def store_cmd(ctx: typer.Context, node: Node,
         for f in rep.failed:
             output.warn(f"{f.path}: {f.reason}")
         rate = f", {rep.sent / rep.seconds:.0f} files/s" if rep.seconds and rep.sent else ""
-        output.info(f"{rep.sent} sent to {rep.node}, {len(rep.failed)} failed, {len(rep.skipped)} not DICOM"
+        dirs = f", {len(rep.dicomdirs)} DICOMDIR skipped" if rep.dicomdirs else ""
+        output.info(f"{rep.sent} sent to {rep.node}, {len(rep.failed)} failed, {len(rep.skipped)} not DICOM{dirs}"
                     f" ({rep.bytes / 1e6:.1f} MB in {rep.seconds:.1f} s{rate})")
     if rep.failed:
         raise typer.Exit(ExitStatus.PARTIAL if rep.sent else ExitStatus.REFUSED)
+    if not rep.sent:  # nothing to send is nothing done (storescu fails too)
+        where = ", ".join(map(str, paths)) if len(paths) <= 3 else f"the {len(paths)} paths given"
+        output.error(f"nothing sent: no DICOM object in {where}")
+        raise typer.Exit(ExitStatus.REFUSED)
 
 
 @app.command("find")
-def find_cmd(ctx: typer.Context, node: Node, level: Level = "study", keys: Keys = None, root: Root = "study",
+def find_cmd(ctx: typer.Context, node: Node, level: Level = "study", keys: Keys = None, root: Root = None,
              limit: Limit = None,
              calling_aet: CallingAet = None, timeout: Timeout = 30, json: Json = False,
              tls: Tls = False, no_tls: NoTls = False, cert: Cert = None, tls_key: TlsKey = None, ca: Ca = None,
              tls_floor: TlsFloor = None) -> None:
     """Query a node (C-FIND); the level's usual keys are always returned.
 
+    -L patient queries the Patient Root model (Study Root has no patient level) unless --root says so.
+
     Example: ihe dicom find PACS -L study -k PatientName='SMITH*' -k StudyDate=20240101-20241231
     """
+    lvl, model = choose_root(level, root)
+    ident = scu.build_identifier(lvl, keys, defaults=scu.LEVEL_DEFAULTS.get(lvl, ()))
     n, aet = _ctx(ctx, node, calling_aet)
-    lvl = level.strip().upper()
-    ident = scu.build_identifier(lvl, keys, defaults=scu.LEVEL_DEFAULTS.get("IMAGE" if lvl == "INSTANCE" else lvl,
-                                                                              ()))
-    results = scu.find(n, ident, root=root, calling_aet=aet, timeout=timeout, limit=limit,
+    results = scu.find(n, ident, root=model, calling_aet=aet, timeout=timeout, limit=limit,
                        tls=_tls(ctx, n, tls, no_tls, cert, tls_key, ca, tls_floor))
     rows = [dataset_json(r) for r in results]
     if json:
@@ -151,6 +157,41 @@ def move_destination_aet(spec: str, nodes) -> str:
     if not AET_RE.match(spec):
         raise UsageError(f"bad move destination {spec!r}")
     return spec
+
+
+# unique keys a C-MOVE / C-GET names, per model and level, from the top (PS3.4 C.4.2.2.1, C.6)
+UNIQUE_KEYS = {"PATIENT": ("PatientID",), "STUDY": ("StudyInstanceUID",), "SERIES": ("SeriesInstanceUID",),
+               "IMAGE": ("SOPInstanceUID",)}
+LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
+
+
+def choose_root(level: str, root: Optional[str]) -> tuple[str, str]:
+    """(level, model): -L patient takes the Patient Root model unless --root says otherwise (the
+    Study Root model has no PATIENT level, PS3.4 C.6.2); everything else Study Root."""
+    lvl = level.strip().upper()
+    lvl = "IMAGE" if lvl == "INSTANCE" else lvl
+    if lvl not in LEVELS:
+        raise UsageError(f"bad level {level!r}: patient, study, series or instance (image)")
+    if root is None:
+        return lvl, "patient" if lvl == "PATIENT" else "study"
+    model = root.strip().lower()
+    if model not in ("study", "patient"):
+        raise UsageError(f"bad --root {root!r}: study or patient")
+    if model == "study" and lvl == "PATIENT":
+        raise UsageError("the Study Root model has no PATIENT level: use -L study, or --root patient")
+    return lvl, model
+
+
+def retrieve_identifier(op: str, level: str, keys: Optional[list[str]], root: Optional[str]):
+    """(identifier, model) of a C-MOVE or C-GET; without any -k, a usage error naming the keys the
+    level needs (a bare identifier would only earn a failure status from the peer)."""
+    lvl, model = choose_root(level, root)
+    if not keys:
+        top = 0 if model == "patient" else 1
+        need = [k for lv in LEVELS[top:LEVELS.index(lvl) + 1] for k in UNIQUE_KEYS[lv]]
+        raise UsageError(f"say what to retrieve: {op} at {lvl} level ({model.capitalize()} Root) needs "
+                         + " ".join(f"-k {k}=..." for k in need))
+    return scu.build_identifier(lvl, keys), model
 
 
 def _cell(v: Any) -> str:
@@ -176,7 +217,7 @@ def _retrieve_exit(r: scu.RetrieveResult, json: bool, what: str) -> None:
 @app.command("move")
 def move_cmd(ctx: typer.Context, node: Node,
              dest: Annotated[str, typer.Option("--dest", metavar="DEST", help=DEST_HELP)],
-             level: Level = "study", keys: Keys = None, root: Root = "study", calling_aet: CallingAet = None,
+             level: Level = "study", keys: Keys = None, root: Root = None, calling_aet: CallingAet = None,
              timeout: Timeout = 600, json: Json = False,
              tls: Tls = False, no_tls: NoTls = False, cert: Cert = None, tls_key: TlsKey = None, ca: Ca = None,
              tls_floor: TlsFloor = None) -> None:
@@ -184,9 +225,9 @@ def move_cmd(ctx: typer.Context, node: Node,
 
     Example: ihe dicom move PACS --dest VIEWER -k StudyInstanceUID=1.2.3.4
     """
+    ident, model = retrieve_identifier("C-MOVE", level, keys, root)
     n, aet = _ctx(ctx, node, calling_aet)
     dest = move_destination_aet(dest, state(ctx).settings().nodes)
-    ident = scu.build_identifier(level, keys)
     with output.progress(None, f"moving to {dest}", enabled=not json) as advance:
         seen = {"done": 0}
 
@@ -194,7 +235,7 @@ def move_cmd(ctx: typer.Context, node: Node,
             advance(done - seen["done"])
             seen["done"] = done
 
-        r = scu.move(n, dest, ident, root=root, calling_aet=aet, timeout=timeout, progress=prog,
+        r = scu.move(n, dest, ident, root=model, calling_aet=aet, timeout=timeout, progress=prog,
                      tls=_tls(ctx, n, tls, no_tls, cert, tls_key, ca, tls_floor))
     _retrieve_exit(r, json, f"C-MOVE to {dest}")
 
@@ -202,7 +243,7 @@ def move_cmd(ctx: typer.Context, node: Node,
 @app.command("get")
 def get_cmd(ctx: typer.Context, node: Node,
             out: Out,
-            level: Level = "study", keys: Keys = None, root: Root = "study", calling_aet: CallingAet = None,
+            level: Level = "study", keys: Keys = None, root: Root = None, calling_aet: CallingAet = None,
             timeout: Timeout = 600, json: Json = False,
             tls: Tls = False, no_tls: NoTls = False, cert: Cert = None, tls_key: TlsKey = None, ca: Ca = None,
             tls_floor: TlsFloor = None) -> None:
@@ -212,10 +253,10 @@ def get_cmd(ctx: typer.Context, node: Node,
 
     Example: ihe dicom get PACS --out ./study -k StudyInstanceUID=1.2.3.4
     """
+    ident, model = retrieve_identifier("C-GET", level, keys, root)
     n, aet = _ctx(ctx, node, calling_aet)
-    ident = scu.build_identifier(level, keys)
     with output.progress(None, "receiving", enabled=not json) as advance:
-        r = scu.get(n, ident, out, root=root, calling_aet=aet, timeout=timeout, progress=lambda p: advance(),
+        r = scu.get(n, ident, out, root=model, calling_aet=aet, timeout=timeout, progress=lambda p: advance(),
                     tls=_tls(ctx, n, tls, no_tls, cert, tls_key, ca, tls_floor))
     _retrieve_exit(r, json, f"C-GET into {out}")
 

@@ -6,15 +6,18 @@ results: the CLI prints them, scripts call them.
 from __future__ import annotations
 
 import os
+import re
 import time
 import warnings
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterable
 
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_file_meta_info
+from pydicom.uid import MediaStorageDirectoryStorage
 from pynetdicom import StoragePresentationContexts, build_role, evt
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
@@ -34,7 +37,7 @@ from ihecli.atna import events as ev
 from ihecli.atna.dicom import Tally, header_keys
 from ihecli.atna.dicom import outcome as audit_outcome
 from ihecli.config import Node
-from ihecli.errors import DimseFailure, PeerUnreachable, UsageError
+from ihecli.errors import DimseFailure, IheError, PeerUnreachable, UsageError
 from ihecli.net import dimse
 
 MODELS = {
@@ -54,6 +57,36 @@ def _model(root: str, op: str):
         raise UsageError(f"unknown information model {root!r} (study or patient)") from None
 
 
+def _associate(ae, node: Node, op: str, model=None, *, handlers=(), **kw):
+    """dimse.associate, and one line of error (exit 1) when the peer takes the association but
+    not the presentation context ``op`` needs: a storage SCP asked for C-GET, say. pynetdicom
+    aborts the association itself when the peer accepted no context at all; the accepted
+    contexts are seen before that (EVT_ACCEPTED)."""
+    seen: list[list] = []
+
+    def accepted(event) -> None:
+        seen.append(list(event.assoc.accepted_contexts))
+
+    try:
+        assoc = dimse.associate(ae, node, handlers=[*handlers, (evt.EVT_ACCEPTED, accepted)], **kw)
+    except PeerUnreachable:
+        raise
+    except IheError:
+        if seen and not seen[-1]:
+            raise IheError(_no_context(node, op, model)) from None
+        raise
+    if model is not None and not any(cx.abstract_syntax == model and cx.as_scu for cx in assoc.accepted_contexts):
+        assoc.release()
+        raise IheError(_no_context(node, op, model))
+    return assoc
+
+
+def _no_context(node: Node, op: str, model) -> str:
+    if model is None:
+        return f"{node} accepted no {op} presentation context for the SOP classes offered"
+    return f"{node} accepted no {op} presentation context ({model.name}): it does not offer {op} to us"
+
+
 @dataclass
 class EchoResult:
     node: str
@@ -66,7 +99,7 @@ def echo(node: Node, *, calling_aet: str = "IHE", timeout: float = 30, tls=None)
     ae = dimse.client_ae(calling_aet, timeout=timeout)
     ae.add_requested_context(Verification)
     t0 = time.perf_counter()
-    assoc = dimse.associate(ae, node, tls=tls)
+    assoc = _associate(ae, node, "C-ECHO", Verification, tls=tls)
     try:
         rsp = assoc.send_c_echo()
         if not rsp or "Status" not in rsp:
@@ -94,6 +127,7 @@ class StoreReport:
     warnings: int = 0
     failed: list[FileFailure] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # not DICOM
+    dicomdirs: list[str] = field(default_factory=list)  # media directories: not objects, not sent
     bytes: int = 0
     seconds: float = 0.0
 
@@ -119,16 +153,29 @@ def _sop_and_ts(path: Path) -> tuple[str, str] | None:
         return None
 
 
+def is_dicomdir(path: Path, sop_class: str | None = None) -> bool:
+    """A media directory (PS3.10 DICOMDIR): Media Storage Directory Storage, or a file named so
+    (ISO 9660 may add ';1' or a dot). It indexes a medium; it is no object to store."""
+    return sop_class == MediaStorageDirectoryStorage or path.name.upper().split(";")[0].rstrip(".") == "DICOMDIR"
+
+
 def store(node: Node, paths: Iterable[str | os.PathLike], *, calling_aet: str = "IHE", timeout: float = 30,
           progress: Callable[[str, str], None] | None = None, on_plan: Callable[[int], None] | None = None,
           tls=None) -> StoreReport:
-    """C-STORE every DICOM file under ``paths`` over one association."""
+    """C-STORE every DICOM file under ``paths`` over one association (DICOMDIRs are counted,
+    not sent)."""
     report = StoreReport(str(node))
     files: list[tuple[Path, str, str]] = []
     for f in iter_files(paths):
+        if is_dicomdir(f):
+            report.dicomdirs.append(str(f))
+            continue
         st = _sop_and_ts(f)
         if st is None:
             report.skipped.append(str(f))
+            continue
+        if is_dicomdir(f, st[0]):
+            report.dicomdirs.append(str(f))
             continue
         files.append((f, *st))
     if on_plan:
@@ -138,7 +185,7 @@ def store(node: Node, paths: Iterable[str | os.PathLike], *, calling_aet: str = 
     ae = dimse.client_ae(calling_aet, timeout=timeout)
     contexts = dimse.storage_contexts((c, t) for _, c, t in files)
     t0 = time.perf_counter()
-    assoc = dimse.associate(ae, node, contexts=contexts, tls=tls)
+    assoc = _associate(ae, node, "C-STORE", contexts=contexts, tls=tls)
     accepted = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts}
     tally = _audit_tally()
     try:
@@ -212,7 +259,7 @@ def find(node: Node, ident: Dataset, *, root: str = "study", calling_aet: str = 
     model = _model(root, "find")
     ae = dimse.client_ae(calling_aet, timeout=timeout)
     ae.add_requested_context(model)
-    assoc = dimse.associate(ae, node, tls=tls)
+    assoc = _associate(ae, node, "C-FIND", model, tls=tls)
     results: list[Dataset] = []
     failed = True
     try:
@@ -288,7 +335,7 @@ def move(node: Node, dest_aet: str, ident: Dataset, *, root: str = "study", call
     ae = dimse.client_ae(calling_aet, timeout=timeout)
     ae.add_requested_context(model)
     t0 = time.perf_counter()
-    assoc = dimse.associate(ae, node, tls=tls)
+    assoc = _associate(ae, node, "C-MOVE", model, tls=tls)
 
     def pending(status) -> None:
         if progress:
@@ -332,7 +379,8 @@ def get(node: Node, ident: Dataset, out_dir: str | os.PathLike, *, root: str = "
     """C-GET: the instances come back on the same association and are written to ``out_dir``."""
     model = _model(root, "get")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} is not a folder")
     ae = dimse.client_ae(calling_aet, timeout=timeout)
     ae.add_requested_context(model)
     roles = []
@@ -359,7 +407,12 @@ def get(node: Node, ident: Dataset, out_dir: str | os.PathLike, *, root: str = "
         return 0x0000
 
     t0 = time.perf_counter()
-    assoc = dimse.associate(ae, node, ext_neg=roles, handlers=[(evt.EVT_C_STORE, on_store)], tls=tls)
+    assoc = _associate(ae, node, "C-GET", model, ext_neg=roles, handlers=[(evt.EVT_C_STORE, on_store)], tls=tls)
+    try:  # made once the peer takes the C-GET: a refusal leaves no empty folder behind
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        assoc.release()
+        raise UsageError(f"cannot create the folder {out}: {e.strerror or e}") from None
     try:
         return _retrieve(assoc, assoc.send_c_get(ident, model), result, node, "C-GET", t0)
     finally:
@@ -409,7 +462,10 @@ def _audit_move(node: Node, calling_aet: str, dest_aet: str, ident: Dataset, don
 
 
 def build_identifier(level: str, keys: list[str] | None, *, defaults: Iterable[str] = ()) -> Dataset:
-    """An identifier from ``-k Keyword=Value`` strings (DCMTK findscu syntax; sequences as Seq[0].Key=)."""
+    """An identifier from ``-k Keyword=Value`` strings (DCMTK findscu syntax; sequences as Seq[0].Key=).
+
+    Values are checked as matching keys (see match_value): a malformed date, time, UID or code
+    string is a usage error, and the library's warnings about them stay off the terminal."""
     from pynetdicom.apps.common import ElementPath
 
     lvl = level.strip().upper()
@@ -424,12 +480,101 @@ def build_identifier(level: str, keys: list[str] | None, *, defaults: Iterable[s
     for k in keys or []:
         if "=" not in k:
             k = k + "="
+        path, value = k.split("=", 1)
         try:
-            ds = ElementPath(k).update(ds)
+            leaf = ElementPath(path + "=")
+            while leaf.child is not None:
+                leaf = leaf.child
+            vr = leaf.VR
+            label = leaf.keyword if leaf.keyword != "Unknown" else path.split(".")[-1]
+            value = match_value(label, vr, value)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                ds = ElementPath(f"{path}={value}").update(ds)
+        except UsageError:
+            raise
         except Exception as e:
             raise UsageError(f"bad key {k!r}: {e}") from None
+        if vr not in CHECKED_VRS:
+            for w in caught:
+                if "Invalid value" in str(w.message):
+                    raise UsageError(f"bad key {k!r}: {str(w.message).split('. Please see')[0]}")
     ds.QueryRetrieveLevel = lvl
     return ds
+
+
+# -- matching key values (PS3.4 C.2.2.2): checked before they leave, as a one-line usage error ------
+
+CHECKED_VRS = ("DA", "TM", "DT", "UI", "CS")
+# leading zeros are wrong (PS3.5 9.1) but found on real media: such a study must stay retrievable
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+_TM = re.compile(r"([01][0-9]|2[0-3])(([0-5][0-9])(([0-5][0-9]|60)(\.[0-9]{1,6})?)?)?")
+_DT = re.compile(r"([0-9]{4})(([0-9]{2})(([0-9]{2})(([0-9]{2})(([0-9]{2})(([0-9]{2})(\.[0-9]{1,6})?)?)?)?)?)?"
+                 r"([+-][0-9]{4})?")
+_CS = re.compile(r"[A-Z0-9 _*?]*")
+
+
+def _da(v: str) -> bool:
+    try:
+        datetime.strptime(v, "%Y%m%d")
+    except ValueError:
+        return False
+    return len(v) == 8 and v.isdigit()
+
+
+def _dt(v: str) -> bool:
+    m = _DT.fullmatch(v)
+    if not m:
+        return False
+    month, day = m.group(3), m.group(5)
+    if month and not 1 <= int(month) <= 12:
+        return False
+    if day and not _da(m.group(1) + month + day):
+        return False
+    return not (m.group(7) and int(m.group(7)) > 23) and not (m.group(9) and int(m.group(9)) > 59)
+
+
+_SINGLE = {"DA": _da, "TM": lambda v: bool(_TM.fullmatch(v)), "DT": _dt}
+_WHAT = {"DA": "a date YYYYMMDD or a range (20240101-20241231, 20240101-, -20241231)",
+         "TM": "a time HHMMSS or a range (0800-1700)",
+         "DT": "a date and time YYYYMMDDHHMMSS or a range"}
+
+
+def _in_range_syntax(v: str, vr: str) -> bool:
+    one = _SINGLE[vr]
+    if one(v):
+        return True
+    for i, c in enumerate(v):  # a range: one '-' with a bound on at least one side (DT offsets hold '-' too)
+        if c == "-":
+            low, high = v[:i], v[i + 1:]
+            if (low or high) and (not low or one(low)) and (not high or one(high)):
+                return True
+    return False
+
+
+def match_value(keyword: str, vr: str, value: str) -> str:
+    """``value`` as a matching key of ``vr`` (empty: universal match), or a UsageError naming what is
+    wrong. Dates, times and date-times take a single value or a range; UIDs a single UID or a list
+    (backslash-separated), no wildcards; code strings (CS: Modality, ...) are upper case, as their
+    character repertoire is, so ``ct`` is sent as ``CT`` and can match."""
+    v = value.strip() if vr in ("DA", "TM", "DT", "UI", "CS") else value
+    if not v:
+        return v
+    if vr in _SINGLE:
+        if not _in_range_syntax(v, vr):
+            raise UsageError(f"bad {keyword} {value!r}: {_WHAT[vr]}")
+    elif vr == "UI":
+        for uid in v.split("\\"):
+            if not (len(uid) <= 64 and _UID.fullmatch(uid)):
+                raise UsageError(f"bad {keyword} {value!r}: not a UID (digits and dots, e.g. 1.2.840.10008.1.1; "
+                                 "several separated by backslashes; no wildcards)")
+    elif vr == "CS":
+        v = v.upper()
+        for code in v.split("\\"):
+            if len(code) > 16 or not _CS.fullmatch(code):
+                raise UsageError(f"bad {keyword} {value!r}: a code string (letters, digits, space and _, at most "
+                                 "16; wildcards * ?)")
+    return v
 
 
 LEVEL_DEFAULTS = {
