@@ -27,7 +27,7 @@ Repository = Annotated[Optional[str], typer.Option(
 Patient = Annotated[Optional[str], typer.Option(
     "--patient", metavar="CX", help=PATIENT_HELP)]
 Statuses = Annotated[Optional[list[str]], typer.Option(
-    "--status", metavar="STATUS", help="approved (default) or deprecated; repeatable.")]
+    "--status", metavar="STATUS", help="approved (default), deprecated or submitted; repeatable.")]
 CODE_HELP = ("{}: CODE^DISPLAY^SCHEME (queries also take CODE^^SCHEME or CODE alone, repeatable: any "
              "of them).")
 CodeOpt = lambda name, what: Annotated[Optional[list[str]], typer.Option(  # noqa: E731

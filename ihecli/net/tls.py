@@ -110,7 +110,7 @@ def context(cfg: TlsConfig | None, *, server: bool) -> ssl.SSLContext | None:
             raise UsageError(f"cannot use certificate {cfg.cert} with key {cfg.key or cfg.cert}: "
                              f"{getattr(e, 'reason', None) or e}") from None
     elif server:
-        raise UsageError("a TLS server needs a certificate and key: give --cert and --key (or tls.cert, tls.key "
+        raise UsageError("a TLS server needs a certificate and key: give --cert and --tls-key (or tls.cert, tls.key "
                          "in the profile), or --no-tls")
     if cfg.ca:
         ca = _file(cfg.ca, "CA file")
