@@ -117,6 +117,52 @@ def test_a08_a40_then_findscu_movescu_getscu(server, hl7, storescp, tmp_path):
     assert {p: sha(p) for p in archive.blobs.root.rglob("*.dcm")} == files
 
 
+def test_dicomweb_and_rad69_carry_the_reconciled_patient(archive, tmp_path):
+    """WADO-RS (instances and metadata), WADO-URI and RAD-69 answer with the index's patient
+    after an A08, as C-MOVE does; the stored file stays as it was."""
+    import requests
+
+    from ihecli.net.soap import SoapClient
+    from ihecli.web import DicomWebServer
+    from ihecli.xdsi.rad69 import ImageRequest, retrieve_imaging_document_set
+
+    st = generate_uid()
+    archive.store(instance("PIR7", "OLD^NAME", st, birth="19700101", sex="F"))
+    feed = Hl7Feed(archive)
+    ack = v2.read_ack(feed(adt("A08", "PIR7", "NEW^NAME", control="a08-7", birth="19700202", sex="F")))
+    assert ack.code == "AA", ack.text
+    ident = Dataset()
+    ident.QueryRetrieveLevel = "IMAGE"
+    ident.StudyInstanceUID = st
+    (ref,) = archive.instances(ident)
+    before = sha(archive.file_path(ref))
+
+    def check(ds):
+        assert (str(ds.PatientName), ds.PatientBirthDate) == ("NEW^NAME", "19700202")
+        orig = ds.OriginalAttributesSequence[0].ModifiedAttributesSequence[0]
+        assert str(orig.PatientName) == "OLD^NAME"
+
+    with DicomWebServer(archive, imaging_source_uid="1.2.3.4.5") as web:
+        import io
+
+        from dicomweb_client.api import DICOMwebClient
+
+        client = DICOMwebClient(web.url + "/dicom-web")
+        (ds,) = client.retrieve_study(st)
+        check(ds)
+        (meta,) = client.retrieve_study_metadata(st)
+        assert meta["00100010"]["Value"][0]["Alphabetic"] == "NEW^NAME"
+        r = requests.get(web.url + "/wado", params={"requestType": "WADO", "studyUID": st, "seriesUID": ref.series_uid,
+                                                    "objectUID": ref.sop_uid, "contentType": "application/dicom"})
+        assert r.status_code == 200
+        check(dcmread(io.BytesIO(r.content)))
+        res = retrieve_imaging_document_set(SoapClient(web.url + "/xdsi"), [ImageRequest(
+            st, ref.series_uid, ref.sop_uid, "1.2.3.4.5")], ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+        (doc,) = res.documents
+        check(dcmread(io.BytesIO(doc.data)))
+    assert sha(archive.file_path(ref)) == before
+
+
 def instance_file(archive, sop_uid: str):
     ident = Dataset()
     ident.QueryRetrieveLevel = "IMAGE"
@@ -177,3 +223,62 @@ def test_merge_is_visible_at_once_and_rewrites_no_file(archive, tmp_path):
         cur = pir.reconciled_patients(conn, [uid])
     assert cur[uid].pid == "BIG-TARGET" and cur[uid].name == "TARGET^T"
     assert {p: sha(p) for p in archive.blobs.root.rglob("*.dcm")} == files
+
+
+def test_export_and_media_carry_the_reconciled_patient(server, hl7, storescp, db_url, tmp_path):
+    """After an A08, `ihe archive export` (to a folder and to a node) and `ihe pdi burn` write
+    the index's patient, the stored values in the Original Attributes Sequence, as C-MOVE does;
+    another patient's instances go out byte for byte as stored."""
+    archive = server.archive
+    st_fixed, st_other = generate_uid(), generate_uid()
+    for _ in range(2):
+        archive.store(instance("PIR5", "OLD^NAME", st_fixed, birth="19600101", sex="M"))
+    archive.store(instance("PIR6", "OTHER^PATIENT", st_other))
+    (a08,) = plain_mllp(hl7.port, adt("A08", "PIR5", "NEW^NAME", control="a08-5", birth="19600202", sex="M"))
+    assert a08.code == "AA", a08.text
+    arc = ("--db", db_url, "--storage", str(archive.blobs.root))
+
+    def check(ds):
+        if ds.StudyInstanceUID == st_other:
+            assert ds.PatientID == "PIR6" and "OriginalAttributesSequence" not in ds
+            return
+        assert (ds.PatientID, str(ds.PatientName), ds.PatientBirthDate) == ("PIR5", "NEW^NAME", "19600202")
+        orig = ds.OriginalAttributesSequence[0].ModifiedAttributesSequence[0]
+        assert (str(orig.PatientName), orig.PatientBirthDate) == ("OLD^NAME", "19600101")
+
+    r = run_cli("pdi", "burn", "--study", st_fixed, "--usb", tmp_path / "usb", "--no-web", *arc)
+    assert r.code == 0, r.stderr
+    dicomdir = dcmread(tmp_path / "usb" / "DICOMDIR")
+    (patient,) = [x for x in dicomdir.DirectoryRecordSequence if x.DirectoryRecordType == "PATIENT"]
+    assert str(patient.PatientName) == "NEW^NAME"
+    media = [dcmread(p) for p in (tmp_path / "usb" / "DICOM").rglob("*") if p.is_file()]
+    assert len(media) == 2
+    for ds in media:
+        check(ds)
+    assert "NEW" in (tmp_path / "usb" / "README.TXT").read_text().upper()
+    r = run_cli("archive", "export", "--study", st_fixed, "--study", st_other, "--out", tmp_path / "out", *arc)
+    assert r.code == 0, r.stderr
+    files = sorted((tmp_path / "out").rglob("*.dcm"))
+    assert len(files) == 3
+    for p in files:
+        ds = dcmread(p)
+        check(ds)
+        if ds.StudyInstanceUID == st_other:
+            assert p.read_bytes() == instance_file(archive, ds.SOPInstanceUID).read_bytes()
+    node, received = storescp
+    r = run_cli("archive", "export", "--study", st_fixed, "--to", f"{node.aet}@127.0.0.1:{node.port}", *arc)
+    assert r.code == 0, r.stderr
+    sent = [dcmread(p) for p in sorted(received.iterdir())]
+    assert len(sent) == 2
+    for ds in sent:
+        check(ds)
+    # a teaching file case of the study, exported
+    r = run_cli("kin", "create", "--study", st_fixed, *[x for ds in media for x in ("--instance", ds.SOPInstanceUID)],
+                "--title", "TCE001", "--store", *arc)
+    assert r.code == 0, r.stderr
+    r = run_cli("tce", "export", "1", "--out", tmp_path / "case", *arc)
+    assert r.code == 0, r.stderr
+    exported = [dcmread(p) for p in (tmp_path / "case").rglob("*.dcm") if p.name != "MANIFEST.dcm"]
+    assert len(exported) == 2
+    for ds in exported:
+        check(ds)

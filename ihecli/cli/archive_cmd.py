@@ -337,8 +337,11 @@ def ls_cmd(ctx: typer.Context,
     # checked here as matching keys: a malformed one is a usage error, not a library warning and "0 studies"
     study, series, instance = (_uids(kw, v) for kw, v in (("--study", study), ("--series", series),
                                                           ("--instance", instance)))
-    date = scu.match_value("--date", "DA", date) if date else date
-    modality = scu.match_value("--modality", "CS", modality) if modality else modality  # ct: CT
+    patient, name, accession, date, modality = (
+        scu.key_value(option, kw, v) if v else v  # --modality ct: CT (code strings are upper case)
+        for option, kw, v in (("--patient", "PatientID", patient), ("--name", "PatientName", name),
+                              ("--accession", "AccessionNumber", accession), ("--date", "StudyDate", date),
+                              ("--modality", "Modality", modality)))
     check_storage(ctx, storage, write=False)
     ident, lvl = _selection(level, patient, name, study, series, instance, accession, modality, date)
     with open_archive(ctx, db, storage) as archive:
@@ -429,7 +432,11 @@ def export_cmd(
 
     from ihecli.archive.store import safe_name
 
-    with open_archive(ctx, db, storage) as archive:
+    import tempfile
+
+    from ihecli.workflow.pir import reconciled_copies
+
+    with open_archive(ctx, db, storage) as archive, tempfile.TemporaryDirectory(prefix="ihe-export-") as reconciled:
         unknown: list[str] = []
         if study:
             asked = list(dict.fromkeys(study))
@@ -459,6 +466,9 @@ def export_cmd(
         refs_paths, gone = archive.with_files(refs)
         lost = [scu.FileFailure(str(archive.file_path(r)), f"file of {r.sop_uid} is missing (see ihe archive check)")
                 for r in gone]
+        # PIR: instances of patients HL7 changed go out with the index's patient, as C-MOVE sends them
+        copies = reconciled_copies(archive, refs_paths, reconciled, modifying_system=state(ctx).settings().archive.aet)
+        refs_paths = [(r, Path(copies[r.sop_uid]) if r.sop_uid in copies else p) for r, p in refs_paths]
         paths = [p for _, p in refs_paths]
         if to:
             st = state(ctx).settings()
