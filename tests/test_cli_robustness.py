@@ -222,7 +222,8 @@ def test_export_of_unknown_studies(corpus, storescp, stores, tmp_path):
 def test_malformed_values_are_usage_errors(corpus, stores, served):
     for args, what in ((["--date", "foo"], "--date"), (["--date", "2026-"], "--date"),
                        (["--date", "20261301"], "--date"), (["--study", "not a uid"], "--study"),
-                       (["--series", "1.2.*"], "--series"), (["--modality", "C-T"], "--modality")):
+                       (["--series", "1.2.*"], "--series"), (["--modality", "C-T"], "--modality"),
+                       (["--accession", "A" * 17], "--accession")):
         r = ihe("archive", "ls", *args, *stores)
         assert r.returncode == 2, (args, r.stderr)
         assert what in one_error_line(r.stderr) and "Warning" not in r.stderr, r.stderr
@@ -230,8 +231,10 @@ def test_malformed_values_are_usage_errors(corpus, stores, served):
     assert r.returncode == 2 and "StudyInstanceUID" in one_error_line(r.stderr) and "Warning" not in r.stderr
     r = ihe("dicom", "find", served, "-k", "StudyDate=yesterday")
     assert r.returncode == 2 and "StudyDate" in one_error_line(r.stderr)
-    r = ihe("dicom", "find", served, "-k", "PatientAge=03?Y")  # a VR checked by the library: its word, one line
-    assert r.returncode == 2 and "PatientAge" in one_error_line(r.stderr) and "Warning" not in r.stderr
+    # VRs checked by the library: its word, in one line
+    for key, what in (("PatientAge=03?Y", "PatientAge"), ("AccessionNumber=" + "A" * 17, "maximum length of 16")):
+        r = ihe("dicom", "find", served, "-k", key)
+        assert r.returncode == 2 and what in one_error_line(r.stderr) and "Warning" not in r.stderr, r.stderr
 
 
 def test_well_formed_values_match(corpus, stores, served):

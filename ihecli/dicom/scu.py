@@ -495,12 +495,37 @@ def build_identifier(level: str, keys: list[str] | None, *, defaults: Iterable[s
             raise
         except Exception as e:
             raise UsageError(f"bad key {k!r}: {e}") from None
-        if vr not in CHECKED_VRS:
-            for w in caught:
-                if "Invalid value" in str(w.message):
-                    raise UsageError(f"bad key {k!r}: {str(w.message).split('. Please see')[0]}")
+        complaint = None if vr in CHECKED_VRS else _complaint(caught)
+        if complaint:
+            raise UsageError(f"bad {label} {value!r}: {complaint}")
     ds.QueryRetrieveLevel = lvl
     return ds
+
+
+def key_value(label: str, keyword: str, value: str) -> str:
+    """``value`` as the matching key ``keyword`` (an option such as --accession), checked and
+    normalized as ``-k`` values are; ``label`` names it in the usage error."""
+    from pydicom.datadict import dictionary_VR
+
+    vr = dictionary_VR(keyword)
+    v = match_value(label, vr, value)
+    if v and vr not in CHECKED_VRS:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            setattr(Dataset(), keyword, v)
+        complaint = _complaint(caught)
+        if complaint:
+            raise UsageError(f"bad {label} {value!r}: {complaint}")
+    return v
+
+
+def _complaint(caught) -> str | None:
+    """pydicom's objection to a value (too long, wrong characters), as the end of one line."""
+    for w in caught:
+        text = str(w.message).split(". Please see")[0].rstrip(".")
+        if issubclass(w.category, UserWarning) and ("value" in text.lower()):
+            return text[:1].lower() + text[1:]
+    return None
 
 
 # -- matching key values (PS3.4 C.2.2.2): checked before they leave, as a one-line usage error ------
