@@ -1,6 +1,8 @@
 """The `ihe` commands as a user runs them: output, --json, exit codes."""
 from __future__ import annotations
 
+import pytest
+
 import sqlite3
 
 from pydicom import dcmread
@@ -167,11 +169,25 @@ def test_move_and_get_report_failed_sub_operations(server, storescp, corpus, tmp
 def test_retrieve_with_no_key_is_a_failure_not_an_empty_success(server, corpus, tmp_path):
     for p in corpus:
         server.archive.store(p.read_bytes())
+    # the command line says which key is needed before asking
     r = run_cli("dicom", "move", server.spec, "--dest", "STORESCP", "-L", "study")
-    assert r.code == 1 and "status 0x" in r.stderr
+    assert r.code == 2 and "needs -k StudyInstanceUID" in r.stderr
     r = run_cli("dicom", "get", server.spec, "--out", str(tmp_path / "g"), "-L", "study")
-    assert r.code == 1 and "status 0x" in r.stderr
-    assert r.stdout == "" and not list((tmp_path / "g").glob("*.dcm"))
+    assert r.code == 2 and "needs -k StudyInstanceUID" in r.stderr
+    assert r.stdout == "" and not (tmp_path / "g").exists()
+    # asked without a key all the same, the archive answers with a failure status, not an empty success
+    from pydicom.dataset import Dataset
+
+    from ihecli.dicom import scu
+    from ihecli.errors import DimseFailure
+
+    ident = Dataset()
+    ident.QueryRetrieveLevel = "STUDY"
+    for ask in (lambda: scu.move(server.node, "STORESCP", ident), lambda: scu.get(server.node, ident, tmp_path / "g2")):
+        with pytest.raises(DimseFailure) as e:
+            ask()
+        assert e.value.status not in (0x0000, 0xFF00)
+    assert not list((tmp_path / "g2").glob("*.dcm"))
 
 
 def test_move_converts_to_what_the_destination_accepts(archive, corpus, tmp_path):
