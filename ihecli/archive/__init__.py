@@ -68,7 +68,10 @@ class Archive:
         if version > s.SCHEMA_VERSION:
             raise UsageError(f"the archive database {mask_url(db_url)} has schema version {version}, newer than "
                              f"this ihe knows ({s.SCHEMA_VERSION}): upgrade ihe")
-        self.blobs.ensure()
+        try:
+            self.blobs.ensure()
+        except OSError as e:
+            raise UsageError(f"cannot create or write the storage folder {storage}: {e.strerror or e}") from None
         self.blobs.clean_tmp()
         self._io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ihe-file")
         sqlite_file = sqlite_path(db_url)

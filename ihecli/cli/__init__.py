@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -102,7 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         register()
     try:
         # without standalone mode click returns the code of typer.Exit instead of raising it
-        rv = app(args=args, prog_name="ihe", standalone_mode=False)
+        with warnings.catch_warnings():
+            if not debug:  # what a library finds odd in a value is said by our own checks, in one line
+                warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
+            rv = app(args=args, prog_name="ihe", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
     except IheError as e:
         if debug:

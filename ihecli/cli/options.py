@@ -45,7 +45,9 @@ TITLE_HELP = ("Document title: for XDS a text (default: the file name); for a ke
 _out = typer.Option("--out", "-o", metavar="DIR", help="Folder to write the files to.", file_okay=False)
 Out = Annotated[Path, _out]
 OptionalOut = Annotated[Optional[Path], _out]
-Root = Annotated[str, typer.Option("--root", metavar="MODEL", help="Information model: study or patient (root).")]
+Root = Annotated[str, typer.Option("--root", metavar="MODEL",
+                                    help="Information model: study or patient (root); default: patient for -L "
+                                         "patient, else study.")]
 Node = Annotated[str, typer.Argument(
                                      help="A node of the profile by name, or AET@host:port (tls://AET@host:port: "
                                           "over TLS).")]
