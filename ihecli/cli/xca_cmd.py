@@ -129,23 +129,27 @@ def retrieve_cmd(
     wait = timeout or _xds(ctx).timeout
     uids = [u.strip() for u in unique_ids]
     unknown: list[str] = []
+    lookup = ExitStatus.REFUSED  # the status when nothing could be asked for
     if home and repository_id:
         reqs = [DocumentRequest(repository_id, u, home) for u in uids]
     else:  # ask the community (or every one) where the documents are
         reqs, found_by, unknown = locate_documents(comms, uids, home=home or "", timeout=wait)
         if repository_id:
             reqs = [DocumentRequest(repository_id, r.document_unique_id, r.home) for r in reqs]
-        for u in unknown:
-            output.error(f"{u}: no document with this uniqueId in {home or 'any community'}")
-        if unknown:
-            _report([r for r in found_by if r.failed])  # a community that did not answer may hold them
+        silent = [r for r in found_by if r.failed]  # a community that did not answer may hold them
+        answered = [r.home for r in found_by if not r.failed]
+        if unknown and answered:
+            for u in unknown:
+                output.error(f"{u}: no document with this uniqueId in {', '.join(answered)}")
+        if unknown and silent:
+            lookup = _report(silent)  # each said; 4 when they could not be reached
     results = cross_gateway_retrieve(comms, reqs, timeout=wait) if reqs else []
     rows = write_documents(out, [d for r in results for d in r.documents])
     if json:
         output.print_json(rows)
     elif rows:
         output.table(rows, ["uniqueId", "home", "mimeType", "size", "path"])
-    code = _report(results) if results else ExitStatus.REFUSED
+    code = _report(results) if results else lookup
     if unknown and code == ExitStatus.OK:
         code = ExitStatus.PARTIAL
     if code:
