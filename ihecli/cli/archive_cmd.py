@@ -467,7 +467,7 @@ def export_cmd(
         lost = [scu.FileFailure(str(archive.file_path(r)), f"file of {r.sop_uid} is missing (see ihe archive check)")
                 for r in gone]
         # PIR: instances of patients HL7 changed go out with the index's patient, as C-MOVE sends them
-        copies = reconciled_copies(archive, refs_paths, reconciled, modifying_system=state(ctx).settings().archive.aet)
+        copies = reconciled_copies(archive, refs_paths, reconciled)
         refs_paths = [(r, Path(copies[r.sop_uid]) if r.sop_uid in copies else p) for r, p in refs_paths]
         paths = [p for _, p in refs_paths]
         if to:

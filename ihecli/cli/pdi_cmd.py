@@ -98,8 +98,7 @@ def burn_cmd(
         else:
             with open_archive(ctx, db, storage) as archive:
                 files = select_from_archive(archive, patient=patient, study=study, accession=accession,
-                                            reconcile_into=Path(reconciled),
-                                            modifying_system=state(ctx).settings().archive.aet)
+                                            reconcile_into=Path(reconciled))
         units = len(files) * (3 if web else 2)
         with output.progress(units, "writing media", enabled=not json) as advance:
             rep = burn(files, iso=iso, usb=usb, media=media, web=web, size=capacity, institution=institution,

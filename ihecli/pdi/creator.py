@@ -349,12 +349,9 @@ def burn(paths: Iterable[str | os.PathLike], *, iso: Path | None = None, usb: Pa
     iso = Path(iso) if iso is not None else None
     if iso is not None and len(vols) > 1:
         for k in range(1, len(vols) + 1):
-            out = _iso_volume(iso, k)
-            if os.path.lexists(out):
-                raise UsageError(f"{out}: exists: remove it or choose another name")
+            check_target(_iso_volume(iso, k), None)
     if usb is not None:
         usb = Path(usb)
-        check_target(None, usb)
     base = clean_fileset_id(fileset_id)[:13].rstrip("_") if fileset_id else _fileset_base(items)
     pool = None
     try:
@@ -541,8 +538,7 @@ def _write_web(w: _Writer, patients: list[WebPatient], title: str) -> None:
 
 
 def select_from_archive(archive, *, patient: str | None = None, study: list[str] | None = None,
-                        accession: str | None = None, reconcile_into: Path | None = None,
-                        modifying_system: str = "IHE_ARCHIVE") -> list[Path]:
+                        accession: str | None = None, reconcile_into: Path | None = None) -> list[Path]:
     """Files of the archive's instances of a patient, studies or an accession number. With
     ``reconcile_into``, an instance whose patient HL7 changed since it was stored is given as a
     copy in that folder carrying the index's patient (PIR, as C-MOVE sends it)."""
@@ -565,7 +561,7 @@ def select_from_archive(archive, *, patient: str | None = None, study: list[str]
         from ihecli.workflow.pir import reconciled_copies
 
         have = [(r, p) for r, p in zip(refs, paths) if p.exists()]  # a lost file fails later, named
-        copies = reconciled_copies(archive, have, reconcile_into, modifying_system=modifying_system)
+        copies = reconciled_copies(archive, have, reconcile_into)
         paths = [Path(copies[r.sop_uid]) if r.sop_uid in copies else p for r, p in zip(refs, paths)]
     return paths
 

@@ -131,16 +131,14 @@ def coerce(stored: Dataset, current: CurrentPatient | None, *, modifying_system:
                 ds.decode()  # every text value to str in its own character set, before that changes
             ds.SpecificCharacterSet = "ISO_IR 192"  # the values are str now: written again in UTF-8
     original = Dataset()
-    for kw, tag, vr, col in PATIENT_ATTRIBUTES:
+    for kw, tag, vr, _col in PATIENT_ATTRIBUTES:
         if kw not in changed:
             continue
         if tag in ds:
             original.add(ds[tag])
         else:
             original.add_new(tag, vr, None)
-        value = current.column(col)
-        if value or tag in ds or kw == "PatientID":
-            ds.add_new(tag, vr, value or None)
+    apply_patient(ds, current, changed)
     item.ModifiedAttributesSequence = Sequence([original])
     seq = ds.get("OriginalAttributesSequence")
     items = list(seq.value) if seq is not None else []
@@ -293,15 +291,15 @@ def _spliced(stored: Dataset, changed: list[str], current: CurrentPatient, item:
 def part10(ds: Dataset) -> bytes:
     """A coerced object as a Part-10 file: the file meta and the data set, as ``coerce`` gave it
     (its encoded bytes when it kept them)."""
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import dcmwrite, write_file_meta_info
+    from pydicom.filewriter import dcmwrite
+
+    from ihecli.archive.ingest import part10 as with_meta
 
     body = getattr(ds, "_body", None)
     if body is not None:
-        out = DicomBytesIO()
-        out.write(b"\0" * 128 + b"DICM")
-        write_file_meta_info(out, ds.file_meta, enforce_standard=True)
-        return out.getvalue() + body
+        m = ds.file_meta
+        return with_meta(body, str(m.MediaStorageSOPClassUID), str(m.MediaStorageSOPInstanceUID),
+                         str(m.TransferSyntaxUID), str(m.get("SourceApplicationEntityTitle", "") or "") or None)
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -314,9 +312,9 @@ class Reconciler:
     changed (one query, nothing more when none did), and the instances of those as Part-10
     bytes with the index's patient."""
 
-    def __init__(self, archive, refs, *, modifying_system: str = "IHE_ARCHIVE"):
+    def __init__(self, archive, refs, *, modifying_system: str | None = None):
         self.current = reconciled_for(archive, refs)
-        self.modifying_system = modifying_system
+        self.modifying_system = modifying_system or getattr(archive, "aet", None) or "IHE_ARCHIVE"
 
     def __bool__(self) -> bool:
         return bool(self.current)
@@ -337,16 +335,19 @@ class Reconciler:
         return self.current.get(ref.study_uid)
 
 
-def apply_patient(ds: Dataset, current: CurrentPatient) -> Dataset:
-    """``ds`` (a header) with the index's patient values, for answers that carry no history."""
+def apply_patient(ds: Dataset, current: CurrentPatient, only: list[str] | None = None) -> Dataset:
+    """``ds`` with the index's patient values (of the keywords ``only``, else all): an empty one
+    set only where the attribute is there (Patient ID always is)."""
     for kw, tag, vr, col in PATIENT_ATTRIBUTES:
+        if only is not None and kw not in only:
+            continue
         value = current.column(col)
         if value or tag in ds or kw == "PatientID":
             ds.add_new(tag, vr, value or None)
     return ds
 
 
-def reconciled_copies(archive, refs_paths, into, *, modifying_system: str = "IHE_ARCHIVE") -> dict[str, str]:
+def reconciled_copies(archive, refs_paths, into, *, modifying_system: str | None = None) -> dict[str, str]:
     """For an export of stored instances (``refs_paths``: (InstanceRef, file path) pairs), the
     instances whose patient HL7 changed since they were stored, written again into the folder
     ``into`` with the index's patient (as C-MOVE sends them): SOP Instance UID -> the copy's

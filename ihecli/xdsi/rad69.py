@@ -119,9 +119,10 @@ class ImagingDocumentSource:
             err = RegistryError("XDSRepositoryError", "the request names no image")
             return Reply(retrieve_response(v.FAILURE, [err], [], parts), RAD69_RESPONSE, parts)
         found, errors = [], []
+        rec = Reconciler(self.archive, images)  # PIR: the index's patient, as C-MOVE sends it (one query)
         for im in images:
             try:
-                found.append(self._one(im, tss))
+                found.append(self._one(im, tss, rec))
             except XdsError as e:
                 errors += e.errors
         status = v.SUCCESS if not errors else (v.PARTIAL if found else v.FAILURE)
@@ -131,7 +132,7 @@ class ImagingDocumentSource:
         log.info("RAD-69 from %s: %d images sent, %d refused", msg.peer or "?", len(found), len(errors))
         return Reply(retrieve_response(status, errors, found, parts), RAD69_RESPONSE, parts)
 
-    def _one(self, im: ImageRequest, tss: list[str]) -> RetrievedDocument:
+    def _one(self, im: ImageRequest, tss: list[str], rec: Reconciler) -> RetrievedDocument:
         uid = im.sop_uid
         if im.repository_uid != self.repository_uid:
             raise XdsError(RegistryError("XDSUnknownRepositoryId", f"repository {im.repository_uid} is not this "
@@ -151,7 +152,6 @@ class ImagingDocumentSource:
         ref = refs[0]
         try:
             path = self.archive.file_path(ref)
-            rec = Reconciler(self.archive, [ref])  # PIR: the index's patient, as C-MOVE sends it
             data = (rec.part10(ref, path) if rec else None) or path.read_bytes()
         except OSError:
             raise XdsError(RegistryError("XDSRepositoryError", f"instance {uid} is unreadable", uid)) from None
