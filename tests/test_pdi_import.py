@@ -680,6 +680,8 @@ def test_importing_a_medium_again_gives_the_same_new_uids(tmp_path):
     r = imp(tmp_path, iso, *args, "--dry-run")
     why = {o["sop_uid"]: o["reason"] for o in r.json["objects"]}
     assert "rejected" in why[gone] and all(why[u] == "already in the archive" for u in first if u != gone)
+    # the plan counts them as what storing would come to: exit 3, as the real run
+    assert r.code == 3 and r.json["counts"] == {"duplicate": 3, "refused": 1, "files_skipped": 2}
     r = imp(tmp_path, iso, *args)
     assert r.code == 3, r.stderr  # the others are there: partly done
     assert r.json["counts"] == {"duplicate": 3, "refused": 1, "files_skipped": 2}

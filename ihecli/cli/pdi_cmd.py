@@ -213,15 +213,9 @@ def import_cmd(
                 for o in rep.objects if o.outcome not in ("stored", "sent") or o.reason or dry_run]
         if rows:
             output.table(rows, ["Path", "Outcome", "Why", "SOPInstanceUID"])
-        c = dict(rep.counts)
+        c = rep.counts
         verb = "would be stored" if dry_run else ("sent" if node else "stored")
         n_ok = c.get("planned", 0) if dry_run else c.get("sent", 0) + c.get("stored", 0)
-        if dry_run:  # what the archive already holds or would refuse, by the UIDs they would be stored with
-            held = sum(o.outcome == "planned" and "already in the archive" in (o.reason or "") for o in rep.objects)
-            barred = sum(o.outcome == "planned" and "would be refused" in (o.reason or "") for o in rep.objects)
-            n_ok -= held + barred
-            c["duplicate"] = c.get("duplicate", 0) + held
-            c["refused"] = c.get("refused", 0) + barred
         output.info(f"{sum(v for k, v in c.items() if k != 'files_skipped')} objects: {n_ok} {verb}, "
                     f"{c.get('duplicate', 0)} already there, {c.get('skipped', 0)} skipped, "
                     f"{c.get('failed', 0)} failed, {c.get('dangling', 0)} missing from the medium, "

@@ -620,10 +620,11 @@ def import_media(medium: Medium, *, archive=None, node=None, calling_aet: str = 
             _, known = archive.uid_owners((), uids)
             with archive.connect() as conn:  # a batch's UIDs: one query
                 gone = {r[0] for r in conn.execute(select(rejected.c.sop_uid).where(rejected.c.sop_uid.in_(uids)))}
-            for o in planned:
+            for o in planned:  # counted as what storing them would come to
                 why = "already in the archive" if o.sop_uid in known else \
                     "rejected in the archive (IOCM): would be refused" if o.sop_uid in gone else ""
                 if why:
+                    o.outcome = "duplicate" if o.sop_uid in known else "refused"
                     o.reason = (o.reason + "; " if o.reason else "") + why
         if to_store:
             while len(storing) >= 2:  # bounded: memory stays flat
