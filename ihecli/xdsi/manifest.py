@@ -109,10 +109,9 @@ def check_patient(archive, m: Manifest, cx: str) -> None:
     """Refuse to register a study under another patient: the affinity domain ID ``cx`` must be
     the study's own Patient ID, or cross-referenced with it by the PIX Manager (ITI-10 feed,
     ``ihe pix listen``)."""
-    from sqlalchemy import or_, select
-
-    from ihecli.archive.tables_pix import pix_links
     from ihecli.errors import UsageError
+    from ihecli.pix.ids import Domain
+    from ihecli.pix.notification import links
 
     local = str(m.kos.get("PatientID", "") or "")
     issuer = str(m.kos.get("IssuerOfPatientID", "") or "")
@@ -121,15 +120,12 @@ def check_patient(archive, m: Manifest, cx: str) -> None:
     oid = hd[1] if len(hd) > 1 else ""
     if pid == local:
         return
-    mine, other = pix_links.alias("mine"), pix_links.alias("other")
-    q = (select(other.c.id).select_from(mine.join(other, other.c.grp == mine.c.grp))
-         .where(mine.c.pid == pid, or_(mine.c.oid == oid, mine.c.domain == oid), other.c.pid == local)
-         .limit(1))
-    if issuer:
-        q = q.where(or_(other.c.namespace == issuer, other.c.oid == issuer, other.c.domain == issuer))
-    with archive.connect() as conn:
-        if conn.execute(q).first() is not None:
-            return
+    with archive.connect() as conn:  # the cross-references holding the affinity domain ID
+        linked = links(conn, pid, Domain("", oid, "ISO") if oid else None)
+    if any(lk.identifier.id == local and (not issuer or issuer in (lk.identifier.domain.namespace,
+                                                                    lk.identifier.domain.oid))
+           for lk in linked):
+        return
     name = str(m.kos.get("PatientName", "") or "")
     raise UsageError(f"study {m.study_uid} belongs to patient {local}{f' ({name})' if name else ''}, and {cx} is "
                      f"neither that ID nor cross-referenced with it by PIX: give the study's patient, or let "
