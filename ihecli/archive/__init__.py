@@ -21,6 +21,7 @@ from ihecli.archive import schema as s
 from ihecli.archive import tables_kos
 from ihecli.archive.index import StoreOutcome, Writer, make_engine, sqlite_path
 from ihecli.archive.ingest import ensure_part10, parse, valid_uid
+from ihecli.archive.scan import is_dicomdir, meta_uids
 from ihecli.archive.query import Finder, InstanceRef, QueryError
 from ihecli.archive.store import BlobStore
 from ihecli.config import mask_url
@@ -248,11 +249,7 @@ class Archive:
         """(outcome, reason, size) of storing one file: stored, duplicate, overwritten, skipped (not
         DICOM), dicomdir (a media directory: Media Storage Directory Storage, or a file named
         DICOMDIR, as on every CD and USB stick) or failed."""
-        from pydicom.uid import MediaStorageDirectoryStorage
-
-        from ihecli.archive.scan import meta_uids
-
-        if f.name.upper().split(";")[0].rstrip(".") == "DICOMDIR":  # ISO 9660 may add ';1'
+        if is_dicomdir(f):
             return "dicomdir", "", 0
         try:
             with open(f, "rb") as fh:
@@ -262,7 +259,7 @@ class Archive:
         if not looks_like_dicom(data):
             return "skipped", "", 0
         meta = meta_uids(data)
-        if meta is not None and meta[0].get("MediaStorageSOPClassUID") == MediaStorageDirectoryStorage:
+        if meta is not None and is_dicomdir(f, meta[0].get("MediaStorageSOPClassUID")):
             return "dicomdir", "", 0
         try:
             out = self.store(ensure_part10(data))

@@ -9,6 +9,7 @@ falls back to pydicom.
 """
 from __future__ import annotations
 
+import os
 import struct
 
 from pydicom.charset import convert_encodings, decode_bytes
@@ -241,3 +242,13 @@ def _decode(raw: dict[int, tuple[str, bytes]]) -> dict[str, str | None] | None:
             text = text.rstrip("=")  # empty trailing component groups, as pydicom's reader drops them
         out[kw] = text or None
     return out
+
+
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+
+
+def is_dicomdir(path, sop_class: str | None = None) -> bool:
+    """A media directory (PS3.10 DICOMDIR): Media Storage Directory Storage, or a file named so
+    (ISO 9660 may add ';1' or a dot). It indexes a medium; it is no object to store or send."""
+    name = os.path.basename(os.fspath(path)).upper().split(";")[0].rstrip(".")
+    return sop_class == MEDIA_STORAGE_DIRECTORY or name == "DICOMDIR"

@@ -17,7 +17,6 @@ from typing import Callable, Iterable
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_file_meta_info
-from pydicom.uid import MediaStorageDirectoryStorage
 from pynetdicom import StoragePresentationContexts, build_role, evt
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
@@ -32,6 +31,7 @@ from pynetdicom.sop_class import (
 from ihecli import atna
 from ihecli.archive import iter_files, looks_like_dicom
 from ihecli.archive.ingest import ensure_part10
+from ihecli.archive.scan import is_dicomdir
 from ihecli.archive.store import safe_name
 from ihecli.atna import events as ev
 from ihecli.atna.dicom import Tally, header_keys
@@ -152,11 +152,6 @@ def _sop_and_ts(path: Path) -> tuple[str, str] | None:
     except Exception:
         return None
 
-
-def is_dicomdir(path: Path, sop_class: str | None = None) -> bool:
-    """A media directory (PS3.10 DICOMDIR): Media Storage Directory Storage, or a file named so
-    (ISO 9660 may add ';1' or a dot). It indexes a medium; it is no object to store."""
-    return sop_class == MediaStorageDirectoryStorage or path.name.upper().split(";")[0].rstrip(".") == "DICOMDIR"
 
 
 def store(node: Node, paths: Iterable[str | os.PathLike], *, calling_aet: str = "IHE", timeout: float = 30,
