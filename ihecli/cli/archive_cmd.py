@@ -44,19 +44,17 @@ def open_archive(ctx: typer.Context, db: Optional[str], storage: Optional[Path],
     return archive
 
 
-def check_storage(ctx: typer.Context, storage: Optional[Path], *, write: bool) -> None:
-    """A storage folder that cannot be created (or, for a server, written) is a usage error naming
-    it, said before anything starts."""
+def check_storage(ctx: typer.Context, storage: Optional[Path]) -> None:
+    """A storage folder that cannot be created or written is a usage error naming it, said before
+    the server starts (opening the archive makes the folder; only a write shows it is usable)."""
     folder = (Path(storage) if storage else state(ctx).settings().archive.storage_dir()).expanduser()
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        if write:
-            fd, probe = tempfile.mkstemp(dir=folder, prefix=".ihe-probe-")
-            os.close(fd)
-            os.unlink(probe)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".ihe-probe-")
+        os.close(fd)
+        os.unlink(probe)
     except OSError as e:
-        raise UsageError(f"cannot {'create or write' if write else 'create'} the storage folder {folder}: "
-                         f"{e.strerror or e}") from None
+        raise UsageError(f"cannot create or write the storage folder {folder}: {e.strerror or e}") from None
 
 
 @app.command("serve")
@@ -100,7 +98,7 @@ def serve_cmd(
     from ihecli.archive.workers import reserve_port, serve_workers
 
     st = state(ctx).settings()
-    check_storage(ctx, storage, write=True)
+    check_storage(ctx, storage)
     a = st.archive
     dests: dict[str, Node] = {n.aet: n for n in st.nodes.values()}
     for spec in [*a.dest, *(dest or [])]:
@@ -342,7 +340,6 @@ def ls_cmd(ctx: typer.Context,
         for option, kw, v in (("--patient", "PatientID", patient), ("--name", "PatientName", name),
                               ("--accession", "AccessionNumber", accession), ("--date", "StudyDate", date),
                               ("--modality", "Modality", modality)))
-    check_storage(ctx, storage, write=False)
     ident, lvl = _selection(level, patient, name, study, series, instance, accession, modality, date)
     with open_archive(ctx, db, storage) as archive:
         rows = [dataset_json(r) for r in archive.find(ident, "patient" if lvl == "PATIENT" else "study", limit)]
@@ -427,7 +424,6 @@ def export_cmd(
     when = parse_since(since) if since else None
     if out is not None and out.exists() and not out.is_dir():
         raise UsageError(f"{out} is not a folder")
-    check_storage(ctx, storage, write=False)
     from pydicom.dataset import Dataset
 
     from ihecli.archive.store import safe_name

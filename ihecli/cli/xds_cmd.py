@@ -188,10 +188,6 @@ def submit_cmd(
     from ihecli.xds.source import Options, make_submissions, metadata_submission, read_files
 
     x = _xds(ctx)
-    paths = read_files(files)
-    cli = _client(ctx, repository, "repository", timeout, dict(cert=cert, key=tls_key, ca=ca, floor=tls_floor))
-    rows: list[dict] = []
-    failed: list[str] = []
     if metadata is not None:
         ignored = [name for name, given in (("--patient", patient), ("--title", title), ("--class-code", class_code),
                                             ("--type-code", type_code), ("--format-code", format_code),
@@ -199,6 +195,11 @@ def submit_cmd(
                                             ("--replace", replace), ("--mime", mime)) if given]
         if ignored:
             raise UsageError(f"--metadata carries the whole submission: {', '.join(ignored)} would not be used")
+    paths = read_files(files)
+    cli = _client(ctx, repository, "repository", timeout, dict(cert=cert, key=tls_key, ca=ca, floor=tls_floor))
+    rows: list[dict] = []
+    failed: list[str] = []
+    if metadata is not None:
         subs = [metadata_submission(metadata, paths)]
     else:
         opts = Options(patient=patient or "", title=title or "", class_code=class_code or "",
