@@ -30,7 +30,7 @@ from pynetdicom.sop_class import (
 
 from ihecli import atna
 from ihecli.archive import iter_files, looks_like_dicom
-from ihecli.archive.ingest import ensure_part10
+from ihecli.archive.ingest import ensure_part10, valid_uid
 from ihecli.archive.scan import is_dicomdir
 from ihecli.archive.store import safe_name
 from ihecli.atna import events as ev
@@ -526,8 +526,6 @@ def _complaint(caught) -> str | None:
 # -- matching key values (PS3.4 C.2.2.2): checked before they leave, as a one-line usage error ------
 
 CHECKED_VRS = ("DA", "TM", "DT", "UI", "CS")
-# leading zeros are wrong (PS3.5 9.1) but found on real media: such a study must stay retrievable
-_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _TM = re.compile(r"([01][0-9]|2[0-3])(([0-5][0-9])(([0-5][0-9]|60)(\.[0-9]{1,6})?)?)?")
 _DT = re.compile(r"([0-9]{4})(([0-9]{2})(([0-9]{2})(([0-9]{2})(([0-9]{2})(([0-9]{2})(\.[0-9]{1,6})?)?)?)?)?)?"
                  r"([+-][0-9]{4})?")
@@ -585,7 +583,7 @@ def match_value(keyword: str, vr: str, value: str) -> str:
             raise UsageError(f"bad {keyword} {value!r}: {_WHAT[vr]}")
     elif vr == "UI":
         for uid in v.split("\\"):
-            if not (len(uid) <= 64 and _UID.fullmatch(uid)):
+            if not valid_uid(uid):  # leading zeros (wrong, PS3.5 9.1, but on real media) pass: still retrievable
                 raise UsageError(f"bad {keyword} {value!r}: not a UID (digits and dots, e.g. 1.2.840.10008.1.1; "
                                  "several separated by backslashes; no wildcards)")
     elif vr == "CS":
