@@ -75,6 +75,9 @@ def test_query_retrieve_against_a_storage_only_peer(storescp, tmp_path):
         line = one_error_line(r.stderr)
         assert f"accepted no {op} presentation context" in line and str(node) in line, line
     assert not out.exists()  # refused before anything arrived: no empty folder
+    # MPPS and storage commitment, which storescp does not offer either, are said the same way
+    r = run_cli("dicom", "mpps", "create", str(node), "--patient-id", "P1", "--modality", "CT", "--study", "1.2.3")
+    assert r.code == 1 and "presentation context" in one_error_line(r.stderr) and "MPPS" in r.stderr, r.stderr
     r = run_cli("dicom", "echo", str(node))  # the same peer does answer what it offers
     assert r.code == 0, r.stderr
 

@@ -37,7 +37,7 @@ from ihecli.atna import events as ev
 from ihecli.atna.dicom import Tally, header_keys
 from ihecli.atna.dicom import outcome as audit_outcome
 from ihecli.config import Node
-from ihecli.errors import DimseFailure, IheError, PeerUnreachable, UsageError
+from ihecli.errors import DimseFailure, PeerUnreachable, UsageError
 from ihecli.net import dimse
 
 MODELS = {
@@ -58,33 +58,8 @@ def _model(root: str, op: str):
 
 
 def _associate(ae, node: Node, op: str, model=None, *, handlers=(), **kw):
-    """dimse.associate, and one line of error (exit 1) when the peer takes the association but
-    not the presentation context ``op`` needs: a storage SCP asked for C-GET, say. pynetdicom
-    aborts the association itself when the peer accepted no context at all; the accepted
-    contexts are seen before that (EVT_ACCEPTED)."""
-    seen: list[list] = []
-
-    def accepted(event) -> None:
-        seen.append(list(event.assoc.accepted_contexts))
-
-    try:
-        assoc = dimse.associate(ae, node, handlers=[*handlers, (evt.EVT_ACCEPTED, accepted)], **kw)
-    except PeerUnreachable:
-        raise
-    except IheError:
-        if seen and not seen[-1]:
-            raise IheError(_no_context(node, op, model)) from None
-        raise
-    if model is not None and not any(cx.abstract_syntax == model and cx.as_scu for cx in assoc.accepted_contexts):
-        assoc.release()
-        raise IheError(_no_context(node, op, model))
-    return assoc
-
-
-def _no_context(node: Node, op: str, model) -> str:
-    if model is None:
-        return f"{node} accepted no {op} presentation context for the SOP classes offered"
-    return f"{node} accepted no {op} presentation context ({model.name}): it does not offer {op} to us"
+    """dimse.associate, saying which operation a peer that takes the association does not offer."""
+    return dimse.associate(ae, node, handlers=handlers, op=op, need=model, **kw)
 
 
 @dataclass

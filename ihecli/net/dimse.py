@@ -263,17 +263,24 @@ def client_ae(calling_aet: str, *, timeout: float = 30) -> AE:
 
 
 def associate(ae: AE, node: Node, *, contexts=None, ext_neg=None, handlers=(), what: str = "",
-              tls=None, serve_requests: bool = False) -> Association:
+              tls=None, serve_requests: bool = False, op: str = "", need=None) -> Association:
     """Open an association or raise a one-line error (unreachable: exit 4; rejected: exit 1).
 
     ``serve_requests``: the peer sends requests on it too (a storage commitment report), so
-    pynetdicom's reactor runs to serve them instead of being held (see _HeldReactor)."""
+    pynetdicom's reactor runs to serve them instead of being held (see _HeldReactor).
+    ``op`` (C-GET, N-CREATE, ...) and ``need`` (the abstract syntax it needs accepted as SCU)
+    name what a peer that takes the association but not the presentation context does not
+    offer: pynetdicom aborts by itself when no context at all was accepted, and the accepted
+    contexts are seen before that (EVT_ACCEPTED)."""
     opened = []
+    seen: list[list] = []
     held = [] if serve_requests else [(evt.EVT_ACCEPTED, hold_reactor)]
     try:
         assoc = ae.associate(node.host, node.port, contexts=contexts, ae_title=node.aet,
                              tls_args=(tls, node.host) if tls is not None else None,
                              ext_neg=ext_neg, evt_handlers=[NODELAY_HANDLER, (evt.EVT_CONN_OPEN, opened.append),
+                                                            (evt.EVT_ACCEPTED, lambda e: seen.append(
+                                                                list(e.assoc.accepted_contexts))),
                                                             *held, *handlers])
     except (OSError, ValueError) as e:
         raise PeerUnreachable(f"cannot reach {node}: {e}") from None
@@ -282,7 +289,12 @@ def associate(ae: AE, node: Node, *, contexts=None, ext_neg=None, handlers=(), w
             _tls_probe(node, tls, ae.connection_timeout or 10)
         raise PeerUnreachable(f"cannot reach {node}: connection refused or timed out")
     if assoc.is_established:
+        if need is not None and not any(cx.abstract_syntax == need and cx.as_scu for cx in assoc.accepted_contexts):
+            assoc.release()
+            raise IheError(_no_context(node, op, need))
         return assoc
+    if seen and not seen[-1]:
+        raise IheError(_no_context(node, op, need))
     if assoc.is_rejected:
         rsp = getattr(assoc.acceptor, "primitive", None)
         reason = ""
@@ -295,6 +307,15 @@ def associate(ae: AE, node: Node, *, contexts=None, ext_neg=None, handlers=(), w
                            "AE titles and supported services)")
         raise IheError(f"{node} aborted the association (check AE titles and supported services)")
     raise PeerUnreachable(f"cannot reach {node}: no association (connection refused or timed out)")
+
+
+def _no_context(node: Node, op: str, need) -> str:
+    if need is None:
+        return f"{node} accepted none of the presentation contexts offered{' for ' + op if op else ''}: it does not " \
+               "offer that service to us"
+    from pydicom.uid import UID
+
+    return f"{node} accepted no {op} presentation context ({UID(need).name}): it does not offer {op} to us"
 
 
 def _tls_probe(node: Node, ctx, timeout: float) -> None:

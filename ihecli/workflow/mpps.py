@@ -410,7 +410,7 @@ def _send(node, op: str, sop_uid: str, ds: Dataset, *, calling_aet: str, timeout
     ae = dimse.client_ae(calling_aet, timeout=timeout)
     ae.add_requested_context(ModalityPerformedProcedureStep)
     try:
-        assoc = dimse.associate(ae, node, tls=tls)
+        assoc = dimse.associate(ae, node, tls=tls, op="MPPS", need=ModalityPerformedProcedureStep)
     except PeerUnreachable as e:
         _audit_sent(op, subject, sop_uid, node, calling_aet, PROCESSING_FAILURE, str(e))
         raise

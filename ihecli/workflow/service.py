@@ -285,7 +285,7 @@ class WorkflowServices:
         node = self._node(target)
         ae = dimse.client_ae(self.config.aet, timeout=self.config.timeout)
         ae.add_requested_context(sop_class)
-        assoc = dimse.associate(ae, node, tls=self._tls(node))
+        assoc = dimse.associate(ae, node, tls=self._tls(node), op=f"N-{op.upper()}", need=sop_class)
         try:
             if op == "create":
                 status, _ = assoc.send_n_create(ds, sop_class, uid)

@@ -230,7 +230,8 @@ def send_report_new_association(target: Node, event_type: int, info: Dataset, *,
     ae = dimse.client_ae(calling_aet, timeout=timeout)
     ae.add_requested_context(StorageCommitmentPushModel)
     assoc = dimse.associate(ae, target, ext_neg=[build_role(StorageCommitmentPushModel, scp_role=True,
-                                                                      scu_role=False)], tls=tls)
+                                                                      scu_role=False)], tls=tls,
+                            op="N-EVENT-REPORT (storage commitment)")
     try:
         rsp = assoc.send_n_event_report(info, event_type, StorageCommitmentPushModel, WELL_KNOWN_INSTANCE)
         status = rsp[0].Status if rsp and rsp[0] is not None and "Status" in rsp[0] else None
@@ -310,7 +311,8 @@ def request_commitment(node: Node, refs: list[Ref], *, calling_aet: str = "IHE",
         ae = dimse.client_ae(calling_aet, timeout=timeout)
         ae.add_requested_context(StorageCommitmentPushModel)
         # the report arrives as a request on this association: pynetdicom's reactor serves it
-        assoc = dimse.associate(ae, node, serve_requests=True, tls=tls, handlers=[(
+        assoc = dimse.associate(ae, node, serve_requests=True, tls=tls, op="Storage Commitment",
+                                need=StorageCommitmentPushModel, handlers=[(
             evt.EVT_N_EVENT_REPORT, lambda e: on_report(_Report(e.request.EventTypeID, e.event_information), True))])
         try:
             info = Dataset()
