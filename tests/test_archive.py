@@ -20,14 +20,26 @@ def _q(level, **keys):
 
 
 def test_duplicates_keep_and_overwrite(tmp_path, corpus):
+    import logging
+
+    said: list[logging.LogRecord] = []  # on the logger itself: the CLI's configuration stops propagation
+    hear = logging.Handler(logging.WARNING)
+    hear.emit = said.append
+    logging.getLogger("ihe.archive").addHandler(hear)
     data = corpus[0].read_bytes()
     with Archive(f"sqlite:///{tmp_path / 'k.db'}", tmp_path / "k") as a:
         assert a.store(data).outcome == "stored"
+        assert a.store(data).outcome == "duplicate"  # a resend: nothing to say
+        assert said == []
         ds = dcmread(corpus[0])
         ds.StudyDescription = "CHANGED"
         changed = tmp_path / "changed.dcm"
         ds.save_as(changed)
         assert a.store(changed.read_bytes()).outcome == "duplicate"
+        # other content under a UID the archive holds: kept out, and the log says so
+        assert [f"instance {ds.SOPInstanceUID} received again with other content" in r.getMessage() for r in said] \
+            == [True]
+        logging.getLogger("ihe.archive").removeHandler(hear)
         (rsp,) = a.find(_q("STUDY", StudyDescription=""))
         assert rsp.StudyDescription != "CHANGED"
         assert a.counts()["instances"] == 1

@@ -8,6 +8,7 @@ mode, so queries never wait for the writer.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import threading
 import time
@@ -25,6 +26,8 @@ from ihecli.archive import tables_hl7
 from ihecli.archive.ingest import Parsed
 from ihecli.archive.store import BlobStore
 from ihecli.errors import ArchiveError
+
+log = logging.getLogger("ihe.archive")
 
 
 def sqlite_path(url: str) -> str | None:
@@ -322,7 +325,8 @@ class _Fast:
 
 # Statements built once: building SQLAlchemy constructs per row costs more than running them.
 _b = bindparam
-Q_INSTANCE = select(s.instances.c.id, s.instances.c.path).where(s.instances.c.sop_uid == _b("sop_uid"))
+Q_INSTANCE = select(s.instances.c.id, s.instances.c.path, s.instances.c.sha256).where(
+    s.instances.c.sop_uid == _b("sop_uid"))
 Q_PATIENT = select(s.patients.c.id).where(s.patients.c.pid == _b("pid"), s.patients.c.issuer == _b("issuer"))
 Q_RETIRED = (select(s.patients.c.id)
              .join(tables_hl7.hl7_patient_ids, tables_hl7.hl7_patient_ids.c.patient_fk == s.patients.c.id)
@@ -383,6 +387,9 @@ def _upsert(fast: _Fast, job: _Job, duplicates: str, cache: dict) -> tuple[Store
     t = now()
     row = fast.execute(Q_INSTANCE, {"sop_uid": p.sop_uid}).first()
     if row is not None and duplicates == "keep":
+        if row[2] and p.sha256 and row[2] != p.sha256:  # not a resend: other content under the same UID
+            log.warning("instance %s received again with other content: the first copy is kept (archive."
+                        "duplicates = keep)", p.sop_uid)
         return StoreOutcome(p.sop_uid, "duplicate", p.study_uid), row[1]
     se_id, st_id = _series_of(fast, p, t, cache)
     values = dict(series_fk=se_id, sop_class=p.sop_class, transfer_syntax=p.transfer_syntax, path=job.rel,
