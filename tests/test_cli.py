@@ -76,6 +76,10 @@ def test_archive_import_ls_export_rm_check(corpus, tmp_path):
     assert [p["PatientID"] for p in r.json] == ["PID000001"]
     r = run_cli("archive", "ls", "-L", "instance", "--study", _study(corpus[0]), "--db", db, "--storage", st)
     assert r.code == 0 and "6 instances" in r.stderr
+    r = run_cli("archive", "ls", "--limit", "1", "--db", db, "--storage", st)  # a cut list says so
+    assert r.code == 0 and "1 study (the first 1: --limit; more may match)" in " ".join(r.stderr.split())
+    r = run_cli("archive", "ls", "--patient", "NOBODY", "--db", db, "--storage", st)
+    assert r.code == 0 and r.stderr.strip() == "no matches"
 
     out = tmp_path / "export"
     r = run_cli("archive", "export", "--since", "1d", "--out", str(out), "--db", db, "--storage", st, "--json")

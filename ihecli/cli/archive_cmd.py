@@ -349,8 +349,7 @@ def ls_cmd(ctx: typer.Context,
     output.table([{k: ("\\".join(v) if isinstance(v, list) else v) for k, v in r.items()} for r in rows],
                  LS_COLUMNS[lvl])
     noun = {"PATIENT": "patient", "STUDY": "study", "SERIES": "series", "IMAGE": "instance"}[lvl]
-    plural = {"study": "studies", "series": "series"}.get(noun, noun + "s")
-    output.info(f"{len(rows)} {noun if len(rows) == 1 else plural}")
+    output.found(len(rows), noun, {"study": "studies", "series": "series"}.get(noun), limit=limit)
 
 
 @app.command("rm")

@@ -226,4 +226,4 @@ def query_cmd(
               "patients": ", ".join(r.patients), "from": r.peer} for r in rows]
     output.table(table, ["time", "event", "type", "act", "outcome", "users", "patients", "from"])
     if rows:
-        output.info(f"{len(rows)} events (times in UTC)")
+        output.found(len(rows), "event", limit=limit, extra=" (times in UTC)")

@@ -147,7 +147,7 @@ def find_cmd(ctx: typer.Context, node: Node, level: Level = "study", keys: Keys 
             if k not in columns:
                 columns.append(k)
     output.table([{k: _cell(v) for k, v in r.items()} for r in rows], columns)
-    output.info(f"{len(rows)} matches")
+    output.found(len(rows), "match", "matches", limit=limit)
 
 
 def move_destination_aet(spec: str, nodes) -> str:

@@ -61,6 +61,15 @@ def count(n: int, word: str, words: str | None = None) -> str:
     return f"{n} {word if n == 1 else (words or word + 's')}"
 
 
+def found(n: int, word: str, words: str | None = None, *, limit: int | None = None, extra: str = "") -> None:
+    """The closing line of a listing: how many, and that there may be more when --limit cut it
+    (nothing when the table already said "no matches")."""
+    if not n:
+        return
+    more = f" (the first {limit}: --limit; more may match)" if limit and n >= limit else ""
+    info(f"{count(n, word, words)}{more}{extra}")
+
+
 def info(message: str) -> None:
     """A line for the user on stderr (silent with -q)."""
     if not _state["quiet"]:

@@ -278,7 +278,7 @@ def archive_mpps_ls_cmd(
     output.table([{**r, "created": r["created"].strftime("%Y-%m-%d %H:%M:%S")} for r in rows],
                  ["created", "status", "patient_id", "modality", "accession", "pps_id", "calling_aet", "forwarded",
                   "ian", "sop_uid"])
-    output.info(f"{len(rows)} step" + ("" if len(rows) == 1 else "s"))
+    output.found(len(rows), "step", limit=limit)
 
 
 def rejected_ls_cmd(ctx: typer.Context, limit: Limit = None, db: Db = None, storage: Storage = None,
@@ -298,7 +298,7 @@ def rejected_ls_cmd(ctx: typer.Context, limit: Limit = None, db: Db = None, stor
     output.table([{**r, "rejected": r["rejected"].strftime("%Y-%m-%d %H:%M:%S"),
                    "state": "deleted" if r["path"] is None else "hidden"} for r in rows],
                  ["rejected", "code", "state", "study_uid", "sop_uid", "note_uid"])
-    output.info(f"{len(rows)} rejected instance" + ("" if len(rows) == 1 else "s"))
+    output.found(len(rows), "rejected instance", limit=limit)
 
 
 def add_dicom_commands(app: typer.Typer) -> None:
