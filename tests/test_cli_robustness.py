@@ -96,6 +96,19 @@ def test_serve_with_a_storage_folder_that_cannot_be_made(tmp_path, workers):
         assert str(folder) in line and "storage folder" in line, line
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_with_a_taken_hl7_port_says_so_before_listening(tmp_path, workers):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        r = ihe("archive", "serve", "--port", "0", "--workers", workers, "--hl7-port", str(taken.getsockname()[1]),
+                "--db", f"sqlite:///{tmp_path / 'a.db'}", "--storage", tmp_path / "s", timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert "cannot listen for HL7" in one_error_line(r.stderr) and "listening on" not in r.stderr
+
+
 def test_serve_starts_with_a_new_storage_folder(tmp_path):
     """The check before starting makes the folder it needs: a usable one is served."""
     port = free_port()

@@ -57,6 +57,17 @@ def check_storage(ctx: typer.Context, storage: Optional[Path]) -> None:
         raise UsageError(f"cannot create or write the storage folder {folder}: {e.strerror or e}") from None
 
 
+def _check_port_free(bind: str, port: int, what: str) -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in bind else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((bind, port))
+        except OSError as e:
+            raise UsageError(f"cannot listen for {what} on {bind}:{port}: {e.strerror or e}") from None
+
+
 @app.command("serve")
 def serve_cmd(
     ctx: typer.Context,
@@ -182,6 +193,10 @@ def serve_cmd(
                 finally:
                     server.stop()
         else:
+            # the HL7, PIX and HTTP listeners start after the workers fork: a port taken is said now
+            for what, p in (("HL7", hl7_port), ("PIX", pix_port), ("HTTP", http_port)):
+                if p:
+                    _check_port_free(our_bind, p, what)
             reserved, lock_fd = reserve_port(our_bind, our_port)
             shared_port = reserved.getsockname()[1]
             # open once before forking: the schema is created by one process, and errors show here
@@ -198,13 +213,13 @@ def serve_cmd(
 
             def all_ready() -> None:
                 reserved.close()
-                with open_archive(ctx, db, storage) as archive:
-                    announce(archive, shared_port)
-                _audit_application(True, our_aet)
                 if hl7:  # after the workers forked: they do not inherit its threads
                     hl7.start()
                 if pix:
                     pix.start()
+                with open_archive(ctx, db, storage) as archive:
+                    announce(archive, shared_port)
+                _audit_application(True, our_aet)
                 if web:
                     announce_web(web)
 
