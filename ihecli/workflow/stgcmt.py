@@ -337,7 +337,10 @@ def request_commitment(node: Node, refs: list[Ref], *, calling_aet: str = "IHE",
             end = time.monotonic() + timeout
             while not arrived.wait(0.05):
                 if time.monotonic() > end:
-                    raise PeerUnreachable(f"no storage commitment report from {node} within {timeout:g} s")
+                    raise PeerUnreachable(f"no storage commitment report from {node} within {timeout:g} s"
+                                          + (f": on a new association it goes to the node it knows by our AE title "
+                                             f"{calling_aet!r} (for ihe archive serve: a node in its profile, or "
+                                             f"archive.commit_reply)" if server is not None else ""))
                 if server is None and not assoc.is_established:
                     raise IheError(f"{node} closed the association without sending the storage commitment "
                                    "report (listen for it on a new association with --report-port)")
