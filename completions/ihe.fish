@@ -370,7 +370,7 @@ complete -c ihe -n "__ihe_at 'ihe archive serve'" -l cert -r -F -d 'Our TLS cert
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -l dest -x -d 'C-MOVE destination: AET@host:port (tls://AET@host:port: sent over TLS), a profile node name, or (for a move) an AE title.'
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -l duplicates -x -d 'Same SOP Instance UID again: keep (default) or overwrite.'
-complete -c ihe -n "__ihe_at 'ihe archive serve'" -l fuzzy-names -d 'Case- and accent-insensitive person-name matching.'
+complete -c ihe -n "__ihe_at 'ihe archive serve'" -l fuzzy-names -d 'Person names match regardless of accents too (always regardless of case).'
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -l hl7-port -x -d 'Also receive HL7 v2 over MLLP on this port: ADT A01/A04/A08/A31/A40/A47 patient updates, merges and ID changes, ORM^O01/OMI^O23 orders (0: any free port).'
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -l http-port -x -d 'Also serve DICOMweb on this port: QIDO-RS, WADO-RS, STOW-RS under /dicom-web/, WADO-URI at /wado.'

@@ -456,7 +456,7 @@ storage = ""
 duplicates = "keep"
 # Calling AE titles allowed to associate (empty: any)
 allow = []
-# Case- and accent-insensitive person-name matching in C-FIND
+# Person names match in C-FIND regardless of case; fuzzy_names: regardless of accents too
 fuzzy_names = false
 # C-MOVE destinations besides the nodes below, as "AET@host:port"
 dest = []

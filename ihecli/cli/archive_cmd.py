@@ -81,7 +81,7 @@ def serve_cmd(
         "--allow", metavar="AET", help="Accept associations only from these calling AE titles (repeatable).")] = None,
     duplicates: Duplicates = None,
     fuzzy_names: Annotated[bool, typer.Option("--fuzzy-names",
-                                              help="Case- and accent-insensitive person-name matching.")] = False,
+                                              help="Person names match regardless of accents too (always regardless of case).")] = False,
     max_pdu: Annotated[Optional[int], typer.Option("--max-pdu", min=0, metavar="BYTES",
                                                    help="Largest PDU we accept (0: no limit).")] = None,
     workers: Annotated[Optional[int], typer.Option(
