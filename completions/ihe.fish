@@ -290,7 +290,7 @@ complete -c ihe -n "__ihe_at 'ihe archive'" -s h -l help -d 'Show this message a
 complete -c ihe -n "__ihe_at 'ihe archive check'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
 complete -c ihe -n "__ihe_at 'ihe archive check'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe archive check'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
-complete -c ihe -n "__ihe_at 'ihe archive check'" -l repair -d 'Fix what is found: drop rows whose file is gone, index files that have no row, remove leftovers.'
+complete -c ihe -n "__ihe_at 'ihe archive check'" -l repair -d 'Fix what is found: drop rows whose file is gone, index files that have no row (a second copy of an indexed instance goes, anything else moves to .quarantine/), remove leftover temporary files.'
 complete -c ihe -n "__ihe_at 'ihe archive check'" -l storage -x -a '(__fish_complete_directories)' -d 'Archive storage folder (default: the profile\'s).'
 complete -c ihe -n "__ihe_at 'ihe archive check'" -l verify -d 'Also re-read every file and compare its checksum with the one taken at ingest.'
 

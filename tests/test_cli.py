@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+import shutil
 import sqlite3
 
 from pydicom import dcmread
@@ -107,10 +108,20 @@ def test_archive_import_ls_export_rm_check(corpus, tmp_path):
     con.close()
     r = run_cli("archive", "check", "--db", db, "--storage", st, "--json")
     assert r.code == 1 and len(r.json["missing_files"]) == 1 and r.json["orphan_files"] == [other]
-    r = run_cli("archive", "check", "--repair", "--db", db, "--storage", st)
-    assert r.code == 0
+    # and files that are no instance of it: something else, and a second copy of an indexed one
+    (tmp_path / "st" / "ab").mkdir(exist_ok=True)
+    (tmp_path / "st" / "ab" / "notes.txt").write_text("not DICOM")
+    kept, = sqlite3.connect(tmp_path / "a.db").execute("select path from instances where path != ? limit 1",
+                                                       (path,)).fetchone()
+    shutil.copyfile(tmp_path / "st" / kept, tmp_path / "st" / "ab" / "copy.dcm")
+    r = run_cli("archive", "check", "--repair", "--db", db, "--storage", st, "--json")
+    assert r.code == 0, r.stderr
+    done = dict(r.json["repairs"])
+    assert done[other] == "indexed" and done["ab/copy.dcm"].startswith("removed: a copy of instance")
+    assert "moved to" in done["ab/notes.txt"]  # never deleted: moved aside
+    assert (tmp_path / "st" / ".quarantine" / "ab" / "notes.txt").read_text() == "not DICOM"
     r = run_cli("archive", "check", "--db", db, "--storage", st, "--json")
-    assert r.code == 0 and r.json["instances"] == 5
+    assert r.code == 0 and r.json["instances"] == 5 and r.json["orphan_files"] == []
 
 
 def test_export_to_node(corpus, storescp, tmp_path):

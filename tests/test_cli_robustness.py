@@ -266,3 +266,11 @@ def test_well_formed_values_match(corpus, stores, served):
             "-k", f"StudyInstanceUID={_study(corpus[0])}\\{_study(corpus[-1])}", "--json")
     assert r.returncode == 0 and "Warning" not in r.stderr, r.stderr
     assert len(json.loads(r.stdout)) == 4 and {row["Modality"] for row in json.loads(r.stdout)} == {"CT"}
+
+
+def test_a_database_in_a_folder_that_does_not_exist_is_not_made(tmp_path):
+    """A mistyped --db is said, not answered with 'no matches' from a new empty database."""
+    missing = tmp_path / "no-such-folder" / "x.db"
+    r = run_cli("archive", "ls", "--db", f"sqlite:///{missing}", "--storage", tmp_path / "s")
+    assert r.code == 2 and "no folder" in one_error_line(r.stderr)
+    assert not missing.parent.exists()

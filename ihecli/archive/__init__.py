@@ -49,6 +49,9 @@ class CheckReport:
     orphan_files: list[str] = field(default_factory=list)  # files with no index row
     temp_files: int = 0
     repaired: bool = False
+    # what --repair did with each file not indexed: (path, action); nothing is deleted that the
+    # archive does not hold the same content of
+    repairs: list[tuple[str, str]] = field(default_factory=list)
 
 
 class Archive:
@@ -87,8 +90,12 @@ class Archive:
     def open(cls, settings, *, db: str | None = None, storage: str | None = None) -> "Archive":
         """The archive a profile (and any --db / --storage override) names."""
         a = settings.archive
-        return cls(db or a.db_url(), storage or a.storage_dir(), duplicates=a.duplicates,
-                   fuzzy_names=a.fuzzy_names, aet=a.aet)
+        url = db or a.db_url()
+        path = sqlite_path(url) if (db or a.db) else None
+        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):  # a mistyped path: no new database
+            raise UsageError(f"no folder {os.path.dirname(os.path.abspath(path))} for the archive database {path} "
+                             "(a database given by --db or archive.db must be in a folder that exists)")
+        return cls(url, storage or a.storage_dir(), duplicates=a.duplicates, fuzzy_names=a.fuzzy_names, aet=a.aet)
 
     def close(self) -> None:
         self._io.shutdown(wait=True)
@@ -379,16 +386,39 @@ class Archive:
             if missing_refs:
                 self.remove(missing_refs)
             for rel in rep.orphan_files:  # a file placed but never committed: re-index it
-                p = self.blobs.path(rel)
-                try:
-                    data = p.read_bytes()
-                    out = self.store(ensure_part10(data))
-                    if self.blobs.path(self._rel_of(out.sop_uid)) != p:
-                        p.unlink(missing_ok=True)
-                except (ArchiveError, OSError):
-                    p.unlink(missing_ok=True)
+                rep.repairs.append((rel, self._repair_orphan(rel)))
             rep.repaired = True
         return rep
+
+    def _repair_orphan(self, rel: str) -> str:
+        """Index a stored file that has no row; a second copy of an indexed instance goes, other
+        content is moved aside to .quarantine/ (never deleted): what was done, said in a few words."""
+        p = self.blobs.path(rel)
+        try:
+            data = p.read_bytes()
+            out = self.store(ensure_part10(data))
+        except (ArchiveError, OSError) as e:
+            return self._quarantine(p, rel, f"not stored ({e})")
+        kept = self.blobs.path(self._rel_of(out.sop_uid))
+        if kept == p:
+            return "indexed"
+        try:
+            same = kept.read_bytes() == data
+        except OSError:
+            same = False
+        if same:
+            p.unlink(missing_ok=True)
+            return f"removed: a copy of instance {out.sop_uid}, which the archive holds"
+        return self._quarantine(p, rel, f"other content for instance {out.sop_uid}, which the archive holds")
+
+    def _quarantine(self, p: Path, rel: str, why: str) -> str:
+        target = self.blobs.root / ".quarantine" / rel
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(p, target)
+        except OSError as e:
+            return f"{why}; left in place: cannot move it aside ({e.strerror or e})"
+        return f"{why}: moved to {target}"
 
     def _rel_of(self, sop_uid: str) -> str:
         with self.connect() as conn:

@@ -527,7 +527,9 @@ def export_cmd(
 @app.command("check")
 def check_cmd(ctx: typer.Context,
               repair: Annotated[bool, typer.Option("--repair", help="Fix what is found: drop rows whose file is "
-                                                   "gone, index files that have no row, remove leftovers.")] = False,
+                                                   "gone, index files that have no row (a second copy of an indexed "
+                                                   "instance goes, anything else moves to .quarantine/), remove "
+                                                   "leftover temporary files.")] = False,
               verify: Annotated[bool, typer.Option("--verify", help="Also re-read every file and compare its "
                                                    "checksum with the one taken at ingest.")] = False,
               db: Db = None, storage: Storage = None, json: Json = False) -> None:
@@ -545,8 +547,9 @@ def check_cmd(ctx: typer.Context,
                     f"{rep.temp_files} leftover temporary files" + (" (repaired)" if rep.repaired else ""))
         for uid in rep.missing_files[:20]:
             output.warn(f"missing file for {uid}")
+        done = dict(rep.repairs)
         for rel in rep.orphan_files[:20]:
-            output.warn(f"not indexed: {rel}")
+            output.warn(f"not indexed: {rel}" + (f": {done[rel]}" if rel in done else ""))
         for uid in rep.corrupt[:20]:
             output.warn(f"checksum mismatch: {uid}")
     problems = rep.missing_files or rep.orphan_files or rep.corrupt
