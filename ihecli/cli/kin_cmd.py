@@ -137,7 +137,8 @@ def create_cmd(
 
 
 @app.command("show")
-def show_cmd(files: Annotated[list[Path], typer.Argument(metavar="FILE...", help="Key Object Selection files.")],
+def show_cmd(files: Annotated[list[Path], typer.Argument(metavar="FILE...", help="Key Object Selection files.",
+                                                        exists=True, dir_okay=False)],
              json: Json = False) -> None:
     """Show what key object files say: title, modifiers, text, observer, references per series.
 
