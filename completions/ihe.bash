@@ -101,7 +101,7 @@ _ihe_options() {
         'ihe xds serve') _ihe_words='--bind --ca --cert --db --help --max-body-mb --no-tls --port --repository-id --storage --tls --tls-floor --tls-key -h -p' ;;
         'ihe xds submit') _ihe_words='--batch --ca --cert --class --confidentiality --folder --format --help --json --metadata --mime --patient --replace --repository --timeout --title --tls-floor --tls-key --type -h' ;;
         'ihe xdsi') _ihe_words='--help -h' ;;
-        'ihe xdsi publish') _ihe_words='--ca --cert --db --help --json --no-store --patient --repository --storage --study --timeout --tls-floor --tls-key -h' ;;
+        'ihe xdsi publish') _ihe_words='--ca --cert --db --help --json --no-store --patient --registry --repository --storage --study --timeout --tls-floor --tls-key -h' ;;
         'ihe xdsi retrieve') _ihe_words='--ca --cert --community --db --dicom --help --home --json --manifest --out --repository --repository-id --source --storage --store --timeout --tls-floor --tls-key --transfer-syntax --wado -h -o' ;;
         *) _ihe_words= ;;
     esac
@@ -500,6 +500,7 @@ _ihe_value() {
         'ihe xdsi publish --cert') _ihe_kind=file ;;
         'ihe xdsi publish --db') _ihe_kind=text ;;
         'ihe xdsi publish --patient') _ihe_kind=text ;;
+        'ihe xdsi publish --registry') _ihe_kind=text ;;
         'ihe xdsi publish --repository') _ihe_kind=text ;;
         'ihe xdsi publish --storage') _ihe_kind=dir ;;
         'ihe xdsi publish --study') _ihe_kind=text ;;

@@ -192,7 +192,7 @@ function __ihe_takes_value
             contains -- $argv[2] --batch --ca --cert --class --confidentiality --folder --format --metadata --mime --patient --replace --repository --timeout --title --tls-floor --tls-key --type
             return
         case 'ihe xdsi publish'
-            contains -- $argv[2] --ca --cert --db --patient --repository --storage --study --timeout --tls-floor --tls-key
+            contains -- $argv[2] --ca --cert --db --patient --registry --repository --storage --study --timeout --tls-floor --tls-key
             return
         case 'ihe xdsi retrieve'
             contains -- $argv[2] --ca --cert --community --db --dicom --home --manifest -o --out --repository --repository-id --source --storage --timeout --tls-floor --tls-key --transfer-syntax --wado
@@ -1038,6 +1038,7 @@ complete -c ihe -n "__ihe_at 'ihe xdsi publish'" -s h -l help -d 'Show this mess
 complete -c ihe -n "__ihe_at 'ihe xdsi publish'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
 complete -c ihe -n "__ihe_at 'ihe xdsi publish'" -l no-store -d 'Do not keep the manifest in the archive too.'
 complete -c ihe -n "__ihe_at 'ihe xdsi publish'" -l patient -x -d 'Patient ID (the archive\'s searches take wildcards * ?; XDS commands want ID^^^&OID&ISO, or the ID alone with xds.assigning_authority set).'
+complete -c ihe -n "__ihe_at 'ihe xdsi publish'" -l registry -x -d 'Document Registry endpoint (default: the profile\'s xds.registry).'
 complete -c ihe -n "__ihe_at 'ihe xdsi publish'" -l repository -x -d 'Document Repository endpoint (default: the profile\'s xds.repository).'
 complete -c ihe -n "__ihe_at 'ihe xdsi publish'" -l storage -x -a '(__fish_complete_directories)' -d 'Archive storage folder (default: the profile\'s).'
 complete -c ihe -n "__ihe_at 'ihe xdsi publish'" -l study -x -d 'Study Instance UID.'

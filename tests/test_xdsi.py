@@ -175,6 +175,28 @@ def test_a_study_is_not_registered_under_another_patient(xds, imaging, corpus, t
     assert r.code == 0, r.stderr
 
 
+def test_publishing_a_study_again_replaces_its_manifest(xds, imaging, corpus, tmp_path):
+    """The second manifest of a study replaces the first (RPLC): one approved entry, the first
+    deprecated; the consumer finds the newer one."""
+    study, _ = _study(corpus)
+    args = ("xdsi", "publish", "--study", study, "--patient", PID, "--repository", xds.url, "--registry", xds.url,
+            *_arc(tmp_path), "--json")
+    r = run_cli(*args)
+    assert r.code == 0, r.stderr
+    (first,) = json.loads(r.stdout)
+    assert first["replaces"] == ""
+    r = run_cli(*args)
+    assert r.code == 0, r.stderr
+    (second,) = json.loads(r.stdout)
+    assert second["replaces"] == first["entryUUID"] and second["uniqueId"] != first["uniqueId"]
+    assert second["instances"] == first["instances"]  # the earlier manifest is not referenced by the new one
+    q = ("xds", "query", "find-documents", "--patient", PID, "--registry", xds.url, "--json")
+    approved = json.loads(run_cli(*q).stdout)
+    assert [e["uniqueId"] for e in approved] == [second["uniqueId"]]
+    deprecated = json.loads(run_cli(*q, "--status", "deprecated").stdout)
+    assert [e["uniqueId"] for e in deprecated] == [first["uniqueId"]]
+
+
 def test_usage_errors(xds, tmp_path):
     r = run_cli("xdsi", "publish", "--repository", xds.url)
     assert r.code == 2 and "--study" in r.stderr

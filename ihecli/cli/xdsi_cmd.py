@@ -10,7 +10,7 @@ from ihecli.cli import output
 from ihecli.cli.options import (Ca, Cert, Db, Json, OptionalOut, OptionalTimeout, Storage, StudyOpt, TlsFloor, TlsKey,
                                 state)
 from ihecli.cli.xca_cmd import Community
-from ihecli.cli.xds_cmd import Home, Patient, Repository, RepositoryId, _client, _xds
+from ihecli.cli.xds_cmd import Home, Patient, Registry, Repository, RepositoryId, _client, _xds
 from ihecli.errors import ExitStatus, IheError, UsageError
 
 app = typer.Typer(help="XDS-I.b: publish archive studies as imaging manifests; retrieve manifests and their "
@@ -47,6 +47,7 @@ def publish_cmd(
     study: StudyOpt = None,
     patient: Patient = None,
     repository: Repository = None,
+    registry: Registry = None,
     db: Db = None,
     storage: Storage = None,
     no_store: Annotated[bool, typer.Option("--no-store", help="Do not keep the manifest in the archive too.")] = False,
@@ -64,7 +65,8 @@ def publish_cmd(
     repositoryUniqueId (archive.repository_uid), which answers Retrieve Imaging Document Set
     (RAD-69) on `ihe archive serve --http-port`. Its DocumentEntry: uniqueId = the KOS SOP
     Instance UID, formatCode 1.2.840.10008.5.1.4.1.1.88.59, the Accession Number in
-    referenceIdList, the modalities in eventCodeList.
+    referenceIdList, the modalities in eventCodeList. A study published before gets a new
+    manifest that replaces the earlier one (RPLC; the registry, --registry, tells which entry).
 
     Example: ihe xdsi publish --study 1.2.840.113619.2.1.1 --patient 'PID1^^^&1.2.3&ISO'
     """
@@ -73,17 +75,20 @@ def publish_cmd(
     if not study:
         raise UsageError("give the study to publish with --study UID")
     aet, repo_uid = _repository_uid(ctx)
-    cli = _client(ctx, repository, "repository", timeout, dict(cert=cert, key=tls_key, ca=ca, floor=tls_floor))
+    tls = dict(cert=cert, key=tls_key, ca=ca, floor=tls_floor)
+    cli = _client(ctx, repository, "repository", timeout, tls)
+    reg = _client(ctx, registry, "registry", timeout, tls)  # where an earlier manifest of the study is found
     rows = []
     from ihecli.cli.archive_cmd import open_archive
 
     with open_archive(ctx, db, storage) as archive:
         for uid in study:
             p = publish(cli, archive, uid, domain=_xds(ctx), patient=patient, retrieve_aet=aet,
-                        repository_uid=repo_uid, store=not no_store)
+                        repository_uid=repo_uid, store=not no_store, registry=reg)
             rows.append({"studyInstanceUID": uid, "uniqueId": p.unique_id, "entryUUID": p.entry_uuid,
                          "patientId": p.patient_id, "instances": p.manifest.instances,
-                         "accession": p.manifest.accession, "status": p.status.rsplit(":", 1)[-1]})
+                         "accession": p.manifest.accession, "status": p.status.rsplit(":", 1)[-1],
+                         "replaces": p.replaced})
     if json:
         output.print_json(rows)
     else:

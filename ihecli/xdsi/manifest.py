@@ -9,12 +9,15 @@ Number (CXi), eventCodeList = the modalities (DCM), serviceStartTime from Study 
 """
 from __future__ import annotations
 
+import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
 
 from ihecli.errors import IheError
+
+log = logging.getLogger("ihe.xdsi")
 
 ACCESSION_ID_TYPE = "urn:ihe:iti:xds:2013:accession"
 REFERENCE_ID_LIST = "urn:ihe:iti:xds:2013:referenceIdList"
@@ -34,6 +37,7 @@ class Manifest:
     study_date: str
     study_time: str
     instances: int
+    previous: list[str] = field(default_factory=list)  # SOP Instance UIDs of earlier manifests in the archive
 
 
 def study_manifest(archive, study_uid: str, *, retrieve_aet: str, repository_uid: str,
@@ -47,8 +51,9 @@ def study_manifest(archive, study_uid: str, *, retrieve_aet: str, repository_uid
     if not sel.found:
         raise IheError(f"study {study_uid} is not in the archive: nothing to publish")
     # a manifest references images and other objects, never earlier manifests of the study
-    found = [ds for ds in sel.found if str(ds.SOPClassUID) != "1.2.840.10008.5.1.4.1.1.88.59"
-             or not _is_manifest(archive, ds)]
+    earlier = [ds for ds in sel.found if str(ds.SOPClassUID) == "1.2.840.10008.5.1.4.1.1.88.59"
+               and _is_manifest(archive, ds)]
+    found = [ds for ds in sel.found if ds not in earlier]
     if not found:
         raise IheError(f"study {study_uid} holds only manifests: nothing to publish")
     kos = build_kos(codes.MANIFEST, found, retrieve_aet=retrieve_aet, retrieve_location_uid=repository_uid,
@@ -56,7 +61,8 @@ def study_manifest(archive, study_uid: str, *, retrieve_aet: str, repository_uid
     first = found[0]
     modalities = sorted({str(ds.get("Modality", "") or "") for ds in found} - {""})
     return Manifest(kos, study_uid, str(first.get("AccessionNumber", "") or ""), modalities,
-                    str(first.get("StudyDate", "") or ""), str(first.get("StudyTime", "") or ""), len(found))
+                    str(first.get("StudyDate", "") or ""), str(first.get("StudyTime", "") or ""), len(found),
+                    [str(ds.SOPInstanceUID) for ds in earlier])
 
 
 def _is_manifest(archive, ds: Dataset) -> bool:
@@ -103,6 +109,7 @@ class Published:
     entry_uuid: str
     patient_id: str
     status: str
+    replaced: str = ""  # the entryUUID of the earlier manifest's entry this one replaced (RPLC)
 
 
 def check_patient(archive, m: Manifest, cx: str) -> None:
@@ -132,8 +139,22 @@ def check_patient(archive, m: Manifest, cx: str) -> None:
                      f"`ihe pix listen` receive the cross-reference first")
 
 
+def replaced_entry(registry, m: Manifest, cx: str) -> str:
+    """The entryUUID of the approved DocumentEntry of the study's latest earlier manifest (found
+    by its uniqueId, ITI-18), which a new manifest replaces (RPLC); '' when there is none."""
+    from ihecli.xds.client import registry_stored_query
+    from ihecli.xds.model import DocumentEntry
+
+    if not m.previous:
+        return ""
+    got = registry_stored_query(registry, "get-documents", {"$XDSDocumentEntryUniqueId": m.previous}).objects
+    approved = [o for o in got if isinstance(o, DocumentEntry) and o.status.endswith("Approved")
+                and o.patient_id == cx]
+    return max(approved, key=lambda o: o.creation_time or "").entry_uuid if approved else ""
+
+
 def publish(client, archive, study_uid: str, *, domain, patient: str | None, retrieve_aet: str, repository_uid: str,
-            store: bool = True, title: str = "") -> Published:
+            store: bool = True, title: str = "", registry=None) -> Published:
     """Provide and Register Imaging Document Set - MTOM/XOP (RAD-68): the study's manifest to the
     XDS repository behind ``client``; with ``store`` also into the archive, so that C-FIND and
     the RAD-69 consumer see the same document. ``patient``: the affinity domain patient ID
@@ -149,8 +170,16 @@ def publish(client, archive, study_uid: str, *, domain, patient: str | None, ret
         raise IheError(f"study {study_uid} has no Patient ID: give the affinity domain's with --patient")
     cx = make_cx(pid, domain.assigning_authority)
     check_patient(archive, m, cx)
+    replaces = ""
+    if registry is not None:
+        try:
+            replaces = replaced_entry(registry, m, cx)
+        except IheError as e:  # the new manifest still goes; the earlier one stays approved beside it
+            log.warning("study %s: the earlier manifest was not looked up (%s); the new one does not replace it",
+                        study_uid, e)
     data = encode(m.kos)
-    sub = make_submissions([(f"{study_uid}.dcm", data)], domain, Options(patient=cx, title=title or "Imaging manifest"))[0]
+    sub = make_submissions([(f"{study_uid}.dcm", data)], domain,
+                           Options(patient=cx, title=title or "Imaging manifest", replace=replaces))[0]
     de = sub.documents[0][0]
     de.unique_id = str(m.kos.SOPInstanceUID)
     de.event_codes = [Code(mod, DCM_SCHEME, mod) for mod in m.modalities]
@@ -159,4 +188,4 @@ def publish(client, archive, study_uid: str, *, domain, patient: str | None, ret
     res = provide_and_register(client, sub)
     if store:
         archive.store(data)
-    return Published(m, de.unique_id, de.entry_uuid, cx, res.status)
+    return Published(m, de.unique_id, de.entry_uuid, cx, res.status, replaces)
