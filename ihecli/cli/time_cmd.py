@@ -59,6 +59,6 @@ def check_cmd(
         output.kv([("server", r.server), ("offset", f"{r.offset * 1000:+.3f} ms"),
                    ("delay", f"{r.delay * 1000:.3f} ms"), ("stratum", r.stratum), ("reference", r.reference)])
         if not r.ok:
-            output.warn(f"the clock is {abs(r.offset):.3f} s off, more than {tolerance:g} s")
+            output.warn(f"the clock is {abs(r.offset) * 1000:.3f} ms off, more than the {tolerance * 1000:g} ms allowed")
     if not r.ok:
         raise typer.Exit(ExitStatus.REFUSED)
