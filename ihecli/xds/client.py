@@ -86,9 +86,7 @@ _ONE_OBJECT = ("get-folders-for-document", "get-related-documents", "get-submiss
                "get-folder-and-contents")
 
 
-_STATUS_URN = "urn:oasis:names:tc:ebxml-regrep:StatusType:"
-_STATUSES = {"approved": _STATUS_URN + "Approved", "deprecated": _STATUS_URN + "Deprecated",
-             "submitted": _STATUS_URN + "Submitted"}
+_STATUSES = {"approved": v.APPROVED, "deprecated": v.DEPRECATED, "submitted": v.SUBMITTED}
 _DEFERRED = "urn:ihe:iti:2010:StatusType:DeferredCreation"  # On-Demand Documents
 _DTM = r"\d{4}(\d{2}){0,5}"
 _UUID = r"urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
@@ -104,8 +102,8 @@ def _query_status(value: str) -> str:
         return _STATUSES[s.lower()]
     if s.lower() in long:
         return long[s.lower()]
-    raise UsageError(f"bad --status {value!r}: give approved, deprecated or submitted "
-                     f"(or the full urn, {_STATUS_URN}Approved)")
+    raise UsageError(f"bad --status {value!r}: give approved, deprecated or submitted (or the full urn, "
+                     f"{v.APPROVED})")
 
 
 def _query_time(value: str | None, option: str) -> str | None:

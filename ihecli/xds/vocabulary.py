@@ -52,6 +52,7 @@ ASSOCIATION_NAMES = {"HasMember": HAS_MEMBER, "RPLC": RPLC, "APND": APND, "XFRM"
 
 APPROVED = "urn:oasis:names:tc:ebxml-regrep:StatusType:Approved"
 DEPRECATED = "urn:oasis:names:tc:ebxml-regrep:StatusType:Deprecated"
+SUBMITTED = "urn:oasis:names:tc:ebxml-regrep:StatusType:Submitted"
 SUCCESS = "urn:oasis:names:tc:ebxml-regrep:ResponseStatusType:Success"
 FAILURE = "urn:oasis:names:tc:ebxml-regrep:ResponseStatusType:Failure"
 PARTIAL = "urn:ihe:iti:2007:ResponseStatusType:PartialSuccess"
@@ -98,8 +99,3 @@ def status_short(status: str | None) -> str:
     return (status or "").rsplit(":", 1)[-1]
 
 
-def status_long(status: str) -> str:
-    s = status.strip()
-    if s.startswith("urn:"):
-        return s
-    return {"approved": APPROVED, "deprecated": DEPRECATED}.get(s.lower(), s)
