@@ -331,3 +331,48 @@ def test_many_ids_in_one_query_and_a_whole_submission_set_deleted(srv, tmp_path)
     assert js(ihe(srv, "xds", "query", "find-documents", "--patient", PID, "--json")) == []
     r = ihe(srv, "xds", "delete", "urn:uuid:not-a-uuid", "--yes")
     assert r.code == 2 and "not an entryUUID" in r.stderr
+
+
+# A CDA R2 header (no CDA sample is among the shared fixtures: written here after the HL7 CDA R2
+# standard's header, with the IDs and codes of the NIST connectathon code set)
+CDA = """<?xml version="1.0" encoding="UTF-8"?>
+<ClinicalDocument xmlns="urn:hl7-org:v3">
+  <typeId root="2.16.840.1.113883.1.3" extension="POCD_HD000040"/>
+  <id root="2.16.840.1.113883.19.4" extension="c266"/>
+  <code code="34133-9" codeSystem="2.16.840.1.113883.6.1" displayName="Summary of episode note"/>
+  <title>Entlassungsbrief  Innere Medizin</title>
+  <effectiveTime value="20240305143000+0100"/>
+  <confidentialityCode code="R" codeSystem="2.16.840.1.113883.5.25" displayName="restricted"/>
+  <languageCode code="de-DE"/>
+  <recordTarget><patientRole><id root="1.3.6.1.4.1.21367.2005.3.7" extension="{pid}"/></patientRole></recordTarget>
+  <author><time value="20240305"/><assignedAuthor><id root="1.2.3"/>
+    <assignedPerson><name><given>Anna</given><family>Berg</family></name></assignedPerson></assignedAuthor></author>
+  <documentationOf><serviceEvent><effectiveTime><low value="20240301"/><high value="20240305"/></effectiveTime>
+  </serviceEvent></documentationOf>
+  <component><nonXMLBody><text mediaType="text/plain">Entlassung in gutem Allgemeinzustand.</text></nonXMLBody></component>
+</ClinicalDocument>
+"""
+
+
+def test_a_cda_document_gives_its_own_metadata(srv, tmp_path):
+    """Title, type and confidentiality codes, language, creation and service times and author
+    come from the CDA header unless options say otherwise; a CDA document about another patient
+    of the affinity domain is refused, nothing submitted."""
+    doc = tmp_path / "letter.xml"
+    doc.write_text(CDA.format(pid="PID7"))
+    (d,) = js(ihe(srv, "xds", "submit", str(doc), "--patient", PID, "--json"))
+    (e,) = js(ihe(srv, "xds", "query", "get-documents", "--uuid", d["entryUUID"], "--json"))
+    assert (e["title"], e["mimeType"], e["languageCode"]) == ("Entlassungsbrief Innere Medizin", "text/xml", "de-DE")
+    assert e["typeCode"] == "34133-9^Summary of episode note^2.16.840.1.113883.6.1"
+    assert e["confidentialityCode"] == ["R^restricted^2.16.840.1.113883.5.25"]
+    assert (e["creationTime"], e["serviceStartTime"], e["serviceStopTime"]) == ("20240305133000", "20240301",
+                                                                                "20240305")
+    assert [a["person"] for a in e["author"]] == ["^Berg^Anna"]
+    (d2,) = js(ihe(srv, "xds", "submit", str(doc), "--patient", PID, "--title", "Brief", "--json"))
+    (e2,) = js(ihe(srv, "xds", "query", "get-documents", "--uuid", d2["entryUUID"], "--json"))
+    assert e2["title"] == "Brief"  # an option wins over the header
+    other = tmp_path / "other.xml"
+    other.write_text(CDA.format(pid="PID8"))
+    r = ihe(srv, "xds", "submit", str(other), "--patient", PID)
+    assert r.code == 2 and "about patient PID8" in r.stderr
+    assert len(js(ihe(srv, "xds", "query", "find-documents", "--patient", PID, "--json"))) == 2

@@ -16,7 +16,7 @@ from pathlib import Path
 from ihecli.errors import UsageError
 from ihecli.xds import vocabulary as v
 from ihecli.xds.client import Submission
-from ihecli.xds.model import (Association, Code, DocumentEntry, Folder, SubmissionSet, make_cx, new_unique_id,
+from ihecli.xds.model import (Association, Author, Code, DocumentEntry, Folder, SubmissionSet, make_cx, new_unique_id,
                               new_uuid, now_dtm)
 
 
@@ -49,27 +49,55 @@ def dicom_sop_class(data: bytes) -> str | None:
 
 
 def document_entry(data: bytes, name: str, domain, o: Options, patient: str) -> DocumentEntry:
+    from ihecli.xds.cda import read_header
+
     sop_class = dicom_sop_class(data)
     fmt = o.format_code or domain.format_code
     mime = o.mime_type
+    cda = read_header(data) if sop_class is None else None  # a CDA document says much of it itself
     if sop_class is not None:
         mime = mime or "application/dicom"
         if sop_class == v.KOS_SOP_CLASS and not o.format_code:
             fmt = v.KOS_FORMAT
+    if cda is not None:
+        check_cda_patient(cda, patient, name)
+        mime = mime or "text/xml"
     if not mime:
         mime = mimetypes.guess_type(name)[0] or "application/octet-stream"
-    return DocumentEntry(
+
+    def from_cda(given: str, found, default: str, what: str) -> Code:
+        if given or found is None:
+            return Code.parse(given or default, what)
+        return Code(found[0], found[2], found[1])
+
+    de = DocumentEntry(
         entry_uuid=new_uuid(), unique_id=new_unique_id(domain.unique_id_root), patient_id=patient,
-        title=o.title or name, mime_type=mime, object_type=v.DE_STABLE,
+        title=o.title or (cda.title if cda else "") or name, mime_type=mime, object_type=v.DE_STABLE,
         class_code=Code.parse(o.class_code or domain.class_code, "class code"),
-        type_code=Code.parse(o.type_code or domain.type_code, "type code"),
+        type_code=from_cda(o.type_code, cda.type_code if cda else None, domain.type_code, "type code"),
         format_code=Code.parse(fmt, "format code"),
         healthcare_facility_type_code=Code.parse(domain.healthcare_facility_type_code,
                                                  "healthcare facility type code"),
         practice_setting_code=Code.parse(domain.practice_setting_code, "practice setting code"),
-        confidentiality_codes=[Code.parse(o.confidentiality_code or domain.confidentiality_code,
-                                          "confidentiality code")],
-        creation_time=now_dtm(), language_code=domain.language, source_patient_id=patient)
+        confidentiality_codes=[from_cda(o.confidentiality_code, cda.confidentiality if cda else None,
+                                        domain.confidentiality_code, "confidentiality code")],
+        creation_time=(cda.creation_time if cda else "") or now_dtm(),
+        language_code=(cda.language if cda else "") or domain.language, source_patient_id=patient)
+    if cda is not None:
+        de.service_start_time, de.service_stop_time = cda.service_start, cda.service_stop
+        de.authors = [Author(person=p) for p in cda.authors]
+    return de
+
+
+def check_cda_patient(cda, patient: str, name: str) -> None:
+    """A CDA document whose recordTarget has an ID in the affinity domain must be about the patient
+    it is submitted for (IDs of other domains cannot be compared here)."""
+    parts = patient.split("^")
+    pid, hd = parts[0], (parts[3].split("&") if len(parts) > 3 else [])
+    oid = hd[1] if len(hd) > 1 else ""
+    ours = [ext for root, ext in cda.patient_ids if root == oid]
+    if ours and pid not in ours:
+        raise UsageError(f"{name}: the CDA document is about patient {ours[0]} of {oid}, not {pid}: nothing submitted")
 
 
 def make_submissions(files: list[tuple[str, bytes]], domain, o: Options, *, batch: int = 100) -> list[Submission]:
