@@ -30,8 +30,8 @@ Description = Annotated[Optional[str], typer.Option("--description", metavar="TE
                                                     help="Free-text description of what the command creates.")]
 Keys = Annotated[Optional[list[str]], typer.Option(
     "--key", "-k", metavar="KEY=VALUE",
-    help="Query key: keyword or (gggg,eeee), '=' and a value (empty: return it). Repeatable. "
-         "Sequences as Seq[0].Keyword=.")]
+    help="Attribute: keyword or (gggg,eeee), '=' and a value (a query: empty returns it; mpps: the value "
+         "sent). Repeatable. Sequences as Seq[0].Keyword=.")]
 Level = Annotated[str, typer.Option("--level", "-L", metavar="LEVEL",
                                     help="Level: patient, study, series or instance (image).")]
 Limit = Annotated[Optional[int], typer.Option("--limit", min=1, metavar="N", help="Show at most N matches.")]
