@@ -274,3 +274,10 @@ def test_a_database_in_a_folder_that_does_not_exist_is_not_made(tmp_path):
     r = run_cli("archive", "ls", "--db", f"sqlite:///{missing}", "--storage", tmp_path / "s")
     assert r.code == 2 and "no folder" in one_error_line(r.stderr)
     assert not missing.parent.exists()
+
+
+def test_import_of_nothing_dicom_fails(tmp_path, stores):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("not DICOM")
+    r = run_cli("archive", "import", tmp_path / "notes", *stores)
+    assert r.code == 1 and "ihe: error: nothing imported: no DICOM object found" in r.stderr, r.stderr

@@ -284,9 +284,13 @@ def import_cmd(ctx: typer.Context,
         dirs = f", {rep.dicomdirs} DICOMDIR skipped" if rep.dicomdirs else ""
         output.info(f"{rep.stored} stored, {rep.duplicates} already there, {rep.overwritten} overwritten, "
                     f"{rep.skipped} not DICOM{dirs}, {len(rep.failed)} failed")
+    ok = rep.stored + rep.duplicates + rep.overwritten
     if rep.failed:
-        ok = rep.stored + rep.duplicates + rep.overwritten
         raise typer.Exit(ExitStatus.PARTIAL if ok else ExitStatus.REFUSED)
+    if not ok and not rep.dicomdirs:  # not one DICOM object where DICOM was to be imported
+        if not json:
+            output.error("nothing imported: no DICOM object found")
+        raise typer.Exit(ExitStatus.REFUSED)
 
 
 LS_COLUMNS = {
