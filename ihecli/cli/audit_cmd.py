@@ -225,5 +225,4 @@ def query_cmd(
               "type": r.types, "act": r.action, "outcome": r.outcome, "users": ", ".join(r.users),
               "patients": ", ".join(r.patients), "from": r.peer} for r in rows]
     output.table(table, ["time", "event", "type", "act", "outcome", "users", "patients", "from"])
-    if rows:
-        output.found(len(rows), "event", limit=limit, extra=" (times in UTC)")
+    output.found(len(rows), "event", limit=limit, extra=" (times in UTC)")

@@ -31,6 +31,13 @@ def check_cx(value: str) -> str:
     return v
 
 
+def cx_parts(cx: str) -> tuple[str, str]:
+    """(ID, assigning authority OID) of an XDS patient ID ``ID^^^&OID&ISO`` ('' for what is absent)."""
+    parts = (cx or "").split("^")
+    hd = parts[3].split("&") if len(parts) > 3 else []
+    return parts[0], hd[1] if len(hd) > 1 else ""
+
+
 def make_cx(pid: str, authority: str) -> str:
     """A CX from an ID and an assigning authority OID (a full CX is returned unchanged)."""
     if "^" in pid:

@@ -16,8 +16,8 @@ from pathlib import Path
 from ihecli.errors import UsageError
 from ihecli.xds import vocabulary as v
 from ihecli.xds.client import Submission
-from ihecli.xds.model import (Association, Author, Code, DocumentEntry, Folder, SubmissionSet, make_cx, new_unique_id,
-                              new_uuid, now_dtm)
+from ihecli.xds.model import (Association, Author, Code, DocumentEntry, Folder, SubmissionSet, cx_parts, make_cx,
+                              new_unique_id, new_uuid, now_dtm)
 
 
 @dataclass
@@ -92,9 +92,7 @@ def document_entry(data: bytes, name: str, domain, o: Options, patient: str) -> 
 def check_cda_patient(cda, patient: str, name: str) -> None:
     """A CDA document whose recordTarget has an ID in the affinity domain must be about the patient
     it is submitted for (IDs of other domains cannot be compared here)."""
-    parts = patient.split("^")
-    pid, hd = parts[0], (parts[3].split("&") if len(parts) > 3 else [])
-    oid = hd[1] if len(hd) > 1 else ""
+    pid, oid = cx_parts(patient)
     ours = [ext for root, ext in cda.patient_ids if root == oid]
     if ours and pid not in ours:
         raise UsageError(f"{name}: the CDA document is about patient {ours[0]} of {oid}, not {pid}: nothing submitted")

@@ -119,12 +119,11 @@ def check_patient(archive, m: Manifest, cx: str) -> None:
     from ihecli.errors import UsageError
     from ihecli.pix.ids import Domain
     from ihecli.pix.notification import links
+    from ihecli.xds.model import cx_parts
 
     local = str(m.kos.get("PatientID", "") or "")
     issuer = str(m.kos.get("IssuerOfPatientID", "") or "")
-    parts = cx.split("^")
-    pid, hd = parts[0], (parts[3].split("&") if len(parts) > 3 else [])
-    oid = hd[1] if len(hd) > 1 else ""
+    pid, oid = cx_parts(cx)
     if pid == local:
         return
     with archive.connect() as conn:  # the cross-references holding the affinity domain ID
