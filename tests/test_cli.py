@@ -240,3 +240,24 @@ def test_move_converts_to_what_the_destination_accepts(archive, corpus, tmp_path
         srv.stop()
         scp.terminate()
         scp.wait(10)
+
+
+def test_one_shot_commands_log_only_problems_unless_verbose(corpus, tmp_path):
+    """A one-shot command says what it did in its own lines; the library's INFO log (here the
+    archive's account of a rejection note) shows with -v only. Servers keep logging at INFO."""
+    db = ["--db", f"sqlite:///{tmp_path / 'a.db'}", "--storage", str(tmp_path / "st")]
+    assert run_cli("archive", "import", str(corpus[0].parent), *db).code == 0
+    r = run_cli("iocm", "reject", "--reason", "quality", "--instance", str(dcmread(corpus[0]).SOPInstanceUID),
+                "--store", "--yes", *db)
+    assert r.code == 0, r.stderr
+    assert "INFO" not in r.stderr and "rejected" in r.stderr.lower()
+    r = run_cli("-v", "iocm", "reject", "--reason", "quality", "--instance", str(dcmread(corpus[1]).SOPInstanceUID),
+                "--store", "--yes", *db)
+    assert r.code == 0, r.stderr
+    assert "INFO rejection note" in r.stderr
+
+    from ihecli import cli
+
+    assert cli._words(["-c", "x.toml", "archive", "serve", "--port", "1"]) == ["archive", "serve"]
+    assert tuple(cli._words(["--profile", "serve", "xds", "serve"])) in cli.SERVERS
+    assert tuple(cli._words(["xds", "query", "serve"])) not in cli.SERVERS

@@ -50,6 +50,8 @@ def root(
     """
     ctx.obj = State(config=config, profile=profile, debug=debug)
     output.configure(quiet=quiet, verbose=verbose)
+    if _serving:
+        output.serving()
     try:
         ctx.obj.settings()  # read once; it also points the audit hook (ATNA) at the profile's repository
     except IheError:
@@ -63,6 +65,10 @@ GROUPS = {"config": "config_cmd", "archive": "archive_cmd", "dicom": "dicom_cmd"
           "hl7": "hl7_cmd", "xds": "xds_cmd", "wic": "wic_cmd", "xdsi": "xdsi_cmd", "xca": "xca_cmd",
           "xcai": "xcai_cmd", "pix": "pix_cmd", "pdq": "pdq_cmd"}
 _registered: set[str] = set()
+# the commands that run until stopped: their log (INFO) is their account of their work
+SERVERS = {("archive", "serve"), ("xds", "serve"), ("xca", "serve"), ("xca", "gateway"), ("xcai", "serve"),
+           ("xcai", "gateway"), ("audit", "serve"), ("pix", "listen")}
+_serving = False
 # root options that take a value (the group name is the first word that is not an option or one of these values)
 _VALUED = {"--config", "-c", "--profile", "-P"}
 
@@ -78,24 +84,34 @@ def register(names=None) -> None:
             _registered.add(name)
 
 
-def _group_of(args: list[str]) -> str | None:
-    skip = False
+def _words(args: list[str]) -> list[str]:
+    """The words of a command line that are neither options nor the values of root options:
+    the group, then its command."""
+    out, skip = [], False
     for a in args:
         if skip:
             skip = False
-            continue
-        if a in _VALUED:
+        elif a in _VALUED:
             skip = True
         elif not a.startswith("-"):
-            return a
-    return None
+            out.append(a)
+            if len(out) == 2:
+                break
+    return out
+
+
+def _group_of(args: list[str]) -> str | None:
+    words = _words(args)
+    return words[0] if words else None
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the app and turns every error into one line and an exit status."""
     args = sys.argv[1:] if argv is None else argv
+    global _serving
     debug = "--debug" in args
     group = _group_of(args)
+    _serving = tuple(_words(args)) in SERVERS
     # only the group the command line names (start-up time); every group for help or a typo
     if group in GROUPS and "--help" not in args[:1]:
         register([group])

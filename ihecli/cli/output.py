@@ -42,7 +42,9 @@ _state = {"quiet": False, "verbose": 0, "json": False}
 
 def configure(*, quiet: bool = False, verbose: int = 0) -> None:
     _state["quiet"], _state["verbose"] = quiet, verbose
-    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    # a one-shot command says what it did in its own lines: the log shows only what went wrong,
+    # unless -v; a server's log is its account of its work (serving() below)
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
     root = logging.getLogger("ihe")
     root.handlers.clear()
     handler = logging.StreamHandler(sys.stderr)
@@ -54,6 +56,13 @@ def configure(*, quiet: bool = False, verbose: int = 0) -> None:
         pyn = logging.getLogger("pynetdicom")
         pyn.handlers[:] = [RichHandler(console=err, show_path=False)]
         pyn.setLevel(logging.DEBUG if verbose > 2 else logging.INFO)
+
+
+def serving() -> None:
+    """A server's activity is logged at INFO (associations, messages, what was stored), unless -q."""
+    root = logging.getLogger("ihe")
+    if not _state["quiet"] and root.level > logging.INFO:
+        root.setLevel(logging.INFO)
 
 
 def count(n: int, word: str, words: str | None = None) -> str:
