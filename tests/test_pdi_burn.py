@@ -292,3 +292,25 @@ def test_an_existing_iso_is_never_overwritten(env, tmp_path):
     r = cli(env, "pdi", "burn", env["files"][0], "--iso", tmp_path / "new.iso", "--no-web")
     assert r.code == 0, r.stderr
     assert (tmp_path / "new.iso").stat().st_size > 0
+
+
+def test_a_decompressed_object_keeps_its_sop_instance_uid(env, tmp_path):
+    """Decompressing for a CD changes the transfer syntax, not the object (PS3.5 8.2): the file on
+    the medium keeps its SOP Instance UID, as its file meta and its DICOMDIR record say, so key
+    objects and presentation states that refer to it still do, and importing the CD where the
+    original is finds it already there. A source whose file meta has its UID as UT (as NIST's XA
+    does) gets file meta with the standard VRs."""
+    from pydicom.dataelem import DataElement
+
+    mg = tmp_path / "mg.dcm"
+    src = pydicom.dcmread(PDI_DATA / "OutOfBoundsOverlay.dcm")
+    uid = src.SOPInstanceUID
+    src.file_meta[0x00020003] = DataElement(0x00020003, "UT", str(uid))
+    src.save_as(mg)
+    r = cli(env, "pdi", "burn", mg, "--iso", tmp_path / "cd.iso", "--no-web", "--json")
+    assert r.code == 0 and r.json["converted"] == 1, r.stderr
+    cd = extract_iso(tmp_path / "cd.iso", tmp_path / "cd")
+    (rec,) = [x for x in pydicom.dcmread(cd / "DICOMDIR").DirectoryRecordSequence if x.DirectoryRecordType == "IMAGE"]
+    ds = pydicom.dcmread(cd.joinpath(*rec.ReferencedFileID), stop_before_pixels=True)
+    assert ds.SOPInstanceUID == ds.file_meta.MediaStorageSOPInstanceUID == rec.ReferencedSOPInstanceUIDInFile == uid
+    assert ds.file_meta["MediaStorageSOPInstanceUID"].VR == "UI"

@@ -118,7 +118,15 @@ def _convert(src: str, dst: Path) -> None:
         ds = pydicom.dcmread(src, force=True)
         ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
         if ts is not None and ts.is_compressed:
-            ds.decompress()  # pylibjpeg, pyjpegls or pydicom's own RLE decoder
+            # pylibjpeg, pyjpegls or pydicom's own RLE decoder; the same object in another transfer
+            # syntax keeps its SOP Instance UID (PS3.5 8.2), which the DICOMDIR and other objects name
+            ds.decompress(generate_instance_uid=False)
+        # the file meta of the new file, with its standard VRs (a source may have written them oddly)
+        for kw in ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID", "TransferSyntaxUID"):
+            if kw in ds.file_meta:
+                del ds.file_meta[kw]
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         dst.parent.mkdir(parents=True, exist_ok=True)
         ds.save_as(dst, enforce_file_format=True, implicit_vr=False, little_endian=True)
