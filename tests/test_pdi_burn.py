@@ -314,3 +314,22 @@ def test_a_decompressed_object_keeps_its_sop_instance_uid(env, tmp_path):
     ds = pydicom.dcmread(cd.joinpath(*rec.ReferencedFileID), stop_before_pixels=True)
     assert ds.SOPInstanceUID == ds.file_meta.MediaStorageSOPInstanceUID == rec.ReferencedSOPInstanceUIDInFile == uid
     assert ds.file_meta["MediaStorageSOPInstanceUID"].VR == "UI"
+
+
+def test_records_of_large_documents_have_their_values(env, tmp_path):
+    """Non-image objects larger than the header read (a 291 KB ECG, a 400 KB PDF) get their
+    records from their own values: the WAVEFORM record its type 1 Content Date and Time, the
+    ENCAP DOC record its Document Title (were left empty: the partial read was thrown away)."""
+    ecg = Path(pydicom.data.get_testdata_file("waveform_ecg.dcm"))
+    pdf = pydicom.dcmread(PDI_DATA / "sample-pdf.dcm")
+    pdf.DocumentTitle = "Consent form"
+    pdf.EncapsulatedDocument = bytes(pdf.EncapsulatedDocument) + b"\n%" + b" " * 400_000 + b"\n"
+    pdf.save_as(tmp_path / "big-pdf.dcm")
+    assert ecg.stat().st_size > 256 * 1024 and (tmp_path / "big-pdf.dcm").stat().st_size > 256 * 1024
+    r = cli(env, "pdi", "burn", ecg, tmp_path / "big-pdf.dcm", "--usb", tmp_path / "m", "--no-web", "--json")
+    assert r.code == 0, r.stderr
+    dd = tmp_path / "m" / "DICOMDIR"
+    recs = {x.DirectoryRecordType: x for x in pydicom.dcmread(dd).DirectoryRecordSequence}
+    assert (recs["WAVEFORM"].ContentDate, recs["WAVEFORM"].ContentTime) == ("20130125", "105919")
+    assert recs["ENCAP DOC"].DocumentTitle == "Consent form"
+    assert dciodvfy_errors(dd) == []

@@ -194,6 +194,11 @@ def read_sources(paths: Iterable[str | os.PathLike], media: str, web: bool,
             if progress:
                 progress(1)
         info.size = size
+        if info.record_type != "IMAGE" and size > len(data):
+            # the record of a document copies values of its header, which the first HEAD bytes
+            # could not give whole (pydicom refuses a cut data set): read it from the file,
+            # large values (the waveform, the PDF) left on disk
+            info.header = _full_header(p)
         if info.sop_uid in seen:
             skipped.append((p, f"SOP Instance {info.sop_uid} already selected"))
             continue
@@ -206,6 +211,19 @@ def read_sources(paths: Iterable[str | os.PathLike], media: str, web: bool,
         items.append(_Item(info, p, convert, _estimate(info, convert, web)))
     items.sort(key=_sort_key)
     return items, skipped, unreadable
+
+
+def _full_header(path: str):
+    """The data set of a file before its pixel data, values over 64 KiB read only when used."""
+    import pydicom
+    from pydicom.dataset import Dataset
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return pydicom.dcmread(path, stop_before_pixels=True, force=True, defer_size=65536)
+        except Exception:
+            return Dataset()
 
 
 def _fileset_base(items: list[_Item]) -> str:
