@@ -520,6 +520,8 @@ def import_media(medium: Medium, *, archive=None, node=None, calling_aet: str = 
 
     from ihecli.archive.ingest import ensure_part10
 
+    rewritten: set[int] = set()  # the objects reconciliation re-encoded (ids of their ImportedObject)
+
     def prepare(f: Found, data: bytes) -> tuple[ImportedObject, bytes | None]:
         i = f.info
         o = ImportedObject(f.path, "planned", f.reason, i.sop_uid, i.sop_class, i.patient_id, i.study_uid)
@@ -543,6 +545,7 @@ def import_media(medium: Medium, *, archive=None, node=None, calling_aet: str = 
                 if reconcile_dataset(ds, target, uid_map, source,
                                      reference_lookup(uid_maps, owner) if remapping else None):
                     data = _encode(ds)
+                    rewritten.add(id(o))
                     o.patient_id = str(ds.get("PatientID", "") or "")
                     o.new_uids = str(ds.SOPInstanceUID) != i.sop_uid or str(ds.StudyInstanceUID) != i.study_uid
                     o.sop_uid, o.study_uid = str(ds.SOPInstanceUID), str(ds.StudyInstanceUID)
@@ -626,6 +629,18 @@ def import_media(medium: Medium, *, archive=None, node=None, calling_aet: str = 
                 if why:
                     o.outcome = "duplicate" if o.sop_uid in known else "refused"
                     o.reason = (o.reason + "; " if o.reason else "") + why
+        if to_store and archive.writer.duplicates == "keep":
+            # a reconciled object differs from the copy an earlier import of the medium stored (the
+            # time of the modification, at least): the archive would keep that copy and warn of a
+            # conflict for each; it is simply already there
+            mine = {o.sop_uid for o, _ in to_store if id(o) in rewritten}
+            _, known = archive.uid_owners((), mine) if mine else ((), {})
+            for o, _ in to_store:
+                if id(o) in rewritten and o.sop_uid in known:
+                    o.outcome = "duplicate"
+                    if progress:
+                        progress(1)
+            to_store = [(o, d) for o, d in to_store if o.outcome != "duplicate"]
         if to_store:
             while len(storing) >= 2:  # bounded: memory stays flat
                 storing.pop(0).result()
