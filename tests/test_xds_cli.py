@@ -376,3 +376,11 @@ def test_a_cda_document_gives_its_own_metadata(srv, tmp_path):
     r = ihe(srv, "xds", "submit", str(other), "--patient", PID)
     assert r.code == 2 and "about patient PID8" in r.stderr
     assert len(js(ihe(srv, "xds", "query", "find-documents", "--patient", PID, "--json"))) == 2
+
+
+def test_metadata_names_the_options_it_overrides_by_their_names(srv, tmp_path):
+    meta = os.path.join(os.path.dirname(__file__), "data", "xds", "ipf-SubmitObjectsRequest_ebrs30.xml")
+    (tmp_path / "cda.xml").write_text("<ClinicalDocument/>")
+    r = ihe(srv, "xds", "submit", str(tmp_path / "cda.xml"), "--metadata", meta, "--class", "A^^1.2", "--type",
+            "B^^1.2", "--format", "C^^1.2")
+    assert r.code == 2 and "--class, --type, --format would not be used" in r.stderr

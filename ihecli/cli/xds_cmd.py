@@ -189,8 +189,8 @@ def submit_cmd(
 
     x = _xds(ctx)
     if metadata is not None:
-        ignored = [name for name, given in (("--patient", patient), ("--title", title), ("--class-code", class_code),
-                                            ("--type-code", type_code), ("--format-code", format_code),
+        ignored = [name for name, given in (("--patient", patient), ("--title", title), ("--class", class_code),
+                                            ("--type", type_code), ("--format", format_code),
                                             ("--confidentiality", confidentiality), ("--folder", folder),
                                             ("--replace", replace), ("--mime", mime)) if given]
         if ignored:
