@@ -378,6 +378,59 @@ def test_a_cda_document_gives_its_own_metadata(srv, tmp_path):
     assert len(js(ihe(srv, "xds", "query", "find-documents", "--patient", PID, "--json"))) == 2
 
 
+def test_a_failed_submission_set_does_not_hide_the_ones_registered(tmp_path):
+    """A repository that refuses one submission set (here: over its body limit) or goes away in
+    the middle: the sets registered before and after are listed, the failed one names its files."""
+    with Archive(f"sqlite:///{tmp_path / 'x.db'}", tmp_path / "x") as a:
+        s = XdsServer(a, repository_unique_id=REPO, max_body=64 * 1024)
+        s.start()
+        try:
+            docs = tmp_path / "docs"
+            docs.mkdir()
+            (docs / "a.txt").write_text("a")
+            (docs / "b.bin").write_bytes(os.urandom(200 * 1024))
+            (docs / "c.txt").write_text("c")
+            r = ihe(s, "xds", "submit", str(docs), "--patient", PID, "--batch", "1", "--json")
+            assert r.code == 3, r.stderr
+            assert sorted(d["title"] for d in r.json) == ["a.txt", "c.txt"]
+            assert "submission set 2/3 (b.bin)" in r.stderr and "over the limit" in r.stderr
+            held = js(ihe(s, "xds", "query", "find-documents", "--patient", PID, "--json"))
+            assert sorted(d["uniqueId"] for d in held) == sorted(d["uniqueId"] for d in r.json)
+            # the repository refuses every set: nothing registered, exit 1
+            r = ihe(s, "xds", "submit", str(docs / "b.bin"), str(docs / "b.bin"), "--patient", PID, "--batch", "1")
+            assert r.code == 1 and r.stderr.count("over the limit") == 2
+        finally:
+            s.stop()
+    # nothing reachable: the first set says so alone, exit 4
+    r = run_cli("xds", "submit", str(docs), "--patient", PID, "--batch", "1", "--repository",
+                f"http://127.0.0.1:{free_port()}/xds")
+    assert r.code == 4 and r.stderr.count("\n") == 1 and "cannot reach" in r.stderr
+
+
+def test_ctrl_c_in_a_long_submission_lists_what_was_registered(srv, tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(400):
+        (docs / f"d{i:03}.txt").write_bytes(os.urandom(64 * 1024))
+    env = {**os.environ, "IHE_DATA_DIR": str(tmp_path / "data"), "IHE_CONFIG": str(tmp_path / "none.toml")}
+    p = subprocess.Popen([sys.executable, "-m", "ihecli", "xds", "submit", str(docs), "--patient", PID, "--batch", "1",
+                          "--repository", srv.url, "--json"], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        while len(js(ihe(srv, "xds", "query", "find-documents", "--patient", PID, "--json"))) < 3:
+            assert p.poll() is None
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == 130, err
+    assert "interrupted" in err and "submission sets not sent, from set" in err
+    listed = json.loads(out)
+    held = js(ihe(srv, "xds", "query", "find-documents", "--patient", PID, "--json"))
+    assert 3 <= len(listed) < 400 and sorted(d["uniqueId"] for d in listed) == sorted(d["uniqueId"] for d in held)
+
+
 def test_metadata_names_the_options_it_overrides_by_their_names(srv, tmp_path):
     meta = os.path.join(os.path.dirname(__file__), "data", "xds", "ipf-SubmitObjectsRequest_ebrs30.xml")
     (tmp_path / "cda.xml").write_text("<ClinicalDocument/>")

@@ -15,7 +15,7 @@ import typer
 from ihecli.cli import output
 from ihecli.cli.options import (PATIENT_HELP, TITLE_HELP, OptionalTimeout, Bind, Ca, Cert, Db, DryRun, Json, NoTls, Out, Port, Storage, Tls, TlsFloor, TlsKey, Yes,
                                 state, tls_config)
-from ihecli.errors import ExitStatus, UsageError
+from ihecli.errors import ExitStatus, IheError, PeerUnreachable, UsageError
 
 app = typer.Typer(help="XDS.b: submit, query, retrieve and delete documents; serve a registry and repository.\n\n"
                        "Example: ihe xds query find-documents --patient 'PID1^^^&1.2.3&ISO'", no_args_is_help=True)
@@ -184,7 +184,6 @@ def submit_cmd(
     Example: ihe xds submit report.pdf --patient 'PID1^^^&1.3.6.1.4.1.21367.2005.3.7&ISO' --title 'CT report'
     """
     from ihecli.xds import client as xc
-    from ihecli.xds.messages import XdsError
     from ihecli.xds.source import Options, make_submissions, metadata_submission, read_files
 
     x = _xds(ctx)
@@ -225,68 +224,117 @@ def submit_cmd(
                 _client(ctx, repository, "repository", timeout, dict(cert=cert, key=tls_key, ca=ca, floor=tls_floor))
         return xc.provide_and_register(c, sub)
 
-    # the first submission set goes alone (it may create the folder the others refer to), the
-    # others two at a time: the repository works on one while the next is on the wire
+    def names(i: int) -> str:
+        """The files of submission set i, for the user to find what to send again."""
+        if metadata is not None:
+            return ""
+        chunk = [p.name for p in paths[i * batch:(i + 1) * batch]]
+        return f" ({chunk[0]})" if len(chunk) == 1 else f" ({len(chunk)} files, {chunk[0]} .. {chunk[-1]})"
+
+    def registered(sub, res) -> None:
+        _warn(res.errors)
+        ss = sub.submission_set
+        new: list[dict] = []
+        for de, data in sub.documents:
+            new.append({"entryUUID": de.entry_uuid, "uniqueId": de.unique_id, "patientId": de.patient_id,
+                        "title": de.title, "mimeType": de.mime_type, "size": len(data),
+                        "submissionSetUniqueId": ss.unique_id if ss else "", "repository": cli.url})
+        if sub.metadata is not None:
+            from ihecli.xds.ebrim import read_document_entry
+            from ihecli.net.soap.xml import RIM, q
+
+            by_id = {el.get("id"): read_document_entry(el) for el in sub.metadata.iter(q(RIM, "ExtrinsicObject"))}
+            for k, (d, mime_type) in sub.metadata_documents.items():
+                de = by_id.get(k)
+                # a symbolic id (not urn:uuid:) is replaced by the registry, which does not say by what
+                new.append({"entryUUID": k if k.startswith("urn:uuid:") else f"{k} (symbolic)",
+                            "uniqueId": de.unique_id if de else "", "patientId": de.patient_id if de else "",
+                            "title": de.title if de else "", "mimeType": mime_type, "size": len(d),
+                            "submissionSetUniqueId": "", "repository": cli.url})
+        rows.extend(new)
+
+    # Each submission set stands alone: one refused, or lost on the way (the repository went down,
+    # a body over its limit), does not hide the ones registered before or after it; the user is
+    # told which files to send again. The first set goes alone (it may create the folder the others
+    # refer to), the others two at a time: the repository works on one while the next is on the wire.
+    errors: list[IheError] = []
+    seen: set[int] = set()  # submission sets whose outcome is known
+
+    def outcome(i: int, sub, res) -> None:
+        if isinstance(res, IheError):
+            errors.append(res)
+            failed.append(str(res))
+            output.error(f"submission set {i + 1}/{len(subs)}{names(i)}: {res}")
+        else:
+            registered(sub, res)
+        seen.add(i)
+
+    interrupted = False
     with output.progress(total, "submitting", enabled=total > 1) as advance, \
             ThreadPoolExecutor(max_workers=2, thread_name_prefix="ihe-submit") as pool:
         pending = []
-        for i, sub in enumerate(subs):
-            if i == 0:
-                try:
-                    first = send(sub)
-                except XdsError as e:
-                    if len(subs) == 1:
-                        raise
-                    first = e
-                pending.append((sub, None, first))
-            else:
-                pending.append((sub, pool.submit(send, sub), None))
         try:
+            for i, sub in enumerate(subs):
+                if i == 0:
+                    try:
+                        first = send(sub)
+                    except IheError as e:
+                        if len(subs) == 1 or isinstance(e, PeerUnreachable):
+                            raise  # nothing went, nothing else will: one line, exit 4
+                        first = e
+                    pending.append((sub, None, first))
+                else:
+                    pending.append((sub, pool.submit(send, sub), None))
             for i, (sub, fut, res) in enumerate(pending):
                 try:
                     res = fut.result() if fut is not None else res
-                    if isinstance(res, XdsError):
-                        raise res
-                except XdsError as e:
-                    failed.append(str(e))
-                    output.error(f"submission set {i + 1}/{len(subs)}: {e}")
-                    advance(len(sub.documents))
-                    continue
-                _warn(res.errors)
-                ss = sub.submission_set
-                for de, data in sub.documents:
-                    rows.append({"entryUUID": de.entry_uuid, "uniqueId": de.unique_id, "patientId": de.patient_id,
-                                 "title": de.title, "mimeType": de.mime_type, "size": len(data),
-                                 "submissionSetUniqueId": ss.unique_id if ss else "", "repository": cli.url})
-                if sub.metadata is not None:
-                    from ihecli.xds.ebrim import read_document_entry
-                    from ihecli.net.soap.xml import RIM, q
-
-                    by_id = {el.get("id"): read_document_entry(el) for el in sub.metadata.iter(q(RIM, "ExtrinsicObject"))}
-                    for k, (d, mime_type) in sub.metadata_documents.items():
-                        de = by_id.get(k)
-                        # a symbolic id (not urn:uuid:) is replaced by the registry, which does not say by what
-                        rows.append({"entryUUID": k if k.startswith("urn:uuid:") else f"{k} (symbolic)",
-                                     "uniqueId": de.unique_id if de else "", "patientId": de.patient_id if de else "",
-                                     "title": de.title if de else "", "mimeType": mime_type, "size": len(d),
-                                     "submissionSetUniqueId": "", "repository": cli.url})
+                except IheError as e:
+                    res = e
+                outcome(i, sub, res)
                 advance(len(sub.documents) or len(sub.metadata_documents))
+        except KeyboardInterrupt:
+            interrupted = True
+            for _sub, fut, _res in pending:
+                if fut is not None:
+                    fut.cancel()
         except BaseException:
             for _sub, fut, _res in pending:
                 if fut is not None:
                     fut.cancel()
             raise
+    if interrupted:  # the sets on the wire were let finish (leaving the pool waits for them): say each
+        for i, (sub, fut, _res) in enumerate(pending):
+            if i not in seen and fut is not None and fut.done() and not fut.cancelled():
+                exc = fut.exception()
+                if exc is None or isinstance(exc, IheError):
+                    outcome(i, sub, exc or fut.result())
     if json:
         output.print_json(rows)
     else:
-        if len(rows) <= TABLE_MAX:
+        if not rows:
+            pass  # each failed submission set is said above
+        elif len(rows) <= TABLE_MAX:
             output.table(rows, ["uniqueId", "entryUUID", "title", "mimeType", "size"])
         else:  # a table of thousands of rows helps nobody (and takes seconds to draw): --json lists them
             output.table([{"submissionSet": k, "documents": n} for k, n in
                           Counter(r["submissionSetUniqueId"] for r in rows).items()], ["submissionSet", "documents"])
         output.info(f"{len(rows)} documents registered" + (f"; {len(failed)} submission sets failed" if failed else "")
                     + ("; --json lists them" if len(rows) > TABLE_MAX else ""))
+    if interrupted:
+        left = [i for i in range(len(subs)) if i not in seen]
+        # the first set is sent by this thread: stopped on the wire, the repository may have it;
+        # the others were let finish (their outcome is said above) or never sent
+        unsure = [i for i in left if i == 0 or (i < len(pending) and not pending[i][1].cancelled())]
+        unsent = [i for i in left if i not in unsure]
+        for i in unsure:
+            output.error(f"interrupted while sending submission set {i + 1}/{len(subs)}{names(i)}: "
+                         "check with `ihe xds query` whether it was registered before sending it again")
+        output.error(f"interrupted: {len(unsent)} of {len(subs)} submission sets not sent, from set "
+                     f"{unsent[0] + 1}{names(unsent[0])} on" if unsent else "interrupted")
+        raise typer.Exit(130)
     if failed:
+        if not rows and all(isinstance(e, PeerUnreachable) for e in errors):
+            raise typer.Exit(ExitStatus.UNREACHABLE)
         raise typer.Exit(ExitStatus.PARTIAL if rows else ExitStatus.REFUSED)
 
 
