@@ -3,6 +3,11 @@ checked with dicom3tools (dciodvfy, dcentvfy), DCMTK dcmdump, pydicom's FileSet,
 from __future__ import annotations
 
 import re
+import resource
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -333,3 +338,48 @@ def test_records_of_large_documents_have_their_values(env, tmp_path):
     assert (recs["WAVEFORM"].ContentDate, recs["WAVEFORM"].ContentTime) == ("20130125", "105919")
     assert recs["ENCAP DOC"].DocumentTitle == "Consent form"
     assert dciodvfy_errors(dd) == []
+
+
+def _ihe_limited(args, limit: int | None = None) -> subprocess.Popen:
+    """`ihe ARGS` in a process of its own; with ``limit``, files it writes cannot grow past that
+    many bytes (RLIMIT_FSIZE: a write beyond fails with EFBIG, as on a full stick)."""
+    def child():
+        if limit is not None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return subprocess.Popen([sys.executable, "-c", "import sys; from ihecli.cli import main; sys.exit(main())",
+                             *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=child, cwd=Path(__file__).parent.parent)
+
+
+def test_a_medium_that_cannot_be_written_leaves_nothing(env, tmp_path):
+    """A stick or a disk that fills up: one line naming the target and why, exit 1, and nothing
+    half-written left (no folder of files without a DICOMDIR that looks like a medium, no partial
+    ISO); a target in a place that is not a folder is a usage error before anything is read."""
+    for target in (["--usb", tmp_path / "stick"], ["--iso", tmp_path / "p.iso"]):
+        p = _ihe_limited(["pdi", "burn", *env["files"], *target, "--no-web"], limit=30_000)
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 1, err
+        assert f"cannot write {target[1]}: File too large; nothing of the medium is left there" in " ".join(err.split())
+        assert len(err.strip().splitlines()) == 1, err
+        assert sorted(x.name for x in tmp_path.iterdir()) == []
+    (tmp_path / "a-file").write_text("x")
+    r = cli(env, "pdi", "burn", *env["files"], "--usb", tmp_path / "a-file" / "stick")
+    assert r.code == 2 and "is not a folder" in r.stderr, r.stderr
+
+
+def test_an_interrupted_burn_leaves_nothing(env, tmp_path):
+    """Ctrl-C halfway through writing a USB folder: the files written so far are removed (the
+    folder was empty: it stays, empty), the interruption is said, exit 130."""
+    files = make_corpus(tmp_path / "corpus", studies=1, series=1, images=300)
+    stick = tmp_path / "stick"
+    stick.mkdir()
+    p = _ihe_limited(["pdi", "burn", *files, "--usb", stick])
+    while p.poll() is None and not any((stick / "DICOM").rglob("IMG*")):  # halfway: some objects written
+        time.sleep(0.01)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert f"interrupted: nothing of the medium is left at {stick}" in " ".join(err.split())
+    assert list(stick.iterdir()) == []

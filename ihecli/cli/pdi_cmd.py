@@ -100,9 +100,13 @@ def burn_cmd(
                 files = select_from_archive(archive, patient=patient, study=study, accession=accession,
                                             reconcile_into=Path(reconciled))
         units = len(files) * (3 if web else 2)
-        with output.progress(units, "writing media", enabled=not json) as advance:
-            rep = burn(files, iso=iso, usb=usb, media=media, web=web, size=capacity, institution=institution,
-                       fileset_id=volume_id, progress=advance)
+        try:
+            with output.progress(units, "writing media", enabled=not json) as advance:
+                rep = burn(files, iso=iso, usb=usb, media=media, web=web, size=capacity, institution=institution,
+                           fileset_id=volume_id, progress=advance)
+        except KeyboardInterrupt:
+            output.error(f"interrupted: nothing of the medium is left at {iso or usb}")
+            raise typer.Exit(130) from None
     if json:
         output.print_json({"media": rep.media, "profile": rep.profile, "objects": rep.objects, "files": rep.files,
                            "bytes": rep.bytes, "volumes": rep.volumes, "converted": rep.converted,

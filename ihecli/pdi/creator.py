@@ -6,6 +6,7 @@ volumes, each complete.
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -342,11 +343,53 @@ def write_iso(out: Path, staging: Path, direct: dict[str, str], volume_id: str,
 
 
 def check_target(iso, usb) -> None:
-    """An --iso file is never overwritten, a --usb folder never written into unless empty."""
+    """An --iso file is never overwritten, a --usb folder never written into unless empty; the
+    place must be one we can write to (said before anything is read)."""
     if iso is not None and os.path.lexists(iso):
         raise UsageError(f"{iso}: exists: remove it or choose another name")
     if usb is not None and os.path.exists(usb) and (not os.path.isdir(usb) or any(Path(usb).iterdir())):
         raise UsageError(f"{usb}: the USB folder must be new or empty")
+    target = iso if iso is not None else usb
+    if target is None:
+        return
+    # the folder that will hold it: the USB folder itself, or the nearest folder that exists
+    place = Path(os.path.abspath(usb if usb is not None and os.path.isdir(usb) else os.path.dirname(
+        os.path.abspath(target))))
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    if not place.is_dir():
+        raise UsageError(f"{target}: {place} is not a folder")
+    if not os.access(place, os.W_OK | os.X_OK):
+        why = "read-only file system" if _read_only(place) else "permission denied"
+        raise UsageError(f"{target}: cannot write in {place} ({why})")
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+# a write that fails for one of these fails the medium, not one object
+TARGET_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+
+
+def _remove_written(usb: Path | None, isos: list[Path], usb_existed: bool) -> None:
+    """What a burn that did not finish wrote: the files of the USB folder (new or empty when it
+    began; the folder itself goes when this burn made it) and the ISO images it wrote."""
+    for p in isos:
+        p.unlink(missing_ok=True)
+    if usb is None or not usb.is_dir():
+        return
+    if usb_existed:
+        for child in usb.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(usb, ignore_errors=True)
 
 
 def burn(paths: Iterable[str | os.PathLike], *, iso: Path | None = None, usb: Path | None = None,
@@ -380,6 +423,8 @@ def burn(paths: Iterable[str | os.PathLike], *, iso: Path | None = None, usb: Pa
         usb = Path(usb)
     base = clean_fileset_id(fileset_id)[:13].rstrip("_") if fileset_id else _fileset_base(items)
     pool = None
+    usb_existed = usb is not None and usb.is_dir()
+    isos_written: list[Path] = []
     try:
         if web:
             from concurrent.futures import ProcessPoolExecutor
@@ -401,6 +446,7 @@ def burn(paths: Iterable[str | os.PathLike], *, iso: Path | None = None, usb: Pa
                 vr = _write_volume(vol, root, fsid, media, volume, web, institution, iso is not None, pool, report,
                                    progress)
                 if iso is not None:
+                    isos_written.append(out_path)
                     write_iso(out_path, root, vr.direct, fsid)
                     size_written = out_path.stat().st_size
                 else:
@@ -416,6 +462,16 @@ def burn(paths: Iterable[str | os.PathLike], *, iso: Path | None = None, usb: Pa
             report.objects += len(written)
             report.files += vr.count
             report.bytes += size_written
+    except BaseException as e:
+        # a medium is complete or not there: nothing half-written is left (interrupted, disk full)
+        if pool is not None:  # no rendering still being written into it
+            pool.shutdown(wait=True, cancel_futures=True)
+            pool = None
+        _remove_written(usb, isos_written, usb_existed)
+        if isinstance(e, OSError):
+            where = usb if usb is not None else iso
+            raise IheError(f"cannot write {where}: {e.strerror or e}; nothing of the medium is left there") from None
+        raise
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -465,6 +521,8 @@ def _write_volume(vol: list[_Item], root: Path, fsid: str, media: str, volume: s
                 it.out_path = it.src if to_iso else str(root.joinpath(*file_id))
                 it.ts = f.transfer_syntax
         except Exception as ex:  # a decoder missing or failing: this object cannot go on this medium
+            if isinstance(ex, OSError) and ex.errno in TARGET_ERRNOS:
+                raise  # the medium cannot be written: no object can
             msg = str(ex).splitlines()[0] if str(ex) else type(ex).__name__
             report.failed.append((it.src, f"cannot write as {PROFILES[media]}: {msg}"))
             it.ts = ""
