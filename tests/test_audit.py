@@ -235,7 +235,12 @@ def test_cli_send_and_query(repo, pki):  # noqa: F811
     assert q.code == 0 and "MESA_XREF" in q.stdout and "PIX Query" in q.stdout
     # refused: no client certificate; a file that is no audit message; nothing listening
     r = run_cli("audit", "send", "--arr", url, "--ca", pki["ca"], "--event", "login")
-    assert r.code == 1 and "refused" in r.stderr or "closed" in r.stderr
+    assert r.code == 1 and ("refused" in r.stderr or "closed" in r.stderr)
+    # a repository whose certificate we do not trust: one line says so (no log line under it)
+    r = run_cli("audit", "send", "--arr", url, "--cert", pki["client"], "--ca", pki["other_ca"], "--event", "login")
+    said = [line for line in r.stderr.splitlines() if "audit repository:" not in line]  # the server's log, same process
+    assert r.code == 1 and len(said) == 1 and said[0].startswith("ihe: error:"), r.stderr
+    assert "certificate not trusted" in said[0]
     r = run_cli("audit", "send", "--arr", url, "--ca", pki["ca"], str(DATA / "README.md"))
     assert r.code == 1 and "not an audit message" in r.stderr
     r = run_cli("audit", "send", "--arr", f"tls://127.0.0.1:{free_port()}", "--event", "login")

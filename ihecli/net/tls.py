@@ -148,9 +148,11 @@ def remove_refusal_listener(fn: RefusalListener) -> None:
             _listeners.remove(fn)
 
 
-def report_refused(peer: str, reason: str, service: str) -> None:
-    """Tell the listeners (and the log) that ``peer`` was refused; never raises."""
-    log.warning("%s: TLS handshake with %s refused: %s", service, peer, reason)
+def report_refused(peer: str, reason: str, service: str, *, level: int = logging.WARNING) -> None:
+    """Tell the listeners (and the log) that ``peer`` was refused; never raises. ``level``: a client
+    that raises the refusal to its caller logs it at INFO (a server's log, not a second line under
+    the one-shot command's own error)."""
+    log.log(level, "%s: TLS handshake with %s refused: %s", service, peer, reason)
     with _lock:
         listeners = list(_listeners)
     for fn in listeners:
@@ -269,7 +271,7 @@ def client_handshake(sock: socket.socket, ctx: ssl.SSLContext, *, host: str, por
         return ctx.wrap_socket(sock, server_hostname=host)
     except ssl.SSLCertVerificationError as e:  # we refuse the peer: report it like a server would
         sock.close()
-        report_refused(f"{host}:{port}", describe(e), service)
+        report_refused(f"{host}:{port}", describe(e), service, level=logging.INFO)
         raise
     except BaseException:
         sock.close()
