@@ -185,6 +185,13 @@ def test_upload_usage_errors(world, tmp_path):
     assert r.code == 2 and "not a JPEG" in r.stderr
     r = run_cli("wic", "upload", f, "--patient", "P1", "--new-study", "--to", "http://127.0.0.1:1/dicom-web")
     assert r.code == 4 and "ihe: error:" in r.stderr
+    # a phone photo cut short (a copy that did not finish): named, one line, nothing sent
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(photo(tmp_path / "whole.jpg", size=(400, 300)).read_bytes()[:1500])
+    before = world["archive"].counts()["instances"]
+    r = run_cli("wic", "upload", f, cut, "--patient", "P1", "--new-study", "--to", world["url"])
+    assert r.code == 2 and r.stderr.startswith(f"ihe: error: {cut}: a damaged JPEG photo"), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and world["archive"].counts()["instances"] == before
 
 
 def _wic_body(meta, parts, boundary="wicb", meta_type="application/dicom+json"):

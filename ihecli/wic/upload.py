@@ -186,7 +186,10 @@ def prepare(files: list[Path], *, patient: str, name: str | None = None, birth_d
                 m["00080023"] = _attr("DA", ex.taken.strftime("%Y%m%d"))
                 m["00080033"] = _attr("TM", ex.taken.strftime("%H%M%S"))
             if media == "image/jpeg" and ex.orientation != 1:
-                data = _upright(data, ex.orientation)
+                try:
+                    data = _upright(data, ex.orientation)
+                except Exception as e:  # Pillow's OSError or ValueError on a cut or damaged file
+                    raise UsageError(f"{path}: a damaged JPEG photo ({e}); nothing was sent") from None
                 m["00204000"] = _attr("LT", f"turned upright from EXIF orientation {ex.orientation}")
         out.append(Capture(Path(path), media, data, m))
     if new_study:  # the new study's date: the earliest acquisition among the files
