@@ -437,3 +437,20 @@ def test_metadata_names_the_options_it_overrides_by_their_names(srv, tmp_path):
     r = ihe(srv, "xds", "submit", str(tmp_path / "cda.xml"), "--metadata", meta, "--class", "A^^1.2", "--type",
             "B^^1.2", "--format", "C^^1.2")
     assert r.code == 2 and "--class, --type, --format would not be used" in r.stderr
+
+
+def test_retrieve_out_folder_and_write_errors_are_one_line(srv, tmp_path):
+    (tmp_path / "a.txt").write_text("a")
+    (d,) = js(ihe(srv, "xds", "submit", str(tmp_path / "a.txt"), "--patient", PID, "--json"))
+    # a folder that cannot be made: a usage error before anything is fetched
+    r = ihe(srv, "xds", "retrieve", d["uniqueId"], "--out", str(tmp_path / "a.txt" / "docs"))
+    assert r.code == 2 and r.stderr == f"ihe: error: cannot make the folder {tmp_path / 'a.txt' / 'docs'}: " \
+                                       "Not a directory\n"
+    # the document's file cannot be written (a folder has its name): said, nothing half-written left
+    out = tmp_path / "out"
+    (out / f"{d['uniqueId']}.txt").mkdir(parents=True)
+    r = ihe(srv, "xds", "retrieve", d["uniqueId"], "--out", str(out))
+    assert r.code == 1 and r.stderr.startswith(f"ihe: error: cannot write {out / d['uniqueId']}.txt: "), r.stderr
+    assert sorted(p.name for p in out.iterdir()) == [f"{d['uniqueId']}.txt"]
+    r = ihe(srv, "xds", "retrieve", d["uniqueId"], "--out", str(tmp_path / "ok"), "--json")
+    assert r.code == 0 and [p.read_text() for p in (tmp_path / "ok").iterdir()] == ["a"]

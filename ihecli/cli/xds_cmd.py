@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import mimetypes
+import os
 import re
 from collections import Counter
 import signal
@@ -475,6 +476,7 @@ def retrieve_cmd(
 
     repo = repository_id or _xds(ctx).repository_unique_id
     reqs = [DocumentRequest(repo, u.strip(), home or "") for u in unique_ids]
+    out_folder(out)  # before anything is fetched
     cli = _client(ctx, repository, "repository", timeout, dict(cert=cert, key=tls_key, ca=ca, floor=tls_floor))
     try:
         res = xc.retrieve_document_set(cli, reqs)
@@ -496,18 +498,36 @@ def retrieve_cmd(
         raise typer.Exit(ExitStatus.PARTIAL if documents else ExitStatus.REFUSED)
 
 
+def out_folder(out: Path) -> None:
+    """The --out folder, made if need be; a usage error when it cannot be."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot make the folder {out}: {e.strerror or e}") from None
+
+
 def write_documents(out: Path, documents) -> list[dict]:
-    """Each retrieved document as DIR/<uniqueId><extension of its MIME type>; a row for each."""
+    """Each retrieved document as DIR/<uniqueId><extension of its MIME type>; a row for each.
+
+    Written under a temporary name and renamed: a file with a document's name is whole (an
+    interrupted run or a full disk leaves no truncated document behind)."""
     from ihecli.xds.model import OID_RE
 
-    out.mkdir(parents=True, exist_ok=True)
+    out_folder(out)
     rows = []
     for d in documents:
         safe = d.document_unique_id if OID_RE.match(d.document_unique_id) else \
             "".join(ch if ch.isalnum() or ch in ".-_" else "_" for ch in d.document_unique_id)[:120] or "document"
         ext = EXT.get(d.mime_type) or mimetypes.guess_extension(d.mime_type or "") or ".bin"
         path = out / (safe + ext)
-        path.write_bytes(d.data)
+        part = path.with_name(f".{path.name}.{os.getpid()}.part")
+        try:
+            part.write_bytes(d.data)
+            os.replace(part, path)
+        except OSError as e:
+            part.unlink(missing_ok=True)
+            raise IheError(f"cannot write {path}: {e.strerror or e} ({len(rows)} of {len(documents)} "
+                           f"documents written)") from None
         rows.append({"uniqueId": d.document_unique_id, "repositoryUniqueId": d.repository_unique_id,
                      "home": d.home, "mimeType": d.mime_type, "size": len(d.data), "path": str(path)})
     return rows
