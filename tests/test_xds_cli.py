@@ -454,3 +454,14 @@ def test_retrieve_out_folder_and_write_errors_are_one_line(srv, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [f"{d['uniqueId']}.txt"]
     r = ihe(srv, "xds", "retrieve", d["uniqueId"], "--out", str(tmp_path / "ok"), "--json")
     assert r.code == 0 and [p.read_text() for p in (tmp_path / "ok").iterdir()] == ["a"]
+
+
+def test_a_file_name_that_is_not_utf8_is_submitted(srv, tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / os.fsdecode(b"caf\xe9.txt")).write_text("Latin-1 name")  # as on an old share or CD
+    r = ihe(srv, "xds", "submit", str(docs), "--patient", PID, "--json")
+    assert r.code == 0, r.stderr
+    assert [d["title"] for d in r.json] == ["café.txt"]
+    (e,) = js(ihe(srv, "xds", "query", "find-documents", "--patient", PID, "--json"))
+    assert e["title"] == "café.txt" and e["mimeType"] == "text/plain"

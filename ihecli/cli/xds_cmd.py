@@ -211,7 +211,7 @@ def submit_cmd(
         files_data = []
         for p in paths:
             try:
-                files_data.append((p.name, p.read_bytes()))
+                files_data.append((file_title(p.name), p.read_bytes()))
             except OSError as e:
                 raise UsageError(f"{p}: {e.strerror or e}") from None
         subs = make_submissions(files_data, x, opts, batch=batch)
@@ -229,7 +229,7 @@ def submit_cmd(
         """The files of submission set i, for the user to find what to send again."""
         if metadata is not None:
             return ""
-        chunk = [p.name for p in paths[i * batch:(i + 1) * batch]]
+        chunk = [file_title(p.name) for p in paths[i * batch:(i + 1) * batch]]
         return f" ({chunk[0]})" if len(chunk) == 1 else f" ({len(chunk)} files, {chunk[0]} .. {chunk[-1]})"
 
     def registered(sub, res) -> None:
@@ -496,6 +496,16 @@ def retrieve_cmd(
                     "(repositoryUniqueId in `ihe xds query ... --json`)")
     if errors or not documents:
         raise typer.Exit(ExitStatus.PARTIAL if documents else ExitStatus.REFUSED)
+
+
+def file_title(name: str) -> str:
+    """A file name as text: names that are not UTF-8 (Latin-1 media, old shares) arrive with
+    surrogate escapes, which no XML or terminal takes; they are read as Latin-1."""
+    raw = os.fsencode(name)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
 
 
 def out_folder(out: Path) -> None:
