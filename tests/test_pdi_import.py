@@ -165,7 +165,15 @@ def test_corrupt_iso_and_corrupt_dicomdir(tmp_path):
     bad = tmp_path / "bad.iso"
     bad.write_bytes(b"\x00" * 40000 + os.urandom(10000))
     r = imp(tmp_path, bad)
+    assert r.code == 2 and "neither an ISO 9660 image nor a zip file, not a medium" in r.stderr and r.stdout == ""
+    # an image cut short after its first volume descriptor
+    assert run_cli("pdi", "burn", PDI_DATA / "sample-pdf.dcm", "--iso", tmp_path / "whole.iso", "--no-web").code == 0
+    bad.write_bytes((tmp_path / "whole.iso").read_bytes()[:0x8800])
+    r = imp(tmp_path, bad)
     assert r.code == 2 and "not a readable ISO 9660 image" in r.stderr and r.stdout == ""
+    # one DICOM file is not a medium: said so (was 'not a readable ISO 9660 image: ... at least one PVD')
+    r = imp(tmp_path, PDI_DATA / "sample-pdf.dcm")
+    assert r.code == 2 and "sample-pdf.dcm: a DICOM file, not a medium" in r.stderr and "ihe archive import" in r.stderr
     medium = charset_medium(tmp_path / "cd")
     data = (medium / "DICOMDIR").read_bytes()
     (medium / "DICOMDIR").write_bytes(data[:132] + os.urandom(400))  # the preamble survives, the rest is garbage

@@ -252,6 +252,15 @@ def open_medium(source: str | os.PathLike) -> Medium:
         raise MediumError(f"{p}: no such file or folder")
     if zipfile.is_zipfile(p):
         return ZipMedium(p)
+    try:
+        with open(p, "rb") as f:
+            head = f.read(0x8006)
+    except OSError as e:
+        raise MediumError(f"{p}: cannot read: {e.strerror or e}") from None
+    if head[0x8001:0x8006] != b"CD001":  # no ISO 9660 volume descriptor where every image has one
+        what = "a DICOM file" if looks_like_dicom(head) else "neither an ISO 9660 image nor a zip file"
+        raise MediumError(f"{p}: {what}, not a medium: give the folder of a CD or USB stick, an .iso image or a zip"
+                          + (" (files go into the archive with ihe archive import)" if looks_like_dicom(head) else ""))
     return IsoMedium(p)
 
 
