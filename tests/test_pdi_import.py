@@ -705,3 +705,20 @@ def test_importing_a_medium_again_gives_the_same_new_uids(tmp_path):
     with archive_of(tmp_path) as a:
         assert gone not in {x.sop_uid for x in a.instances(_ident(PatientID="LOCAL1"))}
         assert a.uid_owners((), [gone])[1] == {}
+
+
+def test_one_object_is_said_in_the_singular(tmp_path):
+    """A medium of one object: README.TXT and the import summary say '1 object' (were '1 objects'),
+    and a study without a description leaves no gap in README.TXT's contents line."""
+    src = tmp_path / "src"
+    src.mkdir()
+    ds = pydicom.dcmread(PDI_DATA / "sample-pdf.dcm")
+    del ds.StudyDescription
+    ds.save_as(src / "doc.dcm")
+    assert run_cli("pdi", "burn", src / "doc.dcm", "--usb", tmp_path / "m", "--no-web").code == 0
+    readme = (tmp_path / "m" / "README.TXT").read_text()
+    line = next(ln for ln in readme.splitlines() if "(ID " in ln)
+    assert line.endswith("[OT], 1 object") and "  [" not in line, line
+    r = run_cli("pdi", "import", tmp_path / "m", "--db", f"sqlite:///{tmp_path / 'arc.db'}", "--storage",
+                tmp_path / "storage")
+    assert r.code == 0 and "1 object: 1 stored," in " ".join(r.stderr.split()), r.stderr

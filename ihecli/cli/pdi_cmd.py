@@ -138,7 +138,7 @@ def _chooser():
     def choose(mp, cands):
         output.err.print(f"Medium patient: {mp.name or 'unnamed'}, ID {mp.patient_id or '-'}"
                          f"{' (' + mp.issuer + ')' if mp.issuer else ''}, born {mp.birth_date or '-'}, "
-                         f"{mp.objects} objects", markup=False)
+                         f"{output.count(mp.objects, 'object')}", markup=False)
         for k, c in enumerate(cands, 1):
             output.err.print(f"  {k}. {c.name or 'unnamed'}, ID {c.patient_id}{' (' + c.issuer + ')' if c.issuer else ''}"
                              f", born {c.birth_date or '-'}; same {', '.join(c.matches)}", markup=False)
@@ -220,7 +220,8 @@ def import_cmd(
         c = rep.counts
         verb = "would be stored" if dry_run else ("sent" if node else "stored")
         n_ok = c.get("planned", 0) if dry_run else c.get("sent", 0) + c.get("stored", 0)
-        output.info(f"{sum(v for k, v in c.items() if k != 'files_skipped')} objects: {n_ok} {verb}, "
+        found = sum(v for k, v in c.items() if k != 'files_skipped')
+        output.info(f"{output.count(found, 'object')}: {n_ok} {verb}, "
                     f"{c.get('duplicate', 0)} already there, {c.get('skipped', 0)} skipped, "
                     f"{c.get('failed', 0)} failed, {c.get('dangling', 0)} missing from the medium, "
                     f"{c.get('refused', 0)} refused; {c.get('files_skipped', 0)} other files skipped; {rep.seconds} s")

@@ -254,9 +254,10 @@ def _readme(report_media: str, volume: str, vol_items: list[_Item], institution:
     for group in by_study.values():
         f = group[0].info
         mods = "/".join(sorted({i.info.modality or "OT" for i in group}))
+        desc = f" {f.study_description}" if f.study_description else ""
         lines.append(f"  {v.person(f.patient_name) or 'Unnamed'} (ID {f.patient_id or '-'}): "
-                     f"{v.pretty_date(f.study_date) or 'no date'} {f.study_description or ''} [{mods}], "
-                     f"{len(group)} objects")
+                     f"{v.pretty_date(f.study_date) or 'no date'}{desc} [{mods}], "
+                     f"{len(group)} object{'' if len(group) == 1 else 's'}")
     lines += [
         "",
         "HOW TO VIEW",

@@ -669,7 +669,8 @@ def import_media(medium: Medium, *, archive=None, node=None, calling_aet: str = 
     report.skipped_files = survey.skipped
     new = sum(1 for o in results if o.new_uids)
     if new:
-        report.notes.append(f"{new} objects got new UIDs (the same on every import of them for this patient): the "
+        report.notes.append(f"{new} object{'' if new == 1 else 's'} got new UIDs"
+                            f" (the same on every import of them for this patient): the "
                             "local archive, or other objects of the medium, hold their UIDs for other data")
     report.objects = results
     report.count()
