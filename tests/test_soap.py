@@ -253,3 +253,39 @@ def test_clients_share_kept_alive_connections_and_survive_a_server_restart():
         assert len(clients) == 4 and clients[3] != clients[0]
     finally:
         srv.stop()
+
+
+def test_an_answer_that_is_no_soap_is_said_in_one_line(tmp_path):
+    """A wrong path on a SOAP server, a plain web server: the status, the media type and what it said."""
+    import subprocess
+    import sys
+
+    from helpers import free_port, wait_port
+    from ihecli.errors import IheError
+
+    from ihecli.archive import Archive
+    from ihecli.xds.server import XdsServer
+
+    with Archive(f"sqlite:///{tmp_path / 'x.db'}", tmp_path / "x") as a:
+        srv = XdsServer(a, repository_unique_id="1.2.3")
+        srv.start()
+        wrong = srv.url.rsplit("/", 1)[0] + "/wrong"
+        try:
+            with pytest.raises(IheError) as e:
+                SoapClient(wrong, timeout=5).call("urn:x:Ping", etree.Element("{urn:y}P"))
+        finally:
+            srv.stop()
+    assert str(e.value) == f"{wrong} answered HTTP 404 Not Found with text/plain, not a SOAP message (is the " \
+                           "endpoint's path right?): Not Found"
+    port = free_port()
+    web = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"], cwd=tmp_path,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, 20)
+        with pytest.raises(IheError) as e:
+            SoapClient(f"http://127.0.0.1:{port}/xds", timeout=5).call("urn:x:Ping", etree.Element("{urn:y}P"))
+    finally:
+        web.terminate()
+        web.wait(10)
+    assert str(e.value).startswith(f"http://127.0.0.1:{port}/xds answered HTTP 501 ")
+    assert str(e.value).endswith("with text/html, not a SOAP message: Error response")  # the page's title

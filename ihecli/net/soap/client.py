@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import logging
 import os
+import re
 import socket
 import threading
 
@@ -139,6 +140,18 @@ def tls_error(url: str, e: BaseException) -> PeerUnreachable:
     return PeerUnreachable(f"cannot reach {url}: TLS failed: {why}")
 
 
+def not_soap(url: str, status: int, reason: str | None, ctype: str, content: bytes) -> str:
+    """What came back instead of a SOAP message, in one line: the HTTP status, the media type and
+    the start of the text (an HTML page's title), and a hint on a 404 (a wrong path)."""
+    text = content[:4096].decode("utf-8", "replace")
+    title = re.search(r"<title[^>]*>(.*?)</title>", text, re.I | re.S)
+    said = " ".join((title.group(1) if title else re.sub(r"<[^>]*>", " ", text)).split())[:120]
+    media = ctype.split(";")[0].strip() or "no Content-Type"
+    hint = " (is the endpoint's path right?)" if status == 404 else ""
+    return (f"{url} answered HTTP {status}{' ' + reason if reason else ''} with {media}, not a SOAP message{hint}"
+            + (f": {said}" if said else ""))
+
+
 class SoapClient:
     """A SOAP 1.2 endpoint: ``call(action, body, attachments=None)`` -> SoapMessage.
 
@@ -179,10 +192,8 @@ class SoapClient:
         ctype = r.headers.get("Content-Type", "")
         try:
             msg = mtom.decode(content, ctype)
-        except SoapFault as e:
-            snippet = content[:200].decode("utf-8", "replace").strip().replace("\n", " ")
-            raise IheError(f"{self.url} answered HTTP {r.status_code} without a SOAP message ({e}): {snippet}") \
-                from None
+        except SoapFault:
+            raise IheError(not_soap(self.url, r.status_code, r.reason, ctype, content)) from None
         fault = msg.fault()
         if fault is not None:
             sub = f" [{fault.subcode}]" if fault.subcode else ""
