@@ -311,3 +311,13 @@ def test_acknowledgements_are_valid_hl7(tmp_path):
             assert m.msh.msh_9.to_er7() == "ACK^A31^ACK"
     finally:
         archive.close()
+
+
+def test_a_query_sent_to_a_pix_consumer_is_refused_in_one_plain_line(listener):
+    """`ihe pix query` pointed at a PIX Consumer (which takes only ADT^A31): its AR, its reason once."""
+    _archive, srv, _receiver = listener
+    r = run_cli("pix", "query", "13278", "--domain", "HIMSS2005", "--manager", f"127.0.0.1:{srv.port}")
+    said = [line for line in r.stderr.splitlines() if "notification refused" not in line]  # the listener's log
+    assert r.code == 1 and len(said) == 1, r.stderr
+    assert said[0].startswith("ihe: error: the PIX Manager refused the query (AR): ")
+    assert said[0].count("a PIX Consumer takes ADT^A31") == 1

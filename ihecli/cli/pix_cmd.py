@@ -143,7 +143,11 @@ def query_cmd(
                             receiving_app=p.manager_application, receiving_facility=p.manager_facility)
     where = f" in {', '.join(str(d) for d in targets)}" if targets else ""
     if ans.status in ("AE", "AR"):
-        why = "; ".join(x for x in [ans.text, *ans.errors] if x) or "no reason given"
+        # MSA-3 is often repeated as ERR-8, the user message: said once
+        said = [e for e in ans.errors if e]
+        if ans.text and not any(ans.text in e for e in said):
+            said.insert(0, ans.text)
+        why = "; ".join(said) or "no reason given"
         raise IheError(f"the PIX Manager refused the query ({ans.status}): {why}")
     if not ans.identifiers:
         raise IheError(f"the PIX Manager has no identifier{where} for {pid} (status {ans.status})")
