@@ -383,3 +383,34 @@ def test_an_interrupted_burn_leaves_nothing(env, tmp_path):
     assert p.returncode == 130, err
     assert f"interrupted: nothing of the medium is left at {stick}" in " ".join(err.split())
     assert list(stick.iterdir()) == []
+
+
+RENDER_MEMORY = r"""
+import re, sys
+from ihecli.pdi.render import render_to
+dst, size, w, h, err, frames = render_to((sys.argv[1], sys.argv[2], sys.argv[3]))
+assert not err, err
+# the peak of this process (ru_maxrss would count the test process it was forked from)
+print(len(frames), re.search(r"VmHWM:\s*(\d+) kB", open("/proc/self/status").read()).group(1))
+"""
+
+
+def test_a_huge_multi_frame_object_is_rendered_a_frame_at_a_time(tmp_path):
+    """A 240 MB cine loop (600 frames of 640 x 640): its web renderings (500 frames shown) are
+    made reading one frame at a time; the rendering process stays far smaller than the object
+    (it held the object and its decoded array: more than twice its size)."""
+    ds = pydicom.dcmread(PDI_DATA / "xdsi" / "us022.dcm")
+    n, rows, cols = 600, 640, 640
+    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, cols, n
+    ramp = (np.add.outer(np.arange(rows), np.arange(cols)) % 256).astype(np.uint8)
+    ds.PixelData = b"".join(np.roll(ramp, k, axis=1).tobytes() for k in range(n))
+    src = tmp_path / "cine.dcm"
+    ds.save_as(src)
+    del ds
+    size_kib = src.stat().st_size // 1024
+    p = subprocess.run([sys.executable, "-c", RENDER_MEMORY, str(src), str(tmp_path / "IM.JPG"), str(tmp_path / "F")],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    shown, maxrss_kib = map(int, p.stdout.split())
+    assert shown == 499 and len(list((tmp_path / "F").glob("F*.JPG"))) == 499
+    assert maxrss_kib < size_kib // 2, f"{maxrss_kib} KiB to render a {size_kib} KiB object"

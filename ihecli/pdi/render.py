@@ -97,13 +97,16 @@ def orient(arr: np.ndarray, current: list[str], target: tuple[str, str]) -> np.n
     return arr
 
 
-def display_array(ds, frame_index: int = 0) -> np.ndarray:
-    """The frame as 8-bit grey or RGB, windowed and, for mammograms, oriented for display."""
+def display_array(ds, frame_index: int = 0, frame: np.ndarray | None = None) -> np.ndarray:
+    """The frame as 8-bit grey or RGB, windowed and, for mammograms, oriented for display
+    (``frame``: that frame's pixels, already decoded; else decoded from ``ds``)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             nframes = int(ds.get("NumberOfFrames", 1) or 1)
-            if nframes > 1:
+            if frame is not None:
+                arr = frame
+            elif nframes > 1:
                 arr = ds.pixel_array[frame_index]
             else:
                 arr = ds.pixel_array
@@ -143,14 +146,15 @@ def jpeg_bytes(arr: np.ndarray, quality: int = 88, max_side: int = MAX_SIDE) -> 
     return buf.getvalue(), img.size[0], img.size[1]
 
 
-def read_image(path: str):
-    """The dataset of a DICOM file, for rendering; raises RenderError."""
+def read_image(path: str, defer: bool = False):
+    """The dataset of a DICOM file, for rendering (``defer``: values over 1 MiB, the pixel data,
+    read from the file only when used); raises RenderError."""
     import pydicom
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return pydicom.dcmread(path, force=True)
+            return pydicom.dcmread(path, force=True, defer_size=1 << 20 if defer else None)
     except Exception as e:
         raise RenderError(f"cannot read {path}: {e}") from None
 
@@ -160,10 +164,34 @@ def render_file(path: str, frame_index: int = 0) -> tuple[bytes, int, int]:
     return render_dataset(read_image(path), frame_index)
 
 
-def render_dataset(ds, frame_index: int = 0) -> tuple[bytes, int, int]:
+def render_dataset(ds, frame_index: int = 0, frame: np.ndarray | None = None) -> tuple[bytes, int, int]:
     if "PixelData" not in ds and "FloatPixelData" not in ds:
         raise RenderError("no pixel data")
-    return jpeg_bytes(display_array(ds, frame_index))
+    return jpeg_bytes(display_array(ds, frame_index, frame))
+
+
+def _frames_of(src: str, ds, indices: list[int]):
+    """(index, pixels) of the frames ``indices`` of a multi-frame file, decoded one at a time from
+    the file (pydicom's iter_pixels), so that memory holds one frame and not the object, which
+    may be gigabytes; files it cannot read so (a broken offset table) are decoded whole."""
+    from pydicom.pixels import iter_pixels
+
+    k = -1
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for k, arr in zip(indices, iter_pixels(src, indices=indices)):
+                yield k, arr
+        return
+    except Exception:
+        if k >= 0:
+            raise  # some frames came: the one that did not cannot be shown
+    whole = read_image(src)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        arrays = whole.pixel_array
+    for k in indices:
+        yield k, arrays[k]
 
 
 def render_to(job: tuple[str, str, str | None]) -> tuple[str, int, int, int, str, list]:
@@ -175,8 +203,14 @@ def render_to(job: tuple[str, str, str | None]) -> tuple[str, int, int, int, str
     width, height) of the other frames written, in order."""
     src, dst, frames_dir = job
     try:
-        ds = read_image(src)
-        data, w, h = render_dataset(ds)
+        ds = read_image(src, defer=True)  # the pixel data left on disk until it is decoded
+        n = int(ds.get("NumberOfFrames", 1) or 1)
+        if n > 1 and "PixelData" in ds:
+            shown = iter(_frames_of(src, ds, frame_indices(n) if frames_dir else [0]))
+            data, w, h = render_dataset(ds, 0, next(shown)[1])
+        else:
+            shown = None
+            data, w, h = render_dataset(ds)
     except RenderError as e:
         return dst, 0, 0, 0, str(e), []
     except Exception as e:  # a decoder failing on hostile data
@@ -184,18 +218,17 @@ def render_to(job: tuple[str, str, str | None]) -> tuple[str, int, int, int, str
     with open(dst, "wb") as f:
         f.write(data)
     frames = []
-    n = int(ds.get("NumberOfFrames", 1) or 1) if frames_dir else 1
-    if n > 1:
+    if shown is not None and frames_dir:
         import os
 
         os.makedirs(frames_dir, exist_ok=True)
-        for k in frame_indices(n)[1:]:
-            try:
-                fdata, fw, fh = render_dataset(ds, k)
-            except Exception:  # noqa: BLE001 - a frame that cannot be shown ends the sequence shown
-                break
-            name = f"F{k + 1:07d}.JPG"
-            with open(os.path.join(frames_dir, name), "wb") as f:
-                f.write(fdata)
-            frames.append((k + 1, name, len(fdata), fw, fh))
+        try:
+            for k, arr in shown:
+                fdata, fw, fh = render_dataset(ds, k, arr)
+                name = f"F{k + 1:07d}.JPG"
+                with open(os.path.join(frames_dir, name), "wb") as f:
+                    f.write(fdata)
+                frames.append((k + 1, name, len(fdata), fw, fh))
+        except Exception:  # noqa: BLE001 - a frame that cannot be shown ends the sequence shown
+            pass
     return dst, len(data), w, h, "", frames
