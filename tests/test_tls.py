@@ -2,10 +2,12 @@
 real handshakes on loopback sockets (certificates made by trustme)."""
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 import threading
 import warnings
+from pathlib import Path
 
 import pytest
 import trustme
@@ -177,6 +179,18 @@ def test_bad_files_are_usage_errors(pki, tmp_path):
         tls.context(tls.TlsConfig(cert=str(junk)), server=False)
     with pytest.raises(UsageError, match="needs a certificate"):
         tls.context(tls.TlsConfig(), server=True)
+    # what OpenSSL calls "PEM lib", said in the user's words
+    with pytest.raises(UsageError, match=r"junk.pem: no PEM certificate in the file$"):
+        tls.context(tls.TlsConfig(cert=str(junk)), server=True)
+    with pytest.raises(UsageError, match=r"ca.pem: no private key in the file: give the key file with --tls-key"):
+        tls.context(tls.TlsConfig(cert=pki["ca"]), server=True)
+    with pytest.raises(UsageError, match=r"with key .*junk.pem: no PEM private key in the key file$"):
+        tls.context(tls.TlsConfig(cert=pki["ca"], key=str(junk)), server=True)
+    other_key = tmp_path / "client.key"
+    other_key.write_text("".join(re.findall(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----\n",
+                                            Path(pki["client"]).read_text(), re.S)))
+    with pytest.raises(UsageError, match="the private key does not belong to the certificate$"):
+        tls.context(tls.TlsConfig(cert=pki["server"], key=str(other_key)), server=True)
     with pytest.raises(UsageError, match="TLS floor"):
         tls.context(tls.TlsConfig(floor="1.1"), server=False)
 

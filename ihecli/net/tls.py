@@ -22,6 +22,7 @@ handshake through ``server_handshake`` gets the refusal audited without importin
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import ssl
 import sys
@@ -107,8 +108,8 @@ def context(cfg: TlsConfig | None, *, server: bool) -> ssl.SSLContext | None:
         try:
             ctx.load_cert_chain(cert, key)
         except (ssl.SSLError, OSError) as e:
-            raise UsageError(f"cannot use certificate {cfg.cert} with key {cfg.key or cfg.cert}: "
-                             f"{getattr(e, 'reason', None) or e}") from None
+            raise UsageError(f"cannot use certificate {cfg.cert}" + (f" with key {cfg.key}" if cfg.key else "")
+                             + f": {_pem_problem(cert, key, e)}") from None
     elif server:
         raise UsageError("a TLS server needs a certificate and key: give --cert and --tls-key (or tls.cert, tls.key "
                          "in the profile), or --no-tls")
@@ -160,6 +161,30 @@ def report_refused(peer: str, reason: str, service: str, *, level: int = logging
             fn(peer, reason, service)
         except Exception as e:  # a listener must not break the server
             log.debug("refusal listener failed: %s", e)
+
+
+def _pem_problem(cert: str, key: str | None, exc: BaseException) -> str:
+    """Why a certificate and key did not load, in the user's words (OpenSSL says "PEM lib")."""
+    def text(path: str) -> str:
+        try:
+            with open(path, "rb") as f:
+                return f.read(1 << 20).decode("ascii", "replace")
+        except OSError as e:
+            return f"<{e.strerror}>"
+
+    c = text(cert)
+    k = text(key) if key else c
+    reason = (getattr(exc, "reason", None) or "").upper()
+    if "-----BEGIN CERTIFICATE-----" not in c:
+        return "no PEM certificate in the file"
+    if not re.search(r"-----BEGIN (?:[A-Z]+ )?(?:ENCRYPTED )?PRIVATE KEY-----", k):
+        return ("no PEM private key in the key file" if key else
+                "no private key in the file: give the key file with --tls-key (or tls.key in the profile)")
+    if "MISMATCH" in reason:
+        return "the private key does not belong to the certificate"
+    if "ENCRYPTED" in k or "Proc-Type: 4,ENCRYPTED" in k:
+        return "the private key is encrypted and no passphrase was given (use a key without one)"
+    return (getattr(exc, "reason", None) or str(exc)).lower().replace("_", " ")
 
 
 def describe(exc: BaseException) -> str:
