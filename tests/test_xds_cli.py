@@ -167,7 +167,12 @@ def test_usage_errors_and_unreachable(srv, tmp_path):
     r = ihe(srv, "xds", "query", "find-everything", "--patient", PID)
     assert r.code == 2 and "find-documents" in r.stderr
     r = ihe(srv, "xds", "query", "get-documents")
-    assert r.code == 2 and "entryUUIDs or uniqueIds" in r.stderr
+    assert r.code == 2 and "needs entryUUIDs (--uuid urn:uuid:...) or uniqueIds (--unique-id)" in r.stderr
+    r = ihe(srv, "xds", "query", "get-associations")
+    assert r.code == 2 and "needs entryUUIDs (--uuid urn:uuid:...)" in r.stderr
+    r = ihe(srv, "xds", "query", "get-documents", "--uuid", "urn:uuid:4c8d9a52-1e2f-4a6b-9c3d-0e1f2a3b4c5d",
+            "--unique-id", "1.2.3")
+    assert r.code == 2 and "not both: give --uuid or --unique-id" in r.stderr
     r = ihe(srv, "xds", "delete", "1.2.3", "--yes")
     assert r.code == 2 and "urn:uuid" in r.stderr
     port = free_port()

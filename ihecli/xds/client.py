@@ -159,8 +159,10 @@ def stored_query_params(name: str, o: QueryOptions) -> dict:
     lst = lambda xs: list(xs) or None  # noqa: E731
 
     def one_of(prefix: str) -> dict:
-        if bool(ids) == bool(uids):
-            raise UsageError(f"{name} needs entryUUIDs or uniqueIds (one of them)")
+        if ids and uids:
+            raise UsageError(f"{name} takes entryUUIDs or uniqueIds, not both: give --uuid or --unique-id")
+        if not ids and not uids:
+            raise UsageError(f"{name} needs entryUUIDs (--uuid urn:uuid:...) or uniqueIds (--unique-id)")
         if name in _ONE_OBJECT and len(ids or uids) > 1:
             raise UsageError(f"{name} takes one entryUUID or uniqueId")
         return {prefix + "EntryUUID": ids} if ids else {prefix + "UniqueId": uids}
@@ -198,7 +200,7 @@ def stored_query_params(name: str, o: QueryOptions) -> dict:
         p = one_of("$XDSSubmissionSet")
     elif name in ("get-associations", "get-submission-sets"):
         if not ids:
-            raise UsageError(f"{name} needs entryUUIDs")
+            raise UsageError(f"{name} needs entryUUIDs (--uuid urn:uuid:...)")
         p = {"$uuid": ids}
     if name in ("get-all", "get-submission-set-and-contents", "get-folder-and-contents"):
         p[de + "FormatCode"] = lst(o.format_codes)
