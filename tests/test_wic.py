@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import subprocess
+import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -344,3 +345,34 @@ def test_conversions_pass_dciodvfy(world, tmp_path, media, data, sop_class, want
     assert (ds.SOPClassUID, ds.PhotometricInterpretation, ds.file_meta.TransferSyntaxUID) == want
     assert ds.pixel_array.shape[:2] == (23, 37)
     assert not made.coerced
+
+
+UPLOAD_MEMORY = r"""
+import re, sys
+from ihecli.cli import main
+code = main(sys.argv[1:])
+# the peak of this process (ru_maxrss would count the test process it was forked from)
+print(code, re.search(r"VmHWM:\s*(\d+) kB", open("/proc/self/status").read()).group(1))
+"""
+
+
+def test_a_large_file_is_sent_from_disk(world, tmp_path):
+    """A 200 MB PDF (a scanned record) is sent as it is read: the upload process stays far
+    smaller than the file (it held the file and the request body built from it: twice its size),
+    and the archive gets the document whole."""
+    big = pdf(tmp_path / "scan.pdf")
+    with open(big, "ab") as f:
+        for _ in range(200):
+            f.write(b"%" + b"0" * (1 << 20) + b"\n")  # PDF comment lines after the document
+        f.write(b"%%EOF\n")
+    size_kib = big.stat().st_size // 1024
+    p = subprocess.run([sys.executable, "-c", UPLOAD_MEMORY, "wic", "upload", big, "--patient", "BIG1",
+                        "--new-study", "--url", world["url"], "--json"], capture_output=True, text=True, timeout=300)
+    code, peak_kib = map(int, p.stdout.split()[-2:])
+    assert code == 0, p.stdout + p.stderr
+    assert peak_kib < size_kib // 2, f"{peak_kib} KiB to send a {size_kib} KiB file"
+    out = json.loads(p.stdout[:p.stdout.rindex("}") + 1])
+    (made,) = out["created"]
+    series = HTTP.get(made["url"] + "/metadata").json()[0]["0020000E"]["Value"][0]
+    data, ds = fetch(world, out["study"], series, made["sop_instance_uid"])
+    assert bytes(ds.EncapsulatedDocument).rstrip(b"\0") == big.read_bytes()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import socket
 import uuid
 from dataclasses import dataclass, field
@@ -57,12 +58,18 @@ class UploadReport:
 
 @dataclass
 class Capture:
-    """One file to send: its bytes, media type and metadata."""
+    """One file to send: its media type and metadata, and its bytes (a photo, read whole for its
+    EXIF and turned upright) or None (a video or PDF, sent from the file as it is)."""
 
     path: Path
     media: str
-    data: bytes
+    data: bytes | None
     meta: dict
+    size: int = 0
+
+    def __post_init__(self):
+        if self.data is not None:
+            self.size = len(self.data)
 
 
 def _pn(text: str | None):
@@ -150,10 +157,16 @@ def prepare(files: list[Path], *, patient: str, name: str | None = None, birth_d
     out = []
     for n, path in enumerate(files, 1):
         try:
-            data = Path(path).read_bytes()
+            with open(path, "rb") as fh:
+                data = fh.read(64)
+                media = kind_of(data)
+                size = os.fstat(fh.fileno()).st_size
+                if media in ("image/jpeg", "image/png"):  # photos: read whole (EXIF, turning upright)
+                    data += fh.read()
+                else:  # videos and PDFs, which may be gigabytes, go from the file as they are
+                    data = None
         except OSError as e:
             raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
-        media = kind_of(data)
         if media is None:
             raise UsageError(f"{path}: not a JPEG or PNG photo, an MP4 video or a PDF")
         m: dict = {
@@ -191,7 +204,7 @@ def prepare(files: list[Path], *, patient: str, name: str | None = None, birth_d
                 except Exception as e:  # Pillow's OSError or ValueError on a cut or damaged file
                     raise UsageError(f"{path}: a damaged JPEG photo ({e}); nothing was sent") from None
                 m["00204000"] = _attr("LT", f"turned upright from EXIF orientation {ex.orientation}")
-        out.append(Capture(Path(path), media, data, m))
+        out.append(Capture(Path(path), media, data, m, size))
     if new_study:  # the new study's date: the earliest acquisition among the files
         dates = sorted(c.meta["0008002A"]["Value"][0] for c in out if "Value" in c.meta.get("0008002A", {}))
         when = dates[0] if dates else datetime.now().strftime("%Y%m%d%H%M%S")
@@ -201,17 +214,67 @@ def prepare(files: list[Path], *, patient: str, name: str | None = None, birth_d
     return out
 
 
-def body_of(captures: list[Capture]) -> tuple[bytes, str]:
+class Body:
+    """A multipart/related body read as it is sent (a file-like object with a length, so that
+    requests sends it with a Content-Length): files are read a block at a time, never held."""
+
+    def __init__(self, parts: list[bytes | Capture]):
+        self._parts = parts
+        self._len = sum(len(p) if isinstance(p, bytes) else p.size for p in parts)
+        self._k = 0  # the part being read
+        self._file = None  # its file, for a part sent from its file
+        self._buf = memoryview(b"")  # what is read of it and not yet sent
+        self._off = 0
+
+    def __len__(self) -> int:
+        return self._len
+
+    def _refill(self) -> bool:
+        """The next bytes into the buffer; False at the end of the body."""
+        while self._k < len(self._parts):
+            part = self._parts[self._k]
+            if isinstance(part, bytes) or part.data is not None:
+                self._buf, self._off = memoryview(part if isinstance(part, bytes) else part.data), 0
+                self._k += 1
+                return True
+            if self._file is None:
+                self._file = open(part.path, "rb")
+            block = self._file.read(1 << 20)
+            if block:
+                self._buf, self._off = memoryview(block), 0
+                return True
+            self._file.close()
+            self._file = None
+            self._k += 1
+        return False
+
+    def read(self, n: int = -1) -> bytes:
+        out = bytearray()
+        while n < 0 or len(out) < n:
+            if self._off >= len(self._buf) and not self._refill():
+                break
+            end = len(self._buf) if n < 0 else min(len(self._buf), self._off + n - len(out))
+            out += self._buf[self._off:end]
+            self._off = end
+        return bytes(out)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def body_of(captures: list[Capture]) -> tuple[Body, str]:
     """(multipart/related body, Content-Type) of metadata and bulk data parts."""
     boundary = uuid.uuid4().hex
-    chunks = [f"--{boundary}\r\nContent-Type: application/dicom+json\r\n\r\n".encode(),
-              json.dumps([c.meta for c in captures]).encode(), b"\r\n"]
+    parts: list[bytes | Capture] = [f"--{boundary}\r\nContent-Type: application/dicom+json\r\n\r\n".encode(),
+                                    json.dumps([c.meta for c in captures]).encode(), b"\r\n"]
     for n, c in enumerate(captures, 1):
-        chunks += [f"--{boundary}\r\nContent-Type: {c.media}\r\nContent-Location: bulk/{n}\r\n\r\n".encode(),
-                   c.data, b"\r\n"]
-    chunks.append(f"--{boundary}--\r\n".encode())
+        parts += [f"--{boundary}\r\nContent-Type: {c.media}\r\nContent-Location: bulk/{n}\r\n\r\n".encode(),
+                  c, b"\r\n"]
+    parts.append(f"--{boundary}--\r\n".encode())
     ctype = f'multipart/related; type="application/dicom+json"; boundary={boundary}'
-    return b"".join(chunks), ctype
+    return Body(parts), ctype
 
 
 def _session(ssl_context=None):
@@ -251,6 +314,13 @@ def store_instances_over_web(url: str, captures: list[Capture], *, timeout: floa
         raise PeerUnreachable(f"cannot reach {target}: {_short(e)}") from None
     except requests.Timeout:
         raise PeerUnreachable(f"{target} did not answer within {timeout:g} s") from None
+    except OSError as e:  # not requests' own: a file that went away while it was sent
+        if isinstance(e, requests.RequestException):
+            raise
+        raise IheError(f"cannot read {getattr(e, 'filename', None) or 'a file'} while sending it: "
+                       f"{e.strerror or e}; the request was cut short, nothing of it stored") from None
+    finally:
+        body.close()
     rep.status = r.status_code
     rep.warning = r.headers.get("Warning", "")
     if progress:
