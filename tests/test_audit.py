@@ -295,3 +295,36 @@ def test_a_broken_audit_setting_is_said_not_silent(tmp_path):
     cfg.write_text(f'[audit]\nrepository = "tls://127.0.0.1:{free_port()}"\n[tls]\nca = "{tmp_path / "nope.pem"}"\n')
     r = run_cli("--config", str(cfg), "config", "path")
     assert r.code == 0 and "no audit trail: CA file" in r.stderr and not atna.enabled()
+
+
+def test_a_message_too_large_for_udp_is_said_and_holds_nothing_up(repo, tmp_path):
+    """An event no UDP datagram can carry (a retrieve of many documents lists each one): `audit send`
+    says so in one line; the background sender drops it with an error instead of spooling it for
+    ever, and the messages after it still go."""
+    import logging
+
+    from ihecli.atna.sender import AuditSender, parse_target
+
+    xml = ev.to_xml(ev.user_authentication(True, user="big" + "x" * 100_000))
+    f = tmp_path / "big.xml"
+    f.write_bytes(xml)
+    r = run_cli("audit", "send", "--arr", f"udp://127.0.0.1:{repo.udp_port}", str(f))
+    assert r.code == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith(f"ihe: error: {f}: ") and "too many for one UDP datagram" in r.stderr
+    said: list[str] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = lambda rec: said.append(rec.getMessage())
+    logging.getLogger("ihe").addHandler(handler)
+    s = AuditSender(parse_target(f"udp://127.0.0.1:{repo.udp_port}"), spool_dir=tmp_path / "spool")
+    try:
+        s.submit(syslog.message(xml, app="ihe"))
+        s.submit(syslog.message(ev.to_xml(ev.user_authentication(True, user="small")), app="ihe"))
+        assert s.flush(10)
+        assert repo.wait_stored(1)
+        (e,) = stored(repo)
+        assert "small" in e.users
+        assert list((tmp_path / "spool").glob("*.msg")) == []
+    finally:
+        s.close()
+        logging.getLogger("ihe").removeHandler(handler)
+    assert any("dropped" in m and "too many for one UDP datagram" in m for m in said), said

@@ -10,6 +10,7 @@ drains it, under a file lock.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import itertools
 import logging
@@ -136,6 +137,11 @@ class RepositoryRefused(ConnectionError):
     """The repository accepted the connection, then refused us (our certificate, usually)."""
 
 
+class MessageTooLarge(ValueError):
+    """A message no UDP datagram can carry (RFC 5426): it can never go over UDP, so it is not
+    spooled for a retry (it would hold up every message behind it)."""
+
+
 class Connection:
     """One link to the repository; ``send`` raises OSError when the message did not go."""
 
@@ -173,7 +179,13 @@ class Connection:
                 info = socket.getaddrinfo(t.host, t.port, type=socket.SOCK_DGRAM)[0]
                 self.sock = socket.socket(info[0], socket.SOCK_DGRAM)
                 self.sock.connect(info[4])
-            self.sock.send(msg)
+            try:
+                self.sock.send(msg)
+            except OSError as e:
+                if e.errno == errno.EMSGSIZE:
+                    raise MessageTooLarge(f"{len(msg):,} bytes are too many for one UDP datagram (RFC 5426): "
+                                          "send it over TLS (tls://HOST:6514)") from None
+                raise
             return
         if not self._alive():
             self.close()
@@ -334,6 +346,8 @@ class AuditSender:
         try:
             self._conn.send(msg)
             self.sent += 1
+        except MessageTooLarge as e:
+            log.error("audit message to %s dropped: %s", self.target, e)
         except OSError as e:
             log.warning("audit repository %s unreachable (%s): spooling to %s", self.target, e, self.spool.dir)
             self.spool.add(msg)
@@ -357,10 +371,12 @@ class AuditSender:
                     continue
                 try:
                     self._conn.send(msg)
+                    self.sent += 1
+                except MessageTooLarge as e:  # spooled while the repository was away: it will never go
+                    log.error("audit message %s to %s dropped: %s", path.name, self.target, e)
                 except OSError:
                     self._schedule_retry()
                     return
-                self.sent += 1
                 path.unlink(missing_ok=True)
             self._spooling = False
             self._backoff = 0.5
@@ -392,7 +408,11 @@ def send_messages(target: Target, messages: list[bytes], *, tls_config: tls.TlsC
     try:
         n = 0
         for m in messages:
-            conn.send(m)
+            try:
+                conn.send(m)
+            except MessageTooLarge as e:
+                e.index = n  # which message: those before it went
+                raise
             n += 1
         if conn.sock is not None and target.scheme != "udp":
             # the messages are on their way; a repository that refuses us closes the connection

@@ -70,7 +70,7 @@ def send_cmd(
     from ihecli.atna import events as ev
     from ihecli.atna import syslog
     from ihecli.atna.parse import AuditParseError, parse_audit
-    from ihecli.atna.sender import RepositoryRefused, parse_target, send_messages
+    from ihecli.atna.sender import MessageTooLarge, RepositoryRefused, parse_target, send_messages
 
     st = state(ctx).settings()
     url = to or st.audit.repository
@@ -111,6 +111,9 @@ def send_cmd(
         n = send_messages(target, msgs, tls_config=cfg, timeout=timeout)
     except RepositoryRefused as e:
         raise IheError(f"{target}: {e}") from None
+    except MessageTooLarge as e:
+        i = getattr(e, "index", 0)
+        raise IheError(f"{bodies[i][0]}: {e}" + (f" ({i} sent before it)" if i else "")) from None
     except ssl.SSLError as e:
         from ihecli.net.tls import describe
 
