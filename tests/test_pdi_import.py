@@ -337,6 +337,8 @@ def test_bad_usage(tmp_path):
     medium = charset_medium(tmp_path / "cd")
     r = imp(tmp_path, medium, "--issuer", "X")
     assert r.code == 2 and "--patient-id" in r.stderr
+    r = imp(tmp_path, medium, "--patient-name", "DOE^JANE")  # the option's own name (--name is a hidden alias)
+    assert r.code == 2 and "--issuer and --patient-name go with --patient-id" in r.stderr, r.stderr
     r = imp(tmp_path, medium, "--patient-id", "A", "--match-local")
     assert r.code == 2
     r = imp(tmp_path, medium, "--accession", "A1")

@@ -153,14 +153,19 @@ def import_cmd(
     ctx: typer.Context,
     source: Source,
     to: Annotated[Optional[str], typer.Option("--to", metavar="NODE", help="Send to a DICOM node (C-STORE).")] = None,
-    patient_id: Annotated[Optional[str], typer.Option("--patient-id", metavar="ID", help="Patient ID.")] = None,
+    patient_id: Annotated[Optional[str], typer.Option(
+        "--patient-id", metavar="ID",
+        help="The local Patient ID the objects get (the medium's is kept in Other Patient IDs).")] = None,
     issuer: Annotated[Optional[str], typer.Option("--issuer", metavar="ISSUER",
                                                   help="Issuer of the local Patient ID (with --patient-id).")] = None,
     patient_name: Annotated[Optional[str], typer.Option("--patient-name", metavar="NAME",
-                                                        help="Patient name, e.g. DOE^JOHN.")
+                                                        help="The local patient name, e.g. DOE^JOHN (with "
+                                                             "--patient-id).")
                             ] = None,
     name_alias: Annotated[Optional[str], typer.Option("--name", hidden=True)] = None,
-    accession: Annotated[Optional[str], typer.Option("--accession", metavar="ACC", help="Accession number.")] = None,
+    accession: Annotated[Optional[str], typer.Option("--accession", metavar="ACC",
+                                                     help="The local accession number the study gets (a medium "
+                                                          "of one study).")] = None,
     match_local: Annotated[bool, typer.Option("--match-local",
                                               help="Find the patient in the local archive by ID, name and birth "
                                                    "date (asks when ambiguous).")] = False,

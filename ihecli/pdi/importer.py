@@ -459,7 +459,7 @@ def import_media(medium: Medium, *, archive=None, node=None, calling_aet: str = 
     if match and patient_id:
         raise UsageError("give --patient-id or --match-local, not both")
     if (issuer or name) and not patient_id:
-        raise UsageError("--issuer and --name go with --patient-id")
+        raise UsageError("--issuer and --patient-name go with --patient-id (the local patient the objects are given to)")
     if match and archive is None:
         raise UsageError("--match-local needs the local archive")
     report = ImportReport(medium.name, medium.kind, str(node) if node is not None else "archive", dry_run)
