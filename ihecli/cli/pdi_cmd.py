@@ -153,19 +153,14 @@ def import_cmd(
     ctx: typer.Context,
     source: Source,
     to: Annotated[Optional[str], typer.Option("--to", metavar="NODE", help="Send to a DICOM node (C-STORE).")] = None,
-    patient_id: Annotated[Optional[str], typer.Option(
-        "--patient-id", metavar="ID",
-        help="The local Patient ID the objects get (the medium's is kept in Other Patient IDs).")] = None,
+    patient_id: Annotated[Optional[str], typer.Option("--patient-id", metavar="ID", help="Patient ID.")] = None,
     issuer: Annotated[Optional[str], typer.Option("--issuer", metavar="ISSUER",
                                                   help="Issuer of the local Patient ID (with --patient-id).")] = None,
     patient_name: Annotated[Optional[str], typer.Option("--patient-name", metavar="NAME",
-                                                        help="The local patient name, e.g. DOE^JOHN (with "
-                                                             "--patient-id).")
+                                                        help="Patient name, e.g. DOE^JOHN.")
                             ] = None,
     name_alias: Annotated[Optional[str], typer.Option("--name", hidden=True)] = None,
-    accession: Annotated[Optional[str], typer.Option("--accession", metavar="ACC",
-                                                     help="The local accession number the study gets (a medium "
-                                                          "of one study).")] = None,
+    accession: Annotated[Optional[str], typer.Option("--accession", metavar="ACC", help="Accession number.")] = None,
     match_local: Annotated[bool, typer.Option("--match-local",
                                               help="Find the patient in the local archive by ID, name and birth "
                                                    "date (asks when ambiguous).")] = False,
@@ -179,7 +174,8 @@ def import_cmd(
 
     Reads the DICOMDIR (anywhere on the medium; file names in any case) and every other file;
     viewer folders and non-DICOM files are skipped; missing, refused and unsupported objects are
-    reported. The medium's patient ID and replaced values are kept in the objects.
+    reported. --patient-id, --issuer, --patient-name and --accession are the local values the
+    objects get; the medium's patient ID and the replaced values are kept in the objects.
 
     Example: ihe pdi import /media/cdrom --patient-id 123456 --issuer HOSP --yes
     """
