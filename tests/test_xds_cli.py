@@ -470,3 +470,70 @@ def test_a_file_name_that_is_not_utf8_is_submitted(srv, tmp_path):
     assert [d["title"] for d in r.json] == ["café.txt"]
     (e,) = js(ihe(srv, "xds", "query", "find-documents", "--patient", PID, "--json"))
     assert e["title"] == "café.txt" and e["mimeType"] == "text/plain"
+
+
+class _Stalling:
+    """An HTTP relay in front of a real registry that passes everything on but holds requests
+    holding ``stall`` without an answer (a registry that acts, then hangs, or a lost answer)."""
+
+    def __init__(self, target: str, stall: bytes):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.release = threading.Event()
+        relay = self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                r = requests.post(target, data=body, headers={"Content-Type": self.headers["Content-Type"]},
+                                  timeout=30)
+                if stall in body:
+                    relay.release.wait(30)  # carried out by the registry, the answer held back
+                    return
+                self.send_response(r.status_code)
+                self.send_header("Content-Type", r.headers["Content-Type"])
+                self.send_header("Content-Length", str(len(r.content)))
+                self.end_headers()
+                self.wfile.write(r.content)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/xds"
+
+    def close(self):
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_an_unanswered_submission_or_delete_may_have_been_carried_out(srv, tmp_path):
+    (tmp_path / "a.txt").write_text("a")
+    relay = _Stalling(srv.url, b"ProvideAndRegisterDocumentSetRequest")
+    try:
+        r = run_cli("xds", "submit", str(tmp_path / "a.txt"), "--patient", PID, "--repository", relay.url,
+                    "--timeout", "1")
+    finally:
+        relay.close()
+    assert r.code == 4 and r.stderr.count("\n") == 1, r.stderr
+    assert "no answer within 1 s (the repository may have registered it all the same" in r.stderr
+    (d,) = js(ihe(srv, "xds", "query", "find-documents", "--patient", PID, "--json"))  # it had
+    relay = _Stalling(srv.url, b"RemoveObjectsRequest")
+    try:
+        r = run_cli("xds", "delete", d["entryUUID"], "--yes", "--registry", relay.url, "--timeout", "1")
+    finally:
+        relay.close()
+    assert r.code == 4 and "(the registry may have removed them all the same: --dry-run shows what is left)" \
+        in r.stderr, r.stderr
+    assert js(ihe(srv, "xds", "query", "find-documents", "--patient", PID, "--json")) == []  # it had
+    # a query sent again does no harm: no such words
+    relay = _Stalling(srv.url, b"AdhocQueryRequest")
+    try:
+        r = run_cli("xds", "query", "find-documents", "--patient", PID, "--registry", relay.url, "--timeout", "1")
+    finally:
+        relay.close()
+    assert r.code == 4 and r.stderr == f"ihe: error: {relay.url}: no answer within 1 s\n"

@@ -90,6 +90,11 @@ def _patient(ctx: typer.Context, patient: Optional[str], required: bool = True) 
     return make_cx(patient, _xds(ctx).assigning_authority)
 
 
+# a request that went and got no answer may have been carried out: said where sending it again is not harmless
+MAY_HAVE_REGISTERED = " (the repository may have registered it all the same: check with `ihe xds query` before " \
+                      "sending it again)"
+
+
 def _warn(errors) -> None:
     for e in errors:
         if not e.is_error:
@@ -184,6 +189,7 @@ def submit_cmd(
 
     Example: ihe xds submit report.pdf --patient 'PID1^^^&1.3.6.1.4.1.21367.2005.3.7&ISO' --title 'CT report'
     """
+    from ihecli.net.soap.client import NoAnswer
     from ihecli.xds import client as xc
     from ihecli.xds.source import Options, make_submissions, metadata_submission, read_files
 
@@ -265,7 +271,8 @@ def submit_cmd(
         if isinstance(res, IheError):
             errors.append(res)
             failed.append(str(res))
-            output.error(f"submission set {i + 1}/{len(subs)}{names(i)}: {res}")
+            output.error(f"submission set {i + 1}/{len(subs)}{names(i)}: {res}"
+                         + (MAY_HAVE_REGISTERED if isinstance(res, NoAnswer) else ""))
         else:
             registered(sub, res)
         seen.add(i)
@@ -280,6 +287,9 @@ def submit_cmd(
                     try:
                         first = send(sub)
                     except IheError as e:
+                        if isinstance(e, NoAnswer):
+                            raise NoAnswer((f"submission set 1/{len(subs)}{names(0)}: " if len(subs) > 1 else "")
+                                           + f"{e}{MAY_HAVE_REGISTERED}") from None
                         if len(subs) == 1 or isinstance(e, PeerUnreachable):
                             raise  # nothing went, nothing else will: one line, exit 4
                         first = e
@@ -567,6 +577,7 @@ def delete_cmd(
 
     Example: ihe xds delete urn:uuid:4c8d9a52-1e2f-4a6b-9c3d-0e1f2a3b4c5d --yes
     """
+    from ihecli.net.soap.client import NoAnswer
     from ihecli.xds import client as xc
 
     for u in uuids:
@@ -595,7 +606,11 @@ def delete_cmd(
         if not typer.confirm(f"Remove {'this' if len(rows) == 1 else 'these'} {n}?", err=True):
             output.info("nothing removed")
             raise typer.Exit(ExitStatus.REFUSED)
-    res = xc.remove_metadata(cli, [r["entryUUID"] for r in rows])
+    try:
+        res = xc.remove_metadata(cli, [r["entryUUID"] for r in rows])
+    except NoAnswer as e:
+        raise NoAnswer(f"{e} (the registry may have removed them all the same: --dry-run shows what is "
+                       "left)") from None
     _warn(res.errors)
     if json:
         output.print_json(rows)

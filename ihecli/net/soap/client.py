@@ -140,6 +140,10 @@ def tls_error(url: str, e: BaseException) -> PeerUnreachable:
     return PeerUnreachable(f"cannot reach {url}: TLS failed: {why}")
 
 
+class NoAnswer(PeerUnreachable):
+    """The request went out and no answer came in time: the peer may have acted on it all the same."""
+
+
 def not_soap(url: str, status: int, reason: str | None, ctype: str, content: bytes) -> str:
     """What came back instead of a SOAP message, in one line: the HTTP status, the media type and
     the start of the text (an HTML page's title), and a hint on a 404 (a wrong path)."""
@@ -181,8 +185,10 @@ class SoapClient:
                 content = b"".join(r.iter_content(_READ))
             finally:
                 r.close()  # the body is read: the connection goes back to the pool
+        except requests.exceptions.ConnectTimeout:
+            raise PeerUnreachable(f"cannot reach {self.url}: no connection within {self.timeout:g} s") from None
         except requests.exceptions.Timeout:
-            raise PeerUnreachable(f"{self.url}: no answer within {self.timeout:g} s") from None
+            raise NoAnswer(f"{self.url}: no answer within {self.timeout:g} s") from None
         except requests.exceptions.SSLError as e:
             raise tls_error(self.url, e) from None
         except requests.exceptions.ConnectionError as e:
