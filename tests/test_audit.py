@@ -328,3 +328,12 @@ def test_a_message_too_large_for_udp_is_said_and_holds_nothing_up(repo, tmp_path
         s.close()
         logging.getLogger("ihe").removeHandler(handler)
     assert any("dropped" in m and "too many for one UDP datagram" in m for m in said), said
+
+
+def test_serve_on_a_taken_port_says_which(repo, pki):  # noqa: F811
+    r = run_cli("audit", "serve", "--tls-port", str(repo.tls_port), "--udp-port", "0", "--cert", pki["server"])
+    assert r.code == 2 and r.stderr == f"ihe: error: cannot listen on 127.0.0.1:{repo.tls_port} (TLS syslog): " \
+                                       "Address already in use\n"
+    r = run_cli("audit", "serve", "--no-tls", "--udp-port", str(repo.udp_port))
+    assert r.code == 2 and r.stderr == f"ihe: error: cannot listen on 127.0.0.1:{repo.udp_port} (UDP syslog): " \
+                                       "Address already in use\n"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
 import socket
 import ssl
@@ -259,7 +260,11 @@ class AuditRepository:
                 await bind()
             except OSError as e:
                 hint = " (ports below 1024 need root)" if e.errno == 13 and 0 < port < 1024 else ""
-                raise OSError(e.errno, f"{kind} port {port}: {e.strerror or e}{hint}") from None
+                # asyncio words it "error while attempting to bind on address (...): ..."
+                why = os.strerror(e.errno) if e.errno else (e.strerror or str(e))
+                label = {"tls": "TLS syslog", "tcp": "TCP syslog", "udp": "UDP syslog"}[kind]
+                host = f"[{self.bind}]" if ":" in self.bind else self.bind
+                raise OSError(e.errno, f"{host}:{port} ({label}): {why}{hint}") from None
 
     async def _bind_tls(self) -> None:
         if self.tls_port is not None:

@@ -168,7 +168,7 @@ def serve_cmd(
     try:
         ports = repo.start()
     except OSError as e:
-        raise UsageError(f"cannot listen on {bind or a.bind}: {e.strerror or e}") from None
+        raise UsageError(f"cannot listen on {e.strerror or e}") from None
     stop = threading.Event()
     old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
