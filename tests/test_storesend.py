@@ -1,8 +1,12 @@
 """C-MOVE sub-operations on the archive's own C-STORE sender (ihecli.net.storesend): the wire
-format against pynetdicom's encoder, and destinations that refuse, vanish or abort."""
+format against pynetdicom's encoder, and destinations that refuse, vanish or abort; and the
+client's C-STORE (`ihe dicom store`, `ihe archive export --to`) to a peer that dies midway."""
 from __future__ import annotations
 
+import os
 import struct
+import subprocess
+import sys
 from io import BytesIO
 import threading
 
@@ -11,7 +15,7 @@ from pydicom import dcmread
 from pydicom.uid import CTImageStorage, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 
-from helpers import free_port, run_cli
+from helpers import DCMTK_ENV, dcmtk, free_port, make_corpus, run_cli, wait_port
 from ihecli.archive.server import DicomServer, move_contexts
 from ihecli.config import Node
 from ihecli.net.storesend import parse_command, store_rq
@@ -258,3 +262,31 @@ def test_store_requests_in_small_fragments_arrive_whole(server, corpus, tmp_path
         [ref] = server.archive.instances(q)
         kept = dcmread(server.archive.file_path(ref))
         assert kept.PixelData == sent.PixelData and kept.SOPInstanceUID == sent.SOPInstanceUID
+
+
+def test_store_to_a_peer_that_dies_midway_stops_at_once_and_lists_the_rest(tmp_path):
+    """DCMTK storescp killed (kill -9) after its first object: the connection closes under the
+    association. The client notices, names what was not sent and exits 3, instead of waiting
+    out the DIMSE timeout (60 s here) once for every file left."""
+    files = make_corpus(tmp_path / "c", studies=1, series=1, images=40)
+    out = tmp_path / "scp"
+    out.mkdir()
+    port = free_port()
+    scp = subprocess.Popen([dcmtk("storescp"), "-aet", "STORESCP", "-od", str(out), "-xcr", "kill -9 $PPID",
+                            str(port)], env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        p = subprocess.run([sys.executable, "-m", "ihecli", "dicom", "store", f"STORESCP@127.0.0.1:{port}",
+                            str(tmp_path / "c"), "--timeout", "60", "--json"],
+                           capture_output=True, text=True, timeout=240,
+                           env={**os.environ, "TCP_NODELAY": "1"})
+    finally:
+        scp.kill()
+        scp.wait(10)
+    assert p.returncode == 3, p.stderr
+    import json
+
+    rep = json.loads(p.stdout)
+    received = len(list(out.iterdir()))
+    assert rep["sent"] <= received and rep["sent"] + len(rep["failed"]) == len(files)
+    assert {f["reason"] for f in rep["failed"]} <= {"association lost", "no response (association aborted or timed out)"}

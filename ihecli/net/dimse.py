@@ -155,7 +155,18 @@ class _HeldReactor:
         self._assoc = assoc
 
     def wait(self, timeout=None) -> bool:
-        while not self._assoc._kill and self._assoc.is_established:
+        assoc = self._assoc
+        while not assoc._kill and assoc.is_established:
+            if not assoc.dul.is_alive() or assoc.acse.is_aborted():
+                # The peer went away (connection closed, A-ABORT). pynetdicom leaves noticing
+                # that to the reactor held here, so without this the association stayed
+                # "established" and every later C-STORE waited out the DIMSE timeout in turn.
+                # Mark it lost and wake a sender waiting for a response that will not come;
+                # two markers, as the reactor's own read may take one.
+                assoc.is_established = False
+                for _ in range(2):
+                    assoc.dimse.msg_queue.put((None, None))
+                break
             time.sleep(0.005)
         return True
 
