@@ -108,3 +108,17 @@ def test_headers_are_kept_compressed_and_read_back(archive, corpus):
     assert unpack_header(pack_header(header)) == header
     (rsp,) = archive.find(_q("IMAGE", SOPInstanceUID="", InstitutionName=""))
     assert rsp.InstitutionName == dcmread(corpus[0]).InstitutionName
+
+
+def test_db_given_as_a_file_path_is_that_sqlite_file(tmp_path, corpus, monkeypatch):
+    """`--db ./index.db` as a user types it: the SQLite file at that path, not an error about
+    SQLAlchemy URLs; the same file whether given relative or absolute."""
+    from helpers import run_cli
+
+    monkeypatch.chdir(tmp_path)
+    r = run_cli("archive", "import", "--db", "index.db", "--storage", "st", str(corpus[0]))
+    assert r.code == 0, r.stderr
+    assert (tmp_path / "index.db").is_file()
+    r = run_cli("archive", "ls", "-L", "instance", "--db", str(tmp_path / "index.db"), "--storage", "st", "--json")
+    assert r.code == 0, r.stderr
+    assert [i["SOPInstanceUID"] for i in r.json] == [str(dcmread(corpus[0]).SOPInstanceUID)]

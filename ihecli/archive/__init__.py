@@ -54,6 +54,13 @@ class CheckReport:
     repairs: list[tuple[str, str]] = field(default_factory=list)
 
 
+def sqlite_url(db: str) -> str:
+    """A database URL as given, or a plain file path (``--db ./archive.db``) as its SQLite URL."""
+    if "://" in db or db.startswith("sqlite:"):
+        return db
+    return "sqlite:///" + os.path.abspath(os.path.expanduser(db))
+
+
 class Archive:
     def __init__(self, db_url: str, storage: str | os.PathLike, *, duplicates: str = "keep",
                  fuzzy_names: bool = False, aet: str = "IHE_ARCHIVE"):
@@ -90,7 +97,7 @@ class Archive:
     def open(cls, settings, *, db: str | None = None, storage: str | None = None) -> "Archive":
         """The archive a profile (and any --db / --storage override) names."""
         a = settings.archive
-        url = db or a.db_url()
+        url = sqlite_url(db or a.db_url())
         path = sqlite_path(url) if (db or a.db) else None
         if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):  # a mistyped path: no new database
             raise UsageError(f"no folder {os.path.dirname(os.path.abspath(path))} for the archive database {path} "
