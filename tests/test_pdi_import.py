@@ -724,3 +724,41 @@ def test_one_object_is_said_in_the_singular(tmp_path):
     r = run_cli("pdi", "import", tmp_path / "m", "--db", f"sqlite:///{tmp_path / 'arc.db'}", "--storage",
                 tmp_path / "storage")
     assert r.code == 0 and "1 object: 1 stored," in " ".join(r.stderr.split()), r.stderr
+
+
+def test_a_local_name_outside_the_medium_character_set(tmp_path):
+    """A medium in Latin-2 (a Polish report) and one without a character set, reconciled to a
+    name with letters neither has: the objects move to UTF-8 and keep every other text as it was
+    (the name was written with '?' for what the old character set lacks)."""
+    medium = tmp_path / "m"
+    medium.mkdir()
+    shutil.copy(PDI_DATA / "MarekLatin2.dcm", medium / "SR")
+    shutil.copy(PDI_DATA / "xdsi" / "us022.dcm", medium / "US")
+    for name in ("SR", "US"):
+        one = tmp_path / f"only-{name}"
+        one.mkdir()
+        shutil.copy(medium / name, one / name)
+        r = imp(tmp_path, one, "--patient-id", f"L-{name}", "--patient-name", "Ŝtraße^Zoë Łucja")
+        assert r.code == 0, r.stderr
+        before = pydicom.dcmread(one / name)
+        with archive_of(tmp_path) as a:
+            (ref,) = a.instances(_ident(PatientID=f"L-{name}"))
+            got = pydicom.dcmread(a.file_path(ref))
+        assert got.SpecificCharacterSet == "ISO_IR 192" and got.PatientName == "Ŝtraße^Zoë Łucja"
+        old = got.OriginalAttributesSequence[0].ModifiedAttributesSequence[0]
+        assert old.PatientName == before.PatientName and old.get("SpecificCharacterSet", "") == \
+            before.get("SpecificCharacterSet", "")
+        kept = _texts(got)
+        assert [t for t in _texts(before) if t not in kept] == []  # the old name in Original Attributes
+        assert name == "US" or "Oddział" in kept  # the report has Polish letters of its own
+
+
+def _texts(ds) -> list[str]:
+    out = []
+    for e in ds:
+        if e.VR == "SQ":
+            for item in e.value:
+                out += _texts(item)
+        elif e.VR in ("PN", "LO", "SH", "ST", "LT", "UT", "UC"):
+            out.append(str(e.value))
+    return out

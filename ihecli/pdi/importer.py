@@ -348,6 +348,14 @@ def reconcile_dataset(ds, target: Target | None, uid_map: dict[str, str], source
             setattr(ds, kw, new)
 
     old_pid, old_issuer = str(ds.get("PatientID", "") or ""), str(ds.get("IssuerOfPatientID", "") or "")
+    if target is not None and _needs_utf8(ds, (target.patient_id, target.issuer, target.name, target.accession)):
+        # local values the object's character set cannot write (a Polish name on a medium in
+        # Latin-1 or without one): the object moves to UTF-8, its values decoded first, before
+        # the new ones are set (a name keeps the character set it was set under)
+        old_cs = ds.get("SpecificCharacterSet")
+        ds.decode()
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        changes.append(("SpecificCharacterSet", old_cs))
     if target is not None:
         coerce("PatientID", target.patient_id)
         if target.issuer is not None or "IssuerOfPatientID" in ds:
@@ -389,6 +397,28 @@ def reconcile_dataset(ds, target: Target | None, uid_map: dict[str, str], source
             seq.append(other)
         ds.OtherPatientIDsSequence = seq
     return True
+
+
+def _needs_utf8(ds, values) -> bool:
+    """Whether text values cannot be written in the data set's Specific Character Set."""
+    texts = [str(x) for x in values if x]
+    if all(t.isascii() for t in texts):
+        return False
+    from pydicom.charset import python_encoding
+
+    scs = ds.get("SpecificCharacterSet")
+    terms = [str(t).strip() for t in ([scs] if isinstance(scs, str) else list(scs or [])) if t and str(t).strip()]
+    if len(terms) != 1:  # the default repertoire, or ISO 2022 code extensions
+        return True
+    if terms[0] == "ISO_IR 192":
+        return False
+    codec = python_encoding.get(terms[0])
+    try:
+        for t in texts:
+            t.encode(codec)
+    except (TypeError, LookupError, UnicodeError):
+        return True
+    return False
 
 
 def _encode(ds) -> bytes:
