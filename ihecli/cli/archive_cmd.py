@@ -518,8 +518,9 @@ def export_cmd(
     else:
         for u in unknown:
             output.warn(f"no such study in the archive: {u}")
-        for f in failures:
-            output.warn(f"{f.path}: {f.reason}")
+        from ihecli.cli.dicom_cmd import warn_failures
+
+        warn_failures(failures, dest)
         output.info(f"exported {output.count(done, 'instance')} of {output.count(len(uids), 'study', 'studies')} "
                     f"to {result['to']}"
                     + (f", {failed} failed" if failed else "")

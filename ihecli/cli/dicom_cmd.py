@@ -60,6 +60,18 @@ def dataset_json(ds: Dataset) -> dict:
     return out
 
 
+def warn_failures(failed, node) -> None:
+    """One warning per file that failed, and one line for all those left unsent when the
+    association was lost (a peer that goes away leaves thousands)."""
+    lost = [f for f in failed if f.reason == scu.LOST]
+    for f in failed:
+        if f.reason != scu.LOST:
+            output.warn(f"{f.path}: {f.reason}")
+    if lost:
+        output.warn(f"the association with {node} was lost: {output.count(len(lost), 'file')} not sent "
+                    f"(from {lost[0].path}; --json lists them)")
+
+
 @app.command("echo")
 def echo_cmd(ctx: typer.Context, node: Node, calling_aet: CallingAet = None, timeout: Timeout = 30,
              json: Json = False,
@@ -106,8 +118,7 @@ def store_cmd(ctx: typer.Context, node: Node,
     if json:
         output.print_json(rep)
     else:
-        for f in rep.failed:
-            output.warn(f"{f.path}: {f.reason}")
+        warn_failures(rep.failed, rep.node)
         rate = f", {rep.sent / rep.seconds:.0f} files/s" if rep.seconds and rep.sent else ""
         dirs = f", {len(rep.dicomdirs)} DICOMDIR skipped" if rep.dicomdirs else ""
         output.info(f"{rep.sent} sent to {rep.node}, {len(rep.failed)} failed, {len(rep.skipped)} not DICOM{dirs}"

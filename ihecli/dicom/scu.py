@@ -107,6 +107,9 @@ class StoreReport:
     seconds: float = 0.0
 
 
+LOST = "association lost"  # the reason of every file left unsent when the association ended
+
+
 def _sop_and_ts(path: Path) -> tuple[str, str] | None:
     try:
         meta = read_file_meta_info(path)
@@ -185,9 +188,9 @@ def store(node: Node, paths: Iterable[str | os.PathLike], *, calling_aet: str = 
                 tally.add_keys(header_keys(str(path)), _cls)
             if progress:
                 progress(str(path), cat)
-            if not assoc.is_established:
+            if not assoc.is_established or (status is None and _gone(assoc)):
                 for rest, _, _ in files[i + 1:]:
-                    report.failed.append(FileFailure(str(rest), "association lost"))
+                    report.failed.append(FileFailure(str(rest), LOST))
                 break
     finally:
         if assoc.is_established:
@@ -201,6 +204,14 @@ def store(node: Node, paths: Iterable[str | os.PathLike], *, calling_aet: str = 
                     outcome=audit_outcome(report.sent, len(report.failed))))
     report.seconds = round(time.perf_counter() - t0, 3)
     return report
+
+
+def _gone(assoc) -> bool:
+    """The peer closed the connection or aborted (pynetdicom may not have marked it yet)."""
+    try:
+        return not assoc.dul.is_alive() or assoc.acse.is_aborted()
+    except Exception:
+        return True
 
 
 def _send_one(assoc, path: Path, cls: str, ts: str, accepted: set[tuple[str, str]]):
