@@ -726,6 +726,50 @@ def test_one_object_is_said_in_the_singular(tmp_path):
     assert r.code == 0 and "1 object: 1 stored," in " ".join(r.stderr.split()), r.stderr
 
 
+RECONCILE_MEMORY = r"""
+import re, sys
+from ihecli.cli import main
+code = main(sys.argv[1:])
+# the peak of this process (ru_maxrss would count the test process it was forked from)
+print(code, re.search(r"VmHWM:\s*(\d+) kB", open("/proc/self/status").read()).group(1))
+"""
+
+
+def test_reconciling_a_huge_object_copies_its_pixel_data_once(tmp_path):
+    """A 250 MB cine loop imported for a local patient: its header is rewritten and its pixel data
+    appended as it was read, not decoded and encoded again (the import held four copies of it,
+    now two: the object read and the one stored); the stored object is the same but for the
+    patient, and keeps the old values."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    ds = pydicom.dcmread(PDI_DATA / "xdsi" / "us022.dcm")
+    n, rows, cols = 1000, 500, 500
+    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, cols, n
+    ramp = (np.add.outer(np.arange(rows), np.arange(cols)) % 256).astype(np.uint8)
+    ds.PixelData = b"".join(np.roll(ramp, k, axis=1).tobytes() for k in range(n))
+    medium = tmp_path / "stick"
+    medium.mkdir()
+    ds.save_as(medium / "CINE")
+    pixels_sha = __import__("hashlib").sha256(ds.PixelData).hexdigest()
+    del ds
+    size_kib = (medium / "CINE").stat().st_size // 1024
+    p = subprocess.run([sys.executable, "-c", RECONCILE_MEMORY, "pdi", "import", medium, "--patient-id", "LOC9",
+                        "--patient-name", "Ŝtraße^Zoë", "--db", f"sqlite:///{tmp_path / 'arc.db'}", "--storage",
+                        tmp_path / "storage"], capture_output=True, text=True, timeout=300)
+    code, peak_kib = map(int, p.stdout.split()[-2:])
+    assert code == 0, p.stderr
+    assert peak_kib < 3 * size_kib, f"{peak_kib} KiB to import a {size_kib} KiB object"
+    with archive_of(tmp_path) as a:
+        (ref,) = a.instances(_ident(PatientID="LOC9"))
+        got = pydicom.dcmread(a.file_path(ref))
+    assert got.PatientName == "Ŝtraße^Zoë" and int(got.NumberOfFrames) == n
+    assert got.OriginalAttributesSequence[0].ModifiedAttributesSequence[0].PatientID == "IDS-DEPT022-a"
+    assert __import__("hashlib").sha256(got.PixelData).hexdigest() == pixels_sha
+
+
 def test_a_local_name_outside_the_medium_character_set(tmp_path):
     """A medium in Latin-2 (a Polish report) and one without a character set, reconciled to a
     name with letters neither has: the objects move to UTF-8 and keep every other text as it was

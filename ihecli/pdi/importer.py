@@ -421,6 +421,26 @@ def _needs_utf8(ds, values) -> bool:
     return False
 
 
+_LITTLE_ENDIAN_PLAIN = {"1.2.840.10008.1.2": True, "1.2.840.10008.1.2.1": False}  # syntax -> implicit VR
+
+
+def _pixel_tail(ds, data: bytes, at: int) -> int | None:
+    """Where the top-level pixel data begins in ``data`` when the header read up to it can be
+    written again and the rest appended as it is: a little-endian syntax, not deflated, the data
+    set encoded as its file meta says; None when the whole object must be read."""
+    meta = getattr(ds, "file_meta", None)
+    ts = str(meta.get("TransferSyntaxUID", "") or "") if meta is not None else ""
+    if not ts or ts == "1.2.840.10008.1.2.1.99" or ts == "1.2.840.10008.1.2.2":
+        return None
+    implicit = _LITTLE_ENDIAN_PLAIN.get(ts, False)  # the compressed syntaxes are explicit VR little endian
+    enc = getattr(ds, "original_encoding", None)
+    if enc is not None and tuple(enc) != (implicit, True):
+        return None
+    if data[at:at + 4] not in (b"\xe0\x7f\x10\x00", b"\xe0\x7f\x08\x00", b"\xe0\x7f\x09\x00"):
+        return None  # no pixel data: the header is the whole object
+    return at
+
+
 def _encode(ds) -> bytes:
     buf = io.BytesIO()
     with warnings.catch_warnings():
@@ -569,12 +589,20 @@ def import_media(medium: Medium, *, archive=None, node=None, calling_aet: str = 
             import pydicom
 
             try:
+                fp = io.BytesIO(data)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    ds = pydicom.dcmread(io.BytesIO(data), force=True)
+                    ds = pydicom.dcmread(fp, force=True, stop_before_pixels=True)
+                tail = _pixel_tail(ds, data, fp.tell())
+                if tail is None:  # the whole object through pydicom
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        ds = pydicom.dcmread(io.BytesIO(data), force=True)
                 if reconcile_dataset(ds, target, uid_map, source,
                                      reference_lookup(uid_maps, owner) if remapping else None):
-                    data = _encode(ds)
+                    # the new header, and the pixel data as it was (never decoded nor copied twice:
+                    # objects of gigabytes exist)
+                    data = _encode(ds) if tail is None else b"".join((_encode(ds), memoryview(data)[tail:]))
                     rewritten.add(id(o))
                     o.patient_id = str(ds.get("PatientID", "") or "")
                     o.new_uids = str(ds.SOPInstanceUID) != i.sop_uid or str(ds.StudyInstanceUID) != i.study_uid
