@@ -162,3 +162,13 @@ def test_serve_from_the_command_line(medium, tmp_path):
         out, err = p.communicate(timeout=20)
     assert p.returncode == 0, err
     assert f"http://127.0.0.1:{port}/" in err and "Ctrl-C" in err
+
+
+def test_a_medium_with_nothing_readable(tmp_path):
+    """A DICOMDIR whose files are all missing: each is named and the summary counts them; no
+    query's 'no matches' (was printed before the summary, as if a search had found nothing)."""
+    r = run_cli("pdi", "view", PDI_DATA / "dicomdir-dangling")
+    assert r.code == 0, r.stderr
+    err = " ".join(r.stderr.split())
+    assert "no matches" not in err and r.stdout == ""
+    assert "0 objects; 0 unsupported, 20 missing or unreadable" in err and err.count(": dangling:") == 20

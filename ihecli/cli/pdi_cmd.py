@@ -287,8 +287,9 @@ def view_cmd(
                 rows.append({"PatientID": p.patient_id, "PatientName": p.name, "StudyDate": pretty_date(s.date),
                              "Study": s.description, "Series": se.number, "Modality": se.modality,
                              "Description": se.description, "Objects": se.objects})
-    output.table(rows, ["PatientID", "PatientName", "StudyDate", "Study", "Series", "Modality", "Description",
-                        "Objects"], headers={"Series": "Series", "Description": "Series description"})
+    if rows:  # none: the summary below says what there is instead (not a query's 'no matches')
+        output.table(rows, ["PatientID", "PatientName", "StudyDate", "Study", "Series", "Modality", "Description",
+                            "Objects"], headers={"Series": "Series", "Description": "Series description"})
     for note in contents.notes:
         output.warn(note)
     for o in contents.unsupported:
