@@ -334,3 +334,13 @@ def test_serve_on_a_taken_tls_port_says_which(repo, pki):  # noqa: F811
     r = run_cli("audit", "serve", "--tls-port", str(repo.tls_port), "--udp-port", "0", "--cert", pki["server"])
     assert r.code == 2 and r.stderr == f"ihe: error: cannot listen on 127.0.0.1:{repo.tls_port} (TLS syslog): " \
                                        "Address already in use\n"
+
+
+def test_tls_options_for_a_repository_without_tls_are_a_usage_error(repo, pki):  # noqa: F811
+    """--cert/--ca/--tls with udp:// or tcp:// would send in the clear while the user believes otherwise."""
+    r = run_cli("audit", "send", "--arr", f"udp://127.0.0.1:{repo.udp_port}", "--cert", pki["client"], "--ca",
+                pki["ca"], "--event", "login")
+    assert r.code == 2 and r.stderr == f"ihe: error: --cert, --ca given, but udp://127.0.0.1:{repo.udp_port} is no " \
+                                       "TLS link: use tls://127.0.0.1:6514\n"
+    r = run_cli("audit", "send", "--arr", f"tcp://127.0.0.1:{repo.tls_port}", "--tls", "--event", "login")
+    assert r.code == 2 and f"use tls://127.0.0.1:{repo.tls_port}" in r.stderr

@@ -80,6 +80,11 @@ def send_cmd(
     target = parse_target(url)
     if target.scheme == "tls" and no_tls:
         raise UsageError(f"{url} is a TLS repository but --no-tls was given: use tcp:// or udp:// for no TLS")
+    given = [name for name, v in (("--tls", tls), ("--cert", cert), ("--tls-key", tls_key), ("--ca", ca),
+                                  ("--tls-floor", tls_floor)) if v]
+    if target.scheme != "tls" and given:  # else the message would go in the clear, the user believing otherwise
+        raise UsageError(f"{', '.join(given)} given, but {target} is no TLS link: use tls://{target.host}:"
+                         f"{target.port if target.scheme == 'tcp' else 6514}")
     cfg = tls_config(ctx, tls=tls, no_tls=no_tls, cert=cert, key=tls_key, ca=ca, floor=tls_floor,
                      default_on=target.scheme == "tls")
     if files and event:
