@@ -166,3 +166,8 @@ def test_pages_and_query_continuation(supplier, strict):
     last = supplier.requests[-1]
     assert etree.QName(last).localname == "QUQI_IN000003UV01"
     assert last.find(".//v3:queryContinuation/v3:continuationQuantity", NS).get("value") == "2"
+
+
+def test_tls_options_with_an_http_supplier_are_a_usage_error(supplier):
+    r = run_cli("pdq", "query", "--family", "Jones", "--supplier", supplier.url, "--tls")
+    assert r.code == 2 and r.stderr == f"ihe: error: --tls given, but {supplier.url} is no TLS link: use https://\n"

@@ -537,3 +537,13 @@ def test_an_unanswered_submission_or_delete_may_have_been_carried_out(srv, tmp_p
     finally:
         relay.close()
     assert r.code == 4 and r.stderr == f"ihe: error: {relay.url}: no answer within 1 s\n"
+
+
+def test_tls_options_with_an_http_endpoint_are_a_usage_error(srv, pki, tmp_path):  # noqa: F811
+    """--cert/--ca with http:// would send in the clear while the user believes otherwise."""
+    (tmp_path / "a.txt").write_text("a")
+    r = ihe(srv, "xds", "submit", str(tmp_path / "a.txt"), "--patient", PID, "--cert", pki["client"], "--ca", pki["ca"])
+    assert r.code == 2 and r.stderr == f"ihe: error: --cert, --ca given, but {srv.url} is no TLS link: use https://\n"
+    r = ihe(srv, "xds", "query", "find-documents", "--patient", PID, "--ca", pki["ca"], "--json")
+    assert r.code == 2 and "no TLS link" in r.stderr
+    assert js(ihe(srv, "xds", "query", "find-documents", "--patient", PID, "--json")) == []  # nothing was sent

@@ -93,6 +93,10 @@ def query_cmd(
                  target_domains=targets, limit=limit)
     q.check()
     url = supplier or to_alias or p.supplier
+    given = [name for name, v in (("--tls", tls), ("--cert", cert), ("--tls-key", tls_key), ("--ca", ca),
+                                  ("--tls-floor", tls_floor)) if v]
+    if given and url.startswith("http://"):  # else the query would go in the clear, the user believing otherwise
+        raise UsageError(f"{', '.join(given)} given, but {url} is no TLS link: use https://")
     cfg = tls_config(ctx, tls=tls, no_tls=no_tls, cert=cert, key=tls_key, ca=ca, floor=tls_floor) \
         if url.startswith("https://") or tls or cert or ca else None
     ans = query_demographics(url, q, sender=p.sender, receiver=p.receiver,

@@ -76,6 +76,10 @@ def _client(ctx: typer.Context, url: Optional[str], which: str, timeout: Optiona
 
     x = _xds(ctx)
     endpoint = url or getattr(x, which)
+    given = [name for name, k in (("--cert", "cert"), ("--tls-key", "key"), ("--ca", "ca"), ("--tls-floor", "floor"))
+             if tls.get(k)]
+    if given and endpoint.startswith("http://"):  # else it would go in the clear, the user believing otherwise
+        raise UsageError(f"{', '.join(given)} given, but {endpoint} is no TLS link: use https://")
     cfg = tls_config(ctx, **tls, default_on=True) if endpoint.startswith("https://") else None
     return SoapClient(endpoint, timeout=timeout or x.timeout, tls_config=cfg)
 
