@@ -806,3 +806,29 @@ def _texts(ds) -> list[str]:
         elif e.VR in ("PN", "LO", "SH", "ST", "LT", "UT", "UC"):
             out.append(str(e.value))
     return out
+
+
+def test_an_interrupted_import_says_so_and_resumes(tmp_path):
+    """Ctrl-C halfway through an import: one line says what was stored stays and how to finish,
+    exit 130; importing the medium again stores the rest and finds the others already there."""
+    import signal
+    import subprocess
+    import sys
+
+    files = make_corpus(tmp_path / "corpus", studies=1, series=1, images=400)
+    iso = tmp_path / "cd.iso"
+    assert run_cli("pdi", "burn", *files, "--iso", iso, "--no-web", "--media", "dvd").code == 0
+    db, storage = f"sqlite:///{tmp_path / 'arc.db'}", tmp_path / "storage"
+    p = subprocess.Popen([sys.executable, "-c", "import sys; from ihecli.cli import main; sys.exit(main())",
+                          "pdi", "import", str(iso), "--db", db, "--storage", str(storage)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while p.poll() is None and not any(storage.rglob("*.dcm")):  # halfway: some objects stored
+        time.sleep(0.01)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert "ihe: error: interrupted: what was stored stays; import the medium again" in " ".join(err.split())
+    r = imp(tmp_path, iso)
+    assert r.code == 0, r.stderr
+    c = r.json["counts"]
+    assert c.get("stored", 0) + c.get("duplicate", 0) == 400 and c.get("duplicate", 0) > 0, c

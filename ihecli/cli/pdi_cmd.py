@@ -191,12 +191,19 @@ def import_cmd(
         try:
             if node is None or match_local:
                 archive = open_archive(ctx, db, storage)
-            with output.progress(None, "importing", enabled=not json) as advance:
-                rep = import_media(medium, archive=archive, node=node, calling_aet=calling_aet or st.calling_aet,
-                                   timeout=timeout, patient_id=patient_id, issuer=issuer, name=name,
-                                   accession=accession, match=match_local, yes=yes,
-                                   choose=None if yes else _chooser(), dry_run=dry_run, progress=advance,
-                                   tls=node_tls(ctx, node) if node is not None else None)
+            try:
+                with output.progress(None, "importing", enabled=not json) as advance:
+                    rep = import_media(medium, archive=archive, node=node,
+                                       calling_aet=calling_aet or st.calling_aet, timeout=timeout,
+                                       patient_id=patient_id, issuer=issuer, name=name, accession=accession,
+                                       match=match_local, yes=yes, choose=None if yes else _chooser(),
+                                       dry_run=dry_run, progress=advance,
+                                       tls=node_tls(ctx, node) if node is not None else None)
+            except KeyboardInterrupt:
+                output.error("interrupted: " + ("nothing was changed" if dry_run else
+                             "what was stored stays; import the medium again for the rest (what is there is "
+                             "found already there)"))
+                raise typer.Exit(130) from None
         finally:
             if archive is not None:
                 archive.close()
