@@ -3,6 +3,7 @@ listeners storing into the archive database (SQLite and PostgreSQL), the backgro
 spool, hostile peers, and `ihe audit send|query`."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 import ssl
@@ -344,3 +345,20 @@ def test_tls_options_for_a_repository_without_tls_are_a_usage_error(repo, pki): 
                                        "TLS link: use tls://127.0.0.1:6514\n"
     r = run_cli("audit", "send", "--arr", f"tcp://127.0.0.1:{repo.tls_port}", "--tls", "--event", "login")
     assert r.code == 2 and f"use tls://127.0.0.1:{repo.tls_port}" in r.stderr
+
+
+def test_query_says_when_its_default_cap_cut_the_listing(repo, pki):  # noqa: F811
+    msg = syslog.message(ev.to_xml(ev.user_authentication(True, user="many")), app="ihe")
+    s = tls_stream(repo, pki)
+    s.sendall(syslog.frame(msg) * 1001)
+    send_until_closed(s, b"")
+    assert repo.wait_stored(1001, timeout=60)
+    repo.flush()
+    r = run_cli("audit", "query", "--db", repo.db_url)
+    assert r.code == 0 and r.stderr.strip().endswith("1000 events (the first 1000: --limit; more may match) "
+                                                     "(times in UTC)"), r.stderr
+    r = run_cli("audit", "query", "--db", repo.db_url, "--json")
+    assert r.code == 0 and len(json.loads(r.stdout)) == 1000
+    assert r.stderr == "ihe: warning: only the newest 1000 events: --limit N for more\n"
+    r = run_cli("audit", "query", "--db", repo.db_url, "--json", "--limit", "1001")
+    assert r.code == 0 and len(json.loads(r.stdout)) == 1001 and r.stderr == ""

@@ -221,16 +221,19 @@ def query_cmd(
         from ihecli.config import mask_url
 
         raise UsageError(f"cannot open the archive database {mask_url(url)}: {e}") from None
+    cap = limit or 1000  # without --limit, the newest 1000: said when there may be more
     try:
         rows = query_events(engine, since=when, event=event, user=user, patient=patient, outcome_failed=failed,
-                            limit=limit or 1000, with_message=json)
+                            limit=cap, with_message=json)
     finally:
         engine.dispose()
     if json:
         output.print_json(rows)
+        if len(rows) >= cap and not limit:
+            output.warn(f"only the newest {cap} events: --limit N for more")
         return
     table = [{"time": (r.event_time or r.received).strftime("%Y-%m-%d %H:%M:%S"), "event": r.event or "(invalid)",
               "type": r.types, "act": r.action, "outcome": r.outcome, "users": ", ".join(r.users),
               "patients": ", ".join(r.patients), "from": r.peer} for r in rows]
     output.table(table, ["time", "event", "type", "act", "outcome", "users", "patients", "from"])
-    output.found(len(rows), "event", limit=limit, extra=" (times in UTC)")
+    output.found(len(rows), "event", limit=cap, extra=" (times in UTC)")
