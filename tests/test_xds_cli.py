@@ -547,3 +547,22 @@ def test_tls_options_with_an_http_endpoint_are_a_usage_error(srv, pki, tmp_path)
     r = ihe(srv, "xds", "query", "find-documents", "--patient", PID, "--ca", pki["ca"], "--json")
     assert r.code == 2 and "no TLS link" in r.stderr
     assert js(ihe(srv, "xds", "query", "find-documents", "--patient", PID, "--json")) == []  # nothing was sent
+
+
+def test_the_submission_set_making_the_folder_fails_then_nothing_else_goes(tmp_path):
+    with Archive(f"sqlite:///{tmp_path / 'x.db'}", tmp_path / "x") as a:
+        s = XdsServer(a, repository_unique_id=REPO, max_body=64 * 1024)
+        s.start()
+        try:
+            docs = tmp_path / "docs"
+            docs.mkdir()
+            (docs / "a.bin").write_bytes(os.urandom(200 * 1024))
+            (docs / "b.txt").write_text("b")
+            (docs / "c.txt").write_text("c")
+            r = ihe(s, "xds", "submit", str(docs), "--patient", PID, "--batch", "1", "--folder", "Notes")
+            assert r.code == 1 and r.stderr.count("\n") == 1, r.stderr
+            assert r.stderr.startswith("ihe: error: submission set 1/3 (a.bin), which makes the folder, failed: ")
+            assert r.stderr.endswith("; the other 2 were not sent\n")
+            assert js(ihe(s, "xds", "query", "find-documents", "--patient", PID, "--json")) == []
+        finally:
+            s.stop()

@@ -296,6 +296,10 @@ def submit_cmd(
                                            + f"{e}{MAY_HAVE_REGISTERED}") from None
                         if len(subs) == 1 or isinstance(e, PeerUnreachable):
                             raise  # nothing went, nothing else will: one line, exit 4
+                        if sub.folders:  # the others would put their documents in a folder that is not there
+                            raise IheError(f"submission set 1/{len(subs)}{names(0)}, which makes the folder, "
+                                           f"failed: {e}; the other {len(subs) - 1} were not sent",
+                                           exit_status=e.exit_status) from None
                         first = e
                     pending.append((sub, None, first))
                 else:
