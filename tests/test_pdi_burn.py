@@ -414,3 +414,24 @@ def test_a_huge_multi_frame_object_is_rendered_a_frame_at_a_time(tmp_path):
     shown, maxrss_kib = map(int, p.stdout.split())
     assert shown == 499 and len(list((tmp_path / "F").glob("F*.JPG"))) == 499
     assert maxrss_kib < size_kib // 2, f"{maxrss_kib} KiB to render a {size_kib} KiB object"
+
+
+def test_a_stick_as_it_comes_is_empty(env, tmp_path):
+    """A stick formatted elsewhere holds 'System Volume Information' (Windows) or 'lost+found'
+    (ext4): it is empty for a medium (was refused as not empty); those entries are kept, also by
+    a burn that fails and removes what it wrote; anything else still makes the folder not empty."""
+    stick = tmp_path / "stick"
+    (stick / "System Volume Information").mkdir(parents=True)
+    (stick / "System Volume Information" / "IndexerVolumeGuid").write_text("{1234}")
+    (stick / "lost+found").mkdir()
+    p = _ihe_limited(["pdi", "burn", *env["files"], "--usb", stick, "--no-web"], limit=30_000)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 1 and "nothing of the medium is left there" in " ".join(err.split()), err
+    assert sorted(x.name for x in stick.iterdir()) == ["System Volume Information", "lost+found"]
+    r = cli(env, "pdi", "burn", *env["files"], "--usb", stick, "--no-web", "--json")
+    assert r.code == 0, r.stderr
+    assert (stick / "DICOMDIR").exists() and (stick / "System Volume Information" / "IndexerVolumeGuid").exists()
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "holiday.jpg").write_bytes(b"x")
+    r = cli(env, "pdi", "burn", *env["files"], "--usb", tmp_path / "used", "--no-web")
+    assert r.code == 2 and "must be new or empty" in r.stderr

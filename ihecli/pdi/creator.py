@@ -343,12 +343,22 @@ def write_iso(out: Path, staging: Path, direct: dict[str, str], volume_id: str,
         tmp.unlink(missing_ok=True)
 
 
+# what a freshly formatted or plugged-in stick holds before anything is written to it (file
+# systems, Windows, macOS): a folder holding only these is empty for a medium, and they are kept
+STICK_SYSTEM_ENTRIES = frozenset({"lost+found", "System Volume Information", "$RECYCLE.BIN", ".Trashes",
+                                  ".fseventsd", ".Spotlight-V100", ".DS_Store", ".TemporaryItems"})
+
+
+def _medium_entries(usb) -> list[Path]:
+    return [c for c in Path(usb).iterdir() if c.name not in STICK_SYSTEM_ENTRIES]
+
+
 def check_target(iso, usb) -> None:
     """An --iso file is never overwritten, a --usb folder never written into unless empty; the
     place must be one we can write to (said before anything is read)."""
     if iso is not None and os.path.lexists(iso):
         raise UsageError(f"{iso}: exists: remove it or choose another name")
-    if usb is not None and os.path.exists(usb) and (not os.path.isdir(usb) or any(Path(usb).iterdir())):
+    if usb is not None and os.path.exists(usb) and (not os.path.isdir(usb) or _medium_entries(usb)):
         raise UsageError(f"{usb}: the USB folder must be new or empty")
     target = iso if iso is not None else usb
     if target is None:
@@ -384,7 +394,7 @@ def _remove_written(usb: Path | None, isos: list[Path], usb_existed: bool) -> No
     if usb is None or not usb.is_dir():
         return
     if usb_existed:
-        for child in usb.iterdir():
+        for child in _medium_entries(usb):
             if child.is_dir() and not child.is_symlink():
                 shutil.rmtree(child, ignore_errors=True)
             else:
