@@ -435,3 +435,17 @@ def test_a_stick_as_it_comes_is_empty(env, tmp_path):
     (tmp_path / "used" / "holiday.jpg").write_bytes(b"x")
     r = cli(env, "pdi", "burn", *env["files"], "--usb", tmp_path / "used", "--no-web")
     assert r.code == 2 and "must be new or empty" in r.stderr
+
+
+def test_records_of_odd_rt_objects_keep_their_values(env, tmp_path):
+    """pydicom's RT dose with an empty Instance Number (badVR.dcm) and its cut RT plan: their
+    records get the source's Dose Summation Type and RT Plan Label, and an Instance Number (they
+    had the Instance Number alone: type 1 values missing, the DICOMDIR invalid)."""
+    files = [Path(pydicom.data.get_testdata_file(n)) for n in ("badVR.dcm", "rtplan_truncated.dcm")]
+    r = cli(env, "pdi", "burn", *files, "--usb", tmp_path / "m", "--no-web", "--json")
+    assert r.code == 0 and r.json["objects"] == 2, r.stderr
+    dd = tmp_path / "m" / "DICOMDIR"
+    recs = {x.DirectoryRecordType: x for x in pydicom.dcmread(dd).DirectoryRecordSequence}
+    assert recs["RT DOSE"].DoseSummationType == "BEAM" and recs["RT DOSE"].InstanceNumber == 1
+    assert recs["RT PLAN"].RTPlanLabel == "Plan1"
+    assert [e for e in dciodvfy_errors(dd) if "Illegal root for UID" not in e] == []  # pydicom's made-up UIDs

@@ -187,15 +187,7 @@ def leaf_record(info: ObjectInfo, number: int, today: str) -> Fields | Dataset:
         r.MIMETypeOfEncapsulatedDocument = v.clean_text(hv("MIMETypeOfEncapsulatedDocument"), 64) or "application/pdf"
     else:
         # the other record types: pydicom knows their keys; values it cannot take are left out
-        from pydicom.fileset import DIRECTORY_RECORDERS
-
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                r = DIRECTORY_RECORDERS[rtype](h)
-        except Exception:
-            r = Dataset()
-            r.InstanceNumber = inst
+        r = _recorded(rtype, h, inst, cdate, ctime)
         if cs:
             r.SpecificCharacterSet = cs
         for kw in list(r.dir()):
@@ -205,6 +197,51 @@ def leaf_record(info: ObjectInfo, number: int, today: str) -> Fields | Dataset:
                 setattr(r, kw, v.clean_tm(getattr(r, kw)) or ctime)
         if "InstanceNumber" in r:
             r.InstanceNumber = inst
+    return r
+
+
+_TYPE1_FILLERS = {"DA": lambda d, t: d, "TM": lambda d, t: t, "DT": lambda d, t: d + t, "IS": lambda d, t: "1",
+                  "DS": lambda d, t: "0"}
+
+
+def _recorded(rtype: str, h: Dataset, inst: str, cdate: str, ctime: str) -> Dataset:
+    """The record pydicom's recorder for ``rtype`` makes of the header; a type 1 value the
+    source lacks or left empty (a cut or odd object) is filled, as the record must have it: the
+    Instance Number given, dates and times the object's, other values UNKNOWN."""
+    from pydicom.datadict import dictionary_VR
+    from pydicom.dataelem import DataElement
+    from pydicom.dataset import Dataset
+    from pydicom.fileset import DIRECTORY_RECORDERS
+
+    src = Dataset()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for tag in list(h.keys()):  # the top-level elements pydicom can read (an odd one is left out)
+            try:
+                src.add(h[tag])
+            except Exception:
+                continue
+    if not v.clean_is(src.get("InstanceNumber")):
+        src.InstanceNumber = inst
+    for _ in range(8):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return DIRECTORY_RECORDERS[rtype](src)
+        except ValueError as e:  # "The instance's (gggg,eeee) '...' element is missing" / "cannot be empty"
+            m = re.search(r"\(([0-9A-Fa-f]{4}),([0-9A-Fa-f]{4})\)", str(e))
+            if not m:
+                break
+            tag = int(m.group(1) + m.group(2), 16)
+            try:
+                vr = dictionary_VR(tag)
+            except KeyError:
+                break
+            src[tag] = DataElement(tag, vr, _TYPE1_FILLERS.get(vr, lambda d, t: "UNKNOWN")(cdate, ctime))
+        except Exception:
+            break
+    r = Dataset()
+    r.InstanceNumber = inst
     return r
 
 
