@@ -105,3 +105,71 @@ def test_workers_share_the_port_and_die_with_the_server(tmp_path, corpus):
     finally:
         if srv.poll() is None:
             srv.kill()
+
+
+def _interrupted_export(tmp_path, *dest, watch):
+    """`ihe archive export --since 24h DEST...` in its own process, Ctrl-C (SIGINT) once `watch()`
+    says it is under way; the completed process."""
+    p = subprocess.Popen([sys.executable, "-m", "ihecli", "archive", "export", "--since", "24h", "--db",
+                          f"sqlite:///{tmp_path / 'index.db'}", "--storage", str(tmp_path / "st"), *dest],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "TCP_NODELAY": "1"})
+    while not watch() and p.poll() is None:
+        time.sleep(0.005)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    return p.returncode, out, err
+
+
+def test_ctrl_c_of_an_export_says_how_far_it_got_and_leaves_no_partial_file(tmp_path):
+    """A nightly export stopped by Ctrl-C: exit 130 with one line saying how many went out, and
+    every file under its final name in the folder is whole (copied under another name first)."""
+    files = make_corpus(tmp_path / "c", studies=6, series=5, images=50)
+    with Archive(f"sqlite:///{tmp_path / 'index.db'}", tmp_path / "st") as a:
+        for f in files:
+            a.store(f.read_bytes())
+    out = tmp_path / "out"
+    code, _, err = _interrupted_export(tmp_path, "--out", str(out),
+                                       watch=lambda: out.exists() and any(out.glob("*/*/*.dcm")))
+    assert code == 130, err
+    copied = list(out.glob("*/*/*.dcm"))
+    assert 0 < len(copied) < len(files), "the export ended before Ctrl-C: make the corpus larger"
+    assert re.search(rf"interrupted: {len(copied)} instances? of {len(files)} exported to ", err), err
+    assert not [p for p in out.rglob("*") if p.is_file() and p.suffix != ".dcm"]
+    originals = {f.name: f for f in files}
+    by_uid = {str(dcmread(f, stop_before_pixels=True).SOPInstanceUID): f for f in originals.values()}
+    for p in copied:
+        assert p.read_bytes() == by_uid[p.stem].read_bytes()
+
+
+def test_ctrl_c_of_an_export_to_a_node_says_how_far_it_got(tmp_path):
+    """The same with --to: a pynetdicom storage SCP that stops answering after 5 objects."""
+    import threading
+
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+    from pynetdicom import AE, evt
+
+    files = make_corpus(tmp_path / "c", studies=1, series=1, images=20)
+    with Archive(f"sqlite:///{tmp_path / 'index.db'}", tmp_path / "st") as a:
+        for f in files:
+            a.store(f.read_bytes())
+    got, hold = [], threading.Event()
+
+    def on_store(event):
+        if len(got) >= 5:
+            hold.wait(60)
+            return 0xA700
+        got.append(event.request.AffectedSOPInstanceUID)
+        return 0x0000
+
+    ae = AE(ae_title="SLOW")
+    ae.add_supported_context(CTImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    port = free_port()
+    scp = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        code, _, err = _interrupted_export(tmp_path, "--to", f"SLOW@127.0.0.1:{port}", watch=lambda: len(got) >= 5)
+    finally:
+        hold.set()
+        scp.shutdown()
+    assert code == 130, err
+    assert re.search(rf"interrupted: 5 instances of {len(files)} exported to SLOW@127.0.0.1:{port}", err), err

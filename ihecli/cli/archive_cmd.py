@@ -1,6 +1,7 @@
 """`ihe archive`: run the archive and manage what it holds."""
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -484,31 +485,70 @@ def export_cmd(
         copies = reconciled_copies(archive, refs_paths, reconciled)
         refs_paths = [(r, Path(copies[r.sop_uid]) if r.sop_uid in copies else p) for r, p in refs_paths]
         paths = [p for _, p in refs_paths]
+        sent = [0]  # for the line Ctrl-C leaves
+
+        def interrupted(dest: str):
+            output.error(f"interrupted: {output.count(sent[0], 'instance')} of {len(paths)} exported to {dest} "
+                         "(run the same export again to send them all)")
+            return typer.Exit(130)
+
         if to:
             st = state(ctx).settings()
             node = st.node(to)
             if not paths:
                 rep = scu.StoreReport(str(node))
             else:
-                with output.progress(len(paths), f"exporting to {node}", enabled=not json) as advance:
-                    rep = scu.store(node, paths, calling_aet=calling_aet or st.calling_aet, timeout=timeout,
-                                    progress=lambda p, o: advance(), tls=node_tls(ctx, node))
+                def step(_path, outcome, advance=None) -> None:
+                    sent[0] += outcome in ("success", "warning")
+                    advance()
+
+                try:
+                    with output.progress(len(paths), f"exporting to {node}", enabled=not json) as advance:
+                        rep = scu.store(node, paths, calling_aet=calling_aet or st.calling_aet, timeout=timeout,
+                                        progress=lambda p, o: step(p, o, advance), tls=node_tls(ctx, node))
+                except KeyboardInterrupt:
+                    raise interrupted(str(node)) from None
             failures = lost + rep.failed
             done = rep.sent
             dest = str(node)
         else:
-            done = 0
-            failures = lost
-            with output.progress(len(paths), f"exporting to {out}", enabled=not json) as advance:
-                for r, p in refs_paths:  # folders made as files arrive: nothing exported leaves none behind
-                    target = out / safe_name(r.study_uid) / safe_name(r.series_uid) / f"{safe_name(r.sop_uid)}.dcm"
-                    try:
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        shutil.copyfile(p, target)
-                        done += 1
-                    except OSError as e:
-                        failures.append(scu.FileFailure(str(p), f"cannot copy to {target}: {e.strerror or e}"))
-                    advance()
+            failures = list(lost)
+            part = None
+            try:
+                with output.progress(len(paths), f"exporting to {out}", enabled=not json) as advance:
+                    for i, (r, p) in enumerate(refs_paths):  # folders made as files arrive
+                        target = out / safe_name(r.study_uid) / safe_name(r.series_uid) / f"{safe_name(r.sop_uid)}.dcm"
+                        # copied under another name, then renamed: a file under its final name is whole
+                        part = target.with_name(target.name + ".part")
+                        try:
+                            target.parent.mkdir(parents=True, exist_ok=True)
+                            shutil.copyfile(p, part)
+                            # Ctrl-C waits while the file takes its name and is counted: the count is true
+                            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+                            try:
+                                os.replace(part, target)
+                                part = None
+                                sent[0] += 1
+                            finally:
+                                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+                        except OSError as e:
+                            try:
+                                part.unlink(missing_ok=True)
+                            except OSError:
+                                pass
+                            part = None
+                            if e.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT):  # the rest would fail too
+                                why = f"not exported: {out}: {e.strerror}"
+                                failures.extend(scu.FileFailure(str(q), why) for _, q in refs_paths[i:])
+                                break
+                            failures.append(scu.FileFailure(str(p), f"cannot copy to {target}: {e.strerror or e}"))
+                        advance()
+            except KeyboardInterrupt:
+                raise interrupted(str(out)) from None
+            finally:
+                if part is not None:
+                    part.unlink(missing_ok=True)
+            done = sent[0]
             dest = str(out)
         failed = len(failures)
         result = {"studies": len(uids), "instances": done, "failed": [f.__dict__ for f in failures], "to": dest,

@@ -61,15 +61,21 @@ def dataset_json(ds: Dataset) -> dict:
 
 
 def warn_failures(failed, node) -> None:
-    """One warning per file that failed, and one line for all those left unsent when the
-    association was lost (a peer that goes away leaves thousands)."""
-    lost = [f for f in failed if f.reason == scu.LOST]
+    """A warning per file that failed; files that failed for one same reason (a lost
+    association, a full disk) beyond a few are one line: a peer or a disk that goes away leaves
+    thousands. --json lists every one."""
+    by_reason: dict[str, list] = {}
     for f in failed:
-        if f.reason != scu.LOST:
-            output.warn(f"{f.path}: {f.reason}")
-    if lost:
-        output.warn(f"the association with {node} was lost: {output.count(len(lost), 'file')} not sent "
-                    f"(from {lost[0].path}; --json lists them)")
+        by_reason.setdefault(f.reason, []).append(f)
+    for reason, fs in by_reason.items():
+        if reason == scu.LOST:
+            output.warn(f"the association with {node} was lost: {output.count(len(fs), 'file')} not sent "
+                        f"(from {fs[0].path}; --json lists them)")
+        elif len(fs) <= 3:
+            for f in fs:
+                output.warn(f"{f.path}: {reason}")
+        else:
+            output.warn(f"{output.count(len(fs), 'file')}: {reason} (from {fs[0].path}; --json lists them)")
 
 
 @app.command("echo")
