@@ -172,3 +172,41 @@ def test_a_medium_with_nothing_readable(tmp_path):
     err = " ".join(r.stderr.split())
     assert "no matches" not in err and r.stdout == ""
     assert "0 objects; 0 unsupported, 20 missing or unreadable" in err and err.count(": dangling:") == 20
+
+
+def test_serving_a_huge_multi_frame_object_reads_a_frame_at_a_time(tmp_path):
+    """A 250 MB cine loop on an ISO: the view serves its frames (each its own), reading each
+    from the medium alone; the server stays far smaller than the object (it held the object
+    read, parsed and decoded: three times its size, for each of the two last shown)."""
+    import pydicom
+
+    ds = pydicom.dcmread(PDI_DATA / "xdsi" / "us022.dcm")
+    n, rows, cols = 1000, 500, 500
+    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, cols, n
+    ramp = (np.add.outer(np.arange(rows), np.arange(cols)) % 256).astype(np.uint8)
+    ds.PixelData = b"".join(np.roll(ramp, 2 * k, axis=1).tobytes() for k in range(n))
+    src = tmp_path / "src"
+    src.mkdir()
+    ds.save_as(src / "cine.dcm")
+    del ds
+    size_kib = (src / "cine.dcm").stat().st_size // 1024
+    iso = tmp_path / "cine.iso"
+    assert run_cli("pdi", "burn", src / "cine.dcm", "--iso", iso, "--no-web", "--media", "dvd").code == 0
+    port = free_port()
+    env = {**os.environ, "IHE_CONFIG": str(tmp_path / "c.toml"), "IHE_DATA_DIR": str(tmp_path / "d")}
+    p = subprocess.Popen([sys.executable, "-m", "ihecli", "pdi", "view", str(iso), "--serve", "--port", str(port)],
+                         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_port(port, 60)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
+            got = [http.get(f"/image/0/{k}.jpg") for k in (0, 1, 333, 999)]
+            assert [g.status_code for g in got] == [200] * 4 and len({g.content for g in got}) == 4
+            assert http.get("/image/0/1000.jpg").status_code == 404
+            first = np.asarray(Image.open(io.BytesIO(got[0].content)).convert("L"), dtype=float)
+            assert np.abs(first - ramp).mean() < 8  # frame 1 as it is
+        status = open(f"/proc/{p.pid}/status").read()
+        peak_kib = int(status.split("VmHWM:")[1].split()[0])
+        assert peak_kib < size_kib // 2, f"{peak_kib} KiB to serve a {size_kib} KiB object"
+    finally:
+        p.send_signal(signal.SIGINT)
+        p.communicate(timeout=30)

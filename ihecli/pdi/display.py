@@ -151,6 +151,7 @@ class MediaViewServer:
                        key=sort_key)
         wos = []
         paths: list[str] = []
+        multi: dict[int, int] = {}  # the multi-frame objects of paths: their number of frames
         for f in found:
             wo = WebObject(f.info)
             if f.status == "ok" and f.info.is_image:
@@ -168,6 +169,8 @@ class MediaViewServer:
                 wo.width, wo.height = max(1, round(w * scale)), max(1, round(h * scale))
                 if f.info.frames > 1:
                     from ihecli.pdi.render import frame_indices
+
+                    multi[len(paths) - 1] = f.info.frames
 
                     wo.key = str(len(paths) - 1)
                     wo.frames = [(k + 1, f"/image/{wo.key}/{k}.jpg", wo.width, wo.height)
@@ -219,21 +222,38 @@ class MediaViewServer:
             from ihecli.pdi.render import RenderError, render_dataset
 
             try:
-                with self._lock, warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    ds = self._decoded.get(k)
-                    if ds is None:
-                        ds = pydicom.dcmread(io.BytesIO(self.medium.read(paths[k])), force=True)
-                        if int(ds.get("NumberOfFrames", 1) or 1) > 1 and "PixelData" in ds:
-                            ds.pixel_array  # noqa: B018 - decoded once: its page asks for every frame next
+                if k in multi:
+                    # a multi-frame object (a cine loop may be gigabytes): its header once, then
+                    # each frame asked for read alone from the medium
+                    with self._lock, warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        ds = self._decoded.get(k)
+                        if ds is None:
+                            with self.medium.open(paths[k]) as f:
+                                ds = pydicom.dcmread(f, force=True, stop_before_pixels=True)
                             self._decoded[k] = ds
-                            while len(self._decoded) > 2:
+                            while len(self._decoded) > 8:
                                 self._decoded.pop(next(iter(self._decoded)))
-                if not 0 <= frame < int(ds.get("NumberOfFrames", 1) or 1):
-                    return Response(status_code=404)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    jpeg, _w, _h = render_dataset(ds, frame)
+                    if not 0 <= frame < multi[k]:
+                        return Response(status_code=404)
+                    from pydicom.pixels import pixel_array
+
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        try:
+                            with self.medium.open(paths[k]) as f:
+                                arr = pixel_array(f, index=frame)
+                        except Exception:  # a frame pydicom cannot find alone (a broken offset table)
+                            arr = pydicom.dcmread(io.BytesIO(self.medium.read(paths[k])), force=True
+                                                  ).pixel_array[frame]
+                        jpeg, _w, _h = render_dataset(ds, frame, arr)
+                else:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        ds = pydicom.dcmread(io.BytesIO(self.medium.read(paths[k])), force=True)
+                        if frame != 0:
+                            return Response(status_code=404)
+                        jpeg, _w, _h = render_dataset(ds, frame)
             except (RenderError, Exception) as e:
                 return Response(f"cannot render: {e}", status_code=422, media_type="text/plain")
             return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})

@@ -47,6 +47,10 @@ class Medium:
     def read(self, rel: str, limit: int | None = None) -> bytes:
         raise NotImplementedError
 
+    def open(self, rel: str):
+        """A seekable binary file object of one file (to read a part of a large object)."""
+        raise NotImplementedError
+
     def refused(self) -> list[tuple[str, str]]:
         """Entries refused while listing (links leaving the medium)."""
         return []
@@ -101,11 +105,14 @@ class FolderMedium(Medium):
         return self._refused
 
     def read(self, rel: str, limit: int | None = None) -> bytes:
+        with self.open(rel) as f:
+            return f.read() if limit is None else f.read(limit)
+
+    def open(self, rel: str):
         full = self.root.joinpath(*rel.split("/"))
         if not self._inside(str(full)):
             raise OSError(f"{rel}: outside the medium")
-        with open(full, "rb") as f:
-            return f.read() if limit is None else f.read(limit)
+        return open(full, "rb")
 
 
 class ZipMedium(Medium):
@@ -138,6 +145,9 @@ class ZipMedium(Medium):
     def read(self, rel: str, limit: int | None = None) -> bytes:
         with self.zf.open(self._names[rel]) as f:
             return f.read() if limit is None else f.read(limit)
+
+    def open(self, rel: str):
+        return self.zf.open(self._names[rel])
 
     def close(self) -> None:
         self.zf.close()
@@ -226,6 +236,9 @@ class IsoMedium(Medium):
             offset += len(chunk)
             n -= len(chunk)
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def open(self, rel: str):
+        return self.iso.open_file_from_iso(**{self.key: self._map[rel]})
 
     def close(self) -> None:
         try:

@@ -165,7 +165,7 @@ def render_file(path: str, frame_index: int = 0) -> tuple[bytes, int, int]:
 
 
 def render_dataset(ds, frame_index: int = 0, frame: np.ndarray | None = None) -> tuple[bytes, int, int]:
-    if "PixelData" not in ds and "FloatPixelData" not in ds:
+    if frame is None and "PixelData" not in ds and "FloatPixelData" not in ds:
         raise RenderError("no pixel data")
     return jpeg_bytes(display_array(ds, frame_index, frame))
 
