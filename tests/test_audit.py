@@ -362,3 +362,23 @@ def test_query_says_when_its_default_cap_cut_the_listing(repo, pki):  # noqa: F8
     assert r.stderr == "ihe: warning: only the newest 1000 events: --limit N for more\n"
     r = run_cli("audit", "query", "--db", repo.db_url, "--json", "--limit", "1001")
     assert r.code == 0 and len(json.loads(r.stdout)) == 1001 and r.stderr == ""
+
+
+def test_an_audit_message_with_entities_is_refused_not_expanded(repo, tmp_path):
+    """DOCTYPE with an internal entity: lxml would expand it into a stored UserID; refused instead,
+    by `audit send` (one line, nothing sent) and by the repository (kept as not an audit message)."""
+    body = (DATA / "start.xml").read_text()
+    body = body[body.index("<AuditMessage"):]
+    assert 'UserID=""' in body
+    hostile = ('<?xml version="1.0"?><!DOCTYPE AuditMessage [<!ENTITY x "EXPANDED-ENTITY">]>'
+               + body.replace('UserID=""', 'UserID="&x;"', 1))
+    f = tmp_path / "entity.xml"
+    f.write_text(hostile)
+    r = run_cli("audit", "send", "--arr", f"udp://127.0.0.1:{repo.udp_port}", str(f))
+    assert r.code == 1 and r.stderr == f"ihe: error: {f}: not an audit message: XML with a document type " \
+                                       "declaration (DOCTYPE) is refused\n"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.sendto(syslog.message(hostile.encode(), app="ihe"), ("127.0.0.1", repo.udp_port))
+    assert repo.wait_stored(1)
+    (e,) = stored(repo)
+    assert not e.event and "DOCTYPE" in e.error and "EXPANDED-ENTITY" not in " ".join(e.users)

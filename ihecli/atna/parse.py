@@ -2,7 +2,7 @@
 
 Accepts the DICOM PS3.15 A.5.1 format (``csd-code``/``originalText``) and the legacy RFC 3881
 format (``code``/``displayName``), with junk before the XML (comments, a BOM, text) and after
-it. The XML parser resolves no entities and fetches nothing.
+it. The XML parser resolves no entities and fetches nothing; a DOCTYPE is refused.
 """
 from __future__ import annotations
 
@@ -80,8 +80,15 @@ def extract_xml(body: bytes) -> bytes:
 
 
 def parse_audit(body: bytes) -> ParsedAudit:
-    """Read an AuditMessage in DICOM or RFC 3881 format; AuditParseError when it is not one."""
+    """Read an AuditMessage in DICOM or RFC 3881 format; AuditParseError when it is not one.
+
+    A document type declaration is refused, as in every XML the project reads: its internal
+    entities would otherwise be expanded into the values stored (lxml expands those in attributes
+    even with resolve_entities=False)."""
     xml = extract_xml(body)
+    root_at = re.search(rb"<(?:[A-Za-z_][\w.-]*:)?AuditMessage\b", xml)
+    if b"<!DOCTYPE" in xml[:root_at.start() if root_at else len(xml)].upper():
+        raise AuditParseError("XML with a document type declaration (DOCTYPE) is refused")
     try:
         root = etree.fromstring(xml, _PARSER)
     except etree.XMLSyntaxError as e:
@@ -97,6 +104,9 @@ def parse_audit(body: bytes) -> ParsedAudit:
                 raise AuditParseError(f"not well-formed XML: {e}") from None
         else:
             raise AuditParseError(f"not well-formed XML: {e}") from None
+    info = root.getroottree().docinfo
+    if info.doctype or info.internalDTD is not None:  # one the byte check missed (another encoding)
+        raise AuditParseError("XML with a document type declaration (DOCTYPE) is refused")
     if _local(root.tag) != "AuditMessage":
         raise AuditParseError(f"root element is {_local(root.tag)!r}, not AuditMessage")
     ident = (_children(root, "EventIdentification") or [None])[0]
