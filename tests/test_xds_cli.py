@@ -566,3 +566,24 @@ def test_the_submission_set_making_the_folder_fails_then_nothing_else_goes(tmp_p
             assert js(ihe(s, "xds", "query", "find-documents", "--patient", PID, "--json")) == []
         finally:
             s.stop()
+
+
+def test_a_cda_document_with_a_doctype_is_still_checked(srv, tmp_path):
+    """A bare DOCTYPE (some CDA generators write one) does not make the document 'not CDA', which
+    skipped the patient check; one declaring entities is refused, nothing submitted."""
+    cda = CDA.format(pid="PID8")
+    i = cda.index("<ClinicalDocument")
+    other = tmp_path / "other.xml"
+    other.write_text(cda[:i] + '<!DOCTYPE ClinicalDocument PUBLIC "-//HL7//DTD CDA R2//EN" "CDA.dtd">\n' + cda[i:])
+    r = ihe(srv, "xds", "submit", str(other), "--patient", PID)
+    assert r.code == 2 and "about patient PID8" in r.stderr, r.stderr
+    ours = tmp_path / "ours.xml"
+    ours.write_text(CDA.format(pid="PID7")[:i] + "<!DOCTYPE ClinicalDocument>\n" + CDA.format(pid="PID7")[i:])
+    (d,) = js(ihe(srv, "xds", "submit", str(ours), "--patient", PID, "--json"))
+    assert (d["title"], d["mimeType"]) == ("Entlassungsbrief Innere Medizin", "text/xml")
+    hostile = tmp_path / "entity.xml"
+    hostile.write_text(cda[:i] + '<!DOCTYPE ClinicalDocument [<!ENTITY x "EXPANDED">]>\n' + cda[i:])
+    r = ihe(srv, "xds", "submit", str(hostile), "--patient", PID)
+    assert r.code == 2 and r.stderr == f"ihe: error: entity.xml: a CDA document whose DOCTYPE declares entities " \
+                                       "(not read here): remove the DOCTYPE; nothing submitted\n"
+    assert len(js(ihe(srv, "xds", "query", "find-documents", "--patient", PID, "--json"))) == 1

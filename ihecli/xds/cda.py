@@ -6,12 +6,20 @@ Read with the safe parser (no DTD, no entities); anything that is not a CDA docu
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from ihecli.net.soap.xml import XmlError, parse_xml
 
 V3 = "urn:hl7-org:v3"
+# a DOCTYPE that declares nothing (no internal subset; an external one is never loaded): some CDA
+# generators write one, and it must not turn the document into "not CDA" (its checks skipped)
+_BARE_DOCTYPE = re.compile(rb"<!DOCTYPE\s+[A-Za-z_:][\w.:-]*(?:\s+(?:SYSTEM|PUBLIC)(?:\s+(?:\"[^\"]*\"|'[^']*')){1,2})?\s*>")
+
+
+class CdaRefused(ValueError):
+    """A CDA document that cannot be read safely (entities declared in its DOCTYPE)."""
 
 
 @dataclass
@@ -61,7 +69,16 @@ def read_header(data: bytes) -> CdaHeader | None:
     try:
         root = parse_xml(data)
     except XmlError:
-        return None
+        root_at = re.search(rb"<(?:[A-Za-z_][\w.-]*:)?ClinicalDocument\b", data)
+        if root_at is None or b"<!DOCTYPE" not in data[:root_at.start()]:
+            return None
+        bare = _BARE_DOCTYPE.search(data, 0, root_at.start())
+        if bare is None:
+            raise CdaRefused("a CDA document whose DOCTYPE declares entities (not read here)") from None
+        try:
+            root = parse_xml(data[:bare.start()] + data[bare.end():])
+        except XmlError:
+            return None
     if root.tag != f"{{{V3}}}ClinicalDocument":
         return None
     h = CdaHeader()

@@ -49,12 +49,15 @@ def dicom_sop_class(data: bytes) -> str | None:
 
 
 def document_entry(data: bytes, name: str, domain, o: Options, patient: str) -> DocumentEntry:
-    from ihecli.xds.cda import read_header
+    from ihecli.xds.cda import CdaRefused, read_header
 
     sop_class = dicom_sop_class(data)
     fmt = o.format_code or domain.format_code
     mime = o.mime_type
-    cda = read_header(data) if sop_class is None else None  # a CDA document says much of it itself
+    try:
+        cda = read_header(data) if sop_class is None else None  # a CDA document says much of it itself
+    except CdaRefused as e:
+        raise UsageError(f"{name}: {e}: remove the DOCTYPE; nothing submitted") from None
     if sop_class is not None:
         mime = mime or "application/dicom"
         if sop_class == v.KOS_SOP_CLASS and not o.format_code:
