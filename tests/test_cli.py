@@ -261,3 +261,15 @@ def test_one_shot_commands_log_only_problems_unless_verbose(corpus, tmp_path):
     assert cli._words(["-c", "x.toml", "archive", "serve", "--port", "1"]) == ["archive", "serve"]
     assert tuple(cli._words(["--profile", "serve", "xds", "serve"])) in cli.SERVERS
     assert tuple(cli._words(["xds", "query", "serve"])) not in cli.SERVERS
+
+
+def test_messages_stay_one_line_in_a_pipe(capsys):
+    """stderr that is not a terminal: warnings and notes are not wrapped at 80 columns."""
+    from ihecli.cli import output
+
+    long = "a long path " + "/very/deep/folder" * 10
+    output.warn(long)
+    output.info(long)
+    output.error(long)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [f"ihe: warning: {long}", long, f"ihe: error: {long}"]

@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 out = Console(soft_wrap=True, highlight=False)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)  # a message is one line, also in a pipe
 
 # Column headers for long DICOM keywords
 SHORT = {
@@ -90,7 +90,7 @@ def warn(message: str) -> None:
 
 
 def error(message: str) -> None:
-    err.print(f"ihe: error: {message}", markup=False, style="bold red", soft_wrap=True)
+    err.print(f"ihe: error: {message}", markup=False, style="bold red")
 
 
 def _plain(obj: Any) -> Any:
