@@ -248,6 +248,9 @@ def test_cli_send_and_query(repo, pki):  # noqa: F811
     assert r.code == 4
     r = run_cli("audit", "send", "--arr", "http://x", "--event", "login")
     assert r.code == 2
+    r = run_cli("audit", "send", "--arr", f"udp://127.0.0.1:{repo.udp_port}", "--event", "patient-update")
+    assert r.code == 2 and r.stderr == "ihe: error: --event patient-update needs --patient ID (the patient whose " \
+                                       "record it is)\n"
     r = run_cli("audit", "query", "--db", repo.db_url, "--since", "yesterday-ish")
     assert r.code == 2
 

@@ -105,6 +105,8 @@ def send_cmd(
             raise UsageError("nothing to send: give audit message files or --event (start, stop, login, ...)")
         if outcome not in (0, 4, 8, 12):
             raise UsageError("--outcome is 0, 4, 8 or 12")
+        if event.strip().lower() in ("patient-read", "patient-update") and not patient:
+            raise UsageError(f"--event {event.strip().lower()} needs --patient ID (the patient whose record it is)")
         try:
             e = _built_event(event, user=user or "", patients=patient or [], outcome=outcome, app=st.audit.app_name)
         except ValueError as x:
