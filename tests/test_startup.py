@@ -53,3 +53,21 @@ def test_network_clients_do_not_load_the_archive():
                              env={**os.environ, "IHE_CONFIG": "/nonexistent/ihe.toml"}).stdout
         rc, heavy = json.loads(out.splitlines()[-1])
         assert rc != 0 and heavy == [], (argv, rc, heavy)
+
+
+def test_ctrl_c_while_loading_is_one_line():
+    """Ctrl-C before the command runs (while Python loads the CLI's libraries) ends like Ctrl-C
+    later: one line and exit 130, no traceback. The interrupt is raised by an import hook at the
+    import of rich, as the signal would raise it there."""
+    code = ("import sys\n"
+            "class Hook:\n"
+            "    @staticmethod\n"
+            "    def find_spec(name, *a):\n"
+            "        if name == 'rich':\n"
+            "            raise KeyboardInterrupt\n"
+            "sys.meta_path.insert(0, Hook)\n"
+            "sys.argv = ['ihe', 'config', 'path']\n"
+            "from ihecli.__main__ import run\n"
+            "run()\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert (r.returncode, r.stderr) == (130, "ihe: error: interrupted\n")

@@ -112,12 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in args
     group = _group_of(args)
     _serving = tuple(_words(args)) in SERVERS
-    # only the group the command line names (start-up time); every group for help or a typo
-    if group in GROUPS and "--help" not in args[:1]:
-        register([group])
-    elif not (group is None and "--version" in args):
-        register()
     try:
+        # only the group the command line names (start-up time); every group for help or a typo
+        if group in GROUPS and "--help" not in args[:1]:
+            register([group])
+        elif not (group is None and "--version" in args):
+            register()
         # without standalone mode click returns the code of typer.Exit instead of raising it
         with warnings.catch_warnings():
             if not debug:  # what a library finds odd in a value is said by our own checks, in one line
