@@ -587,3 +587,27 @@ def test_a_cda_document_with_a_doctype_is_still_checked(srv, tmp_path):
     assert r.code == 2 and r.stderr == f"ihe: error: entity.xml: a CDA document whose DOCTYPE declares entities " \
                                        "(not read here): remove the DOCTYPE; nothing submitted\n"
     assert len(js(ihe(srv, "xds", "query", "find-documents", "--patient", PID, "--json"))) == 1
+
+
+def test_a_named_pipe_in_a_folder_is_not_submitted(srv, tmp_path):
+    import threading
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("a")
+    os.mkfifo(docs / "pipe")
+
+    def writer():  # someone at the other end: the pipe would give this as a document
+        with open(docs / "pipe", "w") as f:
+            f.write("from a pipe")
+
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    try:
+        r = ihe(srv, "xds", "submit", str(docs), "--patient", PID, "--json")
+        assert r.code == 0, r.stderr
+        assert [d["title"] for d in r.json] == ["a.txt"]
+    finally:
+        fd = os.open(docs / "pipe", os.O_RDONLY | os.O_NONBLOCK)  # lets the writer finish
+        t.join(10)
+        os.close(fd)

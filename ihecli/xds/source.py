@@ -139,13 +139,15 @@ def make_submissions(files: list[tuple[str, bytes]], domain, o: Options, *, batc
 
 
 def read_files(paths: list[str | os.PathLike]) -> list[Path]:
-    """The files named, and the files under the folders named (sorted, hidden ones skipped)."""
+    """The files named, and the regular files under the folders named (sorted, hidden ones skipped)."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
             for dirpath, dirnames, filenames in os.walk(p):
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                out += [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")]
+                # regular files only: a named pipe or a socket in the folder would be read for ever
+                out += [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")
+                        and (Path(dirpath) / f).is_file()]
         elif p.is_file():
             out.append(p)
         else:
