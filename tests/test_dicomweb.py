@@ -165,6 +165,7 @@ def test_wado_retrieves_as_stored(world):
     jds = dcmread(world["jpeg"])
     assert native.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
     assert len(native.PixelData) == jds.Rows * jds.Columns * 3
+    assert native.SOPInstanceUID == sop2 == native.file_meta.MediaStorageSOPInstanceUID  # the same instance
     r = HTTP.get(f"{world['url']}/studies/{st2}", headers={
         "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.90'})
     assert r.status_code == 406

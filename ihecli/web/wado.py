@@ -73,7 +73,7 @@ def _transcoded(path, ts: str, data: bytes | None = None) -> bytes:
     have = ds.file_meta.TransferSyntaxUID
     try:
         if have.is_compressed:
-            ds.decompress()
+            ds.decompress(generate_instance_uid=False)  # the same instance, only its encoding changes
     except Exception as e:
         raise WebError(406, f"cannot send {ds.SOPInstanceUID} in {ts}: {e}") from None
     ds.file_meta.TransferSyntaxUID = UID(ts)
@@ -276,7 +276,7 @@ def bulkdata(archive, accept_header: str | None, ref, path: str):
             data = _frame_bytes(ds, list(range(1, n + 1)))
             return multipart_response([Part(f"{media}; transfer-syntax={ts}", body=d) for d in data], media)
         if ts.is_compressed:
-            ds.decompress()
+            ds.decompress(generate_instance_uid=False)  # the same instance, only its encoding changes
         return multipart_response([Part("application/octet-stream", body=bytes(ds.PixelData))],
                                   "application/octet-stream")
     elem = _walk(ds, parts)
