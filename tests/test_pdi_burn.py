@@ -120,6 +120,7 @@ def test_usb_opens_and_navigates_in_chromium(env, tmp_path):
     usb = tmp_path / "stick"
     r = cli(env, "pdi", "burn", *env["files"], "--usb", usb)
     assert r.code == 0, r.stderr
+    assert "written through to the device" in r.stderr  # flushed before the user is told it is done
     # walk the pages as a browser does, from INDEX.HTM, following every link
     seen, todo = set(), [usb / "INDEX.HTM"]
     first_series = None

@@ -126,6 +126,8 @@ def burn_cmd(
         extra = f", {output.count(rep.rendered, 'image')} rendered ({rep.render_rate} images/s)" if web else ""
         output.info(f"{output.count(rep.objects, 'object')} on {len(rep.volumes)} {rep.profile} volume"
                     f"{'s' if len(rep.volumes) != 1 else ''}{extra}, {rep.converted} converted, {rep.seconds} s")
+        if usb is not None:
+            output.info(f"{usb}: written through to the device; unmount it (eject) before pulling it out")
     if rep.failed:
         raise typer.Exit(ExitStatus.PARTIAL if rep.objects else ExitStatus.REFUSED)
 

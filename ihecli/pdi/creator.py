@@ -338,7 +338,9 @@ def write_iso(out: Path, staging: Path, direct: dict[str, str], volume_id: str,
         else:
             iso.write(str(tmp))
         iso.close()
+        _fsync(tmp)  # an image said to be written is on disk, power loss included
         os.replace(tmp, out)
+        _fsync(out.parent)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -486,6 +488,10 @@ def burn(paths: Iterable[str | os.PathLike], *, iso: Path | None = None, usb: Pa
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+    if usb is not None:
+        # a stick may be pulled as soon as the command says it is done: what is written is on it
+        # by then, not in the page cache
+        os.sync()
     report.seconds = round(time.perf_counter() - t0, 3)
     report.render_seconds = round(report.render_seconds, 3)
     # Export (ITI-20 audit trail)
@@ -493,6 +499,14 @@ def burn(paths: Iterable[str | os.PathLike], *, iso: Path | None = None, usb: Pa
                                ((i.info.study_uid, i.info.patient_id or "", i.info.sop_class) for i in items if i.ts),
                                failed=len(report.failed))
     return report
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _iso_volume(iso: Path, k: int) -> Path:
