@@ -178,6 +178,13 @@ class PdqSettings:
 
 
 @dataclass
+class DicomwebSettings:
+    """[dicomweb]: the DICOMweb service of `ihe wic upload` (STOW-RS)."""
+
+    url: str = ""  # service root, e.g. "http://pacs:8080/dicom-web"; empty: http://127.0.0.1:8080/dicom-web
+
+
+@dataclass
 class Settings:
     """The effective settings of one profile."""
 
@@ -193,6 +200,7 @@ class Settings:
     xds: XdsSettings = field(default_factory=XdsSettings)
     pix: PixSettings = field(default_factory=PixSettings)
     pdq: PdqSettings = field(default_factory=PdqSettings)
+    dicomweb: DicomwebSettings = field(default_factory=DicomwebSettings)
 
     def tls_config(self):
         """The profile's certificate and trust as an ihecli.net.tls.TlsConfig."""
@@ -224,6 +232,7 @@ class Settings:
             "xds": {f.name: getattr(self.xds, f.name) for f in fields(XdsSettings)},
             "pix": {f.name: getattr(self.pix, f.name) for f in fields(PixSettings)},
             "pdq": {f.name: getattr(self.pdq, f.name) for f in fields(PdqSettings)},
+            "dicomweb": {f.name: getattr(self.dicomweb, f.name) for f in fields(DicomwebSettings)},
         }
 
 
@@ -321,11 +330,11 @@ def load(path: str | os.PathLike | None = None, profile: str | None = None) -> S
             raise ConfigError(f"{p}: no profile named {profile!r} (profiles: {known})")
         raw = _merge(raw, profiles[profile])
 
-    unknown = set(raw) - {"archive", "nodes", "calling_aet", "tls", "audit", "time", "xds", "pix", "pdq"}
+    unknown = set(raw) - {"archive", "nodes", "calling_aet", "tls", "audit", "time", "xds", "pix", "pdq", "dicomweb"}
     if unknown:
         k = sorted(unknown)[0]
         raise err(k, "unknown setting (known: archive, nodes, calling_aet, tls, audit, time, xds, pix, pdq, "
-                      "profiles)")
+                      "dicomweb, profiles)")
 
     arch = ArchiveSettings()
     types = {f.name: f.type for f in fields(ArchiveSettings)}
@@ -408,8 +417,12 @@ def load(path: str | os.PathLike | None = None, profile: str | None = None) -> S
     for k in ("sender", "receiver", "domain"):
         if getattr(pdq_s, k) and not re.match(r"^[0-2](\.(0|[1-9]\d*))+$", getattr(pdq_s, k)):
             raise err(k, "must be an OID")
+    web_s = _section(raw, "dicomweb", DicomwebSettings(), err)
+    if web_s.url and not re.match(r"^https?://[^/\s]+", web_s.url):
+        raise err("url", "must be an http:// or https:// URL")
     return Settings(path=p, profile=profile or "default", exists=exists, archive=arch, nodes=nodes,
-                    calling_aet=calling, tls=tls_s, audit=audit_s, time=time_s, xds=xds_s, pix=pix_s, pdq=pdq_s)
+                    calling_aet=calling, tls=tls_s, audit=audit_s, time=time_s, xds=xds_s, pix=pix_s, pdq=pdq_s,
+                    dicomweb=web_s)
 
 
 def _section(raw: dict, name: str, obj, err):
@@ -556,6 +569,11 @@ sender = "1.3.6.1.4.1.21367.2017.2.5.9999"      # our device OID
 receiver = "1.3.6.1.4.1.21367.2017.2.5.9998"    # the supplier's device OID
 domain = ""                 # OID of --id's domain when --domain is not given
 timeout = 30.0              # seconds
+
+[dicomweb]
+# DICOMweb service root of `ihe wic upload` (STOW-RS; --url and IHE_DICOMWEB_URL override);
+# empty: http://127.0.0.1:8080/dicom-web, as `ihe archive serve --http-port 8080` serves
+url = ""
 
 [nodes]
 # Remote DICOM nodes, usable by name wherever a command takes a node, and as

@@ -376,3 +376,18 @@ def test_a_large_file_is_sent_from_disk(world, tmp_path):
     series = HTTP.get(made["url"] + "/metadata").json()[0]["0020000E"]["Value"][0]
     data, ds = fetch(world, out["study"], series, made["sop_instance_uid"])
     assert bytes(ds.EncapsulatedDocument).rstrip(b"\0") == big.read_bytes()
+
+
+def test_the_service_comes_from_the_profile(world, tmp_path, monkeypatch):
+    """[dicomweb] url of the profile is where wic upload sends, without --url."""
+    import os
+
+    monkeypatch.delenv("IHE_DICOMWEB_URL", raising=False)
+    Path(os.environ["IHE_CONFIG"]).write_text(f'[dicomweb]\nurl = "{world["url"]}"\n')
+    before = world["archive"].counts()["instances"]
+    r = run_cli("wic", "upload", photo(tmp_path / "p.jpg"), "--patient", "WICP", "--new-study")
+    assert r.code == 0, r.stderr
+    assert world["archive"].counts()["instances"] == before + 1
+    Path(os.environ["IHE_CONFIG"]).write_text('[dicomweb]\nurl = "pacs:8080"\n')
+    r = run_cli("wic", "upload", photo(tmp_path / "q.jpg"), "--patient", "WICP")
+    assert r.code == 2 and "url: must be an http:// or https:// URL" in r.stderr

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ihecli.cli import output
-from ihecli.cli.options import PATIENT_HELP, Ca, Cert, Json, NoTls, Timeout, Tls, TlsFloor, TlsKey, tls_config
+from ihecli.cli.options import PATIENT_HELP, Ca, Cert, Json, NoTls, Timeout, Tls, TlsFloor, TlsKey, state, tls_config
 from ihecli.errors import ExitStatus
 
 app = typer.Typer(help="Web-based Image Capture: send photos, videos and PDFs to an archive over STOW-RS.\n\n"
@@ -34,7 +34,8 @@ def upload_cmd(
                                                        help="Study description.")] = None,
     to: Annotated[Optional[str], typer.Option(
         "--url", metavar="URL", envvar="IHE_DICOMWEB_URL",
-        help="DICOMweb service root (default: IHE_DICOMWEB_URL, else http://127.0.0.1:8080/dicom-web).")] = None,
+        help="DICOMweb service root (default: IHE_DICOMWEB_URL, else dicomweb.url of the profile, else "
+             "http://127.0.0.1:8080/dicom-web).")] = None,
     timeout: Timeout = 60,
     tls: Tls = False, no_tls: NoTls = False, cert: Cert = None, tls_key: TlsKey = None, ca: Ca = None,
     tls_floor: TlsFloor = None,
@@ -57,7 +58,7 @@ def upload_cmd(
 
     patient_name = patient_name or name_alias
     description = description or description_alias
-    url = to or to_alias or os.environ.get("IHE_DICOMWEB_URL") or DEFAULT_URL
+    url = to or to_alias or os.environ.get("IHE_DICOMWEB_URL") or state(ctx).settings().dicomweb.url or DEFAULT_URL
     ssl_context = tlsmod.context(tls_config(ctx, tls=tls, no_tls=no_tls, cert=cert, key=tls_key, ca=ca,
                                             floor=tls_floor), server=False)
     if ssl_context is not None and url.startswith("http://"):
