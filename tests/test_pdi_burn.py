@@ -450,3 +450,17 @@ def test_records_of_odd_rt_objects_keep_their_values(env, tmp_path):
     assert recs["RT DOSE"].DoseSummationType == "BEAM" and recs["RT DOSE"].InstanceNumber == 1
     assert recs["RT PLAN"].RTPlanLabel == "Plan1"
     assert [e for e in dciodvfy_errors(dd) if "Illegal root for UID" not in e] == []  # pydicom's made-up UIDs
+
+
+def test_a_volume_id_that_must_change_is_said(env, tmp_path):
+    r = cli(env, "pdi", "burn", *env["files"][:1], "--iso", tmp_path / "v.iso", "--volume-id", "Smith-2024/CT scan")
+    assert r.code == 0, r.stderr
+    assert "--volume-id 'Smith-2024/CT scan' is written as SMITH_2024_CT" in r.stderr
+    import pycdlib
+
+    iso = pycdlib.PyCdlib()
+    iso.open(str(tmp_path / "v.iso"))
+    assert iso.pvd.volume_identifier.decode().strip() == "SMITH_2024_CT"
+    iso.close()
+    r = cli(env, "pdi", "burn", *env["files"][:1], "--iso", tmp_path / "w.iso", "--volume-id", "GOOD_ID")
+    assert r.code == 0 and "--volume-id" not in r.stderr

@@ -69,7 +69,7 @@ def burn_cmd(
     institution: Annotated[Optional[str], typer.Option("--institution", metavar="NAME",
                                                        help="Creating institution, for README.TXT.")] = None,
     volume_id: Annotated[Optional[str], typer.Option("--volume-id", metavar="ID",
-                                                     help="File-set ID and volume label (A-Z 0-9 _; default: "
+                                                     help="File-set ID and volume label (A-Z 0-9 _, up to 13; default: "
                                                           "patient ID and date).")] = None,
     db: Db = None, storage: Storage = None, json: Json = False,
 ) -> None:
@@ -90,6 +90,12 @@ def burn_cmd(
     if bool(iso) == bool(usb):
         raise UsageError("give exactly one of --iso FILE or --usb DIR")
     check_target(iso, usb)  # said before the archive is read
+    if volume_id:
+        from ihecli.pdi.dicomdir import clean_volume_id
+
+        written = clean_volume_id(volume_id)
+        if written != volume_id:
+            output.warn(f"--volume-id {volume_id!r} is written as {written} (A-Z, 0-9 and _, up to 13 characters)")
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="ihe-burn-") as reconciled:

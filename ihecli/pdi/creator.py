@@ -21,7 +21,7 @@ from ihecli import __version__
 from ihecli.atna import dicom as audit_dicom
 from ihecli.errors import IheError, UsageError
 from ihecli.pdi import values as v
-from ihecli.pdi.dicomdir import Entry, clean_fileset_id, encode_dicomdir
+from ihecli.pdi.dicomdir import Entry, clean_fileset_id, clean_volume_id, encode_dicomdir
 from ihecli.pdi.objects import EXPLICIT_LE, NotDicom, ObjectInfo, object_info, sop_class_name
 from ihecli.pdi.part10 import looks_like_dicom
 from ihecli.pdi.web import (Links, WebObject, WebPatient, home_page, index_page, object_page, series_page, study_page,
@@ -434,7 +434,7 @@ def burn(paths: Iterable[str | os.PathLike], *, iso: Path | None = None, usb: Pa
             check_target(_iso_volume(iso, k), None)
     if usb is not None:
         usb = Path(usb)
-    base = clean_fileset_id(fileset_id)[:13].rstrip("_") if fileset_id else _fileset_base(items)
+    base = clean_volume_id(fileset_id) if fileset_id else _fileset_base(items)
     pool = None
     usb_existed = usb is not None and usb.is_dir()
     isos_written: list[Path] = []

@@ -58,6 +58,11 @@ def clean_fileset_id(text: str) -> str:
     return s or "IHE_PDI"
 
 
+def clean_volume_id(text: str) -> str:
+    """A --volume-id as written: a File-set ID with room for the _k of a volume of several."""
+    return clean_fileset_id(text)[:13].rstrip("_") or "IHE_PDI"
+
+
 @dataclass
 class Entry:
     """One object on the medium: its header values, File ID and transfer syntax as written."""
