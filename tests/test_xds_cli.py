@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
 import requests
@@ -611,3 +612,25 @@ def test_a_named_pipe_in_a_folder_is_not_submitted(srv, tmp_path):
         fd = os.open(docs / "pipe", os.O_RDONLY | os.O_NONBLOCK)  # lets the writer finish
         t.join(10)
         os.close(fd)
+
+
+def test_a_folder_of_large_documents_goes_in_sets_the_repository_takes(tmp_path):
+    """Submission sets stay under 64 MiB of documents (a larger document goes alone), so a folder of
+    scans is not refused whole by a repository's body limit (here 100 MiB; `xds serve`: 256)."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(3):
+        (docs / f"scan{i}.pdf").write_bytes(os.urandom(20 << 20))
+    (docs / "scan3.pdf").write_bytes(os.urandom(70 << 20))
+    with Archive(f"sqlite:///{tmp_path / 'x.db'}", tmp_path / "x") as a:
+        s = XdsServer(a, repository_unique_id=REPO, max_body=100 << 20)
+        s.start()
+        try:
+            r = ihe(s, "xds", "submit", str(docs), "--patient", PID, "--json")
+            assert r.code == 0, r.stderr
+            sets = Counter(d["submissionSetUniqueId"] for d in r.json)
+            assert sorted(sets.values()) == [1, 3]  # 3 x 20 MiB together, the 70 MiB one alone
+            held = js(ihe(s, "xds", "query", "find-documents", "--patient", PID, "--json"))
+            assert sorted(d["size"] for d in held) == [20 << 20] * 3 + [70 << 20]
+        finally:
+            s.stop()

@@ -178,7 +178,8 @@ def submit_cmd(
         help="Full ebRIM metadata (SubmitObjectsRequest or RegistryObjectList); FILEs go to its "
              "ExtrinsicObjects in order.")] = None,
     batch: Annotated[int, typer.Option("--batch", min=1, max=10000, metavar="N",
-                                       help="Documents per submission set.")] = 100,
+                                       help="Documents per submission set, at most (a set also holds at most "
+                                            "64 MiB of documents, or one larger document).")] = 100,
     repository: Repository = None,
     timeout: OptionalTimeout = None,
     cert: Cert = None,
@@ -237,9 +238,9 @@ def submit_cmd(
 
     def names(i: int) -> str:
         """The files of submission set i, for the user to find what to send again."""
-        if metadata is not None:
+        chunk = subs[i].names
+        if not chunk:
             return ""
-        chunk = [file_title(p.name) for p in paths[i * batch:(i + 1) * batch]]
         return f" ({chunk[0]})" if len(chunk) == 1 else f" ({len(chunk)} files, {chunk[0]} .. {chunk[-1]})"
 
     def registered(sub, res) -> None:

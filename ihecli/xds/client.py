@@ -39,6 +39,7 @@ class Submission:
     associations: list[Association] = field(default_factory=list)
     metadata: etree._Element | None = None  # a full RegistryObjectList instead (--metadata)
     metadata_documents: dict[str, tuple[bytes, str]] = field(default_factory=dict)
+    names: list[str] = field(default_factory=list)  # the files the documents came from, for messages
 
     def object_list(self) -> etree._Element:
         """The RegistryObjectList: objects plus the HasMember associations they need."""

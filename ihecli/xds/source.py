@@ -101,8 +101,27 @@ def check_cda_patient(cda, patient: str, name: str) -> None:
         raise UsageError(f"{name}: the CDA document is about patient {ours[0]} of {oid}, not {pid}: nothing submitted")
 
 
-def make_submissions(files: list[tuple[str, bytes]], domain, o: Options, *, batch: int = 100) -> list[Submission]:
-    """Submissions of at most ``batch`` documents each; ``files`` are (name, bytes)."""
+# a submission set's documents together, at most (a larger document goes alone): repositories refuse
+# requests over a limit (`ihe xds serve`: 256 MiB by default), and one huge request holds the memory
+MAX_SET_BYTES = 64 << 20
+
+
+def _chunks(files: list[tuple[str, bytes]], batch: int, max_bytes: int) -> list[list[tuple[str, bytes]]]:
+    out: list[list[tuple[str, bytes]]] = []
+    size = 0
+    for f in files:
+        if not out or len(out[-1]) >= batch or (out[-1] and size + len(f[1]) > max_bytes):
+            out.append([])
+            size = 0
+        out[-1].append(f)
+        size += len(f[1])
+    return out
+
+
+def make_submissions(files: list[tuple[str, bytes]], domain, o: Options, *, batch: int = 100,
+                     max_bytes: int = MAX_SET_BYTES) -> list[Submission]:
+    """Submissions of at most ``batch`` documents and ``max_bytes`` of them each (a larger document
+    alone); ``files`` are (name, bytes)."""
     if not files:
         raise UsageError("nothing to submit: give files or folders")
     patient = make_cx(o.patient, domain.assigning_authority)
@@ -115,17 +134,16 @@ def make_submissions(files: list[tuple[str, bytes]], domain, o: Options, *, batc
         folder = Folder(entry_uuid=new_uuid(), unique_id=new_unique_id(domain.unique_id_root), patient_id=patient,
                         title=o.folder, codes=[Code.parse(domain.folder_code, "folder code")])
     out = []
-    for start in range(0, len(files), max(1, batch)):
-        chunk = files[start:start + batch]
+    for n, chunk in enumerate(_chunks(files, max(1, batch), max_bytes)):
         ss = SubmissionSet(entry_uuid=new_uuid(), unique_id=new_unique_id(domain.unique_id_root),
                            source_id=domain.source_id, patient_id=patient, submission_time=now_dtm(),
                            title=o.title if len(files) == 1 else "",
                            content_type_code=Code.parse(domain.content_type_code, "content type code"))
-        sub = Submission(ss)
+        sub = Submission(ss, names=[name for name, _ in chunk])
         for name, data in chunk:
             sub.documents.append((document_entry(data, name, domain, o, patient), data))
         if folder is not None:
-            if start == 0:
+            if n == 0:
                 sub.folders.append(folder)
             for de, _ in sub.documents:
                 fa = Association(new_uuid(), v.HAS_MEMBER, folder.entry_uuid, de.entry_uuid)
