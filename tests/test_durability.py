@@ -153,10 +153,11 @@ def test_ctrl_c_of_an_export_to_a_node_says_how_far_it_got(tmp_path):
     with Archive(f"sqlite:///{tmp_path / 'index.db'}", tmp_path / "st") as a:
         for f in files:
             a.store(f.read_bytes())
-    got, hold = [], threading.Event()
+    got, hold, holding = [], threading.Event(), threading.Event()
 
     def on_store(event):
-        if len(got) >= 5:
+        if len(got) >= 5:  # the client has taken the 5th response: it sent the 6th
+            holding.set()
             hold.wait(60)
             return 0xA700
         got.append(event.request.AffectedSOPInstanceUID)
@@ -167,7 +168,7 @@ def test_ctrl_c_of_an_export_to_a_node_says_how_far_it_got(tmp_path):
     port = free_port()
     scp = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
     try:
-        code, _, err = _interrupted_export(tmp_path, "--to", f"SLOW@127.0.0.1:{port}", watch=lambda: len(got) >= 5)
+        code, _, err = _interrupted_export(tmp_path, "--to", f"SLOW@127.0.0.1:{port}", watch=holding.is_set)
     finally:
         hold.set()
         scp.shutdown()

@@ -514,23 +514,23 @@ def export_cmd(
         else:
             failures = list(lost)
             part = None
+            # Ctrl-C ends the copy between two files, so the count it prints is exact
+            stop = threading.Event()
+            old_handler = signal.signal(signal.SIGINT, lambda *_: stop.set())
             try:
                 with output.progress(len(paths), f"exporting to {out}", enabled=not json) as advance:
                     for i, (r, p) in enumerate(refs_paths):  # folders made as files arrive
+                        if stop.is_set():
+                            raise KeyboardInterrupt
                         target = out / safe_name(r.study_uid) / safe_name(r.series_uid) / f"{safe_name(r.sop_uid)}.dcm"
                         # copied under another name, then renamed: a file under its final name is whole
                         part = target.with_name(target.name + ".part")
                         try:
                             target.parent.mkdir(parents=True, exist_ok=True)
                             shutil.copyfile(p, part)
-                            # Ctrl-C waits while the file takes its name and is counted: the count is true
-                            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-                            try:
-                                os.replace(part, target)
-                                part = None
-                                sent[0] += 1
-                            finally:
-                                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+                            os.replace(part, target)
+                            part = None
+                            sent[0] += 1
                         except OSError as e:
                             try:
                                 part.unlink(missing_ok=True)
@@ -546,6 +546,7 @@ def export_cmd(
             except KeyboardInterrupt:
                 raise interrupted(str(out)) from None
             finally:
+                signal.signal(signal.SIGINT, old_handler)
                 if part is not None:
                     part.unlink(missing_ok=True)
             done = sent[0]

@@ -192,6 +192,10 @@ def store(node: Node, paths: Iterable[str | os.PathLike], *, calling_aet: str = 
                 for rest, _, _ in files[i + 1:]:
                     report.failed.append(FileFailure(str(rest), LOST))
                 break
+    except BaseException:  # Ctrl-C: abort, as a release would wait on a peer that may be stuck
+        if assoc.is_established:
+            assoc.abort()
+        raise
     finally:
         if assoc.is_established:
             assoc.release()
