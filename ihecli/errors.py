@@ -54,3 +54,21 @@ class ArchiveError(IheError):
     def __init__(self, message: str, status: int = 0xC000):
         super().__init__(message)
         self.status = status
+
+
+def reason(e: BaseException) -> str:
+    """Why a connection failed, in words: a host name that is not found, a refused connection, a
+    timeout, or the system's text (without the [Errno N] that Python puts in front of it)."""
+    import socket
+
+    if isinstance(e, socket.gaierror):
+        if e.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)):
+            return "host name not found"
+        return f"host name not found ({e.strerror or e})"
+    if isinstance(e, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(e, (socket.timeout, TimeoutError)):
+        return "no answer in time"
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror[:1].lower() + e.strerror[1:]
+    return str(e) or type(e).__name__

@@ -171,9 +171,9 @@ def test_soap_tls_failures_are_one_plain_line(pki, tmp_path):  # noqa: F811
         r = run_cli(*query, "--cert", pki["client"], "--ca", pki["ca"])
         assert r.code == 0, r.stderr  # the right certificates: it answers
         r = run_cli(*query, "--cert", pki["client"], "--ca", pki["other_ca"])  # we do not trust the server
-        assert r.code == 4 and "TLS failed: the server's certificate is not trusted" in r.stderr, r.stderr
+        assert r.code == 1 and "TLS failed: the server's certificate is not trusted" in r.stderr, r.stderr
         r = run_cli(*query, "--ca", pki["ca"])  # the server wants our certificate
-        assert r.code == 4 and "TLS failed: the server closed the connection" in r.stderr, r.stderr
+        assert r.code == 1 and "TLS failed: the server closed the connection" in r.stderr, r.stderr
         assert "(does it trust our certificate?)" in r.stderr
         assert "Max retries" not in r.stderr and "HTTPSConnectionPool" not in r.stderr
     finally:

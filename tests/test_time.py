@@ -78,7 +78,9 @@ def test_time_server_from_the_profile(chronyd, tmp_path):
 
 def test_unreachable_and_bad_input():
     r = run_cli("time", "check", "--server", f"127.0.0.1:{_free_udp_port()}", "--timeout", "0.3")
-    assert r.code == 4 and "did not answer" in r.stderr
+    assert r.code == 4 and "did not answer in 0.3 s" in r.stderr
+    r = run_cli("time", "check", "--server", "no-such-host.invalid")
+    assert r.code == 4 and r.stderr.strip().endswith("no-such-host.invalid:123: host name not found"), r.stderr
     assert run_cli("time", "check").code == 2
     assert run_cli("time", "check", "--server", "a:b:c:d:x:1:2:3:4", "--max-offset", "soon").code == 2
     with pytest.raises(UsageError):

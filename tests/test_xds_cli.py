@@ -285,10 +285,10 @@ def test_mutual_tls(pki, tmp_path):  # noqa: F811  (the fixture imported above)
                     "--cert", pki["client"], "--ca", pki["ca"])
         assert r.code == 0 and (tmp_path / "o" / (d["uniqueId"] + ".txt")).read_text() == "secret"
         r = run_cli("xds", "query", "find-documents", "--patient", PID, "--registry", s.url, "--ca", pki["ca"])
-        assert r.code == 4 and "TLS" in r.stderr  # no client certificate
+        assert r.code == 1 and "TLS failed" in r.stderr  # no client certificate: refused, exit 1
         r = run_cli("xds", "query", "find-documents", "--patient", PID, "--registry", s.url,
                     "--cert", pki["client"], "--ca", pki["other_ca"])
-        assert r.code == 4  # the server's certificate is not from a CA we trust
+        assert r.code == 1 and "not trusted" in r.stderr  # the server's certificate is not from a CA we trust
     finally:
         s.stop()
         a.close()

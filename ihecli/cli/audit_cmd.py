@@ -13,7 +13,7 @@ import typer
 from ihecli.cli import output
 from ihecli.cli.options import (PATIENT_HELP, Bind, Ca, Cert, Db, Json, Limit, NoTls, Since, Timeout, Tls, TlsFloor, TlsKey, state,
                                 tls_config)
-from ihecli.errors import IheError, PeerUnreachable, UsageError
+from ihecli.errors import IheError, PeerUnreachable, UsageError, reason
 
 app = typer.Typer(help="Audit trail (ATNA): send audit messages, run an Audit Record Repository, query it.\n\n"
                        "Example: ihe audit serve --tls-port 6514 --cert node.pem --ca ca.pem", no_args_is_help=True)
@@ -126,7 +126,7 @@ def send_cmd(
 
         raise IheError(f"{target} refused the TLS connection: {describe(e)}") from None
     except OSError as e:
-        raise PeerUnreachable(f"cannot reach {target}: {e.strerror or e}") from None
+        raise PeerUnreachable(f"cannot reach {target}: {reason(e)}") from None
     if json:
         output.print_json({"repository": str(target), "sent": n, "messages": [name for name, _ in bodies]})
     else:

@@ -7,12 +7,11 @@ within the tolerance (the CT profile asks for 1 s at most).
 from __future__ import annotations
 
 import re
-import socket
 from dataclasses import dataclass
 
 import ntplib
 
-from ihecli.errors import IheError, PeerUnreachable, UsageError
+from ihecli.errors import IheError, PeerUnreachable, UsageError, reason
 
 NTP_PORT = 123
 
@@ -48,10 +47,11 @@ def maintain_time(server: str, *, max_offset: float = 1.0, timeout: float = 5.0)
     host, port = parse_server(server)
     try:
         r = ntplib.NTPClient().request(host, version=4, port=port, timeout=timeout)
-    except ntplib.NTPException as e:
-        raise PeerUnreachable(f"time server {host}:{port} did not answer: {e}") from None
-    except (OSError, socket.gaierror) as e:
-        raise PeerUnreachable(f"cannot reach time server {host}:{port}: {e}") from None
+    except ntplib.NTPException:
+        raise PeerUnreachable(f"time server {host}:{port} did not answer in {timeout:g} s (no NTP server there, "
+                              "or a firewall drops UDP)") from None
+    except OSError as e:
+        raise PeerUnreachable(f"cannot reach time server {host}:{port}: {reason(e)}") from None
     if r.leap == 3 or r.stratum == 0 or r.stratum > 15:
         raise IheError(f"time server {host}:{port} is not synchronized (stratum {r.stratum}, leap {r.leap})")
     try:

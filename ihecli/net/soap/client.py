@@ -18,7 +18,7 @@ import requests
 from lxml import etree
 from requests.adapters import HTTPAdapter
 
-from ihecli.errors import IheError, PeerUnreachable, UsageError
+from ihecli.errors import IheError, PeerUnreachable, UsageError, reason
 from ihecli.net.soap import mtom, schemas
 from ihecli.net.soap.envelope import SoapFault, SoapMessage, envelope
 
@@ -102,18 +102,14 @@ def connection_error(url: str, e: BaseException) -> IheError:
     causes = _causes(e)
     found = lambda kind: next((x for x in causes if isinstance(x, kind)), None)  # noqa: E731
     dns = found(socket.gaierror)
-    if dns is not None:
-        if dns.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)):
-            return PeerUnreachable(f"cannot reach {url}: host name not found")
-        return PeerUnreachable(f"cannot reach {url}: host name not found ({dns.strerror or dns})")
-    if found(ConnectionRefusedError) is not None:
-        return PeerUnreachable(f"cannot reach {url}: connection refused")
+    refused = found(ConnectionRefusedError)
+    if dns is not None or refused is not None:
+        return PeerUnreachable(f"cannot reach {url}: {reason(dns or refused)}")
     tls = url.startswith("https://")
     closed = found(http.client.RemoteDisconnected) or found(ConnectionResetError)
     if closed is not None:
         if tls:  # with TLS 1.3 a server refuses our certificate after the client's side of the handshake
-            return PeerUnreachable(f"cannot reach {url}: TLS failed: the server closed the connection "
-                                   "(does it trust our certificate?)")
+            return IheError(f"{url}: TLS failed: the server closed the connection (does it trust our certificate?)")
         return PeerUnreachable(f"cannot reach {url}: the server closed the connection without an answer")
     bad = found(http.client.HTTPException)
     if bad is not None:  # reached, but what came back is no HTTP response (BadStatusLine, LineTooLong, ...)
@@ -125,8 +121,10 @@ def connection_error(url: str, e: BaseException) -> IheError:
     return PeerUnreachable(f"cannot reach {url}: {causes[-1]}")
 
 
-def tls_error(url: str, e: BaseException) -> PeerUnreachable:
-    """A failed TLS handshake in one line ("certificate not trusted", ...), not urllib3's retry text."""
+def tls_error(url: str, e: BaseException) -> IheError:
+    """A failed TLS handshake in one line ("certificate not trusted", ...), not urllib3's retry text.
+    The peer is there and the secure link is refused, by it or by us: exit 1, as a rejected
+    association (retrying does not help; the certificates or --ca must change)."""
     import ssl
 
     from ihecli.net.tls import describe
@@ -137,7 +135,7 @@ def tls_error(url: str, e: BaseException) -> PeerUnreachable:
         why = f"the server's certificate is not trusted ({inner.verify_message or 'verify failed'}; see --ca)"
     elif why == "connection closed during the handshake":
         why = "the server closed the connection during the handshake (does it trust our certificate?)"
-    return PeerUnreachable(f"cannot reach {url}: TLS failed: {why}")
+    return IheError(f"{url}: TLS failed: {why}")
 
 
 class NoAnswer(PeerUnreachable):
