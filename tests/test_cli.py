@@ -273,3 +273,17 @@ def test_messages_stay_one_line_in_a_pipe(capsys):
     output.error(long)
     lines = capsys.readouterr().err.splitlines()
     assert lines == [f"ihe: warning: {long}", long, f"ihe: error: {long}"]
+
+
+def test_a_value_that_is_not_text_in_the_locale_is_a_usage_error():
+    """Latin-1 bytes on a UTF-8 command line (Python keeps them as surrogates): one line, exit 2."""
+    import os
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "ihecli", "pdq", "query", "--family", b"M\xfcller".decode(
+        "utf-8", "surrogateescape"), "--supplier", "http://127.0.0.1:1/pdq"], capture_output=True, text=True,
+        env={**os.environ, "LC_ALL": "C.UTF-8"})
+    assert r.returncode == 2, r.stderr
+    assert r.stderr == "ihe: error: 'M\\xfcller' is not text in this system's encoding (utf-8): give the value as " \
+                       "the terminal's encoding writes it\n"

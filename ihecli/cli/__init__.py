@@ -146,6 +146,16 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         code = 0
+    except UnicodeEncodeError as e:
+        if debug or "surrogates" not in str(e):
+            raise
+        # Python keeps bytes of the command line that are not text in the locale's encoding as
+        # surrogates: fine for a file name, not for a name or an ID that goes into a message
+        bad = next((a for a in args if any("\udc80" <= ch <= "\udcff" for ch in a)), "")
+        shown = bad.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        output.error(f"'{shown}' is not text in this system's encoding ({sys.getfilesystemencoding()}): "
+                     "give the value as the terminal's encoding writes it")
+        code = ExitStatus.USAGE
     except Exception as e:  # a bug: say so in one line, traceback with --debug
         if debug:
             raise
