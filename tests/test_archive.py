@@ -122,3 +122,35 @@ def test_db_given_as_a_file_path_is_that_sqlite_file(tmp_path, corpus, monkeypat
     r = run_cli("archive", "ls", "-L", "instance", "--db", str(tmp_path / "index.db"), "--storage", "st", "--json")
     assert r.code == 0, r.stderr
     assert [i["SOPInstanceUID"] for i in r.json] == [str(dcmread(corpus[0]).SOPInstanceUID)]
+
+
+def test_a_resend_with_another_file_meta_is_not_other_content(archive, corpus):
+    """The same object imported from its file and received over DICOM (the archive writes its
+    own file meta header) is a resend: kept without a warning. Another data set under the same
+    SOP Instance UID is still named."""
+    import io
+    import logging
+
+    said: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: said.append(record.getMessage())
+    logging.getLogger("ihe.archive").addHandler(handler)  # the CLI may have stopped propagation
+    try:
+        original = corpus[0].read_bytes()
+        assert archive.store(original).outcome == "stored"
+        ds = dcmread(io.BytesIO(original))
+        ds.file_meta.ImplementationVersionName = "OTHER_SENDER"
+        ds.file_meta.SourceApplicationEntityTitle = "MODALITY"
+        resent = io.BytesIO()
+        ds.save_as(resent, enforce_file_format=True)
+        assert resent.getvalue() != original
+        assert archive.store(resent.getvalue()).outcome == "duplicate"
+        assert not [m for m in said if "other content" in m]
+
+        ds.PatientName = "SOMEONE^ELSE"
+        changed = io.BytesIO()
+        ds.save_as(changed, enforce_file_format=True)
+        assert archive.store(changed.getvalue()).outcome == "duplicate"
+        assert [m for m in said if "received again with other content" in m]
+    finally:
+        logging.getLogger("ihe.archive").removeHandler(handler)

@@ -83,7 +83,7 @@ class StoreOutcome:
 
 
 class _Job:
-    __slots__ = ("parsed", "tmp", "rel", "done", "result", "error", "kept_rel")
+    __slots__ = ("parsed", "tmp", "rel", "done", "result", "error", "kept_rel", "differs")
 
     def __init__(self, parsed: Parsed, tmp: Path | None, rel: str):
         # tmp None: the file was written straight to its place (a new instance)
@@ -92,6 +92,7 @@ class _Job:
         self.result: StoreOutcome | None = None
         self.error: BaseException | None = None
         self.kept_rel: str | None = None
+        self.differs = False  # a duplicate whose file is not byte for byte the kept one
 
 
 class Writer:
@@ -270,11 +271,43 @@ class Writer:
                 else:
                     self.blobs.path(job.rel).unlink(missing_ok=True)
             if job.result is not None and job.result.outcome == "duplicate":
+                if job.differs:
+                    self._warn_if_other_content(job)
                 if job.tmp is not None:
                     job.tmp.unlink(missing_ok=True)
                 elif job.kept_rel != job.rel:  # written to a new place; the kept copy is elsewhere
                     self.blobs.path(job.rel).unlink(missing_ok=True)
             job.done.set()
+
+
+    def _warn_if_other_content(self, job: _Job) -> None:
+        """Say so when a duplicate kept out carries another data set than the kept copy.
+
+        The same object sent over DICOM and imported from its file, or sent by two senders,
+        differs in its file meta header only (the archive writes its own for what it receives):
+        that is a resend, not other content, so only the data sets are compared."""
+        new = job.tmp if job.tmp is not None else self.blobs.path(job.rel)
+        try:
+            same = _data_set(new.read_bytes()) == _data_set(self.blobs.path(job.kept_rel).read_bytes())
+        except (OSError, TypeError):
+            same = False
+        if not same:
+            log.warning("instance %s received again with other content: the first copy is kept (archive."
+                        "duplicates = keep)", job.parsed.sop_uid)
+
+
+def _data_set(data: bytes) -> bytes:
+    """A Part-10 file's bytes after its file meta group (all of them when it has none)."""
+    if data[128:132] != b"DICM":
+        return data
+    pos = 132
+    while data[pos:pos + 2] == b"\x02\x00":  # group 0002 elements, explicit VR little endian
+        vr = data[pos + 4:pos + 6]
+        if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"):
+            pos += 12 + int.from_bytes(data[pos + 8:pos + 12], "little")
+        else:
+            pos += 8 + int.from_bytes(data[pos + 6:pos + 8], "little")
+    return data[pos:]
 
 
 class _Fast:
@@ -387,9 +420,8 @@ def _upsert(fast: _Fast, job: _Job, duplicates: str, cache: dict) -> tuple[Store
     t = now()
     row = fast.execute(Q_INSTANCE, {"sop_uid": p.sop_uid}).first()
     if row is not None and duplicates == "keep":
-        if row[2] and p.sha256 and row[2] != p.sha256:  # not a resend: other content under the same UID
-            log.warning("instance %s received again with other content: the first copy is kept (archive."
-                        "duplicates = keep)", p.sop_uid)
+        # other bytes: maybe only another file meta header (see _warn_if_other_content)
+        job.differs = bool(row[2] and p.sha256 and row[2] != p.sha256)
         return StoreOutcome(p.sop_uid, "duplicate", p.study_uid), row[1]
     se_id, st_id = _series_of(fast, p, t, cache)
     values = dict(series_fk=se_id, sop_class=p.sop_class, transfer_syntax=p.transfer_syntax, path=job.rel,
