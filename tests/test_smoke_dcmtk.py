@@ -34,3 +34,30 @@ def test_storescu_then_findscu_movescu_getscu(server, storescp, corpus, tmp_path
     run_dcmtk("getscu", "-S", "-aec", server.aet, "-od", str(got), "-k", "QueryRetrieveLevel=STUDY",
               "-k", f"StudyInstanceUID={study}", "127.0.0.1", str(server.port))
     assert len(list(got.iterdir())) == 6
+
+
+def test_get_that_cannot_write_leaves_no_truncated_file_and_says_why(server, corpus, tmp_path):
+    """`ihe dicom get` whose files cannot be written whole (here a file size limit, as a full
+    disk would): the instances are refused, no truncated .dcm stays in the folder, and the error
+    names the local cause, not only the archive's 0xA702."""
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    from pydicom import dcmread
+
+    run_dcmtk("storescu", "-aec", server.aet, "127.0.0.1", str(server.port), *map(str, corpus))
+    study = str(dcmread(corpus[0]).StudyInstanceUID)
+    out = tmp_path / "get"
+    limit = corpus[0].stat().st_size // 2
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    p = subprocess.run([sys.executable, "-m", "ihecli", "dicom", "get", server.spec, "--out", str(out),
+                        "-k", f"StudyInstanceUID={study}"], capture_output=True, text=True, timeout=120,
+                       preexec_fn=small_files, env={**os.environ, "TCP_NODELAY": "1"})
+    assert p.returncode == 1, p.stderr
+    assert "0xA702" in p.stderr and "cannot write" in p.stderr and "File too large" in p.stderr, p.stderr
+    assert [f for f in out.iterdir()] == []

@@ -227,6 +227,8 @@ def _retrieve_exit(r: scu.RetrieveResult, json: bool, what: str) -> None:
                     f"(status 0x{r.status:04X}, {r.seconds:.1f} s)")
         for uid in r.failed_uids:
             output.warn(f"failed: {uid}")
+        if r.write_error:
+            output.warn(r.write_error)
     if r.failed:
         raise typer.Exit(ExitStatus.PARTIAL if r.completed else ExitStatus.REFUSED)
 

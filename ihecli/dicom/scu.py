@@ -282,6 +282,7 @@ class RetrieveResult:
     failed_uids: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)  # C-GET: files written
     seconds: float = 0.0
+    write_error: str = ""  # C-GET: why we refused instances (the first file we could not write)
 
     @property
     def partial(self) -> bool:
@@ -379,10 +380,18 @@ def get(node: Node, ident: Dataset, out_dir: str | os.PathLike, *, root: str = "
         req = event.request
         uid = str(req.AffectedSOPInstanceUID)
         path = out / f"{safe_name(uid)}.dcm"
+        part = path.with_name(path.name + ".part")  # renamed once whole: no truncated .dcm left
         try:
-            with open(path, "wb") as fh:
+            with open(part, "wb") as fh:
                 fh.write(event.encoded_dataset(include_meta=True))
-        except OSError:
+            os.replace(part, path)
+        except OSError as e:
+            try:
+                part.unlink(missing_ok=True)
+            except OSError:
+                pass
+            if not result.write_error:
+                result.write_error = f"cannot write {path}: {e.strerror or e}"
             return 0xA700
         result.files.append(str(path))
         if tally is not None:
@@ -400,6 +409,10 @@ def get(node: Node, ident: Dataset, out_dir: str | os.PathLike, *, root: str = "
         raise UsageError(f"cannot create the folder {out}: {e.strerror or e}") from None
     try:
         return _retrieve(assoc, assoc.send_c_get(ident, model), result, node, "C-GET", t0)
+    except DimseFailure as e:
+        if result.write_error:  # we refused them: say why
+            raise DimseFailure(f"{e}: {result.write_error}", e.status) from None
+        raise
     finally:
         if tally is not None:
             # DICOM Instances Transferred, as the receiver: action Create
