@@ -197,3 +197,34 @@ def test_real_manifest_is_not_a_tce_case(archive):
         row = conn.execute(select(tables_kos.kos_documents)).one()
     assert (row.title_value, row.tce, row.num_refs, row.patient_id) == ("113030", False, 1, "IDS-DEPT022-a")
     assert cases(archive) == []
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_export_that_cannot_write_is_one_line_and_leaves_no_truncated_file(archive, tmp_path):
+    """A case export whose files cannot be written whole (a file size limit here, as a full
+    disk would): one line naming the case and the cause, exit 1, no instance file cut short."""
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    files = make_corpus(tmp_path / "c", studies=1, series=1, images=2)
+    info = corpus_info(files)
+    path, _ = manifest(tmp_path, info)
+    archive.store(path.read_bytes())
+    for f in files:
+        archive.store(f.read_bytes())
+    limit = files[0].stat().st_size // 2
+    assert path.stat().st_size < limit  # the manifest fits, the instances do not
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    out = tmp_path / "case"
+    p = subprocess.run([sys.executable, "-m", "ihecli", "tce", "export", "1", "--out", str(out),
+                        *map(str, db_args(archive))], capture_output=True, text=True, timeout=120,
+                       preexec_fn=small_files, env=dict(os.environ))
+    assert p.returncode == 1, p.stderr
+    assert p.stderr.startswith("ihe: error: cannot write case 1 to ") and "File too large" in p.stderr, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+    assert [f for f in out.rglob("*") if f.is_file() and f.name != "MANIFEST.dcm"] == []

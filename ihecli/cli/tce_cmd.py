@@ -92,7 +92,7 @@ def export_cmd(ctx: typer.Context, case: Case, out: Out, db: Db = None, storage:
             output.warn(f"rejected in the archive, left out: {uid}")
         for uid in rep.lost:
             output.warn(f"file missing from the archive's storage (see ihe archive check): {uid}")
-        output.info(f"case {rep.case}: manifest and {rep.written} instances written to {rep.out}"
+        output.info(f"case {rep.case}: manifest and {output.count(rep.written, 'instance')} written to {rep.out}"
                     + (f", {len(rep.missing)} not received yet" if rep.missing else "")
                     + (f", {len(rep.rejected)} rejected and left out" if rep.rejected else "")
                     + (f", {len(rep.lost)} files missing" if rep.lost else ""))

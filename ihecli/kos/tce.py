@@ -7,6 +7,7 @@ whichever arrived first.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -129,6 +130,16 @@ def export_case(archive, case: str, out: Path) -> ExportReport:
     and DIR/case.json with the key text; references not received are listed as missing."""
     from ihecli.archive.store import safe_name
 
+    try:
+        return _export_case(archive, case, out)
+    except OSError as e:  # our side: a full or read-only disk, a folder we may not write
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        raise IheError(f"cannot write case {case} to {out}: {where}{e.strerror or e}") from None
+
+
+def _export_case(archive, case: str, out: Path) -> ExportReport:
+    from ihecli.archive.store import safe_name
+
     c, refs = find_case(archive, case)
     with archive.connect() as conn:
         rel = conn.execute(select(s.instances.c.path).where(s.instances.c.sop_uid == c.manifest_uid)).scalar()
@@ -153,15 +164,23 @@ def export_case(archive, case: str, out: Path) -> ExportReport:
             continue
         target = out / safe_name(r.study_uid) / safe_name(r.series_uid) / f"{safe_name(r.sop_uid)}.dcm"
         target.parent.mkdir(parents=True, exist_ok=True)
+        part = target.with_name(target.name + ".part")  # renamed once whole: no truncated file left
         try:
-            data = rec.part10(r, archive.file_path(r.path)) if rec else None
-            if data is None:
-                shutil.copyfile(archive.file_path(r.path), target)
-            else:
-                target.write_bytes(data)
-        except FileNotFoundError:
-            rep.lost.append(r.sop_uid)
-            continue
+            try:
+                data = rec.part10(r, archive.file_path(r.path)) if rec else None
+                if data is None:
+                    shutil.copyfile(archive.file_path(r.path), part)
+                else:
+                    part.write_bytes(data)
+            except FileNotFoundError as e:
+                if e.filename and Path(e.filename) == part:
+                    raise
+                rep.lost.append(r.sop_uid)
+                continue
+            os.replace(part, target)
+        finally:
+            if part.exists():
+                part.unlink()
         rep.written += 1
     doc = {"case": c.case, "manifest": c.manifest_uid, "title": c.title, "title_code": c.title_code,
            "description": c.description, "delay_reasons": c.delay_reasons, "observers": c.observers,
