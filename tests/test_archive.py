@@ -154,3 +154,25 @@ def test_a_resend_with_another_file_meta_is_not_other_content(archive, corpus):
         assert [m for m in said if "received again with other content" in m]
     finally:
         logging.getLogger("ihe.archive").removeHandler(handler)
+
+
+def test_import_of_many_files_failing_alike_is_one_line_each_reason(tmp_path, corpus):
+    """A folder of broken files (or a storage folder that is full) fails every file for one
+    reason: one warning for them, not a line per file; --json still lists each; exit 3."""
+    from helpers import run_cli
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "good.dcm").write_bytes(corpus[0].read_bytes())
+    head = corpus[0].read_bytes()[:132]
+    for i in range(6):
+        (folder / f"broken{i}.dcm").write_bytes(head + bytes(range(256)) * 2)
+    (folder / "cut.dcm").write_bytes(corpus[1].read_bytes()[:3000])
+    args = ("archive", "import", folder, "--db", f"sqlite:///{tmp_path / 'i.db'}", "--storage", tmp_path / "st")
+    r = run_cli(*args)
+    assert r.code == 3, r.stderr
+    warnings = [w for w in r.stderr.split("ihe: warning:")[1:]]
+    assert len(warnings) == 2, r.stderr  # the six alike, and the truncated one
+    assert "6 files:" in r.stderr and "cut.dcm" in r.stderr
+    r = run_cli(*args, "--json")
+    assert r.code == 3 and len(r.json["failed"]) == 7

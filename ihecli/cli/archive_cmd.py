@@ -280,8 +280,10 @@ def import_cmd(ctx: typer.Context,
     if json:
         output.print_json(rep)
     else:
-        for path, why in rep.failed:
-            output.warn(f"{path}: {why}")
+        from ihecli.cli.dicom_cmd import warn_failures
+        from ihecli.dicom.scu import FileFailure
+
+        warn_failures([FileFailure(path, why) for path, why in rep.failed], "the archive")
         dirs = f", {rep.dicomdirs} DICOMDIR skipped" if rep.dicomdirs else ""
         output.info(f"{rep.stored} stored, {rep.duplicates} already there, {rep.overwritten} overwritten, "
                     f"{rep.skipped} not DICOM{dirs}, {len(rep.failed)} failed")
