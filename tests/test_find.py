@@ -645,3 +645,15 @@ def test_exact_name_and_date_queries_on_10000_studies_use_indexes(big):
     plan = _plan(big, ident("STUDY", StudyDate="20150101-20150131"), "STUDY")
     assert "ix_studies_date" in plan, plan
     assert len(big.find(ident("STUDY", StudyDate="20150101-20150131"))) == 625
+
+
+def test_a_misspelt_key_names_the_keyword_it_probably_meant():
+    from helpers import free_port, run_cli
+
+    r = run_cli("dicom", "find", f"ARCHIVE@127.0.0.1:{free_port()}", "-k", "PatientNme=SMITH*")
+    assert r.code == 2
+    assert r.stderr.strip() == ("ihe: error: bad key 'PatientNme=SMITH*': no DICOM keyword 'PatientNme' "
+                                "(did you mean PatientName?)")
+    r = run_cli("dicom", "find", f"ARCHIVE@127.0.0.1:{free_port()}", "-L", "image",
+                "-k", "ReferencedSeriesSequence[0].SeriesInstanceUI=1.2")
+    assert r.code == 2 and "did you mean SeriesInstanceUID?" in r.stderr

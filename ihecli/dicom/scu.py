@@ -238,6 +238,23 @@ def _has_meta(path: Path) -> bool:
     return head[128:132] == b"DICM"
 
 
+def _unknown_keyword(path: str) -> str:
+    """'no DICOM keyword X (did you mean Y?)' for the first part of a key path that is neither
+    a keyword nor a tag; empty when they all are."""
+    import difflib
+    import re
+
+    from pydicom.datadict import keyword_dict
+
+    for part in path.split("."):
+        name = re.sub(r"\[\d+\]$", "", part)
+        if name in keyword_dict or re.fullmatch(r"\(?[0-9A-Fa-f]{4},?[0-9A-Fa-f]{4}\)?", name):
+            continue
+        close = difflib.get_close_matches(name, keyword_dict, n=1)
+        return f"no DICOM keyword {name!r}" + (f" (did you mean {close[0]}?)" if close else "")
+    return ""
+
+
 def find(node: Node, ident: Dataset, *, root: str = "study", calling_aet: str = "IHE", timeout: float = 30,
          limit: int | None = None, tls=None) -> list[Dataset]:
     """C-FIND: every matching identifier (raises DimseFailure on a failure status)."""
@@ -492,7 +509,7 @@ def build_identifier(level: str, keys: list[str] | None, *, defaults: Iterable[s
         except UsageError:
             raise
         except Exception as e:
-            raise UsageError(f"bad key {k!r}: {e}") from None
+            raise UsageError(f"bad key {k!r}: {_unknown_keyword(path) or e}") from None
         complaint = None if vr in CHECKED_VRS else _complaint(caught)
         if complaint:
             raise UsageError(f"bad {label} {value!r}: {complaint}")
