@@ -302,3 +302,46 @@ def test_store_to_a_peer_that_dies_midway_stops_at_once_and_lists_the_rest(tmp_p
     warnings = p.stderr.split("ihe: warning:")[1:]
     assert len(warnings) <= 2, p.stderr  # the file in flight, if any, and the files left
     assert "was lost" in warnings[-1] and "not sent" in warnings[-1], p.stderr
+
+
+def test_move_to_a_destination_that_dies_counts_what_it_answered(archive, tmp_path):
+    """C-MOVE to a DCMTK storescp killed after its first object: the archive's log line for the
+    association counts the sub-operations as the destination answered them (1 sent, 11 failed),
+    not as handed to the sender; the mover lists a few failed UIDs and the count of the rest."""
+    import logging
+
+    files = make_corpus(tmp_path / "c", studies=1, series=1, images=12)
+    for f in files:
+        archive.store(f.read_bytes())
+
+    said: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: said.append(record.getMessage())
+    logger = logging.getLogger("ihe.archive")
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    out = tmp_path / "scp"
+    out.mkdir()
+    port = free_port()
+    scp = subprocess.Popen([dcmtk("storescp"), "-aet", "DEST", "-od", str(out), "-xcr", "kill -9 $PPID",
+                            str(port)], env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        srv = DicomServer(archive, port=0, destinations={"DEST": Node("DEST", "127.0.0.1", port)})
+        srv.start()
+        try:
+            r = run_cli("dicom", "move", f"IHE_ARCHIVE@127.0.0.1:{srv.port}", "--dest", "DEST",
+                        "-k", f"StudyInstanceUID={_study(files[0])}", "--timeout", "60")
+        finally:
+            srv.stop()
+    finally:
+        scp.kill()
+        scp.wait(10)
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    assert r.code == 3, r.stderr
+    assert "1 completed, 11 failed" in r.stderr
+    assert r.stderr.count("failed: 1.") == 5 and "failed: 6 more (--json lists them)" in r.stderr
+    closing = [m for m in said if "released" in m and "sent" in m]
+    assert closing and "1 sent, 11 failed" in closing[-1], said

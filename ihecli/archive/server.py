@@ -319,8 +319,13 @@ class DicomServer:
     def _retrieved(self, event, st, refs, dest: Peer, what: str):
         """Send the instances (C-MOVE, C-GET) between two audit events: Begin Transferring before,
         Instances Transferred (action Read) after (PS3.15 A.5.3.3, A.5.3.4)."""
+        moved, failed = st.moved, st.move_failed
+        moving = getattr(event.assoc.ae, "moving", None)  # set by _on_move, then by associate()
         if st.tally is None:
-            yield from self._datasets(event, refs, st)
+            try:
+                yield from self._datasets(event, refs, st)
+            finally:
+                self._count_sub_operations(st, moving, what, moved, failed)
             return
         tally = Tally()
         for r in refs:
@@ -329,8 +334,6 @@ class DicomServer:
         for patients, studies in groups:
             atna.record(ev.begin_transferring(source=Peer.local(self.aet), destination=dest, studies=studies,
                                               patients=patients, requestor=st.peer_node))
-        moved, failed = st.moved, st.move_failed
-        moving = getattr(event.assoc.ae, "moving", None)  # set by _on_move, then by associate()
         try:
             yield from self._datasets(event, refs, st)
         finally:
@@ -338,11 +341,23 @@ class DicomServer:
             sub = getattr(moving, "sub", None) if what == "C-MOVE" else None
             if sub is not None:  # what the destination answered
                 sent, unsent = sub.completed, unsent + sub.failed
+            self._count_sub_operations(st, moving, what, moved, failed)
             for patients, studies in groups:
                 atna.record(ev.instances_transferred(
                     source=Peer.local(self.aet), destination=dest, studies=studies, patients=patients, action="R",
                     requestor="destination" if dest is st.peer_node else "none",
                     outcome=audit_outcome(sent, unsent)))
+
+    @staticmethod
+    def _count_sub_operations(st, moving, what: str, moved: int, failed: int) -> None:
+        """A C-MOVE's sent and failed counts (the association's log line) as the destination
+        answered them, not as handed to the sender: a destination that went away midway
+        leaves the rest failed."""
+        sub = getattr(moving, "sub", None) if what == "C-MOVE" else None
+        if sub is not None:
+            unreadable = st.move_failed - failed
+            st.moved = moved + sub.completed
+            st.move_failed = failed + unreadable + sub.failed
 
     def _on_move(self, event):
         st = self._stats_for(event)

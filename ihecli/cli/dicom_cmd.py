@@ -225,8 +225,10 @@ def _retrieve_exit(r: scu.RetrieveResult, json: bool, what: str) -> None:
     else:
         output.info(f"{what}: {r.completed} completed, {r.failed} failed, {r.warning} warnings "
                     f"(status 0x{r.status:04X}, {r.seconds:.1f} s)")
-        for uid in r.failed_uids:
+        for uid in r.failed_uids[:5]:
             output.warn(f"failed: {uid}")
+        if len(r.failed_uids) > 5:  # a destination that went away fails thousands
+            output.warn(f"failed: {len(r.failed_uids) - 5} more (--json lists them)")
         if r.write_error:
             output.warn(r.write_error)
     if r.failed:
