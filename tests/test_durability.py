@@ -174,3 +174,40 @@ def test_ctrl_c_of_an_export_to_a_node_says_how_far_it_got(tmp_path):
         scp.shutdown()
     assert code == 130, err
     assert re.search(rf"interrupted: 5 instances of {len(files)} exported to SLOW@127.0.0.1:{port}", err), err
+
+
+def test_ctrl_c_of_dicom_store_says_how_far_it_got(tmp_path):
+    """`ihe dicom store` stopped by Ctrl-C: exit 130 and one line with what the peer took."""
+    import threading
+
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+    from pynetdicom import AE, evt
+
+    make_corpus(tmp_path / "c", studies=1, series=1, images=20)
+    got, hold, holding = [], threading.Event(), threading.Event()
+
+    def on_store(event):
+        if len(got) >= 3:  # the client has taken the 3rd response: it sent the 4th
+            holding.set()
+            hold.wait(60)
+            return 0xA700
+        got.append(event.request.AffectedSOPInstanceUID)
+        return 0x0000
+
+    ae = AE(ae_title="SLOW")
+    ae.add_supported_context(CTImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    port = free_port()
+    scp = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        p = subprocess.Popen([sys.executable, "-m", "ihecli", "dicom", "store", f"SLOW@127.0.0.1:{port}",
+                              str(tmp_path / "c")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "TCP_NODELAY": "1"})
+        while not holding.is_set() and p.poll() is None:
+            time.sleep(0.005)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=120)
+    finally:
+        hold.set()
+        scp.shutdown()
+    assert p.returncode == 130, err
+    assert err.strip() == f"ihe: error: interrupted: 3 of 20 files sent to SLOW@127.0.0.1:{port}", err

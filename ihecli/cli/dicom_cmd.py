@@ -109,15 +109,24 @@ def store_cmd(ctx: typer.Context, node: Node,
     holder: dict = {}
 
     def plan(total: int) -> None:
+        holder["total"] = total
         holder["bar"] = bar_cm = output.progress(total, f"sending to {n}", enabled=not json)
         holder["advance"] = bar_cm.__enter__()
 
     def step(path: str, outcome: str) -> None:
+        holder["sent"] = holder.get("sent", 0) + (outcome in ("success", "warning"))
         holder["advance"]()
 
     try:
         rep = scu.store(n, paths, calling_aet=aet, timeout=timeout, progress=step, on_plan=plan,
                         tls=_tls(ctx, n, tls, no_tls, cert, tls_key, ca, tls_floor))
+    except KeyboardInterrupt:
+        if "bar" in holder:
+            holder.pop("bar").__exit__(None, None, None)
+        done = holder.get("sent", 0)
+        of = f"{done} of {output.count(holder['total'], 'file')}" if "total" in holder else output.count(done, "file")
+        output.error(f"interrupted: {of} sent to {n}")
+        raise typer.Exit(130) from None
     finally:
         if "bar" in holder:
             holder["bar"].__exit__(None, None, None)
