@@ -358,3 +358,26 @@ def test_non_ascii_names_and_text(tmp_path):
     r = run_cli("kin", "show", path, "--json")
     assert r.json[0]["description"] == text and r.json[0]["observers"] == ["Müller^Jürgen"]
     assert text in run_dcmtk("dsrdump", "+U8", str(path)).stdout
+
+
+def test_out_that_cannot_be_written_is_one_line_and_leaves_no_file_cut_short(tmp_path):
+    """--out on a disk that cannot take the note (a file size limit here, as a full or
+    read-only disk would): one line naming the folder and the cause, exit 1, nothing left."""
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    files = make_corpus(tmp_path / "c", studies=1, series=1, images=1)
+    ds = dcmread(files[0], stop_before_pixels=True)
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (500, 500))
+
+    out = tmp_path / "kin"
+    p = subprocess.run([sys.executable, "-m", "ihecli", "kin", "create", "--study", str(ds.StudyInstanceUID),
+                        "--instance", str(ds.SOPInstanceUID), "--from-files", str(files[0]), "--out", str(out)],
+                       capture_output=True, text=True, timeout=120, preexec_fn=small_files, env=dict(os.environ))
+    assert p.returncode == 1, p.stderr
+    assert p.stderr.strip() == f"ihe: error: cannot write to {out}: File too large", p.stderr
+    assert list(out.iterdir()) == []

@@ -1,6 +1,7 @@
 """`ihe kin`: Key Image Notes (KIN Evidence Creator, RAD-29 Store Key Image Note)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -59,12 +60,20 @@ def deliver(ctx: typer.Context, docs, send, *, to, store, out_file, db, storage,
     assert out_file is not None
     from ihecli.archive.store import safe_name
 
-    out_file.mkdir(parents=True, exist_ok=True)
     paths = []
-    for ds in docs:  # DIR/SOPInstanceUID.dcm
-        p = out_file / f"{safe_name(str(ds.SOPInstanceUID))}.dcm"
-        p.write_bytes(encode(ds))
-        paths.append(str(p))
+    try:
+        out_file.mkdir(parents=True, exist_ok=True)
+        for ds in docs:  # DIR/SOPInstanceUID.dcm, written under another name and renamed once whole
+            p = out_file / f"{safe_name(str(ds.SOPInstanceUID))}.dcm"
+            part = p.with_name(p.name + ".part")
+            try:
+                part.write_bytes(encode(ds))
+                os.replace(part, p)
+            finally:
+                part.unlink(missing_ok=True)
+            paths.append(str(p))
+    except OSError as e:
+        raise IheError(f"cannot write to {out_file}: {e.strerror or e}") from None
     return ", ".join(paths)
 
 
