@@ -287,3 +287,25 @@ def test_a_value_that_is_not_text_in_the_locale_is_a_usage_error():
     assert r.returncode == 2, r.stderr
     assert r.stderr == "ihe: error: 'M\\xfcller' is not text in this system's encoding (utf-8): give the value as " \
                        "the terminal's encoding writes it\n"
+
+
+def test_ctrl_c_of_a_waiting_command_is_one_line(tmp_path):
+    """Ctrl-C while a command waits on a peer (here an NTP server that never answers: the request
+    has arrived when the signal is sent) ends with 'interrupted' and exit 130."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as ntp:
+        ntp.bind(("127.0.0.1", 0))
+        ntp.settimeout(30)
+        p = subprocess.Popen([sys.executable, "-m", "ihecli", "time", "check", "--server",
+                              f"127.0.0.1:{ntp.getsockname()[1]}", "--timeout", "60"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "IHE_CONFIG": str(tmp_path / "none.toml")})
+        ntp.recvfrom(512)  # the command now waits for the answer
+        p.send_signal(signal.SIGINT)
+        _out, err = p.communicate(timeout=30)
+    assert (p.returncode, err) == (130, "ihe: error: interrupted\n")

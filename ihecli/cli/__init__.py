@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         output.error(f"unexpected {type(e).__name__}: {e} (run with --debug for the traceback)")
         code = 70
+    if code == 130 and not output.errors_said():  # Ctrl-C where the command had nothing to add (typer says nothing)
+        output.error("interrupted")
     if argv is None:
         sys.exit(code)
     return code

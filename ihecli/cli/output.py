@@ -41,7 +41,7 @@ _state = {"quiet": False, "verbose": 0, "json": False}
 
 
 def configure(*, quiet: bool = False, verbose: int = 0) -> None:
-    _state["quiet"], _state["verbose"] = quiet, verbose
+    _state["quiet"], _state["verbose"], _state["errors"] = quiet, verbose, 0
     # a one-shot command says what it did in its own lines: the log shows only what went wrong,
     # unless -v; a server's log is its account of its work (serving() below)
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
@@ -89,7 +89,13 @@ def warn(message: str) -> None:
     err.print(f"ihe: warning: {message}", markup=False, style="yellow")
 
 
+def errors_said() -> int:
+    """How many error lines this run has printed."""
+    return _state.get("errors", 0)
+
+
 def error(message: str) -> None:
+    _state["errors"] = _state.get("errors", 0) + 1
     err.print(f"ihe: error: {message}", markup=False, style="bold red")
 
 
