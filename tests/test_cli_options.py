@@ -12,6 +12,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Annotated, get_origin
+import uuid
 
 import pytest
 from pydicom import dcmread
@@ -386,6 +387,7 @@ JSON_RUNS = {
     "ihe archive rm": (_with_data, lambda w: ["archive", "rm", "--study", w.study, "--yes"]),
     "ihe archive export": (_with_data, lambda w: ["archive", "export", "--since", "1d", "--out", str(w.tmp / "out")]),
     "ihe archive check": (_with_data, lambda w: ["archive", "check"]),
+    "ihe archive copy-db": (_with_data, lambda w: ["archive", "copy-db", str(w.tmp / f"copy-{uuid.uuid4().hex}.db")]),
     "ihe dicom echo": (None, lambda w: ["dicom", "echo", w.peer]),
     "ihe dicom store": (None, lambda w: ["dicom", "store", w.peer, str(w.files)]),
     "ihe dicom find": (None, lambda w: ["dicom", "find", w.peer, "-k", "PatientID=*"]),

@@ -610,3 +610,46 @@ def check_cmd(ctx: typer.Context,
 from ihecli.cli import workflow_cmd as _workflow  # noqa: E402  (mpps ls, rejected)
 
 _workflow.add_archive_commands(app)
+
+
+@app.command("copy-db")
+def copy_db_cmd(ctx: typer.Context,
+                target: Annotated[str, typer.Argument(metavar="TARGET", help="The empty database to copy into: "
+                                                      "postgresql+psycopg://user:password@host/name, or an "
+                                                      "SQLite file.")],
+                db: Db = None, json: Json = False) -> None:
+    """Copy the archive database (index, XDS registry, audit records, every actor's state) into
+    another, empty one: SQLite to PostgreSQL when a site outgrows one machine, or back. Stop the
+    servers first, then point archive.db (or --db) at the copy. The storage folder stays as it is.
+
+    Example: ihe archive copy-db postgresql+psycopg://ihe@dbhost/ihe
+    """
+    from ihecli.archive import sqlite_url
+    from ihecli.archive.copydb import copy_database
+    from ihecli.config import mask_url
+
+    source, target = sqlite_url(db or state(ctx).settings().archive.db_url()), sqlite_url(target)
+    with output.progress(None, "copying rows", enabled=not json) as advance:
+        done: dict[str, int] = {}
+
+        def step(table: str, n: int) -> None:
+            advance(n - done.get(table, 0))
+            done[table] = n
+
+        rep = copy_database(source, target, progress=step)
+    changed = {k: {"copied": a, "now": b} for k, (a, b) in rep.changed.items()}
+    if json:
+        output.print_json({"source": mask_url(source), "target": mask_url(target), "rows": rep.rows,
+                           "changed": changed})
+    else:
+        held = ", ".join(f"{k} {n}" for k, n in rep.rows.items() if n)
+        output.info(f"{output.count(rep.total, 'row')} copied from {mask_url(source)} to {mask_url(target)}"
+                    + (f" ({held})" if held else ""))
+    for k, c in changed.items():
+        output.warn(f"{k} changed in the source during the copy ({c['copied']} rows copied, {c['now']} there now): "
+                    "stop the servers and copy again into an empty database")
+    if changed:
+        raise typer.Exit(ExitStatus.PARTIAL)
+    if not json:
+        output.info("to use it, set archive.db in the profile to that database (or give it as --db); "
+                    "the storage folder stays as it is")

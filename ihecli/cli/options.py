@@ -11,8 +11,8 @@ from ihecli import config as cfg
 
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout, nothing else.")]
 Db = Annotated[Optional[str], typer.Option("--db", metavar="URL",
-                                           help="Archive database URL (default: the profile's, else SQLite "
-                                                "in the data dir).")]
+                                           help="Archive database: a URL, or an SQLite file (default: the "
+                                                "profile's, else SQLite in the data dir).")]
 Storage = Annotated[Optional[Path], typer.Option("--storage", metavar="DIR", file_okay=False,
                                                  help="Archive storage folder (default: the profile's).")]
 Bind = Annotated[Optional[str], typer.Option("--bind", metavar="ADDR",
