@@ -1,10 +1,11 @@
 """The `ihe` commands as a user runs them: output, --json, exit codes."""
 from __future__ import annotations
 
-import pytest
-
 import shutil
 import sqlite3
+from pathlib import Path
+
+import pytest
 
 from pydicom import dcmread
 
@@ -236,6 +237,49 @@ def test_move_converts_to_what_the_destination_accepts(archive, corpus, tmp_path
             assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"
             original = next(c for c in corpus if dcmread(c).SOPInstanceUID == ds.SOPInstanceUID)
             assert ds.PixelData == dcmread(original).PixelData
+    finally:
+        srv.stop()
+        scp.terminate()
+        scp.wait(10)
+
+
+def test_a_compressed_instance_reaches_peers_that_take_only_native_syntaxes(archive, tmp_path):
+    """A JPEG-compressed instance, retrieved by DCMTK with its default (uncompressed-only)
+    presentation contexts: storescp as C-MOVE destination, getscu over C-GET. Both get it
+    decompressed, the same instance (same SOP Instance UID), the same picture size."""
+    import subprocess
+
+    from pydicom.data import get_testdata_file
+
+    from helpers import DCMTK_ENV, dcmtk, run_dcmtk, wait_port
+    from ihecli.archive.server import DicomServer
+    from ihecli.config import Node
+
+    src = dcmread(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm"))
+    assert src.file_meta.TransferSyntaxUID.is_compressed
+    assert archive.store(Path(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm")).read_bytes()).outcome == "stored"
+    moved, got = tmp_path / "moved", tmp_path / "got"
+    moved.mkdir()
+    got.mkdir()
+    port = free_port()
+    scp = subprocess.Popen([dcmtk("storescp"), "-aet", "PLAIN", "-od", str(moved), str(port)],
+                           env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    srv = DicomServer(archive, port=0, destinations={"PLAIN": Node("PLAIN", "127.0.0.1", port)})
+    srv.start()
+    try:
+        wait_port(port)
+        r = run_cli("dicom", "move", f"IHE_ARCHIVE@127.0.0.1:{srv.port}", "--dest", "PLAIN",
+                    "-k", f"StudyInstanceUID={src.StudyInstanceUID}", "--json")
+        assert r.code == 0 and r.json["completed"] == 1, r.stderr
+        p = run_dcmtk("getscu", "-aec", "IHE_ARCHIVE", "-od", str(got), "-k", "QueryRetrieveLevel=STUDY",
+                      "-k", f"StudyInstanceUID={src.StudyInstanceUID}", "127.0.0.1", str(srv.port), check=False)
+        assert p.returncode == 0, p.stdout + p.stderr
+        for folder in (moved, got):
+            (f,) = folder.iterdir()
+            ds = dcmread(f)
+            assert not ds.file_meta.TransferSyntaxUID.is_compressed
+            assert ds.SOPInstanceUID == src.SOPInstanceUID == ds.file_meta.MediaStorageSOPInstanceUID
+            assert len(ds.PixelData) == src.Rows * src.Columns * 3
     finally:
         srv.stop()
         scp.terminate()

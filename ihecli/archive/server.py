@@ -286,7 +286,7 @@ class DicomServer:
             log.error("%s from %s failed: %s: %s", what, st.peer, type(e).__name__, e)
             raise
 
-    def _datasets(self, event, refs, st):
+    def _datasets(self, event, refs, st, what: str):
         # PIR: instances of patients that HL7 updated or merged carry the index's patient (decoded
         # only when their stored header differs); all others go out as stored
         current = pir.reconciled_for(self.archive, refs)
@@ -298,6 +298,8 @@ class DicomServer:
                 ds = StoredDataset(self.archive.file_path(ref), ref)
                 if current and ref.study_uid in current:
                     ds = pir.coerce(ds, current[ref.study_uid], modifying_system=self.aet)
+                if what == "C-GET":
+                    ds = _for_get(ds, ref, event.assoc)
             except Exception as e:
                 st.move_failed += 1
                 log.error("cannot read %s for retrieve: %s", ref.sop_uid, e)
@@ -323,7 +325,7 @@ class DicomServer:
         moving = getattr(event.assoc.ae, "moving", None)  # set by _on_move, then by associate()
         if st.tally is None:
             try:
-                yield from self._datasets(event, refs, st)
+                yield from self._datasets(event, refs, st, what)
             finally:
                 self._count_sub_operations(st, moving, what, moved, failed)
             return
@@ -335,7 +337,7 @@ class DicomServer:
             atna.record(ev.begin_transferring(source=Peer.local(self.aet), destination=dest, studies=studies,
                                               patients=patients, requestor=st.peer_node))
         try:
-            yield from self._datasets(event, refs, st)
+            yield from self._datasets(event, refs, st, what)
         finally:
             sent, unsent = st.moved - moved, st.move_failed - failed  # handed over; unreadable
             sub = getattr(moving, "sub", None) if what == "C-MOVE" else None
@@ -498,6 +500,21 @@ def _dataset_start(data: bytes) -> int | None:
         return None
     start = 144 + int.from_bytes(data[140:144], "little")
     return start if start <= len(data) else None
+
+
+def _for_get(ds, ref, assoc):
+    """C-GET sends on the requestor's own association: a compressed file whose transfer syntax it
+    did not accept for its SOP class goes decompressed (the same instance) when it accepted a
+    native one, as C-MOVE's sender does; pynetdicom converts between native syntaxes itself."""
+    ts = UID(ref.transfer_syntax)
+    if not ts.is_compressed:
+        return ds
+    taken = [UID(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts if cx.abstract_syntax == ref.sop_class]
+    if ts in taken or not any(not t.is_compressed for t in taken):
+        return ds  # as stored; or nothing it takes, and the sub-operation fails as it must
+    full = ds.decoded() if isinstance(ds, StoredDataset) else ds
+    full.decompress(generate_instance_uid=False)  # needs a decoder for the syntax (pylibjpeg): else it fails alone
+    return full
 
 
 def _unreadable(ref) -> Dataset:

@@ -283,15 +283,21 @@ class DirectStoreAssociation:
 
     def _encoded(self, dataset, ts: str) -> bytes:
         t = UID(ts)
+        have = UID(dataset.file_meta.TransferSyntaxUID) if "TransferSyntaxUID" in getattr(dataset, "file_meta", ()) \
+            else None
+        # the stored bytes as they are: in their own syntax, or a native one of the same encoding
+        # (compressed pixel data is never sent under a native syntax's name)
+        as_is = have is not None and (have == t or not have.is_compressed)
         raw = dataset.encoded_as(t.is_implicit_VR, t.is_little_endian, t.is_deflated) \
-            if hasattr(dataset, "encoded_as") else None
+            if as_is and hasattr(dataset, "encoded_as") else None
         if raw is not None:
             return raw
         from pynetdicom.dsutils import encode
 
         ds = dataset.decoded() if hasattr(dataset, "decoded") else dataset
         if ds.file_meta.TransferSyntaxUID.is_compressed and not t.is_compressed:
-            ds.decompress()  # needs a decoder for the file's syntax (pylibjpeg): else this raises
+            # needs a decoder for the file's syntax (pylibjpeg): else this raises; the same instance
+            ds.decompress(generate_instance_uid=False)
         elif ds.file_meta.TransferSyntaxUID != t:
             if t.is_compressed:
                 raise DimseError(f"cannot convert {ds.file_meta.TransferSyntaxUID.name} to {t.name}")
