@@ -4,6 +4,7 @@ client's C-STORE (`ihe dicom store`, `ihe archive export --to`) to a peer that d
 from __future__ import annotations
 
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -341,7 +342,11 @@ def test_move_to_a_destination_that_dies_counts_what_it_answered(archive, tmp_pa
         logger.removeHandler(handler)
         logger.setLevel(old_level)
     assert r.code == 3, r.stderr
-    assert "1 completed, 11 failed" in r.stderr
-    assert r.stderr.count("failed: 1.") == 5 and "failed: 6 more (--json lists them)" in r.stderr
+    # the kill lands after the first object, sometimes after a second one is taken too
+    m = re.search(r"(\d+) completed, (\d+) failed", r.stderr)
+    assert m, r.stderr
+    done, failed = int(m.group(1)), int(m.group(2))
+    assert 1 <= done <= 2 and done + failed == 12, r.stderr
+    assert r.stderr.count("failed: 1.") == 5 and f"failed: {failed - 5} more (--json lists them)" in r.stderr
     closing = [m for m in said if "released" in m and "sent" in m]
-    assert closing and "1 sent, 11 failed" in closing[-1], said
+    assert closing and f"{done} sent, {failed} failed" in closing[-1], said
