@@ -280,6 +280,14 @@ def test_a_compressed_instance_reaches_peers_that_take_only_native_syntaxes(arch
             assert not ds.file_meta.TransferSyntaxUID.is_compressed
             assert ds.SOPInstanceUID == src.SOPInstanceUID == ds.file_meta.MediaStorageSOPInstanceUID
             assert len(ds.PixelData) == src.Rows * src.Columns * 3
+        # dicom store of the file itself to the same peer
+        for f in moved.iterdir():
+            f.unlink()
+        r = run_cli("dicom", "store", f"PLAIN@127.0.0.1:{port}", get_testdata_file("SC_rgb_jpeg_dcmtk.dcm"))
+        assert r.code == 0, r.stderr
+        (f,) = moved.iterdir()
+        ds = dcmread(f)
+        assert not ds.file_meta.TransferSyntaxUID.is_compressed and ds.SOPInstanceUID == src.SOPInstanceUID
     finally:
         srv.stop()
         scp.terminate()
