@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from ihecli.errors import PeerUnreachable
+from ihecli.errors import IheError, PeerUnreachable
 from ihecli.hl7 import v2
 from ihecli.net.mllp import Deframer, MllpClient, MllpServer, frame
 
@@ -216,8 +216,9 @@ def test_tls(mllp, tmp_path):
     with MllpClient("127.0.0.1", srv.port, ssl_context=client_ctx) as c:
         assert v2.read_ack(c.send(msg("tls"))).code == "AA"
     # a client that does not trust the server's CA: refused, and the server goes on
-    with pytest.raises(PeerUnreachable, match="TLS"):
+    with pytest.raises(IheError, match="TLS failed: the server's certificate is not trusted") as refused:
         MllpClient("127.0.0.1", srv.port, ssl_context=ssl.create_default_context(), timeout=5).connect()
+    assert not isinstance(refused.value, PeerUnreachable)  # exit 1: reached, and the link refused
     with pytest.raises(PeerUnreachable):  # plain MLLP to a TLS port: no answer comes back
         MllpClient("127.0.0.1", srv.port, timeout=2).send(msg("plain"))
     with MllpClient("127.0.0.1", srv.port, ssl_context=client_ctx) as c:

@@ -40,7 +40,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
-from ihecli.errors import PeerUnreachable
+from ihecli.errors import IheError, PeerUnreachable, reason
 
 log = logging.getLogger("ihe.mllp")
 
@@ -316,6 +316,7 @@ class MllpClient:
         self.sock: socket.socket | None = None
         self._deframer = Deframer(max_size)
         self._pending: list[Frame] = []
+        self._answered = False  # an answer came on this connection (its TLS link was taken)
 
     def connect(self) -> "MllpClient":
         if self.sock is not None:
@@ -323,16 +324,30 @@ class MllpClient:
         try:
             sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
         except OSError as e:
-            raise PeerUnreachable(f"cannot reach {self.host}:{self.port}: {e.strerror or e}") from None
+            raise PeerUnreachable(f"cannot reach {self.host}:{self.port}: {reason(e)}") from None
         _nodelay(sock)
         if self.ssl_context is not None:
             try:
                 sock = self.ssl_context.wrap_socket(sock, server_hostname=self.server_hostname)
             except (ssl.SSLError, OSError) as e:
                 sock.close()
-                raise PeerUnreachable(f"TLS with {self.host}:{self.port} failed: {e}") from None
+                raise self._tls_failed(e) from None
         self.sock = sock
         return self
+
+    def _tls_failed(self, e: BaseException) -> IheError:
+        """A refused TLS link (by the peer or by us) in words, exit 1 as on the other links: the
+        certificates must change, retrying does not help. With TLS 1.3 the server's refusal of our
+        certificate comes after the handshake, at the first read."""
+        from ihecli.net.tls import describe
+
+        if isinstance(e, ssl.SSLCertVerificationError):
+            why = f"the server's certificate is not trusted ({e.verify_message or 'verify failed'}; see --ca)"
+        else:
+            why = describe(e)
+            if why == "connection closed during the handshake":
+                why = "the server closed the connection (does it trust our certificate?)"
+        return IheError(f"{self.host}:{self.port}: TLS failed: {why}")
 
     def send(self, message: bytes) -> bytes:
         """Send one message and wait for the answer (its bytes without framing)."""
@@ -348,9 +363,19 @@ class MllpClient:
         except socket.timeout:
             self.close()
             raise PeerUnreachable(f"{self.host}:{self.port} did not answer within {self.timeout:g} s") from None
-        except (OSError, ssl.SSLError) as e:
+        except ssl.SSLError as e:
             self.close()
-            raise PeerUnreachable(f"connection to {self.host}:{self.port} failed: {e}") from None
+            raise self._tls_failed(e) from None
+        except ConnectionError as e:
+            first = not self._answered
+            self.close()
+            if self.ssl_context is not None and first:  # TLS 1.3: our certificate refused
+                raise self._tls_failed(e) from None
+            raise PeerUnreachable(f"connection to {self.host}:{self.port} failed: {reason(e)}") from None
+        except OSError as e:
+            self.close()
+            raise PeerUnreachable(f"connection to {self.host}:{self.port} failed: {reason(e)}") from None
+        self._answered = True
         fr = self._pending.pop(0)
         if fr.oversized:
             raise PeerUnreachable(f"{self.host}:{self.port} answered with more than {self.max_size} bytes")
@@ -363,6 +388,7 @@ class MllpClient:
             except OSError:
                 pass
             self.sock = None
+            self._answered = False
             self._deframer = Deframer(self.max_size)
             self._pending = []
 
