@@ -25,6 +25,8 @@ def test_echo_and_unreachable(server):
     assert len(lines) == 1 and lines[0].startswith("ihe: error: cannot reach")
     r = run_cli("dicom", "echo", "not-a-node")
     assert r.code == 2 and "unknown node" in r.stderr
+    r = run_cli("dicom", "echo", "no-such-host.invalid:104")
+    assert (r.code, r.stderr) == (4, "ihe: error: cannot reach ANY-SCP@no-such-host.invalid:104: host name not found\n")
 
 
 def test_store_find_move_get(server, storescp, corpus, tmp_path):

@@ -13,7 +13,7 @@ from pynetdicom import AE, _config, build_context, evt
 from pynetdicom.association import Association
 
 from ihecli.config import Node
-from ihecli.errors import IheError, PeerUnreachable
+from ihecli.errors import IheError, PeerUnreachable, reason
 from ihecli.net import reactor
 
 _configured = False
@@ -294,7 +294,7 @@ def associate(ae: AE, node: Node, *, contexts=None, ext_neg=None, handlers=(), w
                                                                 list(e.assoc.accepted_contexts))),
                                                             *held, *handlers])
     except (OSError, ValueError) as e:
-        raise PeerUnreachable(f"cannot reach {node}: {e}") from None
+        raise PeerUnreachable(f"cannot reach {node}: {reason(e)}") from None
     if not opened:
         if tls is not None:
             _tls_probe(node, tls, ae.connection_timeout or 10)
@@ -308,10 +308,10 @@ def associate(ae: AE, node: Node, *, contexts=None, ext_neg=None, handlers=(), w
         raise IheError(_no_context(node, op, need))
     if assoc.is_rejected:
         rsp = getattr(assoc.acceptor, "primitive", None)
-        reason = ""
+        detail = ""
         if rsp is not None and getattr(rsp, "result_str", None):
-            reason = f": {rsp.result_str}, {rsp.source_str}, {rsp.reason_str}"
-        raise IheError(f"{node} rejected the association{reason} (calling AE title {ae.ae_title!r}{what})")
+            detail = f": {rsp.result_str}, {rsp.source_str}, {rsp.reason_str}"
+        raise IheError(f"{node} rejected the association{detail} (calling AE title {ae.ae_title!r}{what})")
     if assoc.is_aborted:
         if tls is not None:
             raise IheError(f"{node} refused or aborted the association (over TLS: check our certificate, "
