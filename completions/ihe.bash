@@ -5,7 +5,7 @@
 _ihe_subcommands() {
     case $1 in
         'ihe') _ihe_words='archive audit config dicom hl7 iocm kin pdi pdq pix tce time wic xca xcai xds xdsi' ;;
-        'ihe archive') _ihe_words='check export import ls mpps rejected rm serve' ;;
+        'ihe archive') _ihe_words='check copy-db export import ls mpps rejected rm serve' ;;
         'ihe archive mpps') _ihe_words='ls' ;;
         'ihe audit') _ihe_words='query send serve' ;;
         'ihe config') _ihe_words='init path show' ;;
@@ -34,6 +34,7 @@ _ihe_options() {
         'ihe') _ihe_words='--config --debug --help --profile --quiet --verbose --version -P -c -h -q -v' ;;
         'ihe archive') _ihe_words='--help -h' ;;
         'ihe archive check') _ihe_words='--db --help --json --repair --storage --verify -h' ;;
+        'ihe archive copy-db') _ihe_words='--db --help --json -h' ;;
         'ihe archive export') _ihe_words='--calling-aet --db --help --json --out --since --storage --study --timeout --to -aet -h -o' ;;
         'ihe archive import') _ihe_words='--db --duplicates --help --json --storage -h' ;;
         'ihe archive ls') _ihe_words='--accession --date --db --help --instance --json --level --limit --modality --name --patient --series --storage --study -L -h' ;;
@@ -115,6 +116,7 @@ _ihe_value() {
         'ihe -P'|'ihe --profile') _ihe_kind=text ;;
         'ihe archive check --db') _ihe_kind=text ;;
         'ihe archive check --storage') _ihe_kind=dir ;;
+        'ihe archive copy-db --db') _ihe_kind=text ;;
         'ihe archive export -aet'|'ihe archive export --calling-aet') _ihe_kind=text ;;
         'ihe archive export --db') _ihe_kind=text ;;
         'ihe archive export -o'|'ihe archive export --out') _ihe_kind=dir ;;
@@ -531,6 +533,10 @@ _ihe_value() {
 # Sets _ihe_kind for positional argument number $2 (from 0) of command $1; fails if there is none.
 _ihe_argument() {
     case $1 in
+        'ihe archive copy-db')
+            if (( $2 == 0 )); then _ihe_kind=text
+            else return 1
+            fi ;;
         'ihe archive import')
             if (( $2 >= 0 )); then _ihe_kind=file
             else return 1

@@ -7,7 +7,7 @@ function __ihe_subcommands
         case 'ihe'
             printf '%s\n' 'archive' 'audit' 'config' 'dicom' 'hl7' 'iocm' 'kin' 'pdi' 'pdq' 'pix' 'tce' 'time' 'wic' 'xca' 'xcai' 'xds' 'xdsi'
         case 'ihe archive'
-            printf '%s\n' 'check' 'export' 'import' 'ls' 'mpps' 'rejected' 'rm' 'serve'
+            printf '%s\n' 'check' 'copy-db' 'export' 'import' 'ls' 'mpps' 'rejected' 'rm' 'serve'
         case 'ihe archive mpps'
             printf '%s\n' 'ls'
         case 'ihe audit'
@@ -55,6 +55,9 @@ function __ihe_takes_value
             return
         case 'ihe archive check'
             contains -- $argv[2] --db --storage
+            return
+        case 'ihe archive copy-db'
+            contains -- $argv[2] --db
             return
         case 'ihe archive export'
             contains -- $argv[2] -aet --calling-aet --db -o --out --since --storage --study --timeout --to
@@ -277,6 +280,7 @@ complete -c ihe -n "__ihe_at 'ihe'" -l version -d 'Print the version and exit.'
 
 # ihe archive
 complete -c ihe -n "__ihe_arg 'ihe archive' 0 0" -a 'check' -d 'Check that index and files agree (after a crash, a disk problem or manual changes).'
+complete -c ihe -n "__ihe_arg 'ihe archive' 0 0" -a 'copy-db' -d 'Copy the archive database (index, XDS registry, audit records, every actor\'s state) into another, empty one: SQLite to PostgreSQL when a site outgrows one machine, or back. Stop the servers first, then point archive.db (or --db) at the copy. The storage folder stays as it is.'
 complete -c ihe -n "__ihe_arg 'ihe archive' 0 0" -a 'export' -d 'Export studies (by date received or UID) to a node or a folder: the nightly job.'
 complete -c ihe -n "__ihe_arg 'ihe archive' 0 0" -a 'import' -d 'Store DICOM files and folders in the archive (non-DICOM files are skipped).'
 complete -c ihe -n "__ihe_arg 'ihe archive' 0 0" -a 'ls' -d 'List what the archive holds, at any level.'
@@ -287,16 +291,21 @@ complete -c ihe -n "__ihe_arg 'ihe archive' 0 0" -a 'serve' -d 'Run the archive\
 complete -c ihe -n "__ihe_at 'ihe archive'" -s h -l help -d 'Show this message and exit.'
 
 # ihe archive check
-complete -c ihe -n "__ihe_at 'ihe archive check'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
+complete -c ihe -n "__ihe_at 'ihe archive check'" -l db -x -d 'Archive database: a URL, or an SQLite file (default: the profile\'s, else SQLite in the data dir).'
 complete -c ihe -n "__ihe_at 'ihe archive check'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe archive check'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
 complete -c ihe -n "__ihe_at 'ihe archive check'" -l repair -d 'Fix what is found: drop rows whose file is gone, index files that have no row (a second copy of an indexed instance goes, anything else moves to .quarantine/), remove leftover temporary files.'
 complete -c ihe -n "__ihe_at 'ihe archive check'" -l storage -x -a '(__fish_complete_directories)' -d 'Archive storage folder (default: the profile\'s).'
 complete -c ihe -n "__ihe_at 'ihe archive check'" -l verify -d 'Also re-read every file and compare its checksum with the one taken at ingest.'
 
+# ihe archive copy-db
+complete -c ihe -n "__ihe_at 'ihe archive copy-db'" -l db -x -d 'Archive database: a URL, or an SQLite file (default: the profile\'s, else SQLite in the data dir).'
+complete -c ihe -n "__ihe_at 'ihe archive copy-db'" -s h -l help -d 'Show this message and exit.'
+complete -c ihe -n "__ihe_at 'ihe archive copy-db'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
+
 # ihe archive export
 complete -c ihe -n "__ihe_at 'ihe archive export'" -o aet -l calling-aet -x -d 'Calling AE title (default: the profile\'s, IHE).'
-complete -c ihe -n "__ihe_at 'ihe archive export'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
+complete -c ihe -n "__ihe_at 'ihe archive export'" -l db -x -d 'Archive database: a URL, or an SQLite file (default: the profile\'s, else SQLite in the data dir).'
 complete -c ihe -n "__ihe_at 'ihe archive export'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe archive export'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
 complete -c ihe -n "__ihe_at 'ihe archive export'" -s o -l out -x -a '(__fish_complete_directories)' -d 'Folder to write the files to.'
@@ -307,7 +316,7 @@ complete -c ihe -n "__ihe_at 'ihe archive export'" -l timeout -x -d 'Network tim
 complete -c ihe -n "__ihe_at 'ihe archive export'" -l to -x -d 'Send to a DICOM node (C-STORE).'
 
 # ihe archive import
-complete -c ihe -n "__ihe_at 'ihe archive import'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
+complete -c ihe -n "__ihe_at 'ihe archive import'" -l db -x -d 'Archive database: a URL, or an SQLite file (default: the profile\'s, else SQLite in the data dir).'
 complete -c ihe -n "__ihe_at 'ihe archive import'" -l duplicates -x -d 'Same SOP Instance UID again: keep (default) or overwrite.'
 complete -c ihe -n "__ihe_at 'ihe archive import'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe archive import'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
@@ -317,7 +326,7 @@ complete -c ihe -n "__ihe_arg 'ihe archive import' 0 -1" -F
 # ihe archive ls
 complete -c ihe -n "__ihe_at 'ihe archive ls'" -l accession -x -d 'Accession number.'
 complete -c ihe -n "__ihe_at 'ihe archive ls'" -l date -x -d 'Study date or range, e.g. 20240101-.'
-complete -c ihe -n "__ihe_at 'ihe archive ls'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
+complete -c ihe -n "__ihe_at 'ihe archive ls'" -l db -x -d 'Archive database: a URL, or an SQLite file (default: the profile\'s, else SQLite in the data dir).'
 complete -c ihe -n "__ihe_at 'ihe archive ls'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe archive ls'" -l instance -x -d 'SOP Instance UID (repeatable).'
 complete -c ihe -n "__ihe_at 'ihe archive ls'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
@@ -335,7 +344,7 @@ complete -c ihe -n "__ihe_arg 'ihe archive mpps' 0 0" -a 'ls' -d 'List the steps
 complete -c ihe -n "__ihe_at 'ihe archive mpps'" -s h -l help -d 'Show this message and exit.'
 
 # ihe archive mpps ls
-complete -c ihe -n "__ihe_at 'ihe archive mpps ls'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
+complete -c ihe -n "__ihe_at 'ihe archive mpps ls'" -l db -x -d 'Archive database: a URL, or an SQLite file (default: the profile\'s, else SQLite in the data dir).'
 complete -c ihe -n "__ihe_at 'ihe archive mpps ls'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe archive mpps ls'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
 complete -c ihe -n "__ihe_at 'ihe archive mpps ls'" -l limit -x -d 'Show at most N matches.'
@@ -344,14 +353,14 @@ complete -c ihe -n "__ihe_at 'ihe archive mpps ls'" -l state -x -d 'Performed Pr
 complete -c ihe -n "__ihe_at 'ihe archive mpps ls'" -l storage -x -a '(__fish_complete_directories)' -d 'Archive storage folder (default: the profile\'s).'
 
 # ihe archive rejected
-complete -c ihe -n "__ihe_at 'ihe archive rejected'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
+complete -c ihe -n "__ihe_at 'ihe archive rejected'" -l db -x -d 'Archive database: a URL, or an SQLite file (default: the profile\'s, else SQLite in the data dir).'
 complete -c ihe -n "__ihe_at 'ihe archive rejected'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe archive rejected'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
 complete -c ihe -n "__ihe_at 'ihe archive rejected'" -l limit -x -d 'Show at most N matches.'
 complete -c ihe -n "__ihe_at 'ihe archive rejected'" -l storage -x -a '(__fish_complete_directories)' -d 'Archive storage folder (default: the profile\'s).'
 
 # ihe archive rm
-complete -c ihe -n "__ihe_at 'ihe archive rm'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
+complete -c ihe -n "__ihe_at 'ihe archive rm'" -l db -x -d 'Archive database: a URL, or an SQLite file (default: the profile\'s, else SQLite in the data dir).'
 complete -c ihe -n "__ihe_at 'ihe archive rm'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe archive rm'" -l instance -x -d 'SOP Instance UID (repeatable).'
 complete -c ihe -n "__ihe_at 'ihe archive rm'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
@@ -367,7 +376,7 @@ complete -c ihe -n "__ihe_at 'ihe archive serve'" -l allow -x -d 'Accept associa
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -l bind -x -d 'Address to listen on (default 127.0.0.1; 0.0.0.0 for all).'
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -l ca -r -F -d 'CA certificates to trust (PEM); servers then require client certificates. Implies --tls.'
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -l cert -r -F -d 'Our TLS certificate chain (PEM; may hold the key). Implies --tls.'
-complete -c ihe -n "__ihe_at 'ihe archive serve'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
+complete -c ihe -n "__ihe_at 'ihe archive serve'" -l db -x -d 'Archive database: a URL, or an SQLite file (default: the profile\'s, else SQLite in the data dir).'
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -l dest -x -d 'C-MOVE destination: AET@host:port (tls://AET@host:port: sent over TLS), a profile node name, or (for a move) an AE title.'
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -l duplicates -x -d 'Same SOP Instance UID again: keep (default) or overwrite.'
 complete -c ihe -n "__ihe_at 'ihe archive serve'" -l fuzzy-names -d 'Person names match regardless of accents too (always regardless of case).'
@@ -391,7 +400,7 @@ complete -c ihe -n "__ihe_arg 'ihe audit' 0 0" -a 'serve' -d 'Run an Audit Recor
 complete -c ihe -n "__ihe_at 'ihe audit'" -s h -l help -d 'Show this message and exit.'
 
 # ihe audit query
-complete -c ihe -n "__ihe_at 'ihe audit query'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
+complete -c ihe -n "__ihe_at 'ihe audit query'" -l db -x -d 'Archive database: a URL, or an SQLite file (default: the profile\'s, else SQLite in the data dir).'
 complete -c ihe -n "__ihe_at 'ihe audit query'" -l event -x -d 'The audit event: send builds start, stop, login, logout, alert, patient-read or patient-update; query matches an event ID or type by code or name (110112, Query, ITI-18, \'Application Start\').'
 complete -c ihe -n "__ihe_at 'ihe audit query'" -l failed -d 'Only events whose outcome is not success.'
 complete -c ihe -n "__ihe_at 'ihe audit query'" -s h -l help -d 'Show this message and exit.'
@@ -422,7 +431,7 @@ complete -c ihe -n "__ihe_arg 'ihe audit send' 0 -1" -F
 complete -c ihe -n "__ihe_at 'ihe audit serve'" -l bind -x -d 'Address to listen on (default 127.0.0.1; 0.0.0.0 for all).'
 complete -c ihe -n "__ihe_at 'ihe audit serve'" -l ca -r -F -d 'CA certificates to trust (PEM); servers then require client certificates. Implies --tls.'
 complete -c ihe -n "__ihe_at 'ihe audit serve'" -l cert -r -F -d 'Our TLS certificate chain (PEM; may hold the key). Implies --tls.'
-complete -c ihe -n "__ihe_at 'ihe audit serve'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
+complete -c ihe -n "__ihe_at 'ihe audit serve'" -l db -x -d 'Archive database: a URL, or an SQLite file (default: the profile\'s, else SQLite in the data dir).'
 complete -c ihe -n "__ihe_at 'ihe audit serve'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe audit serve'" -l no-tls -d 'No secure transport, even when the profile turns TLS on.'
 complete -c ihe -n "__ihe_at 'ihe audit serve'" -l no-udp -d 'No UDP listener.'
@@ -463,7 +472,7 @@ complete -c ihe -n "__ihe_at 'ihe dicom'" -s h -l help -d 'Show this message and
 # ihe dicom commit
 complete -c ihe -n "__ihe_at 'ihe dicom commit'" -l bind -x -d 'Address to listen on (default 127.0.0.1; 0.0.0.0 for all).'
 complete -c ihe -n "__ihe_at 'ihe dicom commit'" -o aet -l calling-aet -x -d 'Calling AE title (default: the profile\'s, IHE).'
-complete -c ihe -n "__ihe_at 'ihe dicom commit'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
+complete -c ihe -n "__ihe_at 'ihe dicom commit'" -l db -x -d 'Archive database: a URL, or an SQLite file (default: the profile\'s, else SQLite in the data dir).'
 complete -c ihe -n "__ihe_at 'ihe dicom commit'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe dicom commit'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
 complete -c ihe -n "__ihe_at 'ihe dicom commit'" -l report-port -x -d 'Release the association after the request and wait for the report on a new one, listening on this port (the peer must know us as a node; over TLS when NODE is marked tls).'
@@ -583,7 +592,7 @@ complete -c ihe -n "__ihe_at 'ihe hl7'" -s h -l help -d 'Show this message and e
 
 # ihe hl7 orders
 complete -c ihe -n "__ihe_at 'ihe hl7 orders'" -l accession -x -d 'Accession number.'
-complete -c ihe -n "__ihe_at 'ihe hl7 orders'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
+complete -c ihe -n "__ihe_at 'ihe hl7 orders'" -l db -x -d 'Archive database: a URL, or an SQLite file (default: the profile\'s, else SQLite in the data dir).'
 complete -c ihe -n "__ihe_at 'ihe hl7 orders'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe hl7 orders'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
 complete -c ihe -n "__ihe_at 'ihe hl7 orders'" -l limit -x -d 'Show at most N matches.'
@@ -608,7 +617,7 @@ complete -c ihe -n "__ihe_at 'ihe iocm'" -s h -l help -d 'Show this message and 
 
 # ihe iocm reject
 complete -c ihe -n "__ihe_at 'ihe iocm reject'" -o aet -l calling-aet -x -d 'Calling AE title (default: the profile\'s, IHE).'
-complete -c ihe -n "__ihe_at 'ihe iocm reject'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
+complete -c ihe -n "__ihe_at 'ihe iocm reject'" -l db -x -d 'Archive database: a URL, or an SQLite file (default: the profile\'s, else SQLite in the data dir).'
 complete -c ihe -n "__ihe_at 'ihe iocm reject'" -l description -x -d 'Free-text description of what the command creates.'
 complete -c ihe -n "__ihe_at 'ihe iocm reject'" -l from-archive -d 'With --to: find what is rejected in the local archive rather than on the node.'
 complete -c ihe -n "__ihe_at 'ihe iocm reject'" -l from-files -r -F -d 'Take the referenced instances from these files or folders instead of the local archive (repeatable).'
@@ -635,7 +644,7 @@ complete -c ihe -n "__ihe_at 'ihe kin'" -s h -l help -d 'Show this message and e
 # ihe kin create
 complete -c ihe -n "__ihe_at 'ihe kin create'" -l allow-missing -d 'Leave out references that cannot be found instead of failing.'
 complete -c ihe -n "__ihe_at 'ihe kin create'" -o aet -l calling-aet -x -d 'Calling AE title (default: the profile\'s, IHE).'
-complete -c ihe -n "__ihe_at 'ihe kin create'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
+complete -c ihe -n "__ihe_at 'ihe kin create'" -l db -x -d 'Archive database: a URL, or an SQLite file (default: the profile\'s, else SQLite in the data dir).'
 complete -c ihe -n "__ihe_at 'ihe kin create'" -l description -x -d 'Free-text description of what the command creates.'
 complete -c ihe -n "__ihe_at 'ihe kin create'" -l from-files -r -F -d 'Take the referenced instances from these files or folders instead of the local archive (repeatable).'
 complete -c ihe -n "__ihe_at 'ihe kin create'" -s h -l help -d 'Show this message and exit.'
@@ -665,7 +674,7 @@ complete -c ihe -n "__ihe_at 'ihe pdi'" -s h -l help -d 'Show this message and e
 
 # ihe pdi burn
 complete -c ihe -n "__ihe_at 'ihe pdi burn'" -l accession -x -d 'Accession number.'
-complete -c ihe -n "__ihe_at 'ihe pdi burn'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
+complete -c ihe -n "__ihe_at 'ihe pdi burn'" -l db -x -d 'Archive database: a URL, or an SQLite file (default: the profile\'s, else SQLite in the data dir).'
 complete -c ihe -n "__ihe_at 'ihe pdi burn'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe pdi burn'" -l institution -x -d 'Creating institution, for README.TXT.'
 complete -c ihe -n "__ihe_at 'ihe pdi burn'" -l iso -r -F -d 'Write an ISO 9660 image (with Joliet names).'
@@ -677,13 +686,13 @@ complete -c ihe -n "__ihe_at 'ihe pdi burn'" -l size -x -d 'Capacity of one medi
 complete -c ihe -n "__ihe_at 'ihe pdi burn'" -l storage -x -a '(__fish_complete_directories)' -d 'Archive storage folder (default: the profile\'s).'
 complete -c ihe -n "__ihe_at 'ihe pdi burn'" -l study -x -d 'Study Instance UID.'
 complete -c ihe -n "__ihe_at 'ihe pdi burn'" -l usb -x -a '(__fish_complete_directories)' -d 'Write the folder tree of a USB stick (a new or empty folder).'
-complete -c ihe -n "__ihe_at 'ihe pdi burn'" -l volume-id -x -d 'File-set ID and volume label (A-Z 0-9 _; default: patient ID and date).'
+complete -c ihe -n "__ihe_at 'ihe pdi burn'" -l volume-id -x -d 'File-set ID and volume label (A-Z 0-9 _, up to 13; default: patient ID and date).'
 complete -c ihe -n "__ihe_arg 'ihe pdi burn' 0 -1" -F
 
 # ihe pdi import
 complete -c ihe -n "__ihe_at 'ihe pdi import'" -l accession -x -d 'Accession number.'
 complete -c ihe -n "__ihe_at 'ihe pdi import'" -o aet -l calling-aet -x -d 'Calling AE title (default: the profile\'s, IHE).'
-complete -c ihe -n "__ihe_at 'ihe pdi import'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
+complete -c ihe -n "__ihe_at 'ihe pdi import'" -l db -x -d 'Archive database: a URL, or an SQLite file (default: the profile\'s, else SQLite in the data dir).'
 complete -c ihe -n "__ihe_at 'ihe pdi import'" -l dry-run -d 'Show what would be done; change nothing.'
 complete -c ihe -n "__ihe_at 'ihe pdi import'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe pdi import'" -l issuer -x -d 'Issuer of the local Patient ID (with --patient-id).'
@@ -741,7 +750,7 @@ complete -c ihe -n "__ihe_at 'ihe pix'" -s h -l help -d 'Show this message and e
 complete -c ihe -n "__ihe_at 'ihe pix listen'" -l bind -x -d 'Address to listen on (default 127.0.0.1; 0.0.0.0 for all).'
 complete -c ihe -n "__ihe_at 'ihe pix listen'" -l ca -r -F -d 'CA certificates to trust (PEM); servers then require client certificates. Implies --tls.'
 complete -c ihe -n "__ihe_at 'ihe pix listen'" -l cert -r -F -d 'Our TLS certificate chain (PEM; may hold the key). Implies --tls.'
-complete -c ihe -n "__ihe_at 'ihe pix listen'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
+complete -c ihe -n "__ihe_at 'ihe pix listen'" -l db -x -d 'Archive database: a URL, or an SQLite file (default: the profile\'s, else SQLite in the data dir).'
 complete -c ihe -n "__ihe_at 'ihe pix listen'" -l domains -x -d 'Accept identifiers of these domains only (comma-separated; default: the profile\'s, else all).'
 complete -c ihe -n "__ihe_at 'ihe pix listen'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe pix listen'" -l no-tls -d 'No secure transport, even when the profile turns TLS on.'
@@ -752,7 +761,7 @@ complete -c ihe -n "__ihe_at 'ihe pix listen'" -l tls-floor -x -d 'Lowest TLS ve
 complete -c ihe -n "__ihe_at 'ihe pix listen'" -l tls-key -r -F -d 'Private key of --cert (PEM), when not in the same file.'
 
 # ihe pix ls
-complete -c ihe -n "__ihe_at 'ihe pix ls'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
+complete -c ihe -n "__ihe_at 'ihe pix ls'" -l db -x -d 'Archive database: a URL, or an SQLite file (default: the profile\'s, else SQLite in the data dir).'
 complete -c ihe -n "__ihe_at 'ihe pix ls'" -l domain -x -d 'Assigning authority of the patient ID: NAMESPACE, OID or NAMESPACE&OID&ISO (default: the profile\'s).'
 complete -c ihe -n "__ihe_at 'ihe pix ls'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe pix ls'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
@@ -780,21 +789,21 @@ complete -c ihe -n "__ihe_arg 'ihe tce' 0 0" -a 'show' -d 'Show one case: its ke
 complete -c ihe -n "__ihe_at 'ihe tce'" -s h -l help -d 'Show this message and exit.'
 
 # ihe tce export
-complete -c ihe -n "__ihe_at 'ihe tce export'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
+complete -c ihe -n "__ihe_at 'ihe tce export'" -l db -x -d 'Archive database: a URL, or an SQLite file (default: the profile\'s, else SQLite in the data dir).'
 complete -c ihe -n "__ihe_at 'ihe tce export'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe tce export'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
 complete -c ihe -n "__ihe_at 'ihe tce export'" -s o -l out -x -a '(__fish_complete_directories)' -d 'Folder to write the files to.'
 complete -c ihe -n "__ihe_at 'ihe tce export'" -l storage -x -a '(__fish_complete_directories)' -d 'Archive storage folder (default: the profile\'s).'
 
 # ihe tce ls
-complete -c ihe -n "__ihe_at 'ihe tce ls'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
+complete -c ihe -n "__ihe_at 'ihe tce ls'" -l db -x -d 'Archive database: a URL, or an SQLite file (default: the profile\'s, else SQLite in the data dir).'
 complete -c ihe -n "__ihe_at 'ihe tce ls'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe tce ls'" -l incomplete -d 'Only cases still waiting for instances.'
 complete -c ihe -n "__ihe_at 'ihe tce ls'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
 complete -c ihe -n "__ihe_at 'ihe tce ls'" -l storage -x -a '(__fish_complete_directories)' -d 'Archive storage folder (default: the profile\'s).'
 
 # ihe tce show
-complete -c ihe -n "__ihe_at 'ihe tce show'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
+complete -c ihe -n "__ihe_at 'ihe tce show'" -l db -x -d 'Archive database: a URL, or an SQLite file (default: the profile\'s, else SQLite in the data dir).'
 complete -c ihe -n "__ihe_at 'ihe tce show'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe tce show'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
 complete -c ihe -n "__ihe_at 'ihe tce show'" -l storage -x -a '(__fish_complete_directories)' -d 'Archive storage folder (default: the profile\'s).'
@@ -832,7 +841,7 @@ complete -c ihe -n "__ihe_at 'ihe wic upload'" -l timeout -x -d 'Network timeout
 complete -c ihe -n "__ihe_at 'ihe wic upload'" -l tls -d 'Secure the link with TLS (the profile\'s certificate and CA unless --cert/--tls-key/--ca are given).'
 complete -c ihe -n "__ihe_at 'ihe wic upload'" -l tls-floor -x -d 'Lowest TLS version: 1.2 (BCP195, the default) or 1.0 (legacy peers only).'
 complete -c ihe -n "__ihe_at 'ihe wic upload'" -l tls-key -r -F -d 'Private key of --cert (PEM), when not in the same file.'
-complete -c ihe -n "__ihe_at 'ihe wic upload'" -l url -x -d 'DICOMweb service root (default: IHE_DICOMWEB_URL, else http://127.0.0.1:8080/dicom-web).'
+complete -c ihe -n "__ihe_at 'ihe wic upload'" -l url -x -d 'DICOMweb service root (default: IHE_DICOMWEB_URL, else dicomweb.url of the profile, else http://127.0.0.1:8080/dicom-web).'
 complete -c ihe -n "__ihe_arg 'ihe wic upload' 0 -1" -F
 
 # ihe xca
@@ -883,7 +892,7 @@ complete -c ihe -n "__ihe_at 'ihe xca retrieve'" -l timeout -x -d 'Network timeo
 complete -c ihe -n "__ihe_at 'ihe xca serve'" -l bind -x -d 'Address to listen on (default 127.0.0.1; 0.0.0.0 for all).'
 complete -c ihe -n "__ihe_at 'ihe xca serve'" -l ca -r -F -d 'CA certificates to trust (PEM); servers then require client certificates. Implies --tls.'
 complete -c ihe -n "__ihe_at 'ihe xca serve'" -l cert -r -F -d 'Our TLS certificate chain (PEM; may hold the key). Implies --tls.'
-complete -c ihe -n "__ihe_at 'ihe xca serve'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
+complete -c ihe -n "__ihe_at 'ihe xca serve'" -l db -x -d 'Archive database: a URL, or an SQLite file (default: the profile\'s, else SQLite in the data dir).'
 complete -c ihe -n "__ihe_at 'ihe xca serve'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe xca serve'" -l home -x -d 'homeCommunityId (urn:oid:OID): of the documents or images asked for (as the query gave it); when serving, this community\'s (default: xds.home).'
 complete -c ihe -n "__ihe_at 'ihe xca serve'" -l no-tls -d 'No secure transport, even when the profile turns TLS on.'
@@ -992,7 +1001,7 @@ complete -c ihe -n "__ihe_at 'ihe xds retrieve'" -l tls-key -r -F -d 'Private ke
 complete -c ihe -n "__ihe_at 'ihe xds serve'" -l bind -x -d 'Address to listen on (default 127.0.0.1; 0.0.0.0 for all).'
 complete -c ihe -n "__ihe_at 'ihe xds serve'" -l ca -r -F -d 'CA certificates to trust (PEM); servers then require client certificates. Implies --tls.'
 complete -c ihe -n "__ihe_at 'ihe xds serve'" -l cert -r -F -d 'Our TLS certificate chain (PEM; may hold the key). Implies --tls.'
-complete -c ihe -n "__ihe_at 'ihe xds serve'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
+complete -c ihe -n "__ihe_at 'ihe xds serve'" -l db -x -d 'Archive database: a URL, or an SQLite file (default: the profile\'s, else SQLite in the data dir).'
 complete -c ihe -n "__ihe_at 'ihe xds serve'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe xds serve'" -l max-body-mb -x -d 'Refuse larger requests (default 256).'
 complete -c ihe -n "__ihe_at 'ihe xds serve'" -l no-tls -d 'No secure transport, even when the profile turns TLS on.'
@@ -1004,7 +1013,7 @@ complete -c ihe -n "__ihe_at 'ihe xds serve'" -l tls-floor -x -d 'Lowest TLS ver
 complete -c ihe -n "__ihe_at 'ihe xds serve'" -l tls-key -r -F -d 'Private key of --cert (PEM), when not in the same file.'
 
 # ihe xds submit
-complete -c ihe -n "__ihe_at 'ihe xds submit'" -l batch -x -d 'Documents per submission set.'
+complete -c ihe -n "__ihe_at 'ihe xds submit'" -l batch -x -d 'Documents per submission set, at most (a set also holds at most 64 MiB of documents, or one larger document).'
 complete -c ihe -n "__ihe_at 'ihe xds submit'" -l ca -r -F -d 'CA certificates to trust (PEM); servers then require client certificates. Implies --tls.'
 complete -c ihe -n "__ihe_at 'ihe xds submit'" -l cert -r -F -d 'Our TLS certificate chain (PEM; may hold the key). Implies --tls.'
 complete -c ihe -n "__ihe_at 'ihe xds submit'" -l class -x -d 'classCode: CODE^DISPLAY^SCHEME (queries also take CODE^^SCHEME or CODE alone, repeatable: any of them).'
@@ -1033,7 +1042,7 @@ complete -c ihe -n "__ihe_at 'ihe xdsi'" -s h -l help -d 'Show this message and 
 # ihe xdsi publish
 complete -c ihe -n "__ihe_at 'ihe xdsi publish'" -l ca -r -F -d 'CA certificates to trust (PEM); servers then require client certificates. Implies --tls.'
 complete -c ihe -n "__ihe_at 'ihe xdsi publish'" -l cert -r -F -d 'Our TLS certificate chain (PEM; may hold the key). Implies --tls.'
-complete -c ihe -n "__ihe_at 'ihe xdsi publish'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
+complete -c ihe -n "__ihe_at 'ihe xdsi publish'" -l db -x -d 'Archive database: a URL, or an SQLite file (default: the profile\'s, else SQLite in the data dir).'
 complete -c ihe -n "__ihe_at 'ihe xdsi publish'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe xdsi publish'" -l json -d 'Print machine-readable JSON on stdout, nothing else.'
 complete -c ihe -n "__ihe_at 'ihe xdsi publish'" -l no-store -d 'Do not keep the manifest in the archive too.'
@@ -1050,7 +1059,7 @@ complete -c ihe -n "__ihe_at 'ihe xdsi publish'" -l tls-key -r -F -d 'Private ke
 complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l ca -r -F -d 'CA certificates to trust (PEM); servers then require client certificates. Implies --tls.'
 complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l cert -r -F -d 'Our TLS certificate chain (PEM; may hold the key). Implies --tls.'
 complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l community -x -d 'A responding gateway, urn:oid:OID=http://host:port/xca (repeatable; default: the profile\'s xds.communities).'
-complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l db -x -d 'Archive database URL (default: the profile\'s, else SQLite in the data dir).'
+complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l db -x -d 'Archive database: a URL, or an SQLite file (default: the profile\'s, else SQLite in the data dir).'
 complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l dicom -x -d 'Fetch the images by DICOM C-GET from this node instead of RAD-69 (a profile node, or AET@host:port). Without --source, --wado or --dicom, the profile node whose AE title is the manifest\'s Retrieve AE Title is asked so.'
 complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -s h -l help -d 'Show this message and exit.'
 complete -c ihe -n "__ihe_at 'ihe xdsi retrieve'" -l home -x -d 'homeCommunityId (urn:oid:OID): of the documents or images asked for (as the query gave it); when serving, this community\'s (default: xds.home).'

@@ -363,3 +363,15 @@ def test_ctrl_c_of_a_waiting_command_is_one_line(tmp_path):
         p.send_signal(signal.SIGINT)
         _out, err = p.communicate(timeout=30)
     assert (p.returncode, err) == (130, "ihe: error: interrupted\n")
+
+
+def test_help_examples_are_printed_whole():
+    """An example in --help is one line as written (click rewrapped it at a hyphen: 'for-' / 'surgery')."""
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "ihecli", "kin", "create", "--help"], capture_output=True, text=True,
+                         env={**os.environ, "COLUMNS": "80"}, check=True).stdout
+    assert "  Example: ihe kin create --study 1.2.3 --instance 1.2.3.4.5 --title for-surgery --description " \
+           "'Fracture' --to PACS\n" in out

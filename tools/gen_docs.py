@@ -91,7 +91,8 @@ class Cmd:
         """The help text without its example lines, one string per paragraph."""
         paras = []
         for block in re.split(r"\n\s*\n", self.help):
-            lines = [ln.strip() for ln in block.splitlines() if not ln.strip().startswith("Example:")]
+            lines = [ln.strip() for ln in block.splitlines()
+                     if not ln.strip().startswith("Example:") and ln.strip() != "\b"]  # \b: click's no-rewrap mark
             text = " ".join(ln for ln in lines if ln)
             if text:
                 paras.append(text)

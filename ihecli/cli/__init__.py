@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -80,8 +81,19 @@ def register(names=None) -> None:
     for name, module in GROUPS.items():
         if (names is None or name in names) and name not in _registered:
             mod = importlib.import_module(f"ihecli.cli.{module}")
+            for info in mod.app.registered_commands:
+                _keep_examples_whole(info.callback)
             app.add_typer(mod.app, name=name)
             _registered.add(name)
+
+
+def _keep_examples_whole(fn) -> None:
+    """The Example paragraph of a command's help is printed as written, not rewrapped: click
+    breaks long lines at hyphens (``--title for-`` / ``surgery``), which breaks a copied example.
+    click leaves a paragraph that starts with a \\b line as it is."""
+    doc = getattr(fn, "__doc__", None) or ""
+    if "Example:" in doc and "\b\n" not in doc:
+        fn.__doc__ = re.sub(r"\n([ \t]*)Example:", "\n\\1\b\n\\1Example:", doc, count=1)
 
 
 def _words(args: list[str]) -> list[str]:
