@@ -84,6 +84,6 @@ def notify_ready(engine, subscribers: list[str], retrieve_aet: str) -> int:
                 ian_uid = generate_uid()  # fixed now: a retried notification is the same instance
                 for target in subscribers:
                     queue.enqueue(conn, "ian", target, pack(ian_uid, ds), ref=uid)
-        log.info("IAN for step %s queued to %d subscribers", uid, len(subscribers))
+        log.info("IAN for step %s queued to %d subscriber%s", uid, len(subscribers), "" if len(subscribers) == 1 else "s")
         done += 1
     return done
