@@ -1,6 +1,7 @@
 """A success status means the object is on disk and in the index, even when the server is killed."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -142,21 +143,19 @@ def test_ctrl_c_of_an_export_says_how_far_it_got_and_leaves_no_partial_file(tmp_
         assert p.read_bytes() == by_uid[p.stem].read_bytes()
 
 
-def test_ctrl_c_of_an_export_to_a_node_says_how_far_it_got(tmp_path):
-    """The same with --to: a pynetdicom storage SCP that stops answering after 5 objects."""
+@contextlib.contextmanager
+def _stalling_peer(takes: int):
+    """A pynetdicom storage SCP (CT) that takes ``takes`` objects, then holds the response to the
+    next one until the test is done; yields (port, holding: set once it holds)."""
     import threading
 
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
     from pynetdicom import AE, evt
 
-    files = make_corpus(tmp_path / "c", studies=1, series=1, images=20)
-    with Archive(f"sqlite:///{tmp_path / 'index.db'}", tmp_path / "st") as a:
-        for f in files:
-            a.store(f.read_bytes())
     got, hold, holding = [], threading.Event(), threading.Event()
 
     def on_store(event):
-        if len(got) >= 5:  # the client has taken the 5th response: it sent the 6th
+        if len(got) >= takes:  # the client has taken the last response: it sent the next object
             holding.set()
             hold.wait(60)
             return 0xA700
@@ -168,37 +167,28 @@ def test_ctrl_c_of_an_export_to_a_node_says_how_far_it_got(tmp_path):
     port = free_port()
     scp = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
     try:
-        code, _, err = _interrupted_export(tmp_path, "--to", f"SLOW@127.0.0.1:{port}", watch=holding.is_set)
+        yield port, holding
     finally:
         hold.set()
         scp.shutdown()
+
+
+def test_ctrl_c_of_an_export_to_a_node_says_how_far_it_got(tmp_path):
+    """The same with --to: a pynetdicom storage SCP that stops answering after 5 objects."""
+    files = make_corpus(tmp_path / "c", studies=1, series=1, images=20)
+    with Archive(f"sqlite:///{tmp_path / 'index.db'}", tmp_path / "st") as a:
+        for f in files:
+            a.store(f.read_bytes())
+    with _stalling_peer(5) as (port, holding):
+        code, _, err = _interrupted_export(tmp_path, "--to", f"SLOW@127.0.0.1:{port}", watch=holding.is_set)
     assert code == 130, err
     assert re.search(rf"interrupted: 5 instances of {len(files)} exported to SLOW@127.0.0.1:{port}", err), err
 
 
 def test_ctrl_c_of_dicom_store_says_how_far_it_got(tmp_path):
     """`ihe dicom store` stopped by Ctrl-C: exit 130 and one line with what the peer took."""
-    import threading
-
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-    from pynetdicom import AE, evt
-
     make_corpus(tmp_path / "c", studies=1, series=1, images=20)
-    got, hold, holding = [], threading.Event(), threading.Event()
-
-    def on_store(event):
-        if len(got) >= 3:  # the client has taken the 3rd response: it sent the 4th
-            holding.set()
-            hold.wait(60)
-            return 0xA700
-        got.append(event.request.AffectedSOPInstanceUID)
-        return 0x0000
-
-    ae = AE(ae_title="SLOW")
-    ae.add_supported_context(CTImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    port = free_port()
-    scp = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
-    try:
+    with _stalling_peer(3) as (port, holding):
         p = subprocess.Popen([sys.executable, "-m", "ihecli", "dicom", "store", f"SLOW@127.0.0.1:{port}",
                               str(tmp_path / "c")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env={**os.environ, "TCP_NODELAY": "1"})
@@ -206,8 +196,5 @@ def test_ctrl_c_of_dicom_store_says_how_far_it_got(tmp_path):
             time.sleep(0.005)
         p.send_signal(signal.SIGINT)
         _, err = p.communicate(timeout=120)
-    finally:
-        hold.set()
-        scp.shutdown()
     assert p.returncode == 130, err
     assert err.strip() == f"ihe: error: interrupted: 3 of 20 files sent to SLOW@127.0.0.1:{port}", err
