@@ -375,3 +375,20 @@ def test_help_examples_are_printed_whole():
                          env={**os.environ, "COLUMNS": "80"}, check=True).stdout
     assert "  Example: ihe kin create --study 1.2.3 --instance 1.2.3.4.5 --title for-surgery --description " \
            "'Fracture' --to PACS\n" in out
+
+
+def test_reading_commands_refuse_a_database_that_is_not_there(tmp_path):
+    """A mistyped --db for a command that only reads or removes is a usage error naming it (it made
+    an empty database and answered 'no matches'); commands that store make the file."""
+    typo = tmp_path / "archvie.db"
+    for args in (["archive", "ls"], ["archive", "rejected"], ["archive", "mpps", "ls"], ["archive", "check"],
+                 ["archive", "rm", "--study", "1.2.3", "--yes"], ["archive", "export", "--since", "1d", "--out",
+                                                                  str(tmp_path / "o")],
+                 ["tce", "ls"], ["pix", "ls"], ["hl7", "orders"], ["audit", "query"]):
+        r = run_cli(*args, "--db", str(typo))
+        assert (r.code, r.stderr) == (2, f"ihe: error: no archive database {typo} (--db or archive.db names a file "
+                                         "that is not there)\n"), args
+    assert not typo.exists()
+    assert run_cli("archive", "import", str(tmp_path), "--db", str(typo), "--storage", str(tmp_path / "st")).code == 1
+    assert typo.is_file()  # storing makes it (here: nothing to store in an empty folder)
+    assert run_cli("archive", "ls", "--db", str(typo)).code == 0

@@ -61,6 +61,20 @@ def sqlite_url(db: str) -> str:
     return "sqlite:///" + os.path.abspath(os.path.expanduser(db))
 
 
+def check_named_db(url: str, *, named: bool, existing: bool = False) -> None:
+    """A database given by --db or archive.db: its folder must exist (a mistyped path makes no
+    new database); with ``existing``, the SQLite file too."""
+    path = sqlite_path(url) if named else None
+    if not path:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UsageError(f"no folder {folder} for the archive database {path} "
+                         "(a database given by --db or archive.db must be in a folder that exists)")
+    if existing and not os.path.isfile(path):
+        raise UsageError(f"no archive database {path} (--db or archive.db names a file that is not there)")
+
+
 class Archive:
     def __init__(self, db_url: str, storage: str | os.PathLike, *, duplicates: str = "keep",
                  fuzzy_names: bool = False, aet: str = "IHE_ARCHIVE"):
@@ -94,14 +108,14 @@ class Archive:
         self.after_store: list[Callable] = []
 
     @classmethod
-    def open(cls, settings, *, db: str | None = None, storage: str | None = None) -> "Archive":
-        """The archive a profile (and any --db / --storage override) names."""
+    def open(cls, settings, *, db: str | None = None, storage: str | None = None,
+             existing: bool = False) -> "Archive":
+        """The archive a profile (and any --db / --storage override) names. ``existing``: a command
+        that only reads or removes refuses a named SQLite file that is not there (a mistyped
+        --db), where one that stores makes it."""
         a = settings.archive
         url = sqlite_url(db or a.db_url())
-        path = sqlite_path(url) if (db or a.db) else None
-        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):  # a mistyped path: no new database
-            raise UsageError(f"no folder {os.path.dirname(os.path.abspath(path))} for the archive database {path} "
-                             "(a database given by --db or archive.db must be in a folder that exists)")
+        check_named_db(url, named=bool(db or a.db), existing=existing)
         return cls(url, storage or a.storage_dir(), duplicates=a.duplicates, fuzzy_names=a.fuzzy_names, aet=a.aet)
 
     def close(self) -> None:

@@ -32,13 +32,16 @@ Duplicates = Annotated[Optional[str], typer.Option("--duplicates", metavar="POLI
                                                    help="Same SOP Instance UID again: keep (default) or overwrite.")]
 
 
-def open_archive(ctx: typer.Context, db: Optional[str], storage: Optional[Path], **over) -> Archive:
+def open_archive(ctx: typer.Context, db: Optional[str], storage: Optional[Path], *, existing: bool = False,
+                 **over) -> Archive:
+    """The archive of the profile and options; ``existing``: for a command that only reads or
+    removes (a named database file that is not there is a mistake, not a new archive)."""
     st = state(ctx).settings()
     if over.get("duplicates"):
         st.archive.duplicates = over["duplicates"]
     if over.get("fuzzy_names"):
         st.archive.fuzzy_names = True
-    archive = Archive.open(st, db=db, storage=str(storage) if storage else None)
+    archive = Archive.open(st, db=db, storage=str(storage) if storage else None, existing=existing)
     from ihecli.workflow.service import attach  # rejection notes (IOCM) act on import too
 
     attach(archive, hide_quality=st.archive.hide_quality_rejects)
@@ -363,7 +366,7 @@ def ls_cmd(ctx: typer.Context,
                               ("--accession", "AccessionNumber", accession), ("--date", "StudyDate", date),
                               ("--modality", "Modality", modality)))
     ident, lvl = _selection(level, patient, name, study, series, instance, accession, modality, date)
-    with open_archive(ctx, db, storage) as archive:
+    with open_archive(ctx, db, storage, existing=True) as archive:
         rows = [dataset_json(r) for r in archive.find(ident, "patient" if lvl == "PATIENT" else "study", limit)]
     if json:
         output.print_json(rows)
@@ -386,7 +389,7 @@ def rm_cmd(ctx: typer.Context, patient: Patient = None, study: StudyOpt = None, 
         raise UsageError("say what to remove: --patient, --study, --series or --instance")
     level = "IMAGE" if instance else "SERIES" if series else "STUDY" if study else "PATIENT"
     ident, lvl = _selection(level, patient, None, study, series, instance, None, None, None)
-    with open_archive(ctx, db, storage) as archive:
+    with open_archive(ctx, db, storage, existing=True) as archive:
         refs = archive.instances(ident, "patient" if lvl == "PATIENT" else "study")
         if not refs:
             raise IheError("nothing matches; nothing removed")
@@ -453,7 +456,7 @@ def export_cmd(
 
     from ihecli.workflow.pir import reconciled_copies
 
-    with open_archive(ctx, db, storage) as archive, tempfile.TemporaryDirectory(prefix="ihe-export-") as reconciled:
+    with open_archive(ctx, db, storage, existing=True) as archive, tempfile.TemporaryDirectory(prefix="ihe-export-") as reconciled:
         unknown: list[str] = []
         if study:
             asked = list(dict.fromkeys(study))
@@ -585,7 +588,7 @@ def check_cmd(ctx: typer.Context,
 
     Example: ihe archive check --repair
     """
-    with open_archive(ctx, db, storage) as archive:
+    with open_archive(ctx, db, storage, existing=True) as archive:
         rep = archive.check(repair=repair, verify=verify)
     if json:
         output.print_json(rep)

@@ -29,7 +29,9 @@ User = Annotated[Optional[str], typer.Option(
 
 
 def _db_url(ctx: typer.Context, db: Optional[str]) -> str:
-    return db or state(ctx).settings().archive.db_url()
+    from ihecli.archive import sqlite_url
+
+    return sqlite_url(db or state(ctx).settings().archive.db_url())
 
 
 def _built_event(kind: str, *, user: str, patients: list[str], outcome: int, app: str):
@@ -209,6 +211,7 @@ def query_cmd(
 
     Example: ihe audit query --since 24h --event ITI-18 --patient 'PID0001*'
     """
+    from ihecli.archive import check_named_db
     from ihecli.archive.index import make_engine
     from ihecli.archive.schema import metadata
     from ihecli.atna.query import query_events
@@ -216,6 +219,7 @@ def query_cmd(
 
     when = parse_since(since) if since else None
     url = _db_url(ctx, db)
+    check_named_db(url, named=bool(db or state(ctx).settings().archive.db), existing=True)
     try:
         engine = make_engine(url)
         metadata.create_all(engine)

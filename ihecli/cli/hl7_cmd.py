@@ -135,7 +135,7 @@ def orders_cmd(
     from ihecli.cli.archive_cmd import open_archive
     from ihecli.workflow.orders import list_orders
 
-    with open_archive(ctx, db, storage) as archive:
+    with open_archive(ctx, db, storage, existing=True) as archive:
         with archive.connect() as conn:
             rows = list_orders(conn, pid=patient, accession=accession, limit=limit)
     if json:

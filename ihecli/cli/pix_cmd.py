@@ -223,7 +223,7 @@ def ls_cmd(
     from ihecli.pix import links
 
     dom = D.parse(domain) if domain else None
-    with open_archive(ctx, db, storage) as archive:
+    with open_archive(ctx, db, storage, existing=True) as archive:
         with archive.connect() as conn:
             found = links(conn, patient_id, dom, limit=limit)
     if patient_id is not None and not found:

@@ -28,7 +28,7 @@ def ls_cmd(ctx: typer.Context,
     """
     from ihecli.kos import tce
 
-    with open_archive(ctx, db, storage) as archive:
+    with open_archive(ctx, db, storage, existing=True) as archive:
         cases = tce.list_cases(archive, incomplete_only=incomplete)
     if json:
         output.print_json([{**c.__dict__, "missing": c.missing, "complete": c.complete} for c in cases])
@@ -53,7 +53,7 @@ def show_cmd(ctx: typer.Context, case: Case, db: Db = None, storage: Storage = N
     """
     from ihecli.kos import tce
 
-    with open_archive(ctx, db, storage) as archive:
+    with open_archive(ctx, db, storage, existing=True) as archive:
         c, refs = tce.find_case(archive, case)
     if json:
         output.print_json({**c.__dict__, "missing": c.missing, "complete": c.complete,
@@ -81,7 +81,7 @@ def export_cmd(ctx: typer.Context, case: Case, out: Out, db: Db = None, storage:
     """
     from ihecli.kos import tce
 
-    with open_archive(ctx, db, storage) as archive:
+    with open_archive(ctx, db, storage, existing=True) as archive:
         rep = tce.export_case(archive, case, out)
     if json:
         output.print_json(rep)

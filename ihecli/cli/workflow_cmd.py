@@ -269,7 +269,7 @@ def archive_mpps_ls_cmd(
     from ihecli.cli.archive_cmd import open_archive
     from ihecli.workflow import mpps
 
-    with open_archive(ctx, db, storage) as archive:
+    with open_archive(ctx, db, storage, existing=True) as archive:
         steps = mpps.list_steps(archive.engine, status=status, patient=patient, limit=limit)
     rows = [s.__dict__ for s in steps]
     if json:
@@ -290,7 +290,7 @@ def rejected_ls_cmd(ctx: typer.Context, limit: Limit = None, db: Db = None, stor
     from ihecli.cli.archive_cmd import open_archive
     from ihecli.workflow import iocm
 
-    with open_archive(ctx, db, storage) as archive:
+    with open_archive(ctx, db, storage, existing=True) as archive:
         rows = iocm.list_rejected(archive.engine, limit=limit)
     if json:
         output.print_json(rows)
