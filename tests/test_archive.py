@@ -156,6 +156,40 @@ def test_a_resend_with_another_file_meta_is_not_other_content(archive, corpus):
         logging.getLogger("ihe.archive").removeHandler(handler)
 
 
+def test_a_resend_needs_no_room(archive, corpus):
+    """A storage folder that cannot take another file (here its temporary folder is a file, as
+    good as a full disk for the write): a resend of an instance the archive holds is still
+    answered as the duplicate it is (a modality resending after a lost response is not told
+    'failed'); a new object and another data set under a kept UID fail with 0xA700."""
+    import io
+    import shutil
+
+    from ihecli.errors import ArchiveError
+
+    original = corpus[0].read_bytes()
+    assert archive.store(original).outcome == "stored"
+    tmp = archive.blobs.tmp
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.write_bytes(b"")  # no temporary file can be made
+    try:
+        ds = dcmread(io.BytesIO(original))
+        ds.file_meta.ImplementationVersionName = "OTHER_SENDER"
+        resent = io.BytesIO()
+        ds.save_as(resent, enforce_file_format=True)
+        assert archive.store(resent.getvalue()).outcome == "duplicate"
+        assert archive.store(original, expect_sop_uid=str(ds.SOPInstanceUID)).outcome == "duplicate"
+        ds.PatientName = "SOMEONE^ELSE"
+        changed = io.BytesIO()
+        ds.save_as(changed, enforce_file_format=True)
+        with pytest.raises(ArchiveError) as e:
+            archive.store(changed.getvalue())
+        assert e.value.status == 0xA700
+    finally:
+        tmp.unlink()
+        tmp.mkdir()
+    assert archive.counts()["instances"] == 1
+
+
 def test_import_of_many_files_failing_alike_is_one_line_each_reason(tmp_path, corpus):
     """A folder of broken files (or a storage folder that is full) fails every file for one
     reason: one warning for them, not a line per file; --json still lists each; exit 3."""

@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ihecli.archive import schema as s
 from ihecli.archive import tables_kos
-from ihecli.archive.index import StoreOutcome, Writer, make_engine, sqlite_path
+from ihecli.archive.index import StoreOutcome, Writer, data_set_bytes, make_engine, sqlite_path
 from ihecli.archive.ingest import ensure_part10, parse, valid_uid
 from ihecli.archive.scan import is_dicomdir, meta_uids
 from ihecli.archive.query import Finder, InstanceRef, QueryError
@@ -165,7 +165,9 @@ class Archive:
         try:
             tmp = None if created else self.blobs.write_tmp(data)
         except OSError as e:
-            raise ArchiveError(f"cannot write to the storage folder: {e}", 0xA700) from None
+            if not self._held_as_is(rel, data):
+                raise ArchiveError(f"cannot write to the storage folder: {e}", 0xA700) from None
+            tmp = None  # a resend of the very data set the archive holds (full disk): no room is needed for it
         outcome = self.writer.submit(parsed, tmp, rel)
         if parsed.sop_class == tables_kos.KOS_SOP_CLASS and outcome.outcome != "duplicate":
             # Key objects: TCE manifests (RAD-53) are grouped with their instances
@@ -173,6 +175,13 @@ class Archive:
         for hook in self.after_store:
             hook(parsed, data, outcome)
         return outcome
+
+    def _held_as_is(self, rel: str, data: bytes) -> bool:
+        """The file at ``rel`` carries the same data set as ``data`` (file meta headers aside)."""
+        try:
+            return data_set_bytes(self.blobs.path(rel).read_bytes()) == data_set_bytes(bytes(data))
+        except OSError:
+            return False
 
     def store_many(self, datas: list[bytes]) -> list[StoreOutcome | ArchiveError]:
         """Store several Part-10 encoded objects together: the files are written and fsynced in

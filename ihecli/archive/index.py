@@ -288,7 +288,7 @@ class Writer:
         that is a resend, not other content, so only the data sets are compared."""
         new = job.tmp if job.tmp is not None else self.blobs.path(job.rel)
         try:
-            same = _data_set(new.read_bytes()) == _data_set(self.blobs.path(job.kept_rel).read_bytes())
+            same = data_set_bytes(new.read_bytes()) == data_set_bytes(self.blobs.path(job.kept_rel).read_bytes())
         except (OSError, TypeError):
             same = False
         if not same:
@@ -296,7 +296,7 @@ class Writer:
                         "duplicates = keep)", job.parsed.sop_uid)
 
 
-def _data_set(data: bytes) -> bytes:
+def data_set_bytes(data: bytes) -> bytes:
     """A Part-10 file's bytes after its file meta group (all of them when it has none)."""
     if data[128:132] != b"DICM":
         return data
