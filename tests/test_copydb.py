@@ -85,7 +85,7 @@ def test_copy_refuses_what_is_not_an_archive(tmp_path):
     assert r.code == 2 and "no archive database" in r.stderr
     assert not (tmp_path / "b.db").exists()
     lite = f"sqlite:///{tmp_path / 'a.db'}"
-    assert run_cli("archive", "ls", "--db", lite, "--storage", str(tmp_path / "st")).code == 0
+    Archive(lite, tmp_path / "st").close()  # an empty archive
     r = run_cli("archive", "copy-db", lite, "--db", lite)
     assert r.code == 2 and "same database" in r.stderr
     r = run_cli("archive", "copy-db", f"sqlite:///{tmp_path / 'no' / 'b.db'}", "--db", lite)
