@@ -71,3 +71,18 @@ def test_ctrl_c_while_loading_is_one_line():
             "run()\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert (r.returncode, r.stderr) == (130, "ihe: error: interrupted\n")
+
+
+def test_help_of_groups_that_use_the_archive_does_not_load_it():
+    """`ihe kin|iocm|tce|pdi ... --help` builds the group's commands without importing the archive
+    (SQLAlchemy, pydicom) or the DICOM network stack: they are loaded when a command runs."""
+    for group, command in (("kin", "create"), ("iocm", "reject"), ("tce", "ls"), ("pdi", "burn")):
+        code = ("import contextlib, io, json, sys\n"
+                "from ihecli.cli import main\n"
+                "with contextlib.redirect_stdout(io.StringIO()):\n"
+                f"    rc = main([{group!r}, {command!r}, '--help'])\n"
+                "print(json.dumps([rc, sorted({m.split('.')[0] for m in sys.modules if m.split('.')[0] in "
+                "('pydicom', 'pynetdicom', 'sqlalchemy', 'numpy')})]))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        rc, heavy = json.loads(out.splitlines()[-1])
+        assert rc == 0 and heavy == [], (group, heavy)

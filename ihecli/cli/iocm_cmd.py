@@ -6,9 +6,9 @@ from typing import Annotated, Optional
 import typer
 
 from ihecli.cli import output
-from ihecli.cli.archive_cmd import InstanceOpt, SeriesOpt, StudyOpt, open_archive
 from ihecli.cli.kin_cmd import FromFiles, Observer, RetrieveAet, StoreOpt, To, deliver, kos_result
-from ihecli.cli.options import CallingAet, Db, Description, Json, Storage, Timeout, Yes, node_tls, state
+from ihecli.cli.options import (CallingAet, Db, Description, InstanceOpt, Json, SeriesOpt, Storage, StudyOpt,
+                                Timeout, Yes, node_tls, open_archive, state)
 from ihecli.errors import IheError, PeerUnreachable, UsageError
 
 app = typer.Typer(help="Image Object Change Management: reject instances with a rejection note.\n\n"

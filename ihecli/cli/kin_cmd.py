@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from ihecli.cli import output
-from ihecli.cli.archive_cmd import InstanceOpt, SeriesOpt, StudyOpt, open_archive
-from ihecli.cli.options import TITLE_HELP, CallingAet, Db, Description, Json, OptionalOut, Storage, Timeout, node_tls, state
+from ihecli.cli.options import (CallingAet, Db, Description, InstanceOpt, Json, OptionalOut, SeriesOpt, Storage,
+                                StudyOpt, TITLE_HELP, Timeout, node_tls, open_archive, state)
 from ihecli.errors import IheError, UsageError
 
 app = typer.Typer(help="Key Image Notes: select key images of a study, title and describe them, send or store.\n\n"

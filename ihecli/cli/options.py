@@ -139,3 +139,12 @@ SeriesOpt = Annotated[Optional[list[str]], typer.Option("--series", metavar="UID
 InstanceOpt = Annotated[Optional[list[str]], typer.Option("--instance", metavar="UID",
                                                           help="SOP Instance UID (repeatable).")]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Show what would be done; change nothing.")]
+
+
+def open_archive(ctx: typer.Context, db, storage, **kw):
+    """The archive of the profile and options (``archive_cmd.open_archive``), imported when a
+    command runs: a group whose commands use the archive does not load it, and the DICOM
+    network stack of `ihe archive`, for its --help or for a command that does not need it."""
+    from ihecli.cli.archive_cmd import open_archive as open_it
+
+    return open_it(ctx, db, storage, **kw)

@@ -11,7 +11,7 @@ import typer
 
 from ihecli.cli import output
 from ihecli.cli.options import (PATIENT_HELP, Bind, CallingAet, Db, DryRun, Json, Port, Storage, StudyOpt, Timeout, Yes,
-                                node_tls, state)
+                                node_tls, state, open_archive)
 from ihecli.errors import ExitStatus, IheError, UsageError
 
 app = typer.Typer(help="Portable Data for Imaging (CD, DVD, USB): write media, import them, look at them.\n\n"
@@ -21,12 +21,6 @@ app = typer.Typer(help="Portable Data for Imaging (CD, DVD, USB): write media, i
 # (writing a medium from files needs neither that nor the archive: start-up is part of a burn)
 Patient = Annotated[Optional[str], typer.Option("--patient", metavar="ID", help=PATIENT_HELP)]
 Accession = Annotated[Optional[str], typer.Option("--accession", metavar="ACC", help="Accession number.")]
-
-
-def open_archive(ctx: typer.Context, db, storage):
-    from ihecli.cli.archive_cmd import open_archive as open_it
-
-    return open_it(ctx, db, storage)
 
 
 Source = Annotated[Path, typer.Argument(metavar="SOURCE", help="The medium: a mounted folder, an .iso file or a zip.")]

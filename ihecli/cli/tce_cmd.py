@@ -6,8 +6,7 @@ from typing import Annotated
 import typer
 
 from ihecli.cli import output
-from ihecli.cli.archive_cmd import open_archive
-from ihecli.cli.options import Db, Json, Out, Storage
+from ihecli.cli.options import Db, Json, Out, Storage, open_archive
 from ihecli.errors import ExitStatus
 
 app = typer.Typer(help="Teaching file and clinical trial export cases received by the archive: list, export.\n\n"
