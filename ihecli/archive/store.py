@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 
 from ihecli.archive.ingest import valid_uid
+from ihecli.files import fsync
 
 TMP = ".tmp"
 
@@ -93,12 +94,7 @@ class BlobStore:
 
     @staticmethod
     def fsync_dirs(dirs) -> None:
-        for d in set(dirs):
-            fd = os.open(d, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        fsync(dirs)
 
     def remove(self, rel: str) -> None:
         self.path(rel).unlink(missing_ok=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import errno
 import os
 import re
-import shutil
 import signal
 import tempfile
 import threading
@@ -24,6 +23,7 @@ from ihecli.cli.pix_cmd import PIX_PORT_HELP, PixService, parse_domains
 from ihecli.config import Node, resolve_node
 from ihecli.dicom import scu
 from ihecli.errors import ExitStatus, IheError, UsageError
+from ihecli.files import write_whole
 
 app = typer.Typer(help="The local archive: serve it over DICOM, import, list, remove, export, check.\n\n"
                        "Example: ihe archive serve --port 11112", no_args_is_help=True)
@@ -518,7 +518,6 @@ def export_cmd(
             dest = str(node)
         else:
             failures = list(lost)
-            part = None
             # Ctrl-C ends the copy between two files, so the count it prints is exact
             stop = threading.Event()
             old_handler = signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -528,20 +527,11 @@ def export_cmd(
                         if stop.is_set():
                             raise KeyboardInterrupt
                         target = out / safe_name(r.study_uid) / safe_name(r.series_uid) / f"{safe_name(r.sop_uid)}.dcm"
-                        # copied under another name, then renamed: a file under its final name is whole
-                        part = target.with_name(target.name + ".part")
                         try:
                             target.parent.mkdir(parents=True, exist_ok=True)
-                            shutil.copyfile(p, part)
-                            os.replace(part, target)
-                            part = None
+                            write_whole(target, copy_from=p)
                             sent[0] += 1
                         except OSError as e:
-                            try:
-                                part.unlink(missing_ok=True)
-                            except OSError:
-                                pass
-                            part = None
                             if e.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT):  # the rest would fail too
                                 why = f"not exported: {out}: {e.strerror}"
                                 failures.extend(scu.FileFailure(str(q), why) for _, q in refs_paths[i:])
@@ -552,8 +542,6 @@ def export_cmd(
                 raise interrupted(str(out)) from None
             finally:
                 signal.signal(signal.SIGINT, old_handler)
-                if part is not None:
-                    part.unlink(missing_ok=True)
             done = sent[0]
             dest = str(out)
         failed = len(failures)

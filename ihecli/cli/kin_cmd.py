@@ -1,7 +1,6 @@
 """`ihe kin`: Key Image Notes (KIN Evidence Creator, RAD-29 Store Key Image Note)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -11,6 +10,7 @@ from ihecli.cli import output
 from ihecli.cli.options import (CallingAet, Db, Description, InstanceOpt, Json, OptionalOut, SeriesOpt, Storage,
                                 StudyOpt, TITLE_HELP, Timeout, node_tls, open_archive, state)
 from ihecli.errors import IheError, UsageError
+from ihecli.files import write_whole
 
 app = typer.Typer(help="Key Image Notes: select key images of a study, title and describe them, send or store.\n\n"
                        "Example: ihe kin create --study 1.2.3 --instance 1.2.3.4 --to PACS", no_args_is_help=True)
@@ -63,14 +63,9 @@ def deliver(ctx: typer.Context, docs, send, *, to, store, out_file, db, storage,
     paths = []
     try:
         out_file.mkdir(parents=True, exist_ok=True)
-        for ds in docs:  # DIR/SOPInstanceUID.dcm, written under another name and renamed once whole
+        for ds in docs:  # DIR/SOPInstanceUID.dcm
             p = out_file / f"{safe_name(str(ds.SOPInstanceUID))}.dcm"
-            part = p.with_name(p.name + ".part")
-            try:
-                part.write_bytes(encode(ds))
-                os.replace(part, p)
-            finally:
-                part.unlink(missing_ok=True)
+            write_whole(p, encode(ds))
             paths.append(str(p))
     except OSError as e:
         raise IheError(f"cannot write to {out_file}: {e.strerror or e}") from None

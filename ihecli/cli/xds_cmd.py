@@ -17,6 +17,7 @@ from ihecli.cli import output
 from ihecli.cli.options import (PATIENT_HELP, TITLE_HELP, OptionalTimeout, Bind, Ca, Cert, Db, DryRun, Json, NoTls, Out, Port, Storage, Tls, TlsFloor, TlsKey, Yes,
                                 state, tls_config)
 from ihecli.errors import ExitStatus, IheError, PeerUnreachable, UsageError
+from ihecli.files import write_whole
 
 app = typer.Typer(help="XDS.b: submit, query, retrieve and delete documents; serve a registry and repository.\n\n"
                        "Example: ihe xds query find-documents --patient 'PID1^^^&1.2.3&ISO'", no_args_is_help=True)
@@ -549,12 +550,9 @@ def write_documents(out: Path, documents) -> list[dict]:
             "".join(ch if ch.isalnum() or ch in ".-_" else "_" for ch in d.document_unique_id)[:120] or "document"
         ext = EXT.get(d.mime_type) or mimetypes.guess_extension(d.mime_type or "") or ".bin"
         path = out / (safe + ext)
-        part = path.with_name(f".{path.name}.{os.getpid()}.part")
         try:
-            part.write_bytes(d.data)
-            os.replace(part, path)
+            write_whole(path, d.data)
         except OSError as e:
-            part.unlink(missing_ok=True)
             raise IheError(f"cannot write {path}: {e.strerror or e} ({len(rows)} of {len(documents)} "
                            f"documents written)") from None
         rows.append({"uniqueId": d.document_unique_id, "repositoryUniqueId": d.repository_unique_id,

@@ -38,6 +38,7 @@ from ihecli.atna.dicom import Tally, header_keys
 from ihecli.atna.dicom import outcome as audit_outcome
 from ihecli.config import Node
 from ihecli.errors import DimseFailure, PeerUnreachable, UsageError
+from ihecli.files import write_whole
 from ihecli.net import dimse
 
 MODELS = {
@@ -403,16 +404,9 @@ def get(node: Node, ident: Dataset, out_dir: str | os.PathLike, *, root: str = "
         req = event.request
         uid = str(req.AffectedSOPInstanceUID)
         path = out / f"{safe_name(uid)}.dcm"
-        part = path.with_name(path.name + ".part")  # renamed once whole: no truncated .dcm left
         try:
-            with open(part, "wb") as fh:
-                fh.write(event.encoded_dataset(include_meta=True))
-            os.replace(part, path)
+            write_whole(path, event.encoded_dataset(include_meta=True))
         except OSError as e:
-            try:
-                part.unlink(missing_ok=True)
-            except OSError:
-                pass
             if not result.write_error:
                 result.write_error = f"cannot write {path}: {e.strerror or e}"
             return 0xA700

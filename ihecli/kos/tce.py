@@ -7,7 +7,6 @@ whichever arrived first.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,6 +18,7 @@ from ihecli.archive import schema as s
 from ihecli.archive import tables_kos as t
 from ihecli.archive.tables_workflow import rejected as rj
 from ihecli.errors import IheError, UsageError
+from ihecli.files import write_whole
 from ihecli.kos import codes
 
 
@@ -128,8 +128,6 @@ def find_case(archive, case: str) -> tuple[TceCase, list[CaseReference]]:
 def export_case(archive, case: str, out: Path) -> ExportReport:
     """Write a case: DIR/MANIFEST.dcm, DIR/<Study>/<Series>/<SOP>.dcm for each received instance
     and DIR/case.json with the key text; references not received are listed as missing."""
-    from ihecli.archive.store import safe_name
-
     try:
         return _export_case(archive, case, out)
     except OSError as e:  # our side: a full or read-only disk, a folder we may not write
@@ -164,23 +162,15 @@ def _export_case(archive, case: str, out: Path) -> ExportReport:
             continue
         target = out / safe_name(r.study_uid) / safe_name(r.series_uid) / f"{safe_name(r.sop_uid)}.dcm"
         target.parent.mkdir(parents=True, exist_ok=True)
-        part = target.with_name(target.name + ".part")  # renamed once whole: no truncated file left
+        src = archive.file_path(r.path)
         try:
-            try:
-                data = rec.part10(r, archive.file_path(r.path)) if rec else None
-                if data is None:
-                    shutil.copyfile(archive.file_path(r.path), part)
-                else:
-                    part.write_bytes(data)
-            except FileNotFoundError as e:
-                if e.filename and Path(e.filename) == part:
-                    raise
-                rep.lost.append(r.sop_uid)
-                continue
-            os.replace(part, target)
-        finally:
-            if part.exists():
-                part.unlink()
+            data = rec.part10(r, src) if rec else None
+            write_whole(target, data, copy_from=src if data is None else None)
+        except FileNotFoundError as e:
+            if e.filename and Path(e.filename) != Path(src):  # not the stored file: the case's folder
+                raise
+            rep.lost.append(r.sop_uid)
+            continue
         rep.written += 1
     doc = {"case": c.case, "manifest": c.manifest_uid, "title": c.title, "title_code": c.title_code,
            "description": c.description, "delay_reasons": c.delay_reasons, "observers": c.observers,

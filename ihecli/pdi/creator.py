@@ -20,6 +20,7 @@ from typing import Callable, Iterable
 from ihecli import __version__
 from ihecli.atna import dicom as audit_dicom
 from ihecli.errors import IheError, UsageError
+from ihecli.files import fsync
 from ihecli.pdi import values as v
 from ihecli.pdi.dicomdir import Entry, clean_fileset_id, clean_volume_id, encode_dicomdir
 from ihecli.pdi.objects import EXPLICIT_LE, NotDicom, ObjectInfo, object_info, sop_class_name
@@ -338,9 +339,9 @@ def write_iso(out: Path, staging: Path, direct: dict[str, str], volume_id: str,
         else:
             iso.write(str(tmp))
         iso.close()
-        _fsync(tmp)  # an image said to be written is on disk, power loss included
+        fsync([tmp])  # an image said to be written is on disk, power loss included
         os.replace(tmp, out)
-        _fsync(out.parent)
+        fsync([out.parent])
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -499,14 +500,6 @@ def burn(paths: Iterable[str | os.PathLike], *, iso: Path | None = None, usb: Pa
                                ((i.info.study_uid, i.info.patient_id or "", i.info.sop_class) for i in items if i.ts),
                                failed=len(report.failed))
     return report
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _iso_volume(iso: Path, k: int) -> Path:
