@@ -207,6 +207,9 @@ def test_usage_errors(xds, tmp_path):
     assert r.code == 2 and "--source URL" in r.stderr and "--dicom NODE" in r.stderr
     r = run_cli("xdsi", "publish", "--study", "1.2.3", "--patient", PID, "--repository", xds.url, *_arc(tmp_path))
     assert r.code == 1 and "not in the archive" in r.stderr
+    (tmp_path / "file").write_text("")  # an --out that cannot be a folder: said before anything is fetched
+    r = run_cli("xdsi", "retrieve", "--manifest", str(nist), "--out", str(tmp_path / "file" / "out"))
+    assert r.code == 2 and f"cannot make the folder {tmp_path / 'file' / 'out'}" in r.stderr
 
 
 def test_images_by_wado_uri_or_dicom_instead_of_rad69(xds, imaging, corpus, tmp_path):

@@ -10,8 +10,9 @@ from ihecli.cli import output
 from ihecli.cli.options import (Ca, Cert, Db, Json, OptionalOut, OptionalTimeout, Storage, StudyOpt, TlsFloor, TlsKey,
                                 state)
 from ihecli.cli.xca_cmd import Community
-from ihecli.cli.xds_cmd import Home, Patient, Registry, Repository, RepositoryId, _client, _xds
+from ihecli.cli.xds_cmd import Home, Patient, Registry, Repository, RepositoryId, _client, _xds, out_folder
 from ihecli.errors import ExitStatus, IheError, UsageError
+from ihecli.files import write_whole
 
 app = typer.Typer(help="XDS-I.b: publish archive studies as imaging manifests; retrieve manifests and their "
                        "images.\n\nExample: ihe xdsi publish --study 1.2.3.4 --patient 'PID1^^^&1.2.3&ISO'",
@@ -150,6 +151,8 @@ def retrieve_cmd(
         raise UsageError("say where the images go: --out DIR and/or --store")
     if sum(x is not None for x in (source, wado, dicom)) > 1:
         raise UsageError("give one of --source (RAD-69), --wado (WADO-URI) and --dicom (C-GET)")
+    if out is not None:
+        out_folder(out)  # before anything is fetched
     tls = dict(cert=cert, key=tls_key, ca=ca, floor=tls_floor)
     if manifest is not None:
         data = manifest.read_bytes()
@@ -205,12 +208,16 @@ def retrieve_cmd(
             documents, all_errors = [], e.errors
     rows = []
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "manifest.dcm").write_bytes(data)
-        for d in documents:
-            path = out / f"{d.document_unique_id}.dcm"
-            path.write_bytes(d.data)
-            rows.append({"sopInstanceUID": d.document_unique_id, "size": len(d.data), "path": str(path)})
+        path = out / "manifest.dcm"
+        try:  # each file whole under its name (a full disk, Ctrl-C)
+            write_whole(path, data)
+            for d in documents:
+                path = out / f"{d.document_unique_id}.dcm"
+                write_whole(path, d.data)
+                rows.append({"sopInstanceUID": d.document_unique_id, "size": len(d.data), "path": str(path)})
+        except OSError as e:
+            raise IheError(f"cannot write {path}: {e.strerror or e} ({len(rows)} of {len(documents)} images "
+                           "written)") from None
     if store:
         from ihecli.cli.archive_cmd import open_archive
 
