@@ -298,8 +298,9 @@ class DicomServer:
                 ds = StoredDataset(self.archive.file_path(ref), ref)
                 if current and ref.study_uid in current:
                     ds = pir.coerce(ds, current[ref.study_uid], modifying_system=self.aet)
-                if what == "C-GET":
-                    ds = _for_get(ds, ref, event.assoc)
+                if what == "C-GET":  # on the requestor's own association, in a syntax it took (as C-MOVE's sender)
+                    ds = dimse.native_if_refused(ds, ref.sop_class, ref.transfer_syntax, {
+                        (str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in event.assoc.accepted_contexts})
             except Exception as e:
                 st.move_failed += 1
                 log.error("cannot read %s for retrieve: %s", ref.sop_uid, e)
@@ -500,21 +501,6 @@ def _dataset_start(data: bytes) -> int | None:
         return None
     start = 144 + int.from_bytes(data[140:144], "little")
     return start if start <= len(data) else None
-
-
-def _for_get(ds, ref, assoc):
-    """C-GET sends on the requestor's own association: a compressed file whose transfer syntax it
-    did not accept for its SOP class goes decompressed (the same instance) when it accepted a
-    native one, as C-MOVE's sender does; pynetdicom converts between native syntaxes itself."""
-    ts = UID(ref.transfer_syntax)
-    if not ts.is_compressed:
-        return ds
-    taken = [UID(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts if cx.abstract_syntax == ref.sop_class]
-    if ts in taken or not any(not t.is_compressed for t in taken):
-        return ds  # as stored; or nothing it takes, and the sub-operation fails as it must
-    full = ds.decoded() if isinstance(ds, StoredDataset) else ds
-    full.decompress(generate_instance_uid=False)  # needs a decoder for the syntax (pylibjpeg): else it fails alone
-    return full
 
 
 def _unreadable(ref) -> Dataset:

@@ -231,11 +231,8 @@ def _send_one(assoc, path: Path, cls: str, ts: str, accepted: set[tuple[str, str
         else:
             ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(ensure_part10(path.read_bytes())))
         have = ds.file_meta.get("TransferSyntaxUID")
-        if have is not None and have.is_compressed and (cls, str(have)) not in accepted \
-                and any(c == cls and not pydicom.uid.UID(t).is_compressed for c, t in accepted):
-            # the peer takes this class in a native syntax only: the same instance, decompressed
-            # (needs a decoder for the syntax, pylibjpeg: else the file fails alone)
-            ds.decompress(generate_instance_uid=False)
+        if have is not None:
+            ds = dimse.native_if_refused(ds, cls, str(have), accepted)
     return assoc.send_c_store(ds)
 
 

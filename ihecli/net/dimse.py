@@ -376,3 +376,21 @@ def status_category(status: int) -> str:
     if status in (0x0001, 0x0107, 0x0116) or 0xB000 <= status <= 0xBFFF:
         return "warning"
     return "failure"
+
+
+def native_if_refused(ds, sop_class: str, transfer_syntax: str, accepted) -> object:
+    """The data set to send to a peer that accepted ``accepted`` ((SOP class, transfer syntax)
+    pairs): as it is, or, when it is compressed in a syntax the peer did not take for its class but
+    the peer took a native one, decompressed, the same instance (its SOP Instance UID kept).
+    pynetdicom converts between native syntaxes itself. Needs a decoder for the syntax
+    (pylibjpeg): else this raises, and the object fails alone. A data set that carries its file
+    (``decoded()``) is read whole first."""
+    from pydicom.uid import UID
+
+    ts = UID(transfer_syntax)
+    if not ts.is_compressed or (sop_class, ts) in accepted \
+            or not any(c == sop_class and not UID(t).is_compressed for c, t in accepted):
+        return ds  # as stored; or nothing the peer takes, and the sub-operation fails as it must
+    full = ds.decoded() if hasattr(ds, "decoded") else ds
+    full.decompress(generate_instance_uid=False)
+    return full
