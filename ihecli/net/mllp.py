@@ -339,15 +339,9 @@ class MllpClient:
         """A refused TLS link (by the peer or by us) in words, exit 1 as on the other links: the
         certificates must change, retrying does not help. With TLS 1.3 the server's refusal of our
         certificate comes after the handshake, at the first read."""
-        from ihecli.net.tls import describe
+        from ihecli.net.tls import client_refusal
 
-        if isinstance(e, ssl.SSLCertVerificationError):
-            why = f"the server's certificate is not trusted ({e.verify_message or 'verify failed'}; see --ca)"
-        else:
-            why = describe(e)
-            if why == "connection closed during the handshake":
-                why = "the server closed the connection (does it trust our certificate?)"
-        return IheError(f"{self.host}:{self.port}: TLS failed: {why}")
+        return IheError(f"{self.host}:{self.port}: TLS failed: {client_refusal(e)}")
 
     def send(self, message: bytes) -> bytes:
         """Send one message and wait for the answer (its bytes without framing)."""

@@ -210,6 +210,18 @@ def describe(exc: BaseException) -> str:
     return (reason or text or type(exc).__name__).lower().replace("_", " ")
 
 
+def client_refusal(exc: BaseException) -> str:
+    """Why a TLS link a client opened was refused, by us or by the server, in the words of the
+    one line a client command prints. With TLS 1.3 the server refuses our certificate after the
+    handshake: the connection closes at the first read."""
+    if isinstance(exc, ssl.SSLCertVerificationError):  # we refused the server, not it us
+        return f"the server's certificate is not trusted ({exc.verify_message or 'verify failed'}; see --ca)"
+    why = describe(exc)
+    if why == "connection closed during the handshake":
+        return "the server closed the connection (does it trust our certificate?)"
+    return why
+
+
 def server_handshake(sock: socket.socket, ctx: ssl.SSLContext, *, peer: str, service: str,
                      timeout: float = 10.0) -> ssl.SSLSocket:
     """Wrap an accepted socket and finish the handshake within ``timeout`` seconds.

@@ -127,15 +127,10 @@ def tls_error(url: str, e: BaseException) -> IheError:
     association (retrying does not help; the certificates or --ca must change)."""
     import ssl
 
-    from ihecli.net.tls import describe
+    from ihecli.net.tls import client_refusal
 
     inner = next((x for x in reversed(_causes(e)) if isinstance(x, ssl.SSLError)), None)
-    why = describe(inner) if inner is not None else str(e)
-    if isinstance(inner, ssl.SSLCertVerificationError):  # we refused the server, not it us
-        why = f"the server's certificate is not trusted ({inner.verify_message or 'verify failed'}; see --ca)"
-    elif why == "connection closed during the handshake":
-        why = "the server closed the connection during the handshake (does it trust our certificate?)"
-    return IheError(f"{url}: TLS failed: {why}")
+    return IheError(f"{url}: TLS failed: {client_refusal(inner) if inner is not None else e}")
 
 
 class NoAnswer(PeerUnreachable):
